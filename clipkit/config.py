@@ -1,0 +1,19 @@
+"""Defaults and environment-variable names shared by every layer (no heavy imports here)."""
+
+from __future__ import annotations
+
+ENV_MODEL = "CLIPKIT_MODEL"
+ENV_DEBUG = "CLIPKIT_DEBUG"
+
+# A good general-purpose pretrained model; needs its weights cached or the network.
+DEFAULT_MODEL_SPEC = "ViT-B-32:laion2b_s34b_b79k"
+
+# Seed used for ``ARCH:random`` so that random initialisation is reproducible across runs.
+RANDOM_INIT_SEED = 0
+
+# Offline, a weights download must fail fast: a reachability probe first, then a hard cap on
+# the whole download attempt, both well inside the 30 s a user will wait for an error.
+PROBE_TIMEOUT_S = 5.0
+WEIGHTS_TIMEOUT_S = 20.0
+
+CHECKPOINT_SUFFIXES = (".safetensors", ".pt", ".pth", ".bin")

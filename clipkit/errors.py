@@ -1,0 +1,42 @@
+"""Error types: every failure a user can cause is a ClipkitError with a message and a hint.
+
+The CLI maps these, in one place, to ``Error: ...`` / ``Hint: ...`` on stderr and exit code 1.
+"""
+
+from __future__ import annotations
+
+
+class ClipkitError(Exception):
+    """A failure with a message for the user and a hint on what to do about it."""
+
+    def __init__(self, message: str, hint: str | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.hint = hint
+
+    def __str__(self) -> str:
+        return self.message if not self.hint else f"{self.message} (hint: {self.hint})"
+
+
+class ModelSpecError(ClipkitError):
+    """A model spec string that does not name a loadable model."""
+
+
+class WeightsUnavailableError(ClipkitError):
+    """Pretrained weights that are neither cached nor downloadable."""
+
+
+class UnsafeCheckpointError(ClipkitError):
+    """A checkpoint that would execute code when loaded, or is not a checkpoint at all."""
+
+
+class DeviceError(ClipkitError):
+    """A requested device or precision that this machine cannot provide."""
+
+
+class InputError(ClipkitError):
+    """User input (paths, options, data) that cannot be used."""
+
+
+class NotImplementedYetError(ClipkitError):
+    """A command that is planned but not built yet."""
