@@ -163,8 +163,10 @@ def _read_torch(file: Path) -> tuple[dict[str, torch.Tensor], CheckpointMeta | N
         meta = CheckpointMeta.from_strings(loaded["clipkit"])
     if isinstance(loaded, dict) and isinstance(loaded.get("state_dict"), dict):
         loaded = loaded["state_dict"]
-    if not isinstance(loaded, dict) or not loaded or not all(
-        isinstance(v, torch.Tensor) for v in loaded.values()
+    if (
+        not isinstance(loaded, dict)
+        or not loaded
+        or not all(isinstance(v, torch.Tensor) for v in loaded.values())
     ):
         raise UnsafeCheckpointError(
             f"{file} does not hold a state dict of tensors.",
@@ -182,8 +184,12 @@ def _strip_prefix(state_dict: dict[str, torch.Tensor], prefix: str) -> dict[str,
 
 def _unpickler_reason(error: BaseException) -> str:
     # torch's message is a long tutorial with terminal colour codes; keep only the culprit.
-    match = re.search(r"Unsupported global: GLOBAL ([\w.]+)", str(error))
-    return f"it names {match.group(1)}" if match else "not a plain tensor file"
+    text = str(error)
+    culprit = re.search(r"Unsupported global: GLOBAL ([\w.]+)", text)
+    if culprit:
+        return f"it names {culprit.group(1)}"
+    reason = re.search(r"WeightsUnpickler error:\s*([^\n]+)", text)
+    return reason.group(1).strip() if reason else "not a plain tensor file"
 
 
 def _first_line(error: BaseException) -> str:

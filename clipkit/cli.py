@@ -18,7 +18,7 @@ from rich.console import Console
 from rich.table import Table
 
 from clipkit import __version__
-from clipkit.config import DEFAULT_MODEL_SPEC, ENV_DEBUG, ENV_MODEL
+from clipkit.config import ENV_DEBUG, ENV_MODEL
 from clipkit.errors import ClipkitError, NotImplementedYetError
 
 app = typer.Typer(
@@ -50,13 +50,14 @@ class OutputFormat(str, Enum):
 ModelOption = Annotated[
     str,
     typer.Option(
-        "--model", "-m", envvar=ENV_MODEL, help="Model spec: ARCH[:TAG], ARCH:random, "
-        "hf-hub:org/repo, or a checkpoint file or training-run folder."
+        "--model",
+        "-m",
+        envvar=ENV_MODEL,
+        help="Model spec: ARCH[:TAG], ARCH:random, "
+        "hf-hub:org/repo, or a checkpoint file or training-run folder.",
     ),
 ]
-DeviceOption = Annotated[
-    str, typer.Option("--device", help="auto, cpu, cuda, cuda:N or mps.")
-]
+DeviceOption = Annotated[str, typer.Option("--device", help="auto, cpu, cuda, cuda:N or mps.")]
 FormatOption = Annotated[
     OutputFormat, typer.Option("--format", "-f", help="Output format for stdout.")
 ]
@@ -127,7 +128,9 @@ def models_list(
     filter: Annotated[
         str | None, typer.Option("--filter", help="Only rows whose name contains this text.")
     ] = None,
-    cached: Annotated[bool, typer.Option("--cached", help="Only weights in the local cache.")] = False,
+    cached: Annotated[
+        bool, typer.Option("--cached", help="Only weights in the local cache.")
+    ] = False,
     output: FormatOption = OutputFormat.table,
 ) -> None:
     """List built-in and open_clip architectures with their pretrained tags and cache state."""
@@ -189,8 +192,15 @@ _PLANNED_HELP = {
     "audit": "Find mismatched image-caption pairs.",
     "quickstart": "Generate example data and run every step offline.",
 }
-_PLANNED_ISSUE = {"embed": 3, "index": 5, "search": 5, "train": 6, "zeroshot": 7, "audit": 8,
-                  "quickstart": 9}
+_PLANNED_ISSUE = {
+    "embed": 3,
+    "index": 5,
+    "search": 5,
+    "train": 6,
+    "zeroshot": 7,
+    "audit": 8,
+    "quickstart": 9,
+}
 for _name, _issue in _PLANNED_ISSUE.items():
     app.command(
         _name,

@@ -11,8 +11,8 @@ import hashlib
 import json
 import logging
 import os
-import tempfile
 import socket
+import tempfile
 import threading
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass
@@ -235,13 +235,15 @@ def describe_model(spec_text: str, *, device: str = "cpu") -> ModelInfo:
 
 
 def list_models(name_filter: str | None = None, *, cached_only: bool = False) -> list[ModelListing]:
-    """Built-in architectures, open_clip pretrained tags and bare architectures, with cache state."""
+    """Built-in architectures, open_clip pretrained tags and bare architectures, cache state."""
     rows = [ModelListing(f"{arch}:random", "built-in (clipkit)", False) for arch in BUILTIN_ARCHS]
     tagged = set()
     for arch, tag in open_clip.list_pretrained():
         tagged.add(arch)
         cfg = open_clip.get_pretrained_cfg(arch, tag)
-        rows.append(ModelListing(f"{arch}:{tag}", "open_clip pretrained", _cached_file(cfg) is not None))
+        rows.append(
+            ModelListing(f"{arch}:{tag}", "open_clip pretrained", _cached_file(cfg) is not None)
+        )
     for arch in open_clip.list_models():
         if arch not in tagged and arch not in BUILTIN_ARCHS:
             rows.append(ModelListing(f"{arch}:random", "open_clip architecture", False))

@@ -44,17 +44,14 @@ def resolve_device(request: str = "auto") -> Resolved:
                 f"Device {request!r} was requested but CUDA is not available here.",
                 "Use --device cpu, or --device auto to pick the best device present.",
             )
-        index = request.partition(":")[2]
-        if index:
-            if not index.isdigit() or int(index) >= torch.cuda.device_count():
-                raise DeviceError(
-                    f"No CUDA device {index!r}: this machine has {torch.cuda.device_count()}.",
-                    "Use --device cuda:0 or --device cuda.",
-                )
+        _, colon, index = request.partition(":")
+        if colon and (not index.isdigit() or int(index) >= torch.cuda.device_count()):
+            raise DeviceError(
+                f"No CUDA device {index!r}: this machine has {torch.cuda.device_count()}.",
+                "Use --device cuda:0 or --device cuda.",
+            )
         return Resolved(request, "requested")
-    raise DeviceError(
-        f"Unknown device {request!r}.", "Use one of: auto, cpu, cuda, cuda:N, mps."
-    )
+    raise DeviceError(f"Unknown device {request!r}.", "Use one of: auto, cpu, cuda, cuda:N, mps.")
 
 
 def resolve_precision(device: str, request: str = "auto") -> Resolved:

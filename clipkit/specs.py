@@ -54,22 +54,26 @@ def parse_spec(text: str) -> ModelSpec:
                 "Write it as hf-hub:ORG/REPO, e.g. hf-hub:laion/CLIP-ViT-B-32-laion2B-s34B-b79K.",
             )
         return ModelSpec(text, SpecKind.HF_HUB, hub_id=hub_id)
+    if Path(text).expanduser().exists():
+        return ModelSpec(text, SpecKind.CHECKPOINT, path=Path(text).expanduser())
+    arch, sep, rest = (part.strip() for part in text.partition(":"))
+    if sep and rest and _looks_like_arch(arch) and _looks_like_path(rest):
+        return ModelSpec(text, SpecKind.CHECKPOINT, arch=arch, path=Path(rest).expanduser())
     if _looks_like_path(text):
         return ModelSpec(text, SpecKind.CHECKPOINT, path=Path(text).expanduser())
-    arch, sep, rest = text.partition(":")
-    arch = arch.strip()
     if not arch:
         raise ModelSpecError(f"Model spec {text!r} has no architecture name.", _FORMS_HINT)
     if not sep:
         return ModelSpec(text, SpecKind.PRETRAINED, arch=arch)
-    rest = rest.strip()
     if not rest:
         raise ModelSpecError(f"Model spec {text!r} has an empty tag after ':'.", _FORMS_HINT)
     if rest == RANDOM_TAG:
         return ModelSpec(text, SpecKind.RANDOM, arch=arch)
-    if _looks_like_path(rest):
-        return ModelSpec(text, SpecKind.CHECKPOINT, arch=arch, path=Path(rest).expanduser())
     return ModelSpec(text, SpecKind.PRETRAINED, arch=arch, tag=rest)
+
+
+def _looks_like_arch(text: str) -> bool:
+    return bool(text) and not text.startswith((".", "~", "/", "\\"))
 
 
 def _looks_like_path(text: str) -> bool:

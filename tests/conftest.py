@@ -1,0 +1,36 @@
+"""Shared fixtures: no network, an empty model cache, the GPU marker, and a tiny encoder."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+
+import pytest
+
+# Set before anything imports huggingface_hub, which reads these once at import time: tests
+# must never touch the network nor a developer's real cache.
+os.environ["HF_HUB_OFFLINE"] = "1"
+os.environ["HF_HOME"] = tempfile.mkdtemp(prefix="clipkit-test-hf-")
+os.environ.pop("CLIPKIT_MODEL", None)
+os.environ.pop("CLIPKIT_DEBUG", None)
+
+TINY = "clipkit-tiny:random"
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    import torch
+
+    if torch.cuda.is_available():
+        return
+    skip = pytest.mark.skip(reason="needs CUDA (run on the device machine with -m gpu)")
+    for item in items:
+        if item.get_closest_marker("gpu"):
+            item.add_marker(skip)
+
+
+@pytest.fixture(scope="session")
+def tiny_encoder():
+    """The built-in tiny architecture with its seeded random weights, on the CPU."""
+    from clipkit.models import load_model
+
+    return load_model(TINY, device="cpu")

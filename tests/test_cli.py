@@ -1,0 +1,157 @@
+"""The CLI shell: instant --help, version, error mapping to Error/Hint and exit codes, models."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+import typer
+from typer.testing import CliRunner
+
+from clipkit import __version__, cli
+from clipkit.errors import ClipkitError
+
+runner = CliRunner()
+HEAVY = ("torch", "open_clip", "faiss", "pyarrow")
+
+
+def test_importing_the_cli_imports_no_heavy_library():
+    code = f"import sys, clipkit.cli; print(','.join(m for m in {HEAVY!r} if m in sys.modules))"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == ""
+
+
+def test_help_lists_every_command_without_heavy_imports():
+    code = (
+        "import sys; from clipkit.cli import main; sys.argv = ['clipkit', '--help']\n"
+        "try:\n    main()\nexcept SystemExit:\n    pass\n"
+        f"print('HEAVY=' + ','.join(m for m in {HEAVY!r} if m in sys.modules))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    for command in ("embed", "index", "search", "train", "zeroshot", "audit", "models"):
+        assert command in out.stdout
+    assert out.stdout.strip().endswith("HEAVY=")
+
+
+def test_version_via_module_entry_point():
+    out = subprocess.run(
+        [sys.executable, "-m", "clipkit", "--version"], capture_output=True, text=True, check=True
+    )
+    assert out.stdout.strip() == f"clipkit {__version__}"
+
+
+def test_models_info_json():
+    result = runner.invoke(cli.app, ["models", "info", "clipkit-tiny:random", "--format", "json"])
+    assert result.exit_code == 0, result.output
+    info = json.loads(result.stdout)
+    assert info["embed_dim"] == 128 and info["context_length"] == 32
+    assert len(info["fingerprint"]) == 16
+
+
+def test_models_list_with_filter_json():
+    result = runner.invoke(cli.app, ["models", "--filter", "clipkit", "--format", "json"])
+    assert result.exit_code == 0, result.output
+    specs = {row["spec"] for row in json.loads(result.stdout)}
+    assert specs == {"clipkit-tiny:random", "clipkit-small:random"}
+
+
+def test_model_spec_from_environment(monkeypatch):
+    seen = {}
+
+    @cli.app.command("probe-model", hidden=True)
+    def probe(model: cli.ModelOption = "default") -> None:
+        seen["model"] = model
+
+    monkeypatch.setenv("CLIPKIT_MODEL", "clipkit-tiny:random")
+    try:
+        assert runner.invoke(cli.app, ["probe-model"]).exit_code == 0
+        assert seen["model"] == "clipkit-tiny:random"
+    finally:
+        cli.app.registered_commands.pop()
+
+
+def test_clipkit_error_becomes_error_and_hint_with_exit_1():
+    result = runner.invoke(cli.app, ["models", "info", "ViT-B-23:random"])
+    assert result.exit_code == 1
+    assert "Error: Unknown model architecture 'ViT-B-23'" in result.stderr
+    assert "Hint: Did you mean" in result.stderr
+    assert "Traceback" not in result.output
+    assert result.stdout == ""
+
+
+def test_offline_pretrained_model_error():
+    result = runner.invoke(cli.app, ["models", "info", "ViT-B-32:laion2b_s34b_b79k"])
+    assert result.exit_code == 1
+    assert "Error:" in result.stderr and "HF_HUB_OFFLINE" in result.stderr
+
+
+def test_malicious_checkpoint_is_refused_by_the_cli(tmp_path):
+    import torch
+
+    marker = tmp_path / "ran.txt"
+
+    class Payload:
+        def __reduce__(self):
+            return (exec, (f"open({str(marker)!r}, 'w')",))
+
+    torch.save({"x": Payload()}, tmp_path / "evil.pt")
+    result = runner.invoke(cli.app, ["models", "info", str(tmp_path / "evil.pt")])
+    assert result.exit_code == 1
+    assert "Error: Refusing to load" in result.stderr
+    assert not marker.exists()
+
+
+def test_usage_errors_exit_2():
+    assert runner.invoke(cli.app, ["models", "info"]).exit_code == 2
+    assert runner.invoke(cli.app, ["no-such-command"]).exit_code == 2
+    assert runner.invoke(cli.app, ["models", "--format", "xml"]).exit_code == 2
+
+
+@pytest.mark.parametrize("command", ["embed", "index", "search", "train", "zeroshot", "audit"])
+def test_planned_commands_say_so_and_fail(command):
+    result = runner.invoke(cli.app, [command, "some/path", "-o", "out"])
+    assert result.exit_code == 1
+    assert "not implemented yet" in result.stderr
+
+
+def _failing_command(error: Exception):
+    app = typer.Typer()
+
+    @app.command()
+    @cli.handles_errors
+    def boom() -> None:
+        raise error
+
+    return app
+
+
+def test_unexpected_exceptions_are_reported_without_traceback():
+    result = runner.invoke(_failing_command(ZeroDivisionError("division by zero")))
+    assert result.exit_code == 1
+    assert "Error: Unexpected ZeroDivisionError: division by zero" in result.stderr
+    assert "CLIPKIT_DEBUG=1" in result.stderr
+    assert "Traceback" not in result.output
+
+
+def test_debug_mode_reraises(monkeypatch):
+    monkeypatch.setenv("CLIPKIT_DEBUG", "1")
+    error = ClipkitError("broken", "fix it")
+    result = runner.invoke(_failing_command(error))
+    assert result.exit_code == 1 and result.exception is error
+
+
+def test_debug_traceback_shows_no_locals(monkeypatch):
+    code = (
+        "import typer\nfrom clipkit import cli\n"
+        "def boom():\n    secret_local_tensor = 'SECRET-VALUE'\n    raise RuntimeError('x')\n"
+        "cli.app.command('boom')(cli.handles_errors(boom))\ncli.main()\n"
+    )
+    env = {**__import__("os").environ, "CLIPKIT_DEBUG": "1"}
+    out = subprocess.run(
+        [sys.executable, "-c", code, "boom"], capture_output=True, text=True, env=env
+    )
+    assert out.returncode == 1
+    assert "Traceback" in out.stderr and "RuntimeError" in out.stderr
+    assert "SECRET-VALUE" not in out.stderr

@@ -1,0 +1,40 @@
+"""The README's promises: CI runs its exact install and test commands; the code is lint-clean."""
+
+from __future__ import annotations
+
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def _bash_blocks(section: str) -> list[str]:
+    readme = (ROOT / "README.md").read_text()
+    body = readme.split(f"## {section}\n", 1)[1].split("\n## ", 1)[0]
+    return re.findall(r"```bash\n(.*?)\n```", body, flags=re.S)
+
+
+def test_ci_runs_the_readme_install_and_test_commands():
+    ci = (ROOT / ".ci" / "run").read_text().splitlines()
+    (install,) = _bash_blocks("Install")
+    (test,) = _bash_blocks("Test")
+    assert install in ci
+    assert test in ci
+    assert ci.index(install) < ci.index(test)
+
+
+def test_ruff_is_clean():
+    ruff = shutil.which("ruff", path=str(Path(sys.executable).parent)) or shutil.which("ruff")
+    if ruff is None:
+        pytest.skip("ruff is not installed")
+    paths = [str(ROOT / name) for name in ("clipkit", "tests", "benchmarks", "examples")]
+    paths = [p for p in paths if Path(p).exists()]
+    check = subprocess.run([ruff, "check", *paths], capture_output=True, text=True)
+    assert check.returncode == 0, check.stdout
+    fmt = subprocess.run([ruff, "format", "--check", *paths], capture_output=True, text=True)
+    assert fmt.returncode == 0, fmt.stdout
