@@ -1,0 +1,109 @@
+"""Scoring core: similarity, chunked top-k, pair ranks, recall and the contrastive loss.
+
+One public function per operation, device-agnostic. The reference implementations in
+``reference.py`` are the specification; the loss backend is chosen once at import (fused
+Triton kernel on CUDA when available, else the tiled autograd function) and can be forced for
+tests by setting ``clipkit.score.LOSS_BACKEND`` to ``"reference"``, ``"tiled"`` or ``"triton"``.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from clipkit.errors import InputError
+from clipkit.score import reference
+from clipkit.score.retrieval import PairRanks, pair_ranks, rank_summary, recall_at_k, topk
+from clipkit.score.tiled_loss import DEFAULT_TILE, tiled_contrastive_loss
+
+__all__ = [
+    "LOSS_BACKEND",
+    "MAX_SCALE",
+    "PairRanks",
+    "contrastive_loss",
+    "loss_backend",
+    "pair_ranks",
+    "rank_summary",
+    "recall_at_k",
+    "similarity",
+    "topk",
+]
+
+# 1/t is clamped at 100, as in CLIP: larger scales make training unstable.
+MAX_SCALE = 100.0
+
+
+def _triton_available() -> bool:
+    if not torch.cuda.is_available():
+        return False
+    try:
+        from clipkit.score import triton_loss  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+#: "auto" (per call: triton for CUDA tensors when available, else tiled), or a forced backend.
+LOSS_BACKEND = "auto"
+_TRITON_READY = _triton_available()
+
+
+def loss_backend(device: torch.device | str = "cpu") -> tuple[str, str]:
+    """The loss implementation used for tensors on ``device``, and why."""
+    if LOSS_BACKEND != "auto":
+        return LOSS_BACKEND, "forced by clipkit.score.LOSS_BACKEND"
+    if torch.device(device).type == "cuda":
+        if _TRITON_READY:
+            return "triton", "CUDA tensors and Triton is importable"
+        return "tiled", "CUDA tensors but Triton is not importable"
+    return "tiled", f"{torch.device(device).type} tensors"
+
+
+def similarity(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """Inner products (A, D) x (B, D) -> (A, B); cosine similarity for unit-norm inputs."""
+    return a @ b.T
+
+
+def contrastive_loss(
+    image_features: torch.Tensor,
+    text_features: torch.Tensor,
+    logit_scale: torch.Tensor,
+    *,
+    weight: float = 0.5,
+    tile: int = DEFAULT_TILE,
+) -> torch.Tensor:
+    """Bidirectional InfoNCE: ``(1/S) Σ_i [λ L_i(I→w) + (1-λ) L_i(w→I)]``.
+
+    Features are used as given (normalise them first, as open_clip does). With ``weight`` 0.5
+    this equals open_clip's ``ClipLoss`` called with ``logit_scale.exp()``.
+
+    Args:
+        image_features: (S, D) image embeddings; row i pairs with ``text_features[i]``.
+        text_features: (S, D) text embeddings.
+        logit_scale: scalar ``log(1/t)``; clamped so that ``1/t <= 100``.
+        weight: λ in [0, 1], the weight of the image→text direction.
+        tile: tile edge for the tiled backend (memory O(S·D + tile²)).
+
+    Returns:
+        Scalar loss, differentiable in both feature tensors and ``logit_scale``.
+    """
+    if image_features.shape != text_features.shape or image_features.ndim != 2:
+        raise InputError(
+            f"Image features {tuple(image_features.shape)} and text features "
+            f"{tuple(text_features.shape)} must both be (S, D).",
+            "Pass one image and one text embedding per pair.",
+        )
+    if image_features.shape[0] == 0:
+        raise InputError("The contrastive loss needs at least one pair.", "Use a batch of S >= 1.")
+    if not 0.0 <= weight <= 1.0:
+        raise InputError(f"λ must be in [0, 1], got {weight}.", "0.5 weighs both directions.")
+    scale = logit_scale.clamp(max=math.log(MAX_SCALE)).exp()
+    backend, _ = loss_backend(image_features.device)
+    if backend == "reference":
+        return reference.contrastive_loss(image_features, text_features, scale, weight)
+    if backend == "triton":
+        from clipkit.score.triton_loss import triton_contrastive_loss
+
+        return triton_contrastive_loss(image_features, text_features, scale, weight)
+    return tiled_contrastive_loss(image_features, text_features, scale, weight, tile)

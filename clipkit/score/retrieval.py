@@ -1,0 +1,173 @@
+"""Exact retrieval in bounded memory: chunked top-k, tiled pair ranks, recall@k from ranks."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from clipkit.errors import InputError
+
+# Aim for score blocks of about this many elements: large enough that the matmul dominates,
+# small enough (256 MiB of float32) to keep memory flat whatever the number of keys.
+SCORE_BLOCK_ELEMENTS = 1 << 26
+MIN_CHUNK, MAX_CHUNK = 4096, 1 << 18
+# Pairs whose scores differ by less than this (relative to |a||b|) count as tied, not beaten:
+# one dot product computed in two matmul calls can differ by a few float32 roundings.
+RANK_TOLERANCE = 1e-5
+
+
+def topk(
+    queries: torch.Tensor,
+    keys: torch.Tensor | np.ndarray,
+    k: int,
+    *,
+    chunk: int | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Exact inner-product top-k, streaming over chunks of keys.
+
+    Args:
+        queries: (Q, D) query vectors; their device and dtype set where the math runs
+            (float16 keys are upcast on the CPU, used as float16 on CUDA).
+        keys: (N, D) tensor or NumPy array (a ``np.memmap`` is read one chunk at a time).
+        k: results per query; more than N returns all N.
+        chunk: keys per block; by default sized so one score block holds ~64M elements.
+
+    Returns:
+        scores (Q, min(k, N)) in descending order and their int64 key indices; equal scores
+        are ordered by lower index, exactly as a stable sort of the full matrix would.
+    """
+    if k < 1:
+        raise InputError(f"k must be at least 1, got {k}.", "Ask for one or more results.")
+    total = keys.shape[0]
+    if queries.ndim != 2 or keys.ndim != 2 or queries.shape[1] != keys.shape[1]:
+        raise InputError(
+            f"Queries {tuple(queries.shape)} and keys {tuple(keys.shape)} do not share a "
+            "dimension.",
+            "Both must be 2-D with the same embedding size (made by the same model).",
+        )
+    k = min(k, total)
+    chunk = chunk or _default_chunk(queries.shape[0])
+    best_scores = best_indices = None
+    for start in range(0, total, chunk):
+        block = _as_tensor(keys[start : start + chunk], queries)
+        matching = queries if queries.dtype == block.dtype else queries.to(block.dtype)
+        scores = (matching @ block.T).float()
+        values, indices = _block_topk(scores, min(k, scores.shape[1]))
+        indices += start
+        best_scores, best_indices = _merge(best_scores, best_indices, values, indices, k)
+    assert best_scores is not None and best_indices is not None
+    return best_scores, best_indices
+
+
+@dataclass(frozen=True)
+class PairRanks:
+    """For pair i, how many other items beat its true partner.
+
+    ``image_to_text[i]``: texts k != i with ``s_ik > s_ii`` (rank of the caption for image i);
+    ``text_to_image[i]``: images k != i with ``s_ki > s_ii``. 0 means the partner ranks first.
+    """
+
+    image_to_text: torch.Tensor
+    text_to_image: torch.Tensor
+    scores: torch.Tensor  # (S,) the pair scores s_ii
+
+
+def pair_ranks(a: torch.Tensor, b: torch.Tensor, *, tile: int = 4096) -> PairRanks:
+    """Ranks of every true pair among all candidates, tiled: O(S·D + tile²) memory.
+
+    Args:
+        a: (S, D) first side (e.g. images); row i pairs with ``b[i]``.
+        b: (S, D) second side (e.g. texts).
+    """
+    if a.shape != b.shape or a.ndim != 2:
+        raise InputError(
+            f"Paired embeddings must have equal 2-D shapes, got {tuple(a.shape)} and "
+            f"{tuple(b.shape)}.",
+            "Each row of one side pairs with the same row of the other.",
+        )
+    size = a.shape[0]
+    diagonal = (a * b).sum(dim=1).float()
+    margin = RANK_TOLERANCE * (a.float().norm(dim=1) * b.float().norm(dim=1))
+    threshold = diagonal + margin
+    row_rank = torch.zeros(size, dtype=torch.int64, device=a.device)
+    col_rank = torch.zeros_like(row_rank)
+    for i in range(0, size, tile):
+        rows = slice(i, i + tile)
+        for j in range(0, size, tile):
+            cols = slice(j, j + tile)
+            scores = (a[rows] @ b[cols].T).float()
+            row_rank[rows] += (scores > threshold[rows, None]).sum(dim=1)
+            col_rank[cols] += (scores > threshold[None, cols]).sum(dim=0)
+    return PairRanks(image_to_text=row_rank, text_to_image=col_rank, scores=diagonal)
+
+
+def recall_at_k(ranks: torch.Tensor, ks: Iterable[int] = (1, 5, 10)) -> dict[int, float]:
+    """Share of pairs whose partner is among the top k (rank < k), for each k."""
+    if ranks.numel() == 0:
+        raise InputError("Recall needs at least one pair.", "Pass a non-empty set of pairs.")
+    return {k: int((ranks < k).sum()) / ranks.numel() for k in ks}
+
+
+def rank_summary(ranks: torch.Tensor) -> dict[str, float]:
+    """Mean and median 1-based rank of the true partner."""
+    if ranks.numel() == 0:
+        raise InputError("Rank statistics need at least one pair.", "Pass a non-empty set.")
+    one_based = ranks.double() + 1
+    return {"mean_rank": float(one_based.mean()), "median_rank": float(one_based.median())}
+
+
+def _default_chunk(num_queries: int) -> int:
+    return int(min(MAX_CHUNK, max(MIN_CHUNK, SCORE_BLOCK_ELEMENTS // max(num_queries, 1))))
+
+
+def _as_tensor(block: torch.Tensor | np.ndarray, queries: torch.Tensor) -> torch.Tensor:
+    if isinstance(block, np.ndarray):
+        # A read-only memmap must be copied into memory to become a tensor; reading does that.
+        writable = block.flags.writeable and block.flags.c_contiguous
+        block = torch.from_numpy(block if writable else np.array(block, order="C"))
+    block = block.to(queries.device, non_blocking=True)
+    # Half-precision matmul is slow on CPUs, so upcast there; on CUDA it is the fast path.
+    if queries.device.type == "cpu" and block.dtype != queries.dtype:
+        block = block.to(queries.dtype)
+    return block
+
+
+def _block_topk(scores: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Top-k of a (Q, C) block with ties at the cut resolved to the lowest indices."""
+    values, indices = torch.topk(scores, k, dim=1, sorted=True)
+    cut = values[:, -1:]
+    # torch.topk picks arbitrarily among scores equal to the k-th; find the rows where that
+    # choice mattered (more equal scores exist than were kept) and redo those with a stable sort.
+    ambiguous = (scores == cut).sum(dim=1) > (values == cut).sum(dim=1)
+    if ambiguous.any():
+        rows = ambiguous.nonzero().squeeze(1)
+        exact = torch.sort(scores[rows], dim=1, descending=True, stable=True)
+        values[rows], indices[rows] = exact.values[:, :k], exact.indices[:, :k]
+    return _order_ties(values, indices)
+
+
+def _order_ties(values: torch.Tensor, indices: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Sort each row by (score descending, index ascending)."""
+    by_index = torch.sort(indices, dim=1, stable=True)
+    values = values.gather(1, by_index.indices)
+    by_score = torch.sort(values, dim=1, descending=True, stable=True)
+    return by_score.values, by_index.values.gather(1, by_score.indices)
+
+
+def _merge(
+    best_scores: torch.Tensor | None,
+    best_indices: torch.Tensor | None,
+    scores: torch.Tensor,
+    indices: torch.Tensor,
+    k: int,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    if best_scores is None or best_indices is None:
+        return scores, indices
+    # Earlier chunks hold lower indices, so a stable sort of [best, new] keeps ties in order.
+    scores = torch.cat([best_scores, scores], dim=1)
+    indices = torch.cat([best_indices, indices], dim=1)
+    merged = torch.sort(scores, dim=1, descending=True, stable=True)
+    return merged.values[:, :k], indices.gather(1, merged.indices[:, :k])

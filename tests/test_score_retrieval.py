@@ -1,0 +1,151 @@
+"""Chunked top-k, pair ranks and recall against full-matrix definitions and hand-made cases."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from clipkit import score
+from clipkit.errors import InputError
+from clipkit.score.retrieval import RANK_TOLERANCE
+
+
+def _unit(*shape, seed=0, dtype=torch.float32):
+    generator = torch.Generator().manual_seed(seed)
+    return F.normalize(torch.randn(*shape, generator=generator, dtype=dtype), dim=-1)
+
+
+def _full_topk(queries, keys, k):
+    """Definition: sort the whole score matrix, ties in index order (a stable sort)."""
+    scores = queries.double() @ keys.double().T
+    order = torch.sort(scores, dim=1, descending=True, stable=True)
+    return order.values[:, :k], order.indices[:, :k]
+
+
+@pytest.mark.parametrize("chunk", [1, 7, 64, 1000, None])
+@pytest.mark.parametrize("k", [1, 5, 50])
+def test_topk_equals_the_full_matrix(chunk, k):
+    queries, keys = _unit(9, 16, seed=1), _unit(300, 16, seed=2)
+    scores, indices = score.topk(queries, keys, k, chunk=chunk)
+    want_scores, want_indices = _full_topk(queries, keys, k)
+    assert torch.equal(indices, want_indices)
+    torch.testing.assert_close(scores.double(), want_scores, rtol=1e-5, atol=1e-6)
+    assert indices.dtype == torch.int64 and scores.dtype == torch.float32
+
+
+def test_topk_matches_torch_topk_values():
+    queries, keys = _unit(4, 32, seed=3), _unit(1000, 32, seed=4)
+    scores, _ = score.topk(queries, keys, 10, chunk=128)
+    expected = torch.topk(queries @ keys.T, 10, dim=1).values
+    torch.testing.assert_close(scores, expected)
+
+
+def test_k_larger_than_the_number_of_keys_returns_all():
+    queries, keys = _unit(3, 8, seed=5), _unit(4, 8, seed=6)
+    scores, indices = score.topk(queries, keys, 10, chunk=3)
+    assert scores.shape == indices.shape == (3, 4)
+    assert torch.equal(indices, _full_topk(queries, keys, 4)[1])
+
+
+def test_ties_go_to_the_lower_index_across_chunks():
+    base = _unit(5, 8, seed=7)
+    keys = torch.cat([base, base, base])  # every key appears three times: 0..4, 5..9, 10..14
+    query = base[2:3]
+    for chunk in (1, 2, 4, 5, 6, 100):
+        _, indices = score.topk(query, keys, 3, chunk=chunk)
+        assert indices.tolist() == [[2, 7, 12]], chunk
+    # All-equal scores: the first k indices, in order.
+    _, indices = score.topk(torch.ones(1, 4), torch.ones(50, 4), 6, chunk=7)
+    assert indices.tolist() == [[0, 1, 2, 3, 4, 5]]
+
+
+def test_memory_mapped_float16_keys(tmp_path):
+    keys = _unit(500, 16, seed=8).numpy().astype(np.float16)
+    path = tmp_path / "keys.f16"
+    mapped = np.memmap(path, dtype=np.float16, mode="w+", shape=keys.shape)
+    mapped[:] = keys
+    mapped.flush()
+    readonly = np.memmap(path, dtype=np.float16, mode="r", shape=keys.shape)
+    queries = _unit(6, 16, seed=9)
+    scores, indices = score.topk(queries, readonly, 7, chunk=64)
+    want_scores, want_indices = _full_topk(queries, torch.from_numpy(keys).float(), 7)
+    assert torch.equal(indices, want_indices)
+    torch.testing.assert_close(scores.double(), want_scores, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("k", [0, -3])
+def test_nonpositive_k_is_an_error(k):
+    with pytest.raises(InputError, match="k must be at least 1"):
+        score.topk(_unit(1, 4), _unit(3, 4), k)
+
+
+def test_dimension_mismatch_is_an_error():
+    with pytest.raises(InputError, match="do not share a dimension"):
+        score.topk(_unit(1, 4), _unit(3, 5), 1)
+
+
+def _brute_force_ranks(a, b):
+    """Definition, in float64 over the full matrix: how many others beat the true partner."""
+    sims = a.double() @ b.double().T
+    diagonal = sims.diagonal()
+    margin = RANK_TOLERANCE * a.double().norm(dim=1) * b.double().norm(dim=1)
+    row = (sims > (diagonal + margin)[:, None]).sum(1)
+    col = (sims > (diagonal + margin)[None, :]).sum(0)
+    return row, col
+
+
+@pytest.mark.parametrize(("size", "tile"), [(1, 4), (10, 3), (64, 64), (257, 50)])
+def test_pair_ranks_equal_brute_force(size, tile):
+    a, b = _unit(size, 12, seed=size), _unit(size, 12, seed=size + 1)
+    ranks = score.pair_ranks(a, b, tile=tile)
+    row, col = _brute_force_ranks(a, b)
+    assert torch.equal(ranks.image_to_text, row)
+    assert torch.equal(ranks.text_to_image, col)
+    torch.testing.assert_close(ranks.scores, (a * b).sum(1))
+
+
+def test_pair_ranks_hand_made_case():
+    # Similarities s[i][k] = <a_i, b_k>, chosen by hand (a = identity, so s = b transposed):
+    #            caption 0  caption 1  caption 2
+    # image 0       0.5        0.9        0.6     -> captions 1 and 2 beat caption 0: rank 2
+    # image 1       0.1        0.8        0.2     -> caption 1 is first: rank 0
+    # image 2       0.0        0.7        0.1     -> caption 1 beats caption 2: rank 1
+    # Columns: caption 0: images 1, 2 score 0.1, 0.0 < 0.5 -> rank 0; caption 1: image 0 has 0.9 > 0.8 -> rank 1;
+    # caption 2: image 0 has 0.6 > 0.1 and image 1 has 0.2 > 0.1 -> rank 2.
+    sims = torch.tensor([[0.5, 0.9, 0.6], [0.1, 0.8, 0.2], [0.0, 0.7, 0.1]])
+    ranks = score.pair_ranks(torch.eye(3), sims.T.contiguous())
+    assert ranks.image_to_text.tolist() == [2, 0, 1]
+    assert ranks.text_to_image.tolist() == [0, 1, 2]
+
+
+def test_exact_duplicates_do_not_beat_the_partner():
+    base = _unit(6, 8, seed=11)
+    a = torch.cat([base, base])  # image i and i+6 are identical, and so are their captions
+    ranks = score.pair_ranks(a, a.clone(), tile=5)
+    assert ranks.image_to_text.tolist() == [0] * 12
+    assert ranks.text_to_image.tolist() == [0] * 12
+
+
+def test_pair_ranks_shape_mismatch():
+    with pytest.raises(InputError, match="equal 2-D shapes"):
+        score.pair_ranks(_unit(3, 4), _unit(4, 4))
+
+
+def test_recall_and_rank_summary_hand_made():
+    ranks = torch.tensor([0, 0, 1, 4, 9, 20])
+    assert score.recall_at_k(ranks, (1, 5, 10)) == {1: 2 / 6, 5: 4 / 6, 10: 5 / 6}
+    summary = score.rank_summary(ranks)
+    assert summary["mean_rank"] == pytest.approx((1 + 1 + 2 + 5 + 10 + 21) / 6)
+    assert summary["median_rank"] == 2.0  # torch's median is the lower middle value (2 and 5)
+
+
+def test_recall_of_nothing_is_an_error():
+    with pytest.raises(InputError):
+        score.recall_at_k(torch.tensor([], dtype=torch.int64))
+
+
+def test_similarity_is_the_inner_product():
+    a, b = torch.tensor([[1.0, 2.0]]), torch.tensor([[3.0, 4.0], [0.0, 1.0]])
+    assert score.similarity(a, b).tolist() == [[11.0, 2.0]]
