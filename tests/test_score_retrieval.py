@@ -112,7 +112,8 @@ def test_pair_ranks_hand_made_case():
     # image 0       0.5        0.9        0.6     -> captions 1 and 2 beat caption 0: rank 2
     # image 1       0.1        0.8        0.2     -> caption 1 is first: rank 0
     # image 2       0.0        0.7        0.1     -> caption 1 beats caption 2: rank 1
-    # Columns: caption 0: images 1, 2 score 0.1, 0.0 < 0.5 -> rank 0; caption 1: image 0 has 0.9 > 0.8 -> rank 1;
+    # Columns: caption 0: images 1, 2 score 0.1, 0.0 < 0.5 -> rank 0;
+    # caption 1: image 0 has 0.9 > 0.8 -> rank 1;
     # caption 2: image 0 has 0.6 > 0.1 and image 1 has 0.2 > 0.1 -> rank 2.
     sims = torch.tensor([[0.5, 0.9, 0.6], [0.1, 0.8, 0.2], [0.0, 0.7, 0.1]])
     ranks = score.pair_ranks(torch.eye(3), sims.T.contiguous())
