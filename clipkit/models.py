@@ -117,6 +117,14 @@ class Encoder:
         """Texts -> token ids (B, context_length); longer texts are truncated by the tokenizer."""
         return self.tokenizer(list(texts))
 
+    def truncated(self, texts: Sequence[str]) -> list[bool]:
+        """Whether each text is longer than the context and so gets cut by ``tokenize``."""
+        if isinstance(self.tokenizer, open_clip.SimpleTokenizer):
+            # CLIP's BPE tokenizer adds start and end tokens around the encoded text.
+            return [len(self.tokenizer.encode(t)) + 2 > self.context_length for t in texts]
+        longer = self.tokenizer(list(texts), context_length=8 * self.context_length)
+        return ((longer != 0).sum(dim=1) > self.context_length).tolist()
+
     @torch.inference_mode()
     def encode_images(self, pixels: torch.Tensor) -> torch.Tensor:
         """Preprocessed images (B, 3, H, W) -> unit-norm float32 embeddings (B, D)."""

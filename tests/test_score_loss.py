@@ -197,6 +197,7 @@ def test_bad_inputs(a, b, weight, match):
 
 def test_backend_choice_is_reported(monkeypatch):
     assert score.loss_backend("cpu") == ("tiled", "cpu tensors")
+    assert score.loss_backend("cpu", torch.bfloat16, 4096)[0] == "tiled"
     monkeypatch.setattr(score, "LOSS_BACKEND", "reference")
     name, reason = score.loss_backend("cpu")
     assert name == "reference" and "forced" in reason

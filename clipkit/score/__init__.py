@@ -15,7 +15,7 @@ import torch
 from clipkit.errors import InputError
 from clipkit.score import reference
 from clipkit.score.retrieval import PairRanks, pair_ranks, rank_summary, recall_at_k, topk
-from clipkit.score.tiled_loss import DEFAULT_TILE, tiled_contrastive_loss
+from clipkit.score.tiled_loss import tiled_contrastive_loss
 
 __all__ = [
     "LOSS_BACKEND",
@@ -32,6 +32,8 @@ __all__ = [
 
 # 1/t is clamped at 100, as in CLIP: larger scales make training unstable.
 MAX_SCALE = 100.0
+# Kept equal to triton_loss.MAX_DIM without importing Triton on machines that lack CUDA.
+MAX_TRITON_DIM = 1024
 
 
 def _triton_available() -> bool:
@@ -44,20 +46,27 @@ def _triton_available() -> bool:
     return True
 
 
-#: "auto" (per call: triton for CUDA tensors when available, else tiled), or a forced backend.
+#: "auto" (per call: triton for fp16/bf16 CUDA tensors when available, else tiled), or forced.
 LOSS_BACKEND = "auto"
 _TRITON_READY = _triton_available()
 
 
-def loss_backend(device: torch.device | str = "cpu") -> tuple[str, str]:
-    """The loss implementation used for tensors on ``device``, and why."""
+def loss_backend(
+    device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32, dim: int = 512
+) -> tuple[str, str]:
+    """The loss implementation used for (S, dim) features of ``dtype`` on ``device``, and why."""
     if LOSS_BACKEND != "auto":
         return LOSS_BACKEND, "forced by clipkit.score.LOSS_BACKEND"
-    if torch.device(device).type == "cuda":
-        if _TRITON_READY:
-            return "triton", "CUDA tensors and Triton is importable"
-        return "tiled", "CUDA tensors but Triton is not importable"
-    return "tiled", f"{torch.device(device).type} tensors"
+    kind = torch.device(device).type
+    if kind != "cuda":
+        return "tiled", f"{kind} tensors"
+    if not _TRITON_READY:
+        return "tiled", "CUDA tensors, but Triton is not importable"
+    if dtype not in (torch.float16, torch.bfloat16):
+        return "tiled", f"CUDA {dtype} tensors (the Triton kernels take fp16/bf16)"
+    if dim > MAX_TRITON_DIM:
+        return "tiled", f"embedding size {dim} > {MAX_TRITON_DIM} (Triton row blocks)"
+    return "triton", f"CUDA {dtype} tensors and Triton is importable"
 
 
 def similarity(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
@@ -71,7 +80,7 @@ def contrastive_loss(
     logit_scale: torch.Tensor,
     *,
     weight: float = 0.5,
-    tile: int = DEFAULT_TILE,
+    tile: int | None = None,
 ) -> torch.Tensor:
     """Bidirectional InfoNCE: ``(1/S) Σ_i [λ L_i(I→w) + (1-λ) L_i(w→I)]``.
 
@@ -83,7 +92,8 @@ def contrastive_loss(
         text_features: (S, D) text embeddings.
         logit_scale: scalar ``log(1/t)``; clamped so that ``1/t <= 100``.
         weight: λ in [0, 1], the weight of the image→text direction.
-        tile: tile edge for the tiled backend (memory O(S·D + tile²)).
+        tile: tile edge for the tiled backend (memory O(S·D + tile²)); by default 1024 on
+            the CPU and 4096 on CUDA.
 
     Returns:
         Scalar loss, differentiable in both feature tensors and ``logit_scale``.
@@ -99,7 +109,7 @@ def contrastive_loss(
     if not 0.0 <= weight <= 1.0:
         raise InputError(f"λ must be in [0, 1], got {weight}.", "0.5 weighs both directions.")
     scale = logit_scale.clamp(max=math.log(MAX_SCALE)).exp()
-    backend, _ = loss_backend(image_features.device)
+    backend, _ = loss_backend(image_features.device, image_features.dtype, image_features.shape[1])
     if backend == "reference":
         return reference.contrastive_loss(image_features, text_features, scale, weight)
     if backend == "triton":

