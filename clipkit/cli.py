@@ -6,11 +6,14 @@ faiss, pyarrow) are imported inside the commands so that ``clipkit --help`` stay
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 import os
-from collections.abc import Callable
+import time
+from collections.abc import Callable, Iterator
 from enum import Enum
+from pathlib import Path
 from typing import Annotated, Any, TypeVar
 
 import typer
@@ -18,7 +21,7 @@ from rich.console import Console
 from rich.table import Table
 
 from clipkit import __version__
-from clipkit.config import ENV_DEBUG, ENV_MODEL
+from clipkit.config import DEFAULT_MODEL_SPEC, ENV_DEBUG, ENV_MODEL
 from clipkit.errors import ClipkitError, NotImplementedYetError
 
 app = typer.Typer(
@@ -169,6 +172,128 @@ def models_info(
     stdout.print(table)
 
 
+class KindChoice(str, Enum):
+    auto = "auto"
+    image = "image"
+    text = "text"
+
+
+class StorageDtype(str, Enum):
+    float32 = "float32"
+    float16 = "float16"
+
+
+@app.command()
+@handles_errors
+def embed(
+    sources: Annotated[
+        list[str],
+        typer.Argument(help="Folders, images, .txt files or CSV/TSV/JSONL/Parquet tables."),
+    ],
+    out_dir: Annotated[Path, typer.Option("--out", "-o", help="Output embeddings folder.")],
+    model: ModelOption = DEFAULT_MODEL_SPEC,
+    kind: Annotated[KindChoice, typer.Option(help="Embed only images or only texts.")] = (
+        KindChoice.auto
+    ),
+    batch_size: Annotated[int, typer.Option(min=1, help="Items per model call.")] = 64,
+    workers: Annotated[
+        int | None, typer.Option(min=0, help="Image decode processes (default: one per core).")
+    ] = None,
+    device: DeviceOption = "auto",
+    dtype: Annotated[StorageDtype, typer.Option(help="Stored embedding precision.")] = (
+        StorageDtype.float32
+    ),
+    lines: Annotated[bool, typer.Option(help="A .txt SOURCE holds one text per line.")] = False,
+    include_hidden: Annotated[bool, typer.Option(help="Also embed hidden files.")] = False,
+    image_column: Annotated[str | None, typer.Option(help="Table column of image paths.")] = None,
+    text_column: Annotated[str | None, typer.Option(help="Table column of texts.")] = None,
+    max_pixels: Annotated[
+        int, typer.Option(min=1, help="Skip images larger than this (decompression bombs).")
+    ] = 89_478_485,
+    shard_rows: Annotated[int, typer.Option(min=1, help="Rows per Parquet shard.")] = 50_000,
+    strict: Annotated[bool, typer.Option(help="Exit 1 if any input was skipped.")] = False,
+) -> None:
+    """Encode image and text folders or tables to Parquet embeddings (resumable).
+
+    Example: clipkit embed photos/ captions.csv -o emb/ -m clipkit-tiny:random
+    """
+    from clipkit.embed import EmbedConfig
+    from clipkit.embed import embed as run_embed
+    from clipkit.sources import Kind
+
+    config = EmbedConfig(
+        sources=tuple(sources),
+        out_dir=out_dir,
+        model=model,
+        kind=Kind(kind.value),
+        batch_size=batch_size,
+        workers=workers,
+        device=device,
+        float16=dtype is StorageDtype.float16,
+        strict=strict,
+        lines=lines,
+        include_hidden=include_hidden,
+        image_column=image_column,
+        text_column=text_column,
+        max_pixels=max_pixels,
+        shard_rows=shard_rows,
+    )
+    with _progress() as update:
+        result = run_embed(config, progress=update)
+    for uri, stage, error in result.failures[:10]:
+        stderr.print(f"  skipped {uri} ({stage}: {error})", markup=False)
+    if result.skipped > 10:
+        stderr.print(f"  ... and {result.skipped - 10} more, listed in {out_dir}/_failures.parquet")
+    notes = []
+    if result.truncated_texts:
+        notes.append(f"{result.truncated_texts} texts truncated to the model's context")
+    if result.replaced_texts:
+        notes.append(f"{result.replaced_texts} texts had invalid UTF-8 replaced")
+    if result.aliases:
+        notes.append(f"{result.aliases} duplicates recorded in _aliases.parquet")
+    stderr.print(
+        f"Embedded {result.embedded}, skipped {result.skipped}, already present "
+        f"{result.already_present} in {result.seconds:.1f} s "
+        f"({result.items_per_second:.1f} items/s) -> {out_dir}"
+        + (f"; {'; '.join(notes)}" if notes else ""),
+        markup=False,
+    )
+    if strict and result.skipped:
+        raise typer.Exit(1)
+
+
+@contextlib.contextmanager
+def _progress() -> Iterator[Callable[[str, int, int], None]]:
+    """A rich progress bar on stderr, driven by a service's (stage, done, total) callback."""
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeRemainingColumn,
+    )
+
+    columns = (
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("{task.fields[rate]}"),
+        TimeRemainingColumn(),
+    )
+    tasks: dict[str, Any] = {}
+    started: dict[str, float] = {}
+    with Progress(*columns, console=stderr, transient=False) as bar:
+
+        def update(stage: str, done: int, total: int) -> None:
+            if stage not in tasks:
+                tasks[stage] = bar.add_task(stage, total=total, rate="")
+                started[stage] = time.perf_counter()
+            elapsed = max(time.perf_counter() - started[stage], 1e-9)
+            bar.update(tasks[stage], completed=done, rate=f"{done / elapsed:.1f}/s")
+
+        yield update
+
+
 def _planned(name: str, issue: int) -> Callable[..., None]:
     """A command that exists in the interface but is not built yet: it says so and exits 1."""
 
@@ -184,7 +309,6 @@ def _planned(name: str, issue: int) -> Callable[..., None]:
 
 
 _PLANNED_HELP = {
-    "embed": "Encode image and text folders or tables to Parquet embeddings.",
     "index": "Build a FAISS index from an embeddings folder.",
     "search": "Search an index or embeddings folder by text or image.",
     "train": "Fine-tune a CLIP model with the bidirectional contrastive loss.",
@@ -193,7 +317,6 @@ _PLANNED_HELP = {
     "quickstart": "Generate example data and run every step offline.",
 }
 _PLANNED_ISSUE = {
-    "embed": 3,
     "index": 5,
     "search": 5,
     "train": 6,

@@ -2,9 +2,11 @@
 
 The only module that imports pyarrow. An embeddings folder holds ``part-NNNNN.parquet`` shards
 (columns ``id``, ``uri``, ``kind``, ``text``, ``embedding`` and pass-through metadata, schema
-metadata ``clipkit.*``), ``failures.parquet`` (``uri``, ``stage``, ``error``: the inputs the
-latest run skipped) and ``aliases.parquet`` (``id``, ``uri``: further paths whose content was
-identical to an embedded row). Every file is written atomically, so a crash loses no shard.
+metadata ``clipkit.*``), ``_failures.parquet`` (``uri``, ``stage``, ``error``: the inputs the
+latest run skipped) and ``_aliases.parquet`` (``id``, ``uri``: further paths whose content was
+identical to an embedded row). The leading underscore keeps the side tables out of
+``pyarrow.dataset`` discovery, so the folder reads as one dataset. Every file is written
+atomically, so a crash loses no shard.
 """
 
 from __future__ import annotations
@@ -27,8 +29,8 @@ from clipkit.atomic import atomic_path
 from clipkit.errors import InputError
 
 SHARD_PATTERN = re.compile(r"^part-(\d{5,})\.parquet$")
-FAILURES_FILE = "failures.parquet"
-ALIASES_FILE = "aliases.parquet"
+FAILURES_FILE = "_failures.parquet"
+ALIASES_FILE = "_aliases.parquet"
 TABLE_SUFFIXES = frozenset({".csv", ".tsv", ".jsonl", ".parquet"})
 CORE_COLUMNS = ("id", "uri", "kind", "text", "embedding")
 

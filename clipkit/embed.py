@@ -1,0 +1,294 @@
+"""``clipkit embed``: images and texts to Parquet embedding shards, resumable and incremental.
+
+Worker processes read, hash, decode and preprocess images while the model encodes the previous
+batch. An item whose content id is already in the output folder is not decoded again; identical
+content found under another path is recorded as an alias instead of a second row.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from clipkit import store
+from clipkit.decode import DEFAULT_MAX_PIXELS, DecodeError, content_id, decode_text, text_id
+from clipkit.errors import InputError
+from clipkit.models import Encoder, load_model
+from clipkit.pipeline import ImageDataset, image_batches
+from clipkit.sources import Item, Kind, SourceOptions, discover
+
+Progress = Callable[[str, int, int], None]
+
+
+@dataclass(frozen=True)
+class EmbedConfig:
+    """What to embed, with which model, and where to write it."""
+
+    sources: tuple[str, ...]
+    out_dir: Path
+    model: str
+    kind: Kind = Kind.AUTO
+    batch_size: int = 64
+    workers: int | None = None
+    device: str = "auto"
+    float16: bool = False
+    strict: bool = False
+    lines: bool = False
+    include_hidden: bool = False
+    image_column: str | None = None
+    text_column: str | None = None
+    max_pixels: int = DEFAULT_MAX_PIXELS
+    shard_rows: int = 50_000
+
+
+@dataclass(frozen=True)
+class EmbedResult:
+    """What a run did; ``failures`` lists (uri, stage, error) for every skipped input."""
+
+    out_dir: Path
+    model: str
+    fingerprint: str
+    embedded: int
+    already_present: int
+    aliases: int
+    failures: tuple[tuple[str, str, str], ...]
+    truncated_texts: int
+    replaced_texts: int
+    ignored_files: int
+    shards_written: int
+    seconds: float
+    device: str
+
+    @property
+    def skipped(self) -> int:
+        return len(self.failures)
+
+    @property
+    def items_per_second(self) -> float:
+        return self.embedded / self.seconds if self.seconds > 0 else 0.0
+
+
+@dataclass
+class _Run:
+    """Mutable state of one run: what is known, what is buffered, what was counted."""
+
+    out_dir: Path
+    encoder: Encoder
+    known_ids: set[str]
+    known_uris: set[str]
+    next_shard: int
+    shard_rows: int
+    float16: bool
+    meta_columns: list[str]
+    rows: dict[str, list[Any]] = field(default_factory=dict)
+    vectors: list[np.ndarray] = field(default_factory=list)
+    embedded: int = 0
+    already_present: int = 0
+    aliases: list[tuple[str, str]] = field(default_factory=list)
+    failures: list[tuple[str, str, str]] = field(default_factory=list)
+    truncated: int = 0
+    replaced: int = 0
+    shards_written: int = 0
+
+    def seen(self, item_id: str, uri: str) -> bool:
+        """True (and counted) when this content is already embedded."""
+        if item_id not in self.known_ids:
+            return False
+        if uri in self.known_uris:
+            self.already_present += 1
+        else:
+            self.aliases.append((item_id, uri))
+            self.known_uris.add(uri)
+        return True
+
+    def add(self, items: Sequence[Item], ids: Sequence[str], texts: Sequence[str | None],
+            vectors: torch.Tensor) -> None:  # fmt: skip
+        for item, item_id, text in zip(items, ids, texts, strict=True):
+            self._column("id").append(item_id)
+            self._column("uri").append(item.uri)
+            self._column("kind").append(item.kind)
+            self._column("text").append(text)
+            for name in self.meta_columns:
+                value = item.meta.get(_source_name(name))
+                self._column(name).append(None if value is None else store.to_json(value))
+            self.known_ids.add(item_id)
+            self.known_uris.add(item.uri)
+        self.vectors.append(vectors.detach().to("cpu", torch.float32).numpy())
+        self.embedded += len(items)
+        while sum(len(v) for v in self.vectors) >= self.shard_rows:
+            self.flush(self.shard_rows)
+
+    def flush(self, limit: int | None = None) -> None:
+        """Write up to ``limit`` buffered rows (all by default) as the next shard."""
+        if not self.vectors:
+            return
+        buffered = np.concatenate(self.vectors)
+        take = len(buffered) if limit is None else min(limit, len(buffered))
+        stamp = store.ModelStamp(self.encoder.spec, self.encoder.fingerprint,
+                                 self.encoder.embed_dim)  # fmt: skip
+        path = store.shard_path(self.out_dir, self.next_shard)
+        shard = {name: values[:take] for name, values in self.rows.items()}
+        store.write_shard(path, shard, buffered[:take], stamp, float16=self.float16)
+        self.next_shard += 1
+        self.shards_written += 1
+        self.rows = {name: values[take:] for name, values in self.rows.items()}
+        self.vectors = [buffered[take:]] if take < len(buffered) else []
+
+    def _column(self, name: str) -> list[Any]:
+        return self.rows.setdefault(name, [])
+
+
+def embed(config: EmbedConfig, progress: Progress | None = None) -> EmbedResult:
+    """Embed every input of ``config.sources`` not already in ``config.out_dir``.
+
+    Raises:
+        InputError: bad sources, or an output folder made by a different model.
+        ClipkitError: the model cannot be loaded.
+    """
+    started = time.perf_counter()
+    report = progress or (lambda stage, done, total: None)
+    if config.batch_size < 1:
+        raise InputError("--batch-size must be at least 1.", "Try 64.")
+    options = SourceOptions(config.kind, config.lines, config.include_hidden,
+                            config.image_column, config.text_column)  # fmt: skip
+    found = discover(config.sources, options)
+    encoder = load_model(config.model, device=config.device)
+    run = _start_run(config, encoder, found.items)
+    images = [item for item in found.items if item.kind == "image"]
+    texts = [item for item in found.items if item.kind == "text"]
+    _embed_texts(run, texts, config.batch_size, report)
+    _embed_images(run, images, config, report)
+    run.flush()
+    store.write_failures(config.out_dir, run.failures)
+    if run.aliases:
+        store.add_aliases(config.out_dir, run.aliases)
+    return EmbedResult(
+        out_dir=config.out_dir,
+        model=encoder.spec,
+        fingerprint=encoder.fingerprint,
+        embedded=run.embedded,
+        already_present=run.already_present,
+        aliases=len(run.aliases),
+        failures=tuple(run.failures),
+        truncated_texts=run.truncated,
+        replaced_texts=run.replaced,
+        ignored_files=found.ignored,
+        shards_written=run.shards_written,
+        seconds=time.perf_counter() - started,
+        device=f"{encoder.device.value} ({encoder.device.reason})",
+    )
+
+
+def _start_run(config: EmbedConfig, encoder: Encoder, items: Sequence[Item]) -> _Run:
+    config.out_dir.mkdir(parents=True, exist_ok=True)
+    store.remove_stale_temporaries(config.out_dir)
+    existing = store.read_existing(config.out_dir)
+    if existing.stamp is not None and existing.stamp.fingerprint != encoder.fingerprint:
+        raise InputError(
+            f"{config.out_dir} holds embeddings from another model: {existing.stamp.spec} "
+            f"(fingerprint {existing.stamp.fingerprint}), not {encoder.spec} "
+            f"(fingerprint {encoder.fingerprint}).",
+            f"Use a new output folder, or -m {existing.stamp.spec} to add to this one.",
+        )
+    meta_names = sorted({name for item in items for name in item.meta})
+    return _Run(
+        out_dir=config.out_dir,
+        encoder=encoder,
+        known_ids=existing.ids,
+        known_uris=existing.uris,
+        next_shard=max(existing.shard_numbers, default=-1) + 1,
+        shard_rows=max(1, config.shard_rows),
+        float16=config.float16,
+        meta_columns=[_column_name(name) for name in meta_names],
+    )
+
+
+def _embed_texts(run: _Run, items: Sequence[Item], batch_size: int, report: Progress) -> None:
+    if items:
+        report("texts", 0, len(items))
+    for start in range(0, len(items), batch_size):
+        batch, ids, texts = [], [], []
+        for item in items[start : start + batch_size]:
+            try:
+                text, replaced = _read_text(item)
+            except DecodeError as error:
+                run.failures.append((item.uri, error.stage, error.reason))
+                continue
+            item_id = text_id(text)
+            if run.seen(item_id, item.uri) or item_id in ids:
+                if item_id in ids:
+                    run.aliases.append((item_id, item.uri))
+                continue
+            run.replaced += replaced
+            batch.append(item), ids.append(item_id), texts.append(text)
+        if batch:
+            run.truncated += sum(run.encoder.truncated(texts))
+            run.add(batch, ids, texts, run.encoder.encode_texts(texts))
+        report("texts", min(start + batch_size, len(items)), len(items))
+
+
+def _read_text(item: Item) -> tuple[str, bool]:
+    if item.text is not None:
+        return decode_text(item.text.encode("utf-8"))
+    from clipkit.pipeline import read_bytes
+
+    return decode_text(read_bytes(item.path or ""))
+
+
+def _embed_images(run: _Run, items: Sequence[Item], config: EmbedConfig, report: Progress):
+    if not items:
+        return
+    dataset = ImageDataset(
+        items,
+        known_ids=frozenset(run.known_ids),
+        preprocess=run.encoder.preprocess,
+        min_side=min(run.encoder.image_size),
+        max_pixels=config.max_pixels,
+    )
+    workers = config.workers if config.workers is not None else default_workers()
+    done = 0
+    report("images", 0, len(items))
+    for batch in image_batches(dataset, config.batch_size, workers, run.encoder.device.value):
+        fresh_items, fresh_ids, keep = [], [], []
+        for position, sample in enumerate(batch.samples):
+            item = items[sample.index]
+            if sample.error is not None:
+                run.failures.append((item.uri, sample.error[0], sample.error[1]))
+            elif run.seen(sample.item_id, item.uri) or sample.item_id in fresh_ids:
+                if sample.item_id in fresh_ids:
+                    run.aliases.append((sample.item_id, item.uri))
+            elif sample.decoded:
+                fresh_items.append(item), fresh_ids.append(sample.item_id), keep.append(position)
+        if fresh_items:
+            pixels = batch.pixels[[batch.pixel_row[p] for p in keep]]
+            run.add(fresh_items, fresh_ids, [None] * len(fresh_items),
+                    run.encoder.encode_images(pixels))  # fmt: skip
+        done += len(batch.samples)
+        report("images", done, len(items))
+
+
+def default_workers() -> int:
+    """Decode workers: one per core, at most 8 (decoding is the usual bottleneck)."""
+    return max(1, min(8, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity")
+                      else (os.cpu_count() or 1)))  # fmt: skip
+
+
+def _column_name(source: str) -> str:
+    # Pass-through columns keep their names unless they collide with clipkit's own.
+    return f"source_{source}" if source in store.CORE_COLUMNS else source
+
+
+def _source_name(column: str) -> str:
+    prefix = "source_"
+    inner = column[len(prefix) :] if column.startswith(prefix) else None
+    return inner if inner in store.CORE_COLUMNS else column
+
+
+__all__ = ["EmbedConfig", "EmbedResult", "content_id", "embed"]

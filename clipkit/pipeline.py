@@ -1,0 +1,125 @@
+"""The image input pipeline: read, hash, decode and preprocess in worker processes.
+
+Known traps, measured: torch's default thread pool inside a decode worker made ToTensor and
+Normalize ~30x slower (so each worker runs torch single-threaded); JPEGs are decoded at reduced
+scale with Pillow's ``draft`` (about half the decode work); the transform resizes exactly once.
+"""
+
+from __future__ import annotations
+
+import errno
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+from clipkit.decode import DecodeError, content_id, decode_image
+from clipkit.sources import Item
+
+
+@dataclass(frozen=True)
+class Sample:
+    """What a worker made of one item: an id and pixels, or the reason it failed."""
+
+    index: int
+    item_id: str = ""
+    decoded: bool = False
+    error: tuple[str, str] | None = None  # (stage, reason)
+
+
+@dataclass(frozen=True)
+class Batch:
+    """Samples in item order, and the pixels (B, 3, H, W) of those that decoded."""
+
+    samples: list[Sample]
+    pixels: torch.Tensor | None
+    pixel_row: dict[int, int]  # position in ``samples`` -> row in ``pixels``
+
+
+def read_bytes(path: str) -> bytes:
+    """The bytes of a file, or a DecodeError naming why they cannot be read."""
+    try:
+        with open(path, "rb") as handle:
+            return handle.read()
+    except IsADirectoryError:
+        raise DecodeError("read", "is a directory, not a file") from None
+    except FileNotFoundError:
+        raise DecodeError("read", "missing (or a broken symlink)") from None
+    except PermissionError:
+        raise DecodeError("read", "permission denied") from None
+    except OSError as error:
+        reason = errno.errorcode.get(error.errno or 0, "I/O error")
+        raise DecodeError("read", f"{reason}: {error.strerror}") from None
+
+
+class ImageDataset(Dataset):
+    """Items -> (Sample, pixels or None); already-embedded content is hashed, not decoded."""
+
+    def __init__(
+        self,
+        items: Sequence[Item],
+        *,
+        known_ids: frozenset[str],
+        preprocess: Callable,
+        min_side: int,
+        max_pixels: int,
+    ) -> None:
+        self.paths = [item.path or "" for item in items]
+        self.known_ids = known_ids
+        self.preprocess = preprocess
+        self.min_side = min_side
+        self.max_pixels = max_pixels
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, index: int) -> tuple[Sample, torch.Tensor | None]:
+        try:
+            data = read_bytes(self.paths[index])
+        except DecodeError as error:
+            return Sample(index, error=(error.stage, error.reason)), None
+        item_id = content_id(data)
+        if item_id in self.known_ids:
+            return Sample(index, item_id), None
+        try:
+            image = decode_image(data, min_side=self.min_side, max_pixels=self.max_pixels)
+            pixels = self.preprocess(image)
+        except DecodeError as error:
+            return Sample(index, item_id, error=(error.stage, error.reason)), None
+        except Exception as error:  # a transform failing on one odd image must not end the run
+            return Sample(index, item_id, error=("preprocess", f"{type(error).__name__}: "
+                                                 f"{error}")), None  # fmt: skip
+        return Sample(index, item_id, decoded=True), pixels
+
+
+def collate(samples: list[tuple[Sample, torch.Tensor | None]]) -> Batch:
+    pixel_row, tensors = {}, []
+    for position, (_, pixels) in enumerate(samples):
+        if pixels is not None:
+            pixel_row[position] = len(tensors)
+            tensors.append(pixels)
+    stacked = torch.stack(tensors) if tensors else None
+    return Batch([sample for sample, _ in samples], stacked, pixel_row)
+
+
+def image_batches(
+    dataset: ImageDataset, batch_size: int, workers: int, device: str
+) -> Iterator[Batch]:
+    """Batches in item order, prepared by ``workers`` processes (0: in this process)."""
+    loader = DataLoader(
+        dataset,
+        batch_size=batch_size,
+        shuffle=False,
+        num_workers=workers,
+        collate_fn=collate,
+        pin_memory=device.startswith("cuda"),
+        worker_init_fn=_single_threaded if workers else None,
+        prefetch_factor=4 if workers else None,
+        persistent_workers=False,
+    )
+    yield from loader
+
+
+def _single_threaded(_: int) -> None:
+    torch.set_num_threads(1)

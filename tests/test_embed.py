@@ -1,0 +1,305 @@
+"""``clipkit embed``: folders and tables to Parquet, bad inputs skipped and listed, resume after
+a crash, incremental runs, duplicates, model mismatch, and agreement with the Encoder."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pyarrow.dataset as ds
+import pyarrow.parquet as pq
+import pytest
+import torch
+from PIL import Image
+from typer.testing import CliRunner
+
+from clipkit import cli, pipeline
+from clipkit.decode import content_id
+from clipkit.embed import EmbedConfig, embed
+from clipkit.errors import InputError
+from clipkit.sources import Kind
+
+TINY = "clipkit-tiny:random"
+runner = CliRunner()
+
+
+def make_images(folder: Path, count: int, *, start: int = 0, size=(40, 30)) -> list[Path]:
+    """Distinct small images (seeded noise, so distinct bytes and content ids)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for n in range(start, start + count):
+        pixels = np.random.default_rng(n).integers(0, 256, (size[1], size[0], 3), dtype=np.uint8)
+        path = folder / (f"img{n:04d}.png" if n % 2 else f"img{n:04d}.jpg")
+        Image.fromarray(pixels).save(path)
+        paths.append(path)
+    return paths
+
+
+def rows(out: Path) -> dict[str, dict]:
+    """All rows of an embeddings folder, by id, read with plain pyarrow.dataset."""
+    table = ds.dataset(str(out), format="parquet").to_table()
+    return {row["id"]: row for row in table.to_pylist()}
+
+
+def config(sources, out, **kwargs) -> EmbedConfig:
+    kwargs.setdefault("workers", 0)
+    return EmbedConfig(sources=tuple(str(s) for s in sources), out_dir=out, model=TINY,
+                       device="cpu", **kwargs)  # fmt: skip
+
+
+def test_folder_of_images_and_texts(tmp_path, tiny_encoder):
+    images = make_images(tmp_path / "data" / "nested", 5)
+    (tmp_path / "data" / "note.txt").write_text("  a red square  \n")
+    (tmp_path / "data" / "ignored.json").write_text("{}")
+    result = embed(config([tmp_path / "data"], tmp_path / "out", workers=2))
+    assert (result.embedded, result.skipped, result.already_present) == (6, 0, 0)
+    assert result.ignored_files == 1
+    found = rows(tmp_path / "out")
+    assert len(found) == 6
+    text_row = next(row for row in found.values() if row["kind"] == "text")
+    assert text_row["text"] == "a red square"
+    assert text_row["id"] == content_id(b"a red square")
+    for path in images:
+        row = found[content_id(path.read_bytes())]
+        assert row["uri"] == str(path) and row["kind"] == "image" and row["text"] is None
+
+
+def test_embeddings_equal_the_encoder_and_are_unit_norm(tmp_path, tiny_encoder):
+    images = make_images(tmp_path / "imgs", 4, size=(90, 70))
+    (tmp_path / "t.txt").write_text("a photo of a dog")
+    embed(config([tmp_path / "imgs", tmp_path / "t.txt"], tmp_path / "out"))
+    found = rows(tmp_path / "out")
+    for path in images:
+        pixels = tiny_encoder.preprocess_image(Image.open(path).convert("RGB")).unsqueeze(0)
+        expected = tiny_encoder.encode_images(pixels)[0].numpy()
+        stored = np.array(found[content_id(path.read_bytes())]["embedding"], dtype=np.float32)
+        np.testing.assert_allclose(stored, expected, atol=1e-5)
+        assert abs(np.linalg.norm(stored) - 1) < 1e-5
+    text = np.array(found[content_id(b"a photo of a dog")]["embedding"], dtype=np.float32)
+    np.testing.assert_allclose(text, tiny_encoder.encode_texts(["a photo of a dog"])[0], atol=1e-5)
+
+
+def test_schema_metadata_and_float16_storage(tmp_path, tiny_encoder):
+    make_images(tmp_path / "imgs", 2)
+    embed(config([tmp_path / "imgs"], tmp_path / "out", float16=True))
+    schema = pq.read_schema(tmp_path / "out" / "part-00000.parquet")
+    meta = {k.decode(): v.decode() for k, v in schema.metadata.items()}
+    assert meta["clipkit.model"] == TINY
+    assert meta["clipkit.fingerprint"] == tiny_encoder.fingerprint
+    assert meta["clipkit.dim"] == "128" and "clipkit.version" in meta
+    embedding_type = schema.field("embedding").type
+    assert embedding_type.list_size == 128 and str(embedding_type.value_type) == "halffloat"
+
+
+@pytest.mark.parametrize("suffix", [".csv", ".tsv", ".jsonl", ".parquet"])
+def test_tables_with_images_captions_and_pass_through_columns(tmp_path, suffix):
+    images = make_images(tmp_path / "imgs", 3)
+    records = [
+        {"filepath": f"imgs/{p.name}", "caption": f"caption {n}", "label": n, "id": f"x{n}"}
+        for n, p in enumerate(images)
+    ]
+    table = tmp_path / f"pairs{suffix}"
+    if suffix == ".parquet":
+        import pyarrow as pa
+
+        pq.write_table(pa.Table.from_pylist(records), table)
+    elif suffix == ".jsonl":
+        table.write_text("\n".join(json.dumps(r) for r in records))
+    else:
+        sep = "\t" if suffix == ".tsv" else ","
+        lines = [sep.join(records[0])] + [sep.join(str(v) for v in r.values()) for r in records]
+        table.write_text("\n".join(lines) + "\n")
+    result = embed(config([table], tmp_path / "out"))
+    assert result.embedded == 6
+    found = list(rows(tmp_path / "out").values())
+    image_rows = [r for r in found if r["kind"] == "image"]
+    assert {r["uri"] for r in image_rows} == {str(p) for p in images}  # relative to the table
+    assert sorted(r["label"] for r in found) == ["0", "0", "1", "1", "2", "2"]
+    assert {r["source_id"] for r in found} == {"x0", "x1", "x2"}  # renamed: "id" is clipkit's
+    text_rows = sorted((r for r in found if r["kind"] == "text"), key=lambda r: r["uri"])
+    assert [r["text"] for r in text_rows] == ["caption 0", "caption 1", "caption 2"]
+
+
+def test_table_column_options_and_missing_column(tmp_path):
+    make_images(tmp_path / "imgs", 1)
+    table = tmp_path / "t.csv"
+    table.write_text("picture,words\nimgs/img0000.jpg,hello\n")
+    with pytest.raises(InputError, match="no image or text column"):
+        embed(config([table], tmp_path / "out"))
+    result = embed(config([table], tmp_path / "out", image_column="picture", text_column="words"))
+    assert result.embedded == 2
+    with pytest.raises(InputError, match="no column 'nope'"):
+        embed(config([table], tmp_path / "out2", image_column="nope"))
+
+
+def test_lines_mode_and_kind_filter(tmp_path):
+    (tmp_path / "queries.txt").write_text("a dog\n\na cat\n  a bird  \n")
+    result = embed(config([tmp_path / "queries.txt"], tmp_path / "out", lines=True))
+    texts = sorted(row["text"] for row in rows(tmp_path / "out").values())
+    assert result.embedded == 3 and texts == ["a bird", "a cat", "a dog"]
+    make_images(tmp_path / "mixed", 2)
+    (tmp_path / "mixed" / "c.txt").write_text("caption")
+    only_text = embed(config([tmp_path / "mixed"], tmp_path / "o2", kind=Kind.TEXT))
+    assert only_text.embedded == 1
+
+
+def test_bad_inputs_are_skipped_listed_and_never_abort(tmp_path, monkeypatch):
+    data = tmp_path / "data"
+    make_images(data, 2)
+    (data / "zero.jpg").write_bytes(b"")
+    good = (data / "img0000.jpg").read_bytes()
+    (data / "truncated.jpg").write_bytes(good[: len(good) // 2])
+    (data / "text_named.jpg").write_text("I am not an image")
+    (data / "dir.png").mkdir()  # a folder named like an image: walked, not an input
+    (data / "broken.png").symlink_to(data / "does-not-exist.png")
+    Image.new("L", (200, 200)).save(data / "bomb.png")
+    (data / "empty.txt").write_text("   \n")
+    (data / "latin1.txt").write_bytes(b"caf\xe9")
+    (data / "long.txt").write_text(" ".join(["word"] * 100))
+    (data / ".hidden.jpg").write_bytes(b"")  # hidden: not even looked at
+    locked = data / "locked.png"
+    Image.new("RGB", (9, 9)).save(locked)
+    real_read = pipeline.read_bytes
+
+    def deny(path):  # the tests run as root, where chmod 000 cannot stop a read
+        if path == str(locked):
+            raise pipeline.DecodeError("read", "permission denied")
+        return real_read(path)
+
+    monkeypatch.setattr(pipeline, "read_bytes", deny)
+    result = embed(config([data], tmp_path / "out", max_pixels=20_000))
+    reasons = {Path(uri).name: (stage, error) for uri, stage, error in result.failures}
+    assert set(reasons) == {"zero.jpg", "truncated.jpg", "text_named.jpg", "broken.png",
+                            "bomb.png", "empty.txt", "locked.png"}  # fmt: skip
+    assert reasons["zero.jpg"] == ("read", "empty file")
+    assert reasons["text_named.jpg"][1] == "not a recognised image format"
+    assert reasons["broken.png"] == ("read", "missing (or a broken symlink)")
+    assert "exceeds" in reasons["bomb.png"][1]
+    assert reasons["locked.png"] == ("read", "permission denied")
+    assert result.embedded == 4  # two images, the Latin-1 text and the long text
+    assert (result.replaced_texts, result.truncated_texts) == (1, 1)
+    failures = pq.read_table(tmp_path / "out" / "_failures.parquet").to_pylist()
+    assert {Path(f["uri"]).name for f in failures} == set(reasons)
+    assert all(f["stage"] and f["error"] for f in failures)
+
+
+def test_directory_named_like_an_image_in_a_table(tmp_path):
+    (tmp_path / "x.png").mkdir()
+    (tmp_path / "t.csv").write_text("filepath\nx.png\n")
+    result = embed(config([tmp_path / "t.csv"], tmp_path / "out"))
+    assert result.failures == ((str(tmp_path / "x.png"), "read", "is a directory, not a file"),)
+
+
+def test_hidden_files_only_on_request(tmp_path):
+    make_images(tmp_path / "d" / ".cache", 1)
+    make_images(tmp_path / "d", 1, start=5)
+    assert embed(config([tmp_path / "d"], tmp_path / "o1")).embedded == 1
+    assert embed(config([tmp_path / "d"], tmp_path / "o2", include_hidden=True)).embedded == 2
+
+
+def test_missing_or_empty_sources_are_errors(tmp_path):
+    with pytest.raises(InputError, match="does not exist"):
+        embed(config([tmp_path / "nope"], tmp_path / "out"))
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "empty" / "notes.md").write_text("x")
+    with pytest.raises(InputError, match="holds nothing to embed"):
+        embed(config([tmp_path / "empty"], tmp_path / "out"))
+
+
+def test_identical_files_share_one_row_and_are_listed_as_aliases(tmp_path):
+    make_images(tmp_path / "d", 2)
+    copy = tmp_path / "d" / "copy_of_img0000.jpg"
+    copy.write_bytes((tmp_path / "d" / "img0000.jpg").read_bytes())
+    (tmp_path / "d" / "a.txt").write_text("same words")
+    (tmp_path / "d" / "b.txt").write_text("same words\n")
+    result = embed(config([tmp_path / "d"], tmp_path / "out"))
+    assert result.embedded == 3 and result.aliases == 2
+    aliases = pq.read_table(tmp_path / "out" / "_aliases.parquet").to_pylist()
+    assert {(a["id"], Path(a["uri"]).name) for a in aliases} == {
+        (content_id(copy.read_bytes()), "img0000.jpg"),  # sorted order: copy_of_ comes first
+        (content_id(b"same words"), "b.txt"),
+    }
+    again = embed(config([tmp_path / "d"], tmp_path / "out"))
+    assert (again.embedded, again.already_present, again.aliases) == (0, 5, 0)
+
+
+def test_adding_files_embeds_only_the_new_ones(tmp_path):
+    make_images(tmp_path / "d", 3)
+    first = embed(config([tmp_path / "d"], tmp_path / "out", shard_rows=2))
+    make_images(tmp_path / "d", 2, start=3)
+    second = embed(config([tmp_path / "d"], tmp_path / "out", shard_rows=2))
+    assert (first.embedded, second.embedded, second.already_present) == (3, 2, 3)
+    found = rows(tmp_path / "out")
+    assert len(found) == 5
+    assert len(list((tmp_path / "out").glob("part-*.parquet"))) == 3  # 2+1, then 2
+
+
+def test_a_different_model_is_refused(tmp_path, tiny_encoder):
+    from clipkit.checkpoints import write_checkpoint
+
+    make_images(tmp_path / "d", 1)
+    embed(config([tmp_path / "d"], tmp_path / "out"))
+    model = tiny_encoder.model
+    state = {k: v + 0.01 if v.is_floating_point() else v for k, v in model.state_dict().items()}
+    other = write_checkpoint(tmp_path / "other.safetensors", state, tiny_encoder.checkpoint_meta())
+    with pytest.raises(InputError, match="holds embeddings from another model") as info:
+        embed(EmbedConfig(sources=(str(tmp_path / "d"),), out_dir=tmp_path / "out",
+                          model=str(other), device="cpu", workers=0))  # fmt: skip
+    assert TINY in info.value.message and str(other) in info.value.message
+
+
+def test_resume_after_kill_gives_the_same_rows(tmp_path):
+    data = tmp_path / "data"
+    make_images(data, 400, size=(24, 24))
+    command = [sys.executable, "-m", "clipkit", "embed", str(data), "-m", TINY, "--device",
+               "cpu", "--workers", "0", "--batch-size", "4", "--shard-rows", "8"]  # fmt: skip
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    crashed = tmp_path / "crashed"
+    process = subprocess.Popen([*command, "-o", str(crashed)], env=env,
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
+    deadline = time.monotonic() + 120
+    while not (crashed / "part-00000.parquet").exists() and time.monotonic() < deadline:
+        time.sleep(0.005)
+    os.kill(process.pid, signal.SIGKILL)
+    process.wait()
+    shards_at_kill = len(list(crashed.glob("part-*.parquet")))
+    assert 1 <= shards_at_kill < 50, "the kill must land mid-run for this test to mean anything"
+    resumed = subprocess.run([*command, "-o", str(crashed)], env=env, capture_output=True,
+                             text=True)  # fmt: skip
+    assert resumed.returncode == 0, resumed.stderr
+    clean = tmp_path / "clean"
+    subprocess.run([*command, "-o", str(clean)], env=env, check=True, capture_output=True)
+    after_crash, uninterrupted = rows(crashed), rows(clean)
+    assert len(after_crash) == len(uninterrupted) == 400
+    assert after_crash.keys() == uninterrupted.keys()
+    for item_id, row in uninterrupted.items():
+        assert after_crash[item_id]["uri"] == row["uri"]
+        np.testing.assert_allclose(after_crash[item_id]["embedding"], row["embedding"], atol=1e-5)
+    assert not list(crashed.glob(".*.tmp"))
+
+
+def test_cli_embed_summary_strict_and_errors(tmp_path):
+    make_images(tmp_path / "d", 2)
+    (tmp_path / "d" / "bad.jpg").write_text("nope")
+    args = ["embed", str(tmp_path / "d"), "-o", str(tmp_path / "out"), "-m", TINY,
+            "--device", "cpu", "--workers", "0"]  # fmt: skip
+    result = runner.invoke(cli.app, args)
+    assert result.exit_code == 0, result.output
+    assert "Embedded 2, skipped 1, already present 0" in result.stderr
+    assert "bad.jpg" in result.stderr
+    strict = runner.invoke(cli.app, [*args, "--strict"])
+    assert strict.exit_code == 1
+    assert "Embedded 0, skipped 1, already present 2" in strict.stderr
+    missing = runner.invoke(cli.app, ["embed", str(tmp_path / "nope"), "-o", "x", "-m", TINY])
+    assert missing.exit_code == 1 and "Error: Source" in missing.stderr
+
+
+def test_encoder_batch_output_is_float32_torch(tiny_encoder):
+    # The pipeline relies on encode_images accepting a stacked CPU batch.
+    assert tiny_encoder.encode_images(torch.zeros(2, 3, 64, 64)).dtype == torch.float32
