@@ -240,6 +240,8 @@ def embed(
     )
     with _progress() as update:
         result = run_embed(config, progress=update)
+    if not result.is_main:  # another rank of a torchrun job: rank 0 reports for all
+        return
     for uri, stage, error in result.failures[:10]:
         stderr.print(f"  skipped {uri} ({stage}: {error})", markup=False)
     if result.skipped > 10:

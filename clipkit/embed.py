@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from clipkit import store
+from clipkit import distributed, embed_plan, store
 from clipkit.decode import DEFAULT_MAX_PIXELS, DecodeError, content_id, decode_text, text_id
 from clipkit.errors import InputError
 from clipkit.models import Encoder, load_model
@@ -65,6 +65,7 @@ class EmbedResult:
     shards_written: int
     seconds: float
     device: str
+    is_main: bool = True  # False on the other ranks of a torchrun job: they print nothing
 
     @property
     def skipped(self) -> int:
@@ -84,6 +85,7 @@ class _Run:
     known_ids: set[str]
     known_uris: set[str]
     next_shard: int
+    shard_step: int
     shard_rows: int
     float16: bool
     meta_columns: list[str]
@@ -136,7 +138,7 @@ class _Run:
         path = store.shard_path(self.out_dir, self.next_shard)
         shard = {name: values[:take] for name, values in self.rows.items()}
         store.write_shard(path, shard, buffered[:take], stamp, float16=self.float16)
-        self.next_shard += 1
+        self.next_shard += self.shard_step
         self.shards_written += 1
         self.rows = {name: values[take:] for name, values in self.rows.items()}
         self.vectors = [buffered[take:]] if take < len(buffered) else []
@@ -148,48 +150,82 @@ class _Run:
 def embed(config: EmbedConfig, progress: Progress | None = None) -> EmbedResult:
     """Embed every input of ``config.sources`` not already in ``config.out_dir``.
 
+    Under ``torchrun`` each rank embeds a disjoint, deterministic share and writes its own
+    shards; the rows equal a single-process run, and rank 0 writes the side tables.
+
     Raises:
         InputError: bad sources, or an output folder made by a different model.
         ClipkitError: the model cannot be loaded.
     """
-    started = time.perf_counter()
-    report = progress or (lambda stage, done, total: None)
     if config.batch_size < 1:
         raise InputError("--batch-size must be at least 1.", "Try 64.")
+    world = distributed.current_world()
+    device, owns_group = distributed.start(world, config.device)
+    try:
+        quiet: Progress = lambda stage, done, total: None  # noqa: E731
+        return _embed(config, world, device, (progress or quiet) if world.is_main else quiet)
+    finally:
+        if owns_group:
+            distributed.finish(world)
+
+
+def _embed(config: EmbedConfig, world: distributed.World, device: str,
+           report: Progress) -> EmbedResult:  # fmt: skip
+    started = time.perf_counter()
     options = SourceOptions(config.kind, config.lines, config.include_hidden,
                             config.image_column, config.text_column)  # fmt: skip
     found = discover(config.sources, options)
-    encoder = load_model(config.model, device=config.device)
-    run = _start_run(config, encoder, found.items)
+    encoder = load_model(config.model, device=device)
+    run = _start_run(config, encoder, found.items, world)
     images = [item for item in found.items if item.kind == "image"]
     texts = [item for item in found.items if item.kind == "text"]
+    workers = config.workers if config.workers is not None else default_workers()
+    if world.distributed:
+        texts = embed_plan.claim(run, world, texts, embed_plan.text_ids(texts))
+        images = embed_plan.claim(run, world, images, embed_plan.image_ids(images, world, workers))
     _embed_texts(run, texts, config.batch_size, report)
-    _embed_images(run, images, config, report)
+    _embed_images(run, images, config, workers, report)
     run.flush()
-    store.write_failures(config.out_dir, run.failures)
-    if run.aliases:
-        store.add_aliases(config.out_dir, run.aliases)
+    return _finish(config, run, world, encoder, found.ignored, time.perf_counter() - started)
+
+
+def _finish(config: EmbedConfig, run: _Run, world: distributed.World, encoder: Encoder,
+            ignored: int, seconds: float) -> EmbedResult:  # fmt: skip
+    """Combine the ranks' counts; the main rank writes failures and aliases."""
+    shares = distributed.gather(world, (run.embedded, run.failures, run.truncated, run.replaced,
+                                        run.shards_written))  # fmt: skip
+    failures = tuple(sorted(f for share in shares for f in share[1]))
+    if world.is_main:
+        store.write_failures(config.out_dir, failures)
+        if run.aliases:
+            store.add_aliases(config.out_dir, run.aliases)
+    distributed.barrier(world)
     return EmbedResult(
         out_dir=config.out_dir,
         model=encoder.spec,
         fingerprint=encoder.fingerprint,
-        embedded=run.embedded,
+        embedded=sum(share[0] for share in shares),
         already_present=run.already_present,
         aliases=len(run.aliases),
-        failures=tuple(run.failures),
-        truncated_texts=run.truncated,
-        replaced_texts=run.replaced,
-        ignored_files=found.ignored,
-        shards_written=run.shards_written,
-        seconds=time.perf_counter() - started,
+        failures=failures,
+        truncated_texts=sum(share[2] for share in shares),
+        replaced_texts=sum(share[3] for share in shares),
+        ignored_files=ignored,
+        shards_written=sum(share[4] for share in shares),
+        seconds=seconds,
         device=f"{encoder.device.value} ({encoder.device.reason})",
+        is_main=world.is_main,
     )
 
 
-def _start_run(config: EmbedConfig, encoder: Encoder, items: Sequence[Item]) -> _Run:
-    config.out_dir.mkdir(parents=True, exist_ok=True)
-    store.remove_stale_temporaries(config.out_dir)
+def _start_run(config: EmbedConfig, encoder: Encoder, items: Sequence[Item],
+               world: distributed.World) -> _Run:  # fmt: skip
+    if world.is_main:
+        config.out_dir.mkdir(parents=True, exist_ok=True)
+        store.remove_stale_temporaries(config.out_dir)
+    distributed.barrier(world)
     existing = store.read_existing(config.out_dir)
+    distributed.barrier(world)  # no rank writes a shard before every rank has read the folder
     if existing.stamp is not None and existing.stamp.fingerprint != encoder.fingerprint:
         raise InputError(
             f"{config.out_dir} holds embeddings from another model: {existing.stamp.spec} "
@@ -203,7 +239,9 @@ def _start_run(config: EmbedConfig, encoder: Encoder, items: Sequence[Item]) -> 
         encoder=encoder,
         known_ids=existing.ids,
         known_uris=existing.uris,
-        next_shard=max(existing.shard_numbers, default=-1) + 1,
+        # Ranks number their shards base + rank, base + rank + world, ...: never the same file.
+        next_shard=max(existing.shard_numbers, default=-1) + 1 + world.rank,
+        shard_step=world.size,
         shard_rows=max(1, config.shard_rows),
         float16=config.float16,
         meta_columns=[_column_name(name) for name in meta_names],
@@ -242,7 +280,8 @@ def _read_text(item: Item) -> tuple[str, bool]:
     return decode_text(read_bytes(item.path or ""))
 
 
-def _embed_images(run: _Run, items: Sequence[Item], config: EmbedConfig, report: Progress):
+def _embed_images(run: _Run, items: Sequence[Item], config: EmbedConfig, workers: int,
+                  report: Progress) -> None:  # fmt: skip
     if not items:
         return
     dataset = ImageDataset(
@@ -252,7 +291,6 @@ def _embed_images(run: _Run, items: Sequence[Item], config: EmbedConfig, report:
         min_side=min(run.encoder.image_size),
         max_pixels=config.max_pixels,
     )
-    workers = config.workers if config.workers is not None else default_workers()
     done = 0
     report("images", 0, len(items))
     for batch in image_batches(dataset, config.batch_size, workers, run.encoder.device.value):

@@ -93,6 +93,32 @@ class ImageDataset(Dataset):
         return Sample(index, item_id, decoded=True), pixels
 
 
+class _HashDataset(Dataset):
+    def __init__(self, paths: Sequence[str]) -> None:
+        self.paths = list(paths)
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, index: int) -> str | None:
+        try:
+            return content_id(read_bytes(self.paths[index]))
+        except DecodeError:
+            return None  # reported when the item is read again for embedding
+
+
+def hash_files(paths: Sequence[str], workers: int) -> list[str | None]:
+    """Content ids of files (None where unreadable), read by ``workers`` processes."""
+    loader = DataLoader(
+        _HashDataset(paths),
+        batch_size=64,
+        num_workers=workers,
+        collate_fn=list,
+        worker_init_fn=_single_threaded if workers else None,
+    )
+    return [item_id for batch in loader for item_id in batch]
+
+
 def collate(samples: list[tuple[Sample, torch.Tensor | None]]) -> Batch:
     pixel_row, tensors = {}, []
     for position, (_, pixels) in enumerate(samples):

@@ -303,3 +303,34 @@ def test_cli_embed_summary_strict_and_errors(tmp_path):
 def test_encoder_batch_output_is_float32_torch(tiny_encoder):
     # The pipeline relies on encode_images accepting a stacked CPU batch.
     assert tiny_encoder.encode_images(torch.zeros(2, 3, 64, 64)).dtype == torch.float32
+
+
+def test_two_gloo_processes_equal_a_single_process(tmp_path):
+    data = tmp_path / "data"
+    make_images(data, 23, size=(20, 20))
+    (data / "dup_of_7.png").write_bytes((data / "img0007.png").read_bytes())
+    (data / "broken.jpg").write_text("not an image")
+    for n in range(5):
+        (data / f"t{n}.txt").write_text(f"caption number {n % 4}")  # t4 repeats t0
+    common = ["embed", str(data), "-m", TINY, "--device", "cpu", "--workers", "1",
+              "--batch-size", "4", "--shard-rows", "5"]  # fmt: skip
+    single, multi = tmp_path / "single", tmp_path / "multi"
+    subprocess.run([sys.executable, "-m", "clipkit", *common, "-o", str(single)], check=True,
+                   capture_output=True)  # fmt: skip
+    launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone",
+                "--nproc_per_node", "2", "-m", "clipkit"]  # fmt: skip
+    out = subprocess.run([*launcher, *common, "-o", str(multi)], capture_output=True, text=True,
+                         timeout=300)  # fmt: skip
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert out.stderr.count("Embedded 27, skipped 1") == 1  # rank 0 alone reports
+    one, two = rows(single), rows(multi)
+    assert one.keys() == two.keys() and len(one) == 27
+    for item_id, row in one.items():
+        assert two[item_id]["uri"] == row["uri"] and two[item_id]["kind"] == row["kind"]
+        np.testing.assert_allclose(two[item_id]["embedding"], row["embedding"], atol=1e-5)
+    for side_table in ("_failures.parquet", "_aliases.parquet"):
+        a = sorted(map(str, pq.read_table(single / side_table).to_pylist()))
+        b = sorted(map(str, pq.read_table(multi / side_table).to_pylist()))
+        assert a == b, side_table
+    names = sorted(p.name for p in multi.glob("part-*.parquet"))
+    assert len(names) == len(set(names)) >= 2

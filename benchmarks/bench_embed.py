@@ -1,0 +1,166 @@
+"""Benchmark ``clipkit embed`` against the loop a user would write, on the same images.
+
+On a generated folder of JPEGs (320 x 240 by default) prints images/s for
+  (a) clipkit embed (the image phase: workers decode while the model encodes),
+  (b) a naive single-process open_clip loop: PIL open -> preprocess -> stack -> encode_image,
+  (c) the model alone on pre-decoded tensors,
+  (d) image preparation alone (read + decode + preprocess, same workers, no model).
+Goals (issue #3): (a) >= 0.9 x min(c, d), and (a) >= (b).
+
+Usage:
+    python benchmarks/bench_embed.py [--images 2000] [--model clipkit-tiny:random ...]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import shutil
+import tempfile
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+
+def make_jpegs(folder: Path, count: int, size: tuple[int, int]) -> list[Path]:
+    """Photo-like JPEGs: smooth gradients plus noise, so they compress like real images."""
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(0)
+    ys, xs = np.mgrid[0 : size[1], 0 : size[0]]
+    paths = []
+    for n in range(count):
+        base = rng.integers(0, 256, 3)
+        gradient = (xs[..., None] * rng.uniform(0.2, 0.8) + ys[..., None] * rng.uniform(0.2, 0.8))
+        noise = rng.normal(0, 12, (size[1], size[0], 3))
+        pixels = np.clip(base + gradient * rng.uniform(-1, 1, 3) + noise, 0, 255).astype(np.uint8)
+        path = folder / f"{n:06d}.jpg"
+        Image.fromarray(pixels).save(path, quality=90)
+        paths.append(path)
+    return paths
+
+
+def time_clipkit(folder: Path, model: str, batch: int, workers: int, device: str) -> float:
+    from clipkit.embed import EmbedConfig, embed
+
+    marks: dict[str, float] = {}
+
+    def progress(stage: str, done: int, total: int) -> None:
+        if stage == "images":
+            marks.setdefault("start", time.perf_counter())
+            if done == total:
+                marks["end"] = time.perf_counter()
+
+    out = Path(tempfile.mkdtemp(prefix="bench-embed-out-"))
+    try:
+        result = embed(
+            EmbedConfig(sources=(str(folder),), out_dir=out, model=model, batch_size=batch,
+                        workers=workers, device=device),  # fmt: skip
+            progress=progress,
+        )
+    finally:
+        shutil.rmtree(out, ignore_errors=True)
+    return result.embedded / (marks["end"] - marks["start"])
+
+
+def time_naive(paths: list[Path], encoder, batch: int) -> float:
+    model, preprocess = encoder.model, encoder.preprocess
+    start = time.perf_counter()
+    with torch.no_grad():
+        for i in range(0, len(paths), batch):
+            images = [preprocess(Image.open(p).convert("RGB")) for p in paths[i : i + batch]]
+            features = model.encode_image(torch.stack(images).to(encoder.device.value))
+            torch.nn.functional.normalize(features, dim=-1).cpu()
+    return len(paths) / (time.perf_counter() - start)
+
+
+def time_model_only(encoder, count: int, batch: int) -> float:
+    pixels = torch.randn(batch, 3, *encoder.image_size)
+    encoder.encode_images(pixels)  # warm-up
+    start = time.perf_counter()
+    done = 0
+    while done < count:
+        encoder.encode_images(pixels).cpu()
+        done += batch
+    if encoder.device.value.startswith("cuda"):
+        torch.cuda.synchronize()
+    return done / (time.perf_counter() - start)
+
+
+def time_prep_only(paths: list[Path], encoder, batch: int, workers: int) -> float:
+    from clipkit.pipeline import ImageDataset, image_batches
+    from clipkit.sources import Item
+
+    items = [Item(uri=str(p), kind="image", path=str(p)) for p in paths]
+    dataset = ImageDataset(items, known_ids=frozenset(), preprocess=encoder.preprocess,
+                           min_side=min(encoder.image_size), max_pixels=10**9)  # fmt: skip
+    start = time.perf_counter()
+    for _ in image_batches(dataset, batch, workers, encoder.device.value):
+        pass
+    return len(paths) / (time.perf_counter() - start)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--images", type=int, default=2000)
+    parser.add_argument("--size", type=int, nargs=2, default=[320, 240])
+    parser.add_argument("--model", nargs="*", default=["clipkit-tiny:random"])
+    parser.add_argument("--batch-size", type=int, default=64)
+    parser.add_argument("--workers", type=int, default=None)
+    parser.add_argument("--device", default="auto")
+    parser.add_argument("--json", type=Path, default=Path(__file__).parent / "results" /
+                        "bench_embed.json")  # fmt: skip
+    args = parser.parse_args()
+
+    from clipkit.embed import default_workers
+    from clipkit.models import load_model
+
+    workers = args.workers if args.workers is not None else default_workers()
+    folder = Path(tempfile.mkdtemp(prefix="bench-embed-"))
+    results = {
+        "machine": {
+            "platform": platform.platform(),
+            "torch_threads": torch.get_num_threads(),
+            "gpu": torch.cuda.get_device_name() if torch.cuda.is_available() else None,
+            "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        },
+        "images": args.images, "size": args.size, "batch_size": args.batch_size,
+        "workers": workers, "rows": [],
+    }  # fmt: skip
+    try:
+        paths = make_jpegs(folder, args.images, tuple(args.size))
+        print(f"{args.images} JPEGs {args.size[0]}x{args.size[1]}, batch {args.batch_size}, "
+              f"{workers} workers, {results['machine']}")  # fmt: skip
+        for spec in args.model:
+            encoder = load_model(spec, device=args.device)
+            row = {
+                "model": spec,
+                "device": encoder.device.value,
+                "a_clipkit": time_clipkit(folder, spec, args.batch_size, workers, args.device),
+                "b_naive": time_naive(paths, encoder, args.batch_size),
+                "c_model_only": time_model_only(encoder, args.images, args.batch_size),
+                "d_prep_only": time_prep_only(paths, encoder, args.batch_size, workers),
+            }
+            bound = min(row["c_model_only"], row["d_prep_only"])
+            row["a_over_bound"] = row["a_clipkit"] / bound
+            row["a_over_naive"] = row["a_clipkit"] / row["b_naive"]
+            results["rows"].append(row)
+            print(
+                f"{spec} on {row['device']}: (a) clipkit {row['a_clipkit']:.1f} img/s, "
+                f"(b) naive {row['b_naive']:.1f}, (c) model only {row['c_model_only']:.1f}, "
+                f"(d) prep only {row['d_prep_only']:.1f}; a/min(c,d) = "
+                f"{row['a_over_bound']:.2f}, a/b = {row['a_over_naive']:.2f}"
+            )
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+    args.json.parent.mkdir(parents=True, exist_ok=True)
+    args.json.write_text(json.dumps(results, indent=2))
+    print(f"wrote {args.json}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,76 @@
+"""Splitting an embed run across torchrun ranks so that it equals a single-process run.
+
+Every rank sees the same sorted inputs. Each rank hashes its slice of the images (texts are
+hashed by every rank, cheaply), the ids are gathered, and every rank then walks the full list
+in the same order to decide what a single process would have done: the first uri of each new
+content id is embedded, by the rank whose slice holds it; later uris of the same content are
+aliases; content already in the output folder is already present. Rank 0 records the aliases
+and the already-present count, so nothing is counted twice.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Protocol
+
+from clipkit import distributed
+from clipkit.decode import DecodeError, decode_text, text_id
+from clipkit.pipeline import hash_files, read_bytes
+from clipkit.sources import Item
+
+
+class Ledger(Protocol):
+    known_ids: set[str]
+
+    def seen(self, item_id: str, uri: str) -> bool: ...
+
+    aliases: list[tuple[str, str]]
+
+
+def image_ids(items: Sequence[Item], world: distributed.World, workers: int) -> list[str | None]:
+    """Content ids of all image items: this rank hashes its slice, then the ranks share."""
+    mine = list(range(world.rank, len(items), world.size))
+    hashed = hash_files([items[i].path or "" for i in mine], workers)
+    merged: list[str | None] = [None] * len(items)
+    for indices, ids in distributed.gather(world, (mine, hashed)):
+        for index, item_id in zip(indices, ids, strict=True):
+            merged[index] = item_id
+    return merged
+
+
+def text_ids(items: Sequence[Item]) -> list[str | None]:
+    """Content ids of all text items (None where the text is empty or unreadable)."""
+    ids: list[str | None] = []
+    for item in items:
+        try:
+            raw = (
+                item.text.encode("utf-8") if item.text is not None else read_bytes(item.path or "")
+            )
+            ids.append(text_id(decode_text(raw)[0]))
+        except DecodeError:
+            ids.append(None)
+    return ids
+
+
+def claim(
+    ledger: Ledger, world: distributed.World, items: Sequence[Item], ids: Sequence[str | None]
+) -> list[Item]:
+    """The items this rank must embed (or report as failures), in input order."""
+    mine: list[Item] = []
+    claimed: set[str] = set()
+    for index, (item, item_id) in enumerate(zip(items, ids, strict=True)):
+        owner = index % world.size == world.rank
+        if item_id is None:  # unreadable: its owner reads it again and records why
+            if owner:
+                mine.append(item)
+        elif item_id in ledger.known_ids:
+            if world.is_main:
+                ledger.seen(item_id, item.uri)
+        elif item_id in claimed:
+            if world.is_main:
+                ledger.aliases.append((item_id, item.uri))
+        else:
+            claimed.add(item_id)
+            if owner:
+                mine.append(item)
+    return mine
