@@ -35,7 +35,7 @@ def make_jpegs(folder: Path, count: int, size: tuple[int, int]) -> list[Path]:
     paths = []
     for n in range(count):
         base = rng.integers(0, 256, 3)
-        gradient = (xs[..., None] * rng.uniform(0.2, 0.8) + ys[..., None] * rng.uniform(0.2, 0.8))
+        gradient = xs[..., None] * rng.uniform(0.2, 0.8) + ys[..., None] * rng.uniform(0.2, 0.8)
         noise = rng.normal(0, 12, (size[1], size[0], 3))
         pixels = np.clip(base + gradient * rng.uniform(-1, 1, 3) + noise, 0, 255).astype(np.uint8)
         path = folder / f"{n:06d}.jpg"
@@ -58,8 +58,14 @@ def time_clipkit(folder: Path, model: str, batch: int, workers: int, device: str
     out = Path(tempfile.mkdtemp(prefix="bench-embed-out-"))
     try:
         result = embed(
-            EmbedConfig(sources=(str(folder),), out_dir=out, model=model, batch_size=batch,
-                        workers=workers, device=device),  # fmt: skip
+            EmbedConfig(
+                sources=(str(folder),),
+                out_dir=out,
+                model=model,
+                batch_size=batch,
+                workers=workers,
+                device=device,
+            ),  # fmt: skip
             progress=progress,
         )
     finally:
