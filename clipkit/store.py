@@ -193,6 +193,68 @@ def iter_embeddings(
         yield from parquet.iter_batches(batch_size=batch_rows, columns=wanted)
 
 
+@dataclass(frozen=True)
+class VectorBlock:
+    """Rows of one record batch: metadata columns and their (N, D) float32 embeddings."""
+
+    ids: list[str]
+    uris: list[str]
+    kinds: list[str]
+    texts: list[str | None]
+    vectors: np.ndarray
+
+
+def iter_vectors(folder: Path, kind: str | None = None, batch_rows: int = 65536):
+    """Stream :class:`VectorBlock` s from an embeddings folder, keeping rows of ``kind`` only."""
+    for batch in iter_embeddings(folder, CORE_COLUMNS, batch_rows):
+        kinds = batch.column("kind").to_pylist()
+        keep = np.array([kind is None or k == kind for k in kinds], dtype=bool)
+        if not keep.any():
+            continue
+        column = batch.column("embedding")
+        dim = column.type.list_size
+        flat = column.flatten().to_numpy(zero_copy_only=False)
+        vectors = flat.reshape(-1, dim)[keep].astype(np.float32, copy=False)
+        chosen = np.flatnonzero(keep)
+        ids, uris = batch.column("id").to_pylist(), batch.column("uri").to_pylist()
+        texts = batch.column("text").to_pylist()
+        yield VectorBlock(
+            ids=[ids[i] for i in chosen],
+            uris=[uris[i] for i in chosen],
+            kinds=[kinds[i] for i in chosen],
+            texts=[texts[i] for i in chosen],
+            vectors=np.ascontiguousarray(vectors),
+        )
+
+
+def shard_signature(folder: Path) -> list[dict[str, Any]]:
+    """Name, size and modification time of each shard: detects a changed source folder."""
+    signature = []
+    for path in list_shards(folder):
+        stat = path.stat()
+        signature.append({"name": path.name, "size": stat.st_size, "mtime_ns": stat.st_mtime_ns})
+    return signature
+
+
+def write_rows(path: Path, rows: dict[str, list[Any]]) -> None:
+    """Write an index's row map (row -> id, uri, kind, text) atomically."""
+    table = pa.table({name: pa.array(values, pa.string()) for name, values in rows.items()})
+    with atomic_path(path) as tmp:
+        pq.write_table(table, tmp)
+
+
+def read_rows(path: Path) -> dict[str, list[Any]]:
+    """Read an index's row map; raises InputError when missing or unreadable."""
+    try:
+        table = pq.read_table(path)
+    except (OSError, pa.ArrowException) as error:
+        raise InputError(
+            f"The index row map {path} is missing or unreadable ({str(error).splitlines()[0]}).",
+            "Rebuild the index with clipkit index.",
+        ) from None
+    return {name: table.column(name).to_pylist() for name in table.column_names}
+
+
 def read_stamp(folder: Path) -> ModelStamp | None:
     """The model stamp of an embeddings folder (from its first shard), or None if empty."""
     shards = list_shards(folder)

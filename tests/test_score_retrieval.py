@@ -150,3 +150,15 @@ def test_recall_of_nothing_is_an_error():
 def test_similarity_is_the_inner_product():
     a, b = torch.tensor([[1.0, 2.0]]), torch.tensor([[3.0, 4.0], [0.0, 1.0]])
     assert score.similarity(a, b).tolist() == [[11.0, 2.0]]
+
+
+def test_topk_stream_over_blocks_equals_the_whole():
+    queries, keys = _unit(5, 16, seed=12), _unit(250, 16, seed=13)
+    keys[100] = keys[3]  # a tie across blocks goes to the lower index
+    blocks = [keys[:40], keys[40:41], keys[41:41], keys[41:200].numpy(), keys[200:]]
+    scores, indices = score.topk_stream(queries, blocks, 12)
+    want_scores, want_indices = _full_topk(queries, keys, 12)
+    assert torch.equal(indices, want_indices)
+    torch.testing.assert_close(scores.double(), want_scores, rtol=1e-5, atol=1e-6)
+    empty_scores, empty_indices = score.topk_stream(queries, [], 3)
+    assert empty_scores.shape == empty_indices.shape == (5, 0)

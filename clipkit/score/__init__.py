@@ -14,7 +14,14 @@ import torch
 
 from clipkit.errors import InputError
 from clipkit.score import reference
-from clipkit.score.retrieval import PairRanks, pair_ranks, rank_summary, recall_at_k, topk
+from clipkit.score.retrieval import (
+    PairRanks,
+    pair_ranks,
+    rank_summary,
+    recall_at_k,
+    topk,
+    topk_stream,
+)
 from clipkit.score.tiled_loss import tiled_contrastive_loss
 
 __all__ = [
@@ -28,6 +35,7 @@ __all__ = [
     "recall_at_k",
     "similarity",
     "topk",
+    "topk_stream",
 ]
 
 # 1/t is clamped at 100, as in CLIP: larger scales make training unstable.

@@ -62,6 +62,31 @@ def topk(
     return best_scores, best_indices
 
 
+def topk_stream(
+    queries: torch.Tensor, key_blocks: Iterable[torch.Tensor | np.ndarray], k: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Exact top-k over keys that arrive in blocks (e.g. Parquet shards), in bounded memory.
+
+    Indices count rows across all blocks in arrival order; ties go to the lower index.
+    Returns empty (Q, 0) results when no keys arrive.
+    """
+    if k < 1:
+        raise InputError(f"k must be at least 1, got {k}.", "Ask for one or more results.")
+    best_scores = best_indices = None
+    offset = 0
+    for block in key_blocks:
+        if len(block) == 0:
+            continue
+        scores, indices = topk(queries, block, k)
+        indices += offset
+        offset += len(block)
+        best_scores, best_indices = _merge(best_scores, best_indices, scores, indices, k)
+    if best_scores is None or best_indices is None:
+        empty = torch.zeros(queries.shape[0], 0)
+        return empty, empty.long()
+    return best_scores, best_indices
+
+
 @dataclass(frozen=True)
 class PairRanks:
     """For pair i, how many other items beat its true partner.

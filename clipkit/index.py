@@ -1,0 +1,359 @@
+"""FAISS indexes over an embeddings folder: choose, build, tune, measure, update, load, search.
+
+The only module that imports faiss. An index folder holds ``index.faiss``, ``rows.parquet``
+(index row -> id, uri, kind, text) and ``index.json`` (model, fingerprint, dim, metric, factory
+string and search parameters, rows, source shards, build time and recall@10 measured against
+exact search, for same-kind and, where the folder has both kinds, cross-modal queries).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import faiss
+import numpy as np
+import torch
+
+from clipkit import __version__, score, store
+from clipkit.atomic import atomic_path
+from clipkit.errors import InputError
+
+INDEX_FILE, ROWS_FILE, META_FILE = "index.faiss", "rows.parquet", "index.json"
+RECALL_K = 10
+SAMPLE_QUERIES = 500
+NPROBE_STEPS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 2048, 4096)
+EF_STEPS = (16, 32, 64, 128, 256, 512, 1024, 2048)
+
+
+@dataclass(frozen=True)
+class IndexConfig:
+    emb_dir: Path
+    out_dir: Path
+    kind: str = "auto"  # auto | image | text
+    index_type: str = "auto"  # auto | flat | hnsw | ivf | ivfpq
+    max_memory: int | None = None  # bytes for the index; None: half the machine's memory
+    flat_threshold: int = 100_000
+    target_recall: float = 0.95
+    update: bool = False
+    seed: int = 0
+
+
+@dataclass(frozen=True)
+class IndexInfo:
+    """The sidecar ``index.json``: what an index is, where it came from and how good it is."""
+
+    model: str
+    fingerprint: str
+    dim: int
+    kind: str
+    factory: str
+    params: dict[str, int]
+    rows: int
+    source: str
+    shards: list[dict[str, Any]]
+    build_seconds: float
+    recall_at_10: dict[str, float | None]
+    target_recall: float
+    metric: str = "inner_product"
+    clipkit_version: str = __version__
+    removed_rows: int = 0
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class IndexResult:
+    info: IndexInfo
+    out_dir: Path
+    added: int  # rows added by this run (all of them for a fresh build)
+    removed: int  # rows in the index whose id is no longer in the embeddings folder
+
+
+def build_index(config: IndexConfig) -> IndexResult:
+    """Build (or with ``update``, extend) the index of an embeddings folder.
+
+    Raises:
+        InputError: no embeddings, unknown type, an update of a missing or foreign index.
+    """
+    started = time.perf_counter()
+    stamp = store.read_stamp(config.emb_dir)
+    if stamp is None:
+        raise InputError(
+            f"{config.emb_dir} holds no embeddings.", "Make them first with: clipkit embed …"
+        )
+    kind = _resolve_kind(config)
+    if config.update:
+        return _update(config, stamp, kind, started)
+    rows, sample, other = _scan(config.emb_dir, kind, config.seed)
+    if not rows["id"]:
+        raise InputError(f"{config.emb_dir} holds no {kind} embeddings.", "Try --kind text.")
+    factory = choose_factory(len(rows["id"]), stamp.dim, config)
+    index = faiss.index_factory(stamp.dim, factory, faiss.METRIC_INNER_PRODUCT)
+    if not index.is_trained:
+        index.train(sample)
+    for block in store.iter_vectors(config.emb_dir, kind):
+        index.add(block.vectors)
+    queries = _query_sets(sample, other, config.seed)
+    params, recall = tune(index, queries, config.emb_dir, kind, config.target_recall)
+    info = IndexInfo(
+        model=stamp.spec, fingerprint=stamp.fingerprint, dim=stamp.dim, kind=kind,
+        factory=factory, params=params, rows=index.ntotal, source=str(config.emb_dir.resolve()),
+        shards=store.shard_signature(config.emb_dir), build_seconds=time.perf_counter() - started,
+        recall_at_10=recall, target_recall=config.target_recall,
+    )  # fmt: skip
+    _write(config.out_dir, index, rows, info)
+    return IndexResult(info=info, out_dir=config.out_dir, added=index.ntotal, removed=0)
+
+
+def choose_factory(rows: int, dim: int, config: IndexConfig) -> str:
+    """The FAISS factory string for ``rows`` vectors, in the spirit of autofaiss.
+
+    Exact ``Flat`` up to ``flat_threshold`` rows; above it IVF with ~4·sqrt(rows) lists, storing
+    full vectors when they fit the memory budget, 8-bit scalar-quantised ones when a quarter
+    fits, else product-quantised codes sized to the budget.
+    """
+    kind = config.index_type
+    if kind not in ("auto", "flat", "hnsw", "ivf", "ivfpq"):
+        raise InputError(f"Unknown index type {kind!r}.", "Use auto, flat, hnsw, ivf or ivfpq.")
+    lists = max(1, min(65536, int(4 * math.sqrt(rows)), rows // 39))
+    if kind == "flat" or (kind == "auto" and rows <= config.flat_threshold):
+        return "Flat"
+    if kind == "hnsw":
+        return "HNSW32,Flat"
+    budget = config.max_memory or _default_budget()
+    if kind == "ivf" or (kind == "auto" and rows * dim * 4 * 1.1 <= budget):
+        return f"IVF{lists},Flat"
+    if kind == "auto" and rows * dim * 1.1 <= budget:
+        return f"IVF{lists},SQ8"
+    code_bytes = max(8, min(dim // 2, int(budget / (1.1 * rows))))
+    subquantizers = max(s for s in (8, 16, 32, 48, 64, 96, 128, 256) if dim % s == 0 and
+                        s <= code_bytes)  # fmt: skip
+    return f"IVF{lists},PQ{subquantizers}"
+
+
+def tune(
+    index: faiss.Index,
+    queries: dict[str, np.ndarray],
+    emb_dir: Path,
+    kind: str,
+    target: float,
+) -> tuple[dict[str, int], dict[str, float | None]]:
+    """Smallest nprobe/efSearch whose recall@10 reaches ``target`` for every query set."""
+    truth = {name: _exact(q, emb_dir, kind) for name, q in queries.items() if len(q)}
+    recall: dict[str, float | None] = {"same_kind": None, "cross_modal": None}
+    knob, steps = _knob(index)
+    chosen: dict[str, int] = {}
+    for value in steps or (None,):
+        if knob is not None:
+            faiss.ParameterSpace().set_index_parameter(index, knob, value)
+            chosen = {knob: value}
+        for name, q in queries.items():
+            if len(q):
+                recall[name] = _recall(index, q, truth[name])
+        if all(r is None or r >= target for r in recall.values()):
+            break
+    return chosen, recall
+
+
+def _knob(index: faiss.Index) -> tuple[str | None, tuple[int, ...]]:
+    concrete = faiss.downcast_index(index)
+    if isinstance(concrete, faiss.IndexHNSW):
+        return "efSearch", EF_STEPS
+    try:
+        lists = faiss.extract_index_ivf(index).nlist
+    except RuntimeError:
+        return None, ()
+    return "nprobe", tuple(n for n in NPROBE_STEPS if n < lists) + (lists,)
+
+
+def _recall(index: faiss.Index, queries: np.ndarray, truth: np.ndarray) -> float:
+    _, found = index.search(queries, RECALL_K)
+    hits = sum(len(set(f) & set(t)) for f, t in zip(found.tolist(), truth.tolist(), strict=True))
+    return hits / truth.size
+
+
+def _exact(queries: np.ndarray, emb_dir: Path, kind: str) -> np.ndarray:
+    blocks = (block.vectors for block in store.iter_vectors(emb_dir, kind))
+    _, indices = score.topk_stream(torch.from_numpy(queries), blocks, RECALL_K)
+    return indices.numpy()
+
+
+def _scan(emb_dir: Path, kind: str, seed: int):
+    """One pass: the row map, a training/query sample of this kind and one of the other kind."""
+    rows: dict[str, list[Any]] = {"id": [], "uri": [], "kind": [], "text": []}
+    rng = np.random.default_rng(seed)
+    sample = _Reservoir(200_000, rng)
+    other = _Reservoir(SAMPLE_QUERIES, rng)
+    for block in store.iter_vectors(emb_dir):
+        mine = np.array([k == kind for k in block.kinds], dtype=bool)
+        for name, values in (("id", block.ids), ("uri", block.uris), ("kind", block.kinds),
+                             ("text", block.texts)):  # fmt: skip
+            rows[name].extend(v for v, keep in zip(values, mine, strict=True) if keep)
+        sample.offer(block.vectors[mine])
+        other.offer(block.vectors[~mine])
+    return rows, sample.array(), other.array()
+
+
+class _Reservoir:
+    """A uniform random sample of at most ``size`` rows from a stream (Algorithm R, batched)."""
+
+    def __init__(self, size: int, rng: np.random.Generator) -> None:
+        self.size, self.rng, self.seen = size, rng, 0
+        self.rows: list[np.ndarray] = []
+
+    def offer(self, block: np.ndarray) -> None:
+        for row in block:
+            self.seen += 1
+            # Copies: a view would keep its whole block (a shard batch) alive.
+            if len(self.rows) < self.size:
+                self.rows.append(row.copy())
+            else:
+                slot = int(self.rng.integers(0, self.seen))
+                if slot < self.size:
+                    self.rows[slot] = row.copy()
+
+    def array(self) -> np.ndarray:
+        return np.stack(self.rows).astype(np.float32) if self.rows else np.zeros((0, 0), "f4")
+
+
+def _query_sets(sample: np.ndarray, other: np.ndarray, seed: int) -> dict[str, np.ndarray]:
+    rng = np.random.default_rng(seed + 1)
+    picked = sample[rng.permutation(len(sample))[:SAMPLE_QUERIES]]
+    return {"same_kind": np.ascontiguousarray(picked), "cross_modal": other}
+
+
+def _resolve_kind(config: IndexConfig) -> str:
+    if config.kind in ("image", "text"):
+        return config.kind
+    if config.kind != "auto":
+        raise InputError(f"Unknown kind {config.kind!r}.", "Use image, text or auto.")
+    kinds = {k for block in store.iter_embeddings(config.emb_dir, ("kind",))
+             for k in block.column("kind").to_pylist()}  # fmt: skip
+    return "image" if "image" in kinds else "text"
+
+
+def _default_budget() -> int:
+    import os
+
+    pages = os.sysconf("SC_PHYS_PAGES") if hasattr(os, "sysconf") else 2**21
+    return int(pages * os.sysconf("SC_PAGE_SIZE") * 0.5)
+
+
+def _write(out_dir: Path, index: faiss.Index, rows: dict[str, list[Any]], info: IndexInfo):
+    out_dir.mkdir(parents=True, exist_ok=True)
+    with atomic_path(out_dir / INDEX_FILE) as tmp:
+        faiss.write_index(index, str(tmp))
+    store.write_rows(out_dir / ROWS_FILE, rows)
+    with atomic_path(out_dir / META_FILE) as tmp:
+        tmp.write_text(json.dumps(info.as_dict(), indent=2))
+
+
+def _update(config: IndexConfig, stamp, kind: str, started: float) -> IndexResult:
+    loaded = load_index(config.out_dir, check_source=False)
+    info = loaded.info
+    if info.fingerprint != stamp.fingerprint:
+        raise InputError(
+            f"The index in {config.out_dir} was built from {info.model}; {config.emb_dir} "
+            f"holds embeddings of {stamp.spec}.",
+            "Build a new index for the new model (without --update).",
+        )
+    rows = loaded.rows
+    known = set(rows["id"])
+    current: set[str] = set()
+    added = 0
+    for block in store.iter_vectors(config.emb_dir, info.kind):
+        current.update(block.ids)
+        new = [i for i, item_id in enumerate(block.ids) if item_id not in known]
+        if new:
+            loaded.index.add(block.vectors[new])
+            for name, values in (("id", block.ids), ("uri", block.uris), ("kind", block.kinds),
+                                 ("text", block.texts)):  # fmt: skip
+                rows[name].extend(values[i] for i in new)
+            known.update(block.ids[i] for i in new)
+            added += len(new)
+    removed = len(known - current)
+    updated = IndexInfo(**{
+        **info.as_dict(), "rows": loaded.index.ntotal, "removed_rows": removed,
+        "shards": store.shard_signature(config.emb_dir),
+        "build_seconds": info.build_seconds + time.perf_counter() - started,
+    })  # fmt: skip
+    _write(config.out_dir, loaded.index, rows, updated)
+    return IndexResult(info=updated, out_dir=config.out_dir, added=added, removed=removed)
+
+
+@dataclass
+class LoadedIndex:
+    """An index ready to search: FAISS index (search parameters applied), row map, sidecar."""
+
+    index: faiss.Index
+    rows: dict[str, list[Any]]
+    info: IndexInfo
+    folder: Path
+
+    def search(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        """(Q, D) unit queries -> scores and row numbers (Q, min(k, rows)), best first."""
+        if k < 1:
+            raise InputError(f"k must be at least 1, got {k}.", "Ask for one or more results.")
+        k = min(k, self.index.ntotal)
+        scores, found = self.index.search(np.ascontiguousarray(queries, dtype=np.float32), k)
+        return scores, found
+
+
+def load_index(folder: Path, *, check_source: bool = True) -> LoadedIndex:
+    """Open an index folder, checking that its parts agree and (optionally) its source.
+
+    Raises:
+        InputError: a missing or corrupt part, an empty index, or a changed source folder.
+    """
+    meta_path = folder / META_FILE
+    if not meta_path.is_file():
+        raise InputError(f"{folder} is not a clipkit index (no {META_FILE}).",
+                         "Build one with: clipkit index EMB_DIR -o INDEX_DIR")  # fmt: skip
+    try:
+        info = IndexInfo(**json.loads(meta_path.read_text()))
+    except (ValueError, TypeError) as error:
+        raise InputError(f"{meta_path} is corrupt ({error}).", _REBUILD) from None
+    try:
+        index = faiss.read_index(str(folder / INDEX_FILE))
+    except RuntimeError:
+        raise InputError(f"{folder / INDEX_FILE} is missing or corrupt.", _REBUILD) from None
+    rows = store.read_rows(folder / ROWS_FILE)
+    if index.ntotal != len(rows.get("id", [])) or index.ntotal != info.rows:
+        raise InputError(
+            f"The parts of {folder} disagree: {index.ntotal} vectors, {len(rows.get('id', []))} "
+            f"mapped rows, {info.rows} recorded.",
+            _REBUILD,
+        )
+    if index.ntotal == 0:
+        raise InputError(f"The index in {folder} is empty.", _REBUILD)
+    if check_source:
+        _check_source(info)
+    for knob, value in info.params.items():
+        faiss.ParameterSpace().set_index_parameter(index, knob, value)
+    return LoadedIndex(index=index, rows=rows, info=info, folder=folder)
+
+
+def _check_source(info: IndexInfo) -> None:
+    source = Path(info.source)
+    now = store.shard_signature(source)
+    if now != info.shards:
+        recorded = {s["name"] for s in info.shards}
+        current = {s["name"] for s in now}
+        changed = sum(1 for s in now if s["name"] in recorded and s not in info.shards)
+        raise InputError(
+            f"The embeddings in {source} changed since the index was built "
+            f"({len(current - recorded)} shards added, {len(recorded - current)} removed, "
+            f"{changed} modified).",
+            f"Bring the index up to date: clipkit index {source} -o <this index> --update "
+            "(or rebuild it).",
+        )
+
+
+_REBUILD = "Rebuild it: clipkit index EMB_DIR -o INDEX_DIR"
