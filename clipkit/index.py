@@ -91,16 +91,21 @@ def build_index(config: IndexConfig) -> IndexResult:
     kind = _resolve_kind(config)
     if config.update:
         return _update(config, stamp, kind, started)
-    rows, sample, other = _scan(config.emb_dir, kind, config.seed)
+    rows, reservoir, other = _scan(config.emb_dir, kind, config.seed)
+    sample = reservoir.array()
     if not rows["id"]:
         raise InputError(f"{config.emb_dir} holds no {kind} embeddings.", "Try --kind text.")
     factory = choose_factory(len(rows["id"]), stamp.dim, config)
     index = faiss.index_factory(stamp.dim, factory, faiss.METRIC_INNER_PRODUCT)
     if not index.is_trained:
-        index.train(sample)
+        # 64 points per list is within faiss's advice (30-256) and bounds k-means time.
+        # The reservoir is in stream order until it overflows: shuffle before taking a part.
+        lists = ivf_lists(len(rows["id"]))
+        order = np.random.default_rng(config.seed).permutation(len(sample))
+        index.train(np.ascontiguousarray(sample[order[: max(64 * lists, 10_000)]]))
     for block in store.iter_vectors(config.emb_dir, kind):
         index.add(block.vectors)
-    queries = _query_sets(sample, other, config.seed)
+    queries = _query_sets(reservoir, other, config.seed)
     params, recall = tune(index, queries, config.emb_dir, kind, config.target_recall)
     info = IndexInfo(
         model=stamp.spec, fingerprint=stamp.fingerprint, dim=stamp.dim, kind=kind,
@@ -115,14 +120,14 @@ def build_index(config: IndexConfig) -> IndexResult:
 def choose_factory(rows: int, dim: int, config: IndexConfig) -> str:
     """The FAISS factory string for ``rows`` vectors, in the spirit of autofaiss.
 
-    Exact ``Flat`` up to ``flat_threshold`` rows; above it IVF with ~4·sqrt(rows) lists, storing
+    Exact ``Flat`` up to ``flat_threshold`` rows; above it IVF with ~2·sqrt(rows) lists, storing
     full vectors when they fit the memory budget, 8-bit scalar-quantised ones when a quarter
     fits, else product-quantised codes sized to the budget.
     """
     kind = config.index_type
     if kind not in ("auto", "flat", "hnsw", "ivf", "ivfpq"):
         raise InputError(f"Unknown index type {kind!r}.", "Use auto, flat, hnsw, ivf or ivfpq.")
-    lists = max(1, min(65536, int(4 * math.sqrt(rows)), rows // 39))
+    lists = ivf_lists(rows)
     if kind == "flat" or (kind == "auto" and rows <= config.flat_threshold):
         return "Flat"
     if kind == "hnsw":
@@ -138,15 +143,29 @@ def choose_factory(rows: int, dim: int, config: IndexConfig) -> str:
     return f"IVF{lists},PQ{subquantizers}"
 
 
+def ivf_lists(rows: int) -> int:
+    """Inverted lists for ``rows`` vectors: 2·sqrt(rows), with >= 39 training points each.
+
+    Fewer lists than autofaiss's 4-16·sqrt(rows) keep k-means training within a minute on two
+    cores for a million vectors; the search-time cost is paid back by tuning nprobe.
+    """
+    return max(1, min(65536, int(2 * math.sqrt(rows)), rows // 39))
+
+
 def tune(
     index: faiss.Index,
-    queries: dict[str, np.ndarray],
+    queries: dict[str, QuerySet],
     emb_dir: Path,
     kind: str,
     target: float,
 ) -> tuple[dict[str, int], dict[str, float | None]]:
-    """Smallest nprobe/efSearch whose recall@10 reaches ``target`` for every query set."""
-    truth = {name: _exact(q, emb_dir, kind) for name, q in queries.items() if len(q)}
+    """Smallest nprobe/efSearch whose recall@10 reaches ``target`` for every query set.
+
+    Sample queries taken from the indexed rows are scored leave-one-out: their own row is
+    dropped from both the exact and the approximate results, since finding oneself is free.
+    """
+    live = {name: q for name, q in queries.items() if len(q.vectors)}
+    truth = {name: _exact(q, emb_dir, kind) for name, q in live.items()}
     recall: dict[str, float | None] = {"same_kind": None, "cross_modal": None}
     knob, steps = _knob(index)
     chosen: dict[str, int] = {}
@@ -154,12 +173,21 @@ def tune(
         if knob is not None:
             faiss.ParameterSpace().set_index_parameter(index, knob, value)
             chosen = {knob: value}
-        for name, q in queries.items():
-            if len(q):
-                recall[name] = _recall(index, q, truth[name])
+        for name, q in live.items():
+            _, found = index.search(q.vectors, RECALL_K + 1)
+            recall[name] = _recall(_drop_self(found, q.rows), truth[name])
         if all(r is None or r >= target for r in recall.values()):
             break
     return chosen, recall
+
+
+def _drop_self(found: np.ndarray, own_rows: np.ndarray | None) -> np.ndarray:
+    """Top RECALL_K of each row after removing the query's own index row (if it has one)."""
+    if own_rows is None:
+        return found[:, :RECALL_K]
+    pairs = zip(found.tolist(), own_rows.tolist(), strict=True)
+    kept = [[r for r in row if r != own][:RECALL_K] for row, own in pairs]
+    return np.array([row + [-1] * (RECALL_K - len(row)) for row in kept])
 
 
 def _knob(index: faiss.Index) -> tuple[str | None, tuple[int, ...]]:
@@ -173,16 +201,15 @@ def _knob(index: faiss.Index) -> tuple[str | None, tuple[int, ...]]:
     return "nprobe", tuple(n for n in NPROBE_STEPS if n < lists) + (lists,)
 
 
-def _recall(index: faiss.Index, queries: np.ndarray, truth: np.ndarray) -> float:
-    _, found = index.search(queries, RECALL_K)
+def _recall(found: np.ndarray, truth: np.ndarray) -> float:
     hits = sum(len(set(f) & set(t)) for f, t in zip(found.tolist(), truth.tolist(), strict=True))
     return hits / truth.size
 
 
-def _exact(queries: np.ndarray, emb_dir: Path, kind: str) -> np.ndarray:
+def _exact(queries: QuerySet, emb_dir: Path, kind: str) -> np.ndarray:
     blocks = (block.vectors for block in store.iter_vectors(emb_dir, kind))
-    _, indices = score.topk_stream(torch.from_numpy(queries), blocks, RECALL_K)
-    return indices.numpy()
+    _, indices = score.topk_stream(torch.from_numpy(queries.vectors), blocks, RECALL_K + 1)
+    return _drop_self(indices.numpy(), queries.rows)
 
 
 def _scan(emb_dir: Path, kind: str, seed: int):
@@ -198,7 +225,7 @@ def _scan(emb_dir: Path, kind: str, seed: int):
             rows[name].extend(v for v, keep in zip(values, mine, strict=True) if keep)
         sample.offer(block.vectors[mine])
         other.offer(block.vectors[~mine])
-    return rows, sample.array(), other.array()
+    return rows, sample, other.array()
 
 
 class _Reservoir:
@@ -207,26 +234,39 @@ class _Reservoir:
     def __init__(self, size: int, rng: np.random.Generator) -> None:
         self.size, self.rng, self.seen = size, rng, 0
         self.rows: list[np.ndarray] = []
+        self.numbers: list[int] = []  # each kept row's position in the stream
 
     def offer(self, block: np.ndarray) -> None:
         for row in block:
-            self.seen += 1
             # Copies: a view would keep its whole block (a shard batch) alive.
             if len(self.rows) < self.size:
                 self.rows.append(row.copy())
+                self.numbers.append(self.seen)
             else:
-                slot = int(self.rng.integers(0, self.seen))
+                slot = int(self.rng.integers(0, self.seen + 1))
                 if slot < self.size:
-                    self.rows[slot] = row.copy()
+                    self.rows[slot], self.numbers[slot] = row.copy(), self.seen
+            self.seen += 1
 
     def array(self) -> np.ndarray:
         return np.stack(self.rows).astype(np.float32) if self.rows else np.zeros((0, 0), "f4")
 
 
-def _query_sets(sample: np.ndarray, other: np.ndarray, seed: int) -> dict[str, np.ndarray]:
-    rng = np.random.default_rng(seed + 1)
-    picked = sample[rng.permutation(len(sample))[:SAMPLE_QUERIES]]
-    return {"same_kind": np.ascontiguousarray(picked), "cross_modal": other}
+@dataclass(frozen=True)
+class QuerySet:
+    """Sample queries; ``rows`` holds each query's own index row (leave-one-out), or None."""
+
+    vectors: np.ndarray
+    rows: np.ndarray | None = None
+
+
+def _query_sets(reservoir: _Reservoir, other: np.ndarray, seed: int) -> dict[str, QuerySet]:
+    pick = np.random.default_rng(seed + 1).permutation(len(reservoir.rows))[:SAMPLE_QUERIES]
+    same = QuerySet(
+        np.ascontiguousarray(reservoir.array()[pick]) if len(pick) else np.zeros((0, 0), "f4"),
+        np.asarray(reservoir.numbers, dtype=np.int64)[pick],
+    )
+    return {"same_kind": same, "cross_modal": QuerySet(other)}
 
 
 def _resolve_kind(config: IndexConfig) -> str:
