@@ -76,12 +76,14 @@ def exact_section(args, work: Path) -> list[dict]:
 
     data = clustered(args.exact_rows, 512, 1000, seed=1)
     write_folder(work / "exact", data, "bench", "bench")
-    build_index(IndexConfig(emb_dir=work / "exact", out_dir=work / "exact-index"))
+    build_index(
+        IndexConfig(emb_dir=work / "exact", out_dir=work / "exact-index", index_type="flat")
+    )
     ours = load_index(work / "exact-index", check_source=False)
     flat = faiss.IndexFlatIP(512)
     flat.add(data)
     rows = []
-    for batch in (1, 16, 256):
+    for batch in (1, 16, 64, 128, 256):
         queries = clustered(batch, 512, 1000, seed=1, points_seed=100 + batch)
         _, want = flat.search(queries, 10)
         _, got_index = ours.search(queries, 10)
@@ -188,6 +190,8 @@ def main() -> None:
     parser.add_argument("--ann-rows", type=int, default=1_000_000)
     parser.add_argument("--clusters", type=int, default=2000)
     parser.add_argument("--exact-rows", type=int, default=200_000)
+    parser.add_argument("--only", choices=["exact", "ann", "end_to_end"], nargs="*",
+                        default=["exact", "ann", "end_to_end"])  # fmt: skip
     parser.add_argument("--json", type=Path, default=Path(__file__).parent / "results" /
                         "bench_search.json")  # fmt: skip
     args = parser.parse_args()
@@ -199,12 +203,12 @@ def main() -> None:
         }
     }
     try:
-        print("exact search:")
-        results["exact"] = exact_section(args, work)
-        print("approximate search:")
-        results["ann"] = ann_section(args, work)
-        print("end to end:")
-        results["end_to_end"] = end_to_end_section(work)
+        sections = {"exact": lambda: exact_section(args, work),
+                    "ann": lambda: ann_section(args, work),
+                    "end_to_end": lambda: end_to_end_section(work)}  # fmt: skip
+        for name in args.only:
+            print(f"{name.replace('_', ' ')}:")
+            results[name] = sections[name]()
     finally:
         shutil.rmtree(work, ignore_errors=True)
     args.json.parent.mkdir(parents=True, exist_ok=True)

@@ -328,6 +328,12 @@ def _update(config: IndexConfig, stamp, kind: str, started: float) -> IndexResul
     return IndexResult(info=updated, out_dir=config.out_dir, added=added, removed=removed)
 
 
+# Below this many queries, the scoring core's blocked top-k beats faiss's flat scan, which
+# stays near 65 queries/s up to at least 128 queries at 200k x 512 on two cores, then jumps
+# past it at 256 (measured: benchmarks/RESULTS.md).
+SMALL_BATCH = 256
+
+
 @dataclass
 class LoadedIndex:
     """An index ready to search: FAISS index (search parameters applied), row map, sidecar."""
@@ -337,13 +343,24 @@ class LoadedIndex:
     info: IndexInfo
     folder: Path
 
+    def __post_init__(self) -> None:
+        # A zero-copy view of an exact index's vectors; valid while self.index lives.
+        concrete = faiss.downcast_index(self.index)
+        self.vectors = None
+        if isinstance(concrete, faiss.IndexFlat) and concrete.ntotal:
+            flat = faiss.rev_swig_ptr(concrete.get_xb(), concrete.ntotal * concrete.d)
+            self.vectors = flat.reshape(concrete.ntotal, concrete.d)
+
     def search(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
         """(Q, D) unit queries -> scores and row numbers (Q, min(k, rows)), best first."""
         if k < 1:
             raise InputError(f"k must be at least 1, got {k}.", "Ask for one or more results.")
         k = min(k, self.index.ntotal)
-        scores, found = self.index.search(np.ascontiguousarray(queries, dtype=np.float32), k)
-        return scores, found
+        queries = np.ascontiguousarray(queries, dtype=np.float32)
+        if self.vectors is not None and len(queries) < SMALL_BATCH:
+            scores, found = score.topk(torch.from_numpy(queries), self.vectors, k)
+            return scores.numpy(), found.numpy()
+        return self.index.search(queries, k)
 
 
 def load_index(folder: Path, *, check_source: bool = True) -> LoadedIndex:

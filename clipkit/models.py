@@ -10,35 +10,26 @@ import difflib
 import hashlib
 import json
 import logging
-import os
-import socket
 import tempfile
-import threading
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
 
-# huggingface_hub reads its timeouts when imported; keep an offline attempt from hanging.
-os.environ.setdefault("HF_HUB_ETAG_TIMEOUT", "10")
-os.environ.setdefault("HF_HUB_DOWNLOAD_TIMEOUT", "10")
+# downloads sets huggingface_hub's timeouts, which must happen before open_clip imports it.
+from clipkit import downloads  # isort: skip
 
-import open_clip  # noqa: E402
-import torch  # noqa: E402
-import torch.nn.functional as F  # noqa: E402
-from PIL import Image  # noqa: E402
+import open_clip
+import torch
+import torch.nn.functional as F
+from PIL import Image
 
-from clipkit.checkpoints import Checkpoint, CheckpointMeta, read_checkpoint  # noqa: E402
-from clipkit.config import PROBE_TIMEOUT_S, RANDOM_INIT_SEED, WEIGHTS_TIMEOUT_S  # noqa: E402
-from clipkit.errors import ModelSpecError, WeightsUnavailableError  # noqa: E402
-from clipkit.runtime import (  # noqa: E402
-    Resolved,
-    autocast_dtype,
-    resolve_device,
-    resolve_precision,
-)
-from clipkit.specs import ModelSpec, SpecKind, parse_spec  # noqa: E402
+from clipkit.checkpoints import Checkpoint, CheckpointMeta, read_checkpoint
+from clipkit.config import RANDOM_INIT_SEED
+from clipkit.errors import ModelSpecError
+from clipkit.runtime import Resolved, autocast_dtype, resolve_device, resolve_precision
+from clipkit.specs import ModelSpec, SpecKind, parse_spec
 
 BUILTIN_CONFIG_DIR = Path(__file__).parent / "model_configs"
 BUILTIN_ARCHS = tuple(sorted(path.stem for path in BUILTIN_CONFIG_DIR.glob("*.json")))
@@ -250,7 +241,9 @@ def list_models(name_filter: str | None = None, *, cached_only: bool = False) ->
         tagged.add(arch)
         cfg = open_clip.get_pretrained_cfg(arch, tag)
         rows.append(
-            ModelListing(f"{arch}:{tag}", "open_clip pretrained", _cached_file(cfg) is not None)
+            ModelListing(
+                f"{arch}:{tag}", "open_clip pretrained", downloads.cached_file(cfg) is not None
+            )
         )
     for arch in open_clip.list_models():
         if arch not in tagged and arch not in BUILTIN_ARCHS:
@@ -311,9 +304,9 @@ def _build(spec: ModelSpec) -> tuple[torch.nn.Module, str, dict[str, Any], str]:
 
 def _build_hf_hub(spec: ModelSpec) -> tuple[torch.nn.Module, str, dict[str, Any], str]:
     name = f"hf-hub:{spec.hub_id}"
-    _require_online_or_cached(spec.text)
-    _probe_network(_hub_host(), spec.text)
-    model = _with_timeout(
+    downloads.require_online(spec.text)
+    downloads.probe(downloads.hub_host(), spec.text)
+    model = downloads.with_timeout(
         lambda: open_clip.create_model(name, pretrained_text=False, pretrained_image=False),
         spec.text,
     )
@@ -391,99 +384,13 @@ def _default_tag(arch: str, spec: ModelSpec) -> str:
 
 def _fetch_pretrained(spec_text: str, pretrained_cfg: dict[str, Any]) -> str:
     """Path of the weights file for a pretrained tag: from the cache, else a bounded download."""
-    cached = _cached_file(pretrained_cfg)
+    cached = downloads.cached_file(pretrained_cfg)
     if cached is not None:
         return cached
-    _require_online_or_cached(spec_text)
+    downloads.require_online(spec_text)
     url = "" if pretrained_cfg.get("hf_hub") else pretrained_cfg.get("url", "")
-    _probe_network(urlparse(url).hostname if url else _hub_host(), spec_text)
-    return _with_timeout(lambda: open_clip.download_pretrained(pretrained_cfg), spec_text)
-
-
-def _cached_file(pretrained_cfg: dict[str, Any]) -> str | None:
-    """The local file holding a pretrained tag's weights, if already downloaded."""
-    if pretrained_cfg.get("hf_hub"):
-        from huggingface_hub import try_to_load_from_cache
-
-        # open_clip's convention: "org/repo/" means the default file; prefer .safetensors twins.
-        repo_id, filename = os.path.split(pretrained_cfg["hf_hub"])
-        filename = filename or "open_clip_pytorch_model.bin"
-        candidates = [filename]
-        if filename == "open_clip_pytorch_model.bin":
-            candidates.insert(0, "open_clip_model.safetensors")
-        elif filename.endswith((".bin", ".pth")):
-            candidates.insert(0, filename[:-4] + ".safetensors")
-        for candidate in candidates:
-            found = try_to_load_from_cache(repo_id.rstrip("/"), candidate)
-            if isinstance(found, str):
-                return found
-    if pretrained_cfg.get("url"):
-        local = Path("~/.cache/clip").expanduser() / Path(pretrained_cfg["url"]).name
-        if local.is_file():
-            return str(local)
-    return None
-
-
-def _require_online_or_cached(spec_text: str) -> None:
-    if os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in ("1", "true", "yes", "on"):
-        raise WeightsUnavailableError(
-            f"Weights for {spec_text!r} are not in the local cache and HF_HUB_OFFLINE is set.",
-            _OFFLINE_HINT,
-        )
-
-
-def _hub_host() -> str:
-    return urlparse(os.environ.get("HF_ENDPOINT", "https://huggingface.co")).hostname or ""
-
-
-def _probe_network(host: str | None, spec_text: str) -> None:
-    """Fail at once when the download host cannot be reached, instead of after many retries."""
-    try:
-        socket.create_connection((host or "", 443), timeout=PROBE_TIMEOUT_S).close()
-    except OSError as error:
-        raise WeightsUnavailableError(
-            f"Weights for {spec_text!r} are not in the local cache, and {host} cannot be "
-            f"reached to download them ({error.strerror or error}).",
-            _OFFLINE_HINT,
-        ) from None
-
-
-def _with_timeout(load: Callable[[], Any], spec_text: str) -> Any:
-    """Run a download in a daemon thread so that a dead network cannot hang the command."""
-    outcome: dict[str, Any] = {}
-
-    def target() -> None:
-        try:
-            outcome["value"] = load()
-        except BaseException as error:  # reported to the caller's thread below
-            outcome["error"] = error
-
-    worker = threading.Thread(target=target, daemon=True, name="clipkit-download")
-    hub_logger = logging.getLogger("huggingface_hub")
-    level = hub_logger.level
-    hub_logger.setLevel(logging.ERROR)  # its per-retry warnings would flood the terminal
-    try:
-        worker.start()
-        worker.join(WEIGHTS_TIMEOUT_S)
-    finally:
-        hub_logger.setLevel(level)
-    if worker.is_alive():
-        reason = f"no answer within {WEIGHTS_TIMEOUT_S:.0f} s"
-    elif "error" in outcome:
-        reason = str(outcome["error"]).splitlines()[0][:300]
-    else:
-        return outcome["value"]
-    raise WeightsUnavailableError(
-        f"Could not get the weights for {spec_text!r}: {reason}.", _OFFLINE_HINT
-    )
-
-
-_OFFLINE_HINT = (
-    "Without network, use a local checkpoint (-m PATH, or -m ARCH:PATH for open_clip files), "
-    "or a Hugging Face cache that already holds the weights with HF_HUB_OFFLINE=1 (HF_HOME "
-    "points at it), or a built-in architecture such as clipkit-tiny:random trained offline "
-    "(the quickstart does this)."
-)
+    downloads.probe(urlparse(url).hostname if url else downloads.hub_host(), spec_text)
+    return downloads.with_timeout(lambda: open_clip.download_pretrained(pretrained_cfg), spec_text)
 
 
 _registry_dir: Path | None = None

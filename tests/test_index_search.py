@@ -255,3 +255,21 @@ def test_cli_index_and_errors(corpus, tmp_path):
     assert bad.exit_code == 1 and "Error:" in bad.stderr and "Hint:" in bad.stderr
     size = runner.invoke(cli.app, ["index", str(corpus / "emb"), "--max-memory", "lots"])
     assert size.exit_code == 2
+
+
+def test_flat_index_small_and_large_batches_agree(tmp_path, tiny_encoder):
+    # Fewer than SMALL_BATCH queries go through the scoring core, more through faiss.
+    from clipkit.index import SMALL_BATCH
+
+    stamp = store.ModelStamp(TINY, tiny_encoder.fingerprint, 32)
+    points = _clustered(tmp_path / "emb", stamp, rows=2000, clusters=10, dim=32)
+    build_index(IndexConfig(emb_dir=tmp_path / "emb", out_dir=tmp_path / "idx"))
+    loaded = load_index(tmp_path / "idx")
+    assert loaded.vectors is not None
+    queries = points[: SMALL_BATCH + 5]
+    big_scores, big_found = loaded.search(queries, 7)
+    small_scores, small_found = loaded.search(queries[:5], 7)
+    np.testing.assert_array_equal(small_found, big_found[:5])
+    np.testing.assert_allclose(small_scores, big_scores[:5], atol=1e-5)
+    truth = np.argsort(-(queries[:5] @ points.T), axis=1, kind="stable")[:, :7]
+    np.testing.assert_array_equal(small_found, truth)

@@ -12,7 +12,7 @@ from open_clip import pretrained as open_clip_pretrained
 from PIL import Image
 from safetensors.torch import save_file
 
-from clipkit import models
+from clipkit import downloads, models
 from clipkit.checkpoints import write_checkpoint
 from clipkit.errors import ModelSpecError, UnsafeCheckpointError, WeightsUnavailableError
 from clipkit.models import describe_model, list_models, load_model
@@ -174,17 +174,17 @@ def test_unreachable_host_fails_before_any_download(monkeypatch):
     def must_not_download(*args, **kwargs):
         raise AssertionError("download attempted although the host is unreachable")
 
-    monkeypatch.setattr(models.socket, "create_connection", refuse)
+    monkeypatch.setattr(downloads.socket, "create_connection", refuse)
     monkeypatch.setattr(open_clip, "download_pretrained", must_not_download)
     with pytest.raises(WeightsUnavailableError, match="cannot be reached"):
         load_model("ViT-B-32:laion2b_s34b_b79k", device="cpu")
 
 
 def test_a_hanging_download_is_abandoned(monkeypatch):
-    monkeypatch.setattr(models, "WEIGHTS_TIMEOUT_S", 0.2)
+    monkeypatch.setattr(downloads, "WEIGHTS_TIMEOUT_S", 0.2)
     release = threading.Event()
     with pytest.raises(WeightsUnavailableError, match="no answer within"):
-        models._with_timeout(release.wait, "ViT-B-32")
+        downloads.with_timeout(release.wait, "ViT-B-32")
     release.set()
 
 

@@ -24,6 +24,13 @@ GPU_BLOCKS = {"block_m": 64, "block_n": 64, "num_warps": 8}
 
 
 @triton.jit
+def _load_rows(ptr, rows, dims, S, D, stride):
+    """A (len(rows), len(dims)) block of a row-major (S, D) matrix, zero outside it."""
+    mask = (rows < S)[:, None] & (dims[None, :] < D)
+    return tl.load(ptr + rows[:, None] * stride + dims[None, :], mask=mask, other=0.0)
+
+
+@triton.jit
 def _lse_kernel(
     X, Y, SCALE, LSE, DIAG, S, D, stride_x, stride_y,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, PRECISION: tl.constexpr,
@@ -31,11 +38,7 @@ def _lse_kernel(
     rows = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
     dims = tl.arange(0, BLOCK_D)
     row_ok = rows < S
-    x = tl.load(
-        X + rows[:, None] * stride_x + dims[None, :],
-        mask=row_ok[:, None] & (dims[None, :] < D),
-        other=0.0,
-    )
+    x = _load_rows(X, rows, dims, S, D, stride_x)
     scale = tl.load(SCALE).to(tl.float32)
     running_max = tl.full([BLOCK_M], float("-inf"), tl.float32)
     running_sum = tl.zeros([BLOCK_M], tl.float32)
@@ -43,11 +46,7 @@ def _lse_kernel(
     for start in range(0, S, BLOCK_N):
         cols = start + tl.arange(0, BLOCK_N)
         col_ok = cols < S
-        y = tl.load(
-            Y + cols[:, None] * stride_y + dims[None, :],
-            mask=col_ok[:, None] & (dims[None, :] < D),
-            other=0.0,
-        )
+        y = _load_rows(Y, cols, dims, S, D, stride_y)
         dots = tl.dot(x, tl.trans(y), input_precision=PRECISION)
         logits = tl.where(col_ok[None, :], dots * scale, float("-inf"))
         new_max = tl.maximum(running_max, tl.max(logits, 1))
@@ -69,11 +68,7 @@ def _grad_kernel(
     rows = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
     dims = tl.arange(0, BLOCK_D)
     row_ok = rows < S
-    x = tl.load(
-        X + rows[:, None] * stride_x + dims[None, :],
-        mask=row_ok[:, None] & (dims[None, :] < D),
-        other=0.0,
-    )
+    x = _load_rows(X, rows, dims, S, D, stride_x)
     scale = tl.load(SCALE).to(tl.float32)
     lse_x = tl.load(LSE_X + rows, mask=row_ok, other=0.0)
     grad = tl.zeros([BLOCK_M, BLOCK_D], tl.float32)
@@ -81,11 +76,7 @@ def _grad_kernel(
     for start in range(0, S, BLOCK_N):
         cols = start + tl.arange(0, BLOCK_N)
         col_ok = cols < S
-        y = tl.load(
-            Y + cols[:, None] * stride_y + dims[None, :],
-            mask=col_ok[:, None] & (dims[None, :] < D),
-            other=0.0,
-        )
+        y = _load_rows(Y, cols, dims, S, D, stride_y)
         # +inf for padding columns makes their exp(logit - lse) exactly 0.
         lse_y = tl.load(LSE_Y + cols, mask=col_ok, other=float("inf"))
         dots = tl.dot(x, tl.trans(y), input_precision=PRECISION)

@@ -1,0 +1,207 @@
+"""The ``clipkit`` command line: parse options, call one service, render its result.
+
+This package is the only place that imports typer and rich. Services (and with them torch,
+open_clip, faiss and pyarrow) are imported inside the commands, so ``clipkit --help`` stays
+instant. This module holds the app, the error mapping and shared options; the commands live in
+``models_cmd``, ``embed_cmd`` and ``search_cmd``, imported at the end to register themselves.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import os
+import time
+from collections.abc import Callable, Iterator
+from enum import Enum
+from typing import Annotated, Any, TypeVar
+
+import typer
+from rich.console import Console
+
+from clipkit import __version__
+from clipkit.config import ENV_DEBUG, ENV_MODEL
+from clipkit.errors import ClipkitError, NotImplementedYetError
+
+app = typer.Typer(
+    name="clipkit",
+    help="Embed, index, search, fine-tune, zero-shot classify and audit with CLIP models.",
+    no_args_is_help=True,
+    add_completion=False,
+    # Rich tracebacks print local variables, which hold tensors and paths: never show them.
+    pretty_exceptions_enable=False,
+    rich_markup_mode="rich",
+)
+models_app = typer.Typer(
+    help="List model architectures and pretrained weights, or inspect one model.",
+    invoke_without_command=True,
+)
+app.add_typer(models_app, name="models")
+
+stdout = Console(highlight=False, soft_wrap=True)
+stderr = Console(stderr=True, highlight=False)
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+class OutputFormat(str, Enum):
+    table = "table"
+    json = "json"
+
+
+ModelOption = Annotated[
+    str,
+    typer.Option(
+        "--model",
+        "-m",
+        envvar=ENV_MODEL,
+        help="Model spec: ARCH[:TAG], ARCH:random, "
+        "hf-hub:org/repo, or a checkpoint file or training-run folder.",
+    ),
+]
+DeviceOption = Annotated[str, typer.Option("--device", help="auto, cpu, cuda, cuda:N or mps.")]
+FormatOption = Annotated[
+    OutputFormat, typer.Option("--format", "-f", help="Output format for stdout.")
+]
+
+
+def handles_errors(command: F) -> F:
+    """Map ClipkitError to ``Error:``/``Hint:`` and exit 1; anything else likewise, tersely.
+
+    ``CLIPKIT_DEBUG=1`` re-raises instead, so the plain traceback (no locals) is shown.
+    """
+
+    @functools.wraps(command)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return command(*args, **kwargs)
+        except (typer.Exit, typer.Abort, typer.BadParameter):
+            raise  # normal exits, and usage errors that Click reports with exit code 2
+        except KeyboardInterrupt:
+            stderr.print("Interrupted.")
+            raise typer.Exit(130) from None
+        except ClipkitError as error:
+            if _debug():
+                raise
+            _print_error(error.message, error.hint)
+            raise typer.Exit(1) from None
+        except Exception as error:  # a bug, or a failure we did not foresee: still no traceback
+            if _debug():
+                raise
+            _print_error(
+                f"Unexpected {type(error).__name__}: {error}",
+                f"Re-run with {ENV_DEBUG}=1 to see the traceback, and please report it.",
+            )
+            raise typer.Exit(1) from None
+
+    return wrapper  # type: ignore[return-value]
+
+
+def _debug() -> bool:
+    return os.environ.get(ENV_DEBUG, "").strip().lower() in ("1", "true", "yes")
+
+
+def _print_error(message: str, hint: str | None) -> None:
+    stderr.print(f"[bold red]Error:[/] {message}", markup=True, highlight=False)
+    if hint:
+        stderr.print(f"[bold]Hint:[/] {hint}", markup=True, highlight=False)
+
+
+def _version_callback(value: bool) -> None:
+    if value:
+        typer.echo(f"clipkit {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def root(
+    version: Annotated[
+        bool,
+        typer.Option("--version", callback=_version_callback, is_eager=True, help="Show version."),
+    ] = False,
+) -> None:
+    """Embed, index, search, fine-tune, zero-shot classify and audit with CLIP models."""
+
+
+class KindChoice(str, Enum):
+    auto = "auto"
+    image = "image"
+    text = "text"
+
+
+class StorageDtype(str, Enum):
+    float32 = "float32"
+    float16 = "float16"
+
+
+@contextlib.contextmanager
+def _progress() -> Iterator[Callable[[str, int, int], None]]:
+    """A rich progress bar on stderr, driven by a service's (stage, done, total) callback."""
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeRemainingColumn,
+    )
+
+    columns = (
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("{task.fields[rate]}"),
+        TimeRemainingColumn(),
+    )
+    tasks: dict[str, Any] = {}
+    started: dict[str, float] = {}
+    with Progress(*columns, console=stderr, transient=False) as bar:
+
+        def update(stage: str, done: int, total: int) -> None:
+            if stage not in tasks:
+                tasks[stage] = bar.add_task(stage, total=total, rate="")
+                started[stage] = time.perf_counter()
+            elapsed = max(time.perf_counter() - started[stage], 1e-9)
+            bar.update(tasks[stage], completed=done, rate=f"{done / elapsed:.1f}/s")
+
+        yield update
+
+
+from clipkit.cli import embed_cmd, models_cmd, search_cmd  # noqa: E402, F401  (registration)
+
+
+def _planned(name: str, issue: int) -> Callable[..., None]:
+    """A command that exists in the interface but is not built yet: it says so and exits 1."""
+
+    @handles_errors
+    def command(ctx: typer.Context) -> None:
+        raise NotImplementedYetError(
+            f"`clipkit {name}` is not implemented yet (planned in issue #{issue}).",
+            "See README.md for the commands that work today.",
+        )
+
+    command.__doc__ = f"(not implemented yet: issue #{issue}) {_PLANNED_HELP[name]}"
+    return command
+
+
+_PLANNED_HELP = {
+    "train": "Fine-tune a CLIP model with the bidirectional contrastive loss.",
+    "zeroshot": "Zero-shot classify images with prompt templates.",
+    "audit": "Find mismatched image-caption pairs.",
+    "quickstart": "Generate example data and run every step offline.",
+}
+_PLANNED_ISSUE = {
+    "train": 6,
+    "zeroshot": 7,
+    "audit": 8,
+    "quickstart": 9,
+}
+for _name, _issue in _PLANNED_ISSUE.items():
+    app.command(
+        _name,
+        context_settings={"allow_extra_args": True, "ignore_unknown_options": True},
+    )(_planned(_name, _issue))
+
+
+def main() -> None:
+    """Console-script entry point."""
+    app()

@@ -1,0 +1,101 @@
+"""``clipkit embed``: folders, files and tables to Parquet embeddings."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from clipkit.cli import (
+    DeviceOption,
+    KindChoice,
+    ModelOption,
+    StorageDtype,
+    _progress,
+    app,
+    handles_errors,
+    stderr,
+)
+from clipkit.config import DEFAULT_MODEL_SPEC
+
+
+@app.command()
+@handles_errors
+def embed(
+    sources: Annotated[
+        list[str],
+        typer.Argument(help="Folders, images, .txt files or CSV/TSV/JSONL/Parquet tables."),
+    ],
+    out_dir: Annotated[Path, typer.Option("--out", "-o", help="Output embeddings folder.")],
+    model: ModelOption = DEFAULT_MODEL_SPEC,
+    kind: Annotated[KindChoice, typer.Option(help="Embed only images or only texts.")] = (
+        KindChoice.auto
+    ),
+    batch_size: Annotated[int, typer.Option(min=1, help="Items per model call.")] = 64,
+    workers: Annotated[
+        int | None, typer.Option(min=0, help="Image decode processes (default: one per core).")
+    ] = None,
+    device: DeviceOption = "auto",
+    dtype: Annotated[StorageDtype, typer.Option(help="Stored embedding precision.")] = (
+        StorageDtype.float32
+    ),
+    lines: Annotated[bool, typer.Option(help="A .txt SOURCE holds one text per line.")] = False,
+    include_hidden: Annotated[bool, typer.Option(help="Also embed hidden files.")] = False,
+    image_column: Annotated[str | None, typer.Option(help="Table column of image paths.")] = None,
+    text_column: Annotated[str | None, typer.Option(help="Table column of texts.")] = None,
+    max_pixels: Annotated[
+        int, typer.Option(min=1, help="Skip images larger than this (decompression bombs).")
+    ] = 89_478_485,
+    shard_rows: Annotated[int, typer.Option(min=1, help="Rows per Parquet shard.")] = 50_000,
+    strict: Annotated[bool, typer.Option(help="Exit 1 if any input was skipped.")] = False,
+) -> None:
+    """Encode image and text folders or tables to Parquet embeddings (resumable).
+
+    Example: clipkit embed photos/ captions.csv -o emb/ -m clipkit-tiny:random
+    """
+    from clipkit.embed import EmbedConfig
+    from clipkit.embed import embed as run_embed
+    from clipkit.sources import Kind
+
+    config = EmbedConfig(
+        sources=tuple(sources),
+        out_dir=out_dir,
+        model=model,
+        kind=Kind(kind.value),
+        batch_size=batch_size,
+        workers=workers,
+        device=device,
+        float16=dtype is StorageDtype.float16,
+        strict=strict,
+        lines=lines,
+        include_hidden=include_hidden,
+        image_column=image_column,
+        text_column=text_column,
+        max_pixels=max_pixels,
+        shard_rows=shard_rows,
+    )
+    with _progress() as update:
+        result = run_embed(config, progress=update)
+    if not result.is_main:  # another rank of a torchrun job: rank 0 reports for all
+        return
+    for uri, stage, error in result.failures[:10]:
+        stderr.print(f"  skipped {uri} ({stage}: {error})", markup=False)
+    if result.skipped > 10:
+        stderr.print(f"  ... and {result.skipped - 10} more, listed in {out_dir}/_failures.parquet")
+    notes = []
+    if result.truncated_texts:
+        notes.append(f"{result.truncated_texts} texts truncated to the model's context")
+    if result.replaced_texts:
+        notes.append(f"{result.replaced_texts} texts had invalid UTF-8 replaced")
+    if result.aliases:
+        notes.append(f"{result.aliases} duplicates recorded in _aliases.parquet")
+    stderr.print(
+        f"Embedded {result.embedded}, skipped {result.skipped}, already present "
+        f"{result.already_present} in {result.seconds:.1f} s "
+        f"({result.items_per_second:.1f} items/s) -> {out_dir}"
+        + (f"; {'; '.join(notes)}" if notes else ""),
+        markup=False,
+    )
+    if strict and result.skipped:
+        raise typer.Exit(1)
