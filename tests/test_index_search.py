@@ -273,3 +273,23 @@ def test_flat_index_small_and_large_batches_agree(tmp_path, tiny_encoder):
     np.testing.assert_allclose(small_scores, big_scores[:5], atol=1e-5)
     truth = np.argsort(-(queries[:5] @ points.T), axis=1, kind="stable")[:, :7]
     np.testing.assert_array_equal(small_found, truth)
+
+
+def test_empty_index_and_missing_row_map(corpus, tmp_path):
+    import faiss
+
+    empty = tmp_path / "empty"
+    shutil.copytree(corpus / "index", empty)
+    faiss.write_index(faiss.IndexFlatIP(128), str(empty / "index.faiss"))
+    store.write_rows(empty / "rows.parquet", {"id": [], "uri": [], "kind": [], "text": []})
+    info = json.loads((empty / "index.json").read_text())
+    (empty / "index.json").write_text(json.dumps({**info, "rows": 0}))
+    with pytest.raises(InputError, match="is empty"):
+        load_index(empty)
+    no_rows = tmp_path / "no_rows"
+    shutil.copytree(corpus / "index", no_rows)
+    (no_rows / "rows.parquet").unlink()
+    with pytest.raises(InputError, match="row map .* is missing or unreadable"):
+        load_index(no_rows)
+    result = runner.invoke(cli.app, ["search", "x", "--index", str(no_rows)])
+    assert result.exit_code == 1 and "Error:" in result.stderr and "Hint:" in result.stderr
