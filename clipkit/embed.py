@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -21,7 +21,7 @@ from clipkit import distributed, embed_plan, store
 from clipkit.decode import DEFAULT_MAX_PIXELS, DecodeError, content_id, decode_text, text_id
 from clipkit.errors import InputError
 from clipkit.models import Encoder, load_model
-from clipkit.pipeline import ImageDataset, image_batches
+from clipkit.pipeline import ImageDataset, image_batches, read_bytes
 from clipkit.sources import Item, Kind, SourceOptions, discover
 
 Progress = Callable[[str, int, int], None]
@@ -98,6 +98,16 @@ class _Run:
     truncated: int = 0
     replaced: int = 0
     shards_written: int = 0
+
+    def is_new(self, item_id: str, uri: str, pending: Collection[str]) -> bool:
+        """True when this content must be embedded; else it is counted as present or an alias.
+
+        ``pending`` holds the ids of the batch being assembled, not yet in ``known_ids``.
+        """
+        if item_id in pending:
+            self.aliases.append((item_id, uri))
+            return False
+        return not self.seen(item_id, uri)
 
     def seen(self, item_id: str, uri: str) -> bool:
         """True (and counted) when this content is already embedded."""
@@ -260,12 +270,12 @@ def _embed_texts(run: _Run, items: Sequence[Item], batch_size: int, report: Prog
                 run.failures.append((item.uri, error.stage, error.reason))
                 continue
             item_id = text_id(text)
-            if run.seen(item_id, item.uri) or item_id in ids:
-                if item_id in ids:
-                    run.aliases.append((item_id, item.uri))
+            if not run.is_new(item_id, item.uri, ids):
                 continue
             run.replaced += replaced
-            batch.append(item), ids.append(item_id), texts.append(text)
+            batch.append(item)
+            ids.append(item_id)
+            texts.append(text)
         if batch:
             run.truncated += sum(run.encoder.truncated(texts))
             run.add(batch, ids, texts, run.encoder.encode_texts(texts))
@@ -275,8 +285,6 @@ def _embed_texts(run: _Run, items: Sequence[Item], batch_size: int, report: Prog
 def _read_text(item: Item) -> tuple[str, bool]:
     if item.text is not None:
         return decode_text(item.text.encode("utf-8"))
-    from clipkit.pipeline import read_bytes
-
     return decode_text(read_bytes(item.path or ""))
 
 
@@ -299,11 +307,10 @@ def _embed_images(run: _Run, items: Sequence[Item], config: EmbedConfig, workers
             item = items[sample.index]
             if sample.error is not None:
                 run.failures.append((item.uri, sample.error[0], sample.error[1]))
-            elif run.seen(sample.item_id, item.uri) or sample.item_id in fresh_ids:
-                if sample.item_id in fresh_ids:
-                    run.aliases.append((sample.item_id, item.uri))
-            elif sample.decoded:
-                fresh_items.append(item), fresh_ids.append(sample.item_id), keep.append(position)
+            elif run.is_new(sample.item_id, item.uri, fresh_ids):
+                fresh_items.append(item)
+                fresh_ids.append(sample.item_id)
+                keep.append(position)
         if fresh_items:
             pixels = batch.pixels[[batch.pixel_row[p] for p in keep]]
             run.add(fresh_items, fresh_ids, [None] * len(fresh_items),

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -280,8 +281,6 @@ def _resolve_kind(config: IndexConfig) -> str:
 
 
 def _default_budget() -> int:
-    import os
-
     pages = os.sysconf("SC_PHYS_PAGES") if hasattr(os, "sysconf") else 2**21
     return int(pages * os.sysconf("SC_PAGE_SIZE") * 0.5)
 

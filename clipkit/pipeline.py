@@ -20,11 +20,13 @@ from clipkit.sources import Item
 
 @dataclass(frozen=True)
 class Sample:
-    """What a worker made of one item: an id and pixels, or the reason it failed."""
+    """What a worker made of one item: its id (and, beside it, pixels) or why it failed.
+
+    Content already in the output folder is hashed but not decoded: it comes without pixels.
+    """
 
     index: int
     item_id: str = ""
-    decoded: bool = False
     error: tuple[str, str] | None = None  # (stage, reason)
 
 
@@ -90,7 +92,7 @@ class ImageDataset(Dataset):
         except Exception as error:  # a transform failing on one odd image must not end the run
             return Sample(index, item_id, error=("preprocess", f"{type(error).__name__}: "
                                                  f"{error}")), None  # fmt: skip
-        return Sample(index, item_id, decoded=True), pixels
+        return Sample(index, item_id), pixels
 
 
 class _HashDataset(Dataset):
