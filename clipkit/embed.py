@@ -193,8 +193,12 @@ def _embed(config: EmbedConfig, world: distributed.World, device: str,
     if world.distributed:
         texts = embed_plan.claim(run, world, texts, embed_plan.text_ids(texts))
         images = embed_plan.claim(run, world, images, embed_plan.image_ids(images, world, workers))
-    _embed_texts(run, texts, config.batch_size, report)
-    _embed_images(run, images, config, workers, report)
+    try:
+        _embed_texts(run, texts, config.batch_size, report)
+        _embed_images(run, images, config, workers, report)
+    except KeyboardInterrupt:
+        run.flush()  # keep every finished embedding: the next run resumes after them
+        raise
     run.flush()
     return _finish(config, run, world, encoder, found.ignored, time.perf_counter() - started)
 

@@ -334,3 +334,18 @@ def test_two_gloo_processes_equal_a_single_process(tmp_path):
         assert a == b, side_table
     names = sorted(p.name for p in multi.glob("part-*.parquet"))
     assert len(names) == len(set(names)) >= 2
+
+
+def test_ctrl_c_keeps_finished_embeddings(tmp_path):
+    make_images(tmp_path / "d", 12)
+    cfg = config([tmp_path / "d"], tmp_path / "out", batch_size=4, shard_rows=1000)
+
+    def interrupt_after_two_batches(stage, done, total):
+        if stage == "images" and done >= 8:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        embed(cfg, progress=interrupt_after_two_batches)
+    assert len(rows(tmp_path / "out")) == 8  # flushed although below --shard-rows
+    resumed = embed(cfg)
+    assert (resumed.embedded, resumed.already_present) == (4, 8)
