@@ -14,16 +14,14 @@ Usage:
 from __future__ import annotations
 
 import argparse
-import json
-import platform
 import shutil
 import tempfile
 import time
-from datetime import datetime, timezone
 from pathlib import Path
 
 import numpy as np
 import torch
+from common import machine, write_results
 from PIL import Image
 
 
@@ -128,12 +126,7 @@ def main() -> None:
     workers = args.workers if args.workers is not None else default_workers()
     folder = Path(tempfile.mkdtemp(prefix="bench-embed-"))
     results = {
-        "machine": {
-            "platform": platform.platform(),
-            "torch_threads": torch.get_num_threads(),
-            "gpu": torch.cuda.get_device_name() if torch.cuda.is_available() else None,
-            "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        },
+        "machine": machine(),
         "images": args.images, "size": args.size, "batch_size": args.batch_size,
         "workers": workers, "rows": [],
     }  # fmt: skip
@@ -163,9 +156,7 @@ def main() -> None:
             )
     finally:
         shutil.rmtree(folder, ignore_errors=True)
-    args.json.parent.mkdir(parents=True, exist_ok=True)
-    args.json.write_text(json.dumps(results, indent=2))
-    print(f"wrote {args.json}")
+    write_results(args.json, results)
 
 
 if __name__ == "__main__":

@@ -16,13 +16,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import resource
 import subprocess
 import sys
 import time
-from datetime import datetime, timezone
 from pathlib import Path
+
+import common
 
 # ClipLoss keeps about four S x S float32 matrices alive; skip it where that cannot fit.
 CLIPLOSS_BYTES_PER_LOGIT = 4 * 4
@@ -202,16 +202,7 @@ def main() -> None:
                         "bench_score.json")  # fmt: skip
     args = parser.parse_args()
 
-    import torch
-
-    machine = {
-        "platform": platform.platform(),
-        "processor": platform.processor() or platform.machine(),
-        "cpus_torch_threads": torch.get_num_threads(),
-        "torch": torch.__version__,
-        "gpu": torch.cuda.get_device_name() if torch.cuda.is_available() else None,
-        "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-    }
+    machine = common.machine()
     print(f"machine: {machine}")
     results: dict = {"machine": machine, "args": {k: str(v) for k, v in vars(args).items()}}
     if not args.skip_loss:
@@ -220,9 +211,7 @@ def main() -> None:
     if not args.skip_topk:
         print(f"exact top-{args.k} over {args.keys} x {args.dim} keys ({args.device}):")
         results["topk"] = topk_table(args)
-    args.json.parent.mkdir(parents=True, exist_ok=True)
-    args.json.write_text(json.dumps(results, indent=2))
-    print(f"wrote {args.json}")
+    common.write_results(args.json, results)
 
 
 if __name__ == "__main__":

@@ -14,17 +14,16 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import resource
 import shutil
 import subprocess
 import sys
 import tempfile
 import time
-from datetime import datetime, timezone
 from pathlib import Path
 
 import numpy as np
+from common import machine, write_results
 
 
 def clustered(rows: int, dim: int, clusters: int, seed: int = 0, *, points_seed=None):
@@ -196,12 +195,7 @@ def main() -> None:
                         "bench_search.json")  # fmt: skip
     args = parser.parse_args()
     work = Path(tempfile.mkdtemp(prefix="bench-search-"))
-    results = {
-        "machine": {
-            "platform": platform.platform(),
-            "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        }
-    }
+    results = {"machine": machine()}
     try:
         sections = {"exact": lambda: exact_section(args, work),
                     "ann": lambda: ann_section(args, work),
@@ -211,9 +205,7 @@ def main() -> None:
             results[name] = sections[name]()
     finally:
         shutil.rmtree(work, ignore_errors=True)
-    args.json.parent.mkdir(parents=True, exist_ok=True)
-    args.json.write_text(json.dumps(results, indent=2))
-    print(f"wrote {args.json}")
+    write_results(args.json, results)
 
 
 if __name__ == "__main__":
