@@ -146,8 +146,8 @@ def _table_items(path: Path, options: SourceOptions) -> list[Item]:
 
     rows = read_table(path)
     columns = list(rows[0]) if rows else []
-    image_column = _column(columns, options.image_column, IMAGE_COLUMNS, "--image-column", path)
-    text_column = _column(columns, options.text_column, TEXT_COLUMNS, "--text-column", path)
+    image_column = find_column(columns, options.image_column, IMAGE_COLUMNS, "--image-column", path)
+    text_column = find_column(columns, options.text_column, TEXT_COLUMNS, "--text-column", path)
     if image_column is None and text_column is None:
         raise InputError(
             f"Table {path} has no image or text column (columns: {', '.join(columns) or 'none'}).",
@@ -168,7 +168,7 @@ def _table_items(path: Path, options: SourceOptions) -> list[Item]:
     return items
 
 
-def _column(
+def find_column(
     columns: list[str], chosen: str | None, defaults: Sequence[str], flag: str, path: Path
 ) -> str | None:
     if chosen is not None:

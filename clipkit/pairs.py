@@ -1,0 +1,134 @@
+"""Image-caption pair datasets, as ``clipkit train`` and ``clipkit audit`` read them.
+
+Two layouts: a folder of images, each with a same-stem ``.txt`` sidecar (one caption per
+non-empty line, several allowed), or a CSV/TSV/JSONL/Parquet table with an image-path column
+(relative to the table's folder) and a caption column, where rows naming the same image add
+captions to it. Pairs that cannot be used are skipped and listed, never silently dropped;
+a table without the needed columns is an error before any work starts.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from clipkit.decode import IMAGE_SUFFIXES, DecodeError, decode_text
+from clipkit.errors import InputError
+from clipkit.pipeline import read_bytes
+from clipkit.sources import IMAGE_COLUMNS, TABLE_SUFFIXES, TEXT_COLUMNS, find_column
+
+
+@dataclass(frozen=True)
+class Pair:
+    """One image and its captions (at least one, in the order the source gives them)."""
+
+    image: str
+    captions: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class PairSet:
+    """The usable pairs of a source, and (uri, stage, reason) for every pair skipped."""
+
+    source: str
+    pairs: tuple[Pair, ...]
+    skipped: tuple[tuple[str, str, str], ...]
+
+
+def read_pairs(
+    source: str | Path,
+    *,
+    image_column: str | None = None,
+    text_column: str | None = None,
+    include_hidden: bool = False,
+) -> PairSet:
+    """Read the pairs a folder or table holds (image files are not opened here).
+
+    Raises:
+        InputError: the source does not exist, is of an unknown kind, or a table lacks the
+            image or caption column.
+    """
+    path = Path(source).expanduser()
+    if path.is_dir():
+        pairs, skipped = _folder_pairs(path, include_hidden)
+    elif path.is_file() and path.suffix.lower() in TABLE_SUFFIXES:
+        pairs, skipped = _table_pairs(path, image_column, text_column)
+    elif path.exists():
+        raise InputError(
+            f"{path} is neither a folder of captioned images nor a table.",
+            "Use a folder with same-name .txt captions beside each image, or a "
+            ".csv/.tsv/.jsonl/.parquet table with image and caption columns.",
+        )
+    else:
+        raise InputError(f"Pair source {path} does not exist.", "Check the path.")
+    return PairSet(str(path), tuple(pairs), tuple(skipped))
+
+
+def _folder_pairs(root: Path, include_hidden: bool):
+    pairs, skipped = [], []
+    for folder, subfolders, files in os.walk(root):
+        if not include_hidden:
+            subfolders[:] = [name for name in subfolders if not name.startswith(".")]
+        subfolders.sort()
+        for name in sorted(files):
+            if (name.startswith(".") and not include_hidden) or (
+                Path(name).suffix.lower() not in IMAGE_SUFFIXES
+            ):
+                continue
+            image = Path(folder) / name
+            sidecar = image.with_suffix(".txt")
+            if not sidecar.exists():
+                skipped.append((str(image), "caption", f"no caption file {sidecar.name}"))
+                continue
+            try:
+                captions = _captions(read_bytes(str(sidecar)))
+            except DecodeError as error:
+                skipped.append((str(image), "caption", f"{sidecar.name}: {error.reason}"))
+                continue
+            if not captions:
+                skipped.append((str(image), "caption", f"{sidecar.name} holds no caption"))
+            else:
+                pairs.append(Pair(str(image), captions))
+    return pairs, skipped
+
+
+def _captions(data: bytes) -> tuple[str, ...]:
+    captions = []
+    for line in data.splitlines():
+        try:
+            captions.append(decode_text(line)[0])
+        except DecodeError:
+            continue  # blank lines separate captions
+    return tuple(captions)
+
+
+def _table_pairs(path: Path, image_column: str | None, text_column: str | None):
+    from clipkit.store import read_table
+
+    rows = read_table(path)
+    columns = list(rows[0]) if rows else []
+    image_key = find_column(columns, image_column, IMAGE_COLUMNS, "--image-column", path)
+    text_key = find_column(columns, text_column, TEXT_COLUMNS, "--text-column", path)
+    missing = [name for name, key in (("image", image_key), ("caption", text_key)) if not key]
+    if missing:
+        raise InputError(
+            f"Table {path} has no {' or '.join(missing)} column "
+            f"(columns: {', '.join(columns) or 'none'}).",
+            "Name them with --image-column and --text-column.",
+        )
+    grouped: dict[str, list[str]] = {}
+    skipped = []
+    for number, row in enumerate(rows):
+        image, caption = row.get(image_key), row.get(text_key)
+        if image in (None, ""):
+            skipped.append((f"{path}#row={number}", "caption", "no image path"))
+            continue
+        file = Path(str(image)).expanduser()
+        uri = str(file if file.is_absolute() else path.parent / file)
+        text = "" if caption is None else str(caption).strip()
+        if not text:
+            skipped.append((uri, "caption", f"empty caption in row {number}"))
+            continue
+        grouped.setdefault(uri, []).append(text)
+    return [Pair(uri, tuple(captions)) for uri, captions in grouped.items()], skipped
