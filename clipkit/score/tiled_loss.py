@@ -35,8 +35,7 @@ class TiledContrastiveLoss(torch.autograd.Function):
     @staticmethod
     def forward(ctx, a, b, scale, weight: float, tile: int):  # type: ignore[override]
         row_lse, col_lse, diagonal = _logsumexps(a, b, scale, tile)
-        size = a.shape[0]
-        loss = (weight * row_lse.sum() + (1.0 - weight) * col_lse.sum() - diagonal.sum()) / size
+        loss = loss_from_logsumexps(row_lse, col_lse, diagonal, weight)
         ctx.save_for_backward(a, b, scale, row_lse, col_lse)
         ctx.weight, ctx.tile = weight, tile
         return loss
@@ -46,6 +45,15 @@ class TiledContrastiveLoss(torch.autograd.Function):
         a, b, scale, row_lse, col_lse = ctx.saved_tensors
         grad_a, grad_b, grad_scale = _gradients(a, b, scale, row_lse, col_lse, ctx.weight, ctx.tile)
         return grad_a * grad_loss, grad_b * grad_loss, grad_scale * grad_loss, None, None
+
+
+def loss_from_logsumexps(
+    row_lse: torch.Tensor, col_lse: torch.Tensor, diagonal: torch.Tensor, weight: float
+) -> torch.Tensor:
+    """``(1/S) [λ Σ r_i + (1-λ) Σ c_k - Σ L_ii]`` from (S,) row/column LSEs and diagonal logits."""
+    return (weight * row_lse.sum() + (1.0 - weight) * col_lse.sum() - diagonal.sum()) / len(
+        diagonal
+    )
 
 
 def tiled_contrastive_loss(

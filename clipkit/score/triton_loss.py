@@ -20,6 +20,8 @@ import torch
 import triton
 import triton.language as tl
 
+from clipkit.score.tiled_loss import loss_from_logsumexps
+
 GPU_BLOCKS = {"block_m": 64, "block_n": 64, "num_warps": 8}
 
 
@@ -103,8 +105,7 @@ class TritonContrastiveLoss(torch.autograd.Function):
         scale32 = scale.detach().float().reshape(())
         row_lse, diagonal = _logsumexp(a, b, scale32, blocks)
         col_lse, _ = _logsumexp(b, a, scale32, blocks)
-        size = a.shape[0]
-        loss = (weight * row_lse.sum() + (1.0 - weight) * col_lse.sum() - diagonal.sum()) / size
+        loss = loss_from_logsumexps(row_lse, col_lse, diagonal, weight)
         ctx.save_for_backward(a, b, scale32, row_lse, col_lse)
         ctx.weight, ctx.blocks, ctx.scale_dtype = weight, blocks, scale.dtype
         return loss
