@@ -87,6 +87,14 @@ class Encoder:
             fill_color=self.preprocess_config["fill_color"],
         )
 
+    def train_transform(self) -> Callable[[Image.Image], torch.Tensor]:
+        """open_clip's training augmentation (random resized crop) for this model's input."""
+        cfg = self.preprocess_config
+        return open_clip.image_transform(
+            cfg["size"], is_train=True, mean=cfg["mean"], std=cfg["std"],
+            interpolation=cfg["interpolation"], fill_color=cfg["fill_color"],
+        )  # fmt: skip
+
     @property
     def embed_dim(self) -> int:
         return int(self.model_config["embed_dim"])

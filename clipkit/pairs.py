@@ -1,10 +1,11 @@
 """Image-caption pair datasets, as ``clipkit train`` and ``clipkit audit`` read them.
 
-Two layouts: a folder of images, each with a same-stem ``.txt`` sidecar (one caption per
-non-empty line, several allowed), or a CSV/TSV/JSONL/Parquet table with an image-path column
+Three layouts: a folder of images, each with a same-stem ``.txt`` sidecar (one caption per
+non-empty line, several allowed); a CSV/TSV/JSONL/Parquet table with an image-path column
 (relative to the table's folder) and a caption column, where rows naming the same image add
-captions to it. Pairs that cannot be used are skipped and listed, never silently dropped;
-a table without the needed columns is an error before any work starts.
+captions to it; or WebDataset ``.tar`` shards (a shard, or a folder of them) whose samples hold
+an image member and a ``txt`` member. Pairs that cannot be used are skipped and listed, never
+silently dropped; a table without the needed columns is an error before any work starts.
 """
 
 from __future__ import annotations
@@ -17,6 +18,9 @@ from clipkit.decode import IMAGE_SUFFIXES, DecodeError, decode_text
 from clipkit.errors import InputError
 from clipkit.pipeline import read_bytes
 from clipkit.sources import IMAGE_COLUMNS, TABLE_SUFFIXES, TEXT_COLUMNS, find_column
+from clipkit.tarshards import TAR_SUFFIX, member_offsets, member_uri, read_member, sample_key
+
+IMAGE_EXTENSIONS = tuple(suffix.lstrip(".") for suffix in sorted(IMAGE_SUFFIXES))
 
 
 @dataclass(frozen=True)
@@ -50,15 +54,19 @@ def read_pairs(
             image or caption column.
     """
     path = Path(source).expanduser()
-    if path.is_dir():
+    shards = _tar_shards(path)
+    if shards:
+        pairs, skipped = _shard_pairs(shards)
+    elif path.is_dir():
         pairs, skipped = _folder_pairs(path, include_hidden)
     elif path.is_file() and path.suffix.lower() in TABLE_SUFFIXES:
         pairs, skipped = _table_pairs(path, image_column, text_column)
     elif path.exists():
         raise InputError(
             f"{path} is neither a folder of captioned images nor a table.",
-            "Use a folder with same-name .txt captions beside each image, or a "
-            ".csv/.tsv/.jsonl/.parquet table with image and caption columns.",
+            "Use a folder with same-name .txt captions beside each image, a "
+            ".csv/.tsv/.jsonl/.parquet table with image and caption columns, or WebDataset "
+            ".tar shards.",
         )
     else:
         raise InputError(f"Pair source {path} does not exist.", "Check the path.")
@@ -132,3 +140,42 @@ def _table_pairs(path: Path, image_column: str | None, text_column: str | None):
             continue
         grouped.setdefault(uri, []).append(text)
     return [Pair(uri, tuple(captions)) for uri, captions in grouped.items()], skipped
+
+
+def _tar_shards(path: Path) -> list[Path]:
+    """The shards a path names: a .tar file, or a folder holding .tar files and no images."""
+    if path.is_file() and path.suffix.lower() == TAR_SUFFIX:
+        return [path]
+    if not path.is_dir():
+        return []
+    shards = sorted(p for p in path.iterdir() if p.suffix.lower() == TAR_SUFFIX and p.is_file())
+    has_images = any(p.suffix.lower() in IMAGE_SUFFIXES for p in path.iterdir())
+    return [] if has_images else shards
+
+
+def _shard_pairs(shards: list[Path]):
+    pairs, skipped = [], []
+    for shard in shards:
+        try:
+            members = member_offsets(str(shard))
+        except DecodeError as error:
+            skipped.append((str(shard), "read", error.reason))
+            continue
+        samples: dict[str, dict[str, str]] = {}
+        for name in members:
+            key, extension = sample_key(name)
+            samples.setdefault(key, {})[extension] = name
+        for key, parts in samples.items():
+            image = next((parts[ext] for ext in IMAGE_EXTENSIONS if ext in parts), None)
+            uri = member_uri(shard, image or key)
+            if image is None:
+                skipped.append((uri, "read", "sample has no image member"))
+            elif "txt" not in parts:
+                skipped.append((uri, "caption", "sample has no txt member"))
+            else:
+                captions = _captions(read_member(member_uri(shard, parts["txt"])))
+                if captions:
+                    pairs.append(Pair(uri, captions))
+                else:
+                    skipped.append((uri, "caption", "empty txt member"))
+    return pairs, skipped

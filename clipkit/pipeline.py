@@ -8,6 +8,7 @@ scale with Pillow's ``draft`` (about half the decode work); the transform resize
 from __future__ import annotations
 
 import errno
+import os
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 
@@ -16,6 +17,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from clipkit.decode import DecodeError, content_id, decode_image
 from clipkit.sources import Item
+from clipkit.tarshards import MEMBER_SEPARATOR, read_member, split_member_uri
 
 
 @dataclass(frozen=True)
@@ -40,7 +42,9 @@ class Batch:
 
 
 def read_bytes(path: str) -> bytes:
-    """The bytes of a file, or a DecodeError naming why they cannot be read."""
+    """The bytes of a file (or ``SHARD.tar#MEMBER``), or a DecodeError naming why not."""
+    if MEMBER_SEPARATOR in path and split_member_uri(path) and not os.path.exists(path):
+        return read_member(path)
     try:
         with open(path, "rb") as handle:
             return handle.read()

@@ -22,13 +22,14 @@ from clipkit.score.retrieval import (
     topk,
     topk_stream,
 )
-from clipkit.score.tiled_loss import tiled_contrastive_loss
+from clipkit.score.tiled_loss import default_tile, logsumexps, tiled_contrastive_loss
 
 __all__ = [
     "LOSS_BACKEND",
     "MAX_SCALE",
     "PairRanks",
     "contrastive_loss",
+    "directional_losses",
     "loss_backend",
     "pair_ranks",
     "rank_summary",
@@ -125,3 +126,18 @@ def contrastive_loss(
 
         return triton_contrastive_loss(image_features, text_features, scale, weight)
     return tiled_contrastive_loss(image_features, text_features, scale, weight, tile)
+
+
+@torch.no_grad()
+def directional_losses(
+    image_features: torch.Tensor, text_features: torch.Tensor, logit_scale: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The two directions of the loss, ``mean_i L_i(I→w)`` and ``mean_i L_i(w→I)``, for logging.
+
+    Tiled like the loss (no (S, S) matrix); no gradient. Shapes as :func:`contrastive_loss`.
+    """
+    scale = logit_scale.clamp(max=math.log(MAX_SCALE)).exp()
+    row_lse, col_lse, diagonal = logsumexps(
+        image_features, text_features, scale, default_tile(image_features.device)
+    )
+    return (row_lse - diagonal).mean(), (col_lse - diagonal).mean()

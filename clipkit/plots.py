@@ -1,0 +1,43 @@
+"""PNG charts (matplotlib, headless): the only module that imports matplotlib."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from clipkit.atomic import atomic_path
+
+
+def plot_training(records: Sequence[dict[str, Any]], path: Path) -> Path:
+    """Training loss per step, validation loss and recall@5 per evaluation, as one PNG."""
+    import matplotlib
+
+    matplotlib.use("Agg")  # no display: render to a file only
+    import matplotlib.pyplot as plt
+
+    steps = [r for r in records if r.get("kind") == "step"]
+    evals = [r for r in records if r.get("kind") == "eval"]
+    figure, (loss_axes, recall_axes) = plt.subplots(1, 2, figsize=(11, 4), dpi=100)
+    loss_axes.plot([r["step"] for r in steps], [r["loss"] for r in steps], label="train", lw=1)
+    if evals:
+        loss_axes.plot([r["step"] for r in evals], [r["loss"] for r in evals], "o-",
+                       label="validation")  # fmt: skip
+        for key, label in (("image_to_text_r5", "image→text R@5"),
+                           ("text_to_image_r5", "text→image R@5"),
+                           ("zeroshot_top1", "zero-shot top-1")):  # fmt: skip
+            points = [(r["step"], r[key]) for r in evals if r.get(key) is not None]
+            if points:
+                recall_axes.plot(*zip(*points, strict=True), "o-", label=label)
+        recall_axes.set_ylim(0, 1)
+        recall_axes.legend()
+    else:
+        recall_axes.text(0.5, 0.5, "no validation set", ha="center", va="center")
+    loss_axes.set(xlabel="step", ylabel="contrastive loss", title="Loss")
+    recall_axes.set(xlabel="step", title="Validation")
+    loss_axes.legend()
+    figure.tight_layout()
+    with atomic_path(path) as tmp:
+        figure.savefig(tmp, format="png")
+    plt.close(figure)
+    return path
