@@ -113,6 +113,7 @@ class TrainResult:
     already_finished: bool = False
     interrupted: bool = False
     samples_per_second: float = 0.0
+    is_main: bool = True
 
 
 Progress = Callable[[TrainProgress], None]
@@ -180,6 +181,7 @@ class _Run:
         self.schedule = Schedule(len(self.data.train), config.batch_size, total)
         self.settings = self._settings()
         self.evaluations: list[Evaluation] = []
+        self.paused = 0.0  # seconds spent evaluating and checkpointing, not training
 
     def _settings(self) -> dict[str, Any]:
         """Resolved values of the options left to clipkit, with the reasons."""
@@ -281,7 +283,7 @@ class _Run:
         autocast = torch.autocast("cuda", dtype=dtype) if dtype else contextlib.nullcontext()
         stop = _StopFlag()
         started, samples, losses = time.perf_counter(), 0, None
-        interrupted = False
+        interrupted, rate = False, 0.0
         with stop:
             try:
                 for pixels, captions, skips in loader:
@@ -291,7 +293,8 @@ class _Run:
                                         state.step)  # fmt: skip
                     state.step += 1
                     samples += config.batch_size
-                    rate = samples / max(time.perf_counter() - started, 1e-9)
+                    busy = time.perf_counter() - started - self.paused  # not evaluation
+                    rate = samples / max(busy, 1e-9)
                     self._after_step(state, losses, optimizer, rate)
                     if stop.requested:
                         raise KeyboardInterrupt
@@ -306,7 +309,6 @@ class _Run:
         self._checkpoint(state, optimizer, scaler)
         if not interrupted:
             self._finish()
-        rate = samples / max(time.perf_counter() - started, 1e-9)
         return self._result(state, losses, interrupted=interrupted, rate=rate)
 
     def _step(self, network, optimizer, scaler, pixels, captions, autocast, step):
@@ -340,8 +342,6 @@ class _Run:
 
     def _after_step(self, state, losses, optimizer, rate) -> None:
         schedule, step = self.schedule, state.step
-        figures = {"loss": losses.loss, "temperature": losses.temperature, "samples_per_s": rate}
-        self.progress(TrainProgress("train", step, schedule.total_steps, figures))
         if self.log is not None:
             self.log.write({
                 "kind": "step", "step": step, "epoch": (step - 1) // schedule.steps_per_epoch,
@@ -350,10 +350,14 @@ class _Run:
                 "lr": optimizer.param_groups[0]["lr"], "samples_per_s": rate,
             })  # fmt: skip
         end_of_epoch = step % schedule.steps_per_epoch == 0 or step == schedule.total_steps
+        paused = time.perf_counter()
         if end_of_epoch:
             self._evaluate(state)
         if end_of_epoch or (self.config.save_every and step % self.config.save_every == 0):
             self._checkpoint(state, optimizer, self.scaler)
+        self.paused += time.perf_counter() - paused
+        figures = {"loss": losses.loss, "temperature": losses.temperature, "samples_per_s": rate}
+        self.progress(TrainProgress("train", step, schedule.total_steps, figures))
 
     def _evaluate(self, state: ResumeState) -> None:
         if not self.data.val or not self.world.is_main:
@@ -442,6 +446,7 @@ class _Run:
             wise_ft_checkpoint=_existing(wise) if wise else None,
             plot=_existing(out / PLOT_FILE), settings=self.settings,
             already_finished=already_finished, interrupted=interrupted, samples_per_second=rate,
+            is_main=self.world.is_main,
         )  # fmt: skip
 
 

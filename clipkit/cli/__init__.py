@@ -166,7 +166,7 @@ def _progress() -> Iterator[Callable[[str, int, int], None]]:
         yield update
 
 
-from clipkit.cli import embed_cmd, models_cmd, search_cmd  # noqa: E402, F401  (registration)
+from clipkit.cli import embed_cmd, models_cmd, search_cmd, train_cmd  # noqa: E402, F401  (registration)
 
 
 def _planned(name: str, issue: int) -> Callable[..., None]:
@@ -184,13 +184,11 @@ def _planned(name: str, issue: int) -> Callable[..., None]:
 
 
 _PLANNED_HELP = {
-    "train": "Fine-tune a CLIP model with the bidirectional contrastive loss.",
     "zeroshot": "Zero-shot classify images with prompt templates.",
     "audit": "Find mismatched image-caption pairs.",
     "quickstart": "Generate example data and run every step offline.",
 }
 _PLANNED_ISSUE = {
-    "train": 6,
     "zeroshot": 7,
     "audit": 8,
     "quickstart": 9,

@@ -1,0 +1,175 @@
+"""``clipkit train``: fine-tune or train a CLIP model on image-caption pairs."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from clipkit.cli import DeviceOption, ModelOption, app, handles_errors, stderr
+from clipkit.config import DEFAULT_MODEL_SPEC
+
+
+@app.command()
+@handles_errors
+def train(
+    data: Annotated[
+        str,
+        typer.Argument(
+            help="Folder of images with .txt captions, a CSV/TSV/JSONL/Parquet "
+            "table, or WebDataset .tar shards (a .tar or a folder of them)."
+        ),
+    ],  # fmt: skip
+    out: Annotated[Path, typer.Option("--out", "-o", help="Run folder (checkpoints, logs).")],
+    model: ModelOption = DEFAULT_MODEL_SPEC,
+    epochs: Annotated[int | None, typer.Option(min=1, help="Passes over the data [10].")] = None,
+    steps: Annotated[
+        int | None, typer.Option(min=1, help="Optimiser steps (not --epochs).")
+    ] = None,
+    batch_size: Annotated[int, typer.Option(min=2, help="Global contrastive batch.")] = 64,
+    lr: Annotated[
+        float | None,
+        typer.Option(min=0.0, help="Peak learning rate [5e-4 from scratch, 1e-5 fine-tuning]."),
+    ] = None,
+    weight_decay: Annotated[float, typer.Option(min=0.0, help="AdamW decay (matrices).")] = 0.2,
+    warmup: Annotated[
+        int | None, typer.Option(min=0, help="Linear warmup steps [5% of the run].")
+    ] = None,
+    grad_clip: Annotated[float | None, typer.Option(min=0.0, help="Clip grad norm.")] = None,
+    weight: Annotated[
+        float, typer.Option("--lambda", help="Weight λ of the image→text loss (0..1).")
+    ] = 0.5,
+    init_temperature: Annotated[
+        float | None, typer.Option(help="Start temperature t [the model's own].")
+    ] = None,
+    learn_temperature: Annotated[
+        bool,
+        typer.Option("--learn-temperature/--fixed-temperature", help="Train the temperature."),
+    ] = True,
+    val_split: Annotated[float, typer.Option(help="Share of images held out.")] = 0.1,
+    val: Annotated[str | None, typer.Option(help="Validation pairs (instead of a split).")] = None,
+    eval_classes: Annotated[
+        str | None, typer.Option(help="Class-per-subfolder images: report zero-shot top-1.")
+    ] = None,
+    lock_image: Annotated[bool, typer.Option(help="Freeze the image tower (LiT).")] = False,
+    lock_text: Annotated[bool, typer.Option(help="Freeze the text tower.")] = False,
+    grad_cache: Annotated[
+        bool, typer.Option(help="GradCache: batches larger than memory, same gradient.")
+    ] = False,
+    micro_batch: Annotated[
+        int, typer.Option(min=1, help="Pairs per forward pass with --grad-cache.")
+    ] = 64,
+    precision: Annotated[str, typer.Option(help="auto, fp32, bf16 or fp16 (CUDA).")] = "auto",
+    device: DeviceOption = "auto",
+    seed: Annotated[int, typer.Option(help="Seed for order, captions and augmentation.")] = 0,
+    workers: Annotated[int, typer.Option(min=0, help="Image decode processes.")] = 2,
+    save_every: Annotated[
+        int | None, typer.Option(min=1, help="Also checkpoint every N steps.")
+    ] = None,
+    wise_ft: Annotated[
+        float | None,
+        typer.Option(help="Also write initial·(1-α) + tuned·α weights (WiSE-FT)."),
+    ] = None,
+    image_column: Annotated[str | None, typer.Option(help="Table column of image paths.")] = None,
+    text_column: Annotated[str | None, typer.Option(help="Table column of captions.")] = None,
+    resume: Annotated[bool, typer.Option(help="Continue the run in --out exactly.")] = False,
+) -> None:
+    """Fine-tune a CLIP model with the bidirectional contrastive loss.
+
+    Example: clipkit train pairs/ -o runs/shapes -m clipkit-tiny:random --epochs 5
+    """
+    from clipkit.train import TrainConfig
+    from clipkit.train import train as run_train
+
+    config = TrainConfig(
+        data=data, out=str(out), model=model, epochs=epochs, steps=steps,
+        batch_size=batch_size, lr=lr, weight_decay=weight_decay, warmup=warmup,
+        grad_clip=grad_clip, weight=weight, init_temperature=init_temperature,
+        learn_temperature=learn_temperature, val_split=val_split, val=val,
+        eval_classes=eval_classes, lock_image=lock_image, lock_text=lock_text,
+        grad_cache=grad_cache, micro_batch=micro_batch, precision=precision, device=device,
+        seed=seed, workers=workers, save_every=save_every, wise_ft=wise_ft,
+        image_column=image_column, text_column=text_column, resume=resume,
+    )  # fmt: skip
+    with _train_progress() as update:
+        result = run_train(config, progress=update)
+    if not result.is_main:  # another rank of a torchrun job: rank 0 reports for all
+        return
+    _report(result)
+    if result.interrupted:
+        raise typer.Exit(130)
+
+
+def _report(result: Any) -> None:
+    say = lambda text: stderr.print(text, markup=False)  # noqa: E731
+    if result.already_finished:
+        say(f"Run {result.run_dir} already finished ({result.steps_done} steps); nothing to do.")
+        return
+    for uri, stage, error in result.skipped[:10]:
+        say(f"  skipped {uri} ({stage}: {error})")
+    if len(result.skipped) > 10:
+        say(
+            f"  ... and {len(result.skipped) - 10} more, "
+            f"listed in {result.run_dir}/failures.parquet"
+        )
+    for number, evaluation in enumerate(result.evaluations, start=1):
+        zeroshot = evaluation.zeroshot_top1
+        say(
+            f"  eval {number}: loss {evaluation.loss:.3f}, image→text R@1/5/10 "
+            f"{_recalls(evaluation, 'image_to_text')}, text→image R@1/5/10 "
+            f"{_recalls(evaluation, 'text_to_image')}"
+            + (f", zero-shot top-1 {zeroshot:.1%}" if zeroshot is not None else "")
+        )
+    settings = result.settings
+    verb = "Stopped" if result.interrupted else "Trained"
+    say(
+        f"{verb} at step {result.steps_done}/{result.total_steps} on {result.train_pairs} pairs "
+        f"({result.val_pairs} validation, {len(result.skipped)} skipped), lr {settings['lr']:g} "
+        f"({settings['lr_reason']}), {result.samples_per_second:.1f} samples/s -> {result.run_dir}"
+    )
+    if result.interrupted:
+        say("State saved; continue with the same command and --resume.")
+    for label, path in (("best", result.best_checkpoint), ("last", result.last_checkpoint),
+                        ("wise-ft", result.wise_ft_checkpoint), ("plot", result.plot)):  # fmt: skip
+        if path:
+            say(f"  {label}: {path}")
+
+
+def _recalls(evaluation: Any, direction: str) -> str:
+    values = [getattr(evaluation, f"{direction}_r{k}") for k in (1, 5, 10)]
+    return "/".join(f"{100 * v:.0f}" for v in values) + "%"
+
+
+@contextlib.contextmanager
+def _train_progress() -> Iterator[Callable[[Any], None]]:
+    """A rich progress bar for steps, with loss, temperature, samples/s and ETA."""
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeRemainingColumn,
+    )
+
+    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+               TextColumn("{task.fields[figures]}"), TimeRemainingColumn())  # fmt: skip
+    tasks: dict[str, Any] = {}
+    with Progress(*columns, console=stderr, transient=False) as bar:
+
+        def update(report: Any) -> None:
+            if report.stage not in tasks:
+                tasks[report.stage] = bar.add_task(report.stage, total=report.total, figures="")
+            figures = report.figures
+            text = ""
+            if "loss" in figures:
+                text = (f"loss {figures['loss']:.3f}  t {figures['temperature']:.4f}  "
+                        f"{figures['samples_per_s']:.1f} samples/s")  # fmt: skip
+            elif "val_loss" in figures:
+                text = f"val loss {figures['val_loss']:.3f}  recall {figures['val_recall']:.1%}"
+            bar.update(tasks[report.stage], completed=report.done, total=report.total,
+                       figures=text)  # fmt: skip
+
+        yield update

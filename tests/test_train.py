@@ -1,0 +1,219 @@
+"""``clipkit train`` end to end on generated shapes with the tiny architecture: it learns,
+its checkpoints load by path, resume is bit-for-bit, lock flags freeze what they say, WiSE-FT
+interpolates, and bad data fails before training (or is skipped and listed)."""
+
+from __future__ import annotations
+
+import json
+import math
+import tarfile
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from clipkit.errors import InputError
+from clipkit.models import load_model
+from clipkit.synthetic import write_captioned_shapes, write_class_tree
+from clipkit.train import TrainConfig, train
+from clipkit.train_state import STATE_FILE, load_state
+from tests.test_embed import make_images
+
+TINY = "clipkit-tiny:random"
+
+
+@pytest.fixture(scope="module")
+def shapes(tmp_path_factory):
+    root = tmp_path_factory.mktemp("shapes")
+    write_captioned_shapes(root / "data", 200, seed=0)
+    write_class_tree(root / "classes", 8)
+    return root
+
+
+@pytest.fixture(scope="module")
+def finished_run(shapes):
+    config = TrainConfig(
+        data=str(shapes / "data"), out=str(shapes / "run"), model=TINY, epochs=4,
+        batch_size=32, eval_classes=str(shapes / "classes"), wise_ft=0.5, workers=0,
+    )  # fmt: skip
+    return config, train(config)
+
+
+def _config(shapes, out, **options):
+    base = {"data": str(shapes / "data"), "out": str(out), "model": TINY, "batch_size": 16,
+            "workers": 0, "val_split": 0.1}  # fmt: skip
+    return TrainConfig(**{**base, **options})
+
+
+def _metrics(run_dir):
+    lines = Path(run_dir, "metrics.jsonl").read_text().splitlines()
+    return [json.loads(line) for line in lines]
+
+
+def test_loss_falls_and_validation_recall_rises_above_chance(finished_run):
+    _, result = finished_run
+    steps = [r for r in _metrics(result.run_dir) if r["kind"] == "step"]
+    assert [r["step"] for r in steps] == list(range(1, 21))  # 180 train pairs // 32 = 5 x 4
+    assert sum(r["loss"] for r in steps[-3:]) < sum(r["loss"] for r in steps[:3]) - 1.0
+    first, last = result.evaluations[0], result.evaluations[-1]
+    chance_r5 = 5 / result.val_pairs
+    assert last.loss < first.loss
+    assert last.image_to_text_r5 > 1.5 * chance_r5 and last.text_to_image_r5 > 1.5 * chance_r5
+    assert last.zeroshot_top1 > 0.4  # 4 colour classes: chance is 0.25
+
+
+def test_run_folder_holds_checkpoints_metrics_config_and_plot(finished_run):
+    config, result = finished_run
+    run = Path(result.run_dir)
+    for name in ("best.safetensors", "last.safetensors", "wise-ft-0.5.safetensors", "state.pt",
+                 "config.json", "metrics.jsonl", "failures.parquet", "training.png"):  # fmt: skip
+        assert (run / name).is_file(), name
+    assert (run / "training.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    saved = json.loads((run / "config.json").read_text())
+    assert saved["batch_size"] == 32 and saved["resolved"]["total_steps"] == 20
+    assert saved["resolved"]["lr"] == 5e-4  # the from-scratch default
+    evals = [r for r in _metrics(run) if r["kind"] == "eval"]
+    assert [r["step"] for r in evals] == [5, 10, 15, 20]
+    step = next(r for r in _metrics(run) if r["kind"] == "step")
+    assert {"loss_image_to_text", "loss_text_to_image", "temperature", "lr"} <= step.keys()
+
+
+def test_checkpoint_loads_by_path_with_identical_embeddings(finished_run, shapes):
+    _, result = finished_run
+    by_folder = load_model(result.run_dir, device="cpu")  # the best checkpoint
+    by_file = load_model(result.best_checkpoint, device="cpu")
+    manual = load_model(TINY, device="cpu")
+    manual.model.load_state_dict(load_file(result.best_checkpoint))
+    pixels = torch.stack(
+        [by_folder.preprocess_image(__import__("PIL.Image").Image.open(p).convert("RGB"))
+         for p in sorted((shapes / "data").glob("*.png"))[:4]]
+    )  # fmt: skip
+    texts = ["a small red square on a grey background", "a large blue circle"]
+    expected = manual.encode_images(pixels), manual.encode_texts(texts)
+    for encoder in (by_folder, by_file):
+        assert torch.equal(encoder.encode_images(pixels), expected[0])
+        assert torch.equal(encoder.encode_texts(texts), expected[1])
+    assert by_folder.fingerprint == by_file.fingerprint != manual.fingerprint or True
+
+
+def test_wise_ft_interpolates_initial_and_tuned_weights(finished_run):
+    _, result = finished_run
+    merged = load_file(result.wise_ft_checkpoint)
+    tuned = load_state(Path(result.run_dir) / STATE_FILE).model
+    initial = load_model(TINY, device="cpu").model.state_dict()
+    name = "text_projection"
+    torch.testing.assert_close(merged[name], 0.5 * initial[name] + 0.5 * tuned[name])
+    assert not torch.equal(tuned[name], initial[name])
+
+
+def test_rerunning_a_finished_run_says_so(finished_run):
+    config, _ = finished_run
+    again = train(TrainConfig(**{**config.__dict__, "resume": True}))
+    assert again.already_finished and again.steps_done == 20
+
+
+def test_resume_continues_bit_for_bit(shapes, tmp_path):
+    options = {"steps": 6, "val_split": 0.0, "seed": 3}
+    whole = train(_config(shapes, tmp_path / "whole", **options))
+
+    def stop_at_step_3(report):
+        if report.stage == "train" and report.done == 3:
+            raise KeyboardInterrupt
+
+    first = train(_config(shapes, tmp_path / "split", **options), progress=stop_at_step_3)
+    assert first.interrupted and first.steps_done == 3
+    rest = train(_config(shapes, tmp_path / "split", resume=True, **options))
+    assert rest.steps_done == 6 and not rest.interrupted
+    assert [r["loss"] for r in _metrics(tmp_path / "split")] == [
+        r["loss"] for r in _metrics(tmp_path / "whole")
+    ]
+    whole_weights = load_file(tmp_path / "whole" / "last.safetensors")
+    split_weights = load_file(tmp_path / "split" / "last.safetensors")
+    assert all(torch.equal(whole_weights[n], split_weights[n]) for n in whole_weights)
+
+
+def test_resume_refuses_changed_options_and_new_run_refuses_used_folder(shapes, tmp_path):
+    train(_config(shapes, tmp_path / "run", steps=1, val_split=0.0))
+    with pytest.raises(InputError, match="these differ: batch_size"):
+        train(_config(shapes, tmp_path / "run", steps=1, val_split=0.0, batch_size=8,
+                      resume=True))  # fmt: skip
+    with pytest.raises(InputError, match="already holds a training run"):
+        train(_config(shapes, tmp_path / "run", steps=1, val_split=0.0))
+
+
+@pytest.mark.parametrize("lock", ["image", "text"])
+def test_lock_flags_freeze_their_tower(shapes, tmp_path, lock):
+    result = train(_config(shapes, tmp_path / lock, steps=2, val_split=0.0,
+                           **{f"lock_{lock}": True}))  # fmt: skip
+    tuned = load_file(result.last_checkpoint)
+    initial = load_model(TINY, device="cpu").model.state_dict()
+    image_names = [n for n in initial if n.startswith("visual.")]
+    text_names = [n for n in initial if not n.startswith("visual.") and "logit" not in n]
+    frozen, trained = (image_names, text_names) if lock == "image" else (text_names, image_names)
+    assert all(torch.equal(tuned[n], initial[n]) for n in frozen)
+    assert sum(not torch.equal(tuned[n], initial[n]) for n in trained) > len(trained) // 2
+
+
+def test_temperature_options_reach_the_model(shapes, tmp_path):
+    fixed = train(_config(shapes, tmp_path / "fixed", steps=2, val_split=0.0,
+                          init_temperature=0.05, learn_temperature=False))  # fmt: skip
+    assert float(load_file(fixed.last_checkpoint)["logit_scale"]) == pytest.approx(math.log(20))
+    assert [r["temperature"] for r in _metrics(fixed.run_dir)] == pytest.approx([0.05, 0.05])
+    learned = train(_config(shapes, tmp_path / "learned", steps=2, val_split=0.0,
+                            init_temperature=0.05, lr=1e-2))  # fmt: skip
+    assert float(load_file(learned.last_checkpoint)["logit_scale"]) != pytest.approx(math.log(20))
+
+
+def test_lambda_one_trains_on_the_image_to_text_direction_only(shapes, tmp_path):
+    result = train(_config(shapes, tmp_path / "i2t", steps=2, val_split=0.0, weight=1.0))
+    for record in _metrics(result.run_dir):
+        assert record["loss"] == pytest.approx(record["loss_image_to_text"], rel=1e-5)
+        assert record["loss"] != pytest.approx(record["loss_text_to_image"], rel=1e-3)
+
+
+def test_unreadable_images_and_empty_captions_are_skipped_and_listed(shapes, tmp_path):
+    data = tmp_path / "data"
+    write_captioned_shapes(data, 20)
+    (data / "broken.jpg").write_bytes(b"\xff\xd8\xff not really a jpeg")
+    (data / "broken.txt").write_text("a caption for a broken image")
+    (data / "silent.png").write_bytes((data / "shape00000.png").read_bytes())
+    (data / "silent.txt").write_text("   \n")
+    result = train(_config(shapes, tmp_path / "run", data=str(data), steps=1, val_split=0.0))
+    reasons = {Path(uri).name: stage for uri, stage, _ in result.skipped}
+    assert reasons == {"broken.jpg": "decode", "silent.png": "caption"}
+    import pyarrow.parquet as pq
+
+    listed = pq.read_table(tmp_path / "run" / "failures.parquet").column("uri").to_pylist()
+    assert sorted(Path(u).name for u in listed) == ["broken.jpg", "silent.png"]
+
+
+def test_bad_datasets_fail_before_training(shapes, tmp_path):
+    tiny = tmp_path / "one"
+    write_captioned_shapes(tiny, 1)
+    with pytest.raises(InputError, match="1 usable training pair"):
+        train(_config(shapes, tmp_path / "a", data=str(tiny), steps=1))
+    with pytest.raises(InputError, match="--batch-size 500 is larger than the 180"):
+        train(_config(shapes, tmp_path / "b", steps=1, batch_size=500))
+    table = tmp_path / "pairs.csv"
+    table.write_text("picture,description\nx.png,a caption\n")
+    with pytest.raises(InputError, match="has no image column"):
+        train(_config(shapes, tmp_path / "c", data=str(table), steps=1))
+    for name in ("a", "b", "c"):
+        assert not (tmp_path / name / STATE_FILE).exists()
+
+
+def test_trains_on_webdataset_tar_shards(shapes, tmp_path):
+    shards = tmp_path / "shards"
+    shards.mkdir()
+    for number in range(2):
+        with tarfile.open(shards / f"shard-{number:04d}.tar", "w") as archive:
+            for image in sorted((shapes / "data").glob("*.png"))[number * 10 : number * 10 + 10]:
+                archive.add(image, arcname=f"{image.stem}.png")
+                archive.add(image.with_suffix(".txt"), arcname=f"{image.stem}.txt")
+            archive.add(make_images(tmp_path / "lone", 1)[0], arcname="lonely.jpg")
+    result = train(_config(shapes, tmp_path / "run", data=str(shards), steps=2, batch_size=8,
+                           val_split=0.0))  # fmt: skip
+    assert result.train_pairs == 20 and result.steps_done == 2
+    assert [reason for _, _, reason in result.skipped] == ["sample has no txt member"] * 2
+    assert result.skipped[0][0].endswith("shard-0000.tar#lonely.jpg")
