@@ -1,0 +1,82 @@
+"""``clipkit train`` on the command line: options reach the service, results and errors are
+reported, Ctrl-C exits 130 with the state saved."""
+
+from __future__ import annotations
+
+import pytest
+from typer.testing import CliRunner
+
+from clipkit import cli
+from clipkit import train as train_module
+from clipkit.synthetic import write_captioned_shapes
+from clipkit.train_eval import Evaluation
+
+runner = CliRunner()
+
+
+def _result(**changes):
+    base = dict(
+        run_dir="runs/x", steps_done=10, total_steps=10, train_pairs=90, val_pairs=10,
+        skipped=(("bad.jpg", "decode", "truncated"),), last_loss=1.0,
+        evaluations=(Evaluation(10, 2.0, 0.1, 0.5, 0.8, 0.2, 0.6, 0.9, 3.0, 2.5, 0.75),),
+        best_checkpoint="runs/x/best.safetensors", last_checkpoint="runs/x/last.safetensors",
+        wise_ft_checkpoint=None, plot="runs/x/training.png",
+        settings={"lr": 5e-4, "lr_reason": "default for training from scratch"},
+    )  # fmt: skip
+    return train_module.TrainResult(**{**base, **changes})
+
+
+def test_options_reach_the_service(monkeypatch):
+    seen = {}
+
+    def fake_train(config, progress=None):
+        seen["config"] = config
+        return _result()
+
+    monkeypatch.setattr(train_module, "train", fake_train)
+    result = runner.invoke(cli.app, [
+        "train", "pairs.csv", "-o", "runs/x", "-m", "clipkit-tiny:random", "--steps", "7",
+        "--batch-size", "32", "--lr", "1e-4", "--lambda", "0.7", "--init-temperature", "0.05",
+        "--fixed-temperature", "--lock-image", "--grad-cache", "--micro-batch", "8",
+        "--val", "val.csv", "--eval-classes", "classes/", "--wise-ft", "0.5", "--resume",
+        "--grad-clip", "1.0", "--seed", "4",
+    ])  # fmt: skip
+    assert result.exit_code == 0, result.stderr
+    config = seen["config"]
+    assert (config.data, config.out, config.steps, config.batch_size) == (
+        "pairs.csv", "runs/x", 7, 32)  # fmt: skip
+    assert (config.lr, config.weight, config.init_temperature) == (1e-4, 0.7, 0.05)
+    assert not config.learn_temperature and config.lock_image and not config.lock_text
+    assert config.grad_cache and config.micro_batch == 8 and config.resume
+    assert (config.val, config.eval_classes, config.wise_ft) == ("val.csv", "classes/", 0.5)
+    assert (config.grad_clip, config.seed) == (1.0, 4)
+    assert "zero-shot top-1 75.0%" in result.stderr
+    assert "R@1/5/10 10/50/80%" in result.stderr
+    assert "skipped bad.jpg (decode: truncated)" in result.stderr
+    assert "best: runs/x/best.safetensors" in result.stderr
+
+
+def test_interrupted_run_exits_130_and_says_how_to_resume(monkeypatch):
+    monkeypatch.setattr(train_module, "train", lambda c, progress=None: _result(
+        interrupted=True, steps_done=4))  # fmt: skip
+    result = runner.invoke(cli.app, ["train", "d", "-o", "r", "-m", "clipkit-tiny:random"])
+    assert result.exit_code == 130
+    assert "Stopped at step 4/10" in result.stderr and "--resume" in result.stderr
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        (["--epochs", "2", "--steps", "3"], "not both"),
+        (["--lambda", "1.5"], "--lambda must be in [0, 1]"),
+        (["--lock-image", "--lock-text"], "leave nothing to train"),
+        (["--batch-size", "64"], "--batch-size 64 is larger than the 10 training pairs"),
+    ],
+)
+def test_bad_options_are_errors_with_hints(tmp_path, extra, message):
+    write_captioned_shapes(tmp_path / "data", 10)
+    options = ["-o", str(tmp_path / "r"), "-m", "clipkit-tiny:random", "--val-split", "0"]
+    result = runner.invoke(cli.app, ["train", str(tmp_path / "data"), *options, *extra])
+    assert result.exit_code == 1
+    assert "Error:" in result.stderr and message in result.stderr.replace("\n", " ")
+    assert "Hint:" in result.stderr and "Traceback" not in result.stderr

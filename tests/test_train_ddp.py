@@ -1,0 +1,65 @@
+"""Training under torchrun on the CPU (gloo, 2 processes): the first step's loss and gradients
+equal one process on the same global batch, for the full-batch and the GradCache step, and
+``clipkit train`` itself runs unchanged with the same losses."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from clipkit.synthetic import write_captioned_shapes
+
+HELPER = Path(__file__).with_name("ddp_step.py")
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _run(args, cwd=ROOT):
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
+    done = subprocess.run(args, cwd=cwd, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    return done
+
+
+def _torchrun(*args):
+    return [sys.executable, "-m", "torch.distributed.run", "--standalone",
+            "--nproc_per_node", "2", *args]  # fmt: skip
+
+
+def test_two_processes_equal_one_on_the_global_batch(tmp_path):
+    _run([sys.executable, str(HELPER), str(tmp_path / "one.pt")])
+    _run(_torchrun(str(HELPER), str(tmp_path / "two.pt")))
+    for mode in ("full", "cache"):
+        _assert_same_step(
+            torch.load(tmp_path / "one.pt", weights_only=True)[mode],
+            torch.load(tmp_path / "two.pt", weights_only=True)[mode],
+        )
+
+
+def _assert_same_step(one, two):
+    assert two["loss"] == pytest.approx(one["loss"], rel=1e-6)
+    assert two["grads"].keys() == one["grads"].keys()
+    for name, grad in one["grads"].items():
+        torch.testing.assert_close(two["grads"][name], grad, rtol=1e-4, atol=1e-6, msg=name)
+
+
+@pytest.mark.slow  # three more interpreter start-ups (~35 s on two cores)
+def test_clipkit_train_runs_under_torchrun(tmp_path):
+    write_captioned_shapes(tmp_path / "data", 24)
+    options = ["train", str(tmp_path / "data"), "-m", "clipkit-tiny:random", "--steps", "2",
+               "--batch-size", "8", "--val-split", "0", "--workers", "0",
+               "--device", "cpu"]  # fmt: skip
+    _run([sys.executable, "-m", "clipkit", *options, "-o", str(tmp_path / "one")])
+    _run(_torchrun("-m", "clipkit", *options, "-o", str(tmp_path / "two")))
+
+    def losses(run):
+        lines = (tmp_path / run / "metrics.jsonl").read_text().splitlines()
+        return [json.loads(line)["loss"] for line in lines]
+
+    assert losses("two") == pytest.approx(losses("one"), rel=1e-5)
+    assert json.loads((tmp_path / "two" / "config.json").read_text())["resolved"]["world_size"] == 2
