@@ -120,7 +120,7 @@ def hash_files(paths: Sequence[str], workers: int) -> list[str | None]:
         batch_size=64,
         num_workers=workers,
         collate_fn=list,
-        worker_init_fn=_single_threaded if workers else None,
+        worker_init_fn=single_threaded if workers else None,
     )
     return [item_id for batch in loader for item_id in batch]
 
@@ -146,12 +146,13 @@ def image_batches(
         num_workers=workers,
         collate_fn=collate,
         pin_memory=device.startswith("cuda"),
-        worker_init_fn=_single_threaded if workers else None,
+        worker_init_fn=single_threaded if workers else None,
         prefetch_factor=4 if workers else None,
         persistent_workers=False,
     )
     yield from loader
 
 
-def _single_threaded(_: int) -> None:
+def single_threaded(_: int) -> None:
+    """DataLoader worker start-up: torch ops in a decode worker run on one thread."""
     torch.set_num_threads(1)

@@ -23,6 +23,7 @@ from clipkit import distributed
 from clipkit.classes import read_class_tree
 from clipkit.errors import InputError
 from clipkit.models import Encoder, load_model
+from clipkit.pipeline import single_threaded
 from clipkit.runtime import autocast_dtype, seed_everything
 from clipkit.train_data import PairDataset, Schedule, SeededBatches, collate_pairs, load_pairs
 from clipkit.train_eval import Evaluation, evaluate
@@ -274,6 +275,7 @@ class _Run:
             PairDataset(self.data.train, self.encoder.train_transform(), config.seed,
                         self.encoder.image_size[0]),
             batch_sampler=batches, collate_fn=collate_pairs, num_workers=config.workers,
+            worker_init_fn=single_threaded if config.workers else None,
             pin_memory=self.device.startswith("cuda"),
             # Its own generator: creating the iterator must not draw from the global stream,
             # or a resumed run's dropout would drift from the uninterrupted run's.

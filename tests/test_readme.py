@@ -38,3 +38,17 @@ def test_ruff_is_clean():
     assert check.returncode == 0, check.stdout
     fmt = subprocess.run([ruff, "format", "--check", *paths], capture_output=True, text=True)
     assert fmt.returncode == 0, fmt.stdout
+
+
+def test_readme_train_examples_use_real_options():
+    from typer.testing import CliRunner
+
+    from clipkit import cli
+
+    help_text = CliRunner().invoke(cli.app, ["train", "--help"], env={"COLUMNS": "200"}).stdout
+    (block,) = _bash_blocks("Train")
+    clipkit_lines = "\n".join(line for line in block.splitlines() if "torchrun" not in line)
+    used = set(re.findall(r"(?<![\w-])(--[a-z][a-z-]+)", clipkit_lines))
+    assert used, block
+    missing = sorted(option for option in used if option not in help_text)
+    assert not missing, f"README uses options clipkit train lacks: {missing}"
