@@ -35,7 +35,7 @@ class TiledContrastiveLoss(torch.autograd.Function):
     @staticmethod
     def forward(ctx, a, b, scale, weight: float, tile: int):  # type: ignore[override]
         row_lse, col_lse, diagonal = logsumexps(a, b, scale, tile)
-        loss = loss_fromlogsumexps(row_lse, col_lse, diagonal, weight)
+        loss = loss_from_logsumexps(row_lse, col_lse, diagonal, weight)
         ctx.save_for_backward(a, b, scale, row_lse, col_lse)
         ctx.weight, ctx.tile = weight, tile
         return loss
@@ -47,7 +47,7 @@ class TiledContrastiveLoss(torch.autograd.Function):
         return grad_a * grad_loss, grad_b * grad_loss, grad_scale * grad_loss, None, None
 
 
-def loss_fromlogsumexps(
+def loss_from_logsumexps(
     row_lse: torch.Tensor, col_lse: torch.Tensor, diagonal: torch.Tensor, weight: float
 ) -> torch.Tensor:
     """``(1/S) [λ Σ r_i + (1-λ) Σ c_k - Σ L_ii]`` from (S,) row/column LSEs and diagonal logits."""
