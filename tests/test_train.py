@@ -93,7 +93,8 @@ def test_checkpoint_loads_by_path_with_identical_embeddings(finished_run, shapes
     for encoder in (by_folder, by_file):
         assert torch.equal(encoder.encode_images(pixels), expected[0])
         assert torch.equal(encoder.encode_texts(texts), expected[1])
-    assert by_folder.fingerprint == by_file.fingerprint == manual.fingerprint
+    # same weights, same identity; the random-init model it started from is another model
+    assert by_folder.fingerprint == by_file.fingerprint != manual.fingerprint
 
 
 def test_wise_ft_interpolates_initial_and_tuned_weights(finished_run):
