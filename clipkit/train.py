@@ -461,11 +461,9 @@ def _existing(path: Path) -> str | None:
 
 
 def _write_failures(out: Path, skipped) -> None:
-    from clipkit.store import write_rows
+    from clipkit.store import write_failures
 
-    rows = {"uri": [s[0] for s in skipped], "stage": [s[1] for s in skipped],
-            "error": [s[2] for s in skipped]}  # fmt: skip
-    write_rows(out / FAILURES_FILE, rows)
+    write_failures(out, skipped, FAILURES_FILE)
 
 
 class _StopFlag:
