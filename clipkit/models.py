@@ -27,7 +27,7 @@ from PIL import Image
 
 from clipkit.checkpoints import Checkpoint, CheckpointMeta, read_checkpoint
 from clipkit.config import RANDOM_INIT_SEED
-from clipkit.errors import ModelSpecError
+from clipkit.errors import InputError, ModelSpecError
 from clipkit.runtime import Resolved, autocast_dtype, resolve_device, resolve_precision
 from clipkit.specs import ModelSpec, SpecKind, parse_spec
 
@@ -103,6 +103,11 @@ class Encoder:
     def image_size(self) -> tuple[int, int]:
         size = self.preprocess_config["size"]
         return (size, size) if isinstance(size, int) else tuple(size)
+
+    @property
+    def logit_scale(self) -> float:
+        """``exp(logit_scale)``: the factor the model applies to cosine similarities (1/t)."""
+        return float(self.model.logit_scale.detach().exp())
 
     @property
     def context_length(self) -> int:
@@ -217,6 +222,32 @@ def load_model(spec_text: str, *, device: str = "auto", precision: str = "auto")
         precision=resolved_precision,
         weights=weights,
     )
+
+
+def load_matching_model(
+    recorded_spec: str, recorded_fingerprint: str, *, spec: str | None = None,
+    device: str = "auto",
+) -> Encoder:  # fmt: skip
+    """The model that made an artifact (or ``spec``, if it has the same fingerprint).
+
+    Raises:
+        InputError: ``spec`` loads a model with another fingerprint.
+    """
+    encoder = load_model(spec or recorded_spec, device=device)
+    if encoder.fingerprint != recorded_fingerprint:
+        raise InputError(
+            f"The embeddings were made by {recorded_spec} (fingerprint {recorded_fingerprint}); "
+            f"{encoder.spec} has fingerprint {encoder.fingerprint}.",
+            f"Use -m {recorded_spec}, or re-embed with the new model.",
+        )
+    return encoder
+
+
+def openai_templates() -> tuple[str, ...]:
+    """The 80 ImageNet prompt templates of the CLIP paper, as open_clip ships them."""
+    from open_clip.zero_shot_metadata import OPENAI_IMAGENET_TEMPLATES
+
+    return tuple(template("{}") for template in OPENAI_IMAGENET_TEMPLATES)
 
 
 def describe_model(spec_text: str, *, device: str = "cpu") -> ModelInfo:

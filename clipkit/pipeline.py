@@ -11,13 +11,17 @@ import errno
 import os
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from clipkit.decode import DecodeError, content_id, decode_image
+from clipkit.decode import DEFAULT_MAX_PIXELS, DecodeError, content_id, decode_image
 from clipkit.sources import Item
 from clipkit.tarshards import MEMBER_SEPARATOR, read_member, split_member_uri
+
+if TYPE_CHECKING:
+    from clipkit.models import Encoder
 
 
 @dataclass(frozen=True)
@@ -149,8 +153,55 @@ def image_batches(
         worker_init_fn=single_threaded if workers else None,
         prefetch_factor=4 if workers else None,
         persistent_workers=False,
+        generator=torch.Generator(),  # leave the global random stream alone (training resumes)
     )
     yield from loader
+
+
+@dataclass(frozen=True)
+class EncodedImages:
+    """Embeddings of the image files that decoded, and why the others did not.
+
+    ``vectors[j]`` (float32, on the CPU) belongs to ``paths[rows[j]]`` with content id ``ids[j]``.
+    """
+
+    vectors: torch.Tensor  # (N_ok, D)
+    rows: list[int]
+    ids: list[str]
+    failures: list[tuple[str, str, str]]  # (uri, stage, reason)
+
+
+def encode_image_files(
+    encoder: Encoder,
+    paths: Sequence[str],
+    *,
+    batch_size: int = 64,
+    workers: int = 0,
+    max_pixels: int = DEFAULT_MAX_PIXELS,
+    progress: Callable[[int], None] | None = None,
+) -> EncodedImages:
+    """Decode, preprocess (in ``workers`` processes) and encode image files, skipping bad ones.
+
+    ``progress`` receives the number of files handled so far after each batch.
+    """
+    items = [Item(uri=path, kind="image", path=path) for path in paths]
+    dataset = ImageDataset(items, known_ids=frozenset(), preprocess=encoder.preprocess_image,
+                           min_side=encoder.image_size[0], max_pixels=max_pixels)  # fmt: skip
+    parts, rows, ids, failures, done = [], [], [], [], 0
+    for batch in image_batches(dataset, batch_size, workers, encoder.device.value):
+        if batch.pixels is not None:
+            parts.append(encoder.encode_images(batch.pixels).cpu())
+        for position, sample in enumerate(batch.samples):
+            if sample.error is not None:
+                failures.append((paths[sample.index], *sample.error))
+            elif position in batch.pixel_row:
+                rows.append(sample.index)
+                ids.append(sample.item_id)
+        done += len(batch.samples)
+        if progress is not None:
+            progress(done)
+    vectors = torch.cat(parts) if parts else torch.empty(0, encoder.embed_dim)
+    return EncodedImages(vectors, rows, ids, failures)
 
 
 def single_threaded(_: int) -> None:

@@ -14,7 +14,7 @@ import torch
 from clipkit import score, store
 from clipkit.decode import DecodeError, decode_image
 from clipkit.errors import InputError
-from clipkit.models import Encoder, load_model
+from clipkit.models import Encoder, load_matching_model
 from clipkit.pipeline import read_bytes
 
 
@@ -135,14 +135,9 @@ def _labels_and_weights(config: SearchConfig) -> tuple[list[str], list[float]]:
 
 
 def _encoder(config: SearchConfig, stamp: store.ModelStamp) -> Encoder:
-    encoder = load_model(config.model or stamp.spec, device=config.device)
-    if encoder.fingerprint != stamp.fingerprint:
-        raise InputError(
-            f"The embeddings were made by {stamp.spec} (fingerprint {stamp.fingerprint}); "
-            f"{encoder.spec} has fingerprint {encoder.fingerprint}.",
-            f"Search with -m {stamp.spec}, or re-embed with the new model.",
-        )
-    return encoder
+    return load_matching_model(
+        stamp.spec, stamp.fingerprint, spec=config.model, device=config.device
+    )
 
 
 def _query_vectors(encoder: Encoder, config: SearchConfig, weights: Sequence[float]) -> np.ndarray:

@@ -1,0 +1,84 @@
+"""Classification metrics by their textbook definitions: top-k accuracy, per-class precision and
+recall, mean per-class recall (balanced accuracy) and the confusion matrix."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from typing import Any
+
+
+@dataclass(frozen=True)
+class ClassScore:
+    """One class: ``precision`` is None when nothing was predicted as it, ``recall`` when no
+    image truly belongs to it (a label given but absent from the ground truth)."""
+
+    label: str
+    support: int  # images truly of this class
+    predicted: int  # images whose top-1 prediction is this class
+    correct: int
+    precision: float | None
+    recall: float | None
+
+
+@dataclass(frozen=True)
+class ClassificationMetrics:
+    """Closed-set metrics of top-1 (and top-k) predictions against ground truth."""
+
+    images: int
+    top1: float
+    topk: float
+    k: int  # top-k accuracy's k: min(requested, number of classes)
+    mean_per_class_recall: float  # over the classes with support, as sklearn's balanced accuracy
+    classes: tuple[ClassScore, ...]
+    confusion: tuple[tuple[int, ...], ...]  # confusion[true][predicted], counts
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    def worst_confusions(self, limit: int = 10) -> list[tuple[int, int, int]]:
+        """(true, predicted, count) of the largest off-diagonal cells, largest first."""
+        cells = [(count, t, p) for t, row in enumerate(self.confusion)
+                 for p, count in enumerate(row) if t != p and count]  # fmt: skip
+        cells.sort(key=lambda cell: (-cell[0], cell[1], cell[2]))
+        return [(t, p, count) for count, t, p in cells[:limit]]
+
+
+def classification_metrics(
+    labels: Sequence[str], targets: Sequence[int], ranked: Sequence[Sequence[int]], k: int = 5
+) -> ClassificationMetrics:
+    """Metrics of ranked predictions.
+
+    Args:
+        labels: the C class names.
+        targets: the true class index of each of the N images.
+        ranked: for each image, class indices best first (at least ``min(k, C)`` of them).
+        k: top-k accuracy counts an image correct when its class is among its first k.
+    """
+    if len(targets) != len(ranked):
+        raise ValueError(f"{len(targets)} targets for {len(ranked)} predictions")
+    classes, k = len(labels), min(k, len(labels))
+    confusion = [[0] * classes for _ in range(classes)]
+    in_topk = 0
+    for target, order in zip(targets, ranked, strict=True):
+        confusion[target][order[0]] += 1
+        in_topk += int(target in list(order[:k]))
+    scores = []
+    for c, label in enumerate(labels):
+        support = sum(confusion[c])
+        predicted = sum(row[c] for row in confusion)
+        correct = confusion[c][c]
+        scores.append(ClassScore(label, support, predicted, correct,
+                                 correct / predicted if predicted else None,
+                                 correct / support if support else None))  # fmt: skip
+    recalls = [s.recall for s in scores if s.recall is not None]
+    images = len(targets)
+    return ClassificationMetrics(
+        images=images,
+        top1=sum(s.correct for s in scores) / images if images else 0.0,
+        topk=in_topk / images if images else 0.0,
+        k=k,
+        mean_per_class_recall=sum(recalls) / len(recalls) if recalls else 0.0,
+        classes=tuple(scores),
+        confusion=tuple(tuple(row) for row in confusion),
+    )

@@ -1,0 +1,358 @@
+"""``clipkit zeroshot``: label images by their similarity to prompt-ensembled class embeddings.
+
+Probabilities are the softmax over the model's scaled similarities (``exp(logit_scale) * cos``,
+as in open_clip), so the result equals open_clip's ``build_zero_shot_classifier`` + argmax.
+With ground truth (a class tree) it adds metrics; with a threshold on the top probability
+(given, or calibrated on known images) low-confidence images become ``unknown``.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import Counter
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from clipkit import store
+from clipkit.classes import (
+    LabelSpec,
+    check_labels,
+    class_embeddings,
+    classify,
+    parse_labels,
+    prompts_for,
+    read_class_tree,
+    read_labels_file,
+    read_templates,
+)
+from clipkit.config import DEFAULT_MODEL_SPEC
+from clipkit.decode import DEFAULT_MAX_PIXELS, IMAGE_SUFFIXES
+from clipkit.errors import InputError
+from clipkit.metrics import ClassificationMetrics, classification_metrics
+from clipkit.models import Encoder, load_matching_model, load_model
+from clipkit.pipeline import encode_image_files
+from clipkit.sources import Kind, SourceOptions, discover
+
+UNKNOWN = "unknown"
+METRICS_K = 5
+Progress = Callable[[str, int, int], None]
+
+
+@dataclass(frozen=True)
+class ZeroShotConfig:
+    """What to classify, into which labels, with which prompts and model."""
+
+    images: Path  # a folder, a class-per-subfolder tree, or an embeddings folder
+    labels: str | None = None  # inline, comma-separated
+    labels_file: Path | None = None
+    templates: str = "simple"  # simple | openai | a file path
+    model: str | None = None  # default: the embeddings' model, else DEFAULT_MODEL_SPEC
+    k: int = 5
+    reject_threshold: float | None = None
+    calibrate: Path | None = None  # known images to set the threshold from
+    false_reject: float = 0.05  # target share of known images rejected when calibrating
+    batch_size: int = 64
+    workers: int = 0
+    device: str = "auto"
+    include_hidden: bool = False
+    max_pixels: int = DEFAULT_MAX_PIXELS
+
+
+@dataclass(frozen=True)
+class Prediction:
+    """One image: its label (or ``unknown``), the top label's probability, the top k."""
+
+    uri: str
+    id: str
+    label: str
+    confidence: float
+    top: tuple[tuple[str, float], ...]  # (label, probability), best first
+    target: str | None = None  # the true label, when known
+
+    def as_dict(self) -> dict[str, Any]:
+        return {**asdict(self), "top": [{"label": t, "probability": p} for t, p in self.top]}
+
+
+@dataclass(frozen=True)
+class Rejection:
+    """How the open-set threshold was set, and what it did."""
+
+    threshold: float  # top probability below this -> unknown
+    method: str  # "given" or "calibrated"
+    rejected: int
+    calibration_images: int = 0
+    target_false_reject: float | None = None
+    calibration_false_reject: float | None = None  # realised on the calibration images
+
+
+@dataclass(frozen=True)
+class ZeroShotResult:
+    model: str
+    source: str
+    input_kind: str  # "folder", "class tree" or "embeddings"
+    labels: tuple[str, ...]
+    prompts: int
+    templates: str
+    logit_scale: float  # the factor applied to cosine similarities before the softmax
+    predictions: tuple[Prediction, ...]
+    metrics: ClassificationMetrics | None
+    rejection: Rejection | None
+    failures: tuple[tuple[str, str, str], ...]
+    notes: tuple[str, ...] = ()
+
+    @property
+    def distribution(self) -> list[tuple[str, int]]:
+        """(label, images predicted as it), most frequent first; every label listed."""
+        counts = Counter(p.label for p in self.predictions)
+        names = [*self.labels, *([UNKNOWN] if counts[UNKNOWN] else [])]
+        return sorted(((name, counts[name]) for name in names), key=lambda item: -item[1])
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            **{key: getattr(self, key) for key in ("model", "source", "input_kind", "prompts",
+                                                   "templates", "logit_scale", "notes")},
+            "labels": list(self.labels),
+            "distribution": dict(self.distribution),
+            "metrics": self.metrics.as_dict() if self.metrics else None,
+            "rejection": asdict(self.rejection) if self.rejection else None,
+            "failures": [dict(zip(("uri", "stage", "error"), f, strict=True))
+                         for f in self.failures],
+            "predictions": [p.as_dict() for p in self.predictions],
+        }  # fmt: skip
+
+
+@dataclass(frozen=True)
+class _Images:
+    """Encoded images of one input, and their true labels when the input is a class tree."""
+
+    kind: str
+    vectors: torch.Tensor  # (N, D), unit norm
+    uris: list[str]
+    ids: list[str]
+    truth: list[str] | None
+    failures: list[tuple[str, str, str]]
+
+
+def zeroshot(config: ZeroShotConfig, progress: Progress | None = None) -> ZeroShotResult:
+    """Classify the images of ``config.images`` among the labels.
+
+    Raises:
+        InputError: no images, fewer than two or duplicate labels, bad templates or options.
+    """
+    _check_options(config)
+    source = _existing(config.images, "IMAGES")
+    kind = _input_kind(source, config.include_hidden)
+    labels = _labels(config, source if kind == "class tree" else None)
+    templates = read_templates(config.templates)
+    prompts = prompts_for(labels, templates)
+    listing = _list_images(source, kind, config)  # before loading the model: fail fast
+    known = _list_images(*_calibration_input(config), config) if config.calibrate else None
+    encoder = _encoder(config, source if kind == "embeddings" else None)
+    weights = class_embeddings(encoder.encode_texts, prompts)
+    names = [label.name for label in labels]
+
+    images = _encode(encoder, listing, config, progress, "images")
+    if not images.uris:
+        raise InputError(f"No image in {source} could be read ({len(images.failures)} skipped).",
+                         "See the skipped files listed above; fix or remove them.")  # fmt: skip
+    shown = min(max(config.k, METRICS_K), len(names))
+    probabilities, indices = classify(images.vectors, weights, encoder.logit_scale, shown)
+    threshold, rejection = _threshold(config, encoder, weights, known, progress)
+    predictions = []
+    for row, uri in enumerate(images.uris):
+        top = [(names[i], p) for p, i in zip(probabilities[row].tolist(),
+                                             indices[row].tolist(), strict=True)]  # fmt: skip
+        rejected = threshold is not None and top[0][1] < threshold
+        predictions.append(Prediction(
+            uri=uri, id=images.ids[row], label=UNKNOWN if rejected else top[0][0],
+            confidence=top[0][1], top=tuple(top[: config.k]),
+            target=images.truth[row] if images.truth else None,
+        ))  # fmt: skip
+    metrics, notes = _metrics(names, images, indices)
+    if rejection is not None:
+        rejected = sum(p.label == UNKNOWN for p in predictions)
+        rejection = Rejection(**{**asdict(rejection), "rejected": rejected})
+    return ZeroShotResult(
+        model=encoder.spec, source=str(source), input_kind=kind, labels=tuple(names),
+        prompts=sum(len(p) for p in prompts), templates=config.templates,
+        logit_scale=encoder.logit_scale, predictions=tuple(predictions), metrics=metrics,
+        rejection=rejection, failures=tuple(images.failures), notes=tuple(notes),
+    )  # fmt: skip
+
+
+def calibrate_threshold(confidences: Sequence[float], false_reject: float) -> float:
+    """The largest threshold that rejects at most ``false_reject`` of known images.
+
+    An image is rejected when its confidence is strictly below the threshold, so the threshold
+    is the ``floor(q * n)``-th smallest confidence (0-based): ties are all kept.
+    """
+    if not confidences:
+        raise InputError("No calibration image could be read.", "Check the --calibrate folder.")
+    ordered = sorted(confidences)
+    return ordered[min(math.floor(false_reject * len(ordered)), len(ordered) - 1)]
+
+
+def _check_options(config: ZeroShotConfig) -> None:
+    if config.k < 1:
+        raise InputError(f"-k must be at least 1, got {config.k}.", "Ask for 1 or more labels.")
+    if config.reject_threshold is not None and config.calibrate is not None:
+        raise InputError("Give --reject-threshold or --calibrate, not both.",
+                         "--calibrate derives the threshold from known images.")  # fmt: skip
+    if config.reject_threshold is not None and not 0 < config.reject_threshold <= 1:
+        raise InputError(f"--reject-threshold must lie in (0, 1], got {config.reject_threshold}.",
+                         "It is a probability: the top label's softmax score.")  # fmt: skip
+    if not 0 <= config.false_reject < 1:
+        raise InputError(f"--false-reject must lie in [0, 1), got {config.false_reject}.",
+                         "e.g. 0.05 rejects about 5 % of known images.")  # fmt: skip
+
+
+def _existing(path: Path, what: str) -> Path:
+    path = Path(path).expanduser()
+    if not path.exists():
+        raise InputError(f"{what} {path} does not exist.", "Check the path.")
+    return path
+
+
+def _input_kind(path: Path, include_hidden: bool) -> str:
+    """ "embeddings" (Parquet shards), "class tree" (only subfolders of images) or "folder"."""
+    if not path.is_dir():
+        return "folder"
+    if store.list_shards(path):
+        return "embeddings"
+    children = [c for c in path.iterdir() if include_hidden or not c.name.startswith(".")]
+    if any(c.is_file() and c.suffix.lower() in IMAGE_SUFFIXES for c in children):
+        return "folder"
+    with_images = [c for c in children if c.is_dir() and _has_image(c)]
+    return "class tree" if len(with_images) >= 2 else "folder"
+
+
+def _has_image(folder: Path) -> bool:
+    return any(p.suffix.lower() in IMAGE_SUFFIXES for p in folder.rglob("*") if p.is_file())
+
+
+def _labels(config: ZeroShotConfig, tree: Path | None) -> list[LabelSpec]:
+    if config.labels is not None and config.labels_file is not None:
+        raise InputError("Give --labels or --labels-file, not both.", "Put all labels in one.")
+    if config.labels is not None:
+        labels, where = parse_labels(config.labels), "--labels"
+    elif config.labels_file is not None:
+        labels, where = read_labels_file(config.labels_file), str(config.labels_file)
+    elif tree is not None:
+        names = read_class_tree(tree, include_hidden=config.include_hidden).labels
+        labels, where = [LabelSpec(name) for name in names], f"subfolders of {tree}"
+    else:
+        labels, where = [], "IMAGES is not a class-per-subfolder tree"
+    check_labels(labels, where)
+    return labels
+
+
+def _encoder(config: ZeroShotConfig, embeddings: Path | None) -> Encoder:
+    if embeddings is None:
+        return load_model(config.model or DEFAULT_MODEL_SPEC, device=config.device)
+    stamp = store.read_stamp(embeddings)
+    assert stamp is not None  # the folder has shards
+    return load_matching_model(stamp.spec, stamp.fingerprint, spec=config.model,
+                               device=config.device)  # fmt: skip
+
+
+@dataclass(frozen=True)
+class _Listing:
+    """The images of one input, not yet read: files (with true labels) or an embeddings folder."""
+
+    source: Path
+    kind: str
+    paths: list[str]
+    truth: list[str] | None = None
+
+
+def _list_images(source: Path, kind: str, config: ZeroShotConfig) -> _Listing:
+    if kind == "embeddings":
+        return _Listing(source, kind, [])
+    if kind == "class tree":
+        tree = read_class_tree(source, include_hidden=config.include_hidden)
+        return _Listing(source, kind, list(tree.images), [tree.labels[t] for t in tree.targets])
+    options = SourceOptions(kind=Kind.IMAGE, include_hidden=config.include_hidden)
+    try:
+        items = discover([source], options).items
+    except InputError:
+        raise InputError(
+            f"{source} holds no images to classify.",
+            "Images: " + ", ".join(sorted(IMAGE_SUFFIXES)) + ".",
+        ) from None
+    return _Listing(source, kind, [item.path or item.uri for item in items])
+
+
+def _calibration_input(config: ZeroShotConfig) -> tuple[Path, str]:
+    folder = _existing(config.calibrate, "--calibrate folder")
+    return folder, _input_kind(folder, config.include_hidden)
+
+
+def _encode(
+    encoder: Encoder, listing: _Listing, config: ZeroShotConfig,
+    progress: Progress | None, stage: str,
+) -> _Images:  # fmt: skip
+    if listing.kind == "embeddings":
+        return _read_embeddings(encoder, listing.source)
+    paths, truth = listing.paths, listing.truth
+    encoded = encode_image_files(
+        encoder, paths, batch_size=config.batch_size, workers=config.workers,
+        max_pixels=config.max_pixels,
+        progress=(lambda done: progress(stage, done, len(paths))) if progress else None,
+    )  # fmt: skip
+    return _Images(
+        listing.kind, encoded.vectors, [paths[r] for r in encoded.rows], encoded.ids,
+        [truth[r] for r in encoded.rows] if truth else None, encoded.failures,
+    )  # fmt: skip
+
+
+def _read_embeddings(encoder: Encoder, folder: Path) -> _Images:
+    stamp = store.read_stamp(folder)
+    if stamp is None or stamp.fingerprint != encoder.fingerprint:
+        raise InputError(
+            f"{folder} was made by {stamp.spec if stamp else 'no model'}, not {encoder.spec}.",
+            "Use embeddings made by the same model, or pass the image folder.",
+        )
+    blocks = list(store.iter_vectors(folder, "image"))
+    if not blocks:
+        raise InputError(f"{folder} holds no image embeddings.",
+                         "Embed images with clipkit embed, or pass the image folder.")  # fmt: skip
+    vectors = torch.cat([torch.from_numpy(b.vectors) for b in blocks])
+    uris = [uri for b in blocks for uri in b.uris]
+    ids = [i for b in blocks for i in b.ids]
+    return _Images("embeddings", vectors, uris, ids, None, [])
+
+
+def _threshold(
+    config: ZeroShotConfig, encoder: Encoder, weights: torch.Tensor, known: _Listing | None,
+    progress: Progress | None,
+) -> tuple[float | None, Rejection | None]:  # fmt: skip
+    if config.reject_threshold is not None:
+        return config.reject_threshold, Rejection(config.reject_threshold, "given", 0)
+    if known is None:
+        return None, None
+    images = _encode(encoder, known, config, progress, "calibration images")
+    probabilities, _ = classify(images.vectors, weights, encoder.logit_scale, 1)
+    confidences = probabilities[:, 0].tolist()
+    threshold = calibrate_threshold(confidences, config.false_reject)
+    realised = sum(c < threshold for c in confidences) / len(confidences)
+    return threshold, Rejection(threshold, "calibrated", 0, len(confidences),
+                                config.false_reject, realised)  # fmt: skip
+
+
+def _metrics(
+    names: Sequence[str], images: _Images, indices: torch.Tensor
+) -> tuple[ClassificationMetrics | None, list[str]]:
+    if images.truth is None:
+        return None, []
+    position = {name.casefold(): i for i, name in enumerate(names)}
+    missing = sorted({t for t in images.truth if t.casefold() not in position})
+    if missing:
+        note = (f"No metrics: class folders {', '.join(missing)} are not among the labels "
+                f"(name every folder's class to score against the folders).")  # fmt: skip
+        return None, [note]
+    targets = [position[t.casefold()] for t in images.truth]
+    return classification_metrics(names, targets, indices.tolist(), METRICS_K), []
