@@ -120,8 +120,8 @@ def main() -> None:
                         "bench_embed.json")  # fmt: skip
     args = parser.parse_args()
 
-    from clipkit.embed import default_workers
     from clipkit.models import load_model
+    from clipkit.pipeline import default_workers
 
     workers = args.workers if args.workers is not None else default_workers()
     folder = Path(tempfile.mkdtemp(prefix="bench-embed-"))

@@ -7,7 +7,6 @@ content found under another path is recorded as an alias instead of a second row
 
 from __future__ import annotations
 
-import os
 import time
 from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass, field
@@ -21,7 +20,7 @@ from clipkit import distributed, embed_plan, store
 from clipkit.decode import DEFAULT_MAX_PIXELS, DecodeError, content_id, decode_text, text_id
 from clipkit.errors import InputError
 from clipkit.models import Encoder, load_model
-from clipkit.pipeline import ImageDataset, image_batches, read_bytes
+from clipkit.pipeline import ImageDataset, default_workers, image_batches, read_bytes
 from clipkit.sources import Item, Kind, SourceOptions, discover
 
 Progress = Callable[[str, int, int], None]
@@ -321,12 +320,6 @@ def _embed_images(run: _Run, items: Sequence[Item], config: EmbedConfig, workers
                     run.encoder.encode_images(pixels))  # fmt: skip
         done += len(batch.samples)
         report("images", done, len(items))
-
-
-def default_workers() -> int:
-    """Decode workers: one per core, at most 8 (decoding is the usual bottleneck)."""
-    return max(1, min(8, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity")
-                      else (os.cpu_count() or 1)))  # fmt: skip
 
 
 def _column_name(source: str) -> str:

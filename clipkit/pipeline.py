@@ -204,6 +204,12 @@ def encode_image_files(
     return EncodedImages(vectors, rows, ids, failures)
 
 
+def default_workers() -> int:
+    """Decode workers: one per core, at most 8 (decoding is the usual bottleneck)."""
+    return max(1, min(8, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity")
+                      else (os.cpu_count() or 1)))  # fmt: skip
+
+
 def single_threaded(_: int) -> None:
     """DataLoader worker start-up: torch ops in a decode worker run on one thread."""
     torch.set_num_threads(1)

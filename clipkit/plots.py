@@ -41,3 +41,33 @@ def plot_training(records: Sequence[dict[str, Any]], path: Path) -> Path:
         figure.savefig(tmp, format="png")
     plt.close(figure)
     return path
+
+
+def plot_confusion(labels: Sequence[str], confusion: Sequence[Sequence[int]], path: Path) -> Path:
+    """Confusion matrix heatmap, rows normalised (each row: where one true class went)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    counts = np.asarray(confusion, dtype=float)
+    shares = counts / np.maximum(counts.sum(axis=1, keepdims=True), 1)
+    side = min(4 + 0.45 * len(labels), 24)
+    figure, axes = plt.subplots(figsize=(side + 1.5, side), dpi=100)
+    image = axes.imshow(shares, cmap="Blues", vmin=0, vmax=1)
+    figure.colorbar(image, ax=axes, fraction=0.046, pad=0.04, label="share of the true class")
+    if len(labels) <= 50:  # beyond that, tick labels overlap into a black bar
+        axes.set_xticks(range(len(labels)), labels, rotation=60, ha="right")
+        axes.set_yticks(range(len(labels)), labels)
+    if len(labels) <= 20:
+        for (row, column), count in np.ndenumerate(counts):
+            if count:
+                axes.text(column, row, f"{int(count)}", ha="center", va="center", fontsize=8,
+                          color="white" if shares[row, column] > 0.5 else "black")  # fmt: skip
+    axes.set(xlabel="predicted", ylabel="true", title="Confusion matrix")
+    figure.tight_layout()
+    with atomic_path(path) as tmp:
+        figure.savefig(tmp, format="png")
+    plt.close(figure)
+    return path

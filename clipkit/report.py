@@ -10,7 +10,9 @@ from pathlib import Path
 from clipkit.atomic import atomic_path
 from clipkit.decode import DecodeError, decode_image
 from clipkit.pipeline import read_bytes
+from clipkit.plots import plot_confusion
 from clipkit.search import SearchResult
+from clipkit.zeroshot import UNKNOWN, Prediction, ZeroShotResult
 
 THUMBNAIL = 192
 _STYLE = """
@@ -22,7 +24,13 @@ h1{font-size:20px}h2{font-size:16px;margin-top:28px}
 .text{height:192px;overflow:auto;background:#f3f3f3;padding:6px;box-sizing:border-box}
 .meta{font-size:12px;color:#555;word-break:break-all;margin-top:4px}
 .score{font-weight:600;color:#111}
+table.data{border-collapse:collapse;background:#fff}
+table.data td,table.data th{border:1px solid #ddd;padding:3px 8px;text-align:right}
+table.data td:first-child,table.data th:first-child{text-align:left}
+.wrong{color:#b00020}
 """
+GALLERY_IMAGES = 8  # thumbnails per label and per confusion
+GALLERY_LABELS = 50  # label galleries shown, most frequent first
 
 
 def thumbnail_uri(path: str, size: int = THUMBNAIL) -> str | None:
@@ -57,11 +65,117 @@ def write_search_gallery(result: SearchResult, path: Path) -> Path:
         sections.append(
             f'<h2>{html.escape(query.query)}</h2><div class="grid">{"".join(cards)}</div>'
         )
+    intro = f"<p>model {html.escape(result.model)} · source {html.escape(result.source)}</p>"
+    return _write_page(path, "clipkit search", intro + "".join(sections))
+
+
+def write_zeroshot_report(result: ZeroShotResult, path: Path) -> list[Path]:
+    """An HTML page (and, with ground truth, a confusion-matrix PNG beside it).
+
+    The page holds the summary, the per-class table, the heatmap (inline), thumbnails of the
+    worst confusions (most confident mistakes first) and of each label's most confident images.
+    """
+    parts = [_zeroshot_summary(result)]
+    written = []
+    if result.metrics is not None:
+        png = plot_confusion(result.labels, result.metrics.confusion,
+                             path.with_name(path.stem + ".confusion.png"))  # fmt: skip
+        written.append(png)
+        encoded = base64.b64encode(png.read_bytes()).decode("ascii")
+        parts += [_class_table(result), "<h2>Confusion matrix</h2>",
+                  f'<img src="data:image/png;base64,{encoded}" alt="confusion matrix" '
+                  'style="max-width:100%">', _worst_confusions(result)]  # fmt: skip
+    parts.append(_label_galleries(result))
+    if result.failures:
+        items = "".join(f"<li>{html.escape(uri)}: {html.escape(stage)}: {html.escape(error)}</li>"
+                        for uri, stage, error in result.failures)  # fmt: skip
+        parts.append(f"<h2>Skipped ({len(result.failures)})</h2><ul>{items}</ul>")
+    return [_write_page(path, "clipkit zeroshot", "".join(parts)), *written]
+
+
+def _zeroshot_summary(result: ZeroShotResult) -> str:
+    facts = [
+        f"model {result.model}", f"source {result.source} ({result.input_kind})",
+        f"{len(result.predictions)} images", f"{len(result.labels)} labels",
+        f"{result.prompts} prompts ({result.templates} templates)",
+        f"{len(result.failures)} skipped",
+    ]  # fmt: skip
+    if result.rejection is not None:
+        r = result.rejection
+        facts.append(f"{r.rejected} unknown (top probability < {r.threshold:.4f}, {r.method})")
+    if result.metrics is not None:
+        m = result.metrics
+        facts.append(f"top-1 {m.top1:.1%} · top-{m.k} {m.topk:.1%} · "
+                     f"mean per-class recall {m.mean_per_class_recall:.1%}")  # fmt: skip
+    notes = "".join(f"<p>{html.escape(note)}</p>" for note in result.notes)
+    return "<p>" + " · ".join(html.escape(fact) for fact in facts) + "</p>" + notes
+
+
+def _class_table(result: ZeroShotResult) -> str:
+    assert result.metrics is not None
+
+    def cell(value: float | None) -> str:
+        return "–" if value is None else f"{value:.3f}"
+
+    rows = "".join(
+        f"<tr><td>{html.escape(c.label)}</td><td>{c.support}</td><td>{c.predicted}</td>"
+        f"<td>{cell(c.precision)}</td><td>{cell(c.recall)}</td></tr>"
+        for c in result.metrics.classes
+    )
+    return ('<h2>Per class</h2><table class="data"><tr><th>label</th><th>images</th>'
+            f"<th>predicted</th><th>precision</th><th>recall</th></tr>{rows}</table>")  # fmt: skip
+
+
+def _worst_confusions(result: ZeroShotResult) -> str:
+    assert result.metrics is not None
+    labels, sections = result.labels, []
+    for true, predicted, count in result.metrics.worst_confusions():
+        wrong = [p for p in result.predictions
+                 if p.target == labels[true] and p.top[0][0] == labels[predicted]]  # fmt: skip
+        wrong.sort(key=lambda p: -p.confidence)
+        sections.append(
+            f"<h3>{html.escape(labels[true])} → {html.escape(labels[predicted])} ({count})</h3>"
+            f'<div class="grid">{"".join(_card(p) for p in wrong[:GALLERY_IMAGES])}</div>'
+        )
+    body = "".join(sections) or "<p>No confusions: every image got its true label.</p>"
+    return f"<h2>Worst confusions</h2>{body}"
+
+
+def _label_galleries(result: ZeroShotResult) -> str:
+    sections = []
+    for label, count in result.distribution[:GALLERY_LABELS]:
+        chosen = [p for p in result.predictions if p.label == label]
+        # unknown: the least confident first (the clearest rejections); labels: the most
+        chosen.sort(key=lambda p: p.confidence if label == UNKNOWN else -p.confidence)
+        if chosen:
+            sections.append(
+                f"<h3>{html.escape(label)} ({count})</h3>"
+                f'<div class="grid">{"".join(_card(p) for p in chosen[:GALLERY_IMAGES])}</div>'
+            )
+    hidden = max(len(result.distribution) - GALLERY_LABELS, 0)
+    more = f"<p>{hidden} less frequent labels not shown.</p>" if hidden else ""
+    return f"<h2>Predictions by label</h2>{''.join(sections)}{more}"
+
+
+def _card(prediction: Prediction) -> str:
+    uri = thumbnail_uri(prediction.uri)
+    body = (f'<img src="{uri}" alt="{html.escape(prediction.uri)}">' if uri
+            else '<div class="text">image unavailable</div>')  # fmt: skip
+    top = "<br>".join(f"{html.escape(label)} {p:.3f}" for label, p in prediction.top[:3])
+    truth = ""
+    if prediction.target is not None:
+        mark = "" if prediction.target == prediction.top[0][0] else ' class="wrong"'
+        truth = f"<span{mark}>true: {html.escape(prediction.target)}</span><br>"
+    return (
+        f'<div class="card">{body}<div class="meta">{truth}'
+        f'<span class="score">{top}</span><br>{html.escape(prediction.uri)}</div></div>'
+    )
+
+
+def _write_page(path: Path, title: str, body: str) -> Path:
     page = (
-        '<!doctype html><html><head><meta charset="utf-8"><title>clipkit search</title>'
-        f"<style>{_STYLE}</style></head><body><h1>clipkit search</h1>"
-        f"<p>model {html.escape(result.model)} · source {html.escape(result.source)}</p>"
-        f"{''.join(sections)}</body></html>"
+        f'<!doctype html><html><head><meta charset="utf-8"><title>{html.escape(title)}</title>'
+        f"<style>{_STYLE}</style></head><body><h1>{html.escape(title)}</h1>{body}</body></html>"
     )
     with atomic_path(path) as tmp:
         tmp.write_text(page, encoding="utf-8")

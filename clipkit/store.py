@@ -245,6 +245,12 @@ def write_rows(path: Path, rows: dict[str, list[Any]]) -> None:
         pq.write_table(table, tmp)
 
 
+def write_records(path: Path, records: Sequence[dict[str, Any]]) -> None:
+    """Write flat dicts (one per row, same keys) as a Parquet table atomically."""
+    with atomic_path(path) as tmp:
+        pq.write_table(pa.Table.from_pylist(list(records)), tmp)
+
+
 def read_rows(path: Path) -> dict[str, list[Any]]:
     """Read an index's row map; raises InputError when missing or unreadable."""
     try:

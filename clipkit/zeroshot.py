@@ -8,6 +8,8 @@ With ground truth (a class tree) it adds metrics; with a threshold on the top pr
 
 from __future__ import annotations
 
+import csv
+import json
 import math
 from collections import Counter
 from collections.abc import Callable, Sequence
@@ -18,6 +20,7 @@ from typing import Any
 import torch
 
 from clipkit import store
+from clipkit.atomic import atomic_path
 from clipkit.classes import (
     LabelSpec,
     check_labels,
@@ -34,10 +37,11 @@ from clipkit.decode import DEFAULT_MAX_PIXELS, IMAGE_SUFFIXES
 from clipkit.errors import InputError
 from clipkit.metrics import ClassificationMetrics, classification_metrics
 from clipkit.models import Encoder, load_matching_model, load_model
-from clipkit.pipeline import encode_image_files
+from clipkit.pipeline import default_workers, encode_image_files
 from clipkit.sources import Kind, SourceOptions, discover
 
 UNKNOWN = "unknown"
+PREDICTION_SUFFIXES = (".csv", ".json", ".jsonl", ".parquet")
 METRICS_K = 5
 Progress = Callable[[str, int, int], None]
 
@@ -56,7 +60,7 @@ class ZeroShotConfig:
     calibrate: Path | None = None  # known images to set the threshold from
     false_reject: float = 0.05  # target share of known images rejected when calibrating
     batch_size: int = 64
-    workers: int = 0
+    workers: int | None = None  # decode processes; None: one per core, at most 8
     device: str = "auto"
     include_hidden: bool = False
     max_pixels: int = DEFAULT_MAX_PIXELS
@@ -184,6 +188,40 @@ def zeroshot(config: ZeroShotConfig, progress: Progress | None = None) -> ZeroSh
     )  # fmt: skip
 
 
+def prediction_rows(result: ZeroShotResult) -> list[dict[str, Any]]:
+    """One flat row per image: uri, id, label, confidence, target, label_1, probability_1, ..."""
+    rows = []
+    for p in result.predictions:
+        row: dict[str, Any] = {"uri": p.uri, "id": p.id, "label": p.label,
+                               "confidence": p.confidence, "target": p.target}  # fmt: skip
+        for rank, (label, probability) in enumerate(p.top, 1):
+            row[f"label_{rank}"], row[f"probability_{rank}"] = label, probability
+        rows.append(row)
+    return rows
+
+
+def write_predictions(result: ZeroShotResult, path: Path) -> Path:
+    """Write the predictions as CSV, JSON (the whole result), JSONL or Parquet, by suffix."""
+    suffix = path.suffix.lower()
+    if suffix not in PREDICTION_SUFFIXES:
+        raise InputError(f"Cannot tell the format of {path} from its suffix.",
+                         "End --out with " + ", ".join(PREDICTION_SUFFIXES) + ".")  # fmt: skip
+    rows = prediction_rows(result)
+    if suffix == ".parquet":
+        store.write_records(path, rows)
+        return path
+    with atomic_path(path) as tmp, open(tmp, "w", encoding="utf-8", newline="") as handle:
+        if suffix == ".csv":
+            writer = csv.DictWriter(handle, fieldnames=list(rows[0]) if rows else ["uri"])
+            writer.writeheader()
+            writer.writerows(rows)
+        elif suffix == ".json":
+            json.dump(result.as_dict(), handle, indent=2, ensure_ascii=False)
+        else:
+            handle.writelines(json.dumps(row, ensure_ascii=False) + "\n" for row in rows)
+    return path
+
+
 def calibrate_threshold(confidences: Sequence[float], false_reject: float) -> float:
     """The largest threshold that rejects at most ``false_reject`` of known images.
 
@@ -299,7 +337,8 @@ def _encode(
         return _read_embeddings(encoder, listing.source)
     paths, truth = listing.paths, listing.truth
     encoded = encode_image_files(
-        encoder, paths, batch_size=config.batch_size, workers=config.workers,
+        encoder, paths, batch_size=config.batch_size,
+        workers=default_workers() if config.workers is None else config.workers,
         max_pixels=config.max_pixels,
         progress=(lambda done: progress(stage, done, len(paths))) if progress else None,
     )  # fmt: skip

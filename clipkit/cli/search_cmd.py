@@ -10,6 +10,7 @@ from typing import Annotated, Any
 
 import typer
 from rich.table import Table
+from rich.text import Text
 
 from clipkit.cli import (
     DeviceOption,
@@ -209,8 +210,8 @@ def _render_search(result: Any, output: SearchFormat) -> None:
         writer.writerows(rows)
     else:
         for q in result.results:
-            table = Table("rank", "score", "uri or text", title=q.query, title_justify="left")
+            table = Table("rank", "score", "uri or text", title=Text(q.query), title_justify="left")
             for hit in q.hits:
-                table.add_row(str(hit.rank), f"{hit.score:.4f}",
-                              hit.text if hit.kind == "text" else hit.uri)  # fmt: skip
+                shown = (hit.text or "") if hit.kind == "text" else hit.uri
+                table.add_row(str(hit.rank), f"{hit.score:.4f}", Text(shown))
             stdout.print(table)

@@ -1,0 +1,202 @@
+"""``clipkit zeroshot``: classify images with prompt templates, with metrics and open-set."""
+
+from __future__ import annotations
+
+import csv
+import json
+import sys
+from enum import Enum
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.table import Column, Table
+from rich.text import Text
+
+from clipkit.cli import DeviceOption, _progress, app, handles_errors, stderr, stdout
+from clipkit.config import ENV_MODEL
+from clipkit.errors import InputError
+
+CONFUSION_TABLE_MAX = 20  # larger matrices are shown as a list of the worst confusions
+SKIPPED_SHOWN = 20
+
+
+class ZeroShotFormat(str, Enum):
+    table = "table"
+    json = "json"
+    csv = "csv"
+
+
+@app.command()
+@handles_errors
+def zeroshot(
+    images: Annotated[
+        Path, typer.Argument(help="Image folder, class-per-subfolder tree, or embeddings folder.")
+    ],
+    labels: Annotated[
+        str | None, typer.Option(help='Comma-separated labels, e.g. "cat,dog,car".')
+    ] = None,
+    labels_file: Annotated[
+        Path | None,
+        typer.Option(help="One label per line, or `label: prompt one | prompt two`."),
+    ] = None,
+    templates: Annotated[
+        str, typer.Option(help="simple, openai (the CLIP paper's 80), or a file of {} lines.")
+    ] = "simple",
+    model: Annotated[
+        str | None,
+        typer.Option(
+            "--model",
+            "-m",
+            envvar=ENV_MODEL,
+            help="Model spec (default: the embeddings' model, else ViT-B-32).",
+        ),
+    ] = None,  # fmt: skip
+    k: Annotated[int, typer.Option("-k", min=1, help="Labels shown per image.")] = 5,
+    out: Annotated[
+        Path | None,
+        typer.Option("--out", "-o", help="Predictions file: .csv/.json/.jsonl/.parquet"),
+    ] = None,
+    output: Annotated[ZeroShotFormat, typer.Option("--format", "-f", help="stdout format.")] = (
+        ZeroShotFormat.table
+    ),
+    html_out: Annotated[
+        Path | None, typer.Option("--html", help="HTML report (+ confusion PNG beside it).")
+    ] = None,
+    reject_threshold: Annotated[
+        float | None, typer.Option(help="Top probability below this -> 'unknown'.")
+    ] = None,
+    calibrate: Annotated[
+        Path | None, typer.Option(help="Known images: set the threshold from them.")
+    ] = None,
+    false_reject: Annotated[
+        float, typer.Option(help="With --calibrate: share of known images to reject.")
+    ] = 0.05,
+    batch_size: Annotated[int, typer.Option(min=1, help="Images per model call.")] = 64,
+    workers: Annotated[
+        int | None, typer.Option(min=0, help="Image decode processes (default: one per core).")
+    ] = None,
+    device: DeviceOption = "auto",
+    include_hidden: Annotated[bool, typer.Option(help="Also read hidden files.")] = False,
+    strict: Annotated[bool, typer.Option(help="Exit 1 if any image was skipped.")] = False,
+) -> None:
+    """Zero-shot classify images with prompt ensembles; metrics when labels are known.
+
+    Example: clipkit zeroshot photos/ --labels "cat,dog,car" --templates openai -k 3
+    """
+    from clipkit.zeroshot import PREDICTION_SUFFIXES, ZeroShotConfig, write_predictions
+    from clipkit.zeroshot import zeroshot as run_zeroshot
+
+    if out is not None and out.suffix.lower() not in PREDICTION_SUFFIXES:
+        raise InputError(f"Cannot tell the format of {out} from its suffix.",
+                         "End --out with " + ", ".join(PREDICTION_SUFFIXES) + ".")  # fmt: skip
+    config = ZeroShotConfig(
+        images=images, labels=labels, labels_file=labels_file, templates=templates,
+        model=model, k=k, reject_threshold=reject_threshold, calibrate=calibrate,
+        false_reject=false_reject, batch_size=batch_size, workers=workers, device=device,
+        include_hidden=include_hidden,
+    )  # fmt: skip
+    with _progress() as progress:
+        result = run_zeroshot(config, progress)
+    _summarise(result)
+    if output is ZeroShotFormat.json:
+        typer.echo(json.dumps(result.as_dict(), indent=2, ensure_ascii=False))
+    elif output is ZeroShotFormat.csv:
+        _write_csv(result)
+    else:
+        _render_tables(result, show_predictions=out is None)
+    for path in [write_predictions(result, out)] if out is not None else []:
+        stderr.print(f"Wrote {len(result.predictions)} predictions to {path}", markup=False)
+    if html_out is not None:
+        from clipkit.report import write_zeroshot_report
+
+        for path in write_zeroshot_report(result, html_out):
+            stderr.print(f"Wrote {path}", markup=False)
+    if strict and result.failures:
+        raise typer.Exit(1)
+
+
+def _summarise(result: Any) -> None:
+    """Diagnostics on stderr: what ran, what was skipped, what was rejected, the headline."""
+    stderr.print(
+        f"Classified {len(result.predictions)} images ({result.input_kind}) into "
+        f"{len(result.labels)} labels with {result.prompts} prompts ({result.templates} "
+        f"templates), model {result.model}; skipped {len(result.failures)}.",
+        markup=False,
+    )
+    for uri, stage, error in result.failures[:SKIPPED_SHOWN]:
+        stderr.print(f"  skipped {uri}: {stage}: {error}", markup=False)
+    if len(result.failures) > SKIPPED_SHOWN:
+        stderr.print(f"  … and {len(result.failures) - SKIPPED_SHOWN} more", markup=False)
+    if (r := result.rejection) is not None:
+        how = "given" if r.method == "given" else (
+            f"calibrated on {r.calibration_images} known images for "
+            f"{r.target_false_reject:.1%} false rejects, realised {r.calibration_false_reject:.1%}"
+        )  # fmt: skip
+        stderr.print(f"{r.rejected} images are unknown: top probability below "
+                     f"{r.threshold:.4f} ({how}).", markup=False)  # fmt: skip
+    for note in result.notes:
+        stderr.print(note, markup=False)
+    if (m := result.metrics) is not None:
+        headline = (f"top-1 {m.top1:.1%} · top-{m.k} {m.topk:.1%} · mean per-class recall "
+                    f"{m.mean_per_class_recall:.1%} on {m.images} images")  # fmt: skip
+        stderr.print(headline, markup=False)
+
+
+def _write_csv(result: Any) -> None:
+    from clipkit.zeroshot import prediction_rows
+
+    rows = prediction_rows(result)
+    writer = csv.DictWriter(sys.stdout, fieldnames=list(rows[0]), lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(rows)
+
+
+def _render_tables(result: Any, *, show_predictions: bool) -> None:
+    if show_predictions:
+        image = Column("image", overflow="fold")
+        table = Table(image, "label", "probability", "top labels", title="Predictions",
+                      title_justify="left")  # fmt: skip
+        for p in result.predictions:
+            others = ", ".join(f"{label} {prob:.3f}" for label, prob in p.top)
+            table.add_row(Text(p.uri), Text(p.label), f"{p.confidence:.3f}", Text(others))
+        stdout.print(table)
+    total = max(len(result.predictions), 1)
+    table = Table("label", "images", "share", title="Label distribution", title_justify="left")
+    for label, count in result.distribution:
+        table.add_row(Text(label), str(count), f"{count / total:.1%}")
+    stdout.print(table)
+    if result.metrics is not None:
+        _render_metrics(result)
+
+
+def _render_metrics(result: Any) -> None:
+    m = result.metrics
+    table = Table("label", "images", "predicted", "precision", "recall", title="Per class",
+                  title_justify="left")  # fmt: skip
+    for c in m.classes:
+        table.add_row(Text(c.label), str(c.support), str(c.predicted), _cell(c.precision),
+                      _cell(c.recall))  # fmt: skip
+    stdout.print(table)
+    labels = result.labels
+    if len(labels) <= CONFUSION_TABLE_MAX:
+        table = Table(
+            "true \\ predicted",
+            *(Column(header=Text(label)) for label in labels),
+            title="Confusion matrix",
+            title_justify="left",
+        )
+        for label, row in zip(labels, m.confusion, strict=True):
+            table.add_row(Text(label), *(str(count) if count else "·" for count in row))
+    else:
+        table = Table("true", "predicted", "images", title="Worst confusions",
+                      title_justify="left")  # fmt: skip
+        for true, predicted, count in m.worst_confusions(CONFUSION_TABLE_MAX):
+            table.add_row(Text(labels[true]), Text(labels[predicted]), str(count))
+    stdout.print(table)
+    stdout.print(f"top-1 {m.top1:.4f}  top-{m.k} {m.topk:.4f}  "
+                 f"mean per-class recall {m.mean_per_class_recall:.4f}")  # fmt: skip
+
+
+def _cell(value: float | None) -> str:
+    return "–" if value is None else f"{value:.3f}"
