@@ -34,3 +34,26 @@ def tiny_encoder():
     from clipkit.models import load_model
 
     return load_model(TINY, device="cpu")
+
+
+@pytest.fixture(scope="session")
+def shapes(tmp_path_factory):
+    """Captioned coloured shapes (200 pairs) and a 4-colour class tree (8 images each)."""
+    from clipkit.synthetic import write_captioned_shapes, write_class_tree
+
+    root = tmp_path_factory.mktemp("shapes")
+    write_captioned_shapes(root / "data", 200, seed=0)
+    write_class_tree(root / "classes", 8)
+    return root
+
+
+@pytest.fixture(scope="session")
+def finished_run(shapes):
+    """A tiny model trained for 4 epochs on ``shapes`` (about 20 s): (config, TrainResult)."""
+    from clipkit.train import TrainConfig, train
+
+    config = TrainConfig(
+        data=str(shapes / "data"), out=str(shapes / "run"), model=TINY, epochs=4,
+        batch_size=32, eval_classes=str(shapes / "classes"), wise_ft=0.5, workers=0,
+    )  # fmt: skip
+    return config, train(config)

@@ -40,15 +40,22 @@ def test_ruff_is_clean():
     assert fmt.returncode == 0, fmt.stdout
 
 
-def test_readme_train_examples_use_real_options():
+@pytest.mark.parametrize("section", ["Embed", "Index and search", "Train", "Zero-shot"])
+def test_readme_examples_use_real_options(section):
     from typer.testing import CliRunner
 
     from clipkit import cli
 
-    help_text = CliRunner().invoke(cli.app, ["train", "--help"], env={"COLUMNS": "200"}).stdout
-    (block,) = _bash_blocks("Train")
-    clipkit_lines = "\n".join(line for line in block.splitlines() if "torchrun" not in line)
-    used = set(re.findall(r"(?<![\w-])(--[a-z][a-z-]+)", clipkit_lines))
-    assert used, block
-    missing = sorted(option for option in used if option not in help_text)
-    assert not missing, f"README uses options clipkit train lacks: {missing}"
+    commands = []
+    for block in _bash_blocks(section):
+        joined = block.replace("\\\n", " ")
+        commands += [line.split("#")[0] for line in joined.splitlines()]
+    commands = [re.sub(r"^torchrun .*? -m clipkit", "clipkit", c.strip()) for c in commands]
+    commands = [c for c in commands if c.startswith("clipkit ")]
+    assert commands, section
+    for command in commands:
+        name = command.split()[1]
+        help_text = CliRunner().invoke(cli.app, [name, "--help"], env={"COLUMNS": "200"}).stdout
+        used = set(re.findall(r"(?<![\w-])(--[a-z][a-z-]+)", command))
+        missing = sorted(option for option in used if option not in help_text)
+        assert not missing, f"README runs `{command}` with options clipkit {name} lacks"

@@ -16,29 +16,12 @@ from safetensors.torch import load_file
 
 from clipkit.errors import InputError
 from clipkit.models import load_model
-from clipkit.synthetic import write_captioned_shapes, write_class_tree
+from clipkit.synthetic import write_captioned_shapes
 from clipkit.train import TrainConfig, train
 from clipkit.train_state import STATE_FILE, load_state
 from tests.test_embed import make_images
 
 TINY = "clipkit-tiny:random"
-
-
-@pytest.fixture(scope="module")
-def shapes(tmp_path_factory):
-    root = tmp_path_factory.mktemp("shapes")
-    write_captioned_shapes(root / "data", 200, seed=0)
-    write_class_tree(root / "classes", 8)
-    return root
-
-
-@pytest.fixture(scope="module")
-def finished_run(shapes):
-    config = TrainConfig(
-        data=str(shapes / "data"), out=str(shapes / "run"), model=TINY, epochs=4,
-        batch_size=32, eval_classes=str(shapes / "classes"), wise_ft=0.5, workers=0,
-    )  # fmt: skip
-    return config, train(config)
 
 
 def _config(shapes, out, **options):

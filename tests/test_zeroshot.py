@@ -1,0 +1,386 @@
+"""``clipkit zeroshot``: equality with open_clip's zero-shot classifier, prompt ensembling as
+defined, textbook metrics, calibrated open-set rejection on a planted case, the three input
+kinds, skipped images, HTML escaping, and every bad-input error the issue names."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from PIL import Image
+
+from clipkit import store
+from clipkit.classes import (
+    LabelSpec,
+    check_labels,
+    class_embeddings,
+    parse_labels,
+    prompts_for,
+    read_labels_file,
+    read_templates,
+)
+from clipkit.errors import InputError
+from clipkit.metrics import classification_metrics
+from clipkit.synthetic import write_class_tree
+from clipkit.zeroshot import (
+    UNKNOWN,
+    ZeroShotConfig,
+    calibrate_threshold,
+    write_predictions,
+    zeroshot,
+)
+
+TINY = "clipkit-tiny:random"
+
+
+@pytest.fixture(scope="module")
+def trained(finished_run):
+    """The best checkpoint of the session's trained tiny model (learned colours and shapes)."""
+    _, result = finished_run
+    return str(Path(result.run_dir) / "best.safetensors")
+
+
+@pytest.fixture(scope="module")
+def colour_tree(tmp_path_factory):
+    """A fresh 4-colour class tree, unseen in training (12 images per class)."""
+    root = tmp_path_factory.mktemp("colours")
+    write_class_tree(root, 12, seed=7)
+    return root
+
+
+def _config(images, model, **options):
+    return ZeroShotConfig(images=Path(images), model=model, workers=0, device="cpu", **options)
+
+
+# --- labels and templates -------------------------------------------------------------------
+
+
+def test_inline_labels_are_split_on_commas_and_trimmed():
+    assert [s.name for s in parse_labels(" cat, dog ,,  sports  car ")] == ["cat", "dog",
+                                                                         "sports car"]  # fmt: skip
+
+
+def test_labels_file_holds_names_or_per_class_prompts(tmp_path):
+    path = tmp_path / "labels.txt"
+    path.write_text("# animals\ncat\n\ndog: a photo of a dog | a {} on grass\n", encoding="utf-8")
+    labels = read_labels_file(path)
+    assert labels == [LabelSpec("cat"), LabelSpec("dog", ("a photo of a dog", "a {} on grass"))]
+    prompts = prompts_for(labels, ("a photo of a {}.", "art of a {}."))
+    assert prompts == [["a photo of a cat.", "art of a cat."],
+                       ["a photo of a dog", "a dog on grass"]]  # fmt: skip
+
+
+def test_labels_file_line_with_colon_but_no_prompt_is_an_error(tmp_path):
+    path = tmp_path / "labels.txt"
+    path.write_text("cat\ndog:\n")
+    with pytest.raises(InputError, match="line 2"):
+        read_labels_file(path)
+
+
+@pytest.mark.parametrize(
+    ("names", "message"),
+    [([], "No labels"), (["cat"], "Only one label"), (["cat", "dog", "Cat"], "Duplicate"),
+     (["cat", "dog", "cat"], "Duplicate")],
+)  # fmt: skip
+def test_bad_label_sets_are_refused(names, message):
+    with pytest.raises(InputError, match=message):
+        check_labels([LabelSpec(n) for n in names], "--labels")
+
+
+def test_template_sets_and_files(tmp_path):
+    assert read_templates("simple") == ("a photo of a {}.",)
+    openai = read_templates("openai")
+    assert len(openai) == 80 and openai[0] == "a bad photo of a {}."
+    assert all("{}" in t for t in openai)
+    good = tmp_path / "templates.txt"
+    good.write_text("a photo of a {}.\n# comment\n\na drawing of the {}\n")
+    assert read_templates(str(good)) == ("a photo of a {}.", "a drawing of the {}")
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [("a photo of a {}.\na photo of a thing\n", "line 2"),
+     ("\n# only a comment\n", "no templates")],
+)  # fmt: skip
+def test_bad_template_files_are_refused(tmp_path, text, message):
+    path = tmp_path / "templates.txt"
+    path.write_text(text)
+    with pytest.raises(InputError, match=message):
+        read_templates(str(path))
+
+
+def test_unknown_template_set_is_refused():
+    with pytest.raises(InputError, match="neither a known set nor a file"):
+        read_templates("imagenet-ish")
+
+
+# --- the math --------------------------------------------------------------------------------
+
+
+def test_prompt_ensemble_is_the_normalised_mean_of_normalised_prompt_embeddings(tiny_encoder):
+    templates = ("a photo of a {}.", "a drawing of a {}.", "a {} in the snow.")
+    got = class_embeddings(tiny_encoder.encode_texts, prompts_for(parse_labels("cat,dog"),
+                                                                  templates))  # fmt: skip
+    for row, label in enumerate(("cat", "dog")):
+        each = [tiny_encoder.encode_texts([t.replace("{}", label)])[0] for t in templates]
+        each = [vector / vector.norm() for vector in each]
+        mean = sum(each) / len(each)
+        torch.testing.assert_close(got[row], mean / mean.norm(), atol=1e-6, rtol=0)
+    single = class_embeddings(tiny_encoder.encode_texts, [["a photo of a cat."]])
+    assert not torch.allclose(got[0], single[0], atol=1e-4)  # ensembling changes the embedding
+
+
+def test_metrics_on_a_hand_made_imbalanced_case():
+    # 6 A, 3 B, 1 C. Top-1: A->A x4, A->B x2; B->B x2, B->C x1; C->C x1.
+    labels = ["A", "B", "C", "D"]  # D: a label no image truly has
+    targets = [0] * 6 + [1] * 3 + [2]
+    firsts = [0, 0, 0, 0, 1, 1, 1, 1, 2, 2]
+    seconds = [1, 1, 1, 1, 0, 2, 0, 0, 1, 0]  # the true class is second for 2 of 3 misses
+    ranked = [[f, s, 3] for f, s in zip(firsts, seconds, strict=True)]
+    m = classification_metrics(labels, targets, ranked, k=2)
+    assert m.top1 == pytest.approx(7 / 10)
+    assert m.topk == pytest.approx(9 / 10) and m.k == 2  # B->C (second C, true B) misses
+    a, b, c, d = m.classes
+    assert (a.support, a.predicted, a.correct) == (6, 4, 4)
+    assert a.precision == pytest.approx(1.0) and a.recall == pytest.approx(4 / 6)
+    assert (b.predicted, b.correct) == (4, 2)
+    assert b.precision == pytest.approx(2 / 4) and b.recall == pytest.approx(2 / 3)
+    assert c.precision == pytest.approx(1 / 2) and c.recall == pytest.approx(1.0)
+    assert d.support == 0 and d.recall is None and d.precision is None
+    # Balanced accuracy averages the recall of the classes present: (4/6 + 2/3 + 1) / 3.
+    assert m.mean_per_class_recall == pytest.approx((4 / 6 + 2 / 3 + 1) / 3)
+    assert m.confusion[0] == (4, 2, 0, 0) and m.confusion[1] == (0, 2, 1, 0)
+    assert m.worst_confusions(1) == [(0, 1, 2)]
+
+
+def test_calibrated_threshold_rejects_the_requested_share_of_known_images():
+    confidences = [0.95, 0.9, 0.85, 0.8, 0.75, 0.7, 0.65, 0.6, 0.55, 0.5]
+    threshold = calibrate_threshold(confidences, 0.2)
+    assert threshold == 0.6  # the two lowest (0.5, 0.55) fall below it, nothing else
+    assert sum(c < threshold for c in confidences) == 2
+    assert calibrate_threshold(confidences, 0.0) == 0.5  # rejects none
+    assert sum(c < calibrate_threshold(confidences, 0.25) for c in confidences) <= 2
+
+
+# --- against open_clip -----------------------------------------------------------------------
+
+
+def test_equals_open_clip_build_zero_shot_classifier(trained, colour_tree):
+    from open_clip.zero_shot_classifier import build_zero_shot_classifier
+    from open_clip.zero_shot_metadata import OPENAI_IMAGENET_TEMPLATES
+
+    from clipkit.models import load_model
+
+    result = zeroshot(_config(colour_tree, trained, templates="openai", k=4))
+    encoder = load_model(trained, device="cpu")
+    model = encoder.model
+    labels = list(result.labels)
+    with torch.no_grad():
+        classifier = build_zero_shot_classifier(
+            model, encoder.tokenizer, labels, OPENAI_IMAGENET_TEMPLATES, device="cpu"
+        )  # (D, C)
+        pixels = torch.stack([encoder.preprocess(Image.open(p.uri).convert("RGB"))
+                              for p in result.predictions])  # fmt: skip
+        features = model.encode_image(pixels, normalize=True)
+        probabilities = (model.logit_scale.exp() * features @ classifier).softmax(dim=-1)
+    assert len(result.predictions) == 48
+    for prediction, expected in zip(result.predictions, probabilities, strict=True):
+        assert prediction.label == labels[int(expected.argmax())]
+        for label, probability in prediction.top:
+            assert probability == pytest.approx(float(expected[labels.index(label)]), abs=1e-5)
+
+
+def test_trained_tiny_model_is_clearly_above_chance_on_a_class_tree(trained, colour_tree):
+    result = zeroshot(_config(colour_tree, trained))
+    assert result.input_kind == "class tree" and result.labels == ("blue", "green", "red",
+                                                                    "yellow")  # fmt: skip
+    metrics = result.metrics
+    assert metrics is not None and metrics.images == 48
+    # Chance is 0.25 (the random init labels everything "green"); this run reaches ~0.58.
+    assert metrics.top1 >= 0.45 and metrics.mean_per_class_recall >= 0.45
+    assert sum(row[i] for i, row in enumerate(metrics.confusion)) == round(metrics.top1 * 48)
+    assert all(p.target == Path(p.uri).parent.name for p in result.predictions)
+
+
+# --- inputs ----------------------------------------------------------------------------------
+
+
+def test_embeddings_folder_is_classified_without_re_encoding(trained, colour_tree, tmp_path,
+                                                             monkeypatch):  # fmt: skip
+    from clipkit import zeroshot as module
+    from clipkit.embed import EmbedConfig, embed
+
+    embed(EmbedConfig(sources=(str(colour_tree),), out_dir=tmp_path / "emb", model=trained,
+                      workers=0, device="cpu"))  # fmt: skip
+    direct = zeroshot(_config(colour_tree, trained))
+
+    def no_encoding(*args, **kwargs):
+        raise AssertionError("images were encoded again")
+
+    monkeypatch.setattr(module, "encode_image_files", no_encoding)
+    from_embeddings = zeroshot(_config(tmp_path / "emb", None, labels="blue,green,red,yellow"))
+    assert from_embeddings.input_kind == "embeddings" and from_embeddings.metrics is None
+    assert from_embeddings.model == trained  # the model recorded in the embeddings
+    by_uri = {p.uri: p for p in direct.predictions}
+    assert len(from_embeddings.predictions) == 48
+    for p in from_embeddings.predictions:
+        assert p.label == by_uri[p.uri].label
+        assert p.confidence == pytest.approx(by_uri[p.uri].confidence, abs=1e-5)
+
+
+def test_class_tree_with_extra_labels_scores_against_the_folders(trained, colour_tree):
+    result = zeroshot(_config(colour_tree, trained, labels="red,green,blue,yellow,purple"))
+    assert result.metrics is not None
+    purple = result.metrics.classes[-1]
+    assert purple.label == "purple" and purple.support == 0 and purple.recall is None
+
+
+def test_class_tree_with_labels_not_naming_the_folders_has_no_metrics(trained, colour_tree):
+    result = zeroshot(_config(colour_tree, trained, labels="warm,cold"))
+    assert result.metrics is None and "not among the labels" in result.notes[0]
+    assert {p.label for p in result.predictions} <= {"warm", "cold"}
+
+
+def test_folder_names_become_labels_with_spaces(tmp_path, tiny_encoder):
+    for name in ("golden_retriever", "tabby-cat"):
+        (tmp_path / name).mkdir()
+        Image.new("RGB", (32, 32), (200, 100, 0)).save(tmp_path / name / "a.png")
+    result = zeroshot(_config(tmp_path, TINY))
+    assert result.labels == ("golden retriever", "tabby cat")
+
+
+def test_unreadable_images_are_skipped_and_listed(tmp_path, tiny_encoder):
+    Image.new("RGB", (40, 40), (10, 200, 10)).save(tmp_path / "good.png")
+    (tmp_path / "empty.jpg").write_bytes(b"")
+    (tmp_path / "text.png").write_text("not an image")
+    result = zeroshot(_config(tmp_path, TINY, labels="green,red"))
+    assert [Path(p.uri).name for p in result.predictions] == ["good.png"]
+    assert sorted(Path(uri).name for uri, _, _ in result.failures) == ["empty.jpg", "text.png"]
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [({}, "No labels"), ({"labels": "cat"}, "Only one label"),
+     ({"labels": "cat,dog,cat"}, "Duplicate"), ({"labels": "a,b", "k": 0}, "-k"),
+     ({"labels": "a,b", "reject_threshold": 1.5}, r"\(0, 1\]"),
+     ({"labels": "a,b", "reject_threshold": 0.5, "calibrate": Path("x")}, "not both"),
+     ({"labels": "a,b", "labels_file": Path("x")}, "not both")],
+)  # fmt: skip
+def test_bad_options_are_refused_before_loading_a_model(tmp_path, options, message):
+    Image.new("RGB", (32, 32)).save(tmp_path / "one.png")
+    with pytest.raises(InputError, match=message):
+        zeroshot(_config(tmp_path, "no-such-model-would-fail-later", **options))
+
+
+def test_template_without_placeholder_is_refused(tmp_path):
+    Image.new("RGB", (32, 32)).save(tmp_path / "one.png")
+    (tmp_path / "t.txt").write_text("a photo of a thing\n")
+    with pytest.raises(InputError, match=r"has no \{\}"):
+        zeroshot(_config(tmp_path, TINY, labels="a,b", templates=str(tmp_path / "t.txt")))
+
+
+@pytest.mark.parametrize("layout", ["empty", "only-text", "missing"])
+def test_empty_or_missing_folder_is_an_error(tmp_path, layout):
+    folder = tmp_path / "images"
+    if layout != "missing":
+        folder.mkdir()
+    if layout == "only-text":
+        (folder / "notes.txt").write_text("hello")
+    with pytest.raises(InputError, match="no images|does not exist"):
+        zeroshot(_config(folder, TINY, labels="a,b"))
+
+
+# --- open set --------------------------------------------------------------------------------
+
+
+def _write_embeddings(folder: Path, encoder, vectors: torch.Tensor, names: list[str]) -> None:
+    stamp = store.ModelStamp(TINY, encoder.fingerprint, encoder.embed_dim)
+    rows = {"id": names, "uri": names, "kind": ["image"] * len(names), "text": [None] * len(names)}
+    folder.mkdir(parents=True)
+    store.write_shard(store.shard_path(folder, 0), rows, vectors.numpy(), stamp)
+
+
+def test_open_set_rejection_on_a_planted_case(tmp_path, tiny_encoder):
+    """Known images sit on a class embedding; planted unknowns halfway between two classes.
+
+    With two labels, an image on class a's embedding has top probability > 1/2 (it is more
+    similar to a than to b), and a halfway image has exactly 1/2: a threshold calibrated with
+    no false rejects on the known images separates them.
+    """
+    labels = ["cat", "dog"]
+    prompts = prompts_for(parse_labels("cat,dog"), ("a photo of a {}.",))
+    weights = class_embeddings(tiny_encoder.encode_texts, prompts)
+    generator = torch.Generator().manual_seed(0)
+
+    def near(row: int, count: int) -> torch.Tensor:
+        noise = 1e-3 * torch.randn(count, weights.shape[1], generator=generator)
+        return F.normalize(weights[row] + noise, dim=-1)
+
+    known = torch.cat([near(0, 5), near(1, 5)])
+    unknown = F.normalize(weights[0] + weights[1], dim=-1).repeat(3, 1)
+    _write_embeddings(tmp_path / "known", tiny_encoder, known, [f"known{i}" for i in range(10)])
+    test = torch.cat([near(0, 4), near(1, 4), unknown])
+    names = [f"cat{i}" for i in range(4)] + [f"dog{i}" for i in range(4)] + ["x0", "x1", "x2"]
+    _write_embeddings(tmp_path / "test", tiny_encoder, test, names)
+
+    result = zeroshot(_config(tmp_path / "test", None, labels="cat,dog",
+                              calibrate=tmp_path / "known", false_reject=0.0))  # fmt: skip
+    got = {p.uri: p.label for p in result.predictions}
+    assert got == {**{f"cat{i}": "cat" for i in range(4)}, **{f"dog{i}": "dog" for i in range(4)},
+                   **{f"x{i}": UNKNOWN for i in range(3)}}  # fmt: skip
+    rejection = result.rejection
+    assert rejection.method == "calibrated" and rejection.rejected == 3
+    assert rejection.calibration_images == 10 and rejection.calibration_false_reject == 0.0
+    assert 0.5 < rejection.threshold < 1.0
+    assert dict(result.distribution)[UNKNOWN] == 3 and labels == list(result.labels)
+
+    given = zeroshot(_config(tmp_path / "test", None, labels="cat,dog", reject_threshold=0.5001))
+    assert [p.label for p in given.predictions][-3:] == [UNKNOWN] * 3
+    assert given.rejection.method == "given" and given.rejection.rejected == 3
+
+
+# --- outputs ---------------------------------------------------------------------------------
+
+
+def test_predictions_files_in_every_format(trained, colour_tree, tmp_path):
+    import pyarrow.parquet as pq
+
+    result = zeroshot(_config(colour_tree, trained, k=2))
+    for suffix in (".csv", ".json", ".jsonl", ".parquet"):
+        write_predictions(result, tmp_path / f"p{suffix}")
+    table = pq.read_table(tmp_path / "p.parquet").to_pylist()
+    assert len(table) == 48 and set(table[0]) == {"uri", "id", "label", "confidence", "target",
+                                                 "label_1", "probability_1", "label_2",
+                                                 "probability_2"}  # fmt: skip
+    whole = json.loads((tmp_path / "p.json").read_text())
+    assert whole["metrics"]["top1"] == result.metrics.top1 and len(whole["predictions"]) == 48
+    lines = (tmp_path / "p.jsonl").read_text().splitlines()
+    assert json.loads(lines[0])["uri"] == result.predictions[0].uri
+    assert (tmp_path / "p.csv").read_text().startswith("uri,id,label,confidence,target,label_1")
+    with pytest.raises(InputError, match="suffix"):
+        write_predictions(result, tmp_path / "p.xlsx")
+
+
+def test_html_report_escapes_labels_and_paths(tmp_path, tiny_encoder):
+    from clipkit.report import write_zeroshot_report
+
+    for name in ('<b>bold</b> & "co"', "<script>alert(1)</script>"):
+        (tmp_path / "tree" / name).mkdir(parents=True)
+        for i in range(2):
+            Image.new("RGB", (32, 32), (i * 100, 50, 50)).save(
+                tmp_path / "tree" / name / f"{i}.png"
+            )
+    result = zeroshot(_config(tmp_path / "tree", TINY))
+    written = write_zeroshot_report(result, tmp_path / "report.html")
+    page = written[0].read_text()
+    assert "<script>alert" not in page and "<b>bold</b>" not in page
+    assert "&lt;script&gt;alert(1)&lt;/script&gt;" in page
+    assert "&lt;b&gt;bold&lt;/b&gt; &amp; &quot;co&quot;" in page
+    assert written[1].read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert page.count("data:image/png;base64,") == 1  # the heatmap, inline
+    assert "http://" not in page and "https://" not in page  # self-contained
+    assert np.isclose(sum(c for _, c in result.distribution), 4)
