@@ -229,6 +229,19 @@ def iter_vectors(folder: Path, kind: str | None = None, batch_rows: int = 65536)
         )
 
 
+def read_vectors(folder: Path, kind: str | None = None) -> VectorBlock:
+    """Every row of ``kind`` in an embeddings folder as one block (vectors: (N, D) float32)."""
+    blocks = list(iter_vectors(folder, kind))
+    vectors = [b.vectors for b in blocks]
+    return VectorBlock(
+        ids=[i for b in blocks for i in b.ids],
+        uris=[u for b in blocks for u in b.uris],
+        kinds=[k for b in blocks for k in b.kinds],
+        texts=[t for b in blocks for t in b.texts],
+        vectors=np.concatenate(vectors) if vectors else np.zeros((0, 0), np.float32),
+    )  # fmt: skip
+
+
 def shard_signature(folder: Path) -> list[dict[str, Any]]:
     """Name, size and modification time of each shard: detects a changed source folder."""
     signature = []

@@ -161,21 +161,14 @@ def zeroshot(config: ZeroShotConfig, progress: Progress | None = None) -> ZeroSh
 
     images = _encode(encoder, listing, config, progress, "images")
     if not images.uris:
-        raise InputError(f"No image in {source} could be read ({len(images.failures)} skipped).",
-                         "See the skipped files listed above; fix or remove them.")  # fmt: skip
-    shown = min(max(config.k, METRICS_K), len(names))
-    probabilities, indices = classify(images.vectors, weights, encoder.logit_scale, shown)
+        shown = "; ".join(f"{uri} ({stage}: {error})" for uri, stage, error in images.failures[:3])
+        raise InputError(f"No image in {source} could be read: {shown}"
+                         + (" …" if len(images.failures) > 3 else "") + ".",
+                         "Fix or remove the unreadable files.")  # fmt: skip
+    kept = min(max(config.k, METRICS_K), len(names))
+    probabilities, indices = classify(images.vectors, weights, encoder.logit_scale, kept)
     threshold, rejection = _threshold(config, encoder, weights, known, progress)
-    predictions = []
-    for row, uri in enumerate(images.uris):
-        top = [(names[i], p) for p, i in zip(probabilities[row].tolist(),
-                                             indices[row].tolist(), strict=True)]  # fmt: skip
-        rejected = threshold is not None and top[0][1] < threshold
-        predictions.append(Prediction(
-            uri=uri, id=images.ids[row], label=UNKNOWN if rejected else top[0][0],
-            confidence=top[0][1], top=tuple(top[: config.k]),
-            target=images.truth[row] if images.truth else None,
-        ))  # fmt: skip
+    predictions = _predictions(names, images, probabilities, indices, threshold, config.k)
     metrics, notes = _metrics(names, images, indices)
     if rejection is not None:
         rejected = sum(p.label == UNKNOWN for p in predictions)
@@ -186,6 +179,23 @@ def zeroshot(config: ZeroShotConfig, progress: Progress | None = None) -> ZeroSh
         logit_scale=encoder.logit_scale, predictions=tuple(predictions), metrics=metrics,
         rejection=rejection, failures=tuple(images.failures), notes=tuple(notes),
     )  # fmt: skip
+
+
+def _predictions(
+    names: Sequence[str], images: _Images, probabilities: torch.Tensor, indices: torch.Tensor,
+    threshold: float | None, k: int,
+) -> list[Prediction]:  # fmt: skip
+    predictions = []
+    for row, uri in enumerate(images.uris):
+        top = [(names[i], p) for p, i in zip(probabilities[row].tolist(),
+                                             indices[row].tolist(), strict=True)]  # fmt: skip
+        rejected = threshold is not None and top[0][1] < threshold
+        predictions.append(Prediction(
+            uri=uri, id=images.ids[row], label=UNKNOWN if rejected else top[0][0],
+            confidence=top[0][1], top=tuple(top[:k]),
+            target=images.truth[row] if images.truth else None,
+        ))  # fmt: skip
+    return predictions
 
 
 def prediction_rows(result: ZeroShotResult) -> list[dict[str, Any]]:
@@ -285,6 +295,10 @@ def _labels(config: ZeroShotConfig, tree: Path | None) -> list[LabelSpec]:
     else:
         labels, where = [], "IMAGES is not a class-per-subfolder tree"
     check_labels(labels, where)
+    open_set = config.reject_threshold is not None or config.calibrate is not None
+    if open_set and any(label.name.casefold() == UNKNOWN for label in labels):
+        raise InputError(f"{UNKNOWN!r} is the open-set label and cannot be a class too.",
+                         "Rename that label, or drop --reject-threshold/--calibrate.")  # fmt: skip
     return labels
 
 
@@ -355,14 +369,11 @@ def _read_embeddings(encoder: Encoder, folder: Path) -> _Images:
             f"{folder} was made by {stamp.spec if stamp else 'no model'}, not {encoder.spec}.",
             "Use embeddings made by the same model, or pass the image folder.",
         )
-    blocks = list(store.iter_vectors(folder, "image"))
-    if not blocks:
+    rows = store.read_vectors(folder, "image")
+    if not rows.ids:
         raise InputError(f"{folder} holds no image embeddings.",
                          "Embed images with clipkit embed, or pass the image folder.")  # fmt: skip
-    vectors = torch.cat([torch.from_numpy(b.vectors) for b in blocks])
-    uris = [uri for b in blocks for uri in b.uris]
-    ids = [i for b in blocks for i in b.ids]
-    return _Images("embeddings", vectors, uris, ids, None, [])
+    return _Images("embeddings", torch.from_numpy(rows.vectors), rows.uris, rows.ids, None, [])
 
 
 def _threshold(

@@ -262,13 +262,20 @@ def test_unreadable_images_are_skipped_and_listed(tmp_path, tiny_encoder):
     assert sorted(Path(uri).name for uri, _, _ in result.failures) == ["empty.jpg", "text.png"]
 
 
+def test_folder_where_no_image_decodes_is_an_error_naming_them(tmp_path):
+    (tmp_path / "a.png").write_bytes(b"\x89PNG\r\n\x1a\n broken")
+    with pytest.raises(InputError, match=r"No image .* could be read: .*a\.png \(decode"):
+        zeroshot(_config(tmp_path, TINY, labels="a,b"))
+
+
 @pytest.mark.parametrize(
     ("options", "message"),
     [({}, "No labels"), ({"labels": "cat"}, "Only one label"),
      ({"labels": "cat,dog,cat"}, "Duplicate"), ({"labels": "a,b", "k": 0}, "-k"),
      ({"labels": "a,b", "reject_threshold": 1.5}, r"\(0, 1\]"),
      ({"labels": "a,b", "reject_threshold": 0.5, "calibrate": Path("x")}, "not both"),
-     ({"labels": "a,b", "labels_file": Path("x")}, "not both")],
+     ({"labels": "a,b", "labels_file": Path("x")}, "not both"),
+     ({"labels": "cat, Unknown", "reject_threshold": 0.5}, "open-set label")],
 )  # fmt: skip
 def test_bad_options_are_refused_before_loading_a_model(tmp_path, options, message):
     Image.new("RGB", (32, 32)).save(tmp_path / "one.png")
