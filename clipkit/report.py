@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import html
 import io
+from collections import defaultdict
 from pathlib import Path
 
 from clipkit.atomic import atomic_path
@@ -142,9 +143,11 @@ def _worst_confusions(result: ZeroShotResult) -> str:
 
 
 def _label_galleries(result: ZeroShotResult) -> str:
-    sections = []
+    sections, by_label = [], defaultdict(list)
+    for prediction in result.predictions:
+        by_label[prediction.label].append(prediction)
     for label, count in result.distribution[:GALLERY_LABELS]:
-        chosen = [p for p in result.predictions if p.label == label]
+        chosen = by_label[label]
         # unknown: the least confident first (the clearest rejections); labels: the most
         chosen.sort(key=lambda p: p.confidence if label == UNKNOWN else -p.confidence)
         if chosen:
