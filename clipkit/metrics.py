@@ -1,11 +1,15 @@
 """Classification metrics by their textbook definitions: top-k accuracy, per-class precision and
-recall, mean per-class recall (balanced accuracy) and the confusion matrix."""
+recall, mean per-class recall (balanced accuracy), the confusion matrix, and the lower-quantile
+threshold that calibrates a rejection rate."""
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
+
+from clipkit.errors import InputError
 
 
 @dataclass(frozen=True)
@@ -82,3 +86,17 @@ def classification_metrics(
         classes=tuple(scores),
         confusion=tuple(tuple(row) for row in confusion),
     )
+
+
+def calibrate_threshold(confidences: Sequence[float], false_reject: float) -> float:
+    """The largest threshold with at most a ``false_reject`` share of ``confidences`` below it.
+
+    Values strictly below the threshold are rejected, so it is the ``floor(q * n)``-th smallest
+    value (0-based) and ties are all kept. Zero-shot rejects known images below it; audit lets
+    shuffled pairs pass below it.
+    """
+    if not confidences:
+        raise InputError("No calibration value to set a threshold from.",
+                         "Check the calibration images or pairs.")  # fmt: skip
+    ordered = sorted(confidences)
+    return ordered[min(math.floor(false_reject * len(ordered)), len(ordered) - 1)]

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import csv
 import json
-import math
 from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
@@ -35,7 +34,7 @@ from clipkit.classes import (
 from clipkit.config import DEFAULT_MODEL_SPEC
 from clipkit.decode import DEFAULT_MAX_PIXELS, IMAGE_SUFFIXES
 from clipkit.errors import InputError
-from clipkit.metrics import ClassificationMetrics, classification_metrics
+from clipkit.metrics import ClassificationMetrics, calibrate_threshold, classification_metrics
 from clipkit.models import Encoder, load_matching_model, load_model
 from clipkit.pipeline import default_workers, encode_image_files
 from clipkit.sources import Kind, SourceOptions, discover
@@ -230,18 +229,6 @@ def write_predictions(result: ZeroShotResult, path: Path) -> Path:
         else:
             handle.writelines(json.dumps(row, ensure_ascii=False) + "\n" for row in rows)
     return path
-
-
-def calibrate_threshold(confidences: Sequence[float], false_reject: float) -> float:
-    """The largest threshold that rejects at most ``false_reject`` of known images.
-
-    An image is rejected when its confidence is strictly below the threshold, so the threshold
-    is the ``floor(q * n)``-th smallest confidence (0-based): ties are all kept.
-    """
-    if not confidences:
-        raise InputError("No calibration image could be read.", "Check the --calibrate folder.")
-    ordered = sorted(confidences)
-    return ordered[min(math.floor(false_reject * len(ordered)), len(ordered) - 1)]
 
 
 def _check_options(config: ZeroShotConfig) -> None:

@@ -24,12 +24,11 @@ from clipkit.classes import (
     read_templates,
 )
 from clipkit.errors import InputError
-from clipkit.metrics import classification_metrics
+from clipkit.metrics import calibrate_threshold, classification_metrics
 from clipkit.synthetic import write_class_tree
 from clipkit.zeroshot import (
     UNKNOWN,
     ZeroShotConfig,
-    calibrate_threshold,
     write_predictions,
     zeroshot,
 )

@@ -14,6 +14,7 @@ import torch
 
 from clipkit.errors import InputError
 from clipkit.score import reference
+from clipkit.score.pair_stats import PairStatistics, pair_statistics
 from clipkit.score.retrieval import (
     PairRanks,
     pair_ranks,
@@ -28,10 +29,12 @@ __all__ = [
     "LOSS_BACKEND",
     "MAX_SCALE",
     "PairRanks",
+    "PairStatistics",
     "contrastive_loss",
     "directional_losses",
     "loss_backend",
     "pair_ranks",
+    "pair_statistics",
     "rank_summary",
     "recall_at_k",
     "similarity",
