@@ -100,3 +100,21 @@ def calibrate_threshold(confidences: Sequence[float], false_reject: float) -> fl
                          "Check the calibration images or pairs.")  # fmt: skip
     ordered = sorted(confidences)
     return ordered[min(math.floor(false_reject * len(ordered)), len(ordered) - 1)]
+
+
+def auroc(positives: Sequence[float], negatives: Sequence[float]) -> float:
+    """Area under the ROC curve: the chance that a random positive scores above a random
+    negative, ties counting one half (the Mann-Whitney U statistic over n_pos · n_neg)."""
+    if not positives or not negatives:
+        raise ValueError("AUROC needs at least one positive and one negative score")
+    ordered = sorted([(s, 1) for s in positives] + [(s, 0) for s in negatives])
+    rank_sum, position = 0.0, 0
+    while position < len(ordered):
+        end = position
+        while end < len(ordered) and ordered[end][0] == ordered[position][0]:
+            end += 1
+        midrank = (position + 1 + end) / 2  # ties share the mean of their 1-based ranks
+        rank_sum += midrank * sum(label for _, label in ordered[position:end])
+        position = end
+    n_pos, n_neg = len(positives), len(negatives)
+    return (rank_sum - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg)
