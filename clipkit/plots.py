@@ -71,3 +71,30 @@ def plot_confusion(labels: Sequence[str], confusion: Sequence[Sequence[int]], pa
         figure.savefig(tmp, format="png")
     plt.close(figure)
     return path
+
+
+def plot_score_histogram(
+    histogram: dict[str, list[float]], threshold: float, statistic: str, path: Path
+) -> Path:
+    """Matched pairs against shuffled pairs, as step histograms (densities), with the threshold."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    edges = histogram["edges"]
+    figure, axes = plt.subplots(figsize=(8, 3.6), dpi=100)
+    for name, colour in (("matched", "tab:blue"), ("shuffled", "tab:orange")):
+        counts = histogram[name]
+        total = max(sum(counts), 1)
+        shuffled = name == "shuffled"
+        axes.stairs([c / total for c in counts], edges, label=f"{name} pairs", color=colour,
+                    fill=shuffled, alpha=0.5 if shuffled else 1.0, lw=1.5)  # fmt: skip
+    axes.axvline(threshold, color="black", ls="--", lw=1, label=f"threshold {threshold:.3f}")
+    axes.set(xlabel=statistic, ylabel="share of pairs", title=f"{statistic}: dataset vs shuffled")
+    axes.legend()
+    figure.tight_layout()
+    with atomic_path(path) as tmp:
+        figure.savefig(tmp, format="png")
+    plt.close(figure)
+    return path

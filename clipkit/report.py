@@ -9,9 +9,10 @@ from collections import defaultdict
 from pathlib import Path
 
 from clipkit.atomic import atomic_path
+from clipkit.audit import AuditResult, PairAudit
 from clipkit.decode import DecodeError, decode_image
 from clipkit.pipeline import read_bytes
-from clipkit.plots import plot_confusion
+from clipkit.plots import plot_confusion, plot_score_histogram
 from clipkit.search import SearchResult
 from clipkit.zeroshot import UNKNOWN, Prediction, ZeroShotResult
 
@@ -173,6 +174,69 @@ def _card(prediction: Prediction) -> str:
         f'<div class="card">{body}<div class="meta">{truth}'
         f'<span class="score">{top}</span><br>{html.escape(prediction.uri)}</div></div>'
     )
+
+
+def write_audit_report(result: AuditResult, path: Path, *, top: int = 50) -> list[Path]:
+    """An HTML page with the flag rule, the score histogram (also a PNG beside it), the worst
+    flagged pairs (thumbnail, caption, suggestion, scores) and the duplicates found."""
+    c = result.calibration
+    png = plot_score_histogram(c.histogram, c.threshold, c.statistic,
+                               path.with_name(path.stem + ".histogram.png"))  # fmt: skip
+    encoded = base64.b64encode(png.read_bytes()).decode("ascii")
+    rule = (f"flagged when mismatch ≥ {c.threshold:.4f}" if c.statistic == "mismatch"
+            else f"flagged when cosine < {c.threshold:.4f}")  # fmt: skip
+    facts = [f"model {result.model}", f"source {result.source}", f"{len(result.pairs)} pairs",
+             f"{len(result.flagged)} flagged", f"{len(result.failures)} skipped",
+             f"{result.long_captions} long captions ({result.long_caption_mode})"]  # fmt: skip
+    rows = "".join(
+        f"<tr><td>{name}</td>" + "".join(f"<td>{q[level]:.3f}</td>" for level in q) + "</tr>"
+        for name, q in c.quantiles.items()
+    )
+    flagged = result.flagged
+    parts = [
+        "<p>" + " · ".join(html.escape(fact) for fact in facts) + "</p>",
+        f"<p>{html.escape(rule)} ({html.escape(c.method)}): {c.null_pass_rate:.2%} of "
+        f"{c.null_pairs} shuffled pairs pass as matched.</p>",
+        '<table class="data"><tr><th>cosine</th><th>5%</th><th>25%</th><th>50%</th>'
+        f"<th>75%</th><th>95%</th></tr>{rows}</table>",
+        f'<img src="data:image/png;base64,{encoded}" alt="score histogram" style="max-width:100%">',
+        f"<h2>Flagged pairs ({len(flagged)}; worst {min(top, len(flagged))} shown)</h2>",
+        f'<div class="grid">{"".join(_audit_card(p) for p in flagged[:top])}</div>',
+        _duplicates_section(result),
+    ]
+    if result.failures:
+        items = "".join(f"<li>{html.escape(uri)}: {html.escape(stage)}: {html.escape(error)}</li>"
+                        for uri, stage, error in result.failures)  # fmt: skip
+        parts.append(f"<h2>Skipped ({len(result.failures)})</h2><ul>{items}</ul>")
+    return [_write_page(path, "clipkit audit", "".join(parts)), png]
+
+
+def _audit_card(pair: PairAudit) -> str:
+    uri = thumbnail_uri(pair.image)
+    body = (f'<img src="{uri}" alt="{html.escape(pair.image)}">' if uri
+            else '<div class="text">image unavailable</div>')  # fmt: skip
+    suggestion = html.escape(pair.suggested_caption or "–")
+    return (
+        f'<div class="card">{body}<div class="meta"><b>caption:</b> {html.escape(pair.caption)}'
+        f"<br><b>suggested:</b> {suggestion}<br>"
+        f'<span class="score">mismatch {pair.mismatch:.3f} · cosine {pair.cosine:.3f} · rank '
+        f"{pair.caption_rank}/{pair.image_rank}</span><br>{html.escape(pair.image)}</div></div>"
+    )
+
+
+def _duplicates_section(result: AuditResult, shown: int = 20) -> str:
+    images = "".join(
+        f"<li>{', '.join(html.escape(f) for f in files)}: "
+        f"{' | '.join(html.escape(c) for c in captions)}</li>"
+        for files, captions in result.duplicate_images[:shown]
+    )
+    captions = "".join(
+        f"<li>{html.escape(caption)}: {len(found)} images</li>"
+        for caption, found in result.duplicate_captions[:shown]
+    )
+    return (f"<h2>Duplicates</h2><p>{len(result.duplicate_images)} identical images with "
+            f"different captions</p><ul>{images}</ul><p>{len(result.duplicate_captions)} captions "
+            f"on several different images</p><ul>{captions}</ul>")  # fmt: skip
 
 
 def _write_page(path: Path, title: str, body: str) -> Path:

@@ -8,8 +8,6 @@ With ground truth (a class tree) it adds metrics; with a threshold on the top pr
 
 from __future__ import annotations
 
-import csv
-import json
 from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
@@ -18,8 +16,7 @@ from typing import Any
 
 import torch
 
-from clipkit import store
-from clipkit.atomic import atomic_path
+from clipkit import store, tables
 from clipkit.classes import (
     LabelSpec,
     check_labels,
@@ -40,7 +37,7 @@ from clipkit.pipeline import default_workers, encode_image_files
 from clipkit.sources import Kind, SourceOptions, discover
 
 UNKNOWN = "unknown"
-PREDICTION_SUFFIXES = (".csv", ".json", ".jsonl", ".parquet")
+PREDICTION_SUFFIXES = tables.SUFFIXES
 METRICS_K = 5
 Progress = Callable[[str, int, int], None]
 
@@ -211,24 +208,7 @@ def prediction_rows(result: ZeroShotResult) -> list[dict[str, Any]]:
 
 def write_predictions(result: ZeroShotResult, path: Path) -> Path:
     """Write the predictions as CSV, JSON (the whole result), JSONL or Parquet, by suffix."""
-    suffix = path.suffix.lower()
-    if suffix not in PREDICTION_SUFFIXES:
-        raise InputError(f"Cannot tell the format of {path} from its suffix.",
-                         "End --out with " + ", ".join(PREDICTION_SUFFIXES) + ".")  # fmt: skip
-    rows = prediction_rows(result)
-    if suffix == ".parquet":
-        store.write_records(path, rows)
-        return path
-    with atomic_path(path) as tmp, open(tmp, "w", encoding="utf-8", newline="") as handle:
-        if suffix == ".csv":
-            writer = csv.DictWriter(handle, fieldnames=list(rows[0]) if rows else ["uri"])
-            writer.writeheader()
-            writer.writerows(rows)
-        elif suffix == ".json":
-            json.dump(result.as_dict(), handle, indent=2, ensure_ascii=False)
-        else:
-            handle.writelines(json.dumps(row, ensure_ascii=False) + "\n" for row in rows)
-    return path
+    return tables.write_rows(path, prediction_rows(result), whole=result.as_dict())
 
 
 def _check_options(config: ZeroShotConfig) -> None:

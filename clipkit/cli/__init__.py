@@ -167,6 +167,7 @@ def _progress() -> Iterator[Callable[[str, int, int], None]]:
 
 
 from clipkit.cli import (  # noqa: E402, F401  (registration)
+    audit_cmd,
     embed_cmd,
     models_cmd,
     search_cmd,
@@ -190,11 +191,9 @@ def _planned(name: str, issue: int) -> Callable[..., None]:
 
 
 _PLANNED_HELP = {
-    "audit": "Find mismatched image-caption pairs.",
     "quickstart": "Generate example data and run every step offline.",
 }
 _PLANNED_ISSUE = {
-    "audit": 8,
     "quickstart": 9,
 }
 for _name, _issue in _PLANNED_ISSUE.items():

@@ -1,0 +1,164 @@
+"""``clipkit audit``: flag mismatched image-caption pairs and suggest the right caption."""
+
+from __future__ import annotations
+
+import json
+import sys
+from enum import Enum
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.table import Column, Table
+from rich.text import Text
+
+from clipkit.cli import DeviceOption, _progress, app, handles_errors, stderr, stdout
+from clipkit.config import ENV_MODEL
+from clipkit.errors import InputError
+
+SKIPPED_SHOWN = 20
+
+
+class AuditFormat(str, Enum):
+    table = "table"
+    json = "json"
+    csv = "csv"
+    parquet = "parquet"
+
+
+class LongCaptions(str, Enum):
+    truncate = "truncate"
+    chunk = "chunk"
+
+
+@app.command()
+@handles_errors
+def audit(
+    data: Annotated[
+        Path,
+        typer.Argument(help="Pairs (folder with .txt captions, table, WebDataset) or embeddings."),
+    ],
+    model: Annotated[
+        str | None,
+        typer.Option(
+            "--model",
+            "-m",
+            envvar=ENV_MODEL,
+            help="Model spec (default: the embeddings' model, else ViT-B-32).",
+        ),
+    ] = None,  # fmt: skip
+    out: Annotated[
+        Path | None, typer.Option("--out", "-o", help="Full per-pair report (.csv/.json/…).")
+    ] = None,
+    output: Annotated[
+        AuditFormat, typer.Option("--format", "-f", help="Report format (table: stdout only).")
+    ] = AuditFormat.table,
+    html_out: Annotated[Path | None, typer.Option("--html", help="HTML report.")] = None,
+    fpr: Annotated[
+        float, typer.Option(help="Share of shuffled (unrelated) pairs that may pass.")
+    ] = 0.01,
+    threshold: Annotated[
+        float | None, typer.Option(help="Flag cosine below this instead of calibrating.")
+    ] = None,
+    top: Annotated[int, typer.Option(min=0, help="Flagged pairs shown in the table.")] = 20,
+    fail_on_flags: Annotated[
+        bool, typer.Option(help="Exit 1 when any pair is flagged (for pipelines).")
+    ] = False,
+    long_captions: Annotated[
+        LongCaptions, typer.Option(help="truncate at the context, or chunk (best window).")
+    ] = LongCaptions.truncate,
+    neighbours: Annotated[int, typer.Option(min=1, help="CSLS neighbourhood size.")] = 10,
+    seed: Annotated[int, typer.Option(help="Seed of the caption shuffles.")] = 0,
+    batch_size: Annotated[int, typer.Option(min=1, help="Items per model call.")] = 64,
+    workers: Annotated[
+        int | None, typer.Option(min=0, help="Image decode processes (default: one per core).")
+    ] = None,
+    device: DeviceOption = "auto",
+    include_hidden: Annotated[bool, typer.Option(help="Also read hidden files.")] = False,
+    image_column: Annotated[str | None, typer.Option(help="Table column of image paths.")] = None,
+    text_column: Annotated[str | None, typer.Option(help="Table column of captions.")] = None,
+) -> None:
+    """Find mismatched image-caption pairs, with calibrated flags and suggested captions.
+
+    Example: clipkit audit pairs.csv -m runs/shapes --html audit.html --fpr 0.01
+    """
+    from clipkit import tables
+    from clipkit.audit import AuditConfig
+    from clipkit.audit import audit as run_audit
+
+    if out is not None and output is AuditFormat.table:
+        tables.format_of(out)  # fail before any work on a suffix we cannot write
+    if output is AuditFormat.parquet and out is None:
+        raise InputError("--format parquet needs --out FILE.parquet.", "Or use json or csv.")
+    config = AuditConfig(
+        data=data, model=model, fpr=fpr, threshold=threshold,
+        long_captions=long_captions.value, neighbours=neighbours, seed=seed,
+        batch_size=batch_size, workers=workers, device=device, include_hidden=include_hidden,
+        image_column=image_column, text_column=text_column,
+    )  # fmt: skip
+    with _progress() as progress:
+        result = run_audit(config, progress)
+    _summarise(result)
+    rows = [p.as_dict() for p in result.pairs]
+    if out is not None:
+        fmt = None if output is AuditFormat.table else output.value
+        tables.write_rows(out, rows, whole=result.as_dict(), fmt=fmt)
+        stderr.print(f"Wrote the report of {len(rows)} pairs to {out}", markup=False)
+    if output is AuditFormat.table:
+        _render_flagged(result, top)
+    elif out is None and output is AuditFormat.json:
+        typer.echo(json.dumps(result.as_dict(), indent=2, ensure_ascii=False))
+    elif out is None:
+        import csv
+
+        writer = csv.DictWriter(sys.stdout, fieldnames=list(rows[0]), lineterminator="\n")
+        writer.writeheader()
+        writer.writerows(rows)
+    if html_out is not None:
+        from clipkit.report import write_audit_report
+
+        for path in write_audit_report(result, html_out, top=max(top, 50)):
+            stderr.print(f"Wrote {path}", markup=False)
+    if fail_on_flags and result.flagged:
+        raise typer.Exit(1)
+
+
+def _summarise(result: Any) -> None:
+    c = result.calibration
+    rule = (f"mismatch ≥ {c.threshold:.4f} ({c.method}; {c.null_pass_rate:.2%} of "
+            f"{c.null_pairs} shuffled pairs pass)" if c.statistic == "mismatch"
+            else f"cosine < {c.threshold:.4f} ({c.method}; {c.null_pass_rate:.2%} of "
+                 f"{c.null_pairs} shuffled pairs pass)")  # fmt: skip
+    stderr.print(f"Audited {len(result.pairs)} pairs with {result.model}: "
+                 f"{len(result.flagged)} flagged, {len(result.failures)} skipped; "
+                 f"flag rule: {rule}.", markup=False)  # fmt: skip
+    matched, shuffled = c.quantiles["matched"], c.quantiles["shuffled"]
+    stderr.print(f"Cosine median: pairs {matched['50%']:.3f}, shuffled {shuffled['50%']:.3f}; "
+                 f"5–95 %: pairs {matched['5%']:.3f}–{matched['95%']:.3f}, shuffled "
+                 f"{shuffled['5%']:.3f}–{shuffled['95%']:.3f}.", markup=False)  # fmt: skip
+    if result.long_captions:
+        stderr.print(f"{result.long_captions} captions exceed the model's context "
+                     f"({result.long_caption_mode}).", markup=False)  # fmt: skip
+    if result.duplicate_images or result.duplicate_captions:
+        stderr.print(f"{len(result.duplicate_images)} identical images carry different captions; "
+                     f"{len(result.duplicate_captions)} captions are on several different "
+                     "images (see the report).", markup=False)  # fmt: skip
+    for uri, stage, error in result.failures[:SKIPPED_SHOWN]:
+        stderr.print(f"  skipped {uri}: {stage}: {error}", markup=False)
+    if len(result.failures) > SKIPPED_SHOWN:
+        stderr.print(f"  … and {len(result.failures) - SKIPPED_SHOWN} more", markup=False)
+
+
+def _render_flagged(result: Any, top: int) -> None:
+    flagged = result.flagged
+    table = Table("mismatch", "cosine", "rank c/i", Column("image", overflow="fold"),
+                  Column("caption", overflow="fold"), Column("suggested caption", overflow="fold"),
+                  title=f"Flagged pairs ({len(flagged)}), worst first",
+                  title_justify="left")  # fmt: skip
+    for p in flagged[:top]:
+        table.add_row(f"{p.mismatch:.3f}", f"{p.cosine:.3f}", f"{p.caption_rank}/{p.image_rank}",
+                      Text(p.image), Text(p.caption), Text(p.suggested_caption or "–"))  # fmt: skip
+    stdout.print(table)
+    if len(flagged) > top:
+        stderr.print(f"{len(flagged) - top} more flagged pairs: see --out or --html.",
+                     markup=False)  # fmt: skip
