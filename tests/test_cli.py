@@ -109,7 +109,7 @@ def test_usage_errors_exit_2():
     assert runner.invoke(cli.app, ["models", "--format", "xml"]).exit_code == 2
 
 
-@pytest.mark.parametrize("command", ["audit"])
+@pytest.mark.parametrize("command", ["quickstart"])
 def test_planned_commands_say_so_and_fail(command):
     result = runner.invoke(cli.app, [command, "some/path", "-o", "out"])
     assert result.exit_code == 1
