@@ -40,7 +40,7 @@ def test_ruff_is_clean():
     assert fmt.returncode == 0, fmt.stdout
 
 
-@pytest.mark.parametrize("section", ["Embed", "Index and search", "Train", "Zero-shot"])
+@pytest.mark.parametrize("section", ["Embed", "Index and search", "Train", "Zero-shot", "Audit"])
 def test_readme_examples_use_real_options(section):
     from typer.testing import CliRunner
 
