@@ -84,6 +84,7 @@ class Calibration:
     fpr: float | None
     null_pairs: int
     null_pass_rate: float  # shuffled pairs that pass as matched under the threshold
+    cosine_at_fpr: float | None  # the raw-cosine threshold letting the same share pass
     histogram: dict[str, list[float]]  # edges, matched, shuffled (of the statistic)
     quantiles: dict[str, dict[str, float]]  # matched/shuffled cosine at 5/25/50/75/95 %
 
@@ -373,6 +374,8 @@ def _calibrate(
         statistic=statistic, threshold=float(threshold), method=method,
         fpr=None if config.threshold is not None else config.fpr,
         null_pairs=int(null_cosine.numel()), null_pass_rate=passed,
+        # For comparison with CLIP-score filtering: flag cosine <= this, same share passes.
+        cosine_at_fpr=-calibrate_threshold((-null_cosine).tolist(), config.fpr),
         histogram=histogram, quantiles=quantiles,
     )  # fmt: skip
     return calibration, flagged
