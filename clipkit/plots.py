@@ -36,11 +36,7 @@ def plot_training(records: Sequence[dict[str, Any]], path: Path) -> Path:
     loss_axes.set(xlabel="step", ylabel="contrastive loss", title="Loss")
     recall_axes.set(xlabel="step", title="Validation")
     loss_axes.legend()
-    figure.tight_layout()
-    with atomic_path(path) as tmp:
-        figure.savefig(tmp, format="png")
-    plt.close(figure)
-    return path
+    return _save(figure, path)
 
 
 def plot_confusion(labels: Sequence[str], confusion: Sequence[Sequence[int]], path: Path) -> Path:
@@ -66,11 +62,7 @@ def plot_confusion(labels: Sequence[str], confusion: Sequence[Sequence[int]], pa
                 axes.text(column, row, f"{int(count)}", ha="center", va="center", fontsize=8,
                           color="white" if shares[row, column] > 0.5 else "black")  # fmt: skip
     axes.set(xlabel="predicted", ylabel="true", title="Confusion matrix")
-    figure.tight_layout()
-    with atomic_path(path) as tmp:
-        figure.savefig(tmp, format="png")
-    plt.close(figure)
-    return path
+    return _save(figure, path)
 
 
 def plot_score_histogram(
@@ -93,6 +85,13 @@ def plot_score_histogram(
     axes.axvline(threshold, color="black", ls="--", lw=1, label=f"threshold {threshold:.3f}")
     axes.set(xlabel=statistic, ylabel="share of pairs", title=f"{statistic}: dataset vs shuffled")
     axes.legend()
+    return _save(figure, path)
+
+
+def _save(figure: Any, path: Path) -> Path:
+    """Lay out, write atomically as PNG, and free the figure (pyplot keeps figures alive)."""
+    import matplotlib.pyplot as plt
+
     figure.tight_layout()
     with atomic_path(path) as tmp:
         figure.savefig(tmp, format="png")

@@ -59,6 +59,29 @@ ModelOption = Annotated[
         "hf-hub:org/repo, or a checkpoint file or training-run folder.",
     ),
 ]
+RecordedModelOption = Annotated[
+    str | None,
+    typer.Option(
+        "--model",
+        "-m",
+        envvar=ENV_MODEL,
+        help="Model spec (default: the embeddings' model, else ViT-B-32).",
+    ),
+]
+WorkersOption = Annotated[
+    int | None, typer.Option(min=0, help="Image decode processes (default: one per core).")
+]
+SKIPPED_SHOWN = 20
+
+
+def print_skipped(failures: Any, shown: int = SKIPPED_SHOWN) -> None:
+    """The first ``shown`` skipped inputs (uri, stage, error) on stderr, then a count."""
+    for uri, stage, error in failures[:shown]:
+        stderr.print(f"  skipped {uri}: {stage}: {error}", markup=False)
+    if len(failures) > shown:
+        stderr.print(f"  … and {len(failures) - shown} more", markup=False)
+
+
 DeviceOption = Annotated[str, typer.Option("--device", help="auto, cpu, cuda, cuda:N or mps.")]
 FormatOption = Annotated[
     OutputFormat, typer.Option("--format", "-f", help="Output format for stdout.")

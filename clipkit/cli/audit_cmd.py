@@ -12,11 +12,18 @@ import typer
 from rich.table import Column, Table
 from rich.text import Text
 
-from clipkit.cli import DeviceOption, _progress, app, handles_errors, stderr, stdout
-from clipkit.config import ENV_MODEL
+from clipkit.cli import (
+    DeviceOption,
+    RecordedModelOption,
+    WorkersOption,
+    _progress,
+    app,
+    handles_errors,
+    print_skipped,
+    stderr,
+    stdout,
+)
 from clipkit.errors import InputError
-
-SKIPPED_SHOWN = 20
 
 
 class AuditFormat(str, Enum):
@@ -38,15 +45,7 @@ def audit(
         Path,
         typer.Argument(help="Pairs (folder with .txt captions, table, WebDataset) or embeddings."),
     ],
-    model: Annotated[
-        str | None,
-        typer.Option(
-            "--model",
-            "-m",
-            envvar=ENV_MODEL,
-            help="Model spec (default: the embeddings' model, else ViT-B-32).",
-        ),
-    ] = None,  # fmt: skip
+    model: RecordedModelOption = None,
     out: Annotated[
         Path | None, typer.Option("--out", "-o", help="Full per-pair report (.csv/.json/…).")
     ] = None,
@@ -70,9 +69,7 @@ def audit(
     neighbours: Annotated[int, typer.Option(min=1, help="CSLS neighbourhood size.")] = 10,
     seed: Annotated[int, typer.Option(help="Seed of the caption shuffles.")] = 0,
     batch_size: Annotated[int, typer.Option(min=1, help="Items per model call.")] = 64,
-    workers: Annotated[
-        int | None, typer.Option(min=0, help="Image decode processes (default: one per core).")
-    ] = None,
+    workers: WorkersOption = None,
     device: DeviceOption = "auto",
     include_hidden: Annotated[bool, typer.Option(help="Also read hidden files.")] = False,
     image_column: Annotated[str | None, typer.Option(help="Table column of image paths.")] = None,
@@ -143,10 +140,7 @@ def _summarise(result: Any) -> None:
         stderr.print(f"{len(result.duplicate_images)} identical images carry different captions; "
                      f"{len(result.duplicate_captions)} captions are on several different "
                      "images (see the report).", markup=False)  # fmt: skip
-    for uri, stage, error in result.failures[:SKIPPED_SHOWN]:
-        stderr.print(f"  skipped {uri}: {stage}: {error}", markup=False)
-    if len(result.failures) > SKIPPED_SHOWN:
-        stderr.print(f"  … and {len(result.failures) - SKIPPED_SHOWN} more", markup=False)
+    print_skipped(result.failures)
 
 
 def _render_flagged(result: Any, top: int) -> None:

@@ -12,6 +12,7 @@ from clipkit.cli import (
     KindChoice,
     ModelOption,
     StorageDtype,
+    WorkersOption,
     _progress,
     app,
     handles_errors,
@@ -33,9 +34,7 @@ def embed(
         KindChoice.auto
     ),
     batch_size: Annotated[int, typer.Option(min=1, help="Items per model call.")] = 64,
-    workers: Annotated[
-        int | None, typer.Option(min=0, help="Image decode processes (default: one per core).")
-    ] = None,
+    workers: WorkersOption = None,
     device: DeviceOption = "auto",
     dtype: Annotated[StorageDtype, typer.Option(help="Stored embedding precision.")] = (
         StorageDtype.float32

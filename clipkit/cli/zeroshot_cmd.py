@@ -13,12 +13,20 @@ import typer
 from rich.table import Column, Table
 from rich.text import Text
 
-from clipkit.cli import DeviceOption, _progress, app, handles_errors, stderr, stdout
-from clipkit.config import ENV_MODEL
+from clipkit.cli import (
+    DeviceOption,
+    RecordedModelOption,
+    WorkersOption,
+    _progress,
+    app,
+    handles_errors,
+    print_skipped,
+    stderr,
+    stdout,
+)
 from clipkit.errors import InputError
 
 CONFUSION_TABLE_MAX = 20  # larger matrices are shown as a list of the worst confusions
-SKIPPED_SHOWN = 20
 
 
 class ZeroShotFormat(str, Enum):
@@ -43,15 +51,7 @@ def zeroshot(
     templates: Annotated[
         str, typer.Option(help="simple, openai (the CLIP paper's 80), or a file of {} lines.")
     ] = "simple",
-    model: Annotated[
-        str | None,
-        typer.Option(
-            "--model",
-            "-m",
-            envvar=ENV_MODEL,
-            help="Model spec (default: the embeddings' model, else ViT-B-32).",
-        ),
-    ] = None,  # fmt: skip
+    model: RecordedModelOption = None,
     k: Annotated[int, typer.Option("-k", min=1, help="Labels shown per image.")] = 5,
     out: Annotated[
         Path | None,
@@ -73,9 +73,7 @@ def zeroshot(
         float, typer.Option(help="With --calibrate: share of known images to reject.")
     ] = 0.05,
     batch_size: Annotated[int, typer.Option(min=1, help="Images per model call.")] = 64,
-    workers: Annotated[
-        int | None, typer.Option(min=0, help="Image decode processes (default: one per core).")
-    ] = None,
+    workers: WorkersOption = None,
     device: DeviceOption = "auto",
     include_hidden: Annotated[bool, typer.Option(help="Also read hidden files.")] = False,
     strict: Annotated[bool, typer.Option(help="Exit 1 if any image was skipped.")] = False,
@@ -124,10 +122,7 @@ def _summarise(result: Any) -> None:
         f"templates), model {result.model}; skipped {len(result.failures)}.",
         markup=False,
     )
-    for uri, stage, error in result.failures[:SKIPPED_SHOWN]:
-        stderr.print(f"  skipped {uri}: {stage}: {error}", markup=False)
-    if len(result.failures) > SKIPPED_SHOWN:
-        stderr.print(f"  … and {len(result.failures) - SKIPPED_SHOWN} more", markup=False)
+    print_skipped(result.failures)
     if (r := result.rejection) is not None:
         how = "given" if r.method == "given" else (
             f"calibrated on {r.calibration_images} known images for "
