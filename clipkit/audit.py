@@ -10,6 +10,7 @@ that pass as matched, whatever the model. Suggestions are the best other caption
 
 from __future__ import annotations
 
+import functools
 import math
 from collections import defaultdict
 from collections.abc import Callable, Sequence
@@ -102,7 +103,7 @@ class AuditResult:
     duplicate_images: tuple[tuple[tuple[str, ...], tuple[str, ...]], ...]  # (files, captions)
     duplicate_captions: tuple[tuple[str, tuple[str, ...]], ...]  # (caption, images)
 
-    @property
+    @functools.cached_property  # sorted once: the CLI and reports ask several times
     def flagged(self) -> list[PairAudit]:
         """Flagged pairs, worst first."""
         by_cosine = self.calibration.statistic == "cosine"
@@ -282,6 +283,7 @@ def _from_embeddings(config: AuditConfig, folder: Path) -> tuple[_Encoded, str]:
     """Pairs of an embeddings folder: each image row with the text row of its .txt sidecar."""
     stamp = store.read_stamp(folder)
     assert stamp is not None
+    # Only the tokenizer is used (to count long captions): nothing is encoded, so the CPU will do.
     encoder = load_matching_model(stamp.spec, stamp.fingerprint, spec=config.model,
                                   device="cpu")  # fmt: skip
     rows = store.read_vectors(folder)

@@ -8,6 +8,7 @@ With ground truth (a class tree) it adds metrics; with a threshold on the top pr
 
 from __future__ import annotations
 
+import functools
 from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
@@ -104,7 +105,7 @@ class ZeroShotResult:
     failures: tuple[tuple[str, str, str], ...]
     notes: tuple[str, ...] = ()
 
-    @property
+    @functools.cached_property  # sorted once: the CLI and reports ask several times
     def distribution(self) -> list[tuple[str, int]]:
         """(label, images predicted as it), most frequent first; every label listed."""
         counts = Counter(p.label for p in self.predictions)
