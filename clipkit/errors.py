@@ -36,7 +36,3 @@ class DeviceError(ClipkitError):
 
 class InputError(ClipkitError):
     """User input (paths, options, data) that cannot be used."""
-
-
-class NotImplementedYetError(ClipkitError):
-    """A command that is planned but not built yet."""

@@ -5,7 +5,10 @@ from __future__ import annotations
 import base64
 import html
 import io
+import os
 from collections import defaultdict
+from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 from clipkit.atomic import atomic_path
@@ -30,6 +33,8 @@ table.data{border-collapse:collapse;background:#fff}
 table.data td,table.data th{border:1px solid #ddd;padding:3px 8px;text-align:right}
 table.data td:first-child,table.data th:first-child{text-align:left}
 .wrong{color:#b00020}
+.card.wide{width:440px}.card.wide h2{margin-top:4px}
+.card img.figure{width:100%;height:auto;object-fit:contain}
 """
 GALLERY_IMAGES = 8  # thumbnails per label and per confusion
 GALLERY_LABELS = 50  # label galleries shown, most frequent first
@@ -237,6 +242,35 @@ def _duplicates_section(result: AuditResult, shown: int = 20) -> str:
     return (f"<h2>Duplicates</h2><p>{len(result.duplicate_images)} identical images with "
             f"different captions</p><ul>{images}</ul><p>{len(result.duplicate_captions)} captions "
             f"on several different images</p><ul>{captions}</ul>")  # fmt: skip
+
+
+@dataclass(frozen=True)
+class OverviewCard:
+    """One card of an overview page: a title, a line of text, and files (HTML pages are
+    linked relative to the page, PNG images are inlined, anything else is named)."""
+
+    title: str
+    text: str
+    files: Sequence[Path]
+
+
+def write_overview(path: Path, title: str, cards: Sequence[OverviewCard]) -> Path:
+    """A page of cards that links the other reports (the quickstart's ``index.html``)."""
+    rendered = []
+    for card in cards:
+        parts = [f"<h2>{html.escape(card.title)}</h2><p>{html.escape(card.text)}</p>"]
+        for file in card.files:
+            if file.suffix == ".html":
+                href = Path(os.path.relpath(file, path.parent)).as_posix()
+                parts.append(f'<p><a href="{html.escape(href)}">{html.escape(file.name)}</a></p>')
+            elif file.suffix == ".png" and file.is_file():
+                encoded = base64.b64encode(file.read_bytes()).decode("ascii")
+                parts.append(f'<img class="figure" src="data:image/png;base64,{encoded}" '
+                             f'alt="{html.escape(file.name)}">')  # fmt: skip
+            else:
+                parts.append(f'<p class="meta">{html.escape(str(file))}</p>')
+        rendered.append(f'<div class="card wide">{"".join(parts)}</div>')
+    return _write_page(path, title, f'<div class="grid">{"".join(rendered)}</div>')
 
 
 def _write_page(path: Path, title: str, body: str) -> Path:

@@ -93,3 +93,22 @@ def write_class_tree(
             draw_sample(sample, rng, size).save(path)
             tree.setdefault(value, []).append(path)
     return tree
+
+
+def swap_captions(folder: str | Path, share: float, *, seed: int = 0) -> list[Path]:
+    """Swap the captions of random pairs of ``folder``'s images whose captions differ.
+
+    About ``share`` of the images end up with another image's caption (a planted mismatch, as
+    in a scraped dataset with misaligned rows). Returns the swapped images, sorted.
+    """
+    captions = sorted(Path(folder).glob("*.txt"))
+    rng, swapped = random.Random(seed), []
+    order = rng.sample(captions, len(captions))
+    while len(swapped) < int(share * len(captions)) and len(order) >= 2:
+        first, second = order.pop(), order.pop()
+        first_text, second_text = first.read_text(), second.read_text()
+        if first_text != second_text:
+            first.write_text(second_text)
+            second.write_text(first_text)
+            swapped += [first.with_suffix(".png"), second.with_suffix(".png")]
+    return sorted(swapped)

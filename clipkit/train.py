@@ -227,6 +227,10 @@ class _Run:
             restore_rng(state.rng)
         self.log = MetricsLog(self.out / METRICS_FILE, state.step if saved else None) \
             if self.world.is_main else None  # fmt: skip
+        if saved and self.log is not None:
+            # A resumed (or finished) run reports every evaluation, not only the new ones.
+            self.evaluations = [Evaluation.from_record(record) for record in self.log.read()
+                                if record.get("kind") == "eval"]  # fmt: skip
         if state.finished:
             return self._result(state, None, already_finished=True)
         network = self._wrap_ddp()

@@ -7,7 +7,8 @@ image is paired with its first caption, so that the numbers are comparable acros
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
+from typing import Any
 
 import torch
 
@@ -51,6 +52,11 @@ class Evaluation:
 
     def as_dict(self) -> dict[str, float | int | None]:
         return asdict(self)
+
+    @classmethod
+    def from_record(cls, record: dict[str, Any]) -> Evaluation:
+        """Rebuild one from its ``metrics.jsonl`` line (which carries step and epoch too)."""
+        return cls(**{f.name: record[f.name] for f in fields(cls) if f.name in record})
 
 
 def evaluate(

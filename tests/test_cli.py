@@ -6,7 +6,6 @@ import json
 import subprocess
 import sys
 
-import pytest
 import typer
 from typer.testing import CliRunner
 
@@ -107,13 +106,6 @@ def test_usage_errors_exit_2():
     assert runner.invoke(cli.app, ["models", "info"]).exit_code == 2
     assert runner.invoke(cli.app, ["no-such-command"]).exit_code == 2
     assert runner.invoke(cli.app, ["models", "--format", "xml"]).exit_code == 2
-
-
-@pytest.mark.parametrize("command", ["quickstart"])
-def test_planned_commands_say_so_and_fail(command):
-    result = runner.invoke(cli.app, [command, "some/path", "-o", "out"])
-    assert result.exit_code == 1
-    assert "not implemented yet" in result.stderr
 
 
 def _failing_command(error: Exception):

@@ -91,9 +91,12 @@ def test_wise_ft_interpolates_initial_and_tuned_weights(finished_run):
 
 
 def test_rerunning_a_finished_run_says_so(finished_run):
-    config, _ = finished_run
+    config, first = finished_run
     again = train(TrainConfig(**{**config.__dict__, "resume": True}))
     assert again.already_finished and again.steps_done == 20
+    # the evaluations come back from metrics.jsonl, one per epoch, as they were
+    assert len(first.evaluations) == 4
+    assert again.evaluations == first.evaluations
 
 
 def test_resume_continues_bit_for_bit(shapes, tmp_path):

@@ -21,7 +21,7 @@ from rich.console import Console
 
 from clipkit import __version__
 from clipkit.config import ENV_DEBUG, ENV_MODEL
-from clipkit.errors import ClipkitError, NotImplementedYetError
+from clipkit.errors import ClipkitError
 
 app = typer.Typer(
     name="clipkit",
@@ -193,37 +193,11 @@ from clipkit.cli import (  # noqa: E402, F401  (registration)
     audit_cmd,
     embed_cmd,
     models_cmd,
+    quickstart_cmd,
     search_cmd,
     train_cmd,
     zeroshot_cmd,
 )
-
-
-def _planned(name: str, issue: int) -> Callable[..., None]:
-    """A command that exists in the interface but is not built yet: it says so and exits 1."""
-
-    @handles_errors
-    def command(ctx: typer.Context) -> None:
-        raise NotImplementedYetError(
-            f"`clipkit {name}` is not implemented yet (planned in issue #{issue}).",
-            "See README.md for the commands that work today.",
-        )
-
-    command.__doc__ = f"(not implemented yet: issue #{issue}) {_PLANNED_HELP[name]}"
-    return command
-
-
-_PLANNED_HELP = {
-    "quickstart": "Generate example data and run every step offline.",
-}
-_PLANNED_ISSUE = {
-    "quickstart": 9,
-}
-for _name, _issue in _PLANNED_ISSUE.items():
-    app.command(
-        _name,
-        context_settings={"allow_extra_args": True, "ignore_unknown_options": True},
-    )(_planned(_name, _issue))
 
 
 def main() -> None:

@@ -1,0 +1,209 @@
+"""`clipkit quickstart`: every step on generated data, re-runs that reuse, reports in a browser."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import re
+from collections import Counter
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from clipkit import cli
+from clipkit.errors import InputError
+from clipkit.quickstart import QUERIES, QuickstartConfig, _write_once, quickstart
+from clipkit.store import read_stamp, read_vectors
+from tests.browser import find_chromium, is_blank, render
+
+STEPS = ["data", "train", "embed + index", "search", "zeroshot", "audit"]
+SMALL = {"train_pairs": 200, "val_pairs": 40, "per_class": 6, "epochs": 4, "workers": 0,
+         "device": "cpu"}  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def small_run(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("quickstart")
+    config = QuickstartConfig(folder=folder, **SMALL)
+    return config, quickstart(config)
+
+
+def test_every_step_runs_and_leaves_its_artifacts(small_run):
+    config, result = small_run
+    assert [step.name for step in result.steps] == STEPS
+    assert not any(step.reused for step in result.steps)
+    for step in result.steps:
+        assert step.summary and step.seconds >= 0
+        for artifact in step.artifacts:
+            assert Path(artifact).exists(), (step.name, artifact)
+    folder = Path(config.folder)
+    model = Path(result.steps[1].artifacts[0])
+    assert model.parent == folder / "run" and model.suffix == ".safetensors"
+    vectors = read_vectors(folder / "embeddings", "image")
+    assert len(vectors.ids) == 40  # the validation images, embedded with the trained model
+    assert read_stamp(folder / "embeddings").spec == str(model)
+    reports = sorted(p.name for p in (folder / "reports").iterdir())
+    assert reports == ["audit.csv", "audit.histogram.png", "audit.html", "index.html",
+                       "search.html", "zeroshot.confusion.png", "zeroshot.csv",
+                       "zeroshot.html"]  # fmt: skip
+    swapped = json.loads((folder / "data" / "audit-swapped.json").read_text())
+    assert len(swapped) == 4  # 10 % of 40, in pairs
+    for name in swapped:  # the audit copy really carries another image's caption there
+        copy, original = folder / "data" / "audit" / name, folder / "data" / "val" / name
+        assert copy.with_suffix(".txt").read_text() != original.with_suffix(".txt").read_text()
+
+
+def test_training_and_zero_shot_beat_chance(small_run):
+    _, result = small_run
+    steps = {step.name: step for step in result.steps}
+    for name in ("train", "zeroshot"):
+        assert steps[name].score > steps[name].chance, steps[name].summary
+    assert steps["zeroshot"].chance == 0.25  # four colours
+    assert steps["train"].chance == 10 / 40  # the true caption in a random top 10 of 40
+
+
+def test_rerun_reuses_data_model_and_embeddings(small_run):
+    config, first = small_run
+    folder = Path(config.folder)
+    model = Path(first.steps[1].artifacts[0])
+    trained_at = model.stat().st_mtime_ns
+    again = quickstart(config)
+    reused = {step.name: step.reused for step in again.steps}
+    assert reused == {"data": True, "train": True, "embed + index": True, "search": False,
+                      "zeroshot": False, "audit": False}  # fmt: skip
+    assert model.stat().st_mtime_ns == trained_at
+    assert again.steps[1].score == first.steps[1].score  # the run's recorded evaluation
+    for name in ("search", "zeroshot", "audit"):  # same model, same data: same answers
+        assert again.steps[STEPS.index(name)].score == first.steps[STEPS.index(name)].score
+    assert not list(folder.rglob("*.partial"))
+
+
+def test_other_settings_in_the_same_folder_are_refused(small_run):
+    config, _ = small_run
+    with pytest.raises(InputError, match=r"other settings \(epochs, train_pairs\)"):
+        quickstart(QuickstartConfig(**{**config.__dict__, "epochs": 5, "train_pairs": 300}))
+    # workers and device do not change the results: they may differ between runs
+    assert QuickstartConfig(**{**config.__dict__, "workers": 1}).folder == config.folder
+
+
+def test_a_half_written_data_folder_is_written_again(tmp_path):
+    out = tmp_path / "train"
+    (tmp_path / "train.partial").mkdir()
+    (tmp_path / "train.partial" / "stale.png").write_bytes(b"half")
+
+    def write(folder: Path) -> None:
+        folder.mkdir()
+        (folder / "fresh.txt").write_text("done")
+
+    _write_once(out, write)
+    assert sorted(p.name for p in out.iterdir()) == ["fresh.txt"]
+    assert not (tmp_path / "train.partial").exists()
+    _write_once(out, lambda folder: pytest.fail("a complete folder is never rewritten"))
+
+
+def test_overview_links_every_report_and_nothing_remote(small_run):
+    config, result = small_run
+    overview = Path(result.overview)
+    links = re.findall(r'href="([^"]+)"', overview.read_text())
+    assert sorted(links) == ["audit.html", "search.html", "zeroshot.html"]
+    for page in (overview.parent).glob("*.html"):
+        text = page.read_text()
+        assert not re.search(r'(src|href)="(https?:)?//', text), page
+        assert "url(" not in text
+
+
+def test_cli_prints_each_step_and_the_overview(small_run):
+    config, _ = small_run
+    options = ["--epochs", "4", "--train-pairs", "200", "--val-pairs", "40", "--per-class", "6",
+               "--workers", "0", "--device", "cpu"]  # fmt: skip
+    table = CliRunner().invoke(cli.app, ["quickstart", str(config.folder), *options])
+    assert table.exit_code == 0, table.stderr
+    assert "index.html" in table.stdout and "train (reused)" in table.stdout
+    assert table.stderr.count("✓") == len(STEPS)
+    as_json = CliRunner().invoke(cli.app, ["quickstart", str(config.folder), *options,
+                                           "--format", "json"])  # fmt: skip
+    steps = json.loads(as_json.stdout)["steps"]
+    assert [step["name"] for step in steps] == STEPS
+    refused = CliRunner().invoke(cli.app, ["quickstart", str(config.folder), "--epochs", "9"])
+    assert refused.exit_code == 1 and "Error:" in refused.stderr and "Hint:" in refused.stderr
+
+
+# --- the reports in a real browser ------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def browser():
+    executable = find_chromium()
+    playwright_api = pytest.importorskip("playwright.sync_api")
+    if executable is None:
+        pytest.skip("no Chromium here (Debian: apt-get install chromium)")
+    with playwright_api.sync_playwright() as driver:
+        try:
+            launched = driver.chromium.launch(
+                executable_path=executable, headless=True,
+                args=["--headless", "--no-sandbox", "--disable-gpu"],
+            )  # fmt: skip
+        except Exception as error:  # noqa: BLE001  (a browser that cannot start: skip)
+            pytest.skip(f"Chromium at {executable} does not start: {error}")
+        yield launched
+        launched.close()
+
+
+def _expected_cards(folder: Path, k: int) -> dict[str, int]:
+    """Cards each report should show, counted from the tables the quickstart wrote."""
+    with (folder / "reports" / "zeroshot.csv").open() as handle:
+        predictions = list(csv.DictReader(handle))
+    per_label = Counter(row["label"] for row in predictions)
+    confusions = Counter((row["target"], row["label_1"]) for row in predictions
+                         if row["target"] != row["label_1"])  # fmt: skip
+    worst = sorted(confusions.values(), reverse=True)[:10]  # the report's 10 worst cells
+    with (folder / "reports" / "audit.csv").open() as handle:
+        flagged = sum(row["flagged"] == "True" for row in csv.DictReader(handle))
+    indexed = len(list((folder / "data" / "val").glob("*.png")))
+    return {
+        "index.html": len(STEPS),
+        "search.html": (len(QUERIES) + 1) * min(k, indexed),
+        "zeroshot.html": sum(min(8, n) for n in per_label.values()) + sum(min(8, n) for n in worst),
+        "audit.html": min(50, flagged),
+    }
+
+
+def test_reports_render_in_chromium(small_run, browser, tmp_path):
+    config, _ = small_run
+    folder = Path(config.folder)
+    expected = _expected_cards(folder, config.k)
+    assert expected["search.html"] == 48 and expected["audit.html"] > 0
+    for name, cards in expected.items():
+        shown = render(browser, folder / "reports" / name, tmp_path / f"{name}.png")
+        assert shown.errors == [] and shown.remote == [], name
+        assert shown.broken_images == 0, name
+        assert shown.cards == cards, name
+        assert not is_blank(shown.screenshot), name
+
+
+def test_the_browser_check_catches_broken_pages(browser, tmp_path):
+    broken = tmp_path / "broken.html"
+    broken.write_text('<!doctype html><div class="card">x</div><img src="missing.png">'
+                      '<img src="https://example.invalid/x.png">'
+                      '<script>console.error("boom"); notDefined();</script>')  # fmt: skip
+    shown = render(browser, broken, tmp_path / "broken.png")
+    assert shown.cards == 1
+    assert any("boom" in e for e in shown.errors)
+    assert any("notDefined" in e for e in shown.errors)
+    assert any("missing.png" in e for e in shown.errors)
+    assert shown.remote == ["https://example.invalid/x.png"]
+    assert shown.broken_images == 2
+    blank = tmp_path / "blank.html"
+    blank.write_text("<!doctype html><body style='background:#fff'></body>")
+    assert is_blank(render(browser, blank, tmp_path / "blank.png").screenshot)
+
+
+@pytest.mark.slow
+def test_default_quickstart_beats_chance_everywhere(tmp_path):
+    """The README's promise, at the default size (a few minutes on two cores)."""
+    result = quickstart(QuickstartConfig(folder=tmp_path / "qs", workers=min(os.cpu_count(), 2)))
+    for step in result.steps:
+        if step.score is not None:
+            assert step.score > step.chance, step.summary
