@@ -6,6 +6,8 @@ import csv
 import json
 import os
 import re
+import shlex
+import shutil
 from collections import Counter
 from pathlib import Path
 
@@ -128,6 +130,27 @@ def test_cli_prints_each_step_and_the_overview(small_run):
     assert [step["name"] for step in steps] == STEPS
     refused = CliRunner().invoke(cli.app, ["quickstart", str(config.folder), "--epochs", "9"])
     assert refused.exit_code == 1 and "Error:" in refused.stderr and "Hint:" in refused.stderr
+
+
+def test_readme_steps_run_one_command_each(small_run, tmp_path, monkeypatch):
+    """The README's "same steps, one command each" work on a quickstart folder (training
+    aside: the run is there already, and the same options would only say it had finished)."""
+    config, _ = small_run
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+    block = readme.split("### The same steps, one command each")[1].split("```bash\n")[1]
+    lines = block.split("```")[0].replace("\\\n", " ").splitlines()
+    assert lines[0] == "cd clipkit-quickstart"
+    assert lines[1].startswith("clipkit train data/train -o run -m clipkit-tiny:random")
+    copy = tmp_path / "clipkit-quickstart"
+    shutil.copytree(config.folder, copy)
+    monkeypatch.chdir(copy)
+    for line in lines[2:]:
+        done = CliRunner().invoke(cli.app, shlex.split(line)[1:])
+        assert done.exit_code == 0, (line, done.stderr)
+    for page in ("search", "zeroshot", "audit"):
+        assert (copy / "reports" / f"{page}.html").stat().st_mtime > Path(
+            config.folder, "reports", f"{page}.html"
+        ).stat().st_mtime
 
 
 # --- the reports in a real browser ------------------------------------------------------------

@@ -28,6 +28,11 @@ def test_ci_runs_the_readme_install_and_test_commands():
     assert ci.index(install) < ci.index(test)
 
 
+def test_run_it_is_the_quickstart():
+    """The README's second set-up command: install, then this."""
+    assert _bash_blocks("Run it")[0] == ".venv/bin/clipkit quickstart"
+
+
 def test_ruff_is_clean():
     ruff = shutil.which("ruff", path=str(Path(sys.executable).parent)) or shutil.which("ruff")
     if ruff is None:
@@ -40,7 +45,9 @@ def test_ruff_is_clean():
     assert fmt.returncode == 0, fmt.stdout
 
 
-@pytest.mark.parametrize("section", ["Embed", "Index and search", "Train", "Zero-shot", "Audit"])
+@pytest.mark.parametrize(
+    "section", ["Run it", "Embed", "Index and search", "Train", "Zero-shot", "Audit"]
+)
 def test_readme_examples_use_real_options(section):
     from typer.testing import CliRunner
 
@@ -51,6 +58,7 @@ def test_readme_examples_use_real_options(section):
         joined = block.replace("\\\n", " ")
         commands += [line.split("#")[0] for line in joined.splitlines()]
     commands = [re.sub(r"^torchrun .*? -m clipkit", "clipkit", c.strip()) for c in commands]
+    commands = [re.sub(r"^\.venv/bin/clipkit", "clipkit", c) for c in commands]
     commands = [c for c in commands if c.startswith("clipkit ")]
     assert commands, section
     for command in commands:
