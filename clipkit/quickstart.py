@@ -201,10 +201,10 @@ def _train(folder: Path, config: QuickstartConfig, progress: Progress | None) ->
     if result.interrupted or result.best_checkpoint is None:
         raise InputError("Training stopped before it saved a checkpoint.",
                          f"Run `clipkit quickstart {folder}` again to resume it.")  # fmt: skip
-    recall, chance = result.evaluations[-1].image_to_text_r10, min(10 / result.val_pairs, 1.0)
-    summary = (f"{MODEL} trained from scratch for {config.epochs} epochs: the true caption is "
-               f"among the top 10 of {result.val_pairs} validation captions for "
-               f"{recall:.0%} of the images (chance {chance:.0%})")  # fmt: skip
+    recall, chance = result.evaluations[-1].image_to_text_r1, 1 / result.val_pairs
+    summary = (f"{MODEL} trained from scratch for {config.epochs} epochs: the true caption "
+               f"ranks first of {result.val_pairs} validation captions for {recall:.0%} of "
+               f"the images (chance {chance:.1%})")  # fmt: skip
     artifacts = (result.best_checkpoint, *([result.plot] if result.plot else []))
     return StepReport("train", summary, recall, chance,
                       artifacts, time.perf_counter() - started,

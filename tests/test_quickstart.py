@@ -63,7 +63,7 @@ def test_training_and_zero_shot_beat_chance(small_run):
     for name in ("train", "zeroshot"):
         assert steps[name].score > steps[name].chance, steps[name].summary
     assert steps["zeroshot"].chance == 0.25  # four colours
-    assert steps["train"].chance == 10 / 40  # the true caption in a random top 10 of 40
+    assert steps["train"].chance == 1 / 40  # the true caption first among 40, by luck
 
 
 def test_rerun_reuses_data_model_and_embeddings(small_run):
