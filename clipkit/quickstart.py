@@ -16,7 +16,7 @@ import json
 import shutil
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -70,8 +70,8 @@ class StepReport:
     score: float | None  # the step's quality figure (None: the step only moves data)
     chance: float | None  # the same figure for a model that guesses
     artifacts: tuple[str, ...]
-    seconds: float
     reused: bool = False
+    seconds: float = 0.0  # set by the runner, which times every step the same way
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -103,19 +103,20 @@ def quickstart(
     _check_settings(folder, config)
     steps: list[StepReport] = []
 
-    def record(step: StepReport) -> None:
-        steps.append(step)
+    def run(step: Callable[[], StepReport]) -> StepReport:
+        started = time.perf_counter()
+        report = replace(step(), seconds=time.perf_counter() - started)
+        steps.append(report)
         if on_step is not None:
-            on_step(step)
+            on_step(report)
+        return report
 
-    record(_data(folder, config))
-    trained = _train(folder, config, progress)
-    record(trained)
-    model = trained.artifacts[0]
-    record(_embed_and_index(folder, config, model, progress))
-    record(_search(folder, config))
-    record(_zeroshot(folder, config, model, progress))
-    record(_audit(folder, config, model, progress))
+    run(lambda: _data(folder, config))
+    model = run(lambda: _train(folder, config, progress)).artifacts[0]
+    run(lambda: _embed_and_index(folder, config, model, progress))
+    run(lambda: _search(folder, config))
+    run(lambda: _zeroshot(folder, config, model, progress))
+    run(lambda: _audit(folder, config, model, progress))
     overview = write_overview(folder / "reports" / "index.html", "clipkit quickstart", [
         OverviewCard(step.name, step.summary, [Path(a) for a in step.artifacts])
         for step in steps
@@ -145,7 +146,7 @@ def _check_settings(folder: Path, config: QuickstartConfig) -> None:
 
 
 def _data(folder: Path, config: QuickstartConfig) -> StepReport:
-    started, data = time.perf_counter(), folder / "data"
+    data = folder / "data"
     parts: dict[str, Callable[[Path], Any]] = {
         "train": lambda out: synthetic.write_captioned_shapes(out, config.train_pairs,
                                                               seed=config.seed),
@@ -163,8 +164,7 @@ def _data(folder: Path, config: QuickstartConfig) -> StepReport:
     summary = (f"{config.train_pairs} training and {config.val_pairs} validation pairs, "
                f"{colours * config.per_class} images in {colours} colour classes, a copy of "
                f"the validation pairs with {len(_swapped(folder))} captions swapped")  # fmt: skip
-    return StepReport("data", summary, None, None, (str(data),),
-                      time.perf_counter() - started, reused)  # fmt: skip
+    return StepReport("data", summary, None, None, (str(data),), reused)
 
 
 def _write_once(out: Path, write: Callable[[Path], Any]) -> None:
@@ -189,7 +189,7 @@ def _swapped(folder: Path) -> set[str]:
 
 
 def _train(folder: Path, config: QuickstartConfig, progress: Progress | None) -> StepReport:
-    started, run, data = time.perf_counter(), folder / "run", folder / "data"
+    run, data = folder / "run", folder / "data"
     train_config = TrainConfig(
         data=str(data / "train"), val=str(data / "val"), eval_classes=str(data / "classes"),
         out=str(run), model=MODEL, epochs=config.epochs, batch_size=config.batch_size,
@@ -199,22 +199,20 @@ def _train(folder: Path, config: QuickstartConfig, progress: Progress | None) ->
     report = (lambda r: progress(f"train ({r.stage})", r.done, r.total)) if progress else None
     result = train(train_config, progress=report)
     if result.interrupted or result.best_checkpoint is None:
-        raise InputError("Training stopped before it saved a checkpoint.",
-                         f"Run `clipkit quickstart {folder}` again to resume it.")  # fmt: skip
+        raise InputError("Training stopped early; its last checkpoint is saved in the run.",
+                         f"Run `clipkit quickstart {folder}` again to continue it.")  # fmt: skip
     recall, chance = result.evaluations[-1].image_to_text_r1, 1 / result.val_pairs
     summary = (f"{MODEL} trained from scratch for {config.epochs} epochs: the true caption "
                f"ranks first of {result.val_pairs} validation captions for {recall:.0%} of "
                f"the images (chance {chance:.1%})")  # fmt: skip
     artifacts = (result.best_checkpoint, *([result.plot] if result.plot else []))
-    return StepReport("train", summary, recall, chance,
-                      artifacts, time.perf_counter() - started,
+    return StepReport("train", summary, recall, chance, artifacts,
                       result.already_finished)  # fmt: skip
 
 
 def _embed_and_index(
     folder: Path, config: QuickstartConfig, model: str, progress: Progress | None
 ) -> StepReport:
-    started = time.perf_counter()
     embedded = embed(EmbedConfig(sources=(str(folder / "data" / "val"),),
                                  out_dir=folder / "embeddings", model=model,
                                  workers=config.workers, device=config.device),
@@ -225,14 +223,13 @@ def _embed_and_index(
                f"{index.info.rows} images indexed ({index.info.factory})")  # fmt: skip
     return StepReport("embed + index", summary, None, None,
                       (str(folder / "embeddings"), str(folder / "index")),
-                      time.perf_counter() - started, embedded.embedded == 0)  # fmt: skip
+                      embedded.embedded == 0)  # fmt: skip
 
 
 def _search(folder: Path, config: QuickstartConfig) -> StepReport:
     """Text queries and one image query; a hit is relevant when its caption has the query's
     attributes (for the image query: the generated query image's colour and shape)."""
-    started, data = time.perf_counter(), folder / "data"
-    index = folder / "index"
+    data, index = folder / "data", folder / "index"
     by_text = search(SearchConfig(texts=QUERIES, batch=True, index_dir=index, k=config.k,
                                   device=config.device))  # fmt: skip
     query_image = next(iter(sorted((data / "query").glob("*.png"))))
@@ -252,8 +249,7 @@ def _search(folder: Path, config: QuickstartConfig) -> StepReport:
     page = write_search_gallery(result, folder / "reports" / "search.html")
     summary = (f"{len(QUERIES)} text queries and 1 image query: {precision:.0%} of the top "
                f"{config.k} hits have the asked-for attributes (chance {base:.0%})")  # fmt: skip
-    return StepReport("search", summary, precision, base, (str(page),),
-                      time.perf_counter() - started)  # fmt: skip
+    return StepReport("search", summary, precision, base, (str(page),))
 
 
 def _attributes(words: list[str]) -> set[str]:
@@ -268,7 +264,6 @@ def _caption_of(uri: str) -> list[str]:
 def _zeroshot(
     folder: Path, config: QuickstartConfig, model: str, progress: Progress | None
 ) -> StepReport:
-    started = time.perf_counter()
     result = zeroshot(ZeroShotConfig(images=folder / "data" / "classes", model=model,
                                      workers=config.workers, device=config.device),
                       progress)  # fmt: skip
@@ -278,14 +273,12 @@ def _zeroshot(
     top1, chance = result.metrics.top1, 1 / len(result.labels)
     summary = (f"{len(result.predictions)} images into {len(result.labels)} colours "
                f"({', '.join(result.labels)}): top-1 {top1:.0%} (chance {chance:.0%})")  # fmt: skip
-    return StepReport("zeroshot", summary, top1, chance, tuple(str(p) for p in pages),
-                      time.perf_counter() - started)  # fmt: skip
+    return StepReport("zeroshot", summary, top1, chance, tuple(str(p) for p in pages))
 
 
 def _audit(
     folder: Path, config: QuickstartConfig, model: str, progress: Progress | None
 ) -> StepReport:
-    started = time.perf_counter()
     result = audit(AuditConfig(data=folder / "data" / "audit", model=model,
                                workers=config.workers, device=config.device),
                    progress)  # fmt: skip
@@ -301,4 +294,4 @@ def _audit(
                f"{len(swapped) / len(result.pairs):.0%}), recall "
                f"{found / max(len(swapped), 1):.0%}")  # fmt: skip
     return StepReport("audit", summary, precision, len(swapped) / len(result.pairs),
-                      tuple(str(p) for p in pages), time.perf_counter() - started)  # fmt: skip
+                      tuple(str(p) for p in pages))  # fmt: skip
