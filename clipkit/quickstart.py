@@ -140,6 +140,9 @@ def _check_settings(folder: Path, config: QuickstartConfig) -> None:
         return
     if folder.exists() and not folder.is_dir():
         raise InputError(f"{folder} exists and is not a folder.", "Give another folder.")
+    if folder.is_dir() and any(folder.iterdir()):  # never write into someone's own files
+        raise InputError(f"{folder} is not empty and holds no quickstart.",
+                         "Give a new or empty folder.")  # fmt: skip
     folder.mkdir(parents=True, exist_ok=True)
     with atomic_path(saved) as tmp:
         tmp.write_text(json.dumps(wanted, indent=2), encoding="utf-8")

@@ -90,6 +90,17 @@ def test_other_settings_in_the_same_folder_are_refused(small_run):
     assert QuickstartConfig(**{**config.__dict__, "workers": 1}).folder == config.folder
 
 
+def test_a_folder_with_other_files_or_a_file_is_refused(tmp_path):
+    (tmp_path / "photos").mkdir()
+    (tmp_path / "photos" / "mine.jpg").write_bytes(b"precious")
+    with pytest.raises(InputError, match="not empty and holds no quickstart"):
+        quickstart(QuickstartConfig(folder=tmp_path / "photos", **SMALL))
+    assert [p.name for p in (tmp_path / "photos").iterdir()] == ["mine.jpg"]
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(InputError, match="is not a folder"):
+        quickstart(QuickstartConfig(folder=tmp_path / "file", **SMALL))
+
+
 def test_a_half_written_data_folder_is_written_again(tmp_path):
     out = tmp_path / "train"
     (tmp_path / "train.partial").mkdir()
