@@ -235,7 +235,7 @@ def _search(folder: Path, config: QuickstartConfig) -> StepReport:
     data, index = folder / "data", folder / "index"
     by_text = search(SearchConfig(texts=QUERIES, batch=True, index_dir=index, k=config.k,
                                   device=config.device))  # fmt: skip
-    query_image = next(iter(sorted((data / "query").glob("*.png"))))
+    query_image = sorted((data / "query").glob("*.png"))[0]
     by_image = search(SearchConfig(images=(query_image,), index_dir=index, k=config.k,
                                    device=config.device))  # fmt: skip
     query_words = query_image.with_suffix(".txt").read_text(encoding="utf-8").split()
@@ -288,13 +288,11 @@ def _audit(
     table = tables.write_rows(folder / "reports" / "audit.csv",
                               [pair.as_dict() for pair in result.pairs])  # fmt: skip
     pages = [*write_audit_report(result, folder / "reports" / "audit.html"), table]
-    swapped = _swapped(folder)
-    flagged = result.flagged
+    swapped, flagged = _swapped(folder), result.flagged
     found = sum(Path(pair.image).name in swapped for pair in flagged)
     precision = found / len(flagged) if flagged else 0.0
+    chance = len(swapped) / len(result.pairs)  # precision of flags drawn at random
     summary = (f"{len(flagged)} of {len(result.pairs)} pairs flagged, {found} of them among "
                f"the {len(swapped)} with swapped captions: precision {precision:.0%} (chance "
-               f"{len(swapped) / len(result.pairs):.0%}), recall "
-               f"{found / max(len(swapped), 1):.0%}")  # fmt: skip
-    return StepReport("audit", summary, precision, len(swapped) / len(result.pairs),
-                      tuple(str(p) for p in pages))  # fmt: skip
+               f"{chance:.0%}), recall {found / max(len(swapped), 1):.0%}")  # fmt: skip
+    return StepReport("audit", summary, precision, chance, tuple(str(p) for p in pages))
