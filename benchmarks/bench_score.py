@@ -143,8 +143,14 @@ def topk_table(args: argparse.Namespace) -> list[dict]:
         queries = rng.standard_normal((batch, args.dim), dtype=np.float32)
         queries /= np.linalg.norm(queries, axis=1, keepdims=True)
         queries_t = torch.from_numpy(queries).to(args.device)
-        ours = _best_time(lambda q=queries_t: score.topk(q, keys_t, args.k), args.device)
-        theirs = _best_time(lambda q=queries: index.search(q, args.k), "cpu")
+        ours, theirs = _interleaved_best_times(
+            [
+                lambda q=queries_t: score.topk(q, keys_t, args.k),
+                lambda q=queries: index.search(q, args.k),
+            ],
+            args.device,
+            args.repeats,
+        )
         our_scores, our_ids = score.topk(queries_t, keys_t, args.k)
         faiss_scores, faiss_ids = index.search(queries, args.k)
         same_ids = float((our_ids.cpu().numpy() == faiss_ids).mean())
@@ -167,17 +173,20 @@ def topk_table(args: argparse.Namespace) -> list[dict]:
     return rows
 
 
-def _best_time(fn, device: str, repeats: int = 3) -> float:
+def _interleaved_best_times(fns: list, device: str, repeats: int) -> list[float]:
+    """Best wall time of each function, run in turns so that both see the same machine load."""
     import torch
 
-    fn()  # warm-up
-    best = float("inf")
+    best = [float("inf")] * len(fns)
+    for fn in fns:
+        fn()  # warm-up
     for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        if device == "cuda":
-            torch.cuda.synchronize()
-        best = min(best, time.perf_counter() - start)
+        for position, fn in enumerate(fns):
+            start = time.perf_counter()
+            fn()
+            if device == "cuda":
+                torch.cuda.synchronize()
+            best[position] = min(best[position], time.perf_counter() - start)
     return best
 
 
@@ -196,6 +205,7 @@ def main() -> None:
     parser.add_argument("--keys", type=int, default=1_000_000)
     parser.add_argument("--k", type=int, default=10)
     parser.add_argument("--query-batches", type=int, nargs="*", default=[1, 16, 256, 1024])
+    parser.add_argument("--repeats", type=int, default=5, help="timed top-k runs of each")
     parser.add_argument("--skip-loss", action="store_true")
     parser.add_argument("--skip-topk", action="store_true")
     parser.add_argument("--json", type=Path, default=Path(__file__).parent / "results" /

@@ -17,9 +17,19 @@ def _unit(*shape, seed=0, dtype=torch.float32):
     return F.normalize(torch.randn(*shape, generator=generator, dtype=dtype), dim=-1)
 
 
+def _integers(*shape, seed=0):
+    """Small integer vectors: every dot product is exact in float32, so planted ties are ties."""
+    generator = torch.Generator().manual_seed(seed)
+    return torch.randint(-3, 4, shape, generator=generator).float()
+
+
 def _full_topk(queries, keys, k):
-    """Definition: sort the whole score matrix, ties in index order (a stable sort)."""
-    scores = queries.double() @ keys.double().T
+    """Definition: sort the whole score matrix, ties in index order (a stable sort).
+
+    Each score is summed elementwise in float64, the same way for every pair, so identical
+    keys get identical scores (a float64 matmul can round copies differently by position).
+    """
+    scores = (queries.double()[:, None, :] * keys.double()[None, :, :]).sum(-1)
     order = torch.sort(scores, dim=1, descending=True, stable=True)
     return order.values[:, :k], order.indices[:, :k]
 
@@ -59,6 +69,49 @@ def test_ties_go_to_the_lower_index_across_chunks():
     # All-equal scores: the first k indices, in order.
     _, indices = score.topk(torch.ones(1, 4), torch.ones(50, 4), 6, chunk=7)
     assert indices.tolist() == [[0, 1, 2, 3, 4, 5]]
+
+
+def test_later_blocks_merge_only_what_beats_the_kth_best_including_ties():
+    # Past the first block, only scores above a row's k-th best are merged. In a later block,
+    # an exact copy of the query's k-th key ties the cut and must stay out (the original has
+    # the lower index), while a copy of its best key enters, right after the original.
+    queries, base = _integers(6, 16, seed=20), _integers(64, 16, seed=21)
+    best = _full_topk(queries[:1], base, 4)[1][0].tolist()
+    filler = torch.zeros(100, 16)  # scores 0, below every query's 4th best
+    keys = torch.cat([base, filler, base[[best[3], best[0]]]])
+    scores, indices = score.topk(queries, keys, 4, chunk=64)
+    want_scores, want_indices = _full_topk(queries, keys, 4)
+    assert torch.equal(indices, want_indices)
+    assert torch.equal(scores.double(), want_scores)
+    assert indices[0].tolist() == [best[0], 165, best[1], best[2]]
+
+
+def test_nan_scores_rank_first_in_every_block_as_in_a_full_sort():
+    # A NaN key (say, from a broken encoder) must not be ranked differently depending on
+    # which block it lands in: like torch.topk and a full sort, NaN comes first.
+    queries, keys = _unit(3, 8, seed=23), _unit(200, 8, seed=24)
+    keys[5] = float("nan")
+    keys[150] = float("nan")
+    _, indices = score.topk(queries, keys, 3, chunk=32)
+    assert indices[:, :2].tolist() == [[5, 150]] * 3
+    assert torch.equal(indices[:, 2], _full_topk(queries, keys, 3)[1][:, 2])
+
+
+@pytest.mark.parametrize("threads", [1, 2, 3])
+def test_selection_split_over_threads_equals_the_full_matrix(monkeypatch, threads):
+    from clipkit.score import retrieval
+
+    monkeypatch.setattr(retrieval, "PARALLEL_SELECTION_ELEMENTS", 1)
+    previous = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        queries, keys = _integers(37, 12, seed=25), _integers(2000, 12, seed=26)
+        scores, indices = score.topk(queries, keys, 9, chunk=250)
+    finally:
+        torch.set_num_threads(previous)
+    want_scores, want_indices = _full_topk(queries, keys, 9)  # many exact ties at the cut
+    assert torch.equal(indices, want_indices)
+    assert torch.equal(scores.double(), want_scores)
 
 
 def test_memory_mapped_float16_keys(tmp_path):
