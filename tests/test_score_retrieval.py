@@ -59,6 +59,12 @@ def test_k_larger_than_the_number_of_keys_returns_all():
     assert torch.equal(indices, _full_topk(queries, keys, 4)[1])
 
 
+def test_no_keys_gives_empty_results():
+    scores, indices = score.topk(_unit(3, 8), torch.zeros(0, 8), 5)
+    assert scores.shape == indices.shape == (3, 0)
+    assert indices.dtype == torch.int64
+
+
 def test_ties_go_to_the_lower_index_across_chunks():
     base = _unit(5, 8, seed=7)
     keys = torch.cat([base, base, base])  # every key appears three times: 0..4, 5..9, 10..14

@@ -86,7 +86,7 @@ class _RunningTopk:
         self.indices: torch.Tensor | None = None  # (Q, <=k) int64
         self._matrix: np.ndarray | None = None  # CPU: the queries as float32 for NumPy's BLAS
         self._buffer: np.ndarray | None = None  # CPU: one score buffer reused by every block
-        self._threads = torch.get_num_threads()  # read here: selection runs with torch on one
+        self._threads = torch.get_num_threads()  # read before selection pins torch to one
 
     def add(self, block: torch.Tensor | np.ndarray) -> None:
         scores = self._score(block)
@@ -114,7 +114,7 @@ class _RunningTopk:
             return _device_scores(self.queries, block)
         # On the CPU, float32 through NumPy's BLAS (OpenBLAS, as faiss uses): measured 1.4x
         # faster than torch's MKL sgemm on the AMD EPYC build machines, and never slower here.
-        # Writing into one reused buffer spares the page faults of a fresh 16 MiB per block.
+        # Writing into one reused buffer spares the page faults of a fresh block per call.
         if self._matrix is None:
             self._matrix = self.queries.detach().float().numpy()
         keys = block.numpy() if isinstance(block, torch.Tensor) else np.asarray(block)
