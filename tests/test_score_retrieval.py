@@ -59,6 +59,24 @@ def test_k_larger_than_the_number_of_keys_returns_all():
     assert torch.equal(indices, _full_topk(queries, keys, 4)[1])
 
 
+def test_score_blocks_stay_bounded_for_many_queries(monkeypatch):
+    from clipkit.score import retrieval
+
+    for queries in (1, 16, 256, 1024, 5000, 100_000, 10_000_000):
+        chunk = retrieval._default_chunk(queries)
+        assert chunk >= 64
+        assert queries * chunk <= 1 << 24 or chunk == 64, queries
+    assert retrieval._default_chunk(1024) == 16384  # the tuned size for large batches
+    # And the result does not depend on the block size the many queries lead to.
+    monkeypatch.setattr(retrieval, "MAX_BLOCK_ELEMENTS", 300 * 90)
+    queries, keys = _integers(300, 8, seed=27), _integers(1000, 8, seed=28)
+    assert retrieval._default_chunk(300) == 90
+    scores, indices = score.topk_stream(queries, [keys[:500], keys[500:]], 6)
+    want_scores, want_indices = _full_topk(queries, keys, 6)
+    assert torch.equal(indices, want_indices)
+    assert torch.equal(scores.double(), want_scores)
+
+
 def test_no_keys_gives_empty_results():
     scores, indices = score.topk(_unit(3, 8), torch.zeros(0, 8), 5)
     assert scores.shape == indices.shape == (3, 0)

@@ -19,6 +19,9 @@ from clipkit.errors import InputError
 # sgemm calls), while a single query wants large blocks to amortise each call.
 SCORE_BLOCK_ELEMENTS = 1 << 22
 MIN_CHUNK, MAX_CHUNK = 16384, 1 << 18
+# Past 1024 queries, keys per block shrink instead, so that a score block never passes 64 MiB
+# (100k queries from `clipkit search --queries` would otherwise need 6.5 GiB per block).
+MAX_BLOCK_ELEMENTS, SMALLEST_CHUNK = 1 << 24, 64
 # Score blocks at least this large are compared against the running k-th best on all cores.
 PARALLEL_SELECTION_ELEMENTS = 1 << 20
 # Pairs whose scores differ by less than this (relative to |a||b|) count as tied, not beaten:
@@ -40,7 +43,8 @@ def topk(
             (float16 keys are upcast on the CPU, used as float16 on CUDA).
         keys: (N, D) tensor or NumPy array (a ``np.memmap`` is read one chunk at a time).
         k: results per query; more than N returns all N.
-        chunk: keys per block; by default about 4M scores per block, at least 16384 keys.
+        chunk: keys per block; by default about 4M scores per block, at least 16384 keys
+            (fewer past 1024 queries: a block stays under 64 MiB).
 
     Returns:
         scores (Q, min(k, N)) in descending order and their int64 key indices; equal scores
@@ -256,7 +260,9 @@ def rank_summary(ranks: torch.Tensor) -> dict[str, float]:
 
 
 def _default_chunk(num_queries: int) -> int:
-    return int(min(MAX_CHUNK, max(MIN_CHUNK, SCORE_BLOCK_ELEMENTS // max(num_queries, 1))))
+    queries = max(num_queries, 1)
+    chunk = min(MAX_CHUNK, max(MIN_CHUNK, SCORE_BLOCK_ELEMENTS // queries))
+    return max(SMALLEST_CHUNK, min(chunk, MAX_BLOCK_ELEMENTS // queries))
 
 
 def _device_scores(queries: torch.Tensor, block: torch.Tensor | np.ndarray) -> torch.Tensor:
