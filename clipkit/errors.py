@@ -1,6 +1,7 @@
 """Error types: every failure a user can cause is a ClipkitError with a message and a hint.
 
-The CLI maps these, in one place, to ``Error: ...`` / ``Hint: ...`` on stderr and exit code 1.
+The CLI maps these, in one place, to ``Error: ...`` / ``Hint: ...`` on stderr and exit code 1
+(130 for ``StoppedError``, as for Ctrl-C).
 """
 
 from __future__ import annotations
@@ -36,3 +37,7 @@ class DeviceError(ClipkitError):
 
 class InputError(ClipkitError):
     """User input (paths, options, data) that cannot be used."""
+
+
+class StoppedError(ClipkitError):
+    """Work the user stopped (Ctrl-C) after saving what it had; the hint says how to go on."""

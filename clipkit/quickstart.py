@@ -24,7 +24,7 @@ from clipkit import synthetic, tables
 from clipkit.atomic import atomic_path
 from clipkit.audit import AuditConfig, audit
 from clipkit.embed import EmbedConfig, embed
-from clipkit.errors import InputError
+from clipkit.errors import InputError, StoppedError
 from clipkit.index import IndexConfig, build_index
 from clipkit.report import (
     OverviewCard,
@@ -202,8 +202,8 @@ def _train(folder: Path, config: QuickstartConfig, progress: Progress | None) ->
     report = (lambda r: progress(f"train ({r.stage})", r.done, r.total)) if progress else None
     result = train(train_config, progress=report)
     if result.interrupted or result.best_checkpoint is None:
-        raise InputError("Training stopped early; its last checkpoint is saved in the run.",
-                         f"Run `clipkit quickstart {folder}` again to continue it.")  # fmt: skip
+        raise StoppedError("Training stopped early; its last checkpoint is saved in the run.",
+                           f"Run `clipkit quickstart {folder}` again to continue it.")  # fmt: skip
     recall, chance = result.evaluations[-1].image_to_text_r1, 1 / result.val_pairs
     summary = (f"{MODEL} trained from scratch for {config.epochs} epochs: the true caption "
                f"ranks first of {result.val_pairs} validation captions for {recall:.0%} of "

@@ -10,6 +10,7 @@ import shlex
 import shutil
 from collections import Counter
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 from typer.testing import CliRunner
@@ -141,6 +142,19 @@ def test_cli_prints_each_step_and_the_overview(small_run):
     assert [step["name"] for step in steps] == STEPS
     refused = CliRunner().invoke(cli.app, ["quickstart", str(config.folder), "--epochs", "9"])
     assert refused.exit_code == 1 and "Error:" in refused.stderr and "Hint:" in refused.stderr
+
+
+def test_stopped_training_exits_130_and_says_how_to_go_on(tmp_path, monkeypatch):
+    import clipkit.quickstart as quickstart_module
+
+    stopped = SimpleNamespace(interrupted=True, best_checkpoint=None)
+    monkeypatch.setattr(quickstart_module, "train", lambda config, progress=None: stopped)
+    folder = tmp_path / "qs"
+    options = ["--train-pairs", "20", "--val-pairs", "20", "--per-class", "1", "--workers", "0"]
+    result = CliRunner().invoke(cli.app, ["quickstart", str(folder), *options])
+    assert result.exit_code == 130  # as for Ctrl-C, so scripts can tell it from a failure
+    assert "Error: Training stopped early" in result.stderr
+    assert f"clipkit quickstart {folder}` again" in " ".join(result.stderr.split())
 
 
 def test_readme_steps_run_one_command_each(small_run, tmp_path, monkeypatch):

@@ -21,7 +21,7 @@ from rich.console import Console
 
 from clipkit import __version__
 from clipkit.config import ENV_DEBUG, ENV_MODEL
-from clipkit.errors import ClipkitError
+from clipkit.errors import ClipkitError, StoppedError
 
 app = typer.Typer(
     name="clipkit",
@@ -102,6 +102,9 @@ def handles_errors(command: F) -> F:
             raise  # normal exits, and usage errors that Click reports with exit code 2
         except KeyboardInterrupt:
             stderr.print("Interrupted.")
+            raise typer.Exit(130) from None
+        except StoppedError as error:
+            _print_error(error.message, error.hint)
             raise typer.Exit(130) from None
         except ClipkitError as error:
             if _debug():
