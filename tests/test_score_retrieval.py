@@ -138,6 +138,15 @@ def test_selection_split_over_threads_equals_the_full_matrix(monkeypatch, thread
     assert torch.equal(scores.double(), want_scores)
 
 
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float64])
+def test_keys_of_any_float_dtype_are_scored_in_float32(dtype):
+    queries, keys = _integers(4, 8, seed=29), _integers(100, 8, seed=30)  # exact in every dtype
+    scores, indices = score.topk(queries, keys.to(dtype).requires_grad_(), 5, chunk=30)
+    want_scores, want_indices = _full_topk(queries, keys, 5)
+    assert torch.equal(indices, want_indices)
+    assert scores.dtype == torch.float32 and torch.equal(scores.double(), want_scores)
+
+
 def test_memory_mapped_float16_keys(tmp_path):
     keys = _unit(500, 16, seed=8).numpy().astype(np.float16)
     path = tmp_path / "keys.f16"

@@ -121,8 +121,10 @@ class _RunningTopk:
         # Writing into one reused buffer spares the page faults of a fresh block per call.
         if self._matrix is None:
             self._matrix = self.queries.detach().float().numpy()
-        keys = block.numpy() if isinstance(block, torch.Tensor) else np.asarray(block)
-        keys = keys.astype(np.float32, copy=False)
+        if isinstance(block, torch.Tensor):  # any float dtype (bf16 has no NumPy twin), any device
+            keys = block.detach().to("cpu", torch.float32).numpy()
+        else:
+            keys = np.asarray(block).astype(np.float32, copy=False)
         size = self._matrix.shape[0] * keys.shape[0]
         if self._buffer is None or self._buffer.size < size:
             self._buffer = np.empty(size, dtype=np.float32)
