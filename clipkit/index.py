@@ -328,7 +328,7 @@ def _update(config: IndexConfig, stamp, kind: str, started: float) -> IndexResul
 
 
 # Below this many queries, the scoring core's blocked top-k beats faiss's flat scan, which
-# stays near 65 queries/s up to at least 128 queries at 200k x 512 on two cores. From 256 on
+# stays near 65-85 queries/s up to at least 128 queries at 200k x 512 on two cores. From 256 on
 # faiss switches to sgemm too and the two run level (measured: benchmarks/RESULTS.md), so
 # faiss keeps those batches.
 SMALL_BATCH = 256
