@@ -298,7 +298,7 @@ def _embed_images(run: _Run, items: Sequence[Item], config: EmbedConfig, workers
     dataset = ImageDataset(
         items,
         known_ids=frozenset(run.known_ids),
-        preprocess=run.encoder.preprocess,
+        preprocess=run.encoder.prepare_image,
         min_side=min(run.encoder.image_size),
         max_pixels=config.max_pixels,
     )

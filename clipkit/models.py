@@ -28,6 +28,7 @@ from PIL import Image
 from clipkit.checkpoints import Checkpoint, CheckpointMeta, read_checkpoint
 from clipkit.config import RANDOM_INIT_SEED
 from clipkit.errors import InputError, ModelSpecError
+from clipkit.pixels import split_transform
 from clipkit.runtime import Resolved, autocast_dtype, resolve_device, resolve_precision
 from clipkit.specs import ModelSpec, SpecKind, parse_spec
 
@@ -86,6 +87,7 @@ class Encoder:
             interpolation=self.preprocess_config["interpolation"],
             fill_color=self.preprocess_config["fill_color"],
         )
+        self._split = split_transform(self.preprocess)
 
     def train_transform(self) -> Callable[[Image.Image], torch.Tensor]:
         """open_clip's training augmentation (random resized crop) for this model's input."""
@@ -117,6 +119,19 @@ class Encoder:
         """PIL image -> normalised tensor (3, H, W), exactly as the model was trained to see it."""
         return self.preprocess(image)
 
+    def prepare_image(self, image: Image.Image) -> torch.Tensor:
+        """PIL image -> uint8 pixels (3, H, W), resized and cropped; what decode workers send.
+
+        ``encode_images`` normalises them, a batch at a time on the model's device, to exactly
+        what ``preprocess_image`` gives. (Should a transform not split, this returns its float
+        output, which ``encode_images`` takes as it is.)
+        """
+        return self._split.pixels(image)
+
+    def normalize_pixels(self, pixels: torch.Tensor) -> torch.Tensor:
+        """uint8 pixels (B, 3, H, W) from ``prepare_image`` -> float32 model input, same device."""
+        return self._split.normalize(pixels)
+
     def tokenize(self, texts: Sequence[str]) -> torch.Tensor:
         """Texts -> token ids (B, context_length); longer texts are truncated by the tokenizer."""
         return self.tokenizer(list(texts))
@@ -131,8 +146,14 @@ class Encoder:
 
     @torch.inference_mode()
     def encode_images(self, pixels: torch.Tensor) -> torch.Tensor:
-        """Preprocessed images (B, 3, H, W) -> unit-norm float32 embeddings (B, D)."""
+        """Images (B, 3, H, W) -> unit-norm float32 embeddings (B, D).
+
+        ``pixels`` are uint8 from ``prepare_image`` (normalised here, on the device) or float
+        from ``preprocess_image``.
+        """
         pixels = pixels.to(self.device.value, non_blocking=True)
+        if pixels.dtype == torch.uint8:
+            pixels = self.normalize_pixels(pixels)
         with self._autocast():
             features = self.model.encode_image(pixels)
         return F.normalize(features.float(), dim=-1)

@@ -3,6 +3,8 @@
 Known traps, measured: torch's default thread pool inside a decode worker made ToTensor and
 Normalize ~30x slower (so each worker runs torch single-threaded); JPEGs are decoded at reduced
 scale with Pillow's ``draft`` (about half the decode work); the transform resizes exactly once.
+Workers send uint8 pixels (``Encoder.prepare_image``); the model's side normalises whole
+batches (see :mod:`clipkit.pixels`).
 """
 
 from __future__ import annotations
@@ -38,7 +40,10 @@ class Sample:
 
 @dataclass(frozen=True)
 class Batch:
-    """Samples in item order, and the pixels (B, 3, H, W) of those that decoded."""
+    """Samples in item order, and the pixels (B, 3, H, W) of those that decoded.
+
+    The pixels are whatever ``preprocess`` made: uint8 from ``Encoder.prepare_image``.
+    """
 
     samples: list[Sample]
     pixels: torch.Tensor | None
@@ -185,7 +190,7 @@ def encode_image_files(
     ``progress`` receives the number of files handled so far after each batch.
     """
     items = [Item(uri=path, kind="image", path=path) for path in paths]
-    dataset = ImageDataset(items, known_ids=frozenset(), preprocess=encoder.preprocess_image,
+    dataset = ImageDataset(items, known_ids=frozenset(), preprocess=encoder.prepare_image,
                            min_side=encoder.image_size[0], max_pixels=max_pixels)  # fmt: skip
     parts, rows, ids, failures, done = [], [], [], [], 0
     for batch in image_batches(dataset, batch_size, workers, encoder.device.value):
