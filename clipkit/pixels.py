@@ -60,8 +60,7 @@ def split_transform(transform: Callable[[Image.Image], torch.Tensor]) -> SplitTr
         len(steps) < 2
         or not isinstance(steps[-1], Normalize)
         or not isinstance(steps[-2], ToTensor)
-        or not any(type(step).__name__ == "MaybeConvertMode" and step.mode == "RGB"
-                   for step in steps[:-2])  # fmt: skip
+        or not any(_converts_to_rgb(step) for step in steps[:-2])
     ):
         return SplitTransform(full=transform, geometry=None)
     normalize = steps[-1]
@@ -71,3 +70,8 @@ def split_transform(transform: Callable[[Image.Image], torch.Tensor]) -> SplitTr
         mean=tuple(float(value) for value in normalize.mean),
         std=tuple(float(value) for value in normalize.std),
     )
+
+
+def _converts_to_rgb(step: object) -> bool:
+    # open_clip's MaybeConvertMode (not exported by name): PIL convert("RGB").
+    return type(step).__name__ == "MaybeConvertMode" and getattr(step, "mode", None) == "RGB"
