@@ -24,6 +24,7 @@ from clipkit.classes import read_class_tree
 from clipkit.errors import InputError
 from clipkit.models import Encoder, load_model
 from clipkit.pipeline import single_threaded
+from clipkit.pixels import split_transform
 from clipkit.runtime import autocast_dtype, seed_everything
 from clipkit.train_data import PairDataset, Schedule, SeededBatches, collate_pairs, load_pairs
 from clipkit.train_eval import Evaluation, evaluate
@@ -171,6 +172,8 @@ class _Run:
         self.encoder: Encoder = load_model(config.model, device=device, precision=config.precision)
         self.model = self.encoder.model
         self.device = self.encoder.device.value
+        # Workers augment to uint8 pixels; _step normalises the batch on the device.
+        self.augment = split_transform(self.encoder.train_transform())
         self.data = load_pairs(
             config.data, val_data=config.val, val_split=config.val_split, seed=config.seed,
             batch_size=config.batch_size, image_size=self.encoder.image_size[0],
@@ -276,7 +279,7 @@ class _Run:
         config, schedule = self.config, self.schedule
         batches = SeededBatches(schedule, config.seed, state.step, self.world)
         loader = torch.utils.data.DataLoader(
-            PairDataset(self.data.train, self.encoder.train_transform(), config.seed,
+            PairDataset(self.data.train, self.augment.pixels, config.seed,
                         self.encoder.image_size[0]),
             batch_sampler=batches, collate_fn=collate_pairs, num_workers=config.workers,
             worker_init_fn=single_threaded if config.workers else None,
@@ -324,6 +327,8 @@ class _Run:
                                         self.schedule.total_steps)  # fmt: skip
         optimizer.zero_grad(set_to_none=True)
         pixels = pixels.to(self.device, non_blocking=True)
+        if pixels.dtype == torch.uint8:
+            pixels = self.augment.normalize(pixels)
         tokens = self.encoder.tokenize(captions).to(self.device, non_blocking=True)
         common = {"weight": config.weight, "world": self.world, "autocast": autocast,
                   "scaler": scaler}  # fmt: skip

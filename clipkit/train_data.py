@@ -138,7 +138,10 @@ def sample_seed(seed: int, epoch: int, index: int) -> int:
 
 
 class PairDataset(Dataset):
-    """(epoch, index) -> (pixels (3, H, W) or None, caption, skip or None)."""
+    """(epoch, index) -> (pixels (3, H, W) or None, caption, skip or None).
+
+    The pixels are what ``transform`` makes: uint8 from the trainer's split augmentation.
+    """
 
     def __init__(
         self, pairs: Sequence[Pair], transform: Callable, seed: int, image_size: int

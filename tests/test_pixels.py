@@ -71,6 +71,18 @@ def test_encoder_takes_uint8_or_float_pixels_alike(tiny_encoder):
                        tiny_encoder.encode_images(preprocessed))  # fmt: skip
 
 
+def test_split_training_augmentation_draws_the_same_crops(tiny_encoder):
+    # The random crop draws from torch's generator; the split must draw exactly as the whole.
+    augment = tiny_encoder.train_transform()
+    split = split_transform(augment)
+    assert split.geometry is not None
+    for seed, image in enumerate(_photos([(320, 240), (90, 120), (64, 64)])):
+        torch.manual_seed(seed)
+        expected = augment(image)
+        torch.manual_seed(seed)
+        assert torch.equal(split.normalize(split.pixels(image)[None])[0], expected)
+
+
 @pytest.mark.gpu
 def test_normalising_on_cuda_matches_the_cpu_transform():
     transform = open_clip.image_transform(224, is_train=False, mean=MEAN, std=STD)
