@@ -202,9 +202,14 @@ def _knob(index: faiss.Index) -> tuple[str | None, tuple[int, ...]]:
     return "nprobe", tuple(n for n in NPROBE_STEPS if n < lists) + (lists,)
 
 
-def _recall(found: np.ndarray, truth: np.ndarray) -> float:
-    hits = sum(len(set(f) & set(t)) for f, t in zip(found.tolist(), truth.tolist(), strict=True))
-    return hits / truth.size
+def _recall(found: np.ndarray, truth: np.ndarray) -> float | None:
+    """Share of the exact neighbours found; -1 pads rows when fewer than k rows exist."""
+    hits = wanted = 0
+    for row_found, row_truth in zip(found.tolist(), truth.tolist(), strict=True):
+        real = {r for r in row_truth if r >= 0}
+        hits += len(real & set(row_found))
+        wanted += len(real)
+    return hits / wanted if wanted else None
 
 
 def _exact(queries: QuerySet, emb_dir: Path, kind: str) -> np.ndarray:

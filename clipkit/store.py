@@ -190,9 +190,16 @@ def iter_embeddings(
 ) -> Iterator[pa.RecordBatch]:
     """Stream record batches from an embeddings folder, shard by shard."""
     for path in list_shards(folder):
-        parquet = pq.ParquetFile(path)
-        wanted = [c for c in columns if c in parquet.schema_arrow.names]
-        yield from parquet.iter_batches(batch_size=batch_rows, columns=wanted)
+        yield from iter_embeddings_in(path, columns, batch_rows)
+
+
+def iter_embeddings_in(
+    path: Path, columns: Sequence[str] = CORE_COLUMNS, batch_rows: int = 65536
+) -> Iterator[pa.RecordBatch]:
+    """Stream record batches from one shard."""
+    parquet = pq.ParquetFile(path)
+    wanted = [c for c in columns if c in parquet.schema_arrow.names]
+    yield from parquet.iter_batches(batch_size=batch_rows, columns=wanted)
 
 
 @dataclass(frozen=True)
@@ -207,26 +214,49 @@ class VectorBlock:
 
 
 def iter_vectors(folder: Path, kind: str | None = None, batch_rows: int = 65536):
-    """Stream :class:`VectorBlock` s from an embeddings folder, keeping rows of ``kind`` only."""
-    for batch in iter_embeddings(folder, CORE_COLUMNS, batch_rows):
-        kinds = batch.column("kind").to_pylist()
-        keep = np.array([kind is None or k == kind for k in kinds], dtype=bool)
-        if not keep.any():
-            continue
-        column = batch.column("embedding")
-        dim = column.type.list_size
-        flat = column.flatten().to_numpy(zero_copy_only=False)
-        vectors = flat.reshape(-1, dim)[keep].astype(np.float32, copy=False)
-        chosen = np.flatnonzero(keep)
-        ids, uris = batch.column("id").to_pylist(), batch.column("uri").to_pylist()
-        texts = batch.column("text").to_pylist()
-        yield VectorBlock(
-            ids=[ids[i] for i in chosen],
-            uris=[uris[i] for i in chosen],
-            kinds=[kinds[i] for i in chosen],
-            texts=[texts[i] for i in chosen],
-            vectors=np.ascontiguousarray(vectors),
+    """Stream :class:`VectorBlock` s from an embeddings folder, keeping rows of ``kind`` only.
+
+    Raises:
+        InputError: a kept row's embedding is missing (null) or not finite (NaN, inf). Such a
+            row would rank first in every search and poison the index, so it is not read.
+    """
+    for path in list_shards(folder):
+        for batch in iter_embeddings_in(path, CORE_COLUMNS, batch_rows):
+            kinds = batch.column("kind").to_pylist()
+            keep = np.array([kind is None or k == kind for k in kinds], dtype=bool)
+            if not keep.any():
+                continue
+            uris = batch.column("uri").to_pylist()
+            vectors = _embedding_matrix(batch.column("embedding"), path, uris)[keep]
+            chosen = np.flatnonzero(keep)
+            ids, texts = batch.column("id").to_pylist(), batch.column("text").to_pylist()
+            yield VectorBlock(
+                ids=[ids[i] for i in chosen],
+                uris=[uris[i] for i in chosen],
+                kinds=[kinds[i] for i in chosen],
+                texts=[texts[i] for i in chosen],
+                vectors=np.ascontiguousarray(vectors),
+            )
+
+
+def _embedding_matrix(column: pa.FixedSizeListArray, path: Path, uris: list) -> np.ndarray:
+    """(N, D) float32 from an ``embedding`` column, refusing null or non-finite rows."""
+    dim = column.type.list_size
+    # Null rows keep their slots in the child array: take the values by position, not flatten().
+    flat = column.values.slice(column.offset * dim, len(column) * dim)
+    vectors = flat.to_numpy(zero_copy_only=False).reshape(-1, dim).astype(np.float32, copy=False)
+    bad = ~np.isfinite(vectors).all(axis=1)
+    if column.null_count:
+        bad |= column.is_null().to_numpy(zero_copy_only=False)
+    if bad.any():
+        first = int(np.flatnonzero(bad)[0])
+        raise InputError(
+            f"{path} holds {int(bad.sum())} embedding(s) that are missing or not finite "
+            f"(NaN or inf), the first for {uris[first]}.",
+            f"Delete {path.name} and run the same `clipkit embed` command again: it embeds "
+            "only what the folder lacks.",
         )
+    return vectors
 
 
 def read_vectors(folder: Path, kind: str | None = None) -> VectorBlock:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import re
 import shutil
 from pathlib import Path
 
@@ -293,3 +294,65 @@ def test_empty_index_and_missing_row_map(corpus, tmp_path):
         load_index(no_rows)
     result = runner.invoke(cli.app, ["search", "x", "--index", str(no_rows)])
     assert result.exit_code == 1 and "Error:" in result.stderr and "Hint:" in result.stderr
+
+
+def _corrupt_copy(source: Path, target: Path, *, null_row: int | None = None,
+                  nan_row: int | None = None) -> Path:  # fmt: skip
+    """A copy of an embeddings folder whose first shard has a null and/or a NaN embedding."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    shutil.copytree(source, target)
+    shard = store.list_shards(target)[0]
+    table = pq.read_table(shard)
+    column = table.column("embedding").combine_chunks()
+    values = column.values.to_numpy(zero_copy_only=False).copy().reshape(len(column), -1)
+    if nan_row is not None:
+        values[nan_row, 3] = np.nan
+    nulls = None if null_row is None else pa.array([i == null_row for i in range(len(column))])
+    flat = pa.array(values.ravel(), column.type.value_type)
+    broken = pa.FixedSizeListArray.from_arrays(flat, values.shape[1], mask=nulls)
+    position = table.schema.get_field_index("embedding")
+    pq.write_table(table.set_column(position, table.schema.field("embedding"), broken), shard)
+    return shard
+
+
+@pytest.mark.parametrize("damage", [{"nan_row": 2}, {"null_row": 1}, {"null_row": 0, "nan_row": 5}])
+def test_missing_or_non_finite_embeddings_are_refused_by_name(corpus, tmp_path, damage):
+    # A NaN row used to rank first in every search; a null one ended in an IndexError.
+    shard = _corrupt_copy(corpus / "emb", tmp_path / "emb", **damage)
+    bad_rows = sorted({damage.get("nan_row"), damage.get("null_row")} - {None})
+    first_uri = next(store.iter_embeddings(corpus / "emb", ("uri",))).column("uri")[bad_rows[0]]
+    expected = (f"holds {len(bad_rows)} embedding\\(s\\) that are missing or not finite "
+                f"\\(NaN or inf\\), the first for {re.escape(str(first_uri))}")  # fmt: skip
+    with pytest.raises(InputError, match=expected) as refused:
+        build_index(IndexConfig(emb_dir=tmp_path / "emb", out_dir=tmp_path / "i"))
+    assert shard.name in refused.value.hint and "clipkit embed" in refused.value.hint
+    assert not (tmp_path / "i" / "index.faiss").exists()
+    with pytest.raises(InputError, match=expected):
+        search(SearchConfig(texts=("x",), embeddings_dir=tmp_path / "emb", device="cpu"))
+    cli_result = runner.invoke(cli.app, ["index", str(tmp_path / "emb"), "-o", str(tmp_path / "j")])
+    assert cli_result.exit_code == 1 and "Error:" in cli_result.stderr
+    assert "Traceback" not in cli_result.output
+
+
+def test_corrupt_shard_repaired_by_deleting_it_and_embedding_again(tmp_path):
+    make_images(tmp_path / "imgs", 4)
+    config = EmbedConfig(sources=(str(tmp_path / "imgs"),), out_dir=tmp_path / "emb", model=TINY,
+                         device="cpu", workers=0)  # fmt: skip
+    embed(config)
+    shutil.move(tmp_path / "emb", tmp_path / "clean")
+    shard = _corrupt_copy(tmp_path / "clean", tmp_path / "emb", nan_row=0)
+    with pytest.raises(InputError):
+        build_index(IndexConfig(emb_dir=tmp_path / "emb", out_dir=tmp_path / "i"))
+    shard.unlink()  # what the hint says to do
+    assert embed(config).embedded == 4
+    assert build_index(IndexConfig(emb_dir=tmp_path / "emb", out_dir=tmp_path / "i")).info.rows == 4
+
+
+def test_exact_index_of_fewer_rows_than_k_records_full_recall(tmp_path, tiny_encoder):
+    # Leave-one-out over 6 rows leaves 5 true neighbours, not 10: recall is 5/5, not 5/10.
+    stamp = store.ModelStamp(TINY, tiny_encoder.fingerprint, 16)
+    _clustered(tmp_path / "emb", stamp, rows=6, clusters=2, dim=16)
+    info = build_index(IndexConfig(emb_dir=tmp_path / "emb", out_dir=tmp_path / "idx")).info
+    assert info.factory == "Flat" and info.recall_at_10["same_kind"] == 1.0
