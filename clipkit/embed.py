@@ -24,6 +24,7 @@ from clipkit.pipeline import ImageDataset, default_workers, image_batches, read_
 from clipkit.sources import Item, Kind, SourceOptions, discover
 
 Progress = Callable[[str, int, int], None]
+NON_FINITE = "the model returned a non-finite embedding (NaN or inf): are its weights corrupt?"
 
 
 @dataclass(frozen=True)
@@ -121,6 +122,15 @@ class _Run:
 
     def add(self, items: Sequence[Item], ids: Sequence[str], texts: Sequence[str | None],
             vectors: torch.Tensor) -> None:  # fmt: skip
+        """Buffer rows (vectors: (B, D)); a non-finite embedding is a failure, never a row."""
+        matrix = vectors.detach().to("cpu", torch.float32).numpy()
+        finite = np.isfinite(matrix).all(axis=1)
+        if not finite.all():
+            for item in (item for item, ok in zip(items, finite, strict=True) if not ok):
+                self.failures.append((item.uri, "encode", NON_FINITE))
+            items, ids, texts = ([v for v, ok in zip(values, finite, strict=True) if ok]
+                                 for values in (items, ids, texts))  # fmt: skip
+            matrix = matrix[finite]
         for item, item_id, text in zip(items, ids, texts, strict=True):
             self._column("id").append(item_id)
             self._column("uri").append(item.uri)
@@ -131,7 +141,7 @@ class _Run:
                 self._column(name).append(None if value is None else store.to_json(value))
             self.known_ids.add(item_id)
             self.known_uris.add(item.uri)
-        self.vectors.append(vectors.detach().to("cpu", torch.float32).numpy())
+        self.vectors.append(matrix)
         self.embedded += len(items)
         while sum(len(v) for v in self.vectors) >= self.shard_rows:
             self.flush(self.shard_rows)

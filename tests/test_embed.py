@@ -349,3 +349,27 @@ def test_ctrl_c_keeps_finished_embeddings(tmp_path):
     assert len(rows(tmp_path / "out")) == 8  # flushed although below --shard-rows
     resumed = embed(cfg)
     assert (resumed.embedded, resumed.already_present) == (4, 8)
+
+
+def test_non_finite_embeddings_are_failures_not_rows(tmp_path, tiny_encoder):
+    # A diverged checkpoint: NaN in the image tower's projection, the text tower intact.
+    from clipkit.checkpoints import write_checkpoint
+
+    state = {name: value.clone() for name, value in tiny_encoder.model.state_dict().items()}
+    state["visual.proj"][0, 0] = float("nan")
+    checkpoint = tmp_path / "diverged.safetensors"
+    write_checkpoint(checkpoint, state, tiny_encoder.checkpoint_meta())
+    images = make_images(tmp_path / "data", 3)
+    (tmp_path / "data" / "caption.txt").write_text("a photo of a dog")
+    out = tmp_path / "out"
+    result = embed(EmbedConfig(sources=(str(tmp_path / "data"),), out_dir=out,
+                               model=str(checkpoint), device="cpu", workers=0))  # fmt: skip
+    assert (result.embedded, result.skipped) == (1, 3)
+    assert sorted(uri for uri, _, _ in result.failures) == sorted(map(str, images))
+    assert {stage for _, stage, _ in result.failures} == {"encode"}
+    assert [row["kind"] for row in rows(out).values()] == ["text"]
+    failures = pq.read_table(out / "_failures.parquet").to_pylist()
+    assert all("non-finite" in row["error"] for row in failures) and len(failures) == 3
+    strict = runner.invoke(cli.app, ["embed", str(tmp_path / "data"), "-o", str(out), "-m",
+                                     str(checkpoint), "--device", "cpu", "--strict"])  # fmt: skip
+    assert strict.exit_code == 1 and "non-finite" in strict.stderr
