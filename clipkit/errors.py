@@ -41,3 +41,7 @@ class InputError(ClipkitError):
 
 class StoppedError(ClipkitError):
     """Work the user stopped (Ctrl-C) after saving what it had; the hint says how to go on."""
+
+
+class DivergedError(ClipkitError):
+    """Training stopped because its loss stopped being a finite number."""

@@ -21,7 +21,7 @@ import torch
 
 from clipkit import distributed
 from clipkit.classes import read_class_tree
-from clipkit.errors import InputError
+from clipkit.errors import DivergedError, InputError
 from clipkit.models import Encoder, load_model
 from clipkit.pipeline import single_threaded
 from clipkit.pixels import split_transform
@@ -160,6 +160,13 @@ def _check_options(config: TrainConfig) -> None:
                          "0.5 averages the initial and fine-tuned weights.")  # fmt: skip
     if config.micro_batch < 1:
         raise InputError("--micro-batch must be at least 1.", "E.g. --micro-batch 64.")
+    if config.lr is not None and not 0 < config.lr <= 1:  # also refuses NaN
+        raise InputError(f"--lr must be in (0, 1], got {config.lr}.",
+                         "AdamW: about 5e-4 from scratch, 1e-5 when fine-tuning.")  # fmt: skip
+    for option, value in (("--weight-decay", config.weight_decay),
+                          ("--grad-clip", config.grad_clip)):  # fmt: skip
+        if value is not None and not 0 <= value < math.inf:
+            raise InputError(f"{option} must be a number >= 0, got {value}.", "E.g. 0.2 / 1.0.")
 
 
 class _Run:
@@ -292,7 +299,7 @@ class _Run:
         autocast = torch.autocast("cuda", dtype=dtype) if dtype else contextlib.nullcontext()
         stop = _StopFlag()
         started, samples, losses = time.perf_counter(), 0, None
-        interrupted, rate = False, 0.0
+        interrupted, rate, diverged = False, 0.0, None
         with stop:
             try:
                 for pixels, captions, skips in loader:
@@ -309,6 +316,8 @@ class _Run:
                         raise KeyboardInterrupt
             except KeyboardInterrupt:
                 interrupted = True
+            except _NonFiniteLoss as error:
+                interrupted, diverged = True, error
             except RuntimeError:
                 if not stop.requested:  # else a DataLoader worker ended by the same Ctrl-C
                     raise
@@ -316,6 +325,8 @@ class _Run:
         # Saved at the last completed step: an interruption mid-step loses only that step.
         state.finished = not interrupted
         self._checkpoint(state, optimizer, scaler)
+        if diverged is not None:
+            raise self._diverged(diverged.loss, state)
         if not interrupted:
             self._finish()
         return self._result(state, losses, interrupted=interrupted, rate=rate)
@@ -337,6 +348,8 @@ class _Run:
                                      **common)  # fmt: skip
         else:
             losses = full_batch_step(network, pixels, tokens, **common)
+        if not math.isfinite(losses.loss):
+            raise _NonFiniteLoss(losses.loss)  # before the optimizer touches the weights
         if scaler is not None:
             scaler.unscale_(optimizer)
         if config.grad_clip:
@@ -350,6 +363,18 @@ class _Run:
         with torch.no_grad():
             self.model.logit_scale.clamp_(0, MAX_LOGIT_SCALE)  # as open_clip: 1/t <= 100
         return losses
+
+    def _diverged(self, loss: float, state: ResumeState) -> DivergedError:
+        precision = self.encoder.precision.value
+        fixes = [f"a lower --lr (this run: {self.settings['lr']:g})"]
+        if precision == "fp16":
+            fixes.append("--precision bf16 or fp32 (fp16 overflows more easily)")
+        return DivergedError(
+            f"The training loss became {loss} at step {state.step + 1}, so training stopped "
+            f"there. The weights of step {state.step}, before it, are saved in {self.out}.",
+            f"Start a new run with {' or '.join(fixes)}; -m {self.out / LAST_FILE} continues "
+            "from the saved weights.",
+        )
 
     def _after_step(self, state, losses, optimizer, rate) -> None:
         schedule, step = self.schedule, state.step
@@ -495,3 +520,9 @@ class _StopFlag:
         if self.requested:
             raise KeyboardInterrupt
         self.requested = True
+
+
+class _NonFiniteLoss(Exception):
+    def __init__(self, loss: float) -> None:
+        super().__init__(loss)
+        self.loss = loss

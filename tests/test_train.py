@@ -4,6 +4,7 @@ interpolates, and bad data fails before training (or is skipped and listed)."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import tarfile
@@ -203,3 +204,46 @@ def test_trains_on_webdataset_tar_shards(shapes, tmp_path):
     assert result.train_pairs == 20 and result.steps_done == 2
     assert [reason for _, _, reason in result.skipped] == ["sample has no txt member"] * 2
     assert result.skipped[0][0].endswith("shard-0000.tar#lonely.jpg")
+
+
+def test_a_diverging_run_stops_at_the_first_non_finite_loss_and_keeps_the_weights(
+    shapes, tmp_path, monkeypatch
+):
+    # The third step's loss comes out NaN (after a real forward and backward); the weights as
+    # they were before it must be what is saved, untouched by the optimizer.
+    from clipkit import train as train_module
+    from clipkit.errors import DivergedError
+
+    real_step, calls, before = train_module.full_batch_step, [], {}
+
+    def step_that_diverges(model, *args, **kwargs):
+        calls.append(1)
+        if len(calls) == 3:
+            before.update({k: v.detach().clone() for k, v in model.state_dict().items()})
+        losses = real_step(model, *args, **kwargs)
+        return dataclasses.replace(losses, loss=math.nan) if len(calls) == 3 else losses
+
+    monkeypatch.setattr(train_module, "full_batch_step", step_that_diverges)
+    with pytest.raises(DivergedError) as stopped:
+        train(_config(shapes, tmp_path / "run", steps=10, val_split=0.0))
+    assert len(calls) == 3
+    assert "loss became nan at step 3" in str(stopped.value) and "--lr" in stopped.value.hint
+    assert str(tmp_path / "run" / "last.safetensors") in stopped.value.hint
+    saved = load_file(tmp_path / "run" / "last.safetensors")
+    assert all(torch.equal(saved[name], before[name]) for name in saved)
+    assert load_state(tmp_path / "run" / STATE_FILE).step == 2
+    steps = [r["step"] for r in _metrics(tmp_path / "run") if r["kind"] == "step"]
+    assert steps == [1, 2]
+
+
+@pytest.mark.parametrize(
+    ("option", "message"),
+    [({"lr": math.nan}, "--lr must be in"), ({"grad_clip": math.nan}, "--grad-clip must be"),
+     ({"weight_decay": -0.1}, "--weight-decay must be")],
+)  # fmt: skip
+def test_non_numbers_in_optimiser_options_are_refused_before_training(shapes, tmp_path, option,
+                                                                      message):  # fmt: skip
+    # The CLI's own range checks stop these too; the service must not rely on them.
+    with pytest.raises(InputError, match=message):
+        train(_config(shapes, tmp_path / "run", **option))
+    assert not (tmp_path / "run").exists()

@@ -71,6 +71,9 @@ def test_interrupted_run_exits_130_and_says_how_to_resume(monkeypatch):
         (["--lambda", "1.5"], "--lambda must be in [0, 1]"),
         (["--lock-image", "--lock-text"], "leave nothing to train"),
         (["--batch-size", "64"], "--batch-size 64 is larger than the 10 training pairs"),
+        (["--lr", "0"], "--lr must be in (0, 1], got 0.0"),  # used to mean "the default"
+        (["--lr", "1e38"], "--lr must be in (0, 1], got 1e+38"),  # used to overflow in AdamW
+        (["--weight-decay", "inf"], "--weight-decay must be a number >= 0, got inf"),
     ],
 )
 def test_bad_options_are_errors_with_hints(tmp_path, extra, message):
