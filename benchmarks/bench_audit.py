@@ -119,6 +119,11 @@ def scale(root: Path, rows: int, dim: int) -> dict:
             "embeddings_mib": 2 * rows * dim * 4 // 2**20}  # fmt: skip
 
 
+def print_scale(s: dict) -> None:
+    print(f"scale: {s['pairs']} pairs x {s['dim']}: {s['wall_seconds']:.1f} s, "
+          f"peak RSS {s['peak_rss_mib']} MiB (embeddings {s['embeddings_mib']} MiB)")  # fmt: skip
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--train", type=int, default=1000)
@@ -128,10 +133,24 @@ def main() -> None:
     parser.add_argument("--fpr", type=float, default=0.01)
     parser.add_argument("--scale-rows", type=int, default=100_000)
     parser.add_argument("--skip-scale", action="store_true")
+    parser.add_argument(
+        "--only-scale",
+        action="store_true",
+        help="time the 100k-pair CLI run alone (no training, no quality)",
+    )
     parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results/audit.json")
     args = parser.parse_args()
     root = Path(tempfile.mkdtemp(prefix="bench-audit-"))
     try:
+        if args.only_scale:
+            results = {"machine": machine(), "scale": scale(root, args.scale_rows, 512)}
+            s = results["scale"]
+            print(
+                f"scale: {s['pairs']} pairs x {s['dim']}: {s['wall_seconds']:.1f} s, "
+                f"peak RSS {s['peak_rss_mib']} MiB (embeddings {s['embeddings_mib']} MiB)"
+            )
+            write_results(args.out, results)
+            return
         results = {"machine": machine(), "quality": quality(root, args)}
         q = results["quality"]
         print(f"{q['pairs']} pairs, {q['swapped']} swapped; fpr {q['fpr']}; null pass rate "
@@ -145,11 +164,7 @@ def main() -> None:
                   f"{r['swapped_pass_rate']:9.4f}")  # fmt: skip
         if not args.skip_scale:
             results["scale"] = scale(root, args.scale_rows, 512)
-            s = results["scale"]
-            print(
-                f"scale: {s['pairs']} pairs x {s['dim']}: {s['wall_seconds']:.1f} s, "
-                f"peak RSS {s['peak_rss_mib']} MiB (embeddings {s['embeddings_mib']} MiB)"
-            )
+            print_scale(results["scale"])
         write_results(args.out, results)
     finally:
         shutil.rmtree(root, ignore_errors=True)

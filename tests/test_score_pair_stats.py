@@ -1,5 +1,6 @@
 """``score.pair_statistics`` against a brute-force computation on the full similarity matrix:
-ranks, CSLS neighbourhood means and best competitors (skipping duplicates), for several tiles."""
+ranks, CSLS neighbourhood means and best competitors (skipping duplicates), for several tiles,
+through both the NumPy tile loop (the CPU's) and the torch one (accelerators')."""
 
 from __future__ import annotations
 
@@ -9,6 +10,13 @@ import torch.nn.functional as F
 
 from clipkit.errors import InputError
 from clipkit.score import pair_ranks, pair_statistics
+from clipkit.score import pair_stats as pair_stats_module
+
+
+@pytest.fixture(params=["numpy", "torch"], autouse=True)
+def tile_loop(request, monkeypatch):
+    monkeypatch.setattr(pair_stats_module, "CPU_TILES", request.param == "numpy")
+    return request.param
 
 
 def _brute(a, b, k, a_groups, b_groups):
@@ -28,16 +36,27 @@ def _brute(a, b, k, a_groups, b_groups):
     return diag, expected, best_b, best_a
 
 
-@pytest.mark.parametrize(("size", "tile", "k"), [(1, 4, 10), (7, 3, 2), (50, 16, 5), (50, 64, 10)])
+@pytest.mark.parametrize(
+    ("size", "tile", "k"), [(1, 4, 10), (7, 3, 2), (50, 16, 5), (50, 64, 10), (300, 64, 10)]
+)
 def test_statistics_equal_brute_force(size, tile, k):
     generator = torch.Generator().manual_seed(size)
-    a = F.normalize(torch.randn(size, 8, generator=generator), dim=-1)
-    b = F.normalize(a + 0.8 * torch.randn(size, 8, generator=generator), dim=-1)
+    if size > 200:
+        # Small integers: every dot product is exact in float32, so the planted ties are
+        # exact ties however a tile's sgemm orders its sums (ties go to the lowest index).
+        a = torch.randint(-2, 3, (size, 8), generator=generator).float()
+        b = a + torch.randint(-2, 3, (size, 8), generator=generator).float()
+    else:
+        a = F.normalize(torch.randn(size, 8, generator=generator), dim=-1)
+        b = F.normalize(a + 0.8 * torch.randn(size, 8, generator=generator), dim=-1)
     a_groups = torch.arange(size)
     b_groups = torch.arange(size)
     if size > 4:  # rows 0 and 1 share an image, rows 2 and 3 a caption
         a[1], a_groups[1] = a[0], 0
         b[3], b_groups[3] = b[2], 2
+    if size > 200:  # duplicates in other tiles than their first copy, and three of a kind
+        a[150], a[299], a_groups[150], a_groups[299] = a[5], a[5], 5, 5
+        b[201], b_groups[201] = b[70], 70
     stats = pair_statistics(a, b, k=k, a_groups=a_groups, b_groups=b_groups, tile=tile)
     diag, neighbourhood, best_b, best_a = _brute(a, b, min(k, size), a_groups, b_groups)
     torch.testing.assert_close(stats.scores, diag)
@@ -65,3 +84,11 @@ def test_duplicates_are_never_each_others_competitor():
 def test_mismatched_shapes_are_refused():
     with pytest.raises(InputError):
         pair_statistics(torch.zeros(3, 4), torch.zeros(2, 4))
+
+
+def test_non_finite_embeddings_are_refused():
+    a = F.normalize(torch.randn(4, 3), dim=-1)
+    b = a.clone()
+    b[2, 1] = float("nan")
+    with pytest.raises(InputError, match="not finite"):
+        pair_statistics(a, b)

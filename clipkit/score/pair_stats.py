@@ -8,7 +8,12 @@ from dataclasses import dataclass
 import torch
 
 from clipkit.errors import InputError
+from clipkit.score.pair_stats_cpu import cpu_statistics
 from clipkit.score.retrieval import RANK_TOLERANCE
+
+# The CPU runs the tile loop in NumPy (pair_stats_cpu); False forces the torch loop, which
+# accelerators use, so that tests can check both paths against the same definition.
+CPU_TILES = True
 
 
 @dataclass(frozen=True)
@@ -56,6 +61,9 @@ def pair_statistics(
         raise InputError(f"Paired embeddings must have equal non-empty 2-D shapes, got "
                          f"{tuple(a.shape)} and {tuple(b.shape)}.",
                          "Each row of one side pairs with the same row of the other.")  # fmt: skip
+    if not (torch.isfinite(a).all() and torch.isfinite(b).all()):
+        raise InputError("Some embeddings are not finite (NaN or inf).",
+                         "Re-embed those inputs: their vectors are corrupt.")  # fmt: skip
     size, device = a.shape[0], a.device
     k = max(1, min(k, size))
     own = torch.arange(size, device=device)
@@ -63,6 +71,9 @@ def pair_statistics(
     b_groups = own if b_groups is None else b_groups.to(device)
     scores = (a * b).sum(dim=1).float()
     beaten_at = scores + RANK_TOLERANCE * (a.float().norm(dim=1) * b.float().norm(dim=1))
+    if device.type == "cpu" and CPU_TILES:
+        ranks, tops, best = cpu_statistics(a, b, k, a_groups, b_groups, beaten_at, tile)
+        return PairStatistics(scores, *ranks, *tops, *best)
     a_rank = torch.zeros(size, dtype=torch.int64, device=device)
     b_rank = torch.zeros_like(a_rank)
     row_top = torch.full((size, k), -torch.inf, device=device)
