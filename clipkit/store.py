@@ -227,7 +227,7 @@ def iter_vectors(folder: Path, kind: str | None = None, batch_rows: int = 65536)
             if not keep.any():
                 continue
             uris = batch.column("uri").to_pylist()
-            vectors = _embedding_matrix(batch.column("embedding"), path, uris)[keep]
+            vectors = _embedding_matrix(batch.column("embedding"), keep, path, uris)
             chosen = np.flatnonzero(keep)
             ids, texts = batch.column("id").to_pylist(), batch.column("text").to_pylist()
             yield VectorBlock(
@@ -239,15 +239,20 @@ def iter_vectors(folder: Path, kind: str | None = None, batch_rows: int = 65536)
             )
 
 
-def _embedding_matrix(column: pa.FixedSizeListArray, path: Path, uris: list) -> np.ndarray:
-    """(N, D) float32 from an ``embedding`` column, refusing null or non-finite rows."""
+def _embedding_matrix(
+    column: pa.FixedSizeListArray, keep: np.ndarray, path: Path, uris: list
+) -> np.ndarray:
+    """(kept, D) float32 of the ``keep`` rows of an ``embedding`` column; null or non-finite
+    ones are refused."""
     dim = column.type.list_size
     # Null rows keep their slots in the child array: take the values by position, not flatten().
     flat = column.values.slice(column.offset * dim, len(column) * dim)
-    vectors = flat.to_numpy(zero_copy_only=False).reshape(-1, dim).astype(np.float32, copy=False)
-    bad = ~np.isfinite(vectors).all(axis=1)
+    vectors = flat.to_numpy(zero_copy_only=False).reshape(-1, dim)[keep]
+    vectors = vectors.astype(np.float32, copy=False)
+    bad = np.zeros(len(column), dtype=bool)
+    bad[keep] = ~np.isfinite(vectors).all(axis=1)
     if column.null_count:
-        bad |= column.is_null().to_numpy(zero_copy_only=False)
+        bad |= column.is_null().to_numpy(zero_copy_only=False) & keep
     if bad.any():
         first = int(np.flatnonzero(bad)[0])
         raise InputError(

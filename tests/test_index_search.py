@@ -317,7 +317,9 @@ def _corrupt_copy(source: Path, target: Path, *, null_row: int | None = None,
     return shard
 
 
-@pytest.mark.parametrize("damage", [{"nan_row": 2}, {"null_row": 1}, {"null_row": 0, "nan_row": 5}])
+@pytest.mark.parametrize(  # rows 0-2 are the corpus's texts, the rest its images
+    "damage", [{"nan_row": 4}, {"null_row": 3}, {"null_row": 0, "nan_row": 5}, {"nan_row": 2}]
+)
 def test_missing_or_non_finite_embeddings_are_refused_by_name(corpus, tmp_path, damage):
     # A NaN row used to rank first in every search; a null one ended in an IndexError.
     shard = _corrupt_copy(corpus / "emb", tmp_path / "emb", **damage)
@@ -334,6 +336,15 @@ def test_missing_or_non_finite_embeddings_are_refused_by_name(corpus, tmp_path, 
     cli_result = runner.invoke(cli.app, ["index", str(tmp_path / "emb"), "-o", str(tmp_path / "j")])
     assert cli_result.exit_code == 1 and "Error:" in cli_result.stderr
     assert "Traceback" not in cli_result.output
+    # Only the rows a command reads are checked: damaged images do not stop a text search.
+    kinds = next(store.iter_embeddings(corpus / "emb", ("kind",))).column("kind").to_pylist()
+    text_search = SearchConfig(texts=("a photo of a dog",), embeddings_dir=tmp_path / "emb",
+                               kind="text", k=1, device="cpu")  # fmt: skip
+    if any(kinds[row] == "text" for row in bad_rows):
+        with pytest.raises(InputError, match="not finite"):
+            search(text_search)
+    else:
+        assert search(text_search).results[0].hits[0].text == "a photo of a dog"
 
 
 def test_corrupt_shard_repaired_by_deleting_it_and_embedding_again(tmp_path):
