@@ -9,6 +9,7 @@ after the resize and crop, and the same arithmetic runs once per batch on the mo
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
@@ -42,9 +43,7 @@ class SplitTransform:
 
     def normalize(self, pixels: torch.Tensor) -> torch.Tensor:
         """uint8 pixels (B, 3, H, W) -> float32 model input (B, 3, H, W), on their device."""
-        shape = (1, -1, 1, 1)
-        mean = torch.tensor(self.mean, dtype=torch.float32, device=pixels.device).view(shape)
-        std = torch.tensor(self.std, dtype=torch.float32, device=pixels.device).view(shape)
+        mean, std = _channels(self.mean, pixels.device), _channels(self.std, pixels.device)
         # As ToTensor then Normalize do it, so that the values are identical.
         return pixels.float().div_(255).sub_(mean).div_(std)
 
@@ -75,3 +74,9 @@ def split_transform(transform: Callable[[Image.Image], torch.Tensor]) -> SplitTr
 def _converts_to_rgb(step: object) -> bool:
     # open_clip's MaybeConvertMode (not exported by name): PIL convert("RGB").
     return type(step).__name__ == "MaybeConvertMode" and getattr(step, "mode", None) == "RGB"
+
+
+@functools.lru_cache(maxsize=16)
+def _channels(values: tuple[float, ...], device: torch.device) -> torch.Tensor:
+    # Cached per device: a fresh host-to-GPU copy per batch would wait for the GPU each time.
+    return torch.tensor(values, dtype=torch.float32, device=device).view(1, -1, 1, 1)
