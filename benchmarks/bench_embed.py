@@ -78,6 +78,19 @@ def time_clipkit(folder: Path, model: str, batch: int, workers: int, device: str
     return result.embedded / (marks["end"] - marks["start"])
 
 
+def time_clipkit_float_pixels(folder: Path, model: str, batch: int, workers: int,
+                              device: str) -> float:  # fmt: skip
+    """(a) as the pipeline was before uint8 pixels: workers run the whole float transform."""
+    from clipkit.models import Encoder
+
+    uint8 = Encoder.prepare_image
+    Encoder.prepare_image = Encoder.preprocess_image  # encode_images takes float pixels as-is
+    try:
+        return time_clipkit(folder, model, batch, workers, device)
+    finally:
+        Encoder.prepare_image = uint8
+
+
 def time_naive(paths: list[Path], encoder, batch: int) -> float:
     model, preprocess = encoder.model, encoder.preprocess
     start = time.perf_counter()
@@ -128,6 +141,9 @@ def measure(spec: str, encoder, folder: Path, paths: list[Path], workers: int, a
         "c_model_only": lambda: time_model_only(encoder, args.images, args.batch_size),
         "d_prep_only": lambda: time_prep_only(paths, encoder, args.batch_size, workers),
     }
+    if args.float_pixels:
+        measures["a_float_pixels"] = lambda: time_clipkit_float_pixels(
+            folder, spec, args.batch_size, workers, args.device)  # fmt: skip
     row: dict = {"model": spec, "device": encoder.device.value}
     best = dict.fromkeys(measures, 0.0)
     for _ in range(args.repeats):
@@ -151,6 +167,11 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=None)
     parser.add_argument("--device", default="auto")
     parser.add_argument("--repeats", type=int, default=2, help="timed runs of each, in turns")
+    parser.add_argument(
+        "--float-pixels",
+        action="store_true",
+        help="also time (a) with float pixels from the workers (before uint8)",
+    )
     parser.add_argument("--json", type=Path, default=Path(__file__).parent / "results" /
                         "bench_embed.json")  # fmt: skip
     args = parser.parse_args()
@@ -181,6 +202,11 @@ def main() -> None:
                 f"a/shared-core bound ({row['shared_core_bound']:.1f}) = "
                 f"{row['a_over_shared_bound']:.2f}"
             )
+            if "a_float_pixels" in row:
+                print(
+                    f"  (a) with float pixels from the workers: {row['a_float_pixels']:.1f} "
+                    f"img/s; uint8 / float = {row['a_clipkit'] / row['a_float_pixels']:.2f}"
+                )
     finally:
         shutil.rmtree(folder, ignore_errors=True)
     write_results(args.json, results)
