@@ -30,8 +30,10 @@ case "$group" in
             | tee "$out/bench_score.log"
         ;;
     embed)
+        python3 -m pytest -m gpu -p no:cacheprovider tests/test_pixels.py 2>&1 \
+            | tee "$out/pytest-gpu-pixels.log"
         python3 benchmarks/bench_embed.py --model ViT-B-32:random --device cuda \
-            --images 20000 --workers 16 --batch-size 256 --repeats 1 \
+            --images 20000 --workers 16 --batch-size 256 --repeats 1 --float-pixels \
             --json "$out/bench_embed_cuda.json" 2>&1 | tee "$out/bench_embed.log"
         python3 -m clipkit quickstart /tmp/qs --device cuda --workers 8 -f json \
             > "$out/quickstart.json" 2> "$out/quickstart.log"
