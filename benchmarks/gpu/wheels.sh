@@ -8,12 +8,12 @@
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 group=${1:?usage: wheels.sh score|embed}
-common=(open_clip_torch ftfy wcwidth timm regex)
+common=(open_clip_torch ftfy wcwidth timm regex pytest iniconfig pluggy packaging pygments)
 case "$group" in
-    score) wanted=("${common[@]}" faiss-cpu packaging) ;;
+    score) wanted=("${common[@]}" faiss-cpu) ;;
     # pyarrow 17 is 40 MB, against 55 MB for the newest; 15 is smaller but needs NumPy 1.
     embed) wanted=("${common[@]}" "pyarrow==17.0.0" typer rich shellingham annotated-doc
-                   pydantic pydantic-core typing-inspection markdown-it-py mdurl pygments) ;;
+                   pydantic pydantic-core typing-inspection markdown-it-py mdurl) ;;
     *) echo "unknown group: $group" >&2; exit 2 ;;
 esac
 folder=.whl-$group
