@@ -126,8 +126,8 @@ class _Run:
         matrix = vectors.detach().to("cpu", torch.float32).numpy()
         finite = np.isfinite(matrix).all(axis=1)
         if not finite.all():
-            for item in (item for item, ok in zip(items, finite, strict=True) if not ok):
-                self.failures.append((item.uri, "encode", NON_FINITE))
+            self._fail_non_finite([(item.uri, item_id) for item, item_id, ok
+                                   in zip(items, ids, finite, strict=True) if not ok])  # fmt: skip
             items, ids, texts = ([v for v, ok in zip(values, finite, strict=True) if ok]
                                  for values in (items, ids, texts))  # fmt: skip
             matrix = matrix[finite]
@@ -145,6 +145,18 @@ class _Run:
         self.embedded += len(items)
         while sum(len(v) for v in self.vectors) >= self.shard_rows:
             self.flush(self.shard_rows)
+
+    def _fail_non_finite(self, failed: Sequence[tuple[str, str]]) -> None:
+        """List (uri, id) pairs whose embedding was not finite, and the aliases of those ids.
+
+        An alias recorded in the same batch as its first copy would otherwise point at an id
+        that never got a row; identical content would have given the same bad embedding.
+        """
+        dropped = {item_id for _, item_id in failed} - self.known_ids
+        orphans = [uri for item_id, uri in self.aliases if item_id in dropped]
+        self.aliases = [(item_id, uri) for item_id, uri in self.aliases if item_id not in dropped]
+        for uri in [uri for uri, _ in failed] + orphans:
+            self.failures.append((uri, "encode", NON_FINITE))
 
     def flush(self, limit: int | None = None) -> None:
         """Write up to ``limit`` buffered rows (all by default) as the next shard."""

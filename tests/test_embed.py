@@ -360,16 +360,20 @@ def test_non_finite_embeddings_are_failures_not_rows(tmp_path, tiny_encoder):
     checkpoint = tmp_path / "diverged.safetensors"
     write_checkpoint(checkpoint, state, tiny_encoder.checkpoint_meta())
     images = make_images(tmp_path / "data", 3)
+    # A copy in the same batch would be an alias of a row that is never written.
+    images.append(tmp_path / "data" / "copy.jpg")
+    images[-1].write_bytes(images[0].read_bytes())
     (tmp_path / "data" / "caption.txt").write_text("a photo of a dog")
     out = tmp_path / "out"
     result = embed(EmbedConfig(sources=(str(tmp_path / "data"),), out_dir=out,
                                model=str(checkpoint), device="cpu", workers=0))  # fmt: skip
-    assert (result.embedded, result.skipped) == (1, 3)
+    assert (result.embedded, result.skipped, result.aliases) == (1, 4, 0)
     assert sorted(uri for uri, _, _ in result.failures) == sorted(map(str, images))
     assert {stage for _, stage, _ in result.failures} == {"encode"}
     assert [row["kind"] for row in rows(out).values()] == ["text"]
+    assert not (out / "_aliases.parquet").exists()
     failures = pq.read_table(out / "_failures.parquet").to_pylist()
-    assert all("non-finite" in row["error"] for row in failures) and len(failures) == 3
+    assert all("non-finite" in row["error"] for row in failures) and len(failures) == 4
     strict = runner.invoke(cli.app, ["embed", str(tmp_path / "data"), "-o", str(out), "-m",
                                      str(checkpoint), "--device", "cpu", "--strict"])  # fmt: skip
     assert strict.exit_code == 1 and "non-finite" in strict.stderr
