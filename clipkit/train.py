@@ -23,7 +23,7 @@ from clipkit import distributed
 from clipkit.classes import read_class_tree
 from clipkit.errors import DivergedError, InputError
 from clipkit.models import Encoder, load_model
-from clipkit.pipeline import single_threaded
+from clipkit.pipeline import decode_worker_init
 from clipkit.pixels import split_transform
 from clipkit.runtime import autocast_dtype, seed_everything
 from clipkit.train_data import PairDataset, Schedule, SeededBatches, collate_pairs, load_pairs
@@ -289,7 +289,7 @@ class _Run:
             PairDataset(self.data.train, self.augment.pixels, config.seed,
                         self.encoder.image_size[0]),
             batch_sampler=batches, collate_fn=collate_pairs, num_workers=config.workers,
-            worker_init_fn=single_threaded if config.workers else None,
+            worker_init_fn=decode_worker_init if config.workers else None,
             pin_memory=self.device.startswith("cuda"),
             # Its own generator: creating the iterator must not draw from the global stream,
             # or a resumed run's dropout would drift from the uninterrupted run's.

@@ -377,3 +377,22 @@ def test_non_finite_embeddings_are_failures_not_rows(tmp_path, tiny_encoder):
     strict = runner.invoke(cli.app, ["embed", str(tmp_path / "data"), "-o", str(out), "-m",
                                      str(checkpoint), "--device", "cpu", "--strict"])  # fmt: skip
     assert strict.exit_code == 1 and "non-finite" in strict.stderr
+
+
+def _worker_settings(_image) -> torch.Tensor:
+    return torch.tensor([os.nice(0), torch.get_num_threads()])
+
+
+def test_decode_workers_run_single_threaded_at_the_lowest_priority(tmp_path):
+    # Workers that compete at full priority stall the model's lock-step threads (see pipeline).
+    from clipkit.sources import Item
+
+    own_niceness = os.nice(0)
+    paths = make_images(tmp_path, 4)
+    items = [Item(uri=str(p), kind="image", path=str(p)) for p in paths]
+    dataset = pipeline.ImageDataset(items, known_ids=frozenset(), preprocess=_worker_settings,
+                                    min_side=8, max_pixels=10**6)  # fmt: skip
+    batches = list(pipeline.image_batches(dataset, batch_size=2, workers=2, device="cpu"))
+    settings = torch.cat([batch.pixels for batch in batches])
+    assert settings.tolist() == [[min(19, own_niceness + pipeline.WORKER_NICENESS), 1]] * 4
+    assert os.nice(0) == own_niceness  # the process that runs the model keeps its priority
