@@ -1,4 +1,5 @@
-"""Atomic file writes: write to a temporary file beside the target, then rename over it."""
+"""Output paths: checked before any work starts, folders made with a clear error, and atomic
+file writes (a temporary file beside the target, then a rename over it)."""
 
 from __future__ import annotations
 
@@ -8,6 +9,40 @@ import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
+from clipkit.errors import InputError
+
+
+def check_output(target: str | os.PathLike[str], *, folder: bool = False) -> Path:
+    """Refuse an output path that cannot be made, before the work whose result it would hold.
+
+    A file target must not be a folder, a folder target must not be a file, and no existing
+    ancestor may be a file. Permissions are left to the write, which reports them too.
+
+    Raises:
+        InputError: naming the path and what is in the way.
+    """
+    target = Path(target)
+    if folder and target.exists() and not target.is_dir():
+        raise InputError(f"{target} is a file, not a folder.", "Choose a new or existing folder.")
+    if not folder and target.is_dir():
+        raise InputError(f"{target} is a folder, not a file name.", "Give a file path.")
+    blocker = next((parent for parent in target.parents if parent.exists()), None)
+    if blocker is not None and not blocker.is_dir():
+        raise InputError(f"Cannot write {target}: {blocker} is a file, not a folder.",
+                         "Choose another path.")  # fmt: skip
+    return target
+
+
+def make_folder(path: str | os.PathLike[str]) -> Path:
+    """Create ``path`` and its parents if missing (an InputError, not an OSError, when it fails)."""
+    path = check_output(path, folder=True)
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise InputError(f"Cannot create the folder {path}: {error.strerror}.",
+                         "Choose a folder you can write to.") from None  # fmt: skip
+    return path
+
 
 @contextlib.contextmanager
 def atomic_path(target: str | os.PathLike[str]) -> Iterator[Path]:
@@ -16,9 +51,14 @@ def atomic_path(target: str | os.PathLike[str]) -> Iterator[Path]:
     A crash or exception at any moment leaves either the old file or the new one, never a
     partial file. The temporary lives in the same folder so the final rename is atomic.
     """
-    target = Path(target)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+    target = check_output(target)
+    make_folder(target.parent)
+    try:
+        fd, tmp_name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp",
+                                        dir=target.parent)  # fmt: skip
+    except OSError as error:
+        raise InputError(f"Cannot write {target}: {error.strerror}.",
+                         "Choose a folder you can write to.") from None  # fmt: skip
     os.close(fd)
     tmp = Path(tmp_name)
     try:

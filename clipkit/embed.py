@@ -17,6 +17,7 @@ import numpy as np
 import torch
 
 from clipkit import distributed, embed_plan, store
+from clipkit.atomic import make_folder
 from clipkit.decode import DEFAULT_MAX_PIXELS, DecodeError, content_id, decode_text, text_id
 from clipkit.errors import InputError
 from clipkit.models import Encoder, load_model
@@ -256,7 +257,7 @@ def _finish(config: EmbedConfig, run: _Run, world: distributed.World, encoder: E
 def _start_run(config: EmbedConfig, encoder: Encoder, items: Sequence[Item],
                world: distributed.World) -> _Run:  # fmt: skip
     if world.is_main:
-        config.out_dir.mkdir(parents=True, exist_ok=True)
+        make_folder(config.out_dir)
         store.remove_stale_temporaries(config.out_dir)
     distributed.barrier(world)
     existing = store.read_existing(config.out_dir)

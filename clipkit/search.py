@@ -3,6 +3,7 @@ embeddings folder (exact, no index needed)."""
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -76,6 +77,8 @@ def search(config: SearchConfig) -> SearchResult:
         )
     if not config.texts and not config.images:
         raise InputError("No query given.", 'Pass text ("a photo of a dog"), --image or --queries.')
+    if any(not text.strip() for text in config.texts):
+        raise InputError("A text query is empty.", "Pass words to search for, or only --image.")
     if config.batch and config.images:
         raise InputError("--queries cannot be combined with --image.", "Run them separately.")
     labels, weights = _labels_and_weights(config)
@@ -123,6 +126,9 @@ def _labels_and_weights(config: SearchConfig) -> tuple[list[str], list[float]]:
         return list(config.texts), [1.0] * len(config.texts)
     parts = [*config.texts, *(f"image:{p}" for p in config.images)]
     weights = list(config.weights) if config.weights else [1.0] * len(parts)
+    if not all(math.isfinite(w) for w in weights):
+        raise InputError(f"Query weights must be finite numbers, got {config.weights}.",
+                         "e.g. --weights 1,-0.5")  # fmt: skip
     if len(weights) != len(parts):
         raise InputError(
             f"{len(weights)} weights for {len(parts)} query parts ({', '.join(parts)}).",
@@ -146,9 +152,13 @@ def _query_vectors(encoder: Encoder, config: SearchConfig, weights: Sequence[flo
     if config.texts:
         parts.append(encoder.encode_texts(list(config.texts)))
     if config.images:
-        pixels = torch.stack([encoder.preprocess_image(_open_image(p)) for p in config.images])
+        pixels = torch.stack([encoder.prepare_image(_open_image(p)) for p in config.images])
         parts.append(encoder.encode_images(pixels))
     vectors = torch.cat(parts).float().cpu()
+    if not bool(torch.isfinite(vectors).all()):
+        raise InputError(f"{encoder.spec} returned a non-finite (NaN or inf) query embedding.",
+                         "Its weights are corrupt: use the checkpoint from before training "
+                         "diverged.")  # fmt: skip
     if not config.batch:
         vectors = (torch.tensor(weights).unsqueeze(1) * vectors).sum(0, keepdim=True)
     norms = vectors.norm(dim=1, keepdim=True)

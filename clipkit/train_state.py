@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from clipkit.atomic import atomic_path
+from clipkit.atomic import atomic_path, make_folder
 from clipkit.checkpoints import CheckpointMeta, write_checkpoint
 from clipkit.errors import InputError, UnsafeCheckpointError
 
@@ -57,9 +57,7 @@ def prepare_run_folder(out: Path, config: dict[str, Any], resume: bool) -> Resum
                 f"{out} already holds a training run.",
                 "Add --resume to continue it, or choose another -o/--out folder.",
             )
-        if out.exists() and not out.is_dir():
-            raise InputError(f"{out} exists and is not a folder.", "Choose another -o/--out.")
-        out.mkdir(parents=True, exist_ok=True)
+        make_folder(out)
         write_json(saved_config, config)
         return None
     if not (out / STATE_FILE).is_file():

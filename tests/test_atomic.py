@@ -1,4 +1,5 @@
-"""Atomic writes: all or nothing, no temporary left behind, ordinary file permissions."""
+"""Output paths: atomic writes (all or nothing, no temporary left behind, ordinary file
+permissions), and paths in the way refused before any work."""
 
 from __future__ import annotations
 
@@ -7,7 +8,8 @@ import stat
 
 import pytest
 
-from clipkit.atomic import atomic_path
+from clipkit.atomic import atomic_path, check_output, make_folder
+from clipkit.errors import InputError
 
 
 def test_success_replaces_the_target_with_ordinary_permissions(tmp_path):
@@ -29,3 +31,31 @@ def test_failure_keeps_the_old_file_and_leaves_no_temporary(tmp_path):
         raise RuntimeError("crash mid-write")
     assert target.read_text() == "old"
     assert [p.name for p in tmp_path.iterdir()] == ["out.txt"]
+
+
+def test_output_paths_in_the_way_are_refused_with_a_clear_error(tmp_path):
+    a_file = tmp_path / "a_file"
+    a_file.write_text("mine")
+    cases = [
+        (lambda: check_output(tmp_path), "is a folder, not a file name"),
+        (lambda: check_output(a_file / "report.html"), "a_file is a file, not a folder"),
+        (lambda: check_output(a_file / "deeper" / "x.csv"), "a_file is a file, not a folder"),
+        (lambda: check_output(a_file, folder=True), "is a file, not a folder"),
+        (lambda: make_folder(a_file / "run"), "a_file is a file, not a folder"),
+        (lambda: atomic_path(tmp_path).__enter__(), "is a folder, not a file name"),
+        (lambda: atomic_path(a_file / "x.txt").__enter__(), "a_file is a file"),
+    ]
+    for attempt, message in cases:
+        with pytest.raises(InputError, match=message):
+            attempt()
+    assert a_file.read_text() == "mine" and sorted(tmp_path.iterdir()) == [a_file]
+
+
+def test_paths_that_can_be_made_pass(tmp_path):
+    assert check_output(tmp_path / "new" / "deeper" / "report.html") == (
+        tmp_path / "new" / "deeper" / "report.html"
+    )
+    assert check_output(tmp_path, folder=True) == tmp_path
+    made = make_folder(tmp_path / "x" / "y")
+    assert made.is_dir() and make_folder(made) == made  # an existing folder is fine
+    assert not (tmp_path / "new").exists()  # checking creates nothing

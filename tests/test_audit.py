@@ -253,6 +253,16 @@ def test_cli_writes_reports_in_every_format(planted_embeddings, tmp_path):
     assert runner.invoke(cli.app, [*base, "--format", "parquet"]).exit_code == 1
 
 
+def test_outputs_in_the_way_fail_before_any_work(tmp_path):
+    (tmp_path / "a_file").write_text("mine")
+    for option, target in (("--out", "a_file/r.csv"), ("--html", "a_file/r.html")):
+        result = runner.invoke(cli.app, ["audit", str(tmp_path / "no-such-data"), option,
+                                         str(tmp_path / target)])  # fmt: skip
+        message = " ".join(result.stderr.split())
+        assert result.exit_code == 1 and "a_file is a file, not a folder" in message
+        assert "no-such-data" not in message  # refused before the data was even looked at
+
+
 def test_html_report_escapes_captions(planted_embeddings, tmp_path):
     from clipkit.report import write_audit_report
 

@@ -223,6 +223,12 @@ def test_bad_indexes_and_queries(corpus, tmp_path):
         (SearchConfig(texts=("x",), weights=(1, 2), index_dir=corpus / "index"), "2 weights"),
         (SearchConfig(texts=("x",), index_dir=corpus / "index", embeddings_dir=corpus / "emb"),
          "exactly one of"),
+        (SearchConfig(texts=("",), index_dir=corpus / "index"), "text query is empty"),
+        (SearchConfig(texts=(" \t ",), index_dir=corpus / "index"), "text query is empty"),
+        (SearchConfig(texts=("x",), weights=(float("inf"),), index_dir=corpus / "index"),
+         "must be finite"),
+        (SearchConfig(texts=("x",), images=(corpus / "data" / "img0000.jpg",),
+                      weights=(1, float("nan")), index_dir=corpus / "index"), "must be finite"),
     ]  # fmt: skip
     for config, match in cases:
         with pytest.raises(InputError, match=match):
@@ -367,3 +373,70 @@ def test_exact_index_of_fewer_rows_than_k_records_full_recall(tmp_path, tiny_enc
     _clustered(tmp_path / "emb", stamp, rows=6, clusters=2, dim=16)
     info = build_index(IndexConfig(emb_dir=tmp_path / "emb", out_dir=tmp_path / "idx")).info
     assert info.factory == "Flat" and info.recall_at_10["same_kind"] == 1.0
+
+
+def test_ivfpq_needs_enough_rows_and_any_dimension_splits(tmp_path, tiny_encoder):
+    small = store.ModelStamp(TINY, tiny_encoder.fingerprint, 32)
+    _clustered(tmp_path / "small", small, rows=100, clusters=4, dim=32)
+    with pytest.raises(InputError, match="needs at least 256 rows") as refused:
+        build_index(IndexConfig(emb_dir=tmp_path / "small", out_dir=tmp_path / "i1",
+                                index_type="ivfpq"))  # fmt: skip
+    assert "--type flat" in refused.value.hint
+    # Automatic choice under a budget too small for anything: 8-bit codes, never a failed PQ.
+    squeezed = build_index(IndexConfig(emb_dir=tmp_path / "small", out_dir=tmp_path / "i2",
+                                       flat_threshold=0, max_memory=1)).info  # fmt: skip
+    assert squeezed.factory.endswith(",SQ8") and squeezed.rows == 100
+    # 100 dimensions: none of faiss's usual sub-vector counts (8, 16, ...) divides them.
+    odd = store.ModelStamp(TINY, tiny_encoder.fingerprint, 100)
+    _clustered(tmp_path / "odd", odd, rows=1000, clusters=10, dim=100)
+    info = build_index(IndexConfig(emb_dir=tmp_path / "odd", out_dir=tmp_path / "i3",
+                                   index_type="ivfpq")).info  # fmt: skip
+    subquantizers = int(info.factory.rsplit("PQ", 1)[1])
+    assert 100 % subquantizers == 0 and info.rows == 1000
+
+
+def test_ivfpq_skips_polysemous_training():
+    # index_factory turns it on; it costs minutes and serves only Hamming-filtered search.
+    import faiss
+
+    from clipkit.index import new_index
+
+    index = new_index(64, "IVF4,PQ8")
+    assert faiss.downcast_index(faiss.extract_index_ivf(index)).do_polysemous_training is False
+    assert faiss.downcast_index(new_index(64, "Flat")).ntotal == 0  # other types as they come
+
+
+def test_output_in_the_way_is_refused_before_any_work(corpus, tmp_path):
+    a_file = tmp_path / "a_file"
+    a_file.write_text("mine")
+    with pytest.raises(InputError, match="is a file, not a folder"):
+        build_index(IndexConfig(emb_dir=corpus / "emb", out_dir=a_file))
+    with pytest.raises(InputError, match="is a file, not a folder"):
+        embed(EmbedConfig(sources=(str(corpus / "data"),), out_dir=a_file / "emb", model=TINY,
+                          device="cpu", workers=0))  # fmt: skip
+    gallery = runner.invoke(cli.app, ["search", "x", "--index", str(corpus / "index"), "--html",
+                                      str(tmp_path)])  # fmt: skip
+    assert gallery.exit_code == 1 and "is a folder, not a file name" in " ".join(
+        gallery.stderr.split()
+    )
+    assert gallery.stdout == ""  # refused before searching
+    assert a_file.read_text() == "mine"
+
+
+def test_a_model_that_returns_nan_for_the_query_is_refused(tmp_path, tiny_encoder):
+    # Texts embed fine with this checkpoint; its image tower has diverged.
+    from clipkit.checkpoints import write_checkpoint
+
+    state = {name: value.clone() for name, value in tiny_encoder.model.state_dict().items()}
+    state["visual.proj"][0, 0] = float("nan")
+    checkpoint = tmp_path / "diverged.safetensors"
+    write_checkpoint(checkpoint, state, tiny_encoder.checkpoint_meta())
+    (tmp_path / "texts").mkdir()
+    (tmp_path / "texts" / "dog.txt").write_text("a photo of a dog")
+    embed(EmbedConfig(sources=(str(tmp_path / "texts"),), out_dir=tmp_path / "emb",
+                      model=str(checkpoint), device="cpu", workers=0))  # fmt: skip
+    query = make_images(tmp_path / "query", 1)[0]
+    with pytest.raises(InputError, match="non-finite"):
+        search(SearchConfig(images=(query,), embeddings_dir=tmp_path / "emb", device="cpu"))
+    found = search(SearchConfig(texts=("a dog",), embeddings_dir=tmp_path / "emb", device="cpu"))
+    assert found.results[0].hits[0].text == "a photo of a dog"

@@ -98,7 +98,7 @@ def test_a_folder_with_other_files_or_a_file_is_refused(tmp_path):
         quickstart(QuickstartConfig(folder=tmp_path / "photos", **SMALL))
     assert [p.name for p in (tmp_path / "photos").iterdir()] == ["mine.jpg"]
     (tmp_path / "file").write_text("x")
-    with pytest.raises(InputError, match="is not a folder"):
+    with pytest.raises(InputError, match="not a folder"):
         quickstart(QuickstartConfig(folder=tmp_path / "file", **SMALL))
 
 

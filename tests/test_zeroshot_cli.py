@@ -89,6 +89,18 @@ def test_bad_out_suffix_fails_before_any_work(tmp_path):
     assert "Hint:" in result.stderr
 
 
+def test_outputs_in_the_way_fail_before_any_work(tmp_path):
+    (tmp_path / "a_file").write_text("mine")
+    for option, target, problem in (("--out", "a_file/p.csv", "a_file is a file, not a folder"),
+                                    ("--html", "a_file/r.html", "a_file is a file, not a folder"),
+                                    ("--html", ".", "is a folder, not a file name")):  # fmt: skip
+        result = runner.invoke(cli.app, ["zeroshot", str(tmp_path / "no-such-data"), "--labels",
+                                         "a,b", option, str(tmp_path / target)])  # fmt: skip
+        message = " ".join(result.stderr.split())
+        assert result.exit_code == 1 and problem in message
+        assert "no-such-data" not in message  # refused before the images were even looked at
+
+
 def test_skipped_images_are_listed_and_strict_exits_1(tmp_path):
     Image.new("RGB", (32, 32), (250, 0, 0)).save(tmp_path / "ok.png")
     (tmp_path / "broken.jpg").write_bytes(b"\xff\xd8\xff\xe0 truncated")

@@ -12,6 +12,7 @@ import typer
 from rich.table import Column, Table
 from rich.text import Text
 
+from clipkit.atomic import check_output
 from clipkit.cli import (
     DeviceOption,
     RecordedModelOption,
@@ -87,6 +88,9 @@ def audit(
         tables.format_of(out)  # fail before any work on a suffix we cannot write
     if output is AuditFormat.parquet and out is None:
         raise InputError("--format parquet needs --out FILE.parquet.", "Or use json or csv.")
+    for path in (out, html_out):
+        if path is not None:
+            check_output(path)  # before the work, not after it
     config = AuditConfig(
         data=data, model=model, fpr=fpr, threshold=threshold,
         long_captions=long_captions.value, neighbours=neighbours, seed=seed,

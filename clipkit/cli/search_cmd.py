@@ -12,6 +12,7 @@ import typer
 from rich.table import Table
 from rich.text import Text
 
+from clipkit.atomic import check_output
 from clipkit.cli import (
     DeviceOption,
     KindChoice,
@@ -145,6 +146,8 @@ def search(
     from clipkit.search import SearchConfig
     from clipkit.search import search as run_search
 
+    if html_out is not None:
+        check_output(html_out)
     texts = [query] if query is not None else []
     if queries is not None:
         if query is not None:

@@ -13,6 +13,7 @@ import typer
 from rich.table import Column, Table
 from rich.text import Text
 
+from clipkit.atomic import check_output
 from clipkit.cli import (
     DeviceOption,
     RecordedModelOption,
@@ -88,6 +89,9 @@ def zeroshot(
     if out is not None and out.suffix.lower() not in PREDICTION_SUFFIXES:
         raise InputError(f"Cannot tell the format of {out} from its suffix.",
                          "End --out with " + ", ".join(PREDICTION_SUFFIXES) + ".")  # fmt: skip
+    for path in (out, html_out):
+        if path is not None:
+            check_output(path)  # before the work, not after it
     config = ZeroShotConfig(
         images=images, labels=labels, labels_file=labels_file, templates=templates,
         model=model, k=k, reject_threshold=reject_threshold, calibrate=calibrate,
