@@ -179,7 +179,7 @@ def read_table(path: Path) -> list[dict[str, Any]]:
             table = pa_csv.read_csv(path, parse_options=pa_csv.ParseOptions(delimiter=delimiter))
     except (OSError, pa.ArrowException) as error:
         raise InputError(
-            f"Cannot read table {path}: {str(error).splitlines()[0]}.",
+            f"Cannot read table {path}: {str(error).splitlines()[0].rstrip('.')}.",
             "Check that the file is a valid CSV/TSV (with a header row), JSONL or Parquet table.",
         ) from None
     return table.to_pylist()
