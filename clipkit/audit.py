@@ -24,6 +24,7 @@ import torch
 from clipkit import store
 from clipkit.config import DEFAULT_MODEL_SPEC
 from clipkit.errors import InputError
+from clipkit.filenames import as_text
 from clipkit.metrics import calibrate_threshold
 from clipkit.models import Encoder, load_matching_model, load_model
 from clipkit.pairs import read_pairs
@@ -183,7 +184,7 @@ def audit(config: AuditConfig, progress: Progress | None = None) -> AuditResult:
         ))  # fmt: skip
     duplicate_images, duplicate_captions = _duplicates(encoded, image_groups, caption_groups)
     return AuditResult(
-        source=str(path), input_kind=kind, model=model, pairs=tuple(pairs),
+        source=as_text(path), input_kind=kind, model=model, pairs=tuple(pairs),
         calibration=calibration, failures=tuple(encoded.failures),
         long_captions=sum(encoded.truncated), long_caption_mode=config.long_captions,
         duplicate_images=duplicate_images, duplicate_captions=duplicate_captions,

@@ -17,6 +17,7 @@ import torch.nn.functional as F
 
 from clipkit.decode import IMAGE_SUFFIXES
 from clipkit.errors import InputError
+from clipkit.filenames import as_text
 
 SIMPLE_TEMPLATES = ("a photo of a {}.",)
 TEMPLATE_SETS = ("simple", "openai")
@@ -62,7 +63,7 @@ def read_class_tree(root: str | Path, *, include_hidden: bool = False) -> ClassT
         found = _images_below(folder, include_hidden)
         if not found:
             continue
-        labels.append(label_from_folder(folder.name))
+        labels.append(label_from_folder(as_text(folder.name)))
         images.extend(found)
         targets.extend([len(labels) - 1] * len(found))
     if len(labels) < 2:
@@ -70,7 +71,7 @@ def read_class_tree(root: str | Path, *, include_hidden: bool = False) -> ClassT
             f"{root} holds {len(labels)} class folder(s) with images; classification needs 2+.",
             "Lay images out as ROOT/<label>/<image>, one subfolder per class.",
         )
-    return ClassTree(str(root), tuple(labels), tuple(images), tuple(targets))
+    return ClassTree(as_text(root), tuple(labels), tuple(images), tuple(targets))
 
 
 def class_embeddings(
@@ -235,5 +236,5 @@ def _images_below(folder: Path, include_hidden: bool) -> list[str]:
             if (include_hidden or not name.startswith(".")) and (
                 Path(name).suffix.lower() in IMAGE_SUFFIXES
             ):
-                found.append(str(Path(current) / name))
+                found.append(as_text(Path(current) / name))
     return found

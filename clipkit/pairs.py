@@ -16,6 +16,7 @@ from pathlib import Path
 
 from clipkit.decode import IMAGE_SUFFIXES, DecodeError, decode_text
 from clipkit.errors import InputError
+from clipkit.filenames import as_text
 from clipkit.pipeline import read_bytes
 from clipkit.sources import IMAGE_COLUMNS, TABLE_SUFFIXES, TEXT_COLUMNS, find_column
 from clipkit.tarshards import TAR_SUFFIX, member_offsets, member_uri, read_member, sample_key
@@ -70,7 +71,7 @@ def read_pairs(
         )
     else:
         raise InputError(f"Pair source {path} does not exist.", "Check the path.")
-    return PairSet(str(path), tuple(pairs), tuple(skipped))
+    return PairSet(as_text(path), tuple(pairs), tuple(skipped))
 
 
 def _folder_pairs(root: Path, include_hidden: bool):
@@ -85,19 +86,20 @@ def _folder_pairs(root: Path, include_hidden: bool):
             ):
                 continue
             image = Path(folder) / name
-            sidecar = image.with_suffix(".txt")
+            uri, sidecar = as_text(image), image.with_suffix(".txt")
+            shown = as_text(sidecar.name)
             if not sidecar.exists():
-                skipped.append((str(image), "caption", f"no caption file {sidecar.name}"))
+                skipped.append((uri, "caption", f"no caption file {shown}"))
                 continue
             try:
                 captions = _captions(read_bytes(str(sidecar)))
             except DecodeError as error:
-                skipped.append((str(image), "caption", f"{sidecar.name}: {error.reason}"))
+                skipped.append((uri, "caption", f"{shown}: {error.reason}"))
                 continue
             if not captions:
-                skipped.append((str(image), "caption", f"{sidecar.name} holds no caption"))
+                skipped.append((uri, "caption", f"{shown} holds no caption"))
             else:
-                pairs.append(Pair(str(image), captions))
+                pairs.append(Pair(uri, captions))
     return pairs, skipped
 
 
@@ -159,7 +161,7 @@ def _shard_pairs(shards: list[Path]):
         try:
             members = member_offsets(str(shard))
         except DecodeError as error:
-            skipped.append((str(shard), "read", error.reason))
+            skipped.append((as_text(shard), "read", error.reason))
             continue
         samples: dict[str, dict[str, str]] = {}
         for name in members:

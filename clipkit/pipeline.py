@@ -21,6 +21,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from clipkit.decode import DEFAULT_MAX_PIXELS, DecodeError, content_id, decode_image
+from clipkit.filenames import os_path
 from clipkit.sources import Item
 from clipkit.tarshards import MEMBER_SEPARATOR, read_member, split_member_uri
 
@@ -56,7 +57,11 @@ class Batch:
 
 
 def read_bytes(path: str) -> bytes:
-    """The bytes of a file (or ``SHARD.tar#MEMBER``), or a DecodeError naming why not."""
+    """The bytes of a file (or ``SHARD.tar#MEMBER``), or a DecodeError naming why not.
+
+    ``path`` may be a name as :func:`clipkit.filenames.as_text` shows it.
+    """
+    path = os_path(path)
     if MEMBER_SEPARATOR in path and split_member_uri(path) and not os.path.exists(path):
         return read_member(path)
     try:

@@ -15,6 +15,7 @@ from typing import Any
 
 from clipkit.decode import IMAGE_SUFFIXES, TEXT_SUFFIXES
 from clipkit.errors import InputError
+from clipkit.filenames import as_text
 
 IMAGE_COLUMNS = ("filepath", "image", "image_path", "path", "file", "filename")
 TEXT_COLUMNS = ("caption", "text", "title", "description")
@@ -106,7 +107,7 @@ def _walk(root: Path, options: SourceOptions, found: Discovery) -> None:
 
 def _file_items(path: Path, options: SourceOptions, found: Discovery, *, explicit: bool) -> None:
     suffix = path.suffix.lower()
-    uri = str(path)
+    uri = as_text(path)
     if suffix in IMAGE_SUFFIXES:
         if _wanted("image", options):
             found.items.append(Item(uri=uri, kind="image", path=uri))
@@ -138,7 +139,7 @@ def _line_items(path: Path) -> Iterable[Item]:
             text, _ = decode_text(raw)
         except DecodeError:
             continue  # blank lines separate texts; they are not inputs
-        yield Item(uri=f"{path}#L{number}", kind="text", text=text)
+        yield Item(uri=as_text(f"{path}#L{number}"), kind="text", text=text)
 
 
 def _table_items(path: Path, options: SourceOptions) -> list[Item]:

@@ -13,6 +13,7 @@ import tarfile
 from pathlib import Path
 
 from clipkit.decode import DecodeError
+from clipkit.filenames import as_text, os_path
 
 TAR_SUFFIX = ".tar"
 MEMBER_SEPARATOR = "#"
@@ -46,7 +47,8 @@ def sample_key(member: str) -> tuple[str, str]:
 
 
 def member_uri(shard: Path | str, member: str) -> str:
-    return f"{shard}{MEMBER_SEPARATOR}{member}"
+    """``SHARD.tar#MEMBER``, as text (see :mod:`clipkit.filenames`)."""
+    return as_text(f"{shard}{MEMBER_SEPARATOR}{member}")
 
 
 def split_member_uri(uri: str) -> tuple[str, str] | None:
@@ -59,7 +61,7 @@ def split_member_uri(uri: str) -> tuple[str, str] | None:
 
 def read_member(uri: str) -> bytes:
     """The bytes of one shard member named by its ``SHARD.tar#MEMBER`` uri."""
-    parts = split_member_uri(uri)
+    parts = split_member_uri(os_path(uri))
     if parts is None:
         raise DecodeError("read", "not a tar member address")
     shard, member = parts

@@ -32,6 +32,7 @@ from clipkit.classes import (
 from clipkit.config import DEFAULT_MODEL_SPEC
 from clipkit.decode import DEFAULT_MAX_PIXELS, IMAGE_SUFFIXES
 from clipkit.errors import InputError
+from clipkit.filenames import as_text
 from clipkit.metrics import ClassificationMetrics, calibrate_threshold, classification_metrics
 from clipkit.models import Encoder, load_matching_model, load_model
 from clipkit.pipeline import default_workers, encode_image_files
@@ -171,7 +172,7 @@ def zeroshot(config: ZeroShotConfig, progress: Progress | None = None) -> ZeroSh
         rejected = sum(p.label == UNKNOWN for p in predictions)
         rejection = Rejection(**{**asdict(rejection), "rejected": rejected})
     return ZeroShotResult(
-        model=encoder.spec, source=str(source), input_kind=kind, labels=tuple(names),
+        model=encoder.spec, source=as_text(source), input_kind=kind, labels=tuple(names),
         prompts=sum(len(p) for p in prompts), templates=config.templates,
         logit_scale=encoder.logit_scale, predictions=tuple(predictions), metrics=metrics,
         rejection=rejection, failures=tuple(images.failures), notes=tuple(notes),
