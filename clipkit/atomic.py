@@ -9,7 +9,7 @@ import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
-from clipkit.errors import InputError
+from clipkit.errors import ClipkitError, InputError
 
 
 def check_output(target: str | os.PathLike[str], *, folder: bool = False) -> Path:
@@ -67,6 +67,12 @@ def atomic_path(target: str | os.PathLike[str]) -> Iterator[Path]:
         # mkstemp makes the file private (0600); give it the mode a plain open() would have.
         os.chmod(tmp, _NEW_FILE_MODE)
         os.replace(tmp, target)
+    except OSError as error:  # a full disk, a quota, an I/O error: the machine, not a bug
+        tmp.unlink(missing_ok=True)
+        reason = error.strerror or str(error).splitlines()[0] or type(error).__name__
+        raise ClipkitError(f"Cannot write {target}: {reason}.",
+                           "Free some space (or choose another folder) and run the command "
+                           "again; files already written are kept.") from None  # fmt: skip
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise

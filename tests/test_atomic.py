@@ -9,7 +9,7 @@ import stat
 import pytest
 
 from clipkit.atomic import atomic_path, check_output, make_folder
-from clipkit.errors import InputError
+from clipkit.errors import ClipkitError, InputError
 
 
 def test_success_replaces_the_target_with_ordinary_permissions(tmp_path):
@@ -59,3 +59,16 @@ def test_paths_that_can_be_made_pass(tmp_path):
     made = make_folder(tmp_path / "x" / "y")
     assert made.is_dir() and make_folder(made) == made  # an existing folder is fine
     assert not (tmp_path / "new").exists()  # checking creates nothing
+
+
+def test_a_full_disk_is_a_clear_error_and_keeps_the_old_file(tmp_path):
+    import errno
+
+    target = tmp_path / "out.txt"
+    target.write_text("old")
+    full = "Cannot write .*out.txt: No space left on device"
+    with pytest.raises(ClipkitError, match=full), atomic_path(target) as tmp:
+        tmp.write_text("half")
+        raise OSError(errno.ENOSPC, "No space left on device")
+    assert target.read_text() == "old"
+    assert [p.name for p in tmp_path.iterdir()] == ["out.txt"]

@@ -396,3 +396,31 @@ def test_decode_workers_run_single_threaded_at_the_lowest_priority(tmp_path):
     settings = torch.cat([batch.pixels for batch in batches])
     assert settings.tolist() == [[min(19, own_niceness + pipeline.WORKER_NICENESS), 1]] * 4
     assert os.nice(0) == own_niceness  # the process that runs the model keeps its priority
+
+
+def test_a_full_disk_stops_embed_with_a_clear_error_and_the_rerun_resumes(tmp_path, monkeypatch):
+    import errno
+
+    from clipkit import store
+    from clipkit.errors import ClipkitError
+
+    make_images(tmp_path / "d", 6)
+    cfg = config([tmp_path / "d"], tmp_path / "out", batch_size=2, shard_rows=2)
+    real_write, written = store.pq.write_table, []
+
+    def disk_fills_after_one_shard(table, where, **options):
+        if written:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        written.append(where)
+        real_write(table, where, **options)
+
+    monkeypatch.setattr(store.pq, "write_table", disk_fills_after_one_shard)
+    with pytest.raises(ClipkitError, match="No space left on device") as stopped:
+        embed(cfg)
+    assert "run the command again" in stopped.value.hint
+    assert len(rows(tmp_path / "out")) == 2  # the shard written before the disk filled
+    assert not [p for p in (tmp_path / "out").iterdir() if p.name.endswith(".tmp")]
+    monkeypatch.undo()
+    resumed = embed(cfg)
+    assert (resumed.embedded, resumed.already_present) == (4, 2)
+    assert len(rows(tmp_path / "out")) == 6
