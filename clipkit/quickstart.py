@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from clipkit import synthetic, tables
-from clipkit.atomic import atomic_path, check_output, make_folder
+from clipkit.atomic import atomic_path, make_folder
 from clipkit.audit import AuditConfig, audit
 from clipkit.embed import EmbedConfig, embed
 from clipkit.errors import InputError, StoppedError
@@ -138,7 +138,6 @@ def _check_settings(folder: Path, config: QuickstartConfig) -> None:
                 "Re-run with the same options, or give another folder (or delete this one).",
             )
         return
-    check_output(folder, folder=True)
     if folder.is_dir() and any(folder.iterdir()):  # never write into someone's own files
         raise InputError(f"{folder} is not empty and holds no quickstart.",
                          "Give a new or empty folder.")  # fmt: skip
