@@ -105,10 +105,16 @@ def read_checkpoint(path: Path) -> Checkpoint:
         UnsafeCheckpointError: the file would run code when unpickled, or is not a checkpoint.
     """
     file = resolve_checkpoint_file(path)
-    if file.suffix.lower() == ".safetensors":
+    kind = _sniff(file)
+    if kind == "safetensors":
         state_dict, meta = _read_safetensors(file)
-    else:
+    elif kind == "torch":
         state_dict, meta = _read_torch(file)
+    else:
+        raise UnsafeCheckpointError(
+            f"{file} is not a checkpoint: neither a safetensors file nor one torch.save wrote.",
+            "Pass a .safetensors or .pt/.bin checkpoint, or a training-run folder.",
+        )
     state_dict = _strip_prefix(state_dict, "module.")
     return Checkpoint(path=file, state_dict=state_dict, meta=meta)
 
@@ -124,6 +130,27 @@ def write_checkpoint(path: Path, state_dict: dict[str, torch.Tensor], meta: Chec
         else:
             torch.save({"state_dict": tensors, "clipkit": meta.to_strings()}, tmp)
     return path
+
+
+def _sniff(file: Path) -> str | None:
+    """ "safetensors", "torch" or None, from the first bytes rather than the name.
+
+    safetensors opens with an 8-byte header length and then its JSON header; torch.save writes
+    a zip archive (or, before torch 1.6, a pickle, which opens with the PROTO opcode 0x80).
+    Anything else, a JSON file say, would otherwise reach the unpickler and be reported as a
+    file that could run code.
+    """
+    try:
+        with open(file, "rb") as handle:
+            head = handle.read(9)
+    except OSError as error:
+        raise UnsafeCheckpointError(f"Cannot read {file}: {error.strerror}.",
+                                    "Check the path and its permissions.") from None  # fmt: skip
+    if head[8:9] == b"{":
+        return "safetensors"
+    if head.startswith(b"PK\x03\x04") or head[:1] == b"\x80":
+        return "torch"
+    return None
 
 
 def _read_safetensors(file: Path) -> tuple[dict[str, torch.Tensor], CheckpointMeta | None]:
@@ -145,7 +172,9 @@ def _read_torch(file: Path) -> tuple[dict[str, torch.Tensor], CheckpointMeta | N
     try:
         # weights_only=True refuses any pickled global outside tensors and plain containers:
         # a file whose __reduce__ would run code fails here before anything runs.
-        loaded = torch.load(file, map_location="cpu", weights_only=True)
+        # A handle, not the name: torch would take a ".safetensors" name for the other format.
+        with open(file, "rb") as handle:
+            loaded = torch.load(handle, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as error:
         raise UnsafeCheckpointError(
             f"Refusing to load {file}: it contains pickled objects that could run code "

@@ -107,3 +107,21 @@ def test_non_tensor_payload(tmp_path):
     torch.save({"epoch": 3, "name": "x"}, tmp_path / "meta_only.pt")
     with pytest.raises(UnsafeCheckpointError, match="state dict of tensors"):
         read_checkpoint(tmp_path / "meta_only.pt")
+
+
+def test_files_are_read_by_their_content_not_their_name(tmp_path):
+    weights = _weights()
+    safetensors_as_pt = write_checkpoint(tmp_path / "m.safetensors", weights, META).rename(
+        tmp_path / "renamed.pt"
+    )
+    torch_as_safetensors = write_checkpoint(tmp_path / "m.pt", weights, META).rename(
+        tmp_path / "renamed.safetensors"
+    )
+    for path in (safetensors_as_pt, torch_as_safetensors):
+        loaded = read_checkpoint(path).state_dict
+        assert all(torch.equal(loaded[name], value) for name, value in weights.items())
+    # A JSON file is not "pickled objects that could run code": it is no checkpoint at all.
+    (tmp_path / "config.json").write_text('{"model": "clipkit-tiny"}')
+    with pytest.raises(UnsafeCheckpointError, match="is not a checkpoint") as refused:
+        read_checkpoint(tmp_path / "config.json")
+    assert "could run code" not in refused.value.message
