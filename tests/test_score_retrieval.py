@@ -248,3 +248,12 @@ def test_topk_stream_over_blocks_equals_the_whole():
     torch.testing.assert_close(scores.double(), want_scores, rtol=1e-5, atol=1e-6)
     empty_scores, empty_indices = score.topk_stream(queries, [], 3)
     assert empty_scores.shape == empty_indices.shape == (5, 0)
+
+
+def test_group_lines_lays_ragged_lines_out_in_padded_rows():
+    from clipkit.score.groups import group_lines
+
+    groups = group_lines(np.array([2, 2, 5, 7, 7, 7]))
+    assert groups.lines.tolist() == [2, 5, 7] and groups.width == 3
+    assert groups.row.tolist() == [0, 0, 1, 2, 2, 2]
+    assert groups.slot.tolist() == [0, 1, 0, 0, 1, 2]

@@ -14,6 +14,8 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from clipkit.score.groups import group_lines
+
 Groups = np.ndarray  # (S,) int64
 
 
@@ -80,11 +82,10 @@ class _TopValues:
         if axis == 0:  # group by column; a stable sort keeps each column's values together
             order = np.argsort(line, kind="stable")
             line, values = line[order], values[order]
-        touched, first, counts = np.unique(line, return_index=True, return_counts=True)
-        candidates = np.full((touched.size, int(counts.max())), -np.inf, np.float32)
-        slot = np.arange(line.size) - np.repeat(first, counts)
-        candidates[np.repeat(np.arange(touched.size), counts), slot] = values
-        self._keep(touched + lines.start, candidates)
+        groups = group_lines(line)
+        candidates = np.full((groups.lines.size, groups.width), -np.inf, np.float32)
+        candidates[groups.row, groups.slot] = values
+        self._keep(groups.lines + lines.start, candidates)
 
     def mean(self) -> np.ndarray:
         return self.values.mean(axis=1, dtype=np.float64).astype(np.float32)

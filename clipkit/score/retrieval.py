@@ -13,6 +13,7 @@ import numpy as np
 import torch
 
 from clipkit.errors import InputError
+from clipkit.score.groups import group_lines
 
 # Score blocks of about this many elements (16 MiB of float32), and at least MIN_CHUNK keys:
 # measured on 2 cores, 16k-key blocks beat 4k and 8k for 256-1024 queries (fewer, larger
@@ -145,18 +146,18 @@ class _RunningTopk:
         if beaten.size == 0:
             return
         rows, cols = np.divmod(beaten, block.shape[1])
-        touched, first, counts = np.unique(rows, return_index=True, return_counts=True)
+        groups = group_lines(rows)
         # One padded row per touched query: its current best, then its candidates in key
         # order (so a stable sort keeps ties in index order), then -inf padding, which every
         # real entry precedes.
-        width = self.k + int(counts.max())
-        values = torch.full((touched.size, width), -math.inf)
-        indices = torch.full((touched.size, width), -1, dtype=torch.int64)
-        touched_rows = torch.from_numpy(touched)
+        width = self.k + groups.width
+        values = torch.full((groups.lines.size, width), -math.inf)
+        indices = torch.full((groups.lines.size, width), -1, dtype=torch.int64)
+        touched_rows = torch.from_numpy(groups.lines)
         values[:, : self.k] = self.scores[touched_rows]
         indices[:, : self.k] = self.indices[touched_rows]
-        local = torch.from_numpy(np.repeat(np.arange(touched.size), counts))
-        slot = torch.from_numpy(self.k + np.arange(beaten.size) - np.repeat(first, counts))
+        local = torch.from_numpy(groups.row)
+        slot = torch.from_numpy(self.k + groups.slot)
         values[local, slot] = torch.from_numpy(block.ravel()[beaten])
         indices[local, slot] = torch.from_numpy(cols + self.seen)
         order = torch.sort(values, dim=1, descending=True, stable=True).indices[:, : self.k]
