@@ -133,10 +133,11 @@ def write_checkpoint(path: Path, state_dict: dict[str, torch.Tensor], meta: Chec
 
 
 def _sniff(file: Path) -> str | None:
-    """ "safetensors", "torch" or None, from the first bytes rather than the name.
+    """The format ``file`` holds, "safetensors", "torch" or None, from its first bytes.
 
-    safetensors opens with an 8-byte header length and then its JSON header; torch.save writes
-    a zip archive (or, before torch 1.6, a pickle, which opens with the PROTO opcode 0x80).
+    safetensors opens with an 8-byte header length and then its JSON header (checked first: the
+    length's low byte may be 0x80); torch.save writes a zip archive (or, before torch 1.6, a
+    pickle, which opens with the PROTO opcode 0x80).
     Anything else, a JSON file say, would otherwise reach the unpickler and be reported as a
     file that could run code.
     """

@@ -234,4 +234,5 @@ def decode_worker_init(_: int) -> None:
     and the main process, which feeds the accelerator, is never queued behind them.
     """
     torch.set_num_threads(1)
-    os.nice(WORKER_NICENESS)
+    if hasattr(os, "nice"):  # not on Windows
+        os.nice(WORKER_NICENESS)
