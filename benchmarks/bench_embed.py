@@ -91,6 +91,19 @@ def time_clipkit_float_pixels(folder: Path, model: str, batch: int, workers: int
         Encoder.prepare_image = uint8
 
 
+def time_clipkit_plain_priority(folder: Path, model: str, batch: int, workers: int,
+                                device: str) -> float:  # fmt: skip
+    """(a) as it was before nice-19 workers: decode workers at the parent's priority."""
+    from clipkit import pipeline
+
+    niced = pipeline.decode_worker_init
+    pipeline.decode_worker_init = lambda _: torch.set_num_threads(1)
+    try:
+        return time_clipkit(folder, model, batch, workers, device)
+    finally:
+        pipeline.decode_worker_init = niced
+
+
 def time_naive(paths: list[Path], encoder, batch: int) -> float:
     model, preprocess = encoder.model, encoder.preprocess
     start = time.perf_counter()
@@ -144,6 +157,9 @@ def measure(spec: str, encoder, folder: Path, paths: list[Path], workers: int, a
     if args.float_pixels:
         measures["a_float_pixels"] = lambda: time_clipkit_float_pixels(
             folder, spec, args.batch_size, workers, args.device)  # fmt: skip
+    if args.plain_priority:
+        measures["a_plain_priority"] = lambda: time_clipkit_plain_priority(
+            folder, spec, args.batch_size, workers, args.device)  # fmt: skip
     row: dict = {"model": spec, "device": encoder.device.value}
     best = dict.fromkeys(measures, 0.0)
     for _ in range(args.repeats):
@@ -171,6 +187,11 @@ def main() -> None:
         "--float-pixels",
         action="store_true",
         help="also time (a) with float pixels from the workers (before uint8)",
+    )
+    parser.add_argument(
+        "--plain-priority",
+        action="store_true",
+        help="also time (a) with decode workers at normal priority (before nice 19)",
     )
     parser.add_argument("--json", type=Path, default=Path(__file__).parent / "results" /
                         "bench_embed.json")  # fmt: skip
@@ -206,6 +227,11 @@ def main() -> None:
                 print(
                     f"  (a) with float pixels from the workers: {row['a_float_pixels']:.1f} "
                     f"img/s; uint8 / float = {row['a_clipkit'] / row['a_float_pixels']:.2f}"
+                )
+            if "a_plain_priority" in row:
+                print(
+                    f"  (a) with workers at normal priority: {row['a_plain_priority']:.1f} "
+                    f"img/s; nice 19 / normal = {row['a_clipkit'] / row['a_plain_priority']:.2f}"
                 )
     finally:
         shutil.rmtree(folder, ignore_errors=True)

@@ -17,15 +17,9 @@ def as_text(path: str | os.PathLike[str]) -> str:
     """``path`` as valid Unicode: unchanged when it is, else with ``\\xNN`` for each bad byte."""
     name = os.fspath(path)
     try:
-        name.encode("utf-8")
-        return name
-    except UnicodeEncodeError:
-        pass
-    try:
-        raw = name.encode("utf-8", "surrogateescape")
+        return os.fsencode(name).decode("utf-8", "backslashreplace")
     except UnicodeEncodeError:  # a lone surrogate that stands for no byte (from JSON, say)
         return name.encode("utf-8", "backslashreplace").decode("utf-8")
-    return raw.decode("utf-8", "backslashreplace")
 
 
 def os_path(text: str) -> str:
