@@ -138,7 +138,7 @@ class _Run:
             self._column("kind").append(item.kind)
             self._column("text").append(text)
             for name in self.meta_columns:
-                value = item.meta.get(_source_name(name))
+                value = (item.meta or {}).get(_source_name(name))
                 self._column(name).append(None if value is None else store.to_json(value))
             self.known_ids.add(item_id)
             self.known_uris.add(item.uri)
@@ -269,7 +269,7 @@ def _start_run(config: EmbedConfig, encoder: Encoder, items: Sequence[Item],
             f"(fingerprint {encoder.fingerprint}).",
             f"Use a new output folder, or -m {existing.stamp.spec} to add to this one.",
         )
-    meta_names = sorted({name for item in items for name in item.meta})
+    meta_names = sorted({name for item in items for name in item.meta or ()})
     return _Run(
         out_dir=config.out_dir,
         encoder=encoder,

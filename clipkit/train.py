@@ -23,7 +23,7 @@ from clipkit import distributed
 from clipkit.classes import read_class_tree
 from clipkit.errors import DivergedError, InputError
 from clipkit.models import Encoder, load_model
-from clipkit.pipeline import decode_worker_init
+from clipkit.pipeline import decode_worker_init, start_workers
 from clipkit.pixels import split_transform
 from clipkit.runtime import autocast_dtype, seed_everything
 from clipkit.train_data import PairDataset, Schedule, SeededBatches, collate_pairs, load_pairs
@@ -302,7 +302,7 @@ class _Run:
         interrupted, rate, diverged = False, 0.0, None
         with stop:
             try:
-                for pixels, captions, skips in loader:
+                for pixels, captions, skips in start_workers(loader):
                     if skips:
                         self._note_skips(skips)
                     losses = self._step(network, optimizer, scaler, pixels, captions, autocast,

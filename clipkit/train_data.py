@@ -18,8 +18,9 @@ from torch.utils.data import DataLoader, Dataset
 from clipkit.decode import DecodeError, decode_image
 from clipkit.distributed import World
 from clipkit.errors import InputError
+from clipkit.packed import PackedGroups, PackedStrings
 from clipkit.pairs import Pair, read_pairs
-from clipkit.pipeline import read_bytes
+from clipkit.pipeline import read_bytes, start_workers
 
 Skip = tuple[str, str, str]  # (uri, stage, reason)
 
@@ -90,7 +91,7 @@ def verify_images(
         collate_fn=list,
         generator=torch.Generator(),  # leave the global random stream alone
     )
-    errors = [error for batch in loader for error in batch]
+    errors = [error for batch in start_workers(loader) for error in batch]
     good = [pair for pair, error in zip(pairs, errors, strict=True) if error is None]
     skipped = [
         (pair.image, *error) for pair, error in zip(pairs, errors, strict=True) if error is not None
@@ -100,7 +101,7 @@ def verify_images(
 
 class _DecodeCheck(Dataset):
     def __init__(self, images: Sequence[str], image_size: int) -> None:
-        self.images, self.image_size = list(images), image_size
+        self.images, self.image_size = PackedStrings(images), image_size
 
     def __len__(self) -> int:
         return len(self.images)
@@ -141,31 +142,34 @@ class PairDataset(Dataset):
     """(epoch, index) -> (pixels (3, H, W) or None, caption, skip or None).
 
     The pixels are what ``transform`` makes: uint8 from the trainer's split augmentation.
+    Paths and captions are packed, so the persistent workers share them rather than copy them.
     """
 
     def __init__(
         self, pairs: Sequence[Pair], transform: Callable, seed: int, image_size: int
     ) -> None:
-        self.pairs, self.transform, self.seed = list(pairs), transform, seed
-        self.image_size = image_size
+        self.images = PackedStrings(pair.image for pair in pairs)
+        self.captions = PackedGroups(pair.captions for pair in pairs)
+        self.transform, self.seed, self.image_size = transform, seed, image_size
 
     def __len__(self) -> int:
-        return len(self.pairs)
+        return len(self.images)
 
     def __getitem__(self, key: tuple[int, int]):
         epoch, index = key
-        pair = self.pairs[index]
+        image_uri = self.images[index]
         draw = sample_seed(self.seed, epoch, index)
-        caption = pair.captions[random.Random(draw).randrange(len(pair.captions))]
+        choice = random.Random(draw).randrange(self.captions.size(index))
+        caption = self.captions.item(index, choice)
         try:
-            image = decode_image(read_bytes(pair.image), min_side=self.image_size)
+            image = decode_image(read_bytes(image_uri), min_side=self.image_size)
             # The augmentation draws from torch's global generator: seed it per sample, and
             # leave the caller's stream untouched (workers=0 runs this in the trainer).
             with torch.random.fork_rng(devices=[]):
                 torch.manual_seed(draw)
                 pixels = self.transform(image)
         except DecodeError as error:
-            return None, caption, (pair.image, error.stage, error.reason)
+            return None, caption, (image_uri, error.stage, error.reason)
         return pixels, caption, None
 
 
