@@ -4,7 +4,8 @@ A worker forked from the main process shares its memory pages until it writes to
 merely reading a Python object writes to it (its reference count). So every worker that reads a
 list of a million path strings copies most of the pages those strings live on (PyTorch issue
 13246). Packed as one UTF-8 buffer and a numpy array of end offsets, the same strings are two
-objects: a worker reading any of them writes nothing but those two headers.
+objects: a worker reading any of them writes nothing but those two headers. (detectron2's
+``NumpySerializedList`` does the same for pickled records; torch has no such container yet.)
 """
 
 from __future__ import annotations
