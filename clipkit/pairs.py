@@ -116,8 +116,8 @@ def _captions(data: bytes) -> tuple[str, ...]:
 def _table_pairs(path: Path, image_column: str | None, text_column: str | None):
     from clipkit.store import read_table
 
-    rows = read_table(path)
-    columns = list(rows[0]) if rows else []
+    table = read_table(path)
+    columns = table.columns
     image_key = find_column(columns, image_column, IMAGE_COLUMNS, "--image-column", path)
     text_key = find_column(columns, text_column, TEXT_COLUMNS, "--text-column", path)
     missing = [name for name, key in (("image", image_key), ("caption", text_key)) if not key]
@@ -129,8 +129,8 @@ def _table_pairs(path: Path, image_column: str | None, text_column: str | None):
         )
     grouped: dict[str, list[str]] = {}
     skipped = []
-    for number, row in enumerate(rows):
-        image, caption = row.get(image_key), row.get(text_key)
+    rows = zip(table.values(image_key), table.values(text_key), strict=True)
+    for number, (image, caption) in enumerate(rows):
         if image in (None, ""):
             skipped.append((f"{path}#row={number}", "caption", "no image path"))
             continue

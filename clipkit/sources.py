@@ -7,15 +7,19 @@ sorted by uri so that every run (and every rank of a distributed run) sees the s
 from __future__ import annotations
 
 import os
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import Enum
+from operator import attrgetter
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from clipkit.decode import IMAGE_SUFFIXES, TEXT_SUFFIXES
 from clipkit.errors import InputError
 from clipkit.filenames import as_text
+
+if TYPE_CHECKING:
+    from clipkit.store import InputTable
 
 IMAGE_COLUMNS = ("filepath", "image", "image_path", "path", "file", "filename")
 TEXT_COLUMNS = ("caption", "text", "title", "description")
@@ -83,9 +87,18 @@ def discover(sources: Sequence[str | Path], options: SourceOptions) -> Discovery
                 "Images: " + ", ".join(sorted(IMAGE_SUFFIXES)) + "; texts: .txt files (use "
                 "--lines for one text per line); tables: .csv, .tsv, .jsonl, .parquet.",
             )
-    unique = {(item.kind, item.uri): item for item in found.items}
-    found.items = sorted(unique.values(), key=lambda item: (item.uri, item.kind))
+    found.items = _sorted_unique(found.items)
     return found
+
+
+def _sorted_unique(items: list[Item]) -> list[Item]:
+    """Items by (uri, kind), the last of any repeated pair kept; sorted in place, in two
+    stable passes on existing strings, so that a million items need no million key tuples."""
+    items.sort(key=attrgetter("kind"))
+    items.sort(key=attrgetter("uri"))
+    last = len(items) - 1
+    return [item for index, item in enumerate(items) if index == last
+            or (items[index + 1].uri, items[index + 1].kind) != (item.uri, item.kind)]  # fmt: skip
 
 
 def _wanted(kind: str, options: SourceOptions) -> bool:
@@ -142,11 +155,34 @@ def _line_items(path: Path) -> Iterable[Item]:
         yield Item(uri=as_text(f"{path}#L{number}"), kind="text", text=text)
 
 
+class TableRow(Mapping[str, Any]):
+    """The pass-through cells of one table row, read from the table when asked for.
+
+    A dict per row would cost a million-row table about 1 GB; this costs two references.
+    """
+
+    __slots__ = ("_table", "_names", "_row")
+
+    def __init__(self, table: InputTable, names: tuple[str, ...], row: int) -> None:
+        self._table, self._names, self._row = table, names, row
+
+    def __getitem__(self, name: str) -> Any:
+        if name not in self._names:
+            raise KeyError(name)
+        return self._table.cell(name, self._row)
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._names)
+
+    def __len__(self) -> int:
+        return len(self._names)
+
+
 def _table_items(path: Path, options: SourceOptions) -> list[Item]:
     from clipkit.store import read_table
 
-    rows = read_table(path)
-    columns = list(rows[0]) if rows else []
+    table = read_table(path)
+    columns = table.columns
     image_column = find_column(columns, options.image_column, IMAGE_COLUMNS, "--image-column", path)
     text_column = find_column(columns, options.text_column, TEXT_COLUMNS, "--text-column", path)
     if image_column is None and text_column is None:
@@ -154,15 +190,18 @@ def _table_items(path: Path, options: SourceOptions) -> list[Item]:
             f"Table {path} has no image or text column (columns: {', '.join(columns) or 'none'}).",
             "Name them with --image-column and/or --text-column.",
         )
+    passed = tuple(name for name in columns if name not in (image_column, text_column))
+    images = table.values(image_column) if image_column and _wanted("image", options) else None
+    texts = table.values(text_column) if text_column and _wanted("text", options) else None
     items = []
-    for number, row in enumerate(rows):
-        meta = {k: v for k, v in row.items() if k not in (image_column, text_column)} or None
-        image, text = row.get(image_column), row.get(text_column)
-        if image_column and _wanted("image", options) and image not in (None, ""):
-            file = Path(str(image)).expanduser()
-            file = file if file.is_absolute() else path.parent / file
-            items.append(Item(uri=str(file), kind="image", path=str(file), meta=meta))
-        if text_column and _wanted("text", options):
+    for number in range(table.rows):
+        meta = TableRow(table, passed, number) if passed else None
+        if images is not None and images[number] not in (None, ""):
+            file = Path(str(images[number])).expanduser()
+            uri = str(file if file.is_absolute() else path.parent / file)
+            items.append(Item(uri=uri, kind="image", path=uri, meta=meta))
+        if texts is not None:
+            text = texts[number]
             items.append(
                 Item(uri=f"{path}#row={number}", kind="text", text=str(text or ""), meta=meta)
             )

@@ -1,0 +1,79 @@
+"""Discovery of what to embed: the order and de-duplication of items, and input tables kept as
+Arrow columns (pass-through cells read per row, across the blocks a CSV reader makes)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pyarrow as pa
+import pytest
+
+from clipkit.errors import InputError
+from clipkit.sources import Item, SourceOptions, TableRow, _sorted_unique, discover
+from clipkit.store import InputTable, read_table
+
+
+def test_items_are_sorted_by_uri_then_kind_and_the_last_repeat_wins():
+    items = [Item("b", "text", text="1"), Item("a", "text", text="2"), Item("a", "image", "a"),
+             Item("b", "text", text="3"), Item("a", "image", "a", meta={"n": 1})]  # fmt: skip
+    kept = _sorted_unique(items)
+    assert [(item.uri, item.kind) for item in kept] == [
+        ("a", "image"),
+        ("a", "text"),
+        ("b", "text"),
+    ]
+    assert kept[0].meta == {"n": 1} and kept[2].text == "3"  # as a dict by (kind, uri) keeps
+    assert _sorted_unique([]) == []
+
+
+def test_a_table_row_gives_its_pass_through_cells(tmp_path):
+    table = tmp_path / "t.csv"
+    table.write_text("filepath,caption,label,score\nimgs/a.jpg,a dog,dog,0.5\n,a cat,,\n")
+    items = discover([table], SourceOptions()).items
+    # The image and the caption of row 0 share one row view; row 1 has no image. (An empty CSV
+    # string cell is "", an empty number cell null, as pyarrow reads them.)
+    by_uri = {(item.kind, item.uri): item for item in items}
+    image = by_uri[("image", str(tmp_path / "imgs" / "a.jpg"))]
+    assert dict(image.meta) == {"label": "dog", "score": 0.5}
+    assert dict(by_uri[("text", f"{table}#row=1")].meta) == {"label": "", "score": None}
+    assert by_uri[("text", f"{table}#row=1")].text == "a cat"
+    assert len(items) == 3
+    meta = image.meta
+    assert isinstance(meta, TableRow) and len(meta) == 2 and list(meta) == ["label", "score"]
+    assert meta.get("caption") is None and meta.get("filepath", "-") == "-"  # not passed through
+    with pytest.raises(KeyError):
+        meta["caption"]
+
+
+def test_a_table_without_pass_through_columns_gives_no_meta(tmp_path):
+    table = tmp_path / "t.jsonl"
+    table.write_text('{"text": "one"}\n{"text": "two"}\n')
+    assert [item.meta for item in discover([table], SourceOptions()).items] == [None, None]
+
+
+def test_a_table_with_a_header_and_no_rows_holds_nothing_to_embed(tmp_path):
+    table = tmp_path / "t.csv"
+    table.write_text("filepath,caption\n")
+    with pytest.raises(InputError, match="holds nothing to embed"):
+        discover([table], SourceOptions())
+
+
+def test_cells_are_found_across_the_blocks_of_a_chunked_table():
+    chunks = [pa.record_batch({"x": [10 * c + i for i in range(3)], "s": [f"{c}{i}" for i in
+                                                                         range(3)]})
+              for c in range(4)]  # fmt: skip
+    table = InputTable(Path("t.parquet"), pa.Table.from_batches(chunks))
+    assert table.rows == 12 and table.columns == ["x", "s"]
+    assert [table.cell("x", row) for row in range(12)] == [10 * (r // 3) + r % 3 for r in range(12)]
+    assert table.values("s") == [f"{r // 3}{r % 3}" for r in range(12)]
+
+
+def test_a_big_csv_read_in_blocks_keeps_every_row_in_order(tmp_path):
+    # pyarrow's CSV reader makes a chunk per 1 MB block: 60,000 rows make several.
+    path = tmp_path / "big.csv"
+    path.write_text("caption,n\n" + "".join(f"caption number {i:07d},{i}\n" for i in range(60_000)))
+    table = read_table(path)
+    assert table.rows == 60_000
+    assert [table.cell("n", row) for row in (0, 17_123, 41_999, 59_999)] == [0, 17_123, 41_999,
+                                                                             59_999]  # fmt: skip
+    assert table.cell("caption", 59_999) == "caption number 0059999"
