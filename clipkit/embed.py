@@ -17,9 +17,9 @@ import numpy as np
 import torch
 
 from clipkit import distributed, embed_plan, store
-from clipkit.atomic import make_folder
 from clipkit.decode import DEFAULT_MAX_PIXELS, DecodeError, content_id, decode_text, text_id
 from clipkit.errors import InputError
+from clipkit.locks import writer_lock
 from clipkit.models import Encoder, load_model
 from clipkit.pipeline import ImageDataset, default_workers, image_batches, read_bytes
 from clipkit.sources import Item, Kind, SourceOptions, discover
@@ -208,21 +208,23 @@ def _embed(config: EmbedConfig, world: distributed.World, device: str,
                             config.image_column, config.text_column)  # fmt: skip
     found = discover(config.sources, options)
     encoder = load_model(config.model, device=device)
-    run = _start_run(config, encoder, found.items, world)
-    images = [item for item in found.items if item.kind == "image"]
-    texts = [item for item in found.items if item.kind == "text"]
-    workers = config.workers if config.workers is not None else default_workers()
-    if world.distributed:
-        texts = embed_plan.claim(run, world, texts, embed_plan.text_ids(texts))
-        images = embed_plan.claim(run, world, images, embed_plan.image_ids(images, world, workers))
-    try:
-        _embed_texts(run, texts, config.batch_size, report)
-        _embed_images(run, images, config, workers, report)
-    except KeyboardInterrupt:
-        run.flush()  # keep every finished embedding: the next run resumes after them
-        raise
-    run.flush()
-    return _finish(config, run, world, encoder, found.ignored, time.perf_counter() - started)
+    with writer_lock(config.out_dir, f"embed -o {config.out_dir}", active=world.is_main):
+        run = _start_run(config, encoder, found.items, world)
+        images = [item for item in found.items if item.kind == "image"]
+        texts = [item for item in found.items if item.kind == "text"]
+        workers = config.workers if config.workers is not None else default_workers()
+        if world.distributed:
+            texts = embed_plan.claim(run, world, texts, embed_plan.text_ids(texts))
+            images = embed_plan.claim(run, world, images,
+                                      embed_plan.image_ids(images, world, workers))  # fmt: skip
+        try:
+            _embed_texts(run, texts, config.batch_size, report)
+            _embed_images(run, images, config, workers, report)
+        except KeyboardInterrupt:
+            run.flush()  # keep every finished embedding: the next run resumes after them
+            raise
+        run.flush()
+        return _finish(config, run, world, encoder, found.ignored, time.perf_counter() - started)
 
 
 def _finish(config: EmbedConfig, run: _Run, world: distributed.World, encoder: Encoder,
@@ -256,8 +258,7 @@ def _finish(config: EmbedConfig, run: _Run, world: distributed.World, encoder: E
 
 def _start_run(config: EmbedConfig, encoder: Encoder, items: Sequence[Item],
                world: distributed.World) -> _Run:  # fmt: skip
-    if world.is_main:
-        make_folder(config.out_dir)
+    if world.is_main:  # the folder exists: writer_lock made it
         store.remove_stale_temporaries(config.out_dir)
     distributed.barrier(world)
     existing = store.read_existing(config.out_dir)

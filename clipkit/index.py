@@ -23,6 +23,7 @@ import torch
 from clipkit import __version__, score, store
 from clipkit.atomic import atomic_path, check_output, make_folder
 from clipkit.errors import InputError
+from clipkit.locks import writer_lock
 
 INDEX_FILE, ROWS_FILE, META_FILE = "index.faiss", "rows.parquet", "index.json"
 RECALL_K = 10
@@ -93,8 +94,14 @@ def build_index(config: IndexConfig) -> IndexResult:
             f"{config.emb_dir} holds no embeddings.", "Make them first with: clipkit embed …"
         )
     kind = _resolve_kind(config)
-    if config.update:
-        return _update(config, stamp, kind, started)
+    command = f"index {'--update ' if config.update else ''}-o {config.out_dir}"
+    with writer_lock(config.out_dir, command, create=not config.update):
+        if config.update:
+            return _update(config, stamp, kind, started)
+        return _build(config, stamp, kind, started)
+
+
+def _build(config: IndexConfig, stamp: store.ModelStamp, kind: str, started: float) -> IndexResult:
     rows, reservoir, other = _scan(config.emb_dir, kind, config.seed)
     sample = reservoir.array()
     if not rows["id"]:

@@ -22,6 +22,7 @@ import torch
 from clipkit import distributed
 from clipkit.classes import read_class_tree
 from clipkit.errors import DivergedError, InputError
+from clipkit.locks import writer_lock
 from clipkit.models import Encoder, load_model
 from clipkit.pipeline import decode_worker_init, start_workers
 from clipkit.pixels import split_transform
@@ -219,6 +220,13 @@ class _Run:
         }  # fmt: skip
 
     def run(self) -> TrainResult:
+        # Held from the folder check to the last checkpoint: a second `clipkit train` (or a
+        # second --resume) into this folder is refused rather than interleaving checkpoints.
+        with writer_lock(self.out, f"train -o {self.out}", active=self.world.is_main,
+                         create=not self.config.resume):  # fmt: skip
+            return self._train()
+
+    def _train(self) -> TrainResult:
         saved = self._prepare_folder()
         self._prepare_model()
         optimizer = torch.optim.AdamW(

@@ -1,0 +1,75 @@
+"""One writer per output folder.
+
+Two commands writing one folder at once would each number their shards (or checkpoints) from
+what they saw at the start and rename their files over the other's: work lost without an error.
+A command that writes a folder holds an exclusive ``flock`` on ``.clipkit.lock`` inside it; a
+second one is refused and told who holds it. The kernel drops the lock when its process ends,
+however it ends (``kill -9`` included), so a lock is never stale. The file itself stays; its
+leading dot keeps it out of ``pyarrow.dataset``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+from clipkit.atomic import make_folder
+from clipkit.errors import InputError
+
+try:
+    import fcntl
+except ImportError:  # Windows: no advisory locks, and no guard
+    fcntl = None  # type: ignore[assignment]
+
+LOCK_FILE = ".clipkit.lock"
+
+
+@contextlib.contextmanager
+def writer_lock(
+    folder: str | os.PathLike[str], command: str, *, active: bool = True, create: bool = True
+) -> Iterator[Path]:
+    """Make ``folder`` (if missing) and hold its lock for the block.
+
+    Args:
+        command: what this process is doing, shown to a process that finds the lock held.
+        active: False on the ranks of a torchrun job other than rank 0, which holds the lock
+            for all of them.
+        create: False where the folder must exist already (an update): a missing one is left
+            missing, for the command's own error.
+
+    Raises:
+        InputError: another process holds the lock (its pid and command are named), or the
+            folder cannot be made.
+    """
+    folder = make_folder(folder) if active and create else Path(folder)
+    if not active or fcntl is None or not folder.is_dir():
+        yield folder
+        return
+    path = folder / LOCK_FILE
+    try:
+        handle = open(path, "a+", encoding="utf-8")  # noqa: SIM115 - held across the yield
+    except OSError as error:
+        raise InputError(f"Cannot write in {folder}: {error.strerror}.",
+                         "Choose a folder you can write to.") from None  # fmt: skip
+    with handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            locked = True
+        except BlockingIOError:
+            handle.seek(0)
+            holder = handle.read().strip() or "another process"
+            raise InputError(
+                f"{folder} is being written by another clipkit command ({holder}).",
+                "Wait for it to finish, or write to another folder. Two commands writing one "
+                "folder would overwrite each other's files.",
+            ) from None
+        except OSError:
+            locked = False  # a file system without locks: go on unguarded, as before
+        if locked:
+            handle.seek(0)
+            handle.truncate()
+            handle.write(f"pid {os.getpid()}: clipkit {command}\n")
+            handle.flush()
+        yield folder  # closing the handle releases the lock
