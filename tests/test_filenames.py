@@ -109,3 +109,38 @@ def test_webdataset_members_with_bad_names_are_read(bad_name_dir):
     uri = found.pairs[0].image
     assert uri.encode("utf-8") and uri.endswith("#caf\\xe9.jpg")
     assert read_bytes(uri) == image.read_bytes()
+
+
+def test_text_typed_in_a_terminal_that_is_not_utf8_reaches_every_output(tmp_path):
+    # A Latin-1 terminal sends "é" as the byte 0xE9; Python hands it over as "\udce9", which
+    # the HTML gallery used to refuse with "surrogates not allowed" (an "Unexpected" error).
+    from typer.testing import CliRunner
+
+    from clipkit import cli
+    from clipkit.index import IndexConfig, build_index
+
+    assert cli.typed_text("caf\udce9 dog") == "caf\ufffd dog"
+    assert cli.typed_text("caf\ud800") == "caf\ufffd\ufffd\ufffd"  # not an escaped byte
+    assert cli.typed_text("café 猫") == "café 猫" and cli.typed_text(None) is None
+    runner = CliRunner()
+    make_images(tmp_path / "imgs", 3)
+    (tmp_path / "imgs" / "dog.txt").write_text("a photo of a dog")
+    embed(EmbedConfig(sources=(str(tmp_path / "imgs"),), out_dir=tmp_path / "emb", model=TINY,
+                      device="cpu", workers=0))  # fmt: skip
+    build_index(IndexConfig(emb_dir=tmp_path / "emb", out_dir=tmp_path / "idx"))
+    page = tmp_path / "search.html"
+    found = runner.invoke(cli.app, ["search", "caf\udce9 dog", "--index", str(tmp_path / "idx"),
+                                    "-k", "2", "-f", "json", "--html", str(page)])  # fmt: skip
+    assert found.exit_code == 0, found.output
+    assert json.loads(found.stdout)[0]["query"] == "caf\ufffd dog"
+    assert "caf\ufffd dog" in page.read_text(encoding="utf-8")
+
+    classes = tmp_path / "classes"
+    make_images(classes, 2)
+    report = tmp_path / "zeroshot.html"
+    labelled = runner.invoke(cli.app, ["zeroshot", str(classes), "--labels", "caf\udce9,dog",
+                                       "-m", TINY, "--workers", "0", "--device", "cpu",
+                                       "-f", "json", "--html", str(report)])  # fmt: skip
+    assert labelled.exit_code == 0, labelled.output
+    assert "caf\ufffd" in json.loads(labelled.stdout)["labels"]
+    assert "caf\ufffd" in report.read_text(encoding="utf-8")

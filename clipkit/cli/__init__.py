@@ -88,6 +88,22 @@ FormatOption = Annotated[
 ]
 
 
+def typed_text(value: str | None) -> str | None:
+    """Text typed on the command line, as Unicode that any file or page can hold.
+
+    Python hands over argv bytes that are not UTF-8 (a Latin-1 terminal's "é") as lone
+    surrogates, which JSON, HTML and Parquet writers refuse; they become U+FFFD, as in text
+    files that ``clipkit embed`` reads.
+    """
+    if value is None:
+        return None
+    try:
+        raw = value.encode("utf-8", "surrogateescape")
+    except UnicodeEncodeError:  # a surrogate that is no escaped byte
+        raw = value.encode("utf-8", "surrogatepass")
+    return raw.decode("utf-8", "replace")
+
+
 def handles_errors(command: F) -> F:
     """Map ClipkitError to ``Error:``/``Hint:`` and exit 1; anything else likewise, tersely.
 

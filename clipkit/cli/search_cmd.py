@@ -20,6 +20,7 @@ from clipkit.cli import (
     handles_errors,
     stderr,
     stdout,
+    typed_text,
 )
 from clipkit.errors import ClipkitError
 
@@ -148,6 +149,7 @@ def search(
 
     if html_out is not None:
         check_output(html_out)
+    query = typed_text(query)
     texts = [query] if query is not None else []
     if queries is not None:
         if query is not None:

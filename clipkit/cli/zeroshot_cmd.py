@@ -24,6 +24,7 @@ from clipkit.cli import (
     print_skipped,
     stderr,
     stdout,
+    typed_text,
 )
 from clipkit.errors import InputError
 
@@ -93,7 +94,7 @@ def zeroshot(
         if path is not None:
             check_output(path)  # before the work, not after it
     config = ZeroShotConfig(
-        images=images, labels=labels, labels_file=labels_file, templates=templates,
+        images=images, labels=typed_text(labels), labels_file=labels_file, templates=templates,
         model=model, k=k, reject_threshold=reject_threshold, calibrate=calibrate,
         false_reject=false_reject, batch_size=batch_size, workers=workers, device=device,
         include_hidden=include_hidden,
