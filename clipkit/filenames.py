@@ -2,13 +2,20 @@
 any bytes: Python hands a name that is not UTF-8 over with surrogate escapes, and writing one
 fails. clipkit shows and stores such a name with ``\\xNN`` escapes for its bad bytes, the way
 ``bytes.decode(errors="backslashreplace")`` writes them, and maps it back when opening it.
+
+Tables name images by path (relative to the table) or, often, by URL: a ``file://`` URL is a
+local path; any other URL is kept as written, so that reading it fails with a clear reason.
 """
 
 from __future__ import annotations
 
 import os
 import re
+from pathlib import Path
+from urllib.parse import unquote, urlsplit
 
+URL_NOT_READ = "a URL: clipkit reads local files (download them first, e.g. with img2dataset)"
+_URL = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://")
 # surrogateescape only ever stands in for bytes 0x80-0xff.
 _ESCAPED_BYTE = re.compile(r"\\x([89a-f][0-9a-f])")
 
@@ -27,3 +34,21 @@ def os_path(text: str) -> str:
     if "\\x" not in text or os.path.lexists(text):
         return text
     return _ESCAPED_BYTE.sub(lambda match: chr(0xDC00 + int(match.group(1), 16)), text)
+
+
+def is_url(text: str) -> bool:
+    """True for ``scheme://…`` (``http``, ``s3``, …), whatever the scheme."""
+    return _URL.match(text) is not None
+
+
+def table_path(value: object, table: Path) -> str:
+    """An image cell of ``table`` as a uri: absolute, ``~`` expanded, relative to the table's
+    folder; a ``file://`` URL as its local path; any other URL unchanged."""
+    text = str(value)
+    if is_url(text):
+        parts = urlsplit(text)
+        if parts.scheme.lower() != "file" or parts.netloc not in ("", "localhost"):
+            return text
+        text = unquote(parts.path)
+    file = Path(text).expanduser()
+    return as_text(file if file.is_absolute() else table.parent / file)

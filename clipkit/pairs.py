@@ -16,7 +16,7 @@ from pathlib import Path
 
 from clipkit.decode import IMAGE_SUFFIXES, DecodeError, decode_text
 from clipkit.errors import InputError
-from clipkit.filenames import as_text
+from clipkit.filenames import as_text, table_path
 from clipkit.pipeline import read_bytes
 from clipkit.sources import IMAGE_COLUMNS, TABLE_SUFFIXES, TEXT_COLUMNS, find_column
 from clipkit.tarshards import TAR_SUFFIX, member_offsets, member_uri, read_member, sample_key
@@ -134,8 +134,7 @@ def _table_pairs(path: Path, image_column: str | None, text_column: str | None):
         if image in (None, ""):
             skipped.append((f"{path}#row={number}", "caption", "no image path"))
             continue
-        file = Path(str(image)).expanduser()
-        uri = str(file if file.is_absolute() else path.parent / file)
+        uri = table_path(image, path)
         text = "" if caption is None else str(caption).strip()
         if not text:
             skipped.append((uri, "caption", f"empty caption in row {number}"))

@@ -23,7 +23,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from clipkit.decode import DEFAULT_MAX_PIXELS, DecodeError, content_id, decode_image
-from clipkit.filenames import os_path
+from clipkit.filenames import URL_NOT_READ, is_url, os_path
 from clipkit.packed import PackedStrings
 from clipkit.sources import Item
 from clipkit.tarshards import MEMBER_SEPARATOR, read_member, split_member_uri
@@ -65,6 +65,8 @@ def read_bytes(path: str) -> bytes:
     ``path`` may be a name as :func:`clipkit.filenames.as_text` shows it.
     """
     path = os_path(path)
+    if is_url(path) and not os.path.lexists(path):
+        raise DecodeError("read", URL_NOT_READ)
     if MEMBER_SEPARATOR in path and split_member_uri(path) and not os.path.exists(path):
         return read_member(path)
     try:

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 from clipkit.decode import IMAGE_SUFFIXES, TEXT_SUFFIXES
 from clipkit.errors import InputError
-from clipkit.filenames import as_text
+from clipkit.filenames import as_text, table_path
 
 if TYPE_CHECKING:
     from clipkit.store import InputTable
@@ -197,8 +197,7 @@ def _table_items(path: Path, options: SourceOptions) -> list[Item]:
     for number in range(table.rows):
         meta = TableRow(table, passed, number) if passed else None
         if images is not None and images[number] not in (None, ""):
-            file = Path(str(images[number])).expanduser()
-            uri = str(file if file.is_absolute() else path.parent / file)
+            uri = table_path(images[number], path)
             items.append(Item(uri=uri, kind="image", path=uri, meta=meta))
         if texts is not None:
             text = texts[number]

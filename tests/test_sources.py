@@ -77,3 +77,42 @@ def test_a_big_csv_read_in_blocks_keeps_every_row_in_order(tmp_path):
     assert [table.cell("n", row) for row in (0, 17_123, 41_999, 59_999)] == [0, 17_123, 41_999,
                                                                              59_999]  # fmt: skip
     assert table.cell("caption", 59_999) == "caption number 0059999"
+
+
+def test_image_cells_as_relative_paths_home_paths_and_urls(tmp_path, monkeypatch):
+    from clipkit.filenames import table_path
+
+    table = tmp_path / "sub" / "t.csv"
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    assert table_path("imgs/a.jpg", table) == str(tmp_path / "sub" / "imgs" / "a.jpg")
+    assert table_path("/abs/a.jpg", table) == "/abs/a.jpg"
+    assert table_path("~/a.jpg", table) == str(tmp_path / "home" / "a.jpg")
+    assert table_path("file:///data/my%20photo.jpg", table) == "/data/my photo.jpg"
+    assert table_path("file://localhost/data/a.jpg", table) == "/data/a.jpg"
+    for url in ("https://example.com/a.jpg", "s3://bucket/a.jpg", "HTTP://X/a.png",
+                "file://otherhost/a.jpg"):  # fmt: skip
+        assert table_path(url, table) == url  # kept as written, never joined to the folder
+
+
+def test_urls_in_a_table_are_skipped_with_a_reason_and_file_urls_are_read(tmp_path):
+    from clipkit.embed import EmbedConfig, embed
+    from clipkit.filenames import URL_NOT_READ
+    from clipkit.pairs import read_pairs
+    from clipkit.train_data import verify_images
+    from tests.test_embed import TINY, make_images
+
+    (local,) = make_images(tmp_path / "imgs", 1)
+    table = tmp_path / "t.csv"
+    table.write_text(f"url,caption\nhttps://example.com/a.jpg,a dog\n{local.as_uri()},a cat\n")
+    result = embed(EmbedConfig(sources=(str(table),), out_dir=tmp_path / "out", model=TINY,
+                               device="cpu", workers=0, image_column="url"))  # fmt: skip
+    assert result.embedded == 3  # two captions and the file:// image
+    assert result.failures == (
+        ("https://example.com/a.jpg", "read",
+         "a URL: clipkit reads local files (download them first, e.g. with img2dataset)"),
+    )  # fmt: skip
+    pairs = read_pairs(str(table), image_column="url")  # what train and audit read
+    assert [pair.image for pair in pairs.pairs] == ["https://example.com/a.jpg", str(local)]
+    good, skipped = verify_images(pairs.pairs, image_size=8, workers=0)
+    assert [pair.image for pair in good] == [str(local)]
+    assert skipped == [("https://example.com/a.jpg", "read", URL_NOT_READ)]
