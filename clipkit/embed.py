@@ -47,6 +47,7 @@ class EmbedConfig:
     text_column: str | None = None
     max_pixels: int = DEFAULT_MAX_PIXELS
     shard_rows: int = 50_000
+    prune: bool = False  # make the folder mirror the sources: drop rows of vanished inputs
 
 
 @dataclass(frozen=True)
@@ -67,6 +68,9 @@ class EmbedResult:
     seconds: float
     device: str
     is_main: bool = True  # False on the other ranks of a torchrun job: they print nothing
+    changed: int = 0  # inputs whose content differs from what their uri had when embedded
+    pruned: int = 0  # rows removed by --prune (their content is no longer among the inputs)
+    moved: int = 0  # rows whose uri --prune pointed at another input with the same content
 
     @property
     def skipped(self) -> int:
@@ -84,12 +88,14 @@ class _Run:
     out_dir: Path
     encoder: Encoder
     known_ids: set[str]
-    known_uris: set[str]
+    known_uris: dict[str, str]  # uri -> content id, as recorded in the folder (and this run)
     next_shard: int
     shard_step: int
     shard_rows: int
     float16: bool
     meta_columns: list[str]
+    current: dict[str, str] = field(default_factory=dict)  # uri -> content id found this run
+    changed: int = 0
     rows: dict[str, list[Any]] = field(default_factory=dict)
     vectors: list[np.ndarray] = field(default_factory=list)
     embedded: int = 0
@@ -105,20 +111,29 @@ class _Run:
 
         ``pending`` holds the ids of the batch being assembled, not yet in ``known_ids``.
         """
+        self.note(item_id, uri)
         if item_id in pending:
             self.aliases.append((item_id, uri))
             return False
         return not self.seen(item_id, uri)
 
+    def note(self, item_id: str, uri: str) -> None:
+        """Record that this run found content ``item_id`` at ``uri``; count a changed file."""
+        if uri in self.current:
+            return
+        self.current[uri] = item_id
+        if self.known_uris.get(uri, item_id) != item_id:
+            self.changed += 1
+
     def seen(self, item_id: str, uri: str) -> bool:
         """True (and counted) when this content is already embedded."""
         if item_id not in self.known_ids:
             return False
-        if uri in self.known_uris:
+        if self.known_uris.get(uri) == item_id:
             self.already_present += 1
-        else:
+        else:  # a new path, or a path whose content became that of another file
             self.aliases.append((item_id, uri))
-            self.known_uris.add(uri)
+            self.known_uris[uri] = item_id
         return True
 
     def add(self, items: Sequence[Item], ids: Sequence[str], texts: Sequence[str | None],
@@ -141,7 +156,7 @@ class _Run:
                 value = (item.meta or {}).get(_source_name(name))
                 self._column(name).append(None if value is None else store.to_json(value))
             self.known_ids.add(item_id)
-            self.known_uris.add(item.uri)
+            self.known_uris[item.uri] = item_id
         self.vectors.append(matrix)
         self.embedded += len(items)
         while sum(len(v) for v in self.vectors) >= self.shard_rows:
@@ -233,9 +248,12 @@ def _finish(config: EmbedConfig, run: _Run, world: distributed.World, encoder: E
     shares = distributed.gather(world, (run.embedded, run.failures, run.truncated, run.replaced,
                                         run.shards_written))  # fmt: skip
     failures = tuple(sorted(f for share in shares for f in share[1]))
-    if world.is_main:
+    pruned = store.Pruned(0, 0)
+    if world.is_main:  # every rank's shards are written: gather waited for them
         store.write_failures(config.out_dir, failures)
-        if run.aliases:
+        if config.prune:
+            pruned = _prune(config, run, failures)
+        elif run.aliases:
             store.add_aliases(config.out_dir, run.aliases)
     distributed.barrier(world)
     return EmbedResult(
@@ -253,7 +271,22 @@ def _finish(config: EmbedConfig, run: _Run, world: distributed.World, encoder: E
         seconds=seconds,
         device=f"{encoder.device.value} ({encoder.device.reason})",
         is_main=world.is_main,
+        changed=run.changed,
+        pruned=pruned.rows_removed,
+        moved=pruned.rows_moved,
     )
+
+
+def _prune(config: EmbedConfig, run: _Run,
+           failures: Sequence[tuple[str, str, str]]) -> store.Pruned:  # fmt: skip
+    """Drop what the sources no longer hold. An input that failed to read or decode this time
+    keeps its rows: it may be a passing fault (a network share), and nothing is known of it."""
+    current = dict(run.current)
+    for uri, _, _ in failures:
+        if uri not in current and uri in run.known_uris:
+            current[uri] = run.known_uris[uri]
+    kinds = ("image", "text") if config.kind is Kind.AUTO else (config.kind.value,)
+    return store.prune(config.out_dir, current, kinds)
 
 
 def _start_run(config: EmbedConfig, encoder: Encoder, items: Sequence[Item],

@@ -22,6 +22,8 @@ from clipkit.sources import Item
 class Ledger(Protocol):
     known_ids: set[str]
 
+    def note(self, item_id: str, uri: str) -> None: ...
+
     def seen(self, item_id: str, uri: str) -> bool: ...
 
     aliases: list[tuple[str, str]]
@@ -60,6 +62,8 @@ def claim(
     claimed: set[str] = set()
     for index, (item, item_id) in enumerate(zip(items, ids, strict=True)):
         owner = index % world.size == world.rank
+        if item_id is not None and world.is_main:
+            ledger.note(item_id, item.uri)  # what the folder will mirror under --prune
         if item_id is None:  # unreadable: its owner reads it again and records why
             if owner:
                 mine.append(item)

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Iterator, Sequence
+from collections.abc import Collection, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -50,7 +50,7 @@ class ExistingEmbeddings:
 
     stamp: ModelStamp | None = None
     ids: set[str] = field(default_factory=set)
-    uris: set[str] = field(default_factory=set)
+    uris: dict[str, str] = field(default_factory=dict)  # uri -> content id (rows, then aliases)
     shard_numbers: list[int] = field(default_factory=list)
     rows: int = 0
 
@@ -91,13 +91,16 @@ def read_existing(out_dir: Path) -> ExistingEmbeddings:
                 "Keep one model per embeddings folder.",
             )
         existing.stamp = stamp
-        existing.ids.update(columns.column("id").to_pylist())
-        existing.uris.update(columns.column("uri").to_pylist())
+        ids = columns.column("id").to_pylist()
+        existing.ids.update(ids)
+        existing.uris.update(zip(columns.column("uri").to_pylist(), ids, strict=True))
         existing.shard_numbers.append(int(SHARD_PATTERN.match(path.name).group(1)))
         existing.rows += columns.num_rows
     aliases = out_dir / ALIASES_FILE
     if aliases.is_file():
-        existing.uris.update(pq.read_table(aliases, columns=["uri"]).column("uri").to_pylist())
+        table = pq.read_table(aliases, columns=["id", "uri"])
+        existing.uris.update(zip(table.column("uri").to_pylist(), table.column("id").to_pylist(),
+                                 strict=True))  # fmt: skip
     return existing
 
 
@@ -146,20 +149,89 @@ def write_failures(
 
 
 def add_aliases(out_dir: Path, aliases: Sequence[tuple[str, str]]) -> None:
-    """Append (id, uri) pairs to ``aliases.parquet``, keeping each uri once."""
+    """Add (id, uri) pairs to ``_aliases.parquet``; a uri listed before takes its new id."""
+    known = dict(_read_aliases(out_dir))
+    known.update((uri, item_id) for item_id, uri in aliases)
+    _write_aliases(out_dir, known)
+
+
+def _read_aliases(out_dir: Path) -> Iterator[tuple[str, str]]:
+    """(uri, id) pairs of ``_aliases.parquet``."""
     path = out_dir / ALIASES_FILE
-    known: dict[str, str] = {}
     if path.is_file():
         old = pq.read_table(path)
-        known.update(zip(old.column("uri").to_pylist(), old.column("id").to_pylist(), strict=True))
-    for item_id, uri in aliases:
-        known.setdefault(uri, item_id)
+        yield from zip(old.column("uri").to_pylist(), old.column("id").to_pylist(), strict=True)
+
+
+def _write_aliases(out_dir: Path, id_of: dict[str, str]) -> None:
     table = pa.table(
-        {"id": pa.array(list(known.values()), pa.string()),
-         "uri": pa.array(list(known.keys()), pa.string())}
+        {"id": pa.array(list(id_of.values()), pa.string()),
+         "uri": pa.array(list(id_of.keys()), pa.string())}
     )  # fmt: skip
-    with atomic_path(path) as tmp:
+    with atomic_path(out_dir / ALIASES_FILE) as tmp:
         pq.write_table(table, tmp)
+
+
+@dataclass(frozen=True)
+class Pruned:
+    """What :func:`prune` changed."""
+
+    rows_removed: int
+    rows_moved: int  # rows whose uri now names another path that holds their content
+
+
+def prune(out_dir: Path, current: dict[str, str], kinds: Collection[str]) -> Pruned:
+    """Make the rows of ``kinds`` match ``current``, the uri -> content id of every input found.
+
+    A row whose content no input holds any more is dropped; a row whose uri no longer holds its
+    content names another uri that does; the aliases of those kinds are rebuilt from
+    ``current``. Rows of other kinds, and their aliases, are left alone. Each shard is rewritten
+    atomically (or deleted when emptied): a crash between two leaves a folder that the next
+    prune finishes.
+    """
+    uris_of: dict[str, list[str]] = {}
+    for uri, item_id in sorted(current.items()):
+        uris_of.setdefault(item_id, []).append(uri)
+    primary: dict[str, str] = {}  # content id -> the uri its row keeps
+    other_kinds: set[str] = set()  # ids of rows left alone
+    removed = moved = 0
+    for path in list_shards(out_dir):
+        table = pq.read_table(path)
+        columns = (table.column(name).to_pylist() for name in ("id", "uri", "kind"))
+        keep, uris = [], []
+        for item_id, uri, kind in zip(*columns, strict=True):
+            if kind not in kinds:
+                other_kinds.add(item_id)
+            elif item_id not in uris_of:
+                removed += 1
+            elif current.get(uri) != item_id:
+                uri = uris_of[item_id][0]
+                moved += 1
+            keep.append(kind not in kinds or item_id in uris_of)
+            uris.append(uri)
+            if keep[-1] and kind in kinds:
+                primary[item_id] = uri
+        _rewrite_shard(path, table, keep, uris)
+    aliases = {uri: item_id for uri, item_id in _read_aliases(out_dir) if item_id in other_kinds}
+    for item_id, uris in uris_of.items():
+        if item_id in primary:
+            aliases.update((uri, item_id) for uri in uris if uri != primary[item_id])
+    _write_aliases(out_dir, aliases)
+    return Pruned(rows_removed=removed, rows_moved=moved)
+
+
+def _rewrite_shard(path: Path, table: pa.Table, keep: list[bool], uris: list[str]) -> None:
+    """Write a shard back with only the rows ``keep`` marks and ``uris`` as its uri column
+    (atomically, and only if that changes it); delete it when no row is kept."""
+    if all(keep) and uris == table.column("uri").to_pylist():
+        return
+    if not any(keep):
+        path.unlink()
+        return
+    uri_column = table.schema.get_field_index("uri")
+    table = table.set_column(uri_column, "uri", pa.array(uris, pa.string()))
+    with atomic_path(path) as tmp:
+        pq.write_table(table.filter(pa.array(keep)), tmp, compression="zstd")
 
 
 class InputTable:

@@ -48,6 +48,10 @@ def embed(
     ] = 89_478_485,
     shard_rows: Annotated[int, typer.Option(min=1, help="Rows per Parquet shard.")] = 50_000,
     strict: Annotated[bool, typer.Option(help="Exit 1 if any input was skipped.")] = False,
+    prune: Annotated[
+        bool,
+        typer.Option(help="Mirror the sources: drop rows of deleted or changed inputs."),
+    ] = False,
 ) -> None:
     """Encode image and text folders or tables to Parquet embeddings (resumable).
 
@@ -73,6 +77,7 @@ def embed(
         text_column=text_column,
         max_pixels=max_pixels,
         shard_rows=shard_rows,
+        prune=prune,
     )
     with _progress() as update:
         result = run_embed(config, progress=update)
@@ -89,6 +94,12 @@ def embed(
         notes.append(f"{result.replaced_texts} texts had invalid UTF-8 replaced")
     if result.aliases:
         notes.append(f"{result.aliases} duplicates recorded in _aliases.parquet")
+    if result.changed:
+        kept = "" if prune else " (their old rows remain: --prune drops them)"
+        notes.append(f"{result.changed} inputs changed since they were embedded{kept}")
+    if result.pruned or result.moved:
+        moved = f", {result.moved} rows now name another copy" if result.moved else ""
+        notes.append(f"pruned {result.pruned} rows of inputs no longer found{moved}")
     stderr.print(
         f"Embedded {result.embedded}, skipped {result.skipped}, already present "
         f"{result.already_present} in {result.seconds:.1f} s "

@@ -1,0 +1,195 @@
+"""Re-running ``clipkit embed`` after files were edited, deleted, renamed or replaced: changes
+are counted, and ``--prune`` makes the folder hold what a fresh run on the sources would (rows,
+vectors, aliases), without embedding again what is still there. Inputs that fail to read keep
+their rows; rows of a kind outside ``--kind`` are left alone."""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+from typer.testing import CliRunner
+
+from clipkit import cli
+from clipkit.decode import content_id
+from clipkit.embed import embed
+from clipkit.sources import Kind
+from tests.test_embed import TINY, config, make_images, rows
+
+
+def _aliases(out: Path) -> set[tuple[str, str]]:
+    path = out / "_aliases.parquet"
+    if not path.is_file():
+        return set()
+    return {(a["id"], Path(a["uri"]).name) for a in pq.read_table(path).to_pylist()}
+
+
+def _contents(out: Path) -> dict[str, tuple[str, str, tuple[float, ...]]]:
+    """id -> (file name, kind, embedding): a folder's rows, independent of shard layout."""
+    return {item_id: (Path(row["uri"]).name, row["kind"], tuple(row["embedding"]))
+            for item_id, row in rows(out).items()}  # fmt: skip
+
+
+def _holdings(out: Path) -> dict[str, tuple[str, frozenset[str]]]:
+    """id -> (kind, every file name with that content: the row's and its aliases')."""
+    names = {item_id: {name} for item_id, (name, _, _) in _contents(out).items()}
+    for item_id, name in _aliases(out):
+        names[item_id].add(name)
+    return {item_id: (row["kind"], frozenset(names[item_id]))
+            for item_id, row in rows(out).items()}  # fmt: skip
+
+
+def _vectors(out: Path) -> dict[str, np.ndarray]:
+    return {item_id: np.asarray(row["embedding"]) for item_id, row in rows(out).items()}
+
+
+def _edit(path: Path, seed: int) -> None:
+    """New bytes for an image file (other noise), so a new content id."""
+    from PIL import Image
+
+    pixels = np.random.default_rng(1000 + seed).integers(0, 256, (30, 40, 3), dtype=np.uint8)
+    Image.fromarray(pixels).save(path)
+
+
+def test_an_edited_file_is_counted_and_its_old_row_stays_without_prune(tmp_path):
+    images = make_images(tmp_path / "d", 2)
+    embed(config([tmp_path / "d"], tmp_path / "out"))
+    _edit(images[0], 0)
+    again = embed(config([tmp_path / "d"], tmp_path / "out"))
+    assert (again.embedded, again.already_present, again.changed, again.pruned) == (1, 1, 1, 0)
+    names = sorted(name for name, _, _ in _contents(tmp_path / "out").values())
+    assert names == ["img0000.jpg", "img0000.jpg", "img0001.png"]  # the old row is still there
+
+
+def test_prune_makes_the_folder_equal_a_fresh_run_on_the_sources(tmp_path):
+    data = tmp_path / "d"
+    images = make_images(data, 6)
+    shutil.copy(images[2], data / "copy_of_2.jpg")  # a duplicate: an alias
+    (data / "note.txt").write_text("a red square")
+    first = embed(config([data], tmp_path / "out", shard_rows=3))
+    assert first.embedded == 7
+
+    _edit(images[0], 0)  # edited: new content under the same name
+    images[1].unlink()  # deleted
+    images[3].rename(data / "renamed.png")  # renamed: same content, new name
+    (data / "copy_of_2.jpg").unlink()  # the copy that has the row goes: name the other one
+    shutil.copy(images[5], images[4])  # replaced by the content of another file: an alias now
+    (data / "note.txt").write_text("a blue circle")  # an edited text
+
+    pruned = embed(config([data], tmp_path / "out", shard_rows=3, prune=True))
+    fresh = embed(config([data], tmp_path / "fresh", shard_rows=3))
+    # The same contents, each found under the same names (which copy holds the row and which
+    # is the alias may differ), with the same embeddings up to batch-composition rounding.
+    assert _holdings(tmp_path / "out") == _holdings(tmp_path / "fresh")
+    assert _holdings(tmp_path / "out")[content_id(images[5].read_bytes())][1] == {
+        images[4].name, images[5].name}  # fmt: skip
+    assert _contents(tmp_path / "out")[content_id(images[2].read_bytes())][0] == images[2].name
+    assert "renamed.png" in {name for name, _, _ in _contents(tmp_path / "out").values()}
+    vectors, expected = _vectors(tmp_path / "out"), _vectors(tmp_path / "fresh")
+    for item_id, vector in vectors.items():
+        np.testing.assert_allclose(vector, expected[item_id], atol=1e-5)
+    assert pruned.embedded == 2  # only the edited image and the edited text
+    assert fresh.embedded == 5  # img0000 (edited), 0002, 0003 (renamed), 0005, the note
+    # Gone: img0000's and note.txt's old content, img0001 (deleted), img0004's old content.
+    assert (pruned.changed, pruned.pruned, pruned.moved) == (3, 4, 2)
+    again = embed(config([data], tmp_path / "out", prune=True))
+    assert (again.embedded, again.changed, again.pruned, again.moved) == (0, 0, 0, 0)
+
+
+def test_inputs_that_fail_to_read_keep_their_rows(tmp_path):
+    images = make_images(tmp_path / "d", 2)
+    embed(config([tmp_path / "d"], tmp_path / "out"))
+    before = _contents(tmp_path / "out")
+    images[0].unlink()
+    images[0].symlink_to(tmp_path / "unmounted" / "img.jpg")  # listed, but cannot be read
+    result = embed(config([tmp_path / "d"], tmp_path / "out", prune=True))
+    assert result.skipped == 1 and result.pruned == 0
+    assert _contents(tmp_path / "out") == before
+
+
+def test_prune_leaves_rows_of_other_kinds_alone(tmp_path):
+    images = make_images(tmp_path / "d", 2)
+    (tmp_path / "d" / "a.txt").write_text("words")
+    (tmp_path / "d" / "b.txt").write_text("words")  # an alias of a text row
+    embed(config([tmp_path / "d"], tmp_path / "out"))
+    images[1].unlink()
+    (tmp_path / "d" / "a.txt").unlink()
+    result = embed(config([tmp_path / "d"], tmp_path / "out", kind=Kind.IMAGE, prune=True))
+    assert result.pruned == 1
+    kinds = sorted((kind, name) for name, kind, _ in _contents(tmp_path / "out").values())
+    assert kinds == [("image", "img0000.jpg"), ("text", "a.txt")]
+    assert _aliases(tmp_path / "out") == {(content_id(b"words"), "b.txt")}
+
+
+def test_a_deleted_shard_row_set_empties_and_removes_the_shard(tmp_path):
+    images = make_images(tmp_path / "d", 4)
+    embed(config([tmp_path / "d"], tmp_path / "out", shard_rows=2))
+    assert len(list((tmp_path / "out").glob("part-*.parquet"))) == 2
+    for image in images[:2]:  # the first shard's two rows
+        image.unlink()
+    result = embed(config([tmp_path / "d"], tmp_path / "out", prune=True))
+    assert result.pruned == 2
+    assert [p.name for p in sorted((tmp_path / "out").glob("part-*.parquet"))] == [
+        "part-00001.parquet"
+    ]
+    shard = pq.ParquetFile(tmp_path / "out" / "part-00001.parquet")
+    assert shard.schema_arrow.metadata[b"clipkit.model"] == TINY.encode()
+
+
+def test_cli_reports_changes_and_prunes(tmp_path):
+    images = make_images(tmp_path / "d", 2)
+    args = ["embed", str(tmp_path / "d"), "-o", str(tmp_path / "out"), "-m", TINY,
+            "--device", "cpu", "--workers", "0"]  # fmt: skip
+    runner = CliRunner()
+    assert runner.invoke(cli.app, args).exit_code == 0
+    _edit(images[0], 0)
+    kept = runner.invoke(cli.app, args)
+    assert "1 inputs changed since they were embedded (their old rows remain: --prune drops them)" \
+        in " ".join(kept.output.split())  # fmt: skip
+    os.remove(images[1])
+    pruned = runner.invoke(cli.app, [*args, "--prune"])
+    assert pruned.exit_code == 0, pruned.output
+    assert "pruned 2 rows of inputs no longer found" in " ".join(pruned.output.split())
+    assert len(rows(tmp_path / "out")) == 1
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+def test_prune_sees_already_present_images_read_by_workers(tmp_path, workers):
+    # Content already embedded is hashed in the workers, not decoded: it must still count as
+    # found, or --prune would drop every unchanged image.
+    make_images(tmp_path / "d", 3)
+    embed(config([tmp_path / "d"], tmp_path / "out", workers=workers))
+    result = embed(config([tmp_path / "d"], tmp_path / "out", workers=workers, prune=True))
+    assert (result.already_present, result.pruned, result.moved) == (3, 0, 0)
+    assert len(rows(tmp_path / "out")) == 3
+
+
+def test_prune_under_two_gloo_processes_sees_every_rank_s_inputs(tmp_path):
+    # Rank 0 prunes after all ranks wrote their shards; it must know the inputs that the other
+    # rank claimed, or it would drop their rows.
+    import subprocess
+    import sys
+
+    data = tmp_path / "data"
+    images = make_images(data, 9, size=(20, 20))
+    embed(config([data], tmp_path / "out", shard_rows=4))
+    _edit(images[0], 0)
+    images[1].unlink()
+    images[2].rename(data / "moved.png")
+    make_images(data, 2, start=20)
+    launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone",
+                "--nproc_per_node", "2", "-m", "clipkit"]  # fmt: skip
+    done = subprocess.run([*launcher, "embed", str(data), "-o", str(tmp_path / "out"), "-m",
+                           TINY, "--device", "cpu", "--workers", "0", "--batch-size", "2",
+                           "--shard-rows", "4", "--prune"],
+                          capture_output=True, text=True, timeout=300)  # fmt: skip
+    assert done.returncode == 0, done.stderr[-3000:]
+    message = " ".join(done.stderr.split())
+    assert "Embedded 3," in message and "1 inputs changed" in message
+    assert "pruned 2 rows of inputs no longer found, 1 rows now name another copy" in message
+    embed(config([data], tmp_path / "fresh"))
+    assert _holdings(tmp_path / "out") == _holdings(tmp_path / "fresh")
