@@ -196,8 +196,8 @@ def prune(out_dir: Path, current: dict[str, str], kinds: Collection[str]) -> Pru
     other_kinds: set[str] = set()  # ids of rows left alone
     removed = moved = 0
     for path in list_shards(out_dir):
-        table = pq.read_table(path)
-        columns = (table.column(name).to_pylist() for name in ("id", "uri", "kind"))
+        small = pq.read_table(path, columns=["id", "uri", "kind"])  # the vectors only if needed
+        columns = (small.column(name).to_pylist() for name in ("id", "uri", "kind"))
         keep, uris = [], []
         for item_id, uri, kind in zip(*columns, strict=True):
             if kind not in kinds:
@@ -211,7 +211,8 @@ def prune(out_dir: Path, current: dict[str, str], kinds: Collection[str]) -> Pru
             uris.append(uri)
             if keep[-1] and kind in kinds:
                 primary[item_id] = uri
-        _rewrite_shard(path, table, keep, uris)
+        if not all(keep) or uris != small.column("uri").to_pylist():
+            _rewrite_shard(path, keep, uris)
     aliases = {uri: item_id for uri, item_id in _read_aliases(out_dir) if item_id in other_kinds}
     for item_id, uris in uris_of.items():
         if item_id in primary:
@@ -220,14 +221,13 @@ def prune(out_dir: Path, current: dict[str, str], kinds: Collection[str]) -> Pru
     return Pruned(rows_removed=removed, rows_moved=moved)
 
 
-def _rewrite_shard(path: Path, table: pa.Table, keep: list[bool], uris: list[str]) -> None:
-    """Write a shard back with only the rows ``keep`` marks and ``uris`` as its uri column
-    (atomically, and only if that changes it); delete it when no row is kept."""
-    if all(keep) and uris == table.column("uri").to_pylist():
-        return
+def _rewrite_shard(path: Path, keep: list[bool], uris: list[str]) -> None:
+    """Write a shard back (atomically) with only the rows ``keep`` marks and ``uris`` as its
+    uri column; delete it when no row is kept."""
     if not any(keep):
         path.unlink()
         return
+    table = pq.read_table(path)
     uri_column = table.schema.get_field_index("uri")
     table = table.set_column(uri_column, "uri", pa.array(uris, pa.string()))
     with atomic_path(path) as tmp:
