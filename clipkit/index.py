@@ -77,7 +77,8 @@ class IndexResult:
     info: IndexInfo
     out_dir: Path
     added: int  # rows added by this run (all of them for a fresh build)
-    removed: int  # rows in the index whose id is no longer in the embeddings folder
+    removed: int  # rows still in the index whose id is no longer in the embeddings folder
+    dropped: int = 0  # rows this update took out of an exact index (their id is gone)
 
 
 def build_index(config: IndexConfig) -> IndexResult:
@@ -344,10 +345,14 @@ def _update(config: IndexConfig, stamp, kind: str, started: float) -> IndexResul
         )
     rows = loaded.rows
     known = set(rows["id"])
+    position_of = {item_id: position for position, item_id in enumerate(rows["id"])}
     current: set[str] = set()
     added = 0
     for block in store.iter_vectors(config.emb_dir, info.kind):
         current.update(block.ids)
+        for item_id, uri in zip(block.ids, block.uris, strict=True):
+            if item_id in position_of:  # `embed --prune` may have moved a row to another path
+                rows["uri"][position_of[item_id]] = uri
         new = [i for i, item_id in enumerate(block.ids) if item_id not in known]
         if new:
             loaded.index.add(block.vectors[new])
@@ -356,14 +361,32 @@ def _update(config: IndexConfig, stamp, kind: str, started: float) -> IndexResul
                 rows[name].extend(values[i] for i in new)
             known.update(block.ids[i] for i in new)
             added += len(new)
-    removed = len(known - current)
+    dropped = _drop_gone(loaded.index, rows, current)
+    removed = len(known - current) - dropped
     updated = IndexInfo(**{
         **info.as_dict(), "rows": loaded.index.ntotal, "removed_rows": removed,
         "shards": store.shard_signature(config.emb_dir),
         "build_seconds": info.build_seconds + time.perf_counter() - started,
     })  # fmt: skip
     _write(config.out_dir, loaded.index, rows, updated)
-    return IndexResult(info=updated, out_dir=config.out_dir, added=added, removed=removed)
+    return IndexResult(info=updated, out_dir=config.out_dir, added=added, removed=removed,
+                       dropped=dropped)  # fmt: skip
+
+
+def _drop_gone(index: faiss.Index, rows: dict[str, list[Any]], current: set[str]) -> int:
+    """Take rows whose id left the embeddings folder out of an exact index; returns how many.
+
+    A flat index closes the gaps in order, as ``rows`` must. An IVF index keeps its row
+    numbers instead, and its lists were trained on the old data: a rebuild is the remedy there.
+    """
+    gone = [position for position, item_id in enumerate(rows["id"]) if item_id not in current]
+    if not gone or not isinstance(faiss.downcast_index(index), faiss.IndexFlat):
+        return 0
+    index.remove_ids(np.asarray(gone, dtype=np.int64))
+    kept = set(range(len(rows["id"]))) - set(gone)
+    for name, values in rows.items():
+        rows[name] = [value for position, value in enumerate(values) if position in kept]
+    return len(gone)
 
 
 # Below this many queries, the scoring core's blocked top-k beats faiss's flat scan, which

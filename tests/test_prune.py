@@ -193,3 +193,44 @@ def test_prune_under_two_gloo_processes_sees_every_rank_s_inputs(tmp_path):
     assert "pruned 2 rows of inputs no longer found, 1 rows now name another copy" in message
     embed(config([data], tmp_path / "fresh"))
     assert _holdings(tmp_path / "out") == _holdings(tmp_path / "fresh")
+
+
+def test_index_update_after_prune_drops_gone_rows_of_an_exact_index(tmp_path):
+    from clipkit.index import IndexConfig, build_index, load_index
+
+    images = make_images(tmp_path / "d", 6)
+    embed(config([tmp_path / "d"], tmp_path / "emb"))
+    build_index(IndexConfig(emb_dir=tmp_path / "emb", out_dir=tmp_path / "idx"))
+    images[1].unlink()
+    images[4].unlink()
+    images[2].rename(tmp_path / "d" / "moved.png")
+    embed(config([tmp_path / "d"], tmp_path / "emb", prune=True))
+    updated = build_index(IndexConfig(emb_dir=tmp_path / "emb", out_dir=tmp_path / "idx",
+                                      update=True))  # fmt: skip
+    assert (updated.added, updated.dropped, updated.removed, updated.info.rows) == (0, 2, 0, 4)
+    loaded = load_index(tmp_path / "idx")  # its parts agree and its source is current
+    fresh = build_index(IndexConfig(emb_dir=tmp_path / "emb", out_dir=tmp_path / "fresh"))
+    expected = load_index(fresh.out_dir).rows
+    assert sorted(zip(loaded.rows["id"], loaded.rows["uri"], strict=True)) == sorted(
+        zip(expected["id"], expected["uri"], strict=True))  # fmt: skip
+    # Each remaining embedding finds its own row first: vectors and rows still line up.
+    vectors = np.stack([np.asarray(rows(tmp_path / "emb")[i]["embedding"], np.float32)
+                        for i in loaded.rows["id"]])  # fmt: skip
+    _, found = loaded.search(vectors, 1)
+    assert found[:, 0].tolist() == list(range(4))
+
+
+def test_index_update_keeps_gone_rows_of_an_ivf_index_and_says_so(tmp_path, tiny_encoder):
+    from clipkit import store
+    from clipkit.index import IndexConfig, build_index, load_index
+    from tests.test_index_search import _clustered
+
+    stamp = store.ModelStamp(TINY, tiny_encoder.fingerprint, 64)
+    _clustered(tmp_path / "emb", stamp, rows=3000, clusters=20, dim=64)  # shards of 1,500
+    build_index(IndexConfig(emb_dir=tmp_path / "emb", out_dir=tmp_path / "idx",
+                            index_type="ivf"))  # fmt: skip
+    (tmp_path / "emb" / "part-00001.parquet").unlink()
+    updated = build_index(IndexConfig(emb_dir=tmp_path / "emb", out_dir=tmp_path / "idx",
+                                      update=True))  # fmt: skip
+    assert (updated.dropped, updated.removed, updated.info.rows) == (0, 1500, 3000)
+    assert load_index(tmp_path / "idx").info.removed_rows == 1500

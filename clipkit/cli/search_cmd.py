@@ -87,6 +87,7 @@ def index(
     stderr.print(
         f"Index {info.factory} ({params}) of {info.rows} {info.kind} rows -> {result.out_dir}; "
         f"recall@10: {recall or 'n/a'}; added {result.added}"
+        + (f", dropped {result.dropped} rows no longer in {emb_dir}" if result.dropped else "")
         + (
             f", {result.removed} rows no longer in {emb_dir} (rebuild to drop them)"
             if result.removed
