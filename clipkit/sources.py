@@ -158,7 +158,8 @@ def _line_items(path: Path) -> Iterable[Item]:
 class TableRow(Mapping[str, Any]):
     """The pass-through cells of one table row, read from the table when asked for.
 
-    A dict per row would cost a million-row table about 1 GB; this costs two references.
+    A dict per row cost a million-row table about 1 GB of Python objects; a view is one small
+    object that shares the table and the tuple of column names.
     """
 
     __slots__ = ("_table", "_names", "_row")
