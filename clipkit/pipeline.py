@@ -15,6 +15,7 @@ from __future__ import annotations
 import errno
 import gc
 import os
+import signal
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
@@ -246,7 +247,7 @@ def start_workers(loader: DataLoader) -> Iterator:
 
 
 def decode_worker_init(_: int) -> None:
-    """DataLoader worker start-up: one torch thread, and the lowest CPU priority.
+    """DataLoader worker start-up: one torch thread, the lowest CPU priority, SIGTERM ignored.
 
     torch runs its intra-op threads in lock-step, so a decoder that takes a core from one of them
     stalls them all; at nice 19 a decoder runs when the model's threads are idle or waiting for
@@ -256,3 +257,6 @@ def decode_worker_init(_: int) -> None:
     torch.set_num_threads(1)
     if hasattr(os, "nice"):  # not on Windows
         os.nice(WORKER_NICENESS)
+    # A scheduler's SIGTERM goes to the whole process group: the main process turns it into an
+    # orderly stop (and ends its workers), so a worker must not die of it first.
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)

@@ -20,7 +20,7 @@ from clipkit.distributed import World
 from clipkit.errors import InputError
 from clipkit.packed import PackedGroups, PackedStrings
 from clipkit.pairs import Pair, read_pairs
-from clipkit.pipeline import read_bytes, start_workers
+from clipkit.pipeline import decode_worker_init, read_bytes, start_workers
 
 Skip = tuple[str, str, str]  # (uri, stage, reason)
 
@@ -89,6 +89,7 @@ def verify_images(
         batch_size=64,
         num_workers=workers,
         collate_fn=list,
+        worker_init_fn=decode_worker_init if workers else None,
         generator=torch.Generator(),  # leave the global random stream alone
     )
     errors = [error for batch in start_workers(loader) for error in batch]

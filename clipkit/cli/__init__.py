@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import os
+import signal
 import time
 from collections.abc import Callable, Iterator
 from enum import Enum
@@ -221,4 +222,12 @@ from clipkit.cli import (  # noqa: E402, F401  (registration)
 
 def main() -> None:
     """Console-script entry point."""
+    # A cluster scheduler (Slurm, Kubernetes) or `timeout` stops a job with SIGTERM before it
+    # kills it; ending it like Ctrl-C lets embed write the embeddings it holds and train save
+    # its last step. Decode workers ignore SIGTERM (see pipeline.decode_worker_init).
+    signal.signal(signal.SIGTERM, _stop_on_sigterm)
     app()
+
+
+def _stop_on_sigterm(signum: int, frame: Any) -> None:
+    raise KeyboardInterrupt

@@ -1,0 +1,84 @@
+"""SIGTERM, as a scheduler (Slurm, Kubernetes) or ``timeout`` sends it to the whole process
+group, ends ``clipkit embed`` and ``clipkit train`` like Ctrl-C: embed writes the embeddings it
+held in memory (up to ``--shard-rows`` of them used to be lost), train saves its last step, and
+both exit 130. Decode workers ignore it and leave the stop to the main process."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from clipkit.train_state import STATE_FILE, load_state
+from tests.test_embed import TINY, make_images, rows
+
+ENV = {**os.environ, "PYTHONUNBUFFERED": "1"}
+
+
+def _start(args: list[str], log: Path) -> subprocess.Popen:
+    # A session of its own, so that the signal can go to the whole group like a scheduler's.
+    return subprocess.Popen([sys.executable, "-m", "clipkit", *args], env=ENV,
+                            stdout=subprocess.DEVNULL, stderr=log.open("w"),
+                            start_new_session=True)  # fmt: skip
+
+
+def _wait_for(path_test, what: str, process: subprocess.Popen, seconds: float = 120) -> None:
+    deadline = time.monotonic() + seconds
+    while not path_test():
+        assert process.poll() is None, f"finished before {what}"
+        assert time.monotonic() < deadline, f"no {what} after {seconds} s"
+        time.sleep(0.01)
+
+
+def test_sigterm_to_the_group_keeps_embed_s_buffered_rows(tmp_path):
+    data, out = tmp_path / "data", tmp_path / "out"
+    make_images(data, 400, size=(24, 24))
+    args = ["embed", str(data), "-o", str(out), "-m", TINY, "--device", "cpu", "--workers",
+            "1", "--batch-size", "4", "--shard-rows", "100"]  # fmt: skip
+    process = _start(args, tmp_path / "log")
+    _wait_for(lambda: (out / "part-00000.parquet").exists(), "the first shard", process)
+    time.sleep(0.3)  # some rows of the second shard are now held in memory
+    os.killpg(process.pid, signal.SIGTERM)
+    assert process.wait(timeout=60) == 130, (tmp_path / "log").read_text()[-2000:]
+    assert "Interrupted." in (tmp_path / "log").read_text()
+    kept = len(rows(out))
+    assert 100 < kept < 400, "the rows held past the first shard were written"
+    resumed = subprocess.run([sys.executable, "-m", "clipkit", *args], env=ENV,
+                             capture_output=True, text=True)  # fmt: skip
+    assert resumed.returncode == 0, resumed.stderr
+    assert len(rows(out)) == 400
+    assert f"already present {kept}" in " ".join(resumed.stderr.split())
+
+
+def test_sigterm_to_the_group_saves_train_s_last_step(shapes, tmp_path):
+    run = tmp_path / "run"
+    args = ["train", str(shapes / "data"), "-o", str(run), "-m", TINY, "--device", "cpu",
+            "--workers", "1", "--batch-size", "16", "--steps", "400", "--val-split", "0",
+            "--save-every", "100000"]  # fmt: skip
+    process = _start(args, tmp_path / "log")
+    metrics = run / "metrics.jsonl"
+    _wait_for(lambda: len(_steps(metrics)) >= 3, "three steps", process)
+    os.killpg(process.pid, signal.SIGTERM)
+    assert process.wait(timeout=60) == 130, (tmp_path / "log").read_text()[-2000:]
+    state = load_state(run / STATE_FILE)
+    assert 3 <= state.step < 400 and not state.finished
+    logged = len(_steps(metrics))  # a step ends, then is logged: the signal may fall between
+    assert logged <= state.step <= logged + 1
+
+
+def _steps(metrics: Path) -> list[dict]:
+    if not metrics.exists():
+        return []
+    steps = []
+    for line in metrics.read_text().splitlines():
+        try:
+            record = json.loads(line)
+        except ValueError:
+            continue  # a line being written
+        if record.get("kind") == "step":
+            steps.append(record)
+    return steps
