@@ -7,6 +7,8 @@ content found under another path is recorded as an alias instead of a second row
 
 from __future__ import annotations
 
+import os
+import stat as stat_module
 import time
 from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass, field
@@ -19,6 +21,7 @@ import torch
 from clipkit import distributed, embed_plan, store
 from clipkit.decode import DEFAULT_MAX_PIXELS, DecodeError, content_id, decode_text, text_id
 from clipkit.errors import InputError
+from clipkit.filenames import os_path
 from clipkit.locks import writer_lock
 from clipkit.models import Encoder, load_model
 from clipkit.pipeline import ImageDataset, default_workers, image_batches, read_bytes
@@ -48,6 +51,7 @@ class EmbedConfig:
     max_pixels: int = DEFAULT_MAX_PIXELS
     shard_rows: int = 50_000
     prune: bool = False  # make the folder mirror the sources: drop rows of vanished inputs
+    rehash: bool = False  # read every file again, even those whose size and mtime are unchanged
 
 
 @dataclass(frozen=True)
@@ -95,6 +99,8 @@ class _Run:
     float16: bool
     meta_columns: list[str]
     current: dict[str, str] = field(default_factory=dict)  # uri -> content id found this run
+    file_stats: dict[str, store.FileStat] = field(default_factory=dict)  # files read this run
+    pending_stats: dict[str, tuple[int, int]] = field(default_factory=dict)  # before the read
     changed: int = 0
     rows: dict[str, list[Any]] = field(default_factory=dict)
     vectors: list[np.ndarray] = field(default_factory=list)
@@ -228,18 +234,63 @@ def _embed(config: EmbedConfig, world: distributed.World, device: str,
         images = [item for item in found.items if item.kind == "image"]
         texts = [item for item in found.items if item.kind == "text"]
         workers = config.workers if config.workers is not None else default_workers()
-        if world.distributed:
+        recorded: dict[str, store.FileStat] = {}
+        if world.distributed:  # every rank hashes its share; the stat cache is left alone
             texts = embed_plan.claim(run, world, texts, embed_plan.text_ids(texts))
             images = embed_plan.claim(run, world, images,
                                       embed_plan.image_ids(images, world, workers))  # fmt: skip
+        else:
+            recorded = store.read_file_stats(config.out_dir)
+            images = _skip_unchanged(run, images, {} if config.rehash else recorded)
         try:
             _embed_texts(run, texts, config.batch_size, report)
             _embed_images(run, images, config, workers, report)
         except KeyboardInterrupt:
             run.flush()  # keep every finished embedding: the next run resumes after them
+            _save_file_stats(config, run, world, recorded)
             raise
         run.flush()
+        _save_file_stats(config, run, world, recorded)
         return _finish(config, run, world, encoder, found.ignored, time.perf_counter() - started)
+
+
+def _save_file_stats(config: EmbedConfig, run: _Run, world: distributed.World,
+                     recorded: dict[str, store.FileStat]) -> None:  # fmt: skip
+    """Write the stat cache. Without --prune, files of other sources keep their entries; a
+    stale entry costs a read, never a wrong row (an entry counts only while its id has a row)."""
+    if not world.distributed:
+        stats = {} if config.prune else recorded
+        store.write_file_stats(config.out_dir, {**stats, **run.file_stats})
+
+
+def _skip_unchanged(run: _Run, items: Sequence[Item],
+                    recorded: dict[str, store.FileStat]) -> list[Item]:  # fmt: skip
+    """The image items to read. A file with the size and mtime recorded when it was last read,
+    whose content has a row, is counted (present or alias) without being read again, as rclip
+    does; the others are read and hashed. Their stats are noted before the read: a file that
+    changes in between is read again next time, never trusted."""
+    left = []
+    for item in items:
+        stat = _file_stat(item.path or "")
+        entry = recorded.get(item.uri)
+        if stat is not None and entry is not None and entry[:2] == stat \
+                and entry[2] in run.known_ids:  # fmt: skip
+            run.is_new(entry[2], item.uri, ())
+            run.file_stats[item.uri] = entry
+            continue
+        if stat is not None:
+            run.pending_stats[item.uri] = stat
+        left.append(item)
+    return left
+
+
+def _file_stat(path: str) -> tuple[int, int] | None:
+    """(size, mtime_ns) of a regular file; None for anything else (tar members, URLs)."""
+    try:
+        info = os.stat(os_path(path))
+    except (OSError, ValueError):
+        return None
+    return (info.st_size, info.st_mtime_ns) if stat_module.S_ISREG(info.st_mode) else None
 
 
 def _finish(config: EmbedConfig, run: _Run, world: distributed.World, encoder: Encoder,
@@ -367,7 +418,11 @@ def _embed_images(run: _Run, items: Sequence[Item], config: EmbedConfig, workers
             item = items[sample.index]
             if sample.error is not None:
                 run.failures.append((item.uri, sample.error[0], sample.error[1]))
-            elif run.is_new(sample.item_id, item.uri, fresh_ids):
+                continue
+            stat = run.pending_stats.pop(item.uri, None)
+            if stat is not None:
+                run.file_stats[item.uri] = (*stat, sample.item_id)
+            if run.is_new(sample.item_id, item.uri, fresh_ids):
                 fresh_items.append(item)
                 fresh_ids.append(sample.item_id)
                 keep.append(position)

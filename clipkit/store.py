@@ -31,6 +31,7 @@ from clipkit.errors import InputError
 SHARD_PATTERN = re.compile(r"^part-(\d{5,})\.parquet$")
 FAILURES_FILE = "_failures.parquet"
 ALIASES_FILE = "_aliases.parquet"
+FILES_FILE = "_files.parquet"  # a cache: uri, size, mtime_ns, id of the files embed has read
 TABLE_SUFFIXES = frozenset({".csv", ".tsv", ".jsonl", ".parquet"})
 CORE_COLUMNS = ("id", "uri", "kind", "text", "embedding")
 
@@ -132,6 +133,35 @@ def write_shard(
     table = pa.table(columns).replace_schema_metadata(_stamp_metadata(stamp))
     with atomic_path(path) as tmp:
         pq.write_table(table, tmp, compression="zstd")
+
+
+FileStat = tuple[int, int, str]  # (size, mtime_ns, content id)
+
+
+def read_file_stats(out_dir: Path) -> dict[str, FileStat]:
+    """uri -> (size, mtime_ns, id) of the files that earlier runs read; a missing or damaged
+    cache is an empty one (the files are then read and hashed again)."""
+    path = out_dir / FILES_FILE
+    try:
+        table = pq.read_table(path) if path.is_file() else None
+    except (OSError, pa.ArrowException):
+        table = None
+    if table is None or set(table.column_names) < {"uri", "size", "mtime_ns", "id"}:
+        return {}
+    columns = (table.column(name).to_pylist() for name in ("uri", "size", "mtime_ns", "id"))
+    return {uri: (size, mtime, item_id) for uri, size, mtime, item_id in zip(*columns, strict=True)}
+
+
+def write_file_stats(out_dir: Path, stats: dict[str, FileStat]) -> None:
+    uris = list(stats)
+    table = pa.table({
+        "uri": pa.array(uris, pa.string()),
+        "size": pa.array([stats[uri][0] for uri in uris], pa.int64()),
+        "mtime_ns": pa.array([stats[uri][1] for uri in uris], pa.int64()),
+        "id": pa.array([stats[uri][2] for uri in uris], pa.string()),
+    })  # fmt: skip
+    with atomic_path(out_dir / FILES_FILE) as tmp:
+        pq.write_table(table, tmp)
 
 
 def write_failures(

@@ -52,6 +52,10 @@ def embed(
         bool,
         typer.Option(help="Mirror the sources: drop rows of deleted or changed inputs."),
     ] = False,
+    rehash: Annotated[
+        bool,
+        typer.Option(help="Read every file again, even those with unchanged size and mtime."),
+    ] = False,
 ) -> None:
     """Encode image and text folders or tables to Parquet embeddings (resumable).
 
@@ -78,6 +82,7 @@ def embed(
         max_pixels=max_pixels,
         shard_rows=shard_rows,
         prune=prune,
+        rehash=rehash,
     )
     with _progress() as update:
         result = run_embed(config, progress=update)

@@ -1,0 +1,106 @@
+"""The stat cache of ``clipkit embed`` (``_files.parquet``): a re-run does not read a file
+whose size and mtime are those recorded when it was read, and whose content has a row (as
+rclip does); any other file is read and hashed; ``--rehash`` reads them all. A damaged cache
+is an empty one."""
+
+from __future__ import annotations
+
+import os
+
+import pyarrow.parquet as pq
+import pytest
+from typer.testing import CliRunner
+
+from clipkit import cli, pipeline
+from clipkit.embed import embed
+from clipkit.store import FILES_FILE, read_file_stats
+from tests.test_embed import TINY, config, make_images, rows
+from tests.test_prune import _edit
+
+
+@pytest.fixture()
+def reads(monkeypatch) -> list[str]:
+    """Every path the image pipeline reads (workers=0: in this process)."""
+    seen: list[str] = []
+    original = pipeline.read_bytes
+
+    def counting(path: str) -> bytes:
+        seen.append(os.path.basename(path))
+        return original(path)
+
+    monkeypatch.setattr(pipeline, "read_bytes", counting)
+    return seen
+
+
+def test_a_rerun_reads_no_unchanged_file(tmp_path, reads):
+    images = make_images(tmp_path / "d", 5)
+    first = embed(config([tmp_path / "d"], tmp_path / "out"))
+    assert first.embedded == 5 and len(reads) == 5
+    stats = read_file_stats(tmp_path / "out")
+    assert {os.path.basename(uri) for uri in stats} == {p.name for p in images}
+    assert all(size == os.stat(uri).st_size for uri, (size, _, _) in stats.items())
+    reads.clear()
+    again = embed(config([tmp_path / "d"], tmp_path / "out"))
+    assert reads == []
+    assert (again.embedded, again.already_present, again.changed) == (0, 5, 0)
+
+
+def test_touched_edited_and_new_files_are_read(tmp_path, reads):
+    images = make_images(tmp_path / "d", 4)
+    embed(config([tmp_path / "d"], tmp_path / "out"))
+    os.utime(images[0], ns=(1, 1))  # touched: same bytes, another mtime
+    _edit(images[1], 1)  # edited
+    make_images(tmp_path / "d", 1, start=10)  # new
+    reads.clear()
+    again = embed(config([tmp_path / "d"], tmp_path / "out"))
+    assert sorted(reads) == ["img0000.jpg", "img0001.png", "img0010.jpg"]
+    assert (again.embedded, again.already_present, again.changed) == (2, 3, 1)
+    reads.clear()
+    assert embed(config([tmp_path / "d"], tmp_path / "out")).already_present == 5
+    assert reads == []  # the touched file's new mtime was recorded
+
+
+def test_an_edit_that_keeps_size_and_mtime_needs_rehash(tmp_path, reads):
+    (image,) = make_images(tmp_path / "d", 1)
+    embed(config([tmp_path / "d"], tmp_path / "out"))
+    before = os.stat(image)
+    data = bytearray(image.read_bytes())
+    data[-3] ^= 0xFF  # same size
+    image.write_bytes(bytes(data))
+    os.utime(image, ns=(before.st_atime_ns, before.st_mtime_ns))  # as `rsync -t` might leave it
+    reads.clear()
+    assert embed(config([tmp_path / "d"], tmp_path / "out")).changed == 0  # trusted: not read
+    assert reads == []
+    rehashed = embed(config([tmp_path / "d"], tmp_path / "out", rehash=True))
+    assert reads == ["img0000.jpg"]
+    assert (rehashed.changed, rehashed.embedded) == (1, 1)
+
+
+def test_a_damaged_cache_is_an_empty_one(tmp_path, reads):
+    make_images(tmp_path / "d", 2)
+    embed(config([tmp_path / "d"], tmp_path / "out"))
+    (tmp_path / "out" / FILES_FILE).write_bytes(b"not parquet")
+    reads.clear()
+    again = embed(config([tmp_path / "d"], tmp_path / "out"))
+    assert again.already_present == 2 and len(reads) == 2
+    assert len(pq.read_table(tmp_path / "out" / FILES_FILE)) == 2  # written afresh
+
+
+def test_prune_keeps_the_cache_to_the_files_found(tmp_path, reads):
+    images = make_images(tmp_path / "d", 3)
+    embed(config([tmp_path / "d"], tmp_path / "out"))
+    images[2].unlink()
+    pruned = embed(config([tmp_path / "d"], tmp_path / "out", prune=True))
+    assert pruned.pruned == 1 and len(rows(tmp_path / "out")) == 2
+    assert {os.path.basename(uri) for uri in read_file_stats(tmp_path / "out")} == {
+        images[0].name, images[1].name}  # fmt: skip
+
+
+def test_cli_rehash(tmp_path):
+    make_images(tmp_path / "d", 1)
+    args = ["embed", str(tmp_path / "d"), "-o", str(tmp_path / "out"), "-m", TINY, "--device",
+            "cpu", "--workers", "0"]  # fmt: skip
+    runner = CliRunner()
+    assert runner.invoke(cli.app, args).exit_code == 0
+    again = runner.invoke(cli.app, [*args, "--rehash"])
+    assert again.exit_code == 0 and "already present 1" in " ".join(again.output.split())
