@@ -259,8 +259,9 @@ def _save_file_stats(config: EmbedConfig, run: _Run, world: distributed.World,
     """Write the stat cache. Without --prune, files of other sources keep their entries; a
     stale entry costs a read, never a wrong row (an entry counts only while its id has a row)."""
     if not world.distributed:
-        stats = {} if config.prune else recorded
-        store.write_file_stats(config.out_dir, {**stats, **run.file_stats})
+        images_pruned = config.prune and config.kind is not Kind.TEXT
+        store.write_file_stats(config.out_dir, {**({} if images_pruned else recorded),
+                                                **run.file_stats})  # fmt: skip
 
 
 def _skip_unchanged(run: _Run, items: Sequence[Item],

@@ -104,3 +104,16 @@ def test_cli_rehash(tmp_path):
     assert runner.invoke(cli.app, args).exit_code == 0
     again = runner.invoke(cli.app, [*args, "--rehash"])
     assert again.exit_code == 0 and "already present 1" in " ".join(again.output.split())
+
+
+def test_pruning_texts_keeps_the_image_cache(tmp_path, reads):
+    from clipkit.sources import Kind
+
+    make_images(tmp_path / "d", 2)
+    (tmp_path / "d" / "a.txt").write_text("words")
+    (tmp_path / "d" / "b.txt").write_text("other words")
+    embed(config([tmp_path / "d"], tmp_path / "out"))
+    (tmp_path / "d" / "a.txt").unlink()
+    assert embed(config([tmp_path / "d"], tmp_path / "out", kind=Kind.TEXT, prune=True)) \
+        .pruned == 1  # fmt: skip
+    assert len(read_file_stats(tmp_path / "out")) == 2
