@@ -97,11 +97,7 @@ def read_existing(out_dir: Path) -> ExistingEmbeddings:
         existing.uris.update(zip(columns.column("uri").to_pylist(), ids, strict=True))
         existing.shard_numbers.append(int(SHARD_PATTERN.match(path.name).group(1)))
         existing.rows += columns.num_rows
-    aliases = out_dir / ALIASES_FILE
-    if aliases.is_file():
-        table = pq.read_table(aliases, columns=["id", "uri"])
-        existing.uris.update(zip(table.column("uri").to_pylist(), table.column("id").to_pylist(),
-                                 strict=True))  # fmt: skip
+    existing.uris.update(_read_aliases(out_dir))
     return existing
 
 
@@ -226,10 +222,11 @@ def prune(out_dir: Path, current: dict[str, str], kinds: Collection[str]) -> Pru
     other_kinds: set[str] = set()  # ids of rows left alone
     removed = moved = 0
     for path in list_shards(out_dir):
-        small = pq.read_table(path, columns=["id", "uri", "kind"])  # the vectors only if needed
-        columns = (small.column(name).to_pylist() for name in ("id", "uri", "kind"))
+        names = ("id", "uri", "kind")
+        small = pq.read_table(path, columns=list(names))  # the vectors only if it changes
+        ids, old_uris, row_kinds = (small.column(name).to_pylist() for name in names)
         keep, uris = [], []
-        for item_id, uri, kind in zip(*columns, strict=True):
+        for item_id, uri, kind in zip(ids, old_uris, row_kinds, strict=True):
             if kind not in kinds:
                 other_kinds.add(item_id)
             elif item_id not in uris_of:
@@ -241,7 +238,7 @@ def prune(out_dir: Path, current: dict[str, str], kinds: Collection[str]) -> Pru
             uris.append(uri)
             if keep[-1] and kind in kinds:
                 primary[item_id] = uri
-        if not all(keep) or uris != small.column("uri").to_pylist():
+        if not all(keep) or uris != old_uris:
             _rewrite_shard(path, keep, uris)
     aliases = {uri: item_id for uri, item_id in _read_aliases(out_dir) if item_id in other_kinds}
     for item_id, uris in uris_of.items():
