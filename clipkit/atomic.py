@@ -6,7 +6,7 @@ from __future__ import annotations
 import contextlib
 import os
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
 from clipkit.errors import ClipkitError, InputError
@@ -51,31 +51,60 @@ def atomic_path(target: str | os.PathLike[str]) -> Iterator[Path]:
     A crash or exception at any moment leaves either the old file or the new one, never a
     partial file. The temporary lives in the same folder so the final rename is atomic.
     """
-    target = check_output(target)
+    with atomic_paths([target]) as (tmp,):
+        yield tmp
+
+
+@contextlib.contextmanager
+def atomic_paths(
+    targets: Sequence[str | os.PathLike[str]],
+    *,
+    commit: Callable[[], contextlib.AbstractContextManager[object]] = contextlib.nullcontext,
+) -> Iterator[list[Path]]:
+    """:func:`atomic_path` for files that belong together: all are written, then all renamed.
+
+    The renames run inside ``commit()`` (a lock that readers of the set also take), one after
+    the other, so the slow part (writing) happens before anything is replaced.
+    """
+    targets = [check_output(target) for target in targets]
+    tmps: list[Path] = []
+    try:
+        for target in targets:
+            tmps.append(_temporary(target))
+        yield tmps
+        for tmp in tmps:
+            _fsync(tmp)
+            # mkstemp makes the file private (0600); give it the mode a plain open() would have.
+            os.chmod(tmp, _NEW_FILE_MODE)
+        with commit():
+            for tmp, target in zip(tmps, targets, strict=True):
+                os.replace(tmp, target)
+    except OSError as error:  # a full disk, a quota, an I/O error: the machine, not a bug
+        _remove(tmps)
+        reason = error.strerror or str(error).splitlines()[0] or type(error).__name__
+        where = targets[0] if len(targets) == 1 else targets[0].parent
+        raise ClipkitError(f"Cannot write {where}: {reason}.",
+                           "Free some space (or choose another folder) and run the command "
+                           "again; files already written are kept.") from None  # fmt: skip
+    except BaseException:
+        _remove(tmps)
+        raise
+
+
+def _temporary(target: Path) -> Path:
     make_folder(target.parent)
     try:
-        fd, tmp_name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp",
-                                        dir=target.parent)  # fmt: skip
+        fd, name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
     except OSError as error:
         raise InputError(f"Cannot write {target}: {error.strerror}.",
                          "Choose a folder you can write to.") from None  # fmt: skip
     os.close(fd)
-    tmp = Path(tmp_name)
-    try:
-        yield tmp
-        _fsync(tmp)
-        # mkstemp makes the file private (0600); give it the mode a plain open() would have.
-        os.chmod(tmp, _NEW_FILE_MODE)
-        os.replace(tmp, target)
-    except OSError as error:  # a full disk, a quota, an I/O error: the machine, not a bug
-        tmp.unlink(missing_ok=True)
-        reason = error.strerror or str(error).splitlines()[0] or type(error).__name__
-        raise ClipkitError(f"Cannot write {target}: {reason}.",
-                           "Free some space (or choose another folder) and run the command "
-                           "again; files already written are kept.") from None  # fmt: skip
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+    return Path(name)
+
+
+def _remove(paths: Sequence[Path]) -> None:
+    for path in paths:
+        path.unlink(missing_ok=True)
 
 
 def _new_file_mode() -> int:

@@ -21,9 +21,9 @@ import numpy as np
 import torch
 
 from clipkit import __version__, score, store
-from clipkit.atomic import atomic_path, check_output, make_folder
+from clipkit.atomic import atomic_paths, check_output, make_folder
 from clipkit.errors import InputError
-from clipkit.locks import writer_lock
+from clipkit.locks import publishing, reading_published, writer_lock
 
 INDEX_FILE, ROWS_FILE, META_FILE = "index.faiss", "rows.parquet", "index.json"
 RECALL_K = 10
@@ -326,12 +326,13 @@ def _default_budget() -> int:
 
 
 def _write(out_dir: Path, index: faiss.Index, rows: dict[str, list[Any]], info: IndexInfo):
+    """Stage the three parts, then replace them together (see :mod:`clipkit.locks`)."""
     make_folder(out_dir)
-    with atomic_path(out_dir / INDEX_FILE) as tmp:
-        faiss.write_index(index, str(tmp))
-    store.write_rows(out_dir / ROWS_FILE, rows)
-    with atomic_path(out_dir / META_FILE) as tmp:
-        tmp.write_text(json.dumps(info.as_dict(), indent=2))
+    parts = [out_dir / INDEX_FILE, out_dir / ROWS_FILE, out_dir / META_FILE]
+    with atomic_paths(parts, commit=lambda: publishing(out_dir)) as (vectors, row_map, sidecar):
+        faiss.write_index(index, str(vectors))
+        store.write_rows(row_map, rows)
+        sidecar.write_text(json.dumps(info.as_dict(), indent=2))
 
 
 def _update(config: IndexConfig, stamp, kind: str, started: float) -> IndexResult:
@@ -435,15 +436,8 @@ def load_index(folder: Path, *, check_source: bool = True) -> LoadedIndex:
     if not meta_path.is_file():
         raise InputError(f"{folder} is not a clipkit index (no {META_FILE}).",
                          "Build one with: clipkit index EMB_DIR -o INDEX_DIR")  # fmt: skip
-    try:
-        info = IndexInfo(**json.loads(meta_path.read_text()))
-    except (ValueError, TypeError) as error:
-        raise InputError(f"{meta_path} is corrupt ({error}).", _REBUILD) from None
-    try:
-        index = faiss.read_index(str(folder / INDEX_FILE))
-    except RuntimeError:
-        raise InputError(f"{folder / INDEX_FILE} is missing or corrupt.", _REBUILD) from None
-    rows = store.read_rows(folder / ROWS_FILE)
+    with reading_published(folder, "The index", _REBUILD):  # not mid-way through an update
+        info, index, rows = _read_parts(folder)
     if index.ntotal != len(rows.get("id", [])) or index.ntotal != info.rows:
         raise InputError(
             f"The parts of {folder} disagree: {index.ntotal} vectors, {len(rows.get('id', []))} "
@@ -459,9 +453,29 @@ def load_index(folder: Path, *, check_source: bool = True) -> LoadedIndex:
     return LoadedIndex(index=index, rows=rows, info=info, folder=folder)
 
 
+def _read_parts(folder: Path) -> tuple[IndexInfo, faiss.Index, dict[str, list[Any]]]:
+    meta_path = folder / META_FILE
+    try:
+        info = IndexInfo(**json.loads(meta_path.read_text()))
+    except (OSError, ValueError, TypeError) as error:
+        raise InputError(f"{meta_path} is corrupt ({error}).", _REBUILD) from None
+    try:
+        index = faiss.read_index(str(folder / INDEX_FILE))
+    except RuntimeError:
+        raise InputError(f"{folder / INDEX_FILE} is missing or corrupt.", _REBUILD) from None
+    return info, index, store.read_rows(folder / ROWS_FILE)
+
+
 def _check_source(info: IndexInfo) -> None:
+    """Refuse an index whose embeddings folder holds other shards than it was built from.
+
+    An index is self-contained: once its folder is moved, deleted or left on another machine
+    (no shards there), there is nothing to be stale against, and it is searched as it is.
+    """
     source = Path(info.source)
     now = store.shard_signature(source)
+    if not now:
+        return
     if now != info.shards:
         recorded = {s["name"] for s in info.shards}
         current = {s["name"] for s in now}

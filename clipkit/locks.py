@@ -1,4 +1,4 @@
-"""One writer per output folder.
+"""One writer per output folder, and readers that never see half of a multi-file update.
 
 Two commands writing one folder at once would each number their shards (or checkpoints) from
 what they saw at the start and rename their files over the other's: work lost without an error.
@@ -6,6 +6,11 @@ A command that writes a folder holds an exclusive ``flock`` on ``.clipkit.lock``
 second one is refused and told who holds it. The kernel drops the lock when its process ends,
 however it ends (``kill -9`` included), so a lock is never stale. The file itself stays; its
 leading dot keeps it out of ``pyarrow.dataset``.
+
+A folder whose files only make sense together (an index: vectors, row map, sidecar) is
+replaced under ``.clipkit.publish``: the writer renames its staged files holding it
+exclusively, readers open the set holding it shared. The file says "publishing" while renames
+are under way, so a set left half-replaced by a crash is refused rather than read.
 """
 
 from __future__ import annotations
@@ -14,6 +19,7 @@ import contextlib
 import os
 from collections.abc import Iterator
 from pathlib import Path
+from typing import IO
 
 from clipkit.atomic import make_folder
 from clipkit.errors import InputError
@@ -24,6 +30,8 @@ except ImportError:  # Windows: no advisory locks, and no guard
     fcntl = None  # type: ignore[assignment]
 
 LOCK_FILE = ".clipkit.lock"
+PUBLISH_FILE = ".clipkit.publish"
+PUBLISHING = "publishing"
 
 
 @contextlib.contextmanager
@@ -73,3 +81,62 @@ def writer_lock(
             handle.write(f"pid {os.getpid()}: clipkit {command}\n")
             handle.flush()
         yield folder  # closing the handle releases the lock
+
+
+class HalfPublished(InputError):
+    """Files that belong together were being replaced when their writer stopped."""
+
+
+@contextlib.contextmanager
+def publishing(folder: Path) -> Iterator[None]:
+    """Hold ``folder``'s publish lock exclusively while the block renames a set of files.
+
+    Waits for readers that are opening the old set. The marker stays if the block fails, so
+    that readers learn the set may be mixed.
+    """
+    if fcntl is None:
+        yield
+        return
+    with open(folder / PUBLISH_FILE, "a+", encoding="utf-8") as handle:
+        with contextlib.suppress(OSError):  # a file system without locks: the marker still works
+            fcntl.flock(handle, fcntl.LOCK_EX)
+        _mark(handle, f"{PUBLISHING} (pid {os.getpid()})\n")
+        yield
+        _mark(handle, "")
+
+
+@contextlib.contextmanager
+def reading_published(folder: Path, what: str, hint: str) -> Iterator[None]:
+    """Hold ``folder``'s publish lock shared while the block opens a set of files.
+
+    A folder without the lock file (made by an older clipkit, or read-only and never updated)
+    is read as it is.
+
+    Raises:
+        HalfPublished: the last writer stopped between its renames (``what`` and ``hint`` word
+            the error).
+    """
+    try:
+        handle = open(folder / PUBLISH_FILE, encoding="utf-8")  # noqa: SIM115 - held across the yield
+    except OSError:
+        yield
+        return
+    with handle:
+        if fcntl is not None:
+            with contextlib.suppress(OSError):
+                fcntl.flock(handle, fcntl.LOCK_SH)
+        if handle.read().startswith(PUBLISHING):
+            raise HalfPublished(
+                f"{what} in {folder} was being replaced when its writer stopped: its files may "
+                "not belong together.",
+                hint,
+            )
+        yield
+
+
+def _mark(handle: IO[str], text: str) -> None:
+    handle.seek(0)
+    handle.truncate()
+    handle.write(text)
+    handle.flush()
+    os.fsync(handle.fileno())

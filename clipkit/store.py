@@ -412,10 +412,9 @@ def shard_signature(folder: Path) -> list[dict[str, Any]]:
 
 
 def write_rows(path: Path, rows: dict[str, list[Any]]) -> None:
-    """Write an index's row map (row -> id, uri, kind, text) atomically."""
+    """Write an index's row map (row -> id, uri, kind, text) to a path the caller staged."""
     table = pa.table({name: pa.array(values, pa.string()) for name, values in rows.items()})
-    with atomic_path(path) as tmp:
-        pq.write_table(table, tmp)
+    pq.write_table(table, path)
 
 
 def write_records(path: Path, records: Sequence[dict[str, Any]]) -> None:

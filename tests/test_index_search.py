@@ -149,6 +149,22 @@ def test_update_adds_only_new_rows(tmp_path):
     assert again.added == 0
 
 
+def test_an_index_outlives_its_embeddings_folder(corpus, tmp_path):
+    """Copied to another place and its embeddings deleted, an index still answers alone."""
+    shutil.copytree(corpus / "emb", tmp_path / "emb")
+    build_index(IndexConfig(emb_dir=tmp_path / "emb", out_dir=tmp_path / "idx"))
+    shutil.copytree(tmp_path / "idx", tmp_path / "server" / "idx")
+    shutil.rmtree(tmp_path / "emb")
+    image = sorted((corpus / "data").glob("img*"))[2]
+    result = search(SearchConfig(images=(image,), index_dir=tmp_path / "server" / "idx", k=1,
+                                 device="cpu"))  # fmt: skip
+    assert result.results[0].hits[0].uri == str(image)
+    (tmp_path / "emb").mkdir()  # the folder is back with other shards: stale, refused
+    shutil.copy(corpus / "emb" / "part-00000.parquet", tmp_path / "emb" / "part-00001.parquet")
+    with pytest.raises(InputError, match="changed since the index was built"):
+        load_index(tmp_path / "server" / "idx")
+
+
 def test_fingerprint_mismatch_is_refused(corpus, tmp_path, tiny_encoder):
     from clipkit.checkpoints import write_checkpoint
 

@@ -1,0 +1,126 @@
+"""An index's three files are replaced as one: a reader loading during an update waits and
+then sees the new set whole, and a set left half-replaced (a crash between the renames) is
+refused by name until a rebuild, never read as if its vectors and row map belonged together."""
+
+from __future__ import annotations
+
+import os
+import threading
+
+import numpy as np
+import pytest
+
+from clipkit import store
+from clipkit.index import ROWS_FILE, IndexConfig, build_index, load_index
+from clipkit.locks import PUBLISH_FILE, HalfPublished
+from tests.test_embed import TINY
+
+DIM, ROWS = 16, 40
+
+
+def _embeddings(folder, ids: list[str], vectors: dict[str, np.ndarray]) -> None:
+    """One shard holding ``ids`` (rewritten in place, as ``embed --prune`` does)."""
+    stamp = store.ModelStamp(TINY, "fingerprint-of-a-test", DIM)
+    block = np.stack([vectors[i] for i in ids]).astype(np.float32)
+    store.write_shard(store.shard_path(folder, 0),
+                      {"id": ids, "uri": [f"/{i}.jpg" for i in ids], "kind": ["image"] * len(ids),
+                       "text": [None] * len(ids)}, block, stamp)  # fmt: skip
+
+
+@pytest.fixture()
+def changed_folder(tmp_path):
+    """An exact index of 40 rows, then the embeddings lose row 3 and gain a new one.
+
+    The update keeps the count (one dropped, one added) while every row from 3 on moves:
+    the old row map beside the new vectors would name the wrong file for most hits.
+    """
+    rng = np.random.default_rng(0)
+    ids = [f"{n:04x}" for n in range(ROWS + 1)]
+    vectors = {i: v / np.linalg.norm(v) for i, v in zip(ids, rng.standard_normal((ROWS + 1, DIM)),
+                                                        strict=True)}  # fmt: skip
+    emb, idx = tmp_path / "emb", tmp_path / "idx"
+    _embeddings(emb, ids[:ROWS], vectors)
+    build_index(IndexConfig(emb_dir=emb, out_dir=idx))
+    _embeddings(emb, ids[:3] + ids[4:], vectors)
+    return emb, idx, vectors
+
+
+def _assert_rows_match_vectors(loaded, vectors) -> None:
+    for row, item_id in enumerate(loaded.rows["id"]):
+        np.testing.assert_allclose(loaded.vectors[row], vectors[item_id], atol=1e-6)
+        assert loaded.rows["uri"][row] == f"/{item_id}.jpg"
+
+
+def _pause_after_replacing(name: str, monkeypatch) -> tuple[threading.Event, threading.Event]:
+    """Make the writer stop after renaming ``name`` until ``go`` is set."""
+    replaced, go = threading.Event(), threading.Event()
+    real_replace = os.replace
+
+    def replace(source, target):
+        real_replace(source, target)
+        if os.path.basename(target) == name:
+            replaced.set()
+            assert go.wait(30)
+
+    monkeypatch.setattr(os, "replace", replace)
+    return replaced, go
+
+
+def test_a_reader_during_an_update_waits_and_sees_the_new_set_whole(changed_folder, monkeypatch):
+    emb, idx, vectors = changed_folder
+    replaced, go = _pause_after_replacing("index.faiss", monkeypatch)
+    update = IndexConfig(emb_dir=emb, out_dir=idx, update=True)
+    writer = threading.Thread(target=build_index, args=(update,))
+    writer.start()
+    assert replaced.wait(30)  # new vectors in place, old row map and sidecar still there
+    loaded, failed = [], []
+
+    def read() -> None:
+        try:
+            loaded.append(load_index(idx))  # checks the source too, as `clipkit search` does
+        except Exception as error:  # noqa: BLE001 - reported by the assertion below
+            failed.append(error)
+
+    reader = threading.Thread(target=read)
+    reader.start()
+    reader.join(1.0)
+    assert reader.is_alive()  # waiting for the writer's renames, not reading a mixed set
+    go.set()
+    writer.join(30)
+    reader.join(30)
+    assert not failed and len(loaded) == 1
+    assert loaded[0].info.rows == ROWS and "0003" not in loaded[0].rows["id"]
+    _assert_rows_match_vectors(loaded[0], vectors)
+
+
+def test_a_set_left_half_replaced_is_refused_until_a_rebuild(changed_folder, monkeypatch):
+    emb, idx, vectors = changed_folder
+    real_replace = os.replace
+
+    def crash_before_the_row_map(source, target):
+        if os.path.basename(target) == ROWS_FILE:
+            raise KeyboardInterrupt  # SIGTERM or Ctrl-C between two renames
+        real_replace(source, target)
+
+    monkeypatch.setattr(os, "replace", crash_before_the_row_map)
+    with pytest.raises(KeyboardInterrupt):
+        build_index(IndexConfig(emb_dir=emb, out_dir=idx, update=True))
+    monkeypatch.setattr(os, "replace", real_replace)
+    update = IndexConfig(emb_dir=emb, out_dir=idx, update=True)
+    for attempt in (lambda: load_index(idx), lambda: build_index(update)):
+        with pytest.raises(HalfPublished, match="being replaced when its writer stopped") as error:
+            attempt()
+        assert "Rebuild it: clipkit index" in error.value.hint
+    assert not [p for p in idx.iterdir() if p.name.endswith(".tmp")]  # staged files cleaned up
+    build_index(IndexConfig(emb_dir=emb, out_dir=idx))
+    loaded = load_index(idx)
+    assert loaded.info.rows == ROWS and (idx / PUBLISH_FILE).read_text() == ""
+    _assert_rows_match_vectors(loaded, vectors)
+
+
+def test_an_index_without_the_publish_file_still_loads(changed_folder):
+    emb, idx, vectors = changed_folder
+    build_index(IndexConfig(emb_dir=emb, out_dir=idx, update=True))
+    (idx / PUBLISH_FILE).unlink()  # as written by clipkit before the file existed
+    loaded = load_index(idx)
+    _assert_rows_match_vectors(loaded, vectors)
