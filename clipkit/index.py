@@ -77,8 +77,8 @@ class IndexResult:
     info: IndexInfo
     out_dir: Path
     added: int  # rows added by this run (all of them for a fresh build)
-    removed: int  # rows still in the index whose id is no longer in the embeddings folder
-    dropped: int = 0  # rows this update took out of an exact index (their id is gone)
+    removed: int  # gone rows an HNSW index still holds (it cannot remove points): rebuild
+    dropped: int = 0  # rows this update took out of a Flat or IVF index (their id is gone)
 
 
 def build_index(config: IndexConfig) -> IndexResult:
@@ -170,12 +170,10 @@ def new_index(dim: int, factory: str) -> faiss.Index:
     clipkit never uses. It took 17 s per 10 sub-quantizers here, whatever the data size.
     """
     index = faiss.index_factory(dim, factory, faiss.METRIC_INNER_PRODUCT)
-    try:
-        ivf = faiss.downcast_index(faiss.extract_index_ivf(index))
-    except RuntimeError:
-        return index  # not an IVF index
-    if isinstance(ivf, faiss.IndexIVFPQ):
-        ivf.do_polysemous_training = False
+    ivf = _ivf_of(index)
+    concrete = faiss.downcast_index(ivf) if ivf is not None else None
+    if isinstance(concrete, faiss.IndexIVFPQ):
+        concrete.do_polysemous_training = False
     return index
 
 
@@ -230,11 +228,10 @@ def _knob(index: faiss.Index) -> tuple[str | None, tuple[int, ...]]:
     concrete = faiss.downcast_index(index)
     if isinstance(concrete, faiss.IndexHNSW):
         return "efSearch", EF_STEPS
-    try:
-        lists = faiss.extract_index_ivf(index).nlist
-    except RuntimeError:
+    ivf = _ivf_of(index)
+    if ivf is None:
         return None, ()
-    return "nprobe", tuple(n for n in NPROBE_STEPS if n < lists) + (lists,)
+    return "nprobe", tuple(n for n in NPROBE_STEPS if n < ivf.nlist) + (ivf.nlist,)
 
 
 def _recall(found: np.ndarray, truth: np.ndarray) -> float | None:
@@ -375,19 +372,47 @@ def _update(config: IndexConfig, stamp, kind: str, started: float) -> IndexResul
 
 
 def _drop_gone(index: faiss.Index, rows: dict[str, list[Any]], current: set[str]) -> int:
-    """Take rows whose id left the embeddings folder out of an exact index; returns how many.
+    """Take rows whose id left the embeddings folder out of the index; returns how many.
 
-    A flat index closes the gaps in order, as ``rows`` must. An IVF index keeps its row
-    numbers instead, and its lists were trained on the old data: a rebuild is the remedy there.
+    Afterwards row ``r`` of ``rows`` is still vector ``r`` of the index, as everything else
+    assumes. A flat index closes its gaps in order by itself; an IVF index keeps each entry's
+    number, so the survivors are renumbered in place (its lists stay valid: removing points
+    does not move a centroid). An HNSW graph cannot remove points: its gone rows stay, and are
+    reported for a rebuild.
     """
     gone = [position for position, item_id in enumerate(rows["id"]) if item_id not in current]
-    if not gone or not isinstance(faiss.downcast_index(index), faiss.IndexFlat):
+    flat = isinstance(faiss.downcast_index(index), faiss.IndexFlat)
+    ivf = _ivf_of(index)
+    if not gone or not (flat or ivf):
         return 0
     index.remove_ids(np.asarray(gone, dtype=np.int64))
-    kept = set(range(len(rows["id"]))) - set(gone)
+    kept = np.ones(len(rows["id"]), dtype=bool)
+    kept[gone] = False
+    if ivf is not None:
+        _renumber(ivf, np.cumsum(kept) - 1)
     for name, values in rows.items():
-        rows[name] = [value for position, value in enumerate(values) if position in kept]
+        rows[name] = [value for value, keep in zip(values, kept.tolist(), strict=True) if keep]
     return len(gone)
+
+
+def _ivf_of(index: faiss.Index) -> faiss.IndexIVF | None:
+    try:
+        return faiss.extract_index_ivf(index)
+    except RuntimeError:
+        return None
+
+
+def _renumber(ivf: faiss.IndexIVF, new_number: np.ndarray) -> None:
+    """Map every stored entry's number ``n`` to ``new_number[n]``, list by list."""
+    lists = ivf.invlists
+    for list_no in range(ivf.nlist):
+        size = lists.list_size(list_no)
+        if not size:
+            continue
+        numbers = faiss.rev_swig_ptr(lists.get_ids(list_no), size)
+        mapped = np.ascontiguousarray(new_number[numbers], dtype=np.int64)
+        codes = faiss.rev_swig_ptr(lists.get_codes(list_no), size * lists.code_size).copy()
+        lists.update_entries(list_no, 0, size, faiss.swig_ptr(mapped), faiss.swig_ptr(codes))
 
 
 # Below this many queries, the scoring core's blocked top-k beats faiss's flat scan, which

@@ -220,15 +220,47 @@ def test_index_update_after_prune_drops_gone_rows_of_an_exact_index(tmp_path):
     assert found[:, 0].tolist() == list(range(4))
 
 
-def test_index_update_keeps_gone_rows_of_an_ivf_index_and_says_so(tmp_path, tiny_encoder):
+@pytest.mark.parametrize(("index_type", "self_found"), [("ivf", 1.0), ("ivfpq", 0.9)])
+def test_index_update_drops_gone_rows_of_an_ivf_index(tmp_path, tiny_encoder, index_type,
+                                                       self_found):  # fmt: skip
+    """The survivors are renumbered: row r of the row map is still vector r afterwards."""
     from clipkit import store
     from clipkit.index import IndexConfig, build_index, load_index
     from tests.test_index_search import _clustered
 
     stamp = store.ModelStamp(TINY, tiny_encoder.fingerprint, 64)
-    _clustered(tmp_path / "emb", stamp, rows=3000, clusters=20, dim=64)  # shards of 1,500
+    points = _clustered(tmp_path / "emb", stamp, rows=3000, clusters=20, dim=64)  # shards of 1,500
     build_index(IndexConfig(emb_dir=tmp_path / "emb", out_dir=tmp_path / "idx",
-                            index_type="ivf"))  # fmt: skip
+                            index_type=index_type))  # fmt: skip
+    first_shard = tmp_path / "emb" / "part-00000.parquet"
+    shutil.move(first_shard, tmp_path / "kept.parquet")
+    update = IndexConfig(emb_dir=tmp_path / "emb", out_dir=tmp_path / "idx", update=True)
+    updated = build_index(update)
+    assert (updated.dropped, updated.removed, updated.info.rows) == (1500, 0, 1500)
+    vector_of = {f"{i:08x}": point for i, point in enumerate(points)}
+
+    def share_finding_themselves() -> float:
+        loaded = load_index(tmp_path / "idx")  # its parts agree and its source is current
+        queries = np.stack([vector_of[item_id] for item_id in loaded.rows["id"]])
+        _, found = loaded.search(queries, 1)
+        return float(np.mean(found[:, 0] == np.arange(len(queries))))
+
+    assert share_finding_themselves() >= self_found
+    shutil.move(tmp_path / "kept.parquet", first_shard)  # rows added after the renumbering
+    again = build_index(update)
+    assert (again.added, again.dropped, again.info.rows) == (1500, 0, 3000)
+    assert share_finding_themselves() >= self_found
+
+
+def test_index_update_keeps_gone_rows_of_an_hnsw_index_and_says_so(tmp_path, tiny_encoder):
+    from clipkit import store
+    from clipkit.index import IndexConfig, build_index, load_index
+    from tests.test_index_search import _clustered
+
+    stamp = store.ModelStamp(TINY, tiny_encoder.fingerprint, 64)
+    _clustered(tmp_path / "emb", stamp, rows=3000, clusters=20, dim=64)
+    build_index(IndexConfig(emb_dir=tmp_path / "emb", out_dir=tmp_path / "idx",
+                            index_type="hnsw"))  # fmt: skip
     (tmp_path / "emb" / "part-00001.parquet").unlink()
     updated = build_index(IndexConfig(emb_dir=tmp_path / "emb", out_dir=tmp_path / "idx",
                                       update=True))  # fmt: skip
