@@ -7,8 +7,6 @@ content found under another path is recorded as an alias instead of a second row
 
 from __future__ import annotations
 
-import os
-import stat as stat_module
 import time
 from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass, field
@@ -21,11 +19,11 @@ import torch
 from clipkit import distributed, embed_plan, store
 from clipkit.decode import DEFAULT_MAX_PIXELS, DecodeError, content_id, decode_text, text_id
 from clipkit.errors import InputError
-from clipkit.filenames import os_path
 from clipkit.locks import writer_lock
 from clipkit.models import Encoder, load_model
 from clipkit.pipeline import ImageDataset, default_workers, image_batches, read_bytes
 from clipkit.sources import Item, Kind, SourceOptions, discover
+from clipkit.stat_cache import file_stat, recorded_id
 
 Progress = Callable[[str, int, int], None]
 NON_FINITE = "the model returned a non-finite embedding (NaN or inf): are its weights corrupt?"
@@ -234,14 +232,15 @@ def _embed(config: EmbedConfig, world: distributed.World, device: str,
         images = [item for item in found.items if item.kind == "image"]
         texts = [item for item in found.items if item.kind == "text"]
         workers = config.workers if config.workers is not None else default_workers()
-        recorded: dict[str, store.FileStat] = {}
-        if world.distributed:  # every rank hashes its share; the stat cache is left alone
+        recorded = store.read_file_stats(config.out_dir)
+        trusted = {} if config.rehash else recorded
+        if world.distributed:
             texts = embed_plan.claim(run, world, texts, embed_plan.text_ids(texts))
-            images = embed_plan.claim(run, world, images,
-                                      embed_plan.image_ids(images, world, workers))  # fmt: skip
+            ids, run.file_stats = embed_plan.image_ids(images, world, workers, trusted,
+                                                       run.known_ids)  # fmt: skip
+            images = embed_plan.claim(run, world, images, ids)
         else:
-            recorded = store.read_file_stats(config.out_dir)
-            images = _skip_unchanged(run, images, {} if config.rehash else recorded)
+            images = _skip_unchanged(run, images, trusted)
         try:
             _embed_texts(run, texts, config.batch_size, report)
             _embed_images(run, images, config, workers, report)
@@ -256,9 +255,9 @@ def _embed(config: EmbedConfig, world: distributed.World, device: str,
 
 def _save_file_stats(config: EmbedConfig, run: _Run, world: distributed.World,
                      recorded: dict[str, store.FileStat]) -> None:  # fmt: skip
-    """Write the stat cache. Without --prune, files of other sources keep their entries; a
-    stale entry costs a read, never a wrong row (an entry counts only while its id has a row)."""
-    if not world.distributed:
+    """Write the stat cache (rank 0, which holds every rank's stats). Without --prune, files of
+    other sources keep their entries: a stale entry costs a read, never a wrong row."""
+    if world.is_main:
         images_pruned = config.prune and config.kind is not Kind.TEXT
         store.write_file_stats(config.out_dir, {**({} if images_pruned else recorded),
                                                 **run.file_stats})  # fmt: skip
@@ -266,32 +265,20 @@ def _save_file_stats(config: EmbedConfig, run: _Run, world: distributed.World,
 
 def _skip_unchanged(run: _Run, items: Sequence[Item],
                     recorded: dict[str, store.FileStat]) -> list[Item]:  # fmt: skip
-    """The image items to read. A file with the size and mtime recorded when it was last read,
-    whose content has a row, is counted (present or alias) without being read again, as rclip
-    does; the others are read and hashed. Their stats are noted before the read: a file that
-    changes in between is read again next time, never trusted."""
+    """The image items to read: those the stat cache does not vouch for. A vouched file is
+    counted (present or alias) unread; the others' stats are noted before the read."""
     left = []
     for item in items:
-        stat = _file_stat(item.path or "")
-        entry = recorded.get(item.uri)
-        if stat is not None and entry is not None and entry[:2] == stat \
-                and entry[2] in run.known_ids:  # fmt: skip
-            run.is_new(entry[2], item.uri, ())
-            run.file_stats[item.uri] = entry
+        now = file_stat(item.path or "")
+        item_id = recorded_id(recorded, item.uri, now, run.known_ids)
+        if item_id is not None:
+            run.is_new(item_id, item.uri, ())
+            run.file_stats[item.uri] = recorded[item.uri]
             continue
-        if stat is not None:
-            run.pending_stats[item.uri] = stat
+        if now is not None:
+            run.pending_stats[item.uri] = now
         left.append(item)
     return left
-
-
-def _file_stat(path: str) -> tuple[int, int] | None:
-    """(size, mtime_ns) of a regular file; None for anything else (tar members, URLs)."""
-    try:
-        info = os.stat(os_path(path))
-    except (OSError, ValueError):
-        return None
-    return (info.st_size, info.st_mtime_ns) if stat_module.S_ISREG(info.st_mode) else None
 
 
 def _finish(config: EmbedConfig, run: _Run, world: distributed.World, encoder: Encoder,

@@ -1,22 +1,25 @@
 """Splitting an embed run across torchrun ranks so that it equals a single-process run.
 
-Every rank sees the same sorted inputs. Each rank hashes its slice of the images (texts are
-hashed by every rank, cheaply), the ids are gathered, and every rank then walks the full list
-in the same order to decide what a single process would have done: the first uri of each new
-content id is embedded, by the rank whose slice holds it; later uris of the same content are
-aliases; content already in the output folder is already present. Rank 0 records the aliases
-and the already-present count, so nothing is counted twice.
+Every rank sees the same sorted inputs. Each rank hashes its slice of the images (except the
+files that the stat cache vouches for; texts are hashed by every rank, cheaply), the ids are
+gathered, and every rank then walks the full list in the same order to decide what a single
+process would have done: the first uri of each new content id is embedded, by the rank whose
+slice holds it; later uris of the same content are aliases; content already in the output
+folder is already present. Rank 0 records the aliases, the already-present count and the stat
+cache, so nothing is counted twice.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Collection, Mapping, Sequence
 from typing import Protocol
 
 from clipkit import distributed
 from clipkit.decode import DecodeError, decode_text, text_id
 from clipkit.pipeline import hash_files, read_bytes
 from clipkit.sources import Item
+from clipkit.stat_cache import file_stat, recorded_id
+from clipkit.store import FileStat
 
 
 class Ledger(Protocol):
@@ -29,15 +32,33 @@ class Ledger(Protocol):
     aliases: list[tuple[str, str]]
 
 
-def image_ids(items: Sequence[Item], world: distributed.World, workers: int) -> list[str | None]:
-    """Content ids of all image items: this rank hashes its slice, then the ranks share."""
+def image_ids(
+    items: Sequence[Item],
+    world: distributed.World,
+    workers: int,
+    recorded: Mapping[str, FileStat],
+    known_ids: Collection[str],
+) -> tuple[list[str | None], dict[str, FileStat]]:
+    """Content ids of all image items, and the stat cache entries of the files behind them.
+
+    This rank hashes its slice, except files the stat cache vouches for; then the ranks share.
+    """
     mine = list(range(world.rank, len(items), world.size))
-    hashed = hash_files([items[i].path or "" for i in mine], workers)
+    stats = [file_stat(items[i].path or "") for i in mine]  # before any read
+    ids = [recorded_id(recorded, items[i].uri, now, known_ids)
+           for i, now in zip(mine, stats, strict=True)]  # fmt: skip
+    unread = [n for n, item_id in enumerate(ids) if item_id is None]
+    hashed = hash_files([items[mine[n]].path or "" for n in unread], workers)
+    for n, item_id in zip(unread, hashed, strict=True):
+        ids[n] = item_id
     merged: list[str | None] = [None] * len(items)
-    for indices, ids in distributed.gather(world, (mine, hashed)):
-        for index, item_id in zip(indices, ids, strict=True):
+    entries: dict[str, FileStat] = {}
+    for indices, share_ids, share_stats in distributed.gather(world, (mine, ids, stats)):
+        for index, item_id, now in zip(indices, share_ids, share_stats, strict=True):
             merged[index] = item_id
-    return merged
+            if item_id is not None and now is not None:
+                entries[items[index].uri] = (*now, item_id)
+    return merged, entries
 
 
 def text_ids(items: Sequence[Item]) -> list[str | None]:

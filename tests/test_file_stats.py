@@ -117,3 +117,50 @@ def test_pruning_texts_keeps_the_image_cache(tmp_path, reads):
     assert embed(config([tmp_path / "d"], tmp_path / "out", kind=Kind.TEXT, prune=True)) \
         .pruned == 1  # fmt: skip
     assert len(read_file_stats(tmp_path / "out")) == 2
+
+
+def test_ranks_hash_only_the_files_the_cache_does_not_vouch_for(tmp_path, reads):
+    """``embed_plan.image_ids``, the torchrun path's hashing, with a world of one."""
+    from clipkit import distributed, embed_plan
+    from clipkit.decode import content_id
+    from clipkit.sources import SourceOptions, discover
+
+    images = make_images(tmp_path / "d", 4)
+    embed(config([tmp_path / "d"], tmp_path / "out"))
+    os.utime(images[0], ns=(1, 1))  # touched: its entry no longer vouches for it
+    recorded = read_file_stats(tmp_path / "out")
+    known = set(rows(tmp_path / "out"))
+    known.discard(content_id(images[1].read_bytes()))  # vouched-for content without a row
+    items = sorted(discover([str(tmp_path / "d")], SourceOptions()).items, key=lambda i: i.uri)
+    reads.clear()
+    ids, entries = embed_plan.image_ids(items, distributed.World(), 0, recorded, known)
+    assert sorted(reads) == [images[0].name, images[1].name]
+    assert ids == [content_id(path.read_bytes()) for path in images]
+    assert entries == {str(path): (os.stat(path).st_size, os.stat(path).st_mtime_ns, item_id)
+                       for path, item_id in zip(images, ids, strict=True)}  # fmt: skip
+
+
+def test_reruns_under_two_gloo_processes_use_the_cache(tmp_path):
+    import subprocess
+    import sys
+
+    images = make_images(tmp_path / "d", 6, size=(20, 20))
+    launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone",
+                "--nproc_per_node", "2", "-m", "clipkit", "embed", str(tmp_path / "d"), "-o",
+                str(tmp_path / "out"), "-m", TINY, "--device", "cpu", "--workers", "0"]  # fmt: skip
+
+    def run(*extra: str) -> str:
+        done = subprocess.run([*launcher, *extra], capture_output=True, text=True, timeout=300)
+        assert done.returncode == 0, done.stderr[-3000:]
+        return " ".join(done.stderr.split())
+
+    assert "Embedded 6," in run()
+    assert set(read_file_stats(tmp_path / "out")) == {str(p) for p in images}  # both ranks'
+    for image in images[:2]:  # rank 0 holds image 0, rank 1 image 1
+        before = os.stat(image)
+        data = bytearray(image.read_bytes())
+        data[-3] ^= 0xFF  # same size, same mtime: found only by reading
+        image.write_bytes(bytes(data))
+        os.utime(image, ns=(before.st_atime_ns, before.st_mtime_ns))
+    assert "Embedded 0, skipped 0, already present 6" in run()  # neither rank read them
+    assert "Embedded 2," in run("--rehash")
