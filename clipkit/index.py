@@ -12,6 +12,7 @@ import json
 import math
 import os
 import time
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -89,21 +90,23 @@ def build_index(config: IndexConfig) -> IndexResult:
     """
     started = time.perf_counter()
     check_output(config.out_dir, folder=True)  # before minutes of training and adding
-    stamp = store.read_stamp(config.emb_dir)
+    shards = store.snapshot(config.emb_dir)  # every pass reads these, whatever embed adds
+    stamp = store.read_stamp(shards)
     if stamp is None:
         raise InputError(
             f"{config.emb_dir} holds no embeddings.", "Make them first with: clipkit embed …"
         )
-    kind = _resolve_kind(config)
+    kind = _resolve_kind(config, shards)
     command = f"index {'--update ' if config.update else ''}-o {config.out_dir}"
     with writer_lock(config.out_dir, command, create=not config.update):
         if config.update:
-            return _update(config, stamp, kind, started)
-        return _build(config, stamp, kind, started)
+            return _update(config, shards, stamp, kind, started)
+        return _build(config, shards, stamp, kind, started)
 
 
-def _build(config: IndexConfig, stamp: store.ModelStamp, kind: str, started: float) -> IndexResult:
-    rows, reservoir, other = _scan(config.emb_dir, kind, config.seed)
+def _build(config: IndexConfig, shards: Sequence[store.Shard], stamp: store.ModelStamp,
+           kind: str, started: float) -> IndexResult:  # fmt: skip
+    rows, reservoir, other = _scan(shards, kind, config.seed)
     sample = reservoir.array()
     if not rows["id"]:
         raise InputError(f"{config.emb_dir} holds no {kind} embeddings.", "Try --kind text.")
@@ -115,14 +118,14 @@ def _build(config: IndexConfig, stamp: store.ModelStamp, kind: str, started: flo
         lists = ivf_lists(len(rows["id"]))
         order = np.random.default_rng(config.seed).permutation(len(sample))
         index.train(np.ascontiguousarray(sample[order[: max(64 * lists, 10_000)]]))
-    for block in store.iter_vectors(config.emb_dir, kind):
+    for block in store.iter_vectors(shards, kind):
         index.add(block.vectors)
     queries = _query_sets(reservoir, other, config.seed)
-    params, recall = tune(index, queries, config.emb_dir, kind, config.target_recall)
+    params, recall = tune(index, queries, shards, kind, config.target_recall)
     info = IndexInfo(
         model=stamp.spec, fingerprint=stamp.fingerprint, dim=stamp.dim, kind=kind,
         factory=factory, params=params, rows=index.ntotal, source=str(config.emb_dir.resolve()),
-        shards=store.shard_signature(config.emb_dir), build_seconds=time.perf_counter() - started,
+        shards=store.shard_signature(shards), build_seconds=time.perf_counter() - started,
         recall_at_10=recall, target_recall=config.target_recall,
     )  # fmt: skip
     _write(config.out_dir, index, rows, info)
@@ -189,7 +192,7 @@ def ivf_lists(rows: int) -> int:
 def tune(
     index: faiss.Index,
     queries: dict[str, QuerySet],
-    emb_dir: Path,
+    shards: store.Shards,
     kind: str,
     target: float,
 ) -> tuple[dict[str, int], dict[str, float | None]]:
@@ -199,7 +202,7 @@ def tune(
     dropped from both the exact and the approximate results, since finding oneself is free.
     """
     live = {name: q for name, q in queries.items() if len(q.vectors)}
-    truth = {name: _exact(q, emb_dir, kind) for name, q in live.items()}
+    truth = {name: _exact(q, shards, kind) for name, q in live.items()}
     recall: dict[str, float | None] = {"same_kind": None, "cross_modal": None}
     knob, steps = _knob(index)
     chosen: dict[str, int] = {}
@@ -244,19 +247,19 @@ def _recall(found: np.ndarray, truth: np.ndarray) -> float | None:
     return hits / wanted if wanted else None
 
 
-def _exact(queries: QuerySet, emb_dir: Path, kind: str) -> np.ndarray:
-    blocks = (block.vectors for block in store.iter_vectors(emb_dir, kind))
+def _exact(queries: QuerySet, shards: store.Shards, kind: str) -> np.ndarray:
+    blocks = (block.vectors for block in store.iter_vectors(shards, kind))
     _, indices = score.topk_stream(torch.from_numpy(queries.vectors), blocks, RECALL_K + 1)
     return _drop_self(indices.numpy(), queries.rows)
 
 
-def _scan(emb_dir: Path, kind: str, seed: int):
+def _scan(shards: Sequence[store.Shard], kind: str, seed: int):
     """One pass: the row map, a training/query sample of this kind and one of the other kind."""
     rows: dict[str, list[Any]] = {"id": [], "uri": [], "kind": [], "text": []}
     rng = np.random.default_rng(seed)
     sample = _Reservoir(200_000, rng)
     other = _Reservoir(SAMPLE_QUERIES, rng)
-    for block in store.iter_vectors(emb_dir):
+    for block in store.iter_vectors(shards):
         mine = np.array([k == kind for k in block.kinds], dtype=bool)
         for name, values in (("id", block.ids), ("uri", block.uris), ("kind", block.kinds),
                              ("text", block.texts)):  # fmt: skip
@@ -307,12 +310,12 @@ def _query_sets(reservoir: _Reservoir, other: np.ndarray, seed: int) -> dict[str
     return {"same_kind": same, "cross_modal": QuerySet(other)}
 
 
-def _resolve_kind(config: IndexConfig) -> str:
+def _resolve_kind(config: IndexConfig, shards: Sequence[store.Shard]) -> str:
     if config.kind in ("image", "text"):
         return config.kind
     if config.kind != "auto":
         raise InputError(f"Unknown kind {config.kind!r}.", "Use image, text or auto.")
-    kinds = {k for block in store.iter_embeddings(config.emb_dir, ("kind",))
+    kinds = {k for block in store.iter_embeddings(shards, ("kind",))
              for k in block.column("kind").to_pylist()}  # fmt: skip
     return "image" if "image" in kinds else "text"
 
@@ -332,7 +335,8 @@ def _write(out_dir: Path, index: faiss.Index, rows: dict[str, list[Any]], info: 
         sidecar.write_text(json.dumps(info.as_dict(), indent=2))
 
 
-def _update(config: IndexConfig, stamp, kind: str, started: float) -> IndexResult:
+def _update(config: IndexConfig, shards: Sequence[store.Shard], stamp: store.ModelStamp,
+            kind: str, started: float) -> IndexResult:  # fmt: skip
     loaded = load_index(config.out_dir, check_source=False)
     info = loaded.info
     if info.fingerprint != stamp.fingerprint:
@@ -346,7 +350,7 @@ def _update(config: IndexConfig, stamp, kind: str, started: float) -> IndexResul
     position_of = {item_id: position for position, item_id in enumerate(rows["id"])}
     current: set[str] = set()
     added = 0
-    for block in store.iter_vectors(config.emb_dir, info.kind):
+    for block in store.iter_vectors(shards, info.kind):
         current.update(block.ids)
         for item_id, uri in zip(block.ids, block.uris, strict=True):
             if item_id in position_of:  # `embed --prune` may have moved a row to another path
@@ -363,7 +367,7 @@ def _update(config: IndexConfig, stamp, kind: str, started: float) -> IndexResul
     removed = len(known - current) - dropped
     updated = IndexInfo(**{
         **info.as_dict(), "rows": loaded.index.ntotal, "removed_rows": removed,
-        "shards": store.shard_signature(config.emb_dir),
+        "shards": store.shard_signature(shards),
         "build_seconds": info.build_seconds + time.perf_counter() - started,
     })  # fmt: skip
     _write(config.out_dir, loaded.index, rows, updated)

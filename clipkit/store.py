@@ -11,6 +11,7 @@ atomically, so a crash loses no shard.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import re
 from collections.abc import Collection, Iterator, Sequence
@@ -68,6 +69,75 @@ def list_shards(folder: Path) -> list[Path]:
     return [path for _, path in sorted(found)]
 
 
+@dataclass(frozen=True)
+class Shard:
+    """A shard as it was when a command began reading its folder (see :func:`snapshot`)."""
+
+    path: Path
+    size: int
+    mtime_ns: int
+
+
+Shards = Path | Sequence[Shard]  # a folder (read as it is now) or a snapshot of one
+
+
+def snapshot(folder: Path) -> tuple[Shard, ...]:
+    """The shards of an embeddings folder now.
+
+    A command that reads a folder in several passes (``index``: kinds, rows, vectors, recall)
+    reads the same snapshot each time. A concurrent ``embed`` may add or rewrite shards
+    meanwhile, and passes that saw different shards would pair rows with the wrong vectors.
+    """
+    shards = []
+    for path in list_shards(folder):
+        with contextlib.suppress(FileNotFoundError):  # removed since it was listed
+            info = path.stat()
+            shards.append(Shard(path, info.st_size, info.st_mtime_ns))
+    return tuple(shards)
+
+
+def _snapshot_of(source: Shards) -> Sequence[Shard]:
+    return snapshot(source) if isinstance(source, Path) else source
+
+
+def _open_shard(shard: Shard, stamp: ModelStamp | None) -> tuple[pq.ParquetFile, ModelStamp]:
+    """Open a shard for reading, checking it against its snapshot and the folder's model.
+
+    Raises:
+        InputError: the shard was removed or rewritten since the snapshot, is unreadable, or
+            comes from another model than ``stamp`` (the folder's first shard's).
+    """
+    try:
+        parquet = pq.ParquetFile(shard.path)
+        info = shard.path.stat()  # after the open: the file it opened, or a newer one
+    except FileNotFoundError:
+        info = None
+    except (OSError, pa.ArrowException) as error:
+        raise _unreadable(shard.path, error) from None
+    if info is None or (info.st_size, info.st_mtime_ns) != (shard.size, shard.mtime_ns):
+        raise InputError(
+            f"The embeddings in {shard.path.parent} changed while they were being read "
+            f"({shard.path.name} was rewritten or removed).",
+            "Another clipkit command is writing that folder: run this one again when it is done.",
+        )
+    found = _stamp_from_metadata(parquet.schema_arrow.metadata or {}, shard.path)
+    if stamp is not None and found != stamp:
+        raise InputError(
+            f"Shards in {shard.path.parent} come from different models ({stamp.spec} and "
+            f"{found.spec} in {shard.path.name}).",
+            "Keep one model per embeddings folder: move the other model's shards out.",
+        )
+    return parquet, found
+
+
+def _unreadable(path: Path, error: Exception) -> InputError:
+    return InputError(
+        f"Embedding shard {path} is unreadable: {str(error).splitlines()[0]}.",
+        f"Delete {path.name} and run the same `clipkit embed` command again: it embeds only "
+        "what the folder lacks.",
+    )
+
+
 def read_existing(out_dir: Path) -> ExistingEmbeddings:
     """Ids, uris and the model stamp of the shards in ``out_dir`` (reads only small columns).
 
@@ -75,27 +145,16 @@ def read_existing(out_dir: Path) -> ExistingEmbeddings:
         InputError: a shard is unreadable or shards disagree about the model.
     """
     existing = ExistingEmbeddings()
-    for path in list_shards(out_dir):
+    for shard in snapshot(out_dir):
+        parquet, existing.stamp = _open_shard(shard, existing.stamp)
         try:
-            parquet = pq.ParquetFile(path)
-            stamp = _stamp_from_metadata(parquet.schema_arrow.metadata or {}, path)
             columns = parquet.read(columns=["id", "uri"])
         except (OSError, pa.ArrowException) as error:
-            raise InputError(
-                f"Embedding shard {path} is unreadable: {error}.",
-                "Delete the damaged shard and re-run the same command: only its rows are redone.",
-            ) from None
-        if existing.stamp is not None and stamp != existing.stamp:
-            raise InputError(
-                f"Shards in {out_dir} come from different models ({existing.stamp.spec} and "
-                f"{stamp.spec}).",
-                "Keep one model per embeddings folder.",
-            )
-        existing.stamp = stamp
+            raise _unreadable(shard.path, error) from None
         ids = columns.column("id").to_pylist()
         existing.ids.update(ids)
         existing.uris.update(zip(columns.column("uri").to_pylist(), ids, strict=True))
-        existing.shard_numbers.append(int(SHARD_PATTERN.match(path.name).group(1)))
+        existing.shard_numbers.append(int(SHARD_PATTERN.match(shard.path.name).group(1)))
         existing.rows += columns.num_rows
     existing.uris.update(_read_aliases(out_dir))
     return existing
@@ -311,20 +370,25 @@ def read_table(path: Path) -> InputTable:
 
 
 def iter_embeddings(
-    folder: Path, columns: Sequence[str] = CORE_COLUMNS, batch_rows: int = 65536
+    source: Shards, columns: Sequence[str] = CORE_COLUMNS, batch_rows: int = 65536
 ) -> Iterator[pa.RecordBatch]:
-    """Stream record batches from an embeddings folder, shard by shard."""
-    for path in list_shards(folder):
-        yield from iter_embeddings_in(path, columns, batch_rows)
+    """Stream record batches from an embeddings folder (or a snapshot of one), shard by shard."""
+    for _, batch in _iter_batches(source, columns, batch_rows):
+        yield batch
 
 
-def iter_embeddings_in(
-    path: Path, columns: Sequence[str] = CORE_COLUMNS, batch_rows: int = 65536
-) -> Iterator[pa.RecordBatch]:
-    """Stream record batches from one shard."""
-    parquet = pq.ParquetFile(path)
-    wanted = [c for c in columns if c in parquet.schema_arrow.names]
-    yield from parquet.iter_batches(batch_size=batch_rows, columns=wanted)
+def _iter_batches(
+    source: Shards, columns: Sequence[str], batch_rows: int
+) -> Iterator[tuple[Path, pa.RecordBatch]]:
+    stamp = None
+    for shard in _snapshot_of(source):
+        parquet, stamp = _open_shard(shard, stamp)
+        wanted = [c for c in columns if c in parquet.schema_arrow.names]
+        try:
+            for batch in parquet.iter_batches(batch_size=batch_rows, columns=wanted):
+                yield shard.path, batch
+        except (OSError, pa.ArrowException) as error:  # damaged pages behind a sound footer
+            raise _unreadable(shard.path, error) from None
 
 
 @dataclass(frozen=True)
@@ -338,30 +402,31 @@ class VectorBlock:
     vectors: np.ndarray
 
 
-def iter_vectors(folder: Path, kind: str | None = None, batch_rows: int = 65536):
-    """Stream :class:`VectorBlock` s from an embeddings folder, keeping rows of ``kind`` only.
+def iter_vectors(source: Shards, kind: str | None = None, batch_rows: int = 65536):
+    """Stream :class:`VectorBlock` s from an embeddings folder (or a snapshot of one), keeping
+    rows of ``kind`` only.
 
     Raises:
         InputError: a kept row's embedding is missing (null) or not finite (NaN, inf). Such a
-            row would rank first in every search and poison the index, so it is not read.
+            row would rank first in every search and poison the index, so it is not read. Also
+            what :func:`_open_shard` raises.
     """
-    for path in list_shards(folder):
-        for batch in iter_embeddings_in(path, CORE_COLUMNS, batch_rows):
-            kinds = batch.column("kind").to_pylist()
-            keep = np.array([kind is None or k == kind for k in kinds], dtype=bool)
-            if not keep.any():
-                continue
-            uris = batch.column("uri").to_pylist()
-            vectors = _embedding_matrix(batch.column("embedding"), keep, path, uris)
-            chosen = np.flatnonzero(keep)
-            ids, texts = batch.column("id").to_pylist(), batch.column("text").to_pylist()
-            yield VectorBlock(
-                ids=[ids[i] for i in chosen],
-                uris=[uris[i] for i in chosen],
-                kinds=[kinds[i] for i in chosen],
-                texts=[texts[i] for i in chosen],
-                vectors=np.ascontiguousarray(vectors),
-            )
+    for path, batch in _iter_batches(source, CORE_COLUMNS, batch_rows):
+        kinds = batch.column("kind").to_pylist()
+        keep = np.array([kind is None or k == kind for k in kinds], dtype=bool)
+        if not keep.any():
+            continue
+        uris = batch.column("uri").to_pylist()
+        vectors = _embedding_matrix(batch.column("embedding"), keep, path, uris)
+        chosen = np.flatnonzero(keep)
+        ids, texts = batch.column("id").to_pylist(), batch.column("text").to_pylist()
+        yield VectorBlock(
+            ids=[ids[i] for i in chosen],
+            uris=[uris[i] for i in chosen],
+            kinds=[kinds[i] for i in chosen],
+            texts=[texts[i] for i in chosen],
+            vectors=np.ascontiguousarray(vectors),
+        )
 
 
 def _embedding_matrix(
@@ -389,9 +454,9 @@ def _embedding_matrix(
     return vectors
 
 
-def read_vectors(folder: Path, kind: str | None = None) -> VectorBlock:
+def read_vectors(source: Shards, kind: str | None = None) -> VectorBlock:
     """Every row of ``kind`` in an embeddings folder as one block (vectors: (N, D) float32)."""
-    blocks = list(iter_vectors(folder, kind))
+    blocks = list(iter_vectors(source, kind))
     vectors = [b.vectors for b in blocks]
     return VectorBlock(
         ids=[i for b in blocks for i in b.ids],
@@ -402,13 +467,10 @@ def read_vectors(folder: Path, kind: str | None = None) -> VectorBlock:
     )  # fmt: skip
 
 
-def shard_signature(folder: Path) -> list[dict[str, Any]]:
+def shard_signature(source: Shards) -> list[dict[str, Any]]:
     """Name, size and modification time of each shard: detects a changed source folder."""
-    signature = []
-    for path in list_shards(folder):
-        stat = path.stat()
-        signature.append({"name": path.name, "size": stat.st_size, "mtime_ns": stat.st_mtime_ns})
-    return signature
+    return [{"name": shard.path.name, "size": shard.size, "mtime_ns": shard.mtime_ns}
+            for shard in _snapshot_of(source)]  # fmt: skip
 
 
 def write_rows(path: Path, rows: dict[str, list[Any]]) -> None:
@@ -435,12 +497,10 @@ def read_rows(path: Path) -> dict[str, list[Any]]:
     return {name: table.column(name).to_pylist() for name in table.column_names}
 
 
-def read_stamp(folder: Path) -> ModelStamp | None:
+def read_stamp(source: Shards) -> ModelStamp | None:
     """The model stamp of an embeddings folder (from its first shard), or None if empty."""
-    shards = list_shards(folder)
-    if not shards:
-        return None
-    return _stamp_from_metadata(pq.ParquetFile(shards[0]).schema_arrow.metadata or {}, shards[0])
+    shards = _snapshot_of(source)
+    return _open_shard(shards[0], None)[1] if shards else None
 
 
 def _stamp_metadata(stamp: ModelStamp) -> dict[str, str]:

@@ -1,0 +1,121 @@
+"""Reading an embeddings folder: a command that reads it in several passes reads one snapshot
+of its shards (an `embed` writing meanwhile cannot pair rows with the wrong vectors); a shard
+rewritten or removed under a reader, a damaged shard and shards of two models are each refused
+by name with a remedy, in every command that reads the folder."""
+
+from __future__ import annotations
+
+import shutil
+
+import numpy as np
+import pytest
+from typer.testing import CliRunner
+
+from clipkit import cli, index, store
+from clipkit.errors import InputError
+from clipkit.index import IndexConfig, build_index, load_index
+from tests.test_embed import TINY
+
+DIM = 16
+runner = CliRunner()
+
+
+def _write(folder, number: int, first: int, rows: int, fingerprint: str = "fp-a",
+           dim: int = DIM) -> np.ndarray:  # fmt: skip
+    rng = np.random.default_rng(number)
+    vectors = rng.standard_normal((rows, dim)).astype(np.float32)
+    vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
+    ids = [f"{n:08x}" for n in range(first, first + rows)]
+    columns = {"id": ids, "uri": [f"/{i}.jpg" for i in ids], "kind": ["image"] * rows,
+               "text": [None] * rows}  # fmt: skip
+    stamp = store.ModelStamp(TINY, fingerprint, dim)
+    store.write_shard(store.shard_path(folder, number), columns, vectors, stamp)
+    return vectors
+
+
+def test_a_shard_rewritten_or_removed_under_a_reader_is_refused(tmp_path):
+    _write(tmp_path, 0, 0, 5)
+    _write(tmp_path, 1, 5, 5)
+    shards = store.snapshot(tmp_path)
+    assert [s.path.name for s in shards] == ["part-00000.parquet", "part-00001.parquet"]
+    _write(tmp_path, 2, 10, 5)  # added after the snapshot: not read
+    assert len(store.read_vectors(shards).ids) == 10
+    _write(tmp_path, 1, 5, 4)  # rewritten, as `embed --prune` does
+    with pytest.raises(InputError, match="changed while they were being read") as error:
+        store.read_vectors(shards)
+    assert "part-00001.parquet was rewritten or removed" in str(error.value)
+    shards = store.snapshot(tmp_path)
+    store.shard_path(tmp_path, 0).unlink()
+    with pytest.raises(InputError, match="changed while they were being read"):
+        list(store.iter_embeddings(shards, ("id",)))
+
+
+def test_an_index_built_while_embed_adds_a_shard_is_whole_and_stale(tmp_path, monkeypatch):
+    """A shard written between the row scan and the adding pass used to add vectors without
+    rows (a broken index), and the recorded source then named it (a stale index unnoticed)."""
+    emb = tmp_path / "emb"
+    vectors = np.concatenate([_write(emb, 0, 0, 6), _write(emb, 1, 6, 6)])
+    real_new_index = index.new_index
+
+    def embed_writes_meanwhile(*args):
+        _write(emb, 2, 12, 6)
+        return real_new_index(*args)
+
+    monkeypatch.setattr(index, "new_index", embed_writes_meanwhile)
+    built = build_index(IndexConfig(emb_dir=emb, out_dir=tmp_path / "idx"))
+    assert built.info.rows == 12 and [s["name"] for s in built.info.shards] == [
+        "part-00000.parquet", "part-00001.parquet"]  # fmt: skip
+    loaded = load_index(tmp_path / "idx", check_source=False)
+    np.testing.assert_allclose(loaded.vectors, vectors, atol=1e-6)
+    assert loaded.rows["id"] == [f"{n:08x}" for n in range(12)]
+    with pytest.raises(InputError, match="1 shards added"):
+        load_index(tmp_path / "idx")
+    monkeypatch.undo()
+    updated = build_index(IndexConfig(emb_dir=emb, out_dir=tmp_path / "idx", update=True))
+    assert (updated.added, updated.info.rows) == (6, 18)
+    load_index(tmp_path / "idx")  # current now
+
+
+@pytest.fixture()
+def damaged(tmp_path, tiny_encoder):
+    """An embeddings folder whose second shard is cut short (a copy interrupted, a bad disk)."""
+    _write(tmp_path / "emb", 0, 0, 5, tiny_encoder.fingerprint, tiny_encoder.embed_dim)
+    _write(tmp_path / "emb", 1, 5, 5, tiny_encoder.fingerprint, tiny_encoder.embed_dim)
+    shard = store.shard_path(tmp_path / "emb", 1)
+    shard.write_bytes(shard.read_bytes()[:300])
+    return tmp_path / "emb"
+
+
+@pytest.mark.parametrize(
+    "command",
+    [
+        ["index", "{emb}", "-o", "{tmp}/idx"],
+        ["search", "a dog", "--embeddings", "{emb}", "-m", TINY, "--device", "cpu"],
+        ["zeroshot", "{emb}", "--labels", "a,b", "--device", "cpu"],
+        ["audit", "{emb}", "--device", "cpu"],
+        ["embed", "{tmp}/nothing.txt", "-o", "{emb}", "-m", TINY, "--device", "cpu"],
+    ],
+    ids=["index", "search", "zeroshot", "audit", "embed"],
+)
+def test_a_damaged_shard_is_named_with_its_remedy(damaged, tmp_path, command):
+    (tmp_path / "nothing.txt").write_text("a caption")
+    args = [part.format(emb=damaged, tmp=tmp_path) for part in command]
+    result = runner.invoke(cli.app, args)
+    assert result.exit_code == 1, result.output
+    squashed = "".join(result.stderr.split())  # rich folds a long path across lines
+    assert f"Error:Embeddingshard{damaged / 'part-00001.parquet'}isunreadable" in squashed
+    assert "Hint:Deletepart-00001.parquetandrunthesame`clipkitembed`command" in squashed
+    assert "Unexpected" not in squashed
+
+
+def test_shards_of_two_models_are_refused_by_every_reader(tmp_path):
+    _write(tmp_path / "emb", 0, 0, 5)
+    shutil.copy(store.shard_path(tmp_path / "emb", 0), tmp_path / "a.parquet")
+    _write(tmp_path / "emb", 1, 5, 5, fingerprint="fp-b")  # copied in from another folder
+    for read in (lambda: store.read_vectors(tmp_path / "emb"),
+                 lambda: build_index(IndexConfig(emb_dir=tmp_path / "emb",
+                                                 out_dir=tmp_path / "idx")),
+                 lambda: store.read_existing(tmp_path / "emb")):  # fmt: skip
+        with pytest.raises(InputError, match="come from different models") as error:
+            read()
+        assert "part-00001.parquet" in str(error.value)
