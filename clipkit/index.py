@@ -24,11 +24,18 @@ import torch
 from clipkit import __version__, score, store
 from clipkit.atomic import atomic_paths, check_output, make_folder
 from clipkit.errors import InputError
+from clipkit.index_recall import (
+    RECALL_K,
+    QuerySet,
+    drop_self,
+    exact_neighbours,
+    measured_recall,
+    query_sets,
+    scan,
+)
 from clipkit.locks import publishing, reading_published, writer_lock
 
 INDEX_FILE, ROWS_FILE, META_FILE = "index.faiss", "rows.parquet", "index.json"
-RECALL_K = 10
-SAMPLE_QUERIES = 500
 NPROBE_STEPS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 2048, 4096)
 EF_STEPS = (16, 32, 64, 128, 256, 512, 1024, 2048)
 PQ_SUBQUANTIZERS = (8, 16, 32, 48, 64, 96, 128, 256)
@@ -106,7 +113,7 @@ def build_index(config: IndexConfig) -> IndexResult:
 
 def _build(config: IndexConfig, shards: Sequence[store.Shard], stamp: store.ModelStamp,
            kind: str, started: float) -> IndexResult:  # fmt: skip
-    rows, reservoir, other = _scan(shards, kind, config.seed)
+    rows, reservoir, other = scan(shards, kind, config.seed)
     sample = reservoir.array()
     if not rows["id"]:
         raise InputError(f"{config.emb_dir} holds no {kind} embeddings.", "Try --kind text.")
@@ -120,7 +127,7 @@ def _build(config: IndexConfig, shards: Sequence[store.Shard], stamp: store.Mode
         index.train(np.ascontiguousarray(sample[order[: max(64 * lists, 10_000)]]))
     for block in store.iter_vectors(shards, kind):
         index.add(block.vectors)
-    queries = _query_sets(reservoir, other, config.seed)
+    queries = query_sets(reservoir, other, config.seed)
     params, recall = tune(index, queries, shards, kind, config.target_recall)
     info = IndexInfo(
         model=stamp.spec, fingerprint=stamp.fingerprint, dim=stamp.dim, kind=kind,
@@ -202,7 +209,7 @@ def tune(
     dropped from both the exact and the approximate results, since finding oneself is free.
     """
     live = {name: q for name, q in queries.items() if len(q.vectors)}
-    truth = {name: _exact(q, shards, kind) for name, q in live.items()}
+    truth = {name: exact_neighbours(q, shards, kind) for name, q in live.items()}
     recall: dict[str, float | None] = {"same_kind": None, "cross_modal": None}
     knob, steps = _knob(index)
     chosen: dict[str, int] = {}
@@ -212,19 +219,10 @@ def tune(
             chosen = {knob: value}
         for name, q in live.items():
             _, found = index.search(q.vectors, RECALL_K + 1)
-            recall[name] = _recall(_drop_self(found, q.rows), truth[name])
+            recall[name] = measured_recall(drop_self(found, q.rows), truth[name])
         if all(r is None or r >= target for r in recall.values()):
             break
     return chosen, recall
-
-
-def _drop_self(found: np.ndarray, own_rows: np.ndarray | None) -> np.ndarray:
-    """Top RECALL_K of each row after removing the query's own index row (if it has one)."""
-    if own_rows is None:
-        return found[:, :RECALL_K]
-    pairs = zip(found.tolist(), own_rows.tolist(), strict=True)
-    kept = [[r for r in row if r != own][:RECALL_K] for row, own in pairs]
-    return np.array([row + [-1] * (RECALL_K - len(row)) for row in kept])
 
 
 def _knob(index: faiss.Index) -> tuple[str | None, tuple[int, ...]]:
@@ -235,79 +233,6 @@ def _knob(index: faiss.Index) -> tuple[str | None, tuple[int, ...]]:
     if ivf is None:
         return None, ()
     return "nprobe", tuple(n for n in NPROBE_STEPS if n < ivf.nlist) + (ivf.nlist,)
-
-
-def _recall(found: np.ndarray, truth: np.ndarray) -> float | None:
-    """Share of the exact neighbours found; -1 pads rows when fewer than k rows exist."""
-    hits = wanted = 0
-    for row_found, row_truth in zip(found.tolist(), truth.tolist(), strict=True):
-        real = {r for r in row_truth if r >= 0}
-        hits += len(real & set(row_found))
-        wanted += len(real)
-    return hits / wanted if wanted else None
-
-
-def _exact(queries: QuerySet, shards: store.Shards, kind: str) -> np.ndarray:
-    blocks = (block.vectors for block in store.iter_vectors(shards, kind))
-    _, indices = score.topk_stream(torch.from_numpy(queries.vectors), blocks, RECALL_K + 1)
-    return _drop_self(indices.numpy(), queries.rows)
-
-
-def _scan(shards: Sequence[store.Shard], kind: str, seed: int):
-    """One pass: the row map, a training/query sample of this kind and one of the other kind."""
-    rows: dict[str, list[Any]] = {"id": [], "uri": [], "kind": [], "text": []}
-    rng = np.random.default_rng(seed)
-    sample = _Reservoir(200_000, rng)
-    other = _Reservoir(SAMPLE_QUERIES, rng)
-    for block in store.iter_vectors(shards):
-        mine = np.array([k == kind for k in block.kinds], dtype=bool)
-        for name, values in (("id", block.ids), ("uri", block.uris), ("kind", block.kinds),
-                             ("text", block.texts)):  # fmt: skip
-            rows[name].extend(v for v, keep in zip(values, mine, strict=True) if keep)
-        sample.offer(block.vectors[mine])
-        other.offer(block.vectors[~mine])
-    return rows, sample, other.array()
-
-
-class _Reservoir:
-    """A uniform random sample of at most ``size`` rows from a stream (Algorithm R, batched)."""
-
-    def __init__(self, size: int, rng: np.random.Generator) -> None:
-        self.size, self.rng, self.seen = size, rng, 0
-        self.rows: list[np.ndarray] = []
-        self.numbers: list[int] = []  # each kept row's position in the stream
-
-    def offer(self, block: np.ndarray) -> None:
-        for row in block:
-            # Copies: a view would keep its whole block (a shard batch) alive.
-            if len(self.rows) < self.size:
-                self.rows.append(row.copy())
-                self.numbers.append(self.seen)
-            else:
-                slot = int(self.rng.integers(0, self.seen + 1))
-                if slot < self.size:
-                    self.rows[slot], self.numbers[slot] = row.copy(), self.seen
-            self.seen += 1
-
-    def array(self) -> np.ndarray:
-        return np.stack(self.rows).astype(np.float32) if self.rows else np.zeros((0, 0), "f4")
-
-
-@dataclass(frozen=True)
-class QuerySet:
-    """Sample queries; ``rows`` holds each query's own index row (leave-one-out), or None."""
-
-    vectors: np.ndarray
-    rows: np.ndarray | None = None
-
-
-def _query_sets(reservoir: _Reservoir, other: np.ndarray, seed: int) -> dict[str, QuerySet]:
-    pick = np.random.default_rng(seed + 1).permutation(len(reservoir.rows))[:SAMPLE_QUERIES]
-    same = QuerySet(
-        np.ascontiguousarray(reservoir.array()[pick]) if len(pick) else np.zeros((0, 0), "f4"),
-        np.asarray(reservoir.numbers, dtype=np.int64)[pick],
-    )
-    return {"same_kind": same, "cross_modal": QuerySet(other)}
 
 
 def _resolve_kind(config: IndexConfig, shards: Sequence[store.Shard]) -> str:
