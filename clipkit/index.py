@@ -275,7 +275,7 @@ def _update(config: IndexConfig, shards: Sequence[store.Shard], stamp: store.Mod
     position_of = {item_id: position for position, item_id in enumerate(rows["id"])}
     current: set[str] = set()
     added = 0
-    for block in store.iter_vectors(shards, info.kind):
+    for block in store.iter_vectors(shards, info.kind, meta=True):
         current.update(block.ids)
         for item_id, uri in zip(block.ids, block.uris, strict=True):
             if item_id in position_of:  # `embed --prune` may have moved a row to another path
@@ -283,16 +283,14 @@ def _update(config: IndexConfig, shards: Sequence[store.Shard], stamp: store.Mod
         new = [i for i, item_id in enumerate(block.ids) if item_id not in known]
         if new:
             loaded.index.add(block.vectors[new])
-            for name, values in (("id", block.ids), ("uri", block.uris), ("kind", block.kinds),
-                                 ("text", block.texts)):  # fmt: skip
-                rows[name].extend(values[i] for i in new)
+            block.append_to(rows, new)
             known.update(block.ids[i] for i in new)
             added += len(new)
     dropped = _drop_gone(loaded.index, rows, current)
     removed = len(known - current) - dropped
     updated = IndexInfo(**{
         **info.as_dict(), "rows": loaded.index.ntotal, "removed_rows": removed,
-        "shards": store.shard_signature(shards),
+        "shards": store.shard_signature(shards), "source": str(config.emb_dir.resolve()),
         "build_seconds": info.build_seconds + time.perf_counter() - started,
     })  # fmt: skip
     _write(config.out_dir, loaded.index, rows, updated)

@@ -48,17 +48,16 @@ def exact_neighbours(queries: QuerySet, shards: store.Shards, kind: str) -> np.n
 def scan(
     shards: Sequence[store.Shard], kind: str, seed: int
 ) -> tuple[dict[str, list[Any]], Reservoir, np.ndarray]:
-    """One pass: the row map of ``kind``, a training/query sample of it (up to 200,000 rows)
+    """One pass: the row map of ``kind`` (with pass-through columns), a training/query sample
+    of it (up to 200,000 rows)
     and up to SAMPLE_QUERIES rows of the other kind (cross-modal queries, (Q, D))."""
     rows: dict[str, list[Any]] = {"id": [], "uri": [], "kind": [], "text": []}
     rng = np.random.default_rng(seed)
     sample = Reservoir(200_000, rng)
     other = Reservoir(SAMPLE_QUERIES, rng)
-    for block in store.iter_vectors(shards):
+    for block in store.iter_vectors(shards, meta=True):
         mine = np.array([k == kind for k in block.kinds], dtype=bool)
-        for name, values in (("id", block.ids), ("uri", block.uris), ("kind", block.kinds),
-                             ("text", block.texts)):  # fmt: skip
-            rows[name].extend(v for v, keep in zip(values, mine, strict=True) if keep)
+        block.append_to(rows, np.flatnonzero(mine).tolist())
         sample.offer(block.vectors[mine])
         other.offer(block.vectors[~mine])
     return rows, sample, other.array()

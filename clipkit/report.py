@@ -53,7 +53,8 @@ def thumbnail_uri(path: str, size: int = THUMBNAIL) -> str | None:
 
 
 def write_search_gallery(result: SearchResult, path: Path) -> Path:
-    """One section per query, one card per hit (thumbnail or text, score, rank, uri)."""
+    """One section per query, one card per hit (thumbnail or text, score, rank, uri and the
+    row's pass-through metadata)."""
     sections = []
     for query in result.results:
         cards = []
@@ -64,10 +65,12 @@ def write_search_gallery(result: SearchResult, path: Path) -> Path:
                         else '<div class="text">image unreadable</div>')  # fmt: skip
             else:
                 body = f'<div class="text">{html.escape(hit.text or "")}</div>'
+            passed = "".join(f"<br>{html.escape(name)}: {html.escape(value)}"
+                             for name, value in hit.meta.items())  # fmt: skip
             cards.append(
                 f'<div class="card" data-rank="{hit.rank}">{body}<div class="meta">'
                 f'<span class="score">#{hit.rank} · {hit.score:.4f}</span><br>'
-                f"{html.escape(hit.uri)}</div></div>"
+                f"{html.escape(hit.uri)}{passed}</div></div>"
             )
         sections.append(
             f'<h2>{html.escape(query.query)}</h2><div class="grid">{"".join(cards)}</div>'

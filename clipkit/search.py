@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -43,6 +43,7 @@ class SearchHit:
     uri: str
     kind: str
     text: str | None
+    meta: dict[str, str] = field(default_factory=dict)  # the row's pass-through values, if any
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -101,6 +102,7 @@ def search(config: SearchConfig) -> SearchResult:
         vectors = _query_vectors(encoder, config, weights)
         scores, found, rows = _exact(emb_dir, config.kind, vectors, config.k)
         source = str(emb_dir)
+    extra = [name for name in rows if name not in ("id", "uri", "kind", "text")]
     results = []
     for label, row_scores, row_found in zip(labels, scores, found, strict=True):
         hits = tuple(
@@ -111,6 +113,7 @@ def search(config: SearchConfig) -> SearchResult:
                 uri=rows["uri"][i],
                 kind=rows["kind"][i],
                 text=rows["text"][i],
+                meta={name: rows[name][i] for name in extra if rows[name][i] is not None},
             )  # fmt: skip
             for r, (s, i) in enumerate(zip(row_scores.tolist(), row_found.tolist(), strict=True))
             if i >= 0  # FAISS pads with -1 when fewer than k rows are reachable
@@ -181,11 +184,8 @@ def _exact(emb_dir: Path, kind: str | None, queries: np.ndarray, k: int):
     rows: dict[str, list[Any]] = {"id": [], "uri": [], "kind": [], "text": []}
 
     def blocks():
-        for block in store.iter_vectors(emb_dir, kind):
-            rows["id"] += block.ids
-            rows["uri"] += block.uris
-            rows["kind"] += block.kinds
-            rows["text"] += block.texts
+        for block in store.iter_vectors(emb_dir, kind, meta=True):
+            block.append_to(rows)
             yield block.vectors
 
     scores, found = score.topk_stream(torch.from_numpy(queries), blocks(), k)

@@ -192,16 +192,20 @@ def _table_items(path: Path, options: SourceOptions) -> list[Item]:
             "Name them with --image-column and/or --text-column.",
         )
     passed = tuple(name for name in columns if name not in (image_column, text_column))
+    # An image row also passes on its caption, and a caption its image path, as
+    # clip-retrieval's metadata does: a search hit then shows its partner.
+    image_meta = passed + ((text_column,) if text_column else ())
+    text_meta = passed + ((image_column,) if image_column else ())
     images = table.values(image_column) if image_column and _wanted("image", options) else None
     texts = table.values(text_column) if text_column and _wanted("text", options) else None
     items = []
     for number in range(table.rows):
-        meta = TableRow(table, passed, number) if passed else None
         if images is not None and images[number] not in (None, ""):
             uri = table_path(images[number], path)
+            meta = TableRow(table, image_meta, number) if image_meta else None
             items.append(Item(uri=uri, kind="image", path=uri, meta=meta))
         if texts is not None:
-            text = texts[number]
+            text, meta = texts[number], TableRow(table, text_meta, number) if text_meta else None
             items.append(
                 Item(uri=f"{path}#row={number}", kind="text", text=str(text or ""), meta=meta)
             )

@@ -378,12 +378,14 @@ def iter_embeddings(
 
 
 def _iter_batches(
-    source: Shards, columns: Sequence[str], batch_rows: int
+    source: Shards, columns: Sequence[str] | None, batch_rows: int
 ) -> Iterator[tuple[Path, pa.RecordBatch]]:
+    """(shard path, batch) of the ``columns`` each shard has (None: all of them)."""
     stamp = None
     for shard in _snapshot_of(source):
         parquet, stamp = _open_shard(shard, stamp)
-        wanted = [c for c in columns if c in parquet.schema_arrow.names]
+        names = parquet.schema_arrow.names
+        wanted = names if columns is None else [c for c in columns if c in names]
         try:
             for batch in parquet.iter_batches(batch_size=batch_rows, columns=wanted):
                 yield shard.path, batch
@@ -400,33 +402,61 @@ class VectorBlock:
     kinds: list[str]
     texts: list[str | None]
     vectors: np.ndarray
+    meta: dict[str, list[str | None]] = field(default_factory=dict)  # pass-through columns
+
+    def columns(self) -> dict[str, list[Any]]:
+        """The row-map columns: id, uri, kind, text and the pass-through ones."""
+        return {"id": self.ids, "uri": self.uris, "kind": self.kinds, "text": self.texts,
+                **self.meta}  # fmt: skip
+
+    def append_to(self, rows: dict[str, list[Any]], keep: Sequence[int] | None = None) -> None:
+        """Append these rows (or those at positions ``keep``) to a row map, column by column.
+
+        Shards made from different tables carry different pass-through columns: a column that
+        one side lacks is filled with None, so every column keeps one value per row.
+        """
+        before = len(rows.get("id", ()))
+        added = len(self.ids) if keep is None else len(keep)
+        for name, values in self.columns().items():
+            column = rows.setdefault(name, [None] * before)
+            column.extend(values if keep is None else [values[i] for i in keep])
+        for column in rows.values():
+            column.extend([None] * (before + added - len(column)))
 
 
-def iter_vectors(source: Shards, kind: str | None = None, batch_rows: int = 65536):
+def iter_vectors(
+    source: Shards, kind: str | None = None, batch_rows: int = 65536, *, meta: bool = False
+) -> Iterator[VectorBlock]:
     """Stream :class:`VectorBlock` s from an embeddings folder (or a snapshot of one), keeping
-    rows of ``kind`` only.
+    rows of ``kind`` only, with their pass-through columns when ``meta``.
 
     Raises:
         InputError: a kept row's embedding is missing (null) or not finite (NaN, inf). Such a
             row would rank first in every search and poison the index, so it is not read. Also
             what :func:`_open_shard` raises.
     """
-    for path, batch in _iter_batches(source, CORE_COLUMNS, batch_rows):
+    for path, batch in _iter_batches(source, None if meta else CORE_COLUMNS, batch_rows):
         kinds = batch.column("kind").to_pylist()
         keep = np.array([kind is None or k == kind for k in kinds], dtype=bool)
         if not keep.any():
             continue
         uris = batch.column("uri").to_pylist()
         vectors = _embedding_matrix(batch.column("embedding"), keep, path, uris)
-        chosen = np.flatnonzero(keep)
+        chosen = np.flatnonzero(keep).tolist()
         ids, texts = batch.column("id").to_pylist(), batch.column("text").to_pylist()
+        extra = [name for name in batch.schema.names if name not in CORE_COLUMNS]
         yield VectorBlock(
             ids=[ids[i] for i in chosen],
             uris=[uris[i] for i in chosen],
             kinds=[kinds[i] for i in chosen],
             texts=[texts[i] for i in chosen],
             vectors=np.ascontiguousarray(vectors),
+            meta={name: _pick(batch.column(name).to_pylist(), chosen) for name in extra},
         )
+
+
+def _pick(values: list[Any], positions: list[int]) -> list[Any]:
+    return [values[i] for i in positions]
 
 
 def _embedding_matrix(

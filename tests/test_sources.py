@@ -30,19 +30,22 @@ def test_a_table_row_gives_its_pass_through_cells(tmp_path):
     table = tmp_path / "t.csv"
     table.write_text("filepath,caption,label,score\nimgs/a.jpg,a dog,dog,0.5\n,a cat,,\n")
     items = discover([table], SourceOptions()).items
-    # The image and the caption of row 0 share one row view; row 1 has no image. (An empty CSV
-    # string cell is "", an empty number cell null, as pyarrow reads them.)
+    # Row 0's image passes on its caption too, and each caption its image path; row 1 has no
+    # image. (An empty CSV string cell is "", an empty number cell null, as pyarrow reads them.)
     by_uri = {(item.kind, item.uri): item for item in items}
     image = by_uri[("image", str(tmp_path / "imgs" / "a.jpg"))]
-    assert dict(image.meta) == {"label": "dog", "score": 0.5}
-    assert dict(by_uri[("text", f"{table}#row=1")].meta) == {"label": "", "score": None}
+    assert dict(image.meta) == {"label": "dog", "score": 0.5, "caption": "a dog"}
+    assert dict(by_uri[("text", f"{table}#row=0")].meta) == {
+        "label": "dog", "score": 0.5, "filepath": "imgs/a.jpg"}  # fmt: skip
+    assert dict(by_uri[("text", f"{table}#row=1")].meta) == {
+        "label": "", "score": None, "filepath": ""}  # fmt: skip
     assert by_uri[("text", f"{table}#row=1")].text == "a cat"
     assert len(items) == 3
     meta = image.meta
-    assert isinstance(meta, TableRow) and len(meta) == 2 and list(meta) == ["label", "score"]
-    assert meta.get("caption") is None and meta.get("filepath", "-") == "-"  # not passed through
+    assert isinstance(meta, TableRow) and list(meta) == ["label", "score", "caption"]
+    assert meta.get("filepath", "-") == "-"  # its own path is its uri, not passed on
     with pytest.raises(KeyError):
-        meta["caption"]
+        meta["filepath"]
 
 
 def test_a_table_without_pass_through_columns_gives_no_meta(tmp_path):

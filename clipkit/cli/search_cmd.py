@@ -199,6 +199,7 @@ def _parse_weights(text: str | None) -> tuple[float, ...] | None:
 
 def _render_search(result: Any, output: SearchFormat) -> None:
     rows = [{"query": q.query, **hit.as_dict()} for q in result.results for hit in q.hits]
+    meta_names = list(dict.fromkeys(name for row in rows for name in row["meta"]))
     if output is SearchFormat.json:
         payload = [{"query": q.query, "hits": [h.as_dict() for h in q.hits]}
                    for q in result.results]  # fmt: skip
@@ -211,13 +212,21 @@ def _render_search(result: Any, output: SearchFormat) -> None:
         import sys
 
         fields = ["query", "rank", "score", "id", "uri", "kind", "text"]
-        writer = csv.DictWriter(sys.stdout, fieldnames=fields, lineterminator="\n")
+        # A pass-through column named like one of ours ("rank", say) gets a prefix.
+        columns = {name: f"meta.{name}" if name in fields else name for name in meta_names}
+        writer = csv.DictWriter(sys.stdout, fieldnames=fields + list(columns.values()),
+                                lineterminator="\n")  # fmt: skip
         writer.writeheader()
-        writer.writerows(rows)
+        for row in rows:
+            meta = row.pop("meta")
+            writer.writerow({**row, **{columns[name]: value for name, value in meta.items()}})
     else:
         for q in result.results:
-            table = Table("rank", "score", "uri or text", title=Text(q.query), title_justify="left")
+            headers = ["rank", "score", "uri or text"] + (["metadata"] if meta_names else [])
+            table = Table(*headers, title=Text(q.query), title_justify="left")
             for hit in q.hits:
                 shown = (hit.text or "") if hit.kind == "text" else hit.uri
-                table.add_row(str(hit.rank), f"{hit.score:.4f}", Text(shown))
+                meta = [Text("; ".join(f"{k}: {v}" for k, v in hit.meta.items()))]
+                table.add_row(str(hit.rank), f"{hit.score:.4f}", Text(shown),
+                              *(meta if meta_names else []))  # fmt: skip
             stdout.print(table)
