@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from clipkit import store
+from clipkit import score, store
 from clipkit.config import DEFAULT_MODEL_SPEC
 from clipkit.errors import InputError
 from clipkit.filenames import as_text
@@ -35,6 +35,7 @@ Progress = Callable[[str, int, int], None]
 LONG_CAPTION_MODES = ("truncate", "chunk")
 NULL_SAMPLES = 20_000  # shuffled pairs drawn for calibration (at least one per pair)
 HISTOGRAM_BINS = 40
+RETRIEVAL_KS = (1, 5, 10)
 
 
 @dataclass(frozen=True)
@@ -117,7 +118,21 @@ class AuditResult:
                 "flagged": len(self.flagged), "skipped": len(self.failures),
                 "threshold": c.threshold, "statistic": c.statistic, "method": c.method,
                 "fpr": c.fpr, "null_pass_rate": c.null_pass_rate,
-                "long_captions": self.long_captions}  # fmt: skip
+                "long_captions": self.long_captions, **self.retrieval()}  # fmt: skip
+
+    def retrieval(self) -> dict[str, float]:
+        """Recall@1/5/10 both ways over the pairs (each image's caption among its top k
+        captions, and the reverse), as CLIP_benchmark's retrieval task reports for one
+        caption per image, and the mean 1-based rank; from the pairs' ranks."""
+        figures: dict[str, float] = {}
+        caption_ranks = [p.caption_rank for p in self.pairs]
+        image_ranks = [p.image_rank for p in self.pairs]
+        for direction, ranks in (("image_to_text", caption_ranks), ("text_to_image", image_ranks)):
+            ranked = torch.tensor(ranks)
+            for k, share in score.recall_at_k(ranked, RETRIEVAL_KS).items():
+                figures[f"{direction}_r{k}"] = share
+            figures[f"{direction}_mean_rank"] = score.rank_summary(ranked)["mean_rank"]
+        return figures
 
     def as_dict(self) -> dict[str, Any]:
         return {

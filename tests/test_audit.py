@@ -114,6 +114,30 @@ def test_ranks_margins_and_cosines_equal_brute_force(tmp_path, tiny_encoder):
         assert pair.margin == pytest.approx(float(full[i, i] - others.max()), abs=1e-5)
 
 
+def test_retrieval_recall_follows_its_definition(tmp_path, tiny_encoder):
+    """R@k: the share of images whose own caption is among their k best captions (and the
+    reverse), from the full similarity matrix, as CLIP_benchmark computes it."""
+    images, captions = _synthetic(80, tiny_encoder.embed_dim, noise=5.0, seed=4)
+    _write_pairs(tmp_path / "emb", tiny_encoder, images, captions, [f"c{i}" for i in range(80)])
+    result = audit(AuditConfig(data=tmp_path / "emb", device="cpu"))
+    full = images @ captions.T
+    truth = torch.arange(80)
+    image_to_text = full.argsort(dim=1, descending=True)  # captions, best first, per image
+    text_to_image = full.argsort(dim=0, descending=True).T  # images, best first, per caption
+    figures = result.summary()
+    for k in (1, 5, 10):
+        expected = (image_to_text[:, :k] == truth[:, None]).any(1).float().mean().item()
+        assert figures[f"image_to_text_r{k}"] == pytest.approx(expected)
+        expected = (text_to_image[:, :k] == truth[:, None]).any(1).float().mean().item()
+        assert figures[f"text_to_image_r{k}"] == pytest.approx(expected)
+    position = (image_to_text == truth[:, None]).float().argmax(1) + 1.0
+    assert figures["image_to_text_mean_rank"] == pytest.approx(position.mean().item())
+    assert 0.2 < figures["image_to_text_r1"] < 0.9  # a case where the ranks matter
+    shown = runner.invoke(cli.app, ["audit", str(tmp_path / "emb"), "--device", "cpu"])
+    line = f"image→text R@1 {figures['image_to_text_r1']:.1%}"
+    assert shown.exit_code == 0 and line in " ".join(shown.stderr.split())
+
+
 def test_raw_cosine_threshold_flags_below_it(tmp_path, tiny_encoder):
     images, captions = _synthetic(40, tiny_encoder.embed_dim, noise=1.0, seed=4)
     _write_pairs(tmp_path / "emb", tiny_encoder, images, captions, [f"c{i}" for i in range(40)])

@@ -133,6 +133,12 @@ def _summarise(result: Any) -> None:
     stderr.print(f"Audited {len(result.pairs)} pairs with {result.model}: "
                  f"{len(result.flagged)} flagged, {len(result.failures)} skipped; "
                  f"flag rule: {rule}.", markup=False)  # fmt: skip
+    found = result.retrieval()
+    stderr.print("Retrieval over the pairs: " + "; ".join(
+        f"{arrow} R@1 {found[f'{d}_r1']:.1%}, R@5 {found[f'{d}_r5']:.1%}, "
+        f"R@10 {found[f'{d}_r10']:.1%}, mean rank {found[f'{d}_mean_rank']:.1f}"
+        for d, arrow in (("image_to_text", "image→text"), ("text_to_image", "text→image"))
+    ) + ".", markup=False)  # fmt: skip
     matched, shuffled = c.quantiles["matched"], c.quantiles["shuffled"]
     stderr.print(f"Cosine median: pairs {matched['50%']:.3f}, shuffled {shuffled['50%']:.3f}; "
                  f"5–95 %: pairs {matched['5%']:.3f}–{matched['95%']:.3f}, shuffled "
