@@ -24,6 +24,7 @@ from clipkit.models import Encoder, load_model
 from clipkit.pipeline import ImageDataset, default_workers, image_batches, read_bytes
 from clipkit.sources import Item, Kind, SourceOptions, discover
 from clipkit.stat_cache import file_stat, recorded_id
+from clipkit.tarshards import MEMBER_SEPARATOR, TAR_SUFFIX
 
 Progress = Callable[[str, int, int], None]
 NON_FINITE = "the model returned a non-finite embedding (NaN or inf): are its weights corrupt?"
@@ -229,6 +230,8 @@ def _embed(config: EmbedConfig, world: distributed.World, device: str,
     encoder = load_model(config.model, device=device)
     with writer_lock(config.out_dir, f"embed -o {config.out_dir}", active=world.is_main):
         run = _start_run(config, encoder, found.items, world)
+        if world.is_main:  # every rank found them; one lists them
+            run.failures.extend(found.failures)
         images = [item for item in found.items if item.kind == "image"]
         texts = [item for item in found.items if item.kind == "text"]
         workers = config.workers if config.workers is not None else default_workers()
@@ -324,6 +327,11 @@ def _prune(config: EmbedConfig, run: _Run,
     for uri, _, _ in failures:
         if uri not in current and uri in run.known_uris:
             current[uri] = run.known_uris[uri]
+    # A .tar shard that could not be listed keeps the rows of all its members.
+    shards = tuple(uri + MEMBER_SEPARATOR for uri, _, _ in failures if uri.endswith(TAR_SUFFIX))
+    if shards:
+        current.update({uri: item_id for uri, item_id in run.known_uris.items()
+                        if uri.startswith(shards) and uri not in current})  # fmt: skip
     kinds = ("image", "text") if config.kind is Kind.AUTO else (config.kind.value,)
     return store.prune(config.out_dir, current, kinds)
 

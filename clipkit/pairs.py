@@ -19,9 +19,14 @@ from clipkit.errors import InputError
 from clipkit.filenames import as_text, table_path
 from clipkit.pipeline import read_bytes
 from clipkit.sources import IMAGE_COLUMNS, TABLE_SUFFIXES, TEXT_COLUMNS, find_column
-from clipkit.tarshards import TAR_SUFFIX, member_offsets, member_uri, read_member, sample_key
-
-IMAGE_EXTENSIONS = tuple(suffix.lstrip(".") for suffix in sorted(IMAGE_SUFFIXES))
+from clipkit.tarshards import (
+    IMAGE_EXTENSIONS,
+    TAR_SUFFIX,
+    member_offsets,
+    member_uri,
+    read_member,
+    sample_key,
+)
 
 
 @dataclass(frozen=True)

@@ -1,4 +1,5 @@
-"""Finding what to embed: folders, single files, line files and tables become :class:`Item`s.
+"""Finding what to embed: folders, single files, line files, tables and WebDataset ``.tar``
+shards become :class:`Item`s.
 
 Discovery only lists; reading and decoding happen later in worker processes. The list is
 sorted by uri so that every run (and every rank of a distributed run) sees the same order.
@@ -14,9 +15,17 @@ from operator import attrgetter
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from clipkit.decode import IMAGE_SUFFIXES, TEXT_SUFFIXES
+from clipkit.decode import IMAGE_SUFFIXES, TEXT_SUFFIXES, DecodeError, decode_text
 from clipkit.errors import InputError
 from clipkit.filenames import as_text, table_path
+from clipkit.tarshards import (
+    IMAGE_EXTENSIONS,
+    TAR_SUFFIX,
+    member_offsets,
+    member_uri,
+    read_member,
+    sample_key,
+)
 
 if TYPE_CHECKING:
     from clipkit.store import InputTable
@@ -54,10 +63,12 @@ class SourceOptions:
 
 @dataclass
 class Discovery:
-    """The items found and the files passed over because they are not inputs."""
+    """The items found, the files passed over because they are not inputs, and the inputs
+    that could not be listed (a damaged ``.tar`` shard in a folder: uri, stage, reason)."""
 
     items: list[Item]
     ignored: int = 0
+    failures: list[tuple[str, str, str]] = field(default_factory=list)
 
 
 def discover(sources: Sequence[str | Path], options: SourceOptions) -> Discovery:
@@ -76,6 +87,8 @@ def discover(sources: Sequence[str | Path], options: SourceOptions) -> Discovery
         before = len(found.items)
         if path.is_dir():
             _walk(path, options, found)
+        elif path.suffix.lower() == TAR_SUFFIX:
+            _tar_items(path, options, found, explicit=True)
         elif path.suffix.lower() in TABLE_SUFFIXES:
             found.items.extend(_table_items(path, options))
         else:
@@ -121,7 +134,9 @@ def _walk(root: Path, options: SourceOptions, found: Discovery) -> None:
 def _file_items(path: Path, options: SourceOptions, found: Discovery, *, explicit: bool) -> None:
     suffix = path.suffix.lower()
     uri = as_text(path)
-    if suffix in IMAGE_SUFFIXES:
+    if suffix == TAR_SUFFIX:
+        _tar_items(path, options, found, explicit=explicit)
+    elif suffix in IMAGE_SUFFIXES:
         if _wanted("image", options):
             found.items.append(Item(uri=uri, kind="image", path=uri))
     elif suffix in TEXT_SUFFIXES:
@@ -134,15 +149,75 @@ def _file_items(path: Path, options: SourceOptions, found: Discovery, *, explici
     elif explicit:
         raise InputError(
             f"{path} is neither an image, a .txt file nor a table.",
-            "Supported: " + ", ".join(sorted(IMAGE_SUFFIXES | TEXT_SUFFIXES | TABLE_SUFFIXES)),
+            "Supported: "
+            + ", ".join(sorted(IMAGE_SUFFIXES | TEXT_SUFFIXES | TABLE_SUFFIXES | {TAR_SUFFIX})),
         )
     else:
         found.ignored += 1
 
 
-def _line_items(path: Path) -> Iterable[Item]:
-    from clipkit.decode import DecodeError, decode_text
+def _tar_items(path: Path, options: SourceOptions, found: Discovery, *, explicit: bool) -> None:
+    """The samples of a WebDataset shard: its image member and its ``.txt`` member (both
+    optional), with the sample's ``.json`` member and each one's partner passed through."""
+    try:
+        members = member_offsets(str(path))
+    except DecodeError as error:
+        if explicit:
+            raise InputError(f"{path} is {error.reason}.", "Check the file.") from None
+        found.failures.append((as_text(path), "read", error.reason))
+        return
+    samples: dict[str, dict[str, str]] = {}
+    for name in members:
+        key, extension = sample_key(name)
+        samples.setdefault(key, {})[extension] = name
+    shard = as_text(path)
+    for parts in samples.values():
+        image = next((parts[ext] for ext in IMAGE_EXTENSIONS if ext in parts), None)
+        caption, record = parts.get("txt"), parts.get("json")
+        if image is None and caption is None:
+            found.ignored += 1
+            continue
+        if image is not None and _wanted("image", options):
+            uri = member_uri(shard, image)
+            meta = SampleMeta(shard, record, caption, None)
+            found.items.append(Item(uri=uri, kind="image", path=uri, meta=meta or None))
+        if caption is not None and _wanted("text", options):
+            uri = member_uri(shard, caption)
+            meta = SampleMeta(shard, record, None, image)
+            found.items.append(Item(uri=uri, kind="text", path=uri, meta=meta or None))
 
+
+class SampleMeta(Mapping[str, Any]):
+    """Pass-through values of one WebDataset sample, read from its shard when asked for:
+    ``json`` (the raw ``.json`` member, e.g. img2dataset's url and size), and an image's
+    ``caption`` (its ``.txt`` member) or a caption's ``image`` (its image member's uri)."""
+
+    __slots__ = ("_shard", "_record", "_caption", "_image")
+
+    def __init__(self, shard: str, record: str | None, caption: str | None,
+                 image: str | None) -> None:  # fmt: skip
+        self._shard, self._record, self._caption, self._image = shard, record, caption, image
+
+    def __getitem__(self, name: str) -> Any:
+        member = {"json": self._record, "caption": self._caption}.get(name)
+        if name == "image" and self._image is not None:
+            return member_uri(self._shard, self._image)
+        if member is None:
+            raise KeyError(name)
+        try:
+            return decode_text(read_member(member_uri(self._shard, member)))[0]
+        except DecodeError:  # gone or empty since discovery: no value, never a failed shard
+            return None
+
+    def __iter__(self) -> Iterator[str]:
+        names = (("json", self._record), ("caption", self._caption), ("image", self._image))
+        return iter([name for name, member in names if member is not None])
+
+    def __len__(self) -> int:
+        return sum(1 for _ in self)
+
+
+def _line_items(path: Path) -> Iterable[Item]:
     try:
         data = path.read_bytes()
     except OSError as error:

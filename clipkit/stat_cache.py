@@ -1,6 +1,7 @@
 """Trusting a file's recorded content id without reading it (``_files.parquet``, as rclip does).
 
-``embed`` records (size, mtime_ns, id) for the files it reads. A later run takes the id of a
+``embed`` records (size, mtime_ns, id) for the files it reads (for a ``.tar`` member, its
+shard's size and mtime). A later run takes the id of a
 file whose size and mtime are unchanged, provided that content has a row; any other file is
 read and hashed. A stale entry therefore costs a read, never a wrong row.
 """
@@ -13,12 +14,18 @@ from collections.abc import Collection, Mapping
 
 from clipkit.filenames import os_path
 from clipkit.store import FileStat
+from clipkit.tarshards import split_member_uri
 
 
 def file_stat(path: str) -> tuple[int, int] | None:
-    """(size, mtime_ns) of a regular file; None for anything else (tar members, URLs)."""
+    """(size, mtime_ns) of a regular file, or of the ``.tar`` shard that holds a member (an
+    unchanged shard holds unchanged members); None for anything else (URLs, folders)."""
+    local = os_path(path)
+    shard = split_member_uri(local)
+    if shard is not None and not os.path.lexists(local):
+        local = shard[0]
     try:
-        info = os.stat(os_path(path))
+        info = os.stat(local)
     except (OSError, ValueError):
         return None
     return (info.st_size, info.st_mtime_ns) if stat.S_ISREG(info.st_mode) else None

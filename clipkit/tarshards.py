@@ -9,23 +9,37 @@ reading one seeks straight to its bytes, so training can sample shards at random
 from __future__ import annotations
 
 import functools
+import os
 import tarfile
 from pathlib import Path
 
-from clipkit.decode import DecodeError
+from clipkit.decode import IMAGE_SUFFIXES, DecodeError
 from clipkit.filenames import as_text, os_path
 
 TAR_SUFFIX = ".tar"
+# Member extensions of an image, in the order a sample's image is picked by.
+IMAGE_EXTENSIONS = tuple(suffix.lstrip(".") for suffix in sorted(IMAGE_SUFFIXES))
 MEMBER_SEPARATOR = "#"
 
 
-@functools.lru_cache(maxsize=64)
 def member_offsets(shard: str) -> dict[str, tuple[int, int]]:
     """Member name -> (data offset, size) for every regular file in a tar shard.
 
     Raises:
         DecodeError: the shard is missing or not a tar archive.
     """
+    try:
+        info = os.stat(shard)
+    except FileNotFoundError:
+        raise DecodeError("read", "tar shard is missing") from None
+    except OSError as error:
+        raise DecodeError("read", f"not a readable tar shard: {error.strerror}") from None
+    # Listed once per version of the file: a shard rewritten in place is listed afresh.
+    return _listing(shard, info.st_size, info.st_mtime_ns)
+
+
+@functools.lru_cache(maxsize=64)
+def _listing(shard: str, size: int, mtime_ns: int) -> dict[str, tuple[int, int]]:
     try:
         with tarfile.open(shard, mode="r:") as archive:
             return {

@@ -26,7 +26,10 @@ from clipkit.config import DEFAULT_MODEL_SPEC
 def embed(
     sources: Annotated[
         list[str],
-        typer.Argument(help="Folders, images, .txt files or CSV/TSV/JSONL/Parquet tables."),
+        typer.Argument(
+            help="Folders, images, .txt files, CSV/TSV/JSONL/Parquet tables or WebDataset .tar "
+            "shards."
+        ),
     ],
     out_dir: Annotated[Path, typer.Option("--out", "-o", help="Output embeddings folder.")],
     model: ModelOption = DEFAULT_MODEL_SPEC,
