@@ -156,7 +156,7 @@ def read_existing(out_dir: Path) -> ExistingEmbeddings:
         existing.uris.update(zip(columns.column("uri").to_pylist(), ids, strict=True))
         existing.shard_numbers.append(int(SHARD_PATTERN.match(shard.path.name).group(1)))
         existing.rows += columns.num_rows
-    existing.uris.update(_read_aliases(out_dir))
+    existing.uris.update(read_aliases(out_dir))
     return existing
 
 
@@ -235,17 +235,29 @@ def write_failures(
 
 def add_aliases(out_dir: Path, aliases: Sequence[tuple[str, str]]) -> None:
     """Add (id, uri) pairs to ``_aliases.parquet``; a uri listed before takes its new id."""
-    known = dict(_read_aliases(out_dir))
+    known = dict(read_aliases(out_dir))
     known.update((uri, item_id) for item_id, uri in aliases)
     _write_aliases(out_dir, known)
 
 
-def _read_aliases(out_dir: Path) -> Iterator[tuple[str, str]]:
-    """(uri, id) pairs of ``_aliases.parquet``."""
+def read_aliases(out_dir: Path) -> list[tuple[str, str]]:
+    """(uri, id) pairs of ``_aliases.parquet``: further paths of content that has a row.
+
+    Raises:
+        InputError: the file is damaged (named, with how to rebuild it).
+    """
     path = out_dir / ALIASES_FILE
-    if path.is_file():
-        old = pq.read_table(path)
-        yield from zip(old.column("uri").to_pylist(), old.column("id").to_pylist(), strict=True)
+    if not path.is_file():
+        return []
+    try:
+        old = pq.read_table(path, columns=["uri", "id"])
+    except (OSError, pa.ArrowException, KeyError) as error:
+        raise InputError(
+            f"{path} is unreadable: {str(error).splitlines()[0]}.",
+            "Delete it and run the same `clipkit embed` command again: it lists the "
+            "duplicates anew.",
+        ) from None
+    return list(zip(old.column("uri").to_pylist(), old.column("id").to_pylist(), strict=True))
 
 
 def _write_aliases(out_dir: Path, id_of: dict[str, str]) -> None:
@@ -299,7 +311,7 @@ def prune(out_dir: Path, current: dict[str, str], kinds: Collection[str]) -> Pru
                 primary[item_id] = uri
         if not all(keep) or uris != old_uris:
             _rewrite_shard(path, keep, uris)
-    aliases = {uri: item_id for uri, item_id in _read_aliases(out_dir) if item_id in other_kinds}
+    aliases = {uri: item_id for uri, item_id in read_aliases(out_dir) if item_id in other_kinds}
     for item_id, uris in uris_of.items():
         if item_id in primary:
             aliases.update((uri, item_id) for uri in uris if uri != primary[item_id])

@@ -10,6 +10,7 @@ import random
 import shutil
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
@@ -235,6 +236,51 @@ def test_fewer_than_two_pairs_is_an_error(tmp_path):
     (tmp_path / "0.txt").write_text("alone")
     with pytest.raises(InputError, match="needs 2"):
         audit(AuditConfig(data=tmp_path, model=TINY, workers=0, device="cpu"))
+
+
+@pytest.mark.parametrize("layout", ["folder", "tar"])
+def test_auditing_the_embeddings_equals_auditing_the_source(tmp_path, layout):
+    """Copies (an image twice under two captions, a caption on two images) have no rows of
+    their own in an embeddings folder, only aliases: they used to drop out of the audit."""
+    import io
+    import tarfile
+
+    from PIL import Image
+
+    from clipkit.embed import EmbedConfig, embed
+
+    files: dict[str, bytes] = {}
+    for i in range(6):
+        pixels = np.random.default_rng(i).integers(0, 256, (40, 40, 3), dtype=np.uint8)
+        buffer = io.BytesIO()
+        Image.fromarray(pixels).save(buffer, format="PNG")
+        files[f"{i}.png"], files[f"{i}.txt"] = buffer.getvalue(), f"caption number {i}".encode()
+    files["dup.png"], files["dup.txt"] = files["0.png"], b"something else entirely"
+    files["x.png"], files["x.txt"] = files["1.png"], files["2.txt"]
+    source = tmp_path / "pairs"
+    source.mkdir()
+    if layout == "folder":
+        for name, data in files.items():
+            (source / name).write_bytes(data)
+    else:
+        with tarfile.open(source / "00000.tar", "w") as archive:
+            for name, data in sorted(files.items()):
+                info = tarfile.TarInfo(name)
+                info.size = len(data)
+                archive.addfile(info, io.BytesIO(data))
+    embed(EmbedConfig(sources=(str(source),), out_dir=tmp_path / "emb", model=TINY,
+                      device="cpu", workers=0))  # fmt: skip
+    direct = audit(AuditConfig(data=source, model=TINY, workers=0, device="cpu"))
+    stored = audit(AuditConfig(data=tmp_path / "emb", device="cpu"))
+    assert len(stored.pairs) == len(direct.pairs) == 8 and not stored.failures
+    by_image = {p.image: p for p in direct.pairs}
+    for pair in stored.pairs:
+        same = by_image[pair.image]
+        assert pair.caption == same.caption
+        assert pair.cosine == pytest.approx(same.cosine, abs=1e-5)
+        assert (pair.caption_rank, pair.image_rank) == (same.caption_rank, same.image_rank)
+    assert stored.duplicate_images == direct.duplicate_images and len(stored.duplicate_images) == 2
+    assert stored.duplicate_captions == direct.duplicate_captions
 
 
 # --- command line and HTML -------------------------------------------------------------------
