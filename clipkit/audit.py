@@ -304,23 +304,17 @@ def _from_embeddings(config: AuditConfig, folder: Path) -> tuple[_Encoded, str]:
     # Only the tokenizer is used (to count long captions): nothing is encoded, so the CPU will do.
     encoder = load_matching_model(stamp.spec, stamp.fingerprint, spec=config.model,
                                   device="cpu")  # fmt: skip
-    rows = store.read_vectors(folder)
+    rows = store.with_aliases(store.read_vectors(folder), folder)
     row_of = {uri: n for n, uri in enumerate(rows.uris)}
-    number = {item_id: n for n, item_id in enumerate(rows.ids)}
-    row_of.update({uri: number[item_id] for uri, item_id in store.read_aliases(folder)
-                   if item_id in number and uri not in row_of})  # fmt: skip
-    picked, images, failures = [], [], []
-    for uri in sorted(row_of):
-        n = row_of[uri]
-        if rows.kinds[n] != "image":
-            continue
-        sidecar = str(Path(uri).with_suffix(".txt"))
-        caption = row_of.get(sidecar)
-        if caption is not None and rows.kinds[caption] == "text":
-            picked.append((n, caption))
-            images.append(uri)
-        else:
-            failures.append((uri, "caption", f"no text row for {Path(sidecar).name}"))
+    picked, failures = [], []
+    for n, (uri, kind) in enumerate(zip(rows.uris, rows.kinds, strict=True)):
+        if kind == "image":
+            sidecar = str(Path(uri).with_suffix(".txt"))
+            caption = row_of.get(sidecar)
+            if caption is not None and rows.kinds[caption] == "text":
+                picked.append((n, caption))
+            else:
+                failures.append((uri, "caption", f"no text row for {Path(sidecar).name}"))
     if not picked:
         raise InputError(f"{folder} holds no image row with a text row for its .txt sidecar.",
                          "Embed a folder of images with same-name .txt captions, or pass "
@@ -328,7 +322,7 @@ def _from_embeddings(config: AuditConfig, folder: Path) -> tuple[_Encoded, str]:
     vectors = torch.from_numpy(rows.vectors)
     captions = [rows.texts[t] or "" for _, t in picked]
     encoded = _Encoded(
-        images=images, captions=captions,
+        images=[rows.uris[i] for i, _ in picked], captions=captions,
         image_vectors=vectors[[i for i, _ in picked]],
         caption_vectors=vectors[[t for _, t in picked]],
         image_ids=[rows.ids[i] for i, _ in picked],

@@ -509,6 +509,29 @@ def read_vectors(source: Shards, kind: str | None = None) -> VectorBlock:
     )  # fmt: skip
 
 
+def with_aliases(rows: VectorBlock, folder: Path) -> VectorBlock:
+    """``rows`` plus a row for each further path of their content that ``_aliases.parquet``
+    lists (same id, kind, text and vector), all in uri order, as discovery orders a source.
+
+    A folder of copies then reads like the source it was embedded from: an audit or zero-shot
+    run over the embeddings covers every file, not one file per distinct content.
+    """
+    number = {item_id: n for n, item_id in enumerate(rows.ids)}
+    seen = set(rows.uris)
+    order = [(uri, n) for n, uri in enumerate(rows.uris)]
+    order += [(uri, number[item_id]) for uri, item_id in read_aliases(folder)
+              if item_id in number and uri not in seen]  # fmt: skip
+    order.sort()
+    picked = [n for _, n in order]
+    return VectorBlock(
+        ids=[rows.ids[n] for n in picked],
+        uris=[uri for uri, _ in order],
+        kinds=[rows.kinds[n] for n in picked],
+        texts=[rows.texts[n] for n in picked],
+        vectors=rows.vectors[picked] if len(rows.vectors) else rows.vectors,
+    )
+
+
 def shard_signature(source: Shards) -> list[dict[str, Any]]:
     """Name, size and modification time of each shard: detects a changed source folder."""
     return [{"name": shard.path.name, "size": shard.size, "mtime_ns": shard.mtime_ns}

@@ -338,7 +338,7 @@ def _read_embeddings(encoder: Encoder, folder: Path) -> _Images:
             f"{folder} was made by {stamp.spec if stamp else 'no model'}, not {encoder.spec}.",
             "Use embeddings made by the same model, or pass the image folder.",
         )
-    rows = store.read_vectors(folder, "image")
+    rows = store.with_aliases(store.read_vectors(folder, "image"), folder)  # copies too
     if not rows.ids:
         raise InputError(f"{folder} holds no image embeddings.",
                          "Embed images with clipkit embed, or pass the image folder.")  # fmt: skip

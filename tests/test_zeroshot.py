@@ -231,6 +231,28 @@ def test_embeddings_folder_is_classified_without_re_encoding(trained, colour_tre
         assert p.confidence == pytest.approx(by_uri[p.uri].confidence, abs=1e-5)
 
 
+def test_copies_in_an_embeddings_folder_get_predictions_too(tmp_path):
+    """A copy of an image has no row of its own, only a line in _aliases.parquet; it used to
+    get no prediction when the embeddings were classified."""
+    import shutil
+
+    from clipkit.embed import EmbedConfig, embed
+    from tests.test_embed import TINY, make_images
+
+    images = make_images(tmp_path / "photos", 4)
+    shutil.copy(images[0], tmp_path / "photos" / "copy.jpg")
+    shutil.copy(images[1], tmp_path / "photos" / "sub_copy.png")
+    embed(EmbedConfig(sources=(str(tmp_path / "photos"),), out_dir=tmp_path / "emb", model=TINY,
+                      workers=0, device="cpu"))  # fmt: skip
+    direct = zeroshot(_config(tmp_path / "photos", TINY, labels="cat,dog,car"))
+    stored = zeroshot(_config(tmp_path / "emb", None, labels="cat,dog,car"))
+    assert [p.uri for p in stored.predictions] == [p.uri for p in direct.predictions]
+    assert len(stored.predictions) == 6
+    for mine, theirs in zip(stored.predictions, direct.predictions, strict=True):
+        assert mine.label == theirs.label
+        assert mine.confidence == pytest.approx(theirs.confidence, abs=1e-5)
+
+
 def test_class_tree_with_extra_labels_scores_against_the_folders(trained, colour_tree):
     result = zeroshot(_config(colour_tree, trained, labels="red,green,blue,yellow,purple"))
     assert result.metrics is not None
