@@ -119,6 +119,8 @@ def reading_published(folder: Path, what: str, hint: str) -> Iterator[None]:
     try:
         handle = open(folder / PUBLISH_FILE, encoding="utf-8")  # noqa: SIM115 - held across the yield
     except OSError:
+        handle = None
+    if handle is None:
         yield
         return
     with handle:

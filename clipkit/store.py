@@ -455,13 +455,12 @@ def iter_vectors(
         uris = batch.column("uri").to_pylist()
         vectors = _embedding_matrix(batch.column("embedding"), keep, path, uris)
         chosen = np.flatnonzero(keep).tolist()
-        ids, texts = batch.column("id").to_pylist(), batch.column("text").to_pylist()
         extra = [name for name in batch.schema.names if name not in CORE_COLUMNS]
         yield VectorBlock(
-            ids=[ids[i] for i in chosen],
-            uris=[uris[i] for i in chosen],
-            kinds=[kinds[i] for i in chosen],
-            texts=[texts[i] for i in chosen],
+            ids=_pick(batch.column("id").to_pylist(), chosen),
+            uris=_pick(uris, chosen),
+            kinds=_pick(kinds, chosen),
+            texts=_pick(batch.column("text").to_pylist(), chosen),
             vectors=np.ascontiguousarray(vectors),
             meta={name: _pick(batch.column(name).to_pylist(), chosen) for name in extra},
         )
