@@ -1,0 +1,311 @@
+"""Embedding shards: writing them, and reading an embeddings folder (or a snapshot of it)
+checked shard by shard against its snapshot and its model.
+
+A shard is ``part-NNNNN.parquet`` with columns ``id``, ``uri``, ``kind``, ``text``,
+``embedding`` and pass-through metadata, and schema metadata ``clipkit.*`` naming the model.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import re
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from clipkit import __version__
+from clipkit.atomic import atomic_path
+from clipkit.errors import InputError
+
+SHARD_PATTERN = re.compile(r"^part-(\d{5,})\.parquet$")
+CORE_COLUMNS = ("id", "uri", "kind", "text", "embedding")
+
+
+@dataclass(frozen=True)
+class ModelStamp:
+    """The identity of the model that made a set of embeddings."""
+
+    spec: str
+    fingerprint: str
+    dim: int
+
+
+def shard_path(out_dir: Path, number: int) -> Path:
+    return out_dir / f"part-{number:05d}.parquet"
+
+
+def list_shards(folder: Path) -> list[Path]:
+    """The shard files of an embeddings folder, in shard-number order."""
+    if not folder.is_dir():
+        return []
+    found = [(int(m.group(1)), p) for p in folder.iterdir() if (m := SHARD_PATTERN.match(p.name))]
+    return [path for _, path in sorted(found)]
+
+
+@dataclass(frozen=True)
+class Shard:
+    """A shard as it was when a command began reading its folder (see :func:`snapshot`)."""
+
+    path: Path
+    size: int
+    mtime_ns: int
+
+
+Shards = Path | Sequence[Shard]  # a folder (read as it is now) or a snapshot of one
+
+
+def snapshot(folder: Path) -> tuple[Shard, ...]:
+    """The shards of an embeddings folder now.
+
+    A command that reads a folder in several passes (``index``: kinds, rows, vectors, recall)
+    reads the same snapshot each time. A concurrent ``embed`` may add or rewrite shards
+    meanwhile, and passes that saw different shards would pair rows with the wrong vectors.
+    """
+    shards = []
+    for path in list_shards(folder):
+        with contextlib.suppress(FileNotFoundError):  # removed since it was listed
+            info = path.stat()
+            shards.append(Shard(path, info.st_size, info.st_mtime_ns))
+    return tuple(shards)
+
+
+def _snapshot_of(source: Shards) -> Sequence[Shard]:
+    return snapshot(source) if isinstance(source, Path) else source
+
+
+def _open_shard(shard: Shard, stamp: ModelStamp | None) -> tuple[pq.ParquetFile, ModelStamp]:
+    """Open a shard for reading, checking it against its snapshot and the folder's model.
+
+    Raises:
+        InputError: the shard was removed or rewritten since the snapshot, is unreadable, or
+            comes from another model than ``stamp`` (the folder's first shard's).
+    """
+    try:
+        parquet = pq.ParquetFile(shard.path)
+        info = shard.path.stat()  # after the open: the file it opened, or a newer one
+    except FileNotFoundError:
+        info = None
+    except (OSError, pa.ArrowException) as error:
+        raise _unreadable(shard.path, error) from None
+    if info is None or (info.st_size, info.st_mtime_ns) != (shard.size, shard.mtime_ns):
+        raise InputError(
+            f"The embeddings in {shard.path.parent} changed while they were being read "
+            f"({shard.path.name} was rewritten or removed).",
+            "Another clipkit command is writing that folder: run this one again when it is done.",
+        )
+    found = _stamp_from_metadata(parquet.schema_arrow.metadata or {}, shard.path)
+    if stamp is not None and found != stamp:
+        raise InputError(
+            f"Shards in {shard.path.parent} come from different models ({stamp.spec} and "
+            f"{found.spec} in {shard.path.name}).",
+            "Keep one model per embeddings folder: move the other model's shards out.",
+        )
+    return parquet, found
+
+
+def _unreadable(path: Path, error: Exception) -> InputError:
+    return InputError(
+        f"Embedding shard {path} is unreadable: {str(error).splitlines()[0]}.",
+        f"Delete {path.name} and run the same `clipkit embed` command again: it embeds only "
+        "what the folder lacks.",
+    )
+
+
+def remove_stale_temporaries(out_dir: Path) -> int:
+    """Delete temporary files a killed run left behind; returns how many."""
+    stale = list(out_dir.glob(".*.tmp")) if out_dir.is_dir() else []
+    for path in stale:
+        path.unlink(missing_ok=True)
+    return len(stale)
+
+
+def write_shard(
+    path: Path,
+    rows: dict[str, Sequence[Any]],
+    embeddings: np.ndarray,
+    stamp: ModelStamp,
+    *,
+    float16: bool = False,
+) -> None:
+    """Write one shard atomically. ``rows`` holds the non-embedding columns, equal lengths.
+
+    Args:
+        embeddings: (N, D) float32 unit-norm vectors; stored as float16 when asked.
+    """
+    values = embeddings.astype(np.float16 if float16 else np.float32, copy=False)
+    flat = pa.array(values.reshape(-1))
+    columns = {name: pa.array(list(data), type=pa.string()) for name, data in rows.items()}
+    columns["embedding"] = pa.FixedSizeListArray.from_arrays(flat, values.shape[1])
+    table = pa.table(columns).replace_schema_metadata(_stamp_metadata(stamp))
+    with atomic_path(path) as tmp:
+        pq.write_table(table, tmp, compression="zstd")
+
+
+def iter_embeddings(
+    source: Shards, columns: Sequence[str] = CORE_COLUMNS, batch_rows: int = 65536
+) -> Iterator[pa.RecordBatch]:
+    """Stream record batches from an embeddings folder (or a snapshot of one), shard by shard."""
+    for _, batch in _iter_batches(source, columns, batch_rows):
+        yield batch
+
+
+def _iter_batches(
+    source: Shards, columns: Sequence[str] | None, batch_rows: int
+) -> Iterator[tuple[Path, pa.RecordBatch]]:
+    """(shard path, batch) of the ``columns`` each shard has (None: all of them)."""
+    stamp = None
+    for shard in _snapshot_of(source):
+        parquet, stamp = _open_shard(shard, stamp)
+        names = parquet.schema_arrow.names
+        wanted = names if columns is None else [c for c in columns if c in names]
+        try:
+            for batch in parquet.iter_batches(batch_size=batch_rows, columns=wanted):
+                yield shard.path, batch
+        except (OSError, pa.ArrowException) as error:  # damaged pages behind a sound footer
+            raise _unreadable(shard.path, error) from None
+
+
+@dataclass(frozen=True)
+class VectorBlock:
+    """Rows of one record batch: metadata columns and their (N, D) float32 embeddings."""
+
+    ids: list[str]
+    uris: list[str]
+    kinds: list[str]
+    texts: list[str | None]
+    vectors: np.ndarray
+    meta: dict[str, list[str | None]] = field(default_factory=dict)  # pass-through columns
+
+    def columns(self) -> dict[str, list[Any]]:
+        """The row-map columns: id, uri, kind, text and the pass-through ones."""
+        return {"id": self.ids, "uri": self.uris, "kind": self.kinds, "text": self.texts,
+                **self.meta}  # fmt: skip
+
+    def append_to(self, rows: dict[str, list[Any]], keep: Sequence[int] | None = None) -> None:
+        """Append these rows (or those at positions ``keep``) to a row map, column by column.
+
+        Shards made from different tables carry different pass-through columns: a column that
+        one side lacks is filled with None, so every column keeps one value per row.
+        """
+        before = len(rows.get("id", ()))
+        added = len(self.ids) if keep is None else len(keep)
+        for name, values in self.columns().items():
+            column = rows.setdefault(name, [None] * before)
+            column.extend(values if keep is None else [values[i] for i in keep])
+        for column in rows.values():
+            column.extend([None] * (before + added - len(column)))
+
+
+def iter_vectors(
+    source: Shards, kind: str | None = None, batch_rows: int = 65536, *, meta: bool = False
+) -> Iterator[VectorBlock]:
+    """Stream :class:`VectorBlock` s from an embeddings folder (or a snapshot of one), keeping
+    rows of ``kind`` only, with their pass-through columns when ``meta``.
+
+    Raises:
+        InputError: a kept row's embedding is missing (null) or not finite (NaN, inf). Such a
+            row would rank first in every search and poison the index, so it is not read. Also
+            what :func:`_open_shard` raises.
+    """
+    for path, batch in _iter_batches(source, None if meta else CORE_COLUMNS, batch_rows):
+        kinds = batch.column("kind").to_pylist()
+        keep = np.array([kind is None or k == kind for k in kinds], dtype=bool)
+        if not keep.any():
+            continue
+        uris = batch.column("uri").to_pylist()
+        vectors = _embedding_matrix(batch.column("embedding"), keep, path, uris)
+        chosen = np.flatnonzero(keep).tolist()
+        extra = [name for name in batch.schema.names if name not in CORE_COLUMNS]
+        yield VectorBlock(
+            ids=_pick(batch.column("id").to_pylist(), chosen),
+            uris=_pick(uris, chosen),
+            kinds=_pick(kinds, chosen),
+            texts=_pick(batch.column("text").to_pylist(), chosen),
+            vectors=np.ascontiguousarray(vectors),
+            meta={name: _pick(batch.column(name).to_pylist(), chosen) for name in extra},
+        )
+
+
+def _pick(values: list[Any], positions: list[int]) -> list[Any]:
+    return [values[i] for i in positions]
+
+
+def _embedding_matrix(
+    column: pa.FixedSizeListArray, keep: np.ndarray, path: Path, uris: list
+) -> np.ndarray:
+    """(kept, D) float32 of the ``keep`` rows of an ``embedding`` column; null or non-finite
+    ones are refused."""
+    dim = column.type.list_size
+    # Null rows keep their slots in the child array: take the values by position, not flatten().
+    flat = column.values.slice(column.offset * dim, len(column) * dim)
+    vectors = flat.to_numpy(zero_copy_only=False).reshape(-1, dim)[keep]
+    vectors = vectors.astype(np.float32, copy=False)
+    bad = np.zeros(len(column), dtype=bool)
+    bad[keep] = ~np.isfinite(vectors).all(axis=1)
+    if column.null_count:
+        bad |= column.is_null().to_numpy(zero_copy_only=False) & keep
+    if bad.any():
+        first = int(np.flatnonzero(bad)[0])
+        raise InputError(
+            f"{path} holds {int(bad.sum())} embedding(s) that are missing or not finite "
+            f"(NaN or inf), the first for {uris[first]}.",
+            f"Delete {path.name} and run the same `clipkit embed` command again: it embeds "
+            "only what the folder lacks.",
+        )
+    return vectors
+
+
+def read_vectors(source: Shards, kind: str | None = None) -> VectorBlock:
+    """Every row of ``kind`` in an embeddings folder as one block (vectors: (N, D) float32)."""
+    blocks = list(iter_vectors(source, kind))
+    vectors = [b.vectors for b in blocks]
+    return VectorBlock(
+        ids=[i for b in blocks for i in b.ids],
+        uris=[u for b in blocks for u in b.uris],
+        kinds=[k for b in blocks for k in b.kinds],
+        texts=[t for b in blocks for t in b.texts],
+        vectors=np.concatenate(vectors) if vectors else np.zeros((0, 0), np.float32),
+    )  # fmt: skip
+
+
+def shard_signature(source: Shards) -> list[dict[str, Any]]:
+    """Name, size and modification time of each shard: detects a changed source folder."""
+    return [{"name": shard.path.name, "size": shard.size, "mtime_ns": shard.mtime_ns}
+            for shard in _snapshot_of(source)]  # fmt: skip
+
+
+def read_stamp(source: Shards) -> ModelStamp | None:
+    """The model stamp of an embeddings folder (from its first shard), or None if empty."""
+    shards = _snapshot_of(source)
+    return _open_shard(shards[0], None)[1] if shards else None
+
+
+def _stamp_metadata(stamp: ModelStamp) -> dict[str, str]:
+    return {
+        "clipkit.version": __version__,
+        "clipkit.model": stamp.spec,
+        "clipkit.fingerprint": stamp.fingerprint,
+        "clipkit.dim": str(stamp.dim),
+    }
+
+
+def _stamp_from_metadata(metadata: dict[bytes, bytes], path: Path) -> ModelStamp:
+    decoded = {k.decode(): v.decode() for k, v in metadata.items()}
+    if "clipkit.fingerprint" not in decoded:
+        raise InputError(
+            f"{path} was not written by clipkit embed (no model fingerprint).",
+            "Use an empty output folder, or one made by clipkit embed.",
+        )
+    return ModelStamp(decoded["clipkit.model"], decoded["clipkit.fingerprint"],
+                      int(decoded["clipkit.dim"]))  # fmt: skip
+
+
+def to_json(value: Any) -> str:
+    """Pass-through metadata values as text (tables mix types; strings always round-trip)."""
+    return value if isinstance(value, str) else json.dumps(value, default=str)
