@@ -181,10 +181,11 @@ def _open_image(path: Path):
 
 
 def _exact(emb_dir: Path, kind: str | None, queries: np.ndarray, k: int):
+    shards = store.snapshot(emb_dir)
     rows: dict[str, list[Any]] = {"id": [], "uri": [], "kind": [], "text": []}
 
     def blocks():
-        for block in store.iter_vectors(emb_dir, kind, meta=True):
+        for block in store.iter_vectors(shards, kind):
             block.append_to(rows)
             yield block.vectors
 
@@ -192,4 +193,9 @@ def _exact(emb_dir: Path, kind: str | None, queries: np.ndarray, k: int):
     if found.shape[1] == 0:
         what = f"{kind} embeddings" if kind else "embeddings"
         raise InputError(f"{emb_dir} holds no {what} to search.", "Check --kind, or embed first.")
+    hits = sorted({int(r) for r in found.ravel().tolist() if r >= 0})
+    values = store.read_pass_through(shards, {rows["id"][r] for r in hits})
+    for r in hits:  # a column per name, filled at the hits only
+        for name, value in values.get(rows["id"][r], {}).items():
+            rows.setdefault(name, [None] * len(rows["id"]))[r] = value
     return scores.numpy(), found.numpy(), rows

@@ -119,3 +119,17 @@ def test_shards_of_two_models_are_refused_by_every_reader(tmp_path):
         with pytest.raises(InputError, match="come from different models") as error:
             read()
         assert "part-00001.parquet" in str(error.value)
+
+
+def test_pass_through_values_are_read_for_the_asked_ids_only(tmp_path):
+    """What exact search reads for its hits: shards differ in their pass-through columns."""
+    _write(tmp_path, 0, 0, 3)  # no pass-through columns
+    vectors = np.eye(DIM, dtype=np.float32)[:3]
+    ids = ["a", "b", "c"]
+    store.write_shard(store.shard_path(tmp_path, 1),
+                      {"id": ids, "uri": ids, "kind": ["image"] * 3, "text": [None] * 3,
+                       "url": ["u-a", None, "u-c"], "license": ["cc", "cc", None]},
+                      vectors, store.ModelStamp(TINY, "fp-a", DIM))  # fmt: skip
+    found = store.read_pass_through(tmp_path, {"b", "c", "00000001", "nowhere"})
+    assert found == {"b": {"license": "cc"}, "c": {"url": "u-c"}}
+    assert store.read_pass_through(tmp_path, set()) == {}

@@ -10,13 +10,14 @@ from __future__ import annotations
 import contextlib
 import json
 import re
-from collections.abc import Iterator, Sequence
+from collections.abc import Collection, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from clipkit import __version__
@@ -230,6 +231,31 @@ def iter_vectors(
             vectors=np.ascontiguousarray(vectors),
             meta={name: _pick(batch.column(name).to_pylist(), chosen) for name in extra},
         )
+
+
+def read_pass_through(source: Shards, ids: Collection[str]) -> dict[str, dict[str, Any]]:
+    """id -> pass-through values (non-null) of the rows with these ids.
+
+    Reads every column but the embeddings: an exact search asks for its hits' values only,
+    rather than holding every row's.
+    """
+    wanted = pa.array(sorted(ids), pa.string())
+    found: dict[str, dict[str, Any]] = {}
+    stamp = None
+    for shard in _snapshot_of(source):
+        parquet, stamp = _open_shard(shard, stamp)
+        names = [name for name in parquet.schema_arrow.names if name not in CORE_COLUMNS]
+        if not names or not len(wanted):
+            continue
+        try:
+            table = parquet.read(columns=["id", *names])
+        except (OSError, pa.ArrowException) as error:
+            raise _unreadable(shard.path, error) from None
+        table = table.filter(pc.is_in(table.column("id"), value_set=wanted))
+        for row in table.to_pylist():
+            item_id = row.pop("id")
+            found[item_id] = {name: value for name, value in row.items() if value is not None}
+    return found
 
 
 def _pick(values: list[Any], positions: list[int]) -> list[Any]:
