@@ -20,12 +20,12 @@ from clipkit.filenames import as_text, table_path
 from clipkit.pipeline import read_bytes
 from clipkit.sources import IMAGE_COLUMNS, TABLE_SUFFIXES, TEXT_COLUMNS, find_column
 from clipkit.tarshards import (
-    IMAGE_EXTENSIONS,
     TAR_SUFFIX,
+    group_samples,
+    image_member,
     member_offsets,
     member_uri,
     read_member,
-    sample_key,
 )
 
 
@@ -167,12 +167,8 @@ def _shard_pairs(shards: list[Path]):
         except DecodeError as error:
             skipped.append((as_text(shard), "read", error.reason))
             continue
-        samples: dict[str, dict[str, str]] = {}
-        for name in members:
-            key, extension = sample_key(name)
-            samples.setdefault(key, {})[extension] = name
-        for key, parts in samples.items():
-            image = next((parts[ext] for ext in IMAGE_EXTENSIONS if ext in parts), None)
+        for key, parts in group_samples(members).items():
+            image = image_member(parts)
             uri = member_uri(shard, image or key)
             if image is None:
                 skipped.append((uri, "read", "sample has no image member"))

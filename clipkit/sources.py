@@ -19,12 +19,12 @@ from clipkit.decode import IMAGE_SUFFIXES, TEXT_SUFFIXES, DecodeError, decode_te
 from clipkit.errors import InputError
 from clipkit.filenames import as_text, table_path
 from clipkit.tarshards import (
-    IMAGE_EXTENSIONS,
     TAR_SUFFIX,
+    group_samples,
+    image_member,
     member_offsets,
     member_uri,
     read_member,
-    sample_key,
 )
 
 if TYPE_CHECKING:
@@ -166,13 +166,9 @@ def _tar_items(path: Path, options: SourceOptions, found: Discovery, *, explicit
             raise InputError(f"{path} is {error.reason}.", "Check the file.") from None
         found.failures.append((as_text(path), "read", error.reason))
         return
-    samples: dict[str, dict[str, str]] = {}
-    for name in members:
-        key, extension = sample_key(name)
-        samples.setdefault(key, {})[extension] = name
     shard = as_text(path)
-    for parts in samples.values():
-        image = next((parts[ext] for ext in IMAGE_EXTENSIONS if ext in parts), None)
+    for parts in group_samples(members).values():
+        image = image_member(parts)
         caption, record = parts.get("txt"), parts.get("json")
         if image is None and caption is None:
             found.ignored += 1

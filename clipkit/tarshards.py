@@ -11,6 +11,7 @@ from __future__ import annotations
 import functools
 import os
 import tarfile
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 
 from clipkit.decode import IMAGE_SUFFIXES, DecodeError
@@ -58,6 +59,20 @@ def sample_key(member: str) -> tuple[str, str]:
     folder, _, name = member.rpartition("/")
     stem, _, extension = name.partition(".")
     return (f"{folder}/{stem}" if folder else stem), extension.lower()
+
+
+def group_samples(members: Iterable[str]) -> dict[str, dict[str, str]]:
+    """Member names by sample: key -> extension -> member name, in the shard's order."""
+    samples: dict[str, dict[str, str]] = {}
+    for name in members:
+        key, extension = sample_key(name)
+        samples.setdefault(key, {})[extension] = name
+    return samples
+
+
+def image_member(parts: Mapping[str, str]) -> str | None:
+    """A sample's image member (by IMAGE_EXTENSIONS order when it has several), or None."""
+    return next((parts[ext] for ext in IMAGE_EXTENSIONS if ext in parts), None)
 
 
 def member_uri(shard: Path | str, member: str) -> str:
