@@ -18,6 +18,7 @@ import torch.nn.functional as F
 from clipkit.decode import IMAGE_SUFFIXES
 from clipkit.errors import InputError
 from clipkit.filenames import as_text
+from clipkit.tarshards import split_member_uri
 
 SIMPLE_TEMPLATES = ("a photo of a {}.",)
 TEMPLATE_SETS = ("simple", "openai")
@@ -39,6 +40,38 @@ class ClassTree:
     labels: tuple[str, ...]
     images: tuple[str, ...]
     targets: tuple[int, ...]
+
+
+def class_tree_of_uris(uris: Sequence[str]) -> ClassTree | None:
+    """The class tree that image paths were embedded from, when they form one.
+
+    ``uris`` form a tree when, below their deepest common folder, every one lies in a subfolder
+    and there are two subfolders or more: the same rule as a class folder given directly, so
+    ``zeroshot`` of an embeddings folder scores against the folders its images came from.
+    A WebDataset member counts as lying where its shard lies. Returns None otherwise (one
+    folder, images beside the subfolders, absolute and relative paths mixed, no images).
+    """
+    if not uris:
+        return None
+    files = [member[0] if (member := split_member_uri(uri)) else uri for uri in uris]
+    try:
+        root = os.path.commonpath([os.path.dirname(file) for file in files]) or os.curdir
+    except ValueError:  # absolute and relative paths together
+        return None
+    folders = []
+    for file in files:
+        parts = Path(os.path.relpath(file, root)).parts
+        if len(parts) < 2 or parts[0] == os.pardir:
+            return None  # an image at the root itself
+        folders.append(parts[0])
+    names = sorted(set(folders))
+    if len(names) < 2:
+        return None
+    position = {name: i for i, name in enumerate(names)}
+    return ClassTree(
+        root, tuple(label_from_folder(name) for name in names), tuple(uris),
+        tuple(position[folder] for folder in folders),
+    )  # fmt: skip
 
 
 def label_from_folder(name: str) -> str:

@@ -22,6 +22,7 @@ from clipkit.classes import (
     LabelSpec,
     check_labels,
     class_embeddings,
+    class_tree_of_uris,
     classify,
     parse_labels,
     prompts_for,
@@ -148,10 +149,10 @@ def zeroshot(config: ZeroShotConfig, progress: Progress | None = None) -> ZeroSh
     _check_options(config)
     source = _existing(config.images, "IMAGES")
     kind = _input_kind(source, config.include_hidden)
-    labels = _labels(config, source if kind == "class tree" else None)
+    listing = _list_images(source, kind, config)  # before loading the model: fail fast
+    labels = _labels(config, listing)
     templates = read_templates(config.templates)
     prompts = prompts_for(labels, templates)
-    listing = _list_images(source, kind, config)  # before loading the model: fail fast
     known = _list_images(*_calibration_input(config), config) if config.calibrate else None
     encoder = _encoder(config, source if kind == "embeddings" else None)
     weights = class_embeddings(encoder.encode_texts, prompts)
@@ -251,16 +252,15 @@ def _has_image(folder: Path) -> bool:
     return any(p.suffix.lower() in IMAGE_SUFFIXES for p in folder.rglob("*") if p.is_file())
 
 
-def _labels(config: ZeroShotConfig, tree: Path | None) -> list[LabelSpec]:
+def _labels(config: ZeroShotConfig, listing: _Listing) -> list[LabelSpec]:
     if config.labels is not None and config.labels_file is not None:
         raise InputError("Give --labels or --labels-file, not both.", "Put all labels in one.")
     if config.labels is not None:
         labels, where = parse_labels(config.labels), "--labels"
     elif config.labels_file is not None:
         labels, where = read_labels_file(config.labels_file), str(config.labels_file)
-    elif tree is not None:
-        names = read_class_tree(tree, include_hidden=config.include_hidden).labels
-        labels, where = [LabelSpec(name) for name in names], f"subfolders of {tree}"
+    elif listing.tree_labels:
+        labels, where = [LabelSpec(name) for name in listing.tree_labels], listing.tree_origin
     else:
         labels, where = [], "IMAGES is not a class-per-subfolder tree"
     check_labels(labels, where)
@@ -282,20 +282,35 @@ def _encoder(config: ZeroShotConfig, embeddings: Path | None) -> Encoder:
 
 @dataclass(frozen=True)
 class _Listing:
-    """The images of one input, not yet read: files (with true labels) or an embeddings folder."""
+    """The images of one input, not yet encoded: files, or an embeddings folder's rows, with
+    their true labels when they come from a class tree."""
 
     source: Path
     kind: str
     paths: list[str]
     truth: list[str] | None = None
+    tree_labels: tuple[str, ...] = ()  # the class folders' labels, in folder order
+    tree_origin: str = ""  # where those labels came from, for messages
+    rows: store.VectorBlock | None = None  # an embeddings folder's image rows, copies included
 
 
 def _list_images(source: Path, kind: str, config: ZeroShotConfig) -> _Listing:
     if kind == "embeddings":
-        return _Listing(source, kind, [])
+        rows = store.with_aliases(store.read_vectors(source, "image"), source)
+        if not rows.ids:
+            raise InputError(
+                f"{source} holds no image embeddings.",
+                "Embed images with clipkit embed, or pass the image folder.",
+            )
+        tree = class_tree_of_uris(rows.uris)
+        if tree is None:
+            return _Listing(source, kind, [], rows=rows)
+        return _Listing(source, kind, [], [tree.labels[t] for t in tree.targets], tree.labels,
+                        f"class folders of {tree.root}, in the uris of {source}", rows)  # fmt: skip
     if kind == "class tree":
         tree = read_class_tree(source, include_hidden=config.include_hidden)
-        return _Listing(source, kind, list(tree.images), [tree.labels[t] for t in tree.targets])
+        return _Listing(source, kind, list(tree.images), [tree.labels[t] for t in tree.targets],
+                        tree.labels, f"subfolders of {source}")  # fmt: skip
     options = SourceOptions(kind=Kind.IMAGE, include_hidden=config.include_hidden)
     try:
         items = discover([source], options).items
@@ -316,8 +331,8 @@ def _encode(
     encoder: Encoder, listing: _Listing, config: ZeroShotConfig,
     progress: Progress | None, stage: str,
 ) -> _Images:  # fmt: skip
-    if listing.kind == "embeddings":
-        return _read_embeddings(encoder, listing.source)
+    if listing.rows is not None:
+        return _embedded_images(encoder, listing)
     paths, truth = listing.paths, listing.truth
     encoded = encode_image_files(
         encoder, paths, batch_size=config.batch_size,
@@ -331,18 +346,18 @@ def _encode(
     )  # fmt: skip
 
 
-def _read_embeddings(encoder: Encoder, folder: Path) -> _Images:
-    stamp = store.read_stamp(folder)
+def _embedded_images(encoder: Encoder, listing: _Listing) -> _Images:
+    stamp = store.read_stamp(listing.source)
     if stamp is None or stamp.fingerprint != encoder.fingerprint:
         raise InputError(
-            f"{folder} was made by {stamp.spec if stamp else 'no model'}, not {encoder.spec}.",
+            f"{listing.source} was made by {stamp.spec if stamp else 'no model'}, "
+            f"not {encoder.spec}.",
             "Use embeddings made by the same model, or pass the image folder.",
         )
-    rows = store.with_aliases(store.read_vectors(folder, "image"), folder)  # copies too
-    if not rows.ids:
-        raise InputError(f"{folder} holds no image embeddings.",
-                         "Embed images with clipkit embed, or pass the image folder.")  # fmt: skip
-    return _Images("embeddings", torch.from_numpy(rows.vectors), rows.uris, rows.ids, None, [])
+    rows = listing.rows
+    assert rows is not None
+    return _Images("embeddings", torch.from_numpy(rows.vectors), rows.uris, rows.ids,
+                   listing.truth, [])  # fmt: skip
 
 
 def _threshold(

@@ -18,6 +18,7 @@ from clipkit.classes import (
     LabelSpec,
     check_labels,
     class_embeddings,
+    class_tree_of_uris,
     parse_labels,
     prompts_for,
     read_labels_file,
@@ -221,14 +222,44 @@ def test_embeddings_folder_is_classified_without_re_encoding(trained, colour_tre
         raise AssertionError("images were encoded again")
 
     monkeypatch.setattr(module, "encode_image_files", no_encoding)
-    from_embeddings = zeroshot(_config(tmp_path / "emb", None, labels="blue,green,red,yellow"))
-    assert from_embeddings.input_kind == "embeddings" and from_embeddings.metrics is None
+    # No --labels: the class folders in the stored uris name the labels, as for the tree itself.
+    from_embeddings = zeroshot(_config(tmp_path / "emb", None))
+    assert from_embeddings.input_kind == "embeddings"
+    assert from_embeddings.labels == direct.labels == ("blue", "green", "red", "yellow")
     assert from_embeddings.model == trained  # the model recorded in the embeddings
     by_uri = {p.uri: p for p in direct.predictions}
     assert len(from_embeddings.predictions) == 48
     for p in from_embeddings.predictions:
         assert p.label == by_uri[p.uri].label
+        assert p.target == by_uri[p.uri].target == Path(p.uri).parent.name
         assert p.confidence == pytest.approx(by_uri[p.uri].confidence, abs=1e-5)
+    assert from_embeddings.metrics is not None and direct.metrics is not None
+    assert from_embeddings.metrics == direct.metrics  # the same predictions, the same truth
+
+
+def test_embeddings_of_a_class_tree_score_copies_against_their_own_folder(tmp_path):
+    """The same bytes in two class folders are one row plus an alias: each copy is scored
+    against the folder it lies in."""
+    import shutil
+
+    from clipkit.embed import EmbedConfig, embed
+    from tests.test_embed import TINY, make_images
+
+    make_images(tmp_path / "tree" / "cat", 3)
+    make_images(tmp_path / "tree" / "dog", 3, start=3)
+    shutil.copy(tmp_path / "tree" / "cat" / "img0000.jpg", tmp_path / "tree" / "dog" / "twin.jpg")
+    embed(EmbedConfig(sources=(str(tmp_path / "tree"),), out_dir=tmp_path / "emb", model=TINY,
+                      workers=0, device="cpu"))  # fmt: skip
+    direct = zeroshot(_config(tmp_path / "tree", TINY))
+    stored = zeroshot(_config(tmp_path / "emb", None))
+    assert len(stored.predictions) == 7
+    targets = {Path(p.uri).name + "@" + p.target for p in stored.predictions}
+    assert {"img0000.jpg@cat", "twin.jpg@dog"} <= targets
+    assert stored.metrics is not None and direct.metrics is not None
+    assert stored.metrics == direct.metrics  # the same predictions, the same truth
+    assert sorted((p.uri, p.target) for p in stored.predictions) == sorted(
+        (p.uri, p.target) for p in direct.predictions
+    )
 
 
 def test_copies_in_an_embeddings_folder_get_predictions_too(tmp_path):
@@ -412,3 +443,34 @@ def test_html_report_escapes_labels_and_paths(tmp_path, tiny_encoder):
     assert page.count("data:image/png;base64,") == 1  # the heatmap, inline
     assert "http://" not in page and "https://" not in page  # self-contained
     assert np.isclose(sum(c for _, c in result.distribution), 4)
+
+
+@pytest.mark.parametrize(
+    ("uris", "root", "labels", "targets"),
+    [
+        (["d/cat/a.jpg", "d/dog/b.jpg", "d/cat/x/c.jpg"], "d", ("cat", "dog"), (0, 1, 0)),
+        (["cat/a.jpg", "golden_retriever/b.png"], ".", ("cat", "golden retriever"), (0, 1)),
+        (["/p/q/b/1.jpg", "/p/q/a/2.jpg"], "/p/q", ("a", "b"), (1, 0)),
+        (["s/cat/0.tar#k/1.jpg", "s/dog/0.tar#k2.jpg"], "s", ("cat", "dog"), (0, 1)),
+    ],
+)
+def test_class_tree_of_uris_labels_each_image_by_its_top_folder(uris, root, labels, targets):
+    tree = class_tree_of_uris(uris)
+    assert tree is not None
+    assert (tree.root, tree.labels, tree.targets) == (root, labels, targets)
+
+
+@pytest.mark.parametrize(
+    "uris",
+    [
+        [],
+        ["d/cat/a.jpg", "d/b.jpg"],  # an image beside the class folders
+        ["d/cat/a.jpg", "d/cat/b.jpg"],  # one folder
+        ["/abs/cat/a.jpg", "rel/dog/b.jpg"],  # no common folder
+        ["s/00000.tar#k1.jpg", "s/00001.tar#k2.jpg"],  # WebDataset shards side by side
+        ["s/00000.tar#cat/k1.jpg", "s/00001.tar#dog/k2.jpg"],
+        ["a.jpg", "b.jpg"],
+    ],
+)
+def test_uris_that_are_not_a_class_tree(uris):
+    assert class_tree_of_uris(uris) is None
