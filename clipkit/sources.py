@@ -230,18 +230,26 @@ class TableRow(Mapping[str, Any]):
     """The pass-through cells of one table row, read from the table when asked for.
 
     A dict per row cost a million-row table about 1 GB of Python objects; a view is one small
-    object that shares the table and the tuple of column names.
+    object that shares the table and the tuple of column names. The cell of ``image_column``
+    (a caption row's image) reads as the image row's uri, not as written in the table, so the
+    two join.
     """
 
-    __slots__ = ("_table", "_names", "_row")
+    __slots__ = ("_table", "_names", "_row", "_image_column")
 
-    def __init__(self, table: InputTable, names: tuple[str, ...], row: int) -> None:
+    def __init__(
+        self, table: InputTable, names: tuple[str, ...], row: int, image_column: str | None = None
+    ) -> None:
         self._table, self._names, self._row = table, names, row
+        self._image_column = image_column
 
     def __getitem__(self, name: str) -> Any:
         if name not in self._names:
             raise KeyError(name)
-        return self._table.cell(name, self._row)
+        value = self._table.cell(name, self._row)
+        if name == self._image_column and value not in (None, ""):
+            return table_path(value, self._table.path)
+        return value
 
     def __iter__(self) -> Iterator[str]:
         return iter(self._names)
@@ -276,7 +284,8 @@ def _table_items(path: Path, options: SourceOptions) -> list[Item]:
             meta = TableRow(table, image_meta, number) if image_meta else None
             items.append(Item(uri=uri, kind="image", path=uri, meta=meta))
         if texts is not None:
-            text, meta = texts[number], TableRow(table, text_meta, number) if text_meta else None
+            text = texts[number]
+            meta = TableRow(table, text_meta, number, image_column) if text_meta else None
             items.append(
                 Item(uri=f"{path}#row={number}", kind="text", text=str(text or ""), meta=meta)
             )

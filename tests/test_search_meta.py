@@ -64,7 +64,12 @@ def test_a_caption_hit_names_its_image(corpus):
                                 k=1, device="cpu"))  # fmt: skip
     hit = found.results[0].hits[0]
     assert hit.text == CAPTIONS[2]
-    assert hit.meta == {"filepath": pictured[2].name, "url": "https://example.com/2", "rank": "2"}
+    # The table holds the bare file name; the hit names the image as the image's row does.
+    by_image = SearchConfig(images=(pictured[2],), embeddings_dir=root / "emb", kind="image",
+                            k=1, device="cpu")  # fmt: skip
+    image_hit = search(by_image).results[0].hits[0]
+    assert image_hit.uri == str(pictured[2])
+    assert hit.meta == {"filepath": image_hit.uri, "url": "https://example.com/2", "rank": "2"}
 
 
 def test_every_format_and_the_gallery_show_them(corpus, tmp_path):

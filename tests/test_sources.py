@@ -30,13 +30,15 @@ def test_a_table_row_gives_its_pass_through_cells(tmp_path):
     table = tmp_path / "t.csv"
     table.write_text("filepath,caption,label,score\nimgs/a.jpg,a dog,dog,0.5\n,a cat,,\n")
     items = discover([table], SourceOptions()).items
-    # Row 0's image passes on its caption too, and each caption its image path; row 1 has no
-    # image. (An empty CSV string cell is "", an empty number cell null, as pyarrow reads them.)
+    # Row 0's image passes on its caption too, and each caption its image's uri (the path
+    # resolved as the image row's, so the two join); row 1 has no image. (An empty CSV string
+    # cell is "", an empty number cell null, as pyarrow reads them.)
     by_uri = {(item.kind, item.uri): item for item in items}
-    image = by_uri[("image", str(tmp_path / "imgs" / "a.jpg"))]
+    image_uri = str(tmp_path / "imgs" / "a.jpg")
+    image = by_uri[("image", image_uri)]
     assert dict(image.meta) == {"label": "dog", "score": 0.5, "caption": "a dog"}
     assert dict(by_uri[("text", f"{table}#row=0")].meta) == {
-        "label": "dog", "score": 0.5, "filepath": "imgs/a.jpg"}  # fmt: skip
+        "label": "dog", "score": 0.5, "filepath": image_uri}  # fmt: skip
     assert dict(by_uri[("text", f"{table}#row=1")].meta) == {
         "label": "", "score": None, "filepath": ""}  # fmt: skip
     assert by_uri[("text", f"{table}#row=1")].text == "a cat"
