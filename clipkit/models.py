@@ -234,7 +234,7 @@ def load_model(spec_text: str, *, device: str = "auto", precision: str = "auto")
     model.to(resolved_device.value)
     return Encoder(
         model,
-        spec=spec.text,
+        spec=spec.recorded,
         arch=arch,
         model_config=model_config,
         tokenizer=tokenizer,
@@ -252,9 +252,21 @@ def load_matching_model(
     """The model that made an artifact (or ``spec``, if it has the same fingerprint).
 
     Raises:
-        InputError: ``spec`` loads a model with another fingerprint.
+        InputError: ``spec`` loads a model with another fingerprint, or the recorded spec no
+            longer names a model here (a checkpoint moved, or a relative path recorded by an
+            older clipkit).
     """
-    encoder = load_model(spec or recorded_spec, device=device)
+    try:
+        encoder = load_model(spec or recorded_spec, device=device)
+    except (InputError, ModelSpecError) as error:
+        if spec is not None:
+            raise
+        raise InputError(
+            f"The model recorded with this data, {recorded_spec}, does not load: "
+            f"{error.message.rstrip('.')}.",
+            f"Pass it with -m (any spec of the same model, fingerprint {recorded_fingerprint}),"
+            " for example the checkpoint where it lies now.",
+        ) from None
     if encoder.fingerprint != recorded_fingerprint:
         raise InputError(
             f"The embeddings were made by {recorded_spec} (fingerprint {recorded_fingerprint}); "

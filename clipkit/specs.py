@@ -7,6 +7,7 @@ does not record its architecture, such as one written by open_clip's trainer).
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from enum import Enum
 from pathlib import Path
@@ -35,6 +36,15 @@ class ModelSpec:
     tag: str | None = None
     hub_id: str | None = None
     path: Path | None = None
+
+    @property
+    def recorded(self) -> str:
+        """The spec that artifacts record: ``text``, with a checkpoint's path made absolute, so
+        that embeddings and indexes made in one folder load their model from any other."""
+        if self.kind is not SpecKind.CHECKPOINT or self.path is None:
+            return self.text
+        path = os.path.abspath(self.path)
+        return f"{self.arch}:{path}" if self.arch else path
 
 
 def parse_spec(text: str) -> ModelSpec:

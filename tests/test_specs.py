@@ -70,3 +70,13 @@ def test_malformed_specs(text):
     with pytest.raises(ModelSpecError) as info:
         parse_spec(text)
     assert info.value.hint and "clipkit models" in info.value.hint
+
+
+def test_artifacts_record_checkpoint_paths_absolute(monkeypatch, tmp_path):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "run").mkdir()
+    assert parse_spec("run").recorded == str(tmp_path / "run")
+    assert parse_spec("./w/../m.pt").recorded == str(tmp_path / "m.pt")
+    assert parse_spec("ViT-B-32:ck/e.pt").recorded == f"ViT-B-32:{tmp_path / 'ck' / 'e.pt'}"
+    for text in ("ViT-B-32:openai", "clipkit-tiny:random", "hf-hub:a/b", "/abs/m.safetensors"):
+        assert parse_spec(text).recorded == text
