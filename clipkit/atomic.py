@@ -11,6 +11,8 @@ from pathlib import Path
 
 from clipkit.errors import ClipkitError, InputError
 
+Rename = Callable[[Path, Path], None]  # os.replace, or one that records what it renamed
+
 
 def check_output(target: str | os.PathLike[str], *, folder: bool = False) -> Path:
     """Refuse an output path that cannot be made, before the work whose result it would hold.
@@ -59,12 +61,13 @@ def atomic_path(target: str | os.PathLike[str]) -> Iterator[Path]:
 def atomic_paths(
     targets: Sequence[str | os.PathLike[str]],
     *,
-    commit: Callable[[], contextlib.AbstractContextManager[object]] = contextlib.nullcontext,
+    commit: Callable[[], contextlib.AbstractContextManager[Rename | None]] = contextlib.nullcontext,
 ) -> Iterator[list[Path]]:
     """:func:`atomic_path` for files that belong together: all are written, then all renamed.
 
     The renames run inside ``commit()`` (a lock that readers of the set also take), one after
-    the other, so the slow part (writing) happens before anything is replaced.
+    the other, so the slow part (writing) happens before anything is replaced. ``commit()``
+    may yield the function to rename with, to learn how far the renames got.
     """
     targets = [check_output(target) for target in targets]
     tmps: list[Path] = []
@@ -76,9 +79,9 @@ def atomic_paths(
             _fsync(tmp)
             # mkstemp makes the file private (0600); give it the mode a plain open() would have.
             os.chmod(tmp, _NEW_FILE_MODE)
-        with commit():
+        with commit() as rename:
             for tmp, target in zip(tmps, targets, strict=True):
-                os.replace(tmp, target)
+                (rename or os.replace)(tmp, target)
     except OSError as error:  # a full disk, a quota, an I/O error: the machine, not a bug
         _remove(tmps)
         reason = error.strerror or str(error).splitlines()[0] or type(error).__name__

@@ -21,7 +21,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import IO
 
-from clipkit.atomic import make_folder
+from clipkit.atomic import Rename, make_folder
 from clipkit.errors import InputError
 
 try:
@@ -88,20 +88,32 @@ class HalfPublished(InputError):
 
 
 @contextlib.contextmanager
-def publishing(folder: Path) -> Iterator[None]:
+def publishing(folder: Path) -> Iterator[Rename | None]:
     """Hold ``folder``'s publish lock exclusively while the block renames a set of files.
 
-    Waits for readers that are opening the old set. The marker stays if the block fails, so
-    that readers learn the set may be mixed.
+    Waits for readers that are opening the old set. Yields the function the block must rename
+    with (``os.replace`` that counts). If the block fails after its first rename, the marker
+    stays, so that readers learn the set may be mixed; before it, the old set is whole.
     """
     if fcntl is None:
-        yield
+        yield None
         return
     with open(folder / PUBLISH_FILE, "a+", encoding="utf-8") as handle:
         with contextlib.suppress(OSError):  # a file system without locks: the marker still works
             fcntl.flock(handle, fcntl.LOCK_EX)
         _mark(handle, f"{PUBLISHING} (pid {os.getpid()})\n")
-        yield
+        renamed: list[Path] = []
+
+        def rename(source: Path, target: Path) -> None:
+            os.replace(source, target)
+            renamed.append(target)
+
+        try:
+            yield rename
+        except BaseException:
+            if not renamed:
+                _mark(handle, "")
+            raise
         _mark(handle, "")
 
 

@@ -4,6 +4,7 @@ refused by name until a rebuild, never read as if its vectors and row map belong
 
 from __future__ import annotations
 
+import errno
 import os
 import threading
 
@@ -11,7 +12,8 @@ import numpy as np
 import pytest
 
 from clipkit import store
-from clipkit.index import ROWS_FILE, IndexConfig, build_index, load_index
+from clipkit.errors import ClipkitError
+from clipkit.index import INDEX_FILE, ROWS_FILE, IndexConfig, build_index, load_index
 from clipkit.locks import PUBLISH_FILE, HalfPublished
 from tests.test_embed import TINY
 
@@ -116,6 +118,31 @@ def test_a_set_left_half_replaced_is_refused_until_a_rebuild(changed_folder, mon
     loaded = load_index(idx)
     assert loaded.info.rows == ROWS and (idx / PUBLISH_FILE).read_text() == ""
     _assert_rows_match_vectors(loaded, vectors)
+
+
+def test_a_publish_that_fails_before_its_first_rename_leaves_the_old_set_readable(
+    changed_folder, monkeypatch
+):
+    emb, idx, _ = changed_folder
+    before = load_index(idx, check_source=False)
+    real_replace = os.replace
+
+    def full_disk(source, target):
+        if os.path.basename(target) == INDEX_FILE:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        real_replace(source, target)
+
+    monkeypatch.setattr(os, "replace", full_disk)
+    with pytest.raises(ClipkitError, match="No space left on device"):
+        build_index(IndexConfig(emb_dir=emb, out_dir=idx, update=True))
+    monkeypatch.setattr(os, "replace", real_replace)
+    # Nothing was replaced: the old set is whole, so it loads (stale, as it was), and updates.
+    assert (idx / PUBLISH_FILE).read_text() == ""
+    kept = load_index(idx, check_source=False)
+    assert kept.rows == before.rows and kept.info == before.info
+    assert not [p for p in idx.iterdir() if p.name.endswith(".tmp")]
+    build_index(IndexConfig(emb_dir=emb, out_dir=idx, update=True))
+    assert load_index(idx).info.rows == ROWS
 
 
 def test_an_index_without_the_publish_file_still_loads(changed_folder):
