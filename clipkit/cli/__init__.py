@@ -209,14 +209,15 @@ def _progress() -> Iterator[Callable[[str, int, int], None]]:
         yield update
 
 
-from clipkit.cli import (  # noqa: E402, F401  (registration)
-    audit_cmd,
-    embed_cmd,
-    models_cmd,
+# Registration, in the order `clipkit --help` lists the commands: the workflow's order.
+from clipkit.cli import (  # noqa: E402, F401, I001
     quickstart_cmd,
-    search_cmd,
     train_cmd,
+    embed_cmd,
+    search_cmd,
     zeroshot_cmd,
+    audit_cmd,
+    models_cmd,
 )
 
 

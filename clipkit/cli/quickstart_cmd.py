@@ -37,8 +37,9 @@ def quickstart(
         QuickstartFormat, typer.Option("--format", "-f", help="stdout format.")
     ] = QuickstartFormat.table,
 ) -> None:
-    """Generate captioned shapes, train a built-in model on them, then embed, index, search,
-    zero-shot classify and audit: every command, offline, with HTML reports.
+    """Every command end to end on generated data, offline, with HTML reports.
+
+    Generates captioned shapes, trains a built-in model, then runs every other command on them.
 
     Example: clipkit quickstart demo/ && open demo/reports/index.html
     """
