@@ -147,3 +147,25 @@ def test_debug_traceback_shows_no_locals(monkeypatch):
     assert out.returncode == 1
     assert "Traceback" in out.stderr and "RuntimeError" in out.stderr
     assert "SECRET-VALUE" not in out.stderr
+
+
+def test_a_stage_s_rate_counts_from_the_previous_report(monkeypatch):
+    """Services report a stage first when its first batch is done; timing the stage from that
+    report showed rates of a million items/s for a stage done in one batch."""
+    from rich.progress import Progress
+
+    clock = iter([100.0, 104.0, 106.0, 108.0])  # the bar opens; then 3 reports
+    monkeypatch.setattr(cli.time, "perf_counter", lambda: next(clock))
+    shown: dict[int, str] = {}
+    real_update = Progress.update
+
+    def update(self, task, **fields):
+        shown[task] = fields.get("rate", shown.get(task))
+        real_update(self, task, **fields)
+
+    monkeypatch.setattr(Progress, "update", update)
+    with cli._progress() as report:
+        report("images", 8, 8)  # the first stage, done in one batch, 4 s after the bar opened
+        report("captions", 2, 4)  # 2 s after the last report
+        report("captions", 4, 4)
+    assert list(shown.values()) == ["2.0/s", "1.0/s"]  # 8 in 4 s; 4 in 4 s

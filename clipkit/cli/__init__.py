@@ -197,13 +197,18 @@ def _progress() -> Iterator[Callable[[str, int, int], None]]:
     )
     tasks: dict[str, Any] = {}
     started: dict[str, float] = {}
+    # A service reports a stage first when its first batch is done: the stage began when the
+    # previous report came (or the bar opened), not then, or the rate would be near infinite.
+    last_report = [time.perf_counter()]
     with Progress(*columns, console=stderr, transient=False) as bar:
 
         def update(stage: str, done: int, total: int) -> None:
+            now = time.perf_counter()
             if stage not in tasks:
                 tasks[stage] = bar.add_task(stage, total=total, rate="")
-                started[stage] = time.perf_counter()
-            elapsed = max(time.perf_counter() - started[stage], 1e-9)
+                started[stage] = last_report[0]
+            last_report[0] = now
+            elapsed = max(now - started[stage], 1e-9)
             bar.update(tasks[stage], completed=done, rate=f"{done / elapsed:.1f}/s")
 
         yield update
