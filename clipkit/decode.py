@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+import stat
 import warnings
 
 import numpy as np
@@ -28,6 +29,19 @@ class DecodeError(Exception):
         super().__init__(reason)
         self.stage = stage
         self.reason = reason
+
+
+def require_regular_file(mode: int) -> None:
+    """Raise a DecodeError unless ``mode`` (``st_mode``) is a regular file's.
+
+    Reading a named pipe waits for a writer, forever: one named ``x.jpg`` in a folder hung a
+    decode worker, and with it the whole run (and its exit).
+    """
+    if stat.S_ISREG(mode):
+        return
+    if stat.S_ISDIR(mode):
+        raise DecodeError("read", "is a directory, not a file")
+    raise DecodeError("read", "not a regular file (a named pipe, socket or device)")
 
 
 def content_id(data: bytes) -> str:

@@ -23,7 +23,13 @@ from typing import TYPE_CHECKING
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from clipkit.decode import DEFAULT_MAX_PIXELS, DecodeError, content_id, decode_image
+from clipkit.decode import (
+    DEFAULT_MAX_PIXELS,
+    DecodeError,
+    content_id,
+    decode_image,
+    require_regular_file,
+)
 from clipkit.filenames import URL_NOT_READ, is_url, os_path
 from clipkit.packed import PackedStrings
 from clipkit.sources import Item
@@ -60,10 +66,12 @@ class Batch:
     pixel_row: dict[int, int]  # position in ``samples`` -> row in ``pixels``
 
 
-def read_bytes(path: str) -> bytes:
+def read_bytes(path: str, *, regular_only: bool = True) -> bytes:
     """The bytes of a file (or ``SHARD.tar#MEMBER``), or a DecodeError naming why not.
 
-    ``path`` may be a name as :func:`clipkit.filenames.as_text` shows it.
+    ``path`` may be a name as :func:`clipkit.filenames.as_text` shows it. Only regular files
+    are read, unless ``regular_only`` is False (a query image the user names may come from a
+    pipe: ``--image <(curl …)``).
     """
     path = os_path(path)
     if is_url(path) and not os.path.lexists(path):
@@ -71,7 +79,13 @@ def read_bytes(path: str) -> bytes:
     if MEMBER_SEPARATOR in path and split_member_uri(path) and not os.path.exists(path):
         return read_member(path)
     try:
-        with open(path, "rb") as handle:
+        if not regular_only:
+            with open(path, "rb") as handle:
+                return handle.read()
+        # Non-blocking, so that opening a named pipe returns at once and fails the check below.
+        descriptor = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
+        with open(descriptor, "rb") as handle:
+            require_regular_file(os.fstat(descriptor).st_mode)
             return handle.read()
     except IsADirectoryError:
         raise DecodeError("read", "is a directory, not a file") from None

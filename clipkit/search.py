@@ -172,7 +172,7 @@ def _query_vectors(encoder: Encoder, config: SearchConfig, weights: Sequence[flo
 
 def _open_image(path: Path):
     try:
-        return decode_image(read_bytes(str(path)))
+        return decode_image(read_bytes(str(path), regular_only=False))
     except DecodeError as error:
         raise InputError(
             f"Query image {path} is unreadable: {error.reason}.",

@@ -14,7 +14,7 @@ import tarfile
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 
-from clipkit.decode import IMAGE_SUFFIXES, DecodeError
+from clipkit.decode import IMAGE_SUFFIXES, DecodeError, require_regular_file
 from clipkit.filenames import as_text, os_path
 
 TAR_SUFFIX = ".tar"
@@ -35,6 +35,7 @@ def member_offsets(shard: str) -> dict[str, tuple[int, int]]:
         raise DecodeError("read", "tar shard is missing") from None
     except OSError as error:
         raise DecodeError("read", f"not a readable tar shard: {error.strerror}") from None
+    require_regular_file(info.st_mode)
     # Listed once per version of the file: a shard rewritten in place is listed afresh.
     return _listing(shard, info.st_size, info.st_mtime_ns)
 

@@ -8,6 +8,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -187,6 +188,41 @@ def test_bad_inputs_are_skipped_listed_and_never_abort(tmp_path, monkeypatch):
     failures = pq.read_table(tmp_path / "out" / "_failures.parquet").to_pylist()
     assert {Path(f["uri"]).name for f in failures} == set(reasons)
     assert all(f["stage"] and f["error"] for f in failures)
+
+
+@pytest.mark.parametrize("workers", [0, 1])
+def test_named_pipes_are_listed_not_read(tmp_path, workers):
+    """Opening a named pipe for reading waits for a writer: one named like an image used to hang
+    a decode worker, the run and its exit. A watchdog plays the writer, so that a regression
+    fails (the pipe then reads as empty) instead of hanging the suite."""
+    data = tmp_path / "data"
+    make_images(data, 2)
+    pipes = [data / name for name in ("pipe.jpg", "pipe.txt", "pipe.tar")]
+    for pipe in pipes:
+        os.mkfifo(pipe)
+    done, blocked = threading.Event(), []
+
+    def writer() -> None:  # opens (and closes) a pipe only while something waits to read it
+        while not done.wait(0.2):
+            for pipe in pipes:
+                try:
+                    os.close(os.open(pipe, os.O_WRONLY | os.O_NONBLOCK))
+                    blocked.append(pipe.name)
+                except OSError:  # ENXIO: no reader waiting
+                    pass
+
+    watchdog = threading.Thread(target=writer, daemon=True)
+    watchdog.start()
+    try:
+        result = embed(config([data], tmp_path / "out", workers=workers))
+    finally:
+        done.set()
+        watchdog.join()
+    assert not blocked, f"read a named pipe: {blocked}"
+    reasons = {Path(uri).name: (stage, error) for uri, stage, error in result.failures}
+    not_regular = ("read", "not a regular file (a named pipe, socket or device)")
+    assert reasons == {"pipe.jpg": not_regular, "pipe.txt": not_regular, "pipe.tar": not_regular}
+    assert result.embedded == 2
 
 
 def test_directory_named_like_an_image_in_a_table(tmp_path):

@@ -6,8 +6,10 @@ from __future__ import annotations
 import csv
 import io
 import json
+import os
 import re
 import shutil
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -45,6 +47,19 @@ def test_an_image_searched_by_itself_ranks_first(corpus):
                                      device="cpu"))  # fmt: skip
         top = result.results[0].hits[0]
         assert top.uri == str(path) and top.score == pytest.approx(1.0, abs=1e-4)
+
+
+def test_a_query_image_may_come_from_a_pipe(corpus, tmp_path):
+    """``--image <(curl …)``: a named query is read even when it is not a regular file (only
+    inputs found by walking a folder must be)."""
+    image = sorted((corpus / "data").glob("img*"))[1]
+    pipe = tmp_path / "query"
+    os.mkfifo(pipe)
+    feeder = threading.Thread(target=lambda: pipe.write_bytes(image.read_bytes()), daemon=True)
+    feeder.start()
+    result = search(SearchConfig(images=(pipe,), index_dir=corpus / "index", k=1, device="cpu"))
+    feeder.join(10)
+    assert result.results[0].hits[0].uri == str(image)
 
 
 def test_text_search_finds_the_planted_caption(corpus):
