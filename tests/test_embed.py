@@ -127,6 +127,34 @@ def test_tables_with_images_captions_and_pass_through_columns(tmp_path, suffix):
     assert [r["text"] for r in text_rows] == ["caption 0", "caption 1", "caption 2"]
 
 
+def test_pass_through_values_of_every_arrow_type_read_as_plain_text(tmp_path):
+    """Dates were double-quoted ('"2024-05-01 12:30:00"') and bytes a Python repr."""
+    import base64
+    import datetime
+    import decimal
+
+    import pyarrow as pa
+
+    make_images(tmp_path / "imgs", 1)
+    when = datetime.datetime(2024, 5, 1, 12, 30)
+    columns = {
+        "filepath": ["imgs/img0000.jpg"], "taken": pa.array([when], pa.timestamp("s")),
+        "day": [datetime.date(2024, 5, 1)], "raw": [b"\x00\xff"],
+        "price": pa.array([decimal.Decimal("1.10")], pa.decimal128(5, 2)),
+        "tags": [["a", "b"]], "size": [{"w": 3, "h": None}], "seen": [[datetime.date(2024, 1, 2)]],
+        "score": [0.5], "ok": [True],
+    }  # fmt: skip
+    pq.write_table(pa.table(columns), tmp_path / "t.parquet")
+    embed(config([tmp_path / "t.parquet"], tmp_path / "out"))
+    (row,) = rows(tmp_path / "out").values()
+    assert {name: row[name] for name in columns if name != "filepath"} == {
+        "taken": when.isoformat(), "day": "2024-05-01",
+        "raw": base64.b64encode(b"\x00\xff").decode(), "price": "1.10",
+        "tags": json.dumps(["a", "b"]), "size": json.dumps({"w": 3, "h": None}),
+        "seen": json.dumps(["2024-01-02"]), "score": "0.5", "ok": "true",
+    }  # fmt: skip
+
+
 def test_table_column_options_and_missing_column(tmp_path):
     make_images(tmp_path / "imgs", 1)
     table = tmp_path / "t.csv"

@@ -7,7 +7,10 @@ A shard is ``part-NNNNN.parquet`` with columns ``id``, ``uri``, ``kind``, ``text
 
 from __future__ import annotations
 
+import base64
 import contextlib
+import datetime
+import decimal
 import json
 import re
 from collections.abc import Collection, Iterator, Sequence
@@ -333,5 +336,29 @@ def _stamp_from_metadata(metadata: dict[bytes, bytes], path: Path) -> ModelStamp
 
 
 def to_json(value: Any) -> str:
-    """Pass-through metadata values as text (tables mix types; strings always round-trip)."""
-    return value if isinstance(value, str) else json.dumps(value, default=str)
+    """A pass-through value as text (tables mix types; strings always round-trip).
+
+    Strings stay as they are, dates and times become ISO 8601, bytes base64, decimals their
+    exact digits; numbers, lists and structs become JSON (with the same rules inside).
+    """
+    if isinstance(value, str):
+        return value
+    plain = _plain(value)
+    return plain if isinstance(plain, str) else json.dumps(plain, default=_json_default)
+
+
+def _json_default(value: Any) -> str:
+    """What ``json.dumps`` calls for a value it cannot hold."""
+    plain = _plain(value)
+    return str(value) if plain is value else plain
+
+
+def _plain(value: Any) -> Any:
+    """Text for a value that JSON cannot hold, else the value unchanged."""
+    if isinstance(value, (datetime.date, datetime.time)):  # datetimes are dates too
+        return value.isoformat()
+    if isinstance(value, (bytes, bytearray, memoryview)):
+        return base64.b64encode(value).decode("ascii")
+    if isinstance(value, (decimal.Decimal, datetime.timedelta)):
+        return str(value)
+    return value
