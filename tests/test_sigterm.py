@@ -1,7 +1,8 @@
 """SIGTERM, as a scheduler (Slurm, Kubernetes) or ``timeout`` sends it to the whole process
 group, ends ``clipkit embed`` and ``clipkit train`` like Ctrl-C: embed writes the embeddings it
 held in memory (up to ``--shard-rows`` of them used to be lost), train saves its last step, and
-both exit 130. Decode workers ignore it and leave the stop to the main process."""
+both exit 130. Decode workers ignore it and leave the stop to the main process, which kills a
+worker stuck in a read once it is done, so that its exit never waits for one."""
 
 from __future__ import annotations
 
@@ -82,3 +83,41 @@ def _steps(metrics: Path) -> list[dict]:
         if record.get("kind") == "step":
             steps.append(record)
     return steps
+
+
+STUCK_EMBED = """
+import sys, time
+from clipkit import pipeline
+real_read, marker = pipeline.read_bytes, sys.argv[-1]
+
+def read_bytes(path, **kwargs):  # a hung network mount: the read never returns
+    if path.endswith("img0003.png"):
+        open(marker, "w").close()  # tell the test that a worker is stuck now
+        time.sleep(3600)
+    return real_read(path, **kwargs)
+
+pipeline.read_bytes = read_bytes  # before the workers fork: they inherit it
+sys.argv = ["clipkit", *sys.argv[1:-1]]
+from clipkit.cli import main
+main()
+"""
+
+
+def test_a_worker_stuck_in_a_read_does_not_keep_the_command_from_exiting(tmp_path):
+    """SIGTERM to the main process alone (``timeout``, ``kill``): it stops in order, but a
+    worker stuck in a read ignores SIGTERM, and the interpreter's exit joined it for ever."""
+    data, out, stuck = tmp_path / "data", tmp_path / "out", tmp_path / "stuck"
+    make_images(data, 8, size=(24, 24))
+    args = ["embed", str(data), "-o", str(out), "-m", TINY, "--device", "cpu", "--workers",
+            "1", "--batch-size", "2"]  # fmt: skip
+    process = subprocess.Popen([sys.executable, "-c", STUCK_EMBED, *args, str(stuck)], env=ENV,
+                               stdout=subprocess.DEVNULL, stderr=(tmp_path / "log").open("w"),
+                               start_new_session=True)  # fmt: skip
+    try:
+        _wait_for(stuck.exists, "a stuck worker", process)
+        time.sleep(0.5)
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(timeout=60) == 130, (tmp_path / "log").read_text()[-2000:]
+    finally:
+        os.killpg(process.pid, signal.SIGKILL) if process.poll() is None else None
+    assert "Interrupted." in (tmp_path / "log").read_text()

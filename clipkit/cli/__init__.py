@@ -12,6 +12,7 @@ import contextlib
 import functools
 import os
 import signal
+import sys
 import time
 from collections.abc import Callable, Iterator
 from enum import Enum
@@ -232,7 +233,27 @@ def main() -> None:
     # kills it; ending it like Ctrl-C lets embed write the embeddings it holds and train save
     # its last step. Decode workers ignore SIGTERM (see pipeline.decode_worker_init).
     signal.signal(signal.SIGTERM, _stop_on_sigterm)
-    app()
+    try:
+        app()
+    finally:
+        _end_stuck_workers()
+
+
+def _end_stuck_workers() -> None:
+    """Kill decode workers still alive once the command is over: they are stuck in a read (a
+    hung network or FUSE mount). Everything is saved by now, and they ignore SIGTERM, so the
+    interpreter's exit, which joins its child processes, would otherwise wait for ever."""
+    multiprocessing = sys.modules.get("multiprocessing")  # no workers if it was never imported
+    children = multiprocessing.active_children() if multiprocessing else []
+    if not children:
+        return
+    # A DataLoader still referenced (by a traceback) watches SIGCHLD and would raise "worker
+    # killed" here; the command is over, so the default disposition is right.
+    if hasattr(signal, "SIGCHLD"):
+        signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+    for child in children:
+        child.kill()
+        child.join(5)
 
 
 def _stop_on_sigterm(signum: int, frame: Any) -> None:
