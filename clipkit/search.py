@@ -181,21 +181,37 @@ def _open_image(path: Path):
 
 
 def _exact(emb_dir: Path, kind: str | None, queries: np.ndarray, k: int):
+    """Exact top-k over an embeddings folder: (Q, k) scores, (Q, k) positions in the returned
+    row map (-1 where no row), and that row map, which holds the hits only.
+
+    Only the ids of the scanned rows are kept (32 bytes a row); the hits' uris, texts and
+    pass-through values are read afterwards. Holding every row's strings cost about 0.3 GB
+    per million rows (benchmarks/bench_exact_search_memory.py).
+    """
     shards = store.snapshot(emb_dir)
-    rows: dict[str, list[Any]] = {"id": [], "uri": [], "kind": [], "text": []}
+    id_blocks: list[np.ndarray] = []
 
     def blocks():
-        for block in store.iter_vectors(shards, kind):
-            block.append_to(rows)
-            yield block.vectors
+        for ids, vectors in store.iter_ids_and_vectors(shards, kind):
+            id_blocks.append(ids)
+            yield vectors
 
     scores, found = score.topk_stream(torch.from_numpy(queries), blocks(), k)
     if found.shape[1] == 0:
         what = f"{kind} embeddings" if kind else "embeddings"
         raise InputError(f"{emb_dir} holds no {what} to search.", "Check --kind, or embed first.")
-    hits = sorted({int(r) for r in found.ravel().tolist() if r >= 0})
-    values = store.read_pass_through(shards, {rows["id"][r] for r in hits})
-    for r in hits:  # a column per name, filled at the hits only
-        for name, value in values.get(rows["id"][r], {}).items():
-            rows.setdefault(name, [None] * len(rows["id"]))[r] = value
-    return scores.numpy(), found.numpy(), rows
+    starts = np.cumsum([0] + [len(ids) for ids in id_blocks])
+    found = found.numpy()
+    hits = np.unique(found[found >= 0])
+    hit_ids = []
+    for r in hits.tolist():
+        block = int(np.searchsorted(starts, r, side="right")) - 1
+        item_id = id_blocks[block][r - starts[block]]
+        hit_ids.append(item_id.decode("utf-8") if isinstance(item_id, bytes) else item_id)
+    read = store.read_rows_by_id(shards, hit_ids)
+    rows: dict[str, list[Any]] = {"id": hit_ids}
+    for n, item_id in enumerate(hit_ids):
+        for name, value in read[item_id].items():
+            rows.setdefault(name, [None] * len(hit_ids))[n] = value
+    positions = np.where(found >= 0, np.searchsorted(hits, found), -1)
+    return scores.numpy(), positions, rows

@@ -121,7 +121,7 @@ def test_shards_of_two_models_are_refused_by_every_reader(tmp_path):
         assert "part-00001.parquet" in str(error.value)
 
 
-def test_pass_through_values_are_read_for_the_asked_ids_only(tmp_path):
+def test_rows_are_read_for_the_asked_ids_only(tmp_path):
     """What exact search reads for its hits: shards differ in their pass-through columns."""
     _write(tmp_path, 0, 0, 3)  # no pass-through columns
     vectors = np.eye(DIM, dtype=np.float32)[:3]
@@ -130,6 +130,41 @@ def test_pass_through_values_are_read_for_the_asked_ids_only(tmp_path):
                       {"id": ids, "uri": ids, "kind": ["image"] * 3, "text": [None] * 3,
                        "url": ["u-a", None, "u-c"], "license": ["cc", "cc", None]},
                       vectors, store.ModelStamp(TINY, "fp-a", DIM))  # fmt: skip
-    found = store.read_pass_through(tmp_path, {"b", "c", "00000001", "nowhere"})
-    assert found == {"b": {"license": "cc"}, "c": {"url": "u-c"}}
-    assert store.read_pass_through(tmp_path, set()) == {}
+    found = store.read_rows_by_id(tmp_path, {"b", "c", "00000001", "nowhere"})
+    core = {"kind": "image", "text": None}
+    assert found == {
+        "b": {"uri": "b", **core, "license": "cc"},
+        "c": {"uri": "c", **core, "url": "u-c"},
+        "00000001": {"uri": "/00000001.jpg", **core},
+    }
+    assert store.read_rows_by_id(tmp_path, set()) == {}
+
+
+def test_an_exact_scan_keeps_ids_compactly_and_finds_every_row(tmp_path):
+    """Exact search keeps only the scanned ids (fixed-width bytes where the ids allow it, as
+    they come from Arrow, sliced batches included) and reads its hits' rows afterwards."""
+    from clipkit.search import _exact
+
+    first = _write(tmp_path, 0, 0, 5)  # 8-character ids
+    ragged = ["a", "bb", "ccc"]  # ids of different lengths: kept as they are
+    texts = np.eye(DIM, dtype=np.float32)[10:13]
+    store.write_shard(store.shard_path(tmp_path, 1),
+                      {"id": ragged, "uri": [f"/{i}.txt" for i in ragged],
+                       "kind": ["text"] * 3, "text": [f"text {i}" for i in ragged]},
+                      texts, store.ModelStamp(TINY, "fp-a", DIM))  # fmt: skip
+    pieces = list(store.iter_ids_and_vectors(tmp_path, batch_rows=2))  # batches are slices
+    assert [ids.dtype.kind for ids, _ in pieces] == ["S", "S", "S", "O", "S"]  # ["a", "bb"]: O
+    ids = [i.decode() if isinstance(i, bytes) else i for block, _ in pieces for i in block]
+    assert ids == [f"{n:08x}" for n in range(5)] + ragged
+    np.testing.assert_array_equal(np.concatenate([v for _, v in pieces]),
+                                  np.concatenate([first, texts]))  # fmt: skip
+    assert [len(v) for _, v in store.iter_ids_and_vectors(tmp_path, "text")] == [3]
+
+    queries = np.concatenate([first, texts])  # each stored vector finds its own row first
+    scores, found, rows = _exact(tmp_path, None, queries, 2)
+    assert [rows["id"][r] for r in found[:, 0]] == ids
+    assert [rows["uri"][r] for r in found[:, 0]] == [f"/{i}.jpg" for i in ids[:5]] + [
+        f"/{i}.txt" for i in ragged]  # fmt: skip
+    assert rows["text"][found[6, 0]] == "text bb"
+    np.testing.assert_allclose(scores[:, 0], 1.0, atol=1e-5)
+    assert len(rows["id"]) == len(set(found.ravel().tolist()))  # the hits' rows only

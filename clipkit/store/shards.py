@@ -13,7 +13,7 @@ import datetime
 import decimal
 import json
 import re
-from collections.abc import Collection, Iterator, Sequence
+from collections.abc import Callable, Collection, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -236,28 +236,67 @@ def iter_vectors(
         )
 
 
-def read_pass_through(source: Shards, ids: Collection[str]) -> dict[str, dict[str, Any]]:
-    """id -> pass-through values (non-null) of the rows with these ids.
+def iter_ids_and_vectors(
+    source: Shards, kind: str | None = None, batch_rows: int = 65536
+) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    """Stream (ids (N,), vectors (N, D) float32) of the rows of ``kind``: what an exact scan
+    keeps of each row. The ids come as fixed-width bytes where they allow it (clipkit's are
+    hex), and no column becomes Python objects.
 
-    Reads every column but the embeddings: an exact search asks for its hits' values only,
-    rather than holding every row's.
+    Raises:
+        InputError: as :func:`iter_vectors`.
+    """
+    for path, batch in _iter_batches(source, ("id", "uri", "kind", "embedding"), batch_rows):
+        kinds = batch.column("kind")
+        if kind is None:
+            keep = np.ones(len(kinds), dtype=bool)
+        else:
+            keep = pc.equal(kinds, kind).fill_null(False).to_numpy(zero_copy_only=False)
+        if not keep.any():
+            continue
+        uris = batch.column("uri")
+        vectors = _embedding_matrix(batch.column("embedding"), keep, path, uris.to_pylist)
+        yield _id_array(batch.column("id"))[keep], np.ascontiguousarray(vectors)
+
+
+def _id_array(ids: pa.Array) -> np.ndarray:
+    """A string column as fixed-width bytes, straight from its buffers when every value has the
+    same length (32 per row for clipkit's ids, against about 90 as Python strings)."""
+    if pa.types.is_string(ids.type) and ids.null_count == 0 and len(ids):
+        lengths = pc.min_max(pc.binary_length(ids))
+        width = lengths["min"].as_py()
+        if width and width == lengths["max"].as_py():
+            offsets = np.frombuffer(ids.buffers()[1], dtype=np.int32, count=len(ids) + 1,
+                                    offset=4 * ids.offset)  # fmt: skip
+            return np.frombuffer(ids.buffers()[2], dtype=f"S{width}", count=len(ids),
+                                 offset=int(offsets[0])).copy()  # fmt: skip
+    return np.array(ids.to_pylist(), dtype=object)
+
+
+def read_rows_by_id(source: Shards, ids: Collection[str]) -> dict[str, dict[str, Any]]:
+    """id -> the row with that id, every column but the embedding: ``uri``, ``kind``, ``text``
+    and its non-null pass-through values.
+
+    An exact search keeps only the ids of the rows it scans, then reads its hits' rows here,
+    so its memory does not grow with every row's paths, texts and metadata.
     """
     wanted = pa.array(sorted(ids), pa.string())
     found: dict[str, dict[str, Any]] = {}
     stamp = None
     for shard in _snapshot_of(source):
         parquet, stamp = _open_shard(shard, stamp)
-        names = [name for name in parquet.schema_arrow.names if name not in CORE_COLUMNS]
-        if not names or not len(wanted):
-            continue
+        if not len(wanted):
+            break
+        names = [name for name in parquet.schema_arrow.names if name != "embedding"]
         try:
-            table = parquet.read(columns=["id", *names])
+            table = parquet.read(columns=names)
         except (OSError, pa.ArrowException) as error:
             raise _unreadable(shard.path, error) from None
         table = table.filter(pc.is_in(table.column("id"), value_set=wanted))
         for row in table.to_pylist():
             item_id = row.pop("id")
-            found[item_id] = {name: value for name, value in row.items() if value is not None}
+            found[item_id] = {name: value for name, value in row.items()
+                              if value is not None or name in CORE_COLUMNS}  # fmt: skip
     return found
 
 
@@ -266,10 +305,11 @@ def _pick(values: list[Any], positions: list[int]) -> list[Any]:
 
 
 def _embedding_matrix(
-    column: pa.FixedSizeListArray, keep: np.ndarray, path: Path, uris: list
-) -> np.ndarray:
+    column: pa.FixedSizeListArray, keep: np.ndarray, path: Path,
+    uris: Sequence[str] | Callable[[], Sequence[str]],
+) -> np.ndarray:  # fmt: skip
     """(kept, D) float32 of the ``keep`` rows of an ``embedding`` column; null or non-finite
-    ones are refused."""
+    ones are refused, naming the first one's uri (``uris``, or a function that lists them)."""
     dim = column.type.list_size
     # Null rows keep their slots in the child array: take the values by position, not flatten().
     flat = column.values.slice(column.offset * dim, len(column) * dim)
@@ -281,6 +321,7 @@ def _embedding_matrix(
         bad |= column.is_null().to_numpy(zero_copy_only=False) & keep
     if bad.any():
         first = int(np.flatnonzero(bad)[0])
+        uris = uris() if callable(uris) else uris
         raise InputError(
             f"{path} holds {int(bad.sum())} embedding(s) that are missing or not finite "
             f"(NaN or inf), the first for {uris[first]}.",
