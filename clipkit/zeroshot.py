@@ -149,8 +149,14 @@ def zeroshot(config: ZeroShotConfig, progress: Progress | None = None) -> ZeroSh
     _check_options(config)
     source = _existing(config.images, "IMAGES")
     kind = _input_kind(source, config.include_hidden)
-    listing = _list_images(source, kind, config)  # before loading the model: fail fast
-    labels = _labels(config, listing)
+    # Before loading the model: fail fast. A plain folder names no labels, so they are checked
+    # before it is walked; a tree's or an embeddings folder's come from its listing.
+    if kind == "folder":
+        labels = _labels(config, None)
+        listing = _list_images(source, kind, config)
+    else:
+        listing = _list_images(source, kind, config)
+        labels = _labels(config, listing)
     templates = read_templates(config.templates)
     prompts = prompts_for(labels, templates)
     known = _list_images(*_calibration_input(config), config) if config.calibrate else None
@@ -252,14 +258,14 @@ def _has_image(folder: Path) -> bool:
     return any(p.suffix.lower() in IMAGE_SUFFIXES for p in folder.rglob("*") if p.is_file())
 
 
-def _labels(config: ZeroShotConfig, listing: _Listing) -> list[LabelSpec]:
+def _labels(config: ZeroShotConfig, listing: _Listing | None) -> list[LabelSpec]:
     if config.labels is not None and config.labels_file is not None:
         raise InputError("Give --labels or --labels-file, not both.", "Put all labels in one.")
     if config.labels is not None:
         labels, where = parse_labels(config.labels), "--labels"
     elif config.labels_file is not None:
         labels, where = read_labels_file(config.labels_file), str(config.labels_file)
-    elif listing.tree_labels:
+    elif listing is not None and listing.tree_labels:
         labels, where = [LabelSpec(name) for name in listing.tree_labels], listing.tree_origin
     else:
         labels, where = [], "IMAGES is not a class-per-subfolder tree"

@@ -474,3 +474,16 @@ def test_class_tree_of_uris_labels_each_image_by_its_top_folder(uris, root, labe
 )
 def test_uris_that_are_not_a_class_tree(uris):
     assert class_tree_of_uris(uris) is None
+
+
+def test_a_plain_folder_s_labels_are_checked_before_it_is_walked(tmp_path, monkeypatch):
+    from clipkit import zeroshot as module
+
+    Image.new("RGB", (32, 32)).save(tmp_path / "one.png")
+
+    def no_walk(*args, **kwargs):
+        raise AssertionError("walked the folder before checking the labels")
+
+    monkeypatch.setattr(module, "discover", no_walk)
+    with pytest.raises(InputError, match="No labels"):
+        zeroshot(_config(tmp_path, TINY))
