@@ -17,13 +17,12 @@ from __future__ import annotations
 import argparse
 import json
 import resource
-import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
-from common import machine, write_results
+from common import child_figures, machine, write_results
 
 VARIANTS = ("all rows", "clipkit")
 SHARD_ROWS, QUERIES, K = 100_000, 16, 10
@@ -111,8 +110,7 @@ def main() -> None:
         for variant in VARIANTS:
             command = [sys.executable, __file__, "--child", variant, "--folder", folder,
                        "--dim", str(args.dim)]  # fmt: skip
-            output = subprocess.run(command, check=True, capture_output=True, text=True).stdout
-            figures = json.loads(output.strip().splitlines()[-1])
+            figures = child_figures(command)
             hits.append(figures.pop("hits"))
             runs.append({"variant": variant, **figures})
             print(f"{variant:>8}: {args.rows:,} rows, peak RSS "

@@ -17,13 +17,12 @@ from __future__ import annotations
 import argparse
 import json
 import resource
-import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
-from common import machine, write_results
+from common import child_figures, machine, write_results
 
 VARIANTS = ("python rows", "clipkit")
 
@@ -84,8 +83,7 @@ def main() -> None:
         make_table(table, args.rows)
         for variant in VARIANTS:
             command = [sys.executable, __file__, "--child", variant, "--table", str(table)]
-            output = subprocess.run(command, check=True, capture_output=True, text=True).stdout
-            figures = json.loads(output.strip().splitlines()[-1])
+            figures = child_figures(command)
             rows.append({"variant": variant, **figures})
             print(f"{variant:>11}: {figures['items']:,} items, peak RSS "
                   f"{figures['peak_rss_kib'] / 1024:5.0f} MiB, {figures['seconds']:.1f} s",

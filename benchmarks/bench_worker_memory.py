@@ -24,13 +24,12 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import subprocess
 import sys
 import threading
 import time
 from pathlib import Path
 
-from common import machine, write_results
+from common import child_figures, machine, write_results
 
 VARIANTS = ("plain list", "clipkit")
 RESULTS = Path(__file__).parent / "results"
@@ -164,8 +163,7 @@ def main() -> None:
             command = [sys.executable, "-W", "ignore", __file__, "--child", variant,
                        "--dataset", args.dataset, "--items", str(items),
                        "--workers", str(args.workers)]  # fmt: skip
-            output = subprocess.run(command, check=True, capture_output=True, text=True).stdout
-            figures = json.loads(output.strip().splitlines()[-1])
+            figures = child_figures(command)
             rows.append({"variant": variant, "items": items, **figures})
             workers_mib = figures["workers_private_kib"] / 1024
             print(f"{variant:>10} {items:>9,} items: workers {workers_mib:6.0f} MiB, "
