@@ -8,8 +8,11 @@ on the same folder (written first by the parent: image rows with a path, a URL c
 random unit vectors) and answers the same 16 queries; the table gives each process's peak RSS
 and time, and checks that both return the same hits.
 
+``--batch-rows`` sets the rows per record batch read from a shard (both variants; default
+clipkit's ``store.shards.BATCH_ROWS``), which sets the transient part of the peak.
+
 Usage:
-    python benchmarks/bench_exact_search_memory.py [--rows 1000000] [--dim 512]
+    python benchmarks/bench_exact_search_memory.py [--rows 1000000] [--dim 512] [--batch-rows N]
 """
 
 from __future__ import annotations
@@ -49,7 +52,7 @@ def make_folder(folder: Path, rows: int, dim: int) -> None:
         store.write_shard(store.shard_path(folder, number), columns, vectors, stamp)
 
 
-def all_rows_scan(folder: Path, queries, k: int):
+def all_rows_scan(folder: Path, queries, k: int, batch_rows: int):
     """Session 9's ``search._exact``: every row's core columns kept while scanning."""
     import torch
 
@@ -59,7 +62,7 @@ def all_rows_scan(folder: Path, queries, k: int):
     rows: dict = {"id": [], "uri": [], "kind": [], "text": []}
 
     def blocks():
-        for block in store.iter_vectors(shards, None):
+        for block in store.iter_vectors(shards, None, batch_rows):
             block.append_to(rows)
             yield block.vectors
 
@@ -71,11 +74,17 @@ def all_rows_scan(folder: Path, queries, k: int):
     return [[rows["uri"][r] for r in row] for row in found.tolist()], values
 
 
-def scan(variant: str, folder: Path, dim: int) -> dict:
+def scan(variant: str, folder: Path, dim: int, batch_rows: int) -> dict:
     """In the child process: answer the queries; report the hits, peak RSS and time."""
+    import functools
+
     import numpy as np
 
+    from clipkit import store
     from clipkit.search import _exact
+
+    store.iter_ids_and_vectors = functools.partial(store.iter_ids_and_vectors,
+                                                   batch_rows=batch_rows)  # fmt: skip
 
     rng = np.random.default_rng(1)
     queries = rng.standard_normal((QUERIES, dim)).astype(np.float32)
@@ -85,7 +94,7 @@ def scan(variant: str, folder: Path, dim: int) -> dict:
         _, found, rows = _exact(folder, None, queries, K)
         uris = [[rows["uri"][r] for r in row] for row in found.tolist()]
     else:
-        uris, _ = all_rows_scan(folder, queries, K)
+        uris, _ = all_rows_scan(folder, queries, K, batch_rows)
     seconds = time.perf_counter() - started
     peak_kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return {"hits": uris, "peak_rss_kib": peak_kib, "seconds": seconds}
@@ -95,13 +104,18 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rows", type=int, default=1_000_000)
     parser.add_argument("--dim", type=int, default=512)
+    parser.add_argument("--batch-rows", type=int, default=None)
     parser.add_argument("--child", choices=VARIANTS, help=argparse.SUPPRESS)
     parser.add_argument("--folder", type=Path, help=argparse.SUPPRESS)
     parser.add_argument("--json", type=Path, default=Path(__file__).parent / "results" /
                         "bench_exact_search_memory.json")  # fmt: skip
     args = parser.parse_args()
+    if args.batch_rows is None:
+        from clipkit.store.shards import BATCH_ROWS
+
+        args.batch_rows = BATCH_ROWS
     if args.child:
-        print(json.dumps(scan(args.child, args.folder, args.dim)))
+        print(json.dumps(scan(args.child, args.folder, args.dim, args.batch_rows)))
         return
 
     runs, hits = [], []
@@ -109,7 +123,7 @@ def main() -> None:
         make_folder(Path(folder), args.rows, args.dim)
         for variant in VARIANTS:
             command = [sys.executable, __file__, "--child", variant, "--folder", folder,
-                       "--dim", str(args.dim)]  # fmt: skip
+                       "--dim", str(args.dim), "--batch-rows", str(args.batch_rows)]  # fmt: skip
             figures = child_figures(command)
             hits.append(figures.pop("hits"))
             runs.append({"variant": variant, **figures})
@@ -120,7 +134,8 @@ def main() -> None:
     ratio = runs[1]["peak_rss_kib"] / runs[0]["peak_rss_kib"]
     print(f"same hits; clipkit / all rows, peak RSS: {ratio:.2f}")
     write_results(args.json, {"machine": machine(), "rows": args.rows, "dim": args.dim,
-                              "queries": QUERIES, "k": K, "runs": runs})  # fmt: skip
+                              "batch_rows": args.batch_rows, "queries": QUERIES, "k": K,
+                              "runs": runs})  # fmt: skip
 
 
 if __name__ == "__main__":
