@@ -222,7 +222,7 @@ def test_bad_inputs_are_skipped_listed_and_never_abort(tmp_path, monkeypatch):
 def test_named_pipes_are_listed_not_read(tmp_path, workers):
     """Opening a named pipe for reading waits for a writer: one named like an image used to hang
     a decode worker, the run and its exit. A watchdog plays the writer, so that a regression
-    fails (the pipe then reads as empty) instead of hanging the suite."""
+    fails (the pipe then reads as empty, "empty file") instead of hanging the suite."""
     data = tmp_path / "data"
     make_images(data, 2)
     pipes = [data / name for name in ("pipe.jpg", "pipe.txt", "pipe.tar")]
@@ -246,10 +246,12 @@ def test_named_pipes_are_listed_not_read(tmp_path, workers):
     finally:
         done.set()
         watchdog.join()
-    assert not blocked, f"read a named pipe: {blocked}"
     reasons = {Path(uri).name: (stage, error) for uri, stage, error in result.failures}
     not_regular = ("read", "not a regular file (a named pipe, socket or device)")
-    assert reasons == {"pipe.jpg": not_regular, "pipe.txt": not_regular, "pipe.tar": not_regular}
+    expected = {"pipe.jpg": not_regular, "pipe.txt": not_regular, "pipe.tar": not_regular}
+    # (The check opens a pipe non-blocking for an instant, so the watchdog may slip in then:
+    # what it unblocked is only named here, the reasons decide.)
+    assert reasons == expected, f"waited for a writer: {blocked}"
     assert result.embedded == 2
 
 
