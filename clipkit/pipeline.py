@@ -79,13 +79,12 @@ def read_bytes(path: str, *, regular_only: bool = True) -> bytes:
     if MEMBER_SEPARATOR in path and split_member_uri(path) and not os.path.exists(path):
         return read_member(path)
     try:
-        if not regular_only:
-            with open(path, "rb") as handle:
-                return handle.read()
         # Non-blocking, so that opening a named pipe returns at once and fails the check below.
-        descriptor = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
+        nonblocking = getattr(os, "O_NONBLOCK", 0) if regular_only else 0
+        descriptor = os.open(path, os.O_RDONLY | nonblocking)
         with open(descriptor, "rb") as handle:
-            require_regular_file(os.fstat(descriptor).st_mode)
+            if regular_only:
+                require_regular_file(os.fstat(descriptor).st_mode)
             return handle.read()
     except IsADirectoryError:
         raise DecodeError("read", "is a directory, not a file") from None
