@@ -104,6 +104,7 @@ class AuditResult:
     long_caption_mode: str
     duplicate_images: tuple[tuple[tuple[str, ...], tuple[str, ...]], ...]  # (files, captions)
     duplicate_captions: tuple[tuple[str, tuple[str, ...]], ...]  # (caption, images)
+    base: str | None = None  # an embeddings folder's base: its relative uris are relative to it
 
     @functools.cached_property  # sorted once: the CLI and reports ask several times
     def flagged(self) -> list[PairAudit]:
@@ -203,6 +204,7 @@ def audit(config: AuditConfig, progress: Progress | None = None) -> AuditResult:
         calibration=calibration, failures=tuple(encoded.failures),
         long_captions=sum(encoded.truncated), long_caption_mode=config.long_captions,
         duplicate_images=duplicate_images, duplicate_captions=duplicate_captions,
+        base=store.read_base(path) if kind == "embeddings" else None,
     )  # fmt: skip
 
 

@@ -7,6 +7,7 @@ content found under another path is recorded as an alias instead of a second row
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass, field
@@ -19,6 +20,7 @@ import torch
 from clipkit import distributed, embed_plan, store
 from clipkit.decode import DEFAULT_MAX_PIXELS, DecodeError, content_id, decode_text, text_id
 from clipkit.errors import InputError
+from clipkit.filenames import UriFrame, as_text, os_path
 from clipkit.locks import writer_lock
 from clipkit.models import Encoder, load_model
 from clipkit.pipeline import ImageDataset, default_workers, image_batches, read_bytes
@@ -97,6 +99,7 @@ class _Run:
     shard_rows: int
     float16: bool
     meta_columns: list[str]
+    base: str  # the folder this run's relative uris are relative to (recorded in each shard)
     current: dict[str, str] = field(default_factory=dict)  # uri -> content id found this run
     file_stats: dict[str, store.FileStat] = field(default_factory=dict)  # files read this run
     pending_stats: dict[str, tuple[int, int]] = field(default_factory=dict)  # before the read
@@ -189,7 +192,8 @@ class _Run:
                                  self.encoder.embed_dim)  # fmt: skip
         path = store.shard_path(self.out_dir, self.next_shard)
         shard = {name: values[:take] for name, values in self.rows.items()}
-        store.write_shard(path, shard, buffered[:take], stamp, float16=self.float16)
+        store.write_shard(path, shard, buffered[:take], stamp, float16=self.float16,
+                          base=self.base)  # fmt: skip
         self.next_shard += self.shard_step
         self.shards_written += 1
         self.rows = {name: values[take:] for name, values in self.rows.items()}
@@ -224,12 +228,13 @@ def embed(config: EmbedConfig, progress: Progress | None = None) -> EmbedResult:
 def _embed(config: EmbedConfig, world: distributed.World, device: str,
            report: Progress) -> EmbedResult:  # fmt: skip
     started = time.perf_counter()
+    frame = _uri_frame(config.out_dir)
     options = SourceOptions(config.kind, config.lines, config.include_hidden,
-                            config.image_column, config.text_column)  # fmt: skip
+                            config.image_column, config.text_column, frame)  # fmt: skip
     found = discover(config.sources, options)
     encoder = load_model(config.model, device=device)
     with writer_lock(config.out_dir, f"embed -o {config.out_dir}", active=world.is_main):
-        run = _start_run(config, encoder, found.items, world)
+        run = _start_run(config, encoder, found.items, world, frame.base)
         if world.is_main:  # every rank found them; one lists them
             run.failures.extend(found.failures)
         images = [item for item in found.items if item.kind == "image"]
@@ -254,6 +259,16 @@ def _embed(config: EmbedConfig, world: distributed.World, device: str,
         run.flush()
         _save_file_stats(config, run, world, recorded)
         return _finish(config, run, world, encoder, found.ignored, time.perf_counter() - started)
+
+
+def _uri_frame(out_dir: Path) -> UriFrame:
+    """Uris relative to the folder's recorded base, so that a run from another folder names
+    each file as the first run did; a new folder's base (or a folder's that no longer
+    exists, or one from before bases were recorded) is this run's working folder."""
+    here = as_text(os.getcwd())
+    recorded = store.read_base(out_dir)
+    base = recorded if recorded is not None and os.path.isdir(os_path(recorded)) else here
+    return UriFrame(base=base, cwd=here)
 
 
 def _save_file_stats(config: EmbedConfig, run: _Run, world: distributed.World,
@@ -337,7 +352,7 @@ def _prune(config: EmbedConfig, run: _Run,
 
 
 def _start_run(config: EmbedConfig, encoder: Encoder, items: Sequence[Item],
-               world: distributed.World) -> _Run:  # fmt: skip
+               world: distributed.World, base: str) -> _Run:  # fmt: skip
     if world.is_main:  # the folder exists: writer_lock made it
         store.remove_stale_temporaries(config.out_dir)
     distributed.barrier(world)
@@ -362,6 +377,7 @@ def _start_run(config: EmbedConfig, encoder: Encoder, items: Sequence[Item],
         shard_rows=max(1, config.shard_rows),
         float16=config.float16,
         meta_columns=[_column_name(name) for name in meta_names],
+        base=base,
     )
 
 

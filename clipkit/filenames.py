@@ -3,14 +3,21 @@ any bytes: Python hands a name that is not UTF-8 over with surrogate escapes, an
 fails. clipkit shows and stores such a name with ``\\xNN`` escapes for its bad bytes, the way
 ``bytes.decode(errors="backslashreplace")`` writes them, and maps it back when opening it.
 
+Uris in an embeddings folder are relative to its *base*, the folder where the first
+``clipkit embed`` into it ran (recorded in every shard): a run from anywhere, with the path
+typed either way, names a file as the first run did (:class:`UriFrame`), and readers anywhere
+find the file (:func:`locate`).
+
 Tables name images by path (relative to the table) or, often, by URL: a ``file://`` URL is a
 local path; any other URL is kept as written, so that reading it fails with a clear reason.
 """
 
 from __future__ import annotations
 
+import functools
 import os
 import re
+from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import unquote, urlsplit
 
@@ -52,3 +59,39 @@ def table_path(value: object, table: Path) -> str:
         text = unquote(parts.path)
     file = Path(text).expanduser()
     return as_text(file if file.is_absolute() else table.parent / file)
+
+
+@dataclass(frozen=True)
+class UriFrame:
+    """Writes the paths this process was given (relative to ``cwd`` or absolute) as uris in an
+    embeddings folder: relative to ``base`` for a file inside it, however it was typed;
+    outside it, absolute when typed so, else relative to ``base`` (``../``)."""
+
+    base: str  # as os functions take it (see os_path)
+    cwd: str
+
+    def uri(self, path: str | os.PathLike[str]) -> str:
+        name = os.fspath(path)
+        if is_url(name):
+            return as_text(name)
+        folder, file = os.path.split(name)
+        prefix = _folder_uri(folder, os.path.isabs(name), self.base, self.cwd)
+        return as_text(os.path.join(prefix, file))
+
+
+@functools.lru_cache(maxsize=4096)  # a walk names thousands of files per folder
+def _folder_uri(folder: str, typed_absolute: bool, base: str, cwd: str) -> str:
+    full = os.path.normpath(os.path.join(cwd, folder))
+    inside = os.path.relpath(full, base)
+    if typed_absolute and (inside == os.pardir or inside.startswith(os.pardir + os.sep)):
+        return full
+    return "" if inside == os.curdir else inside
+
+
+def locate(uri: str, base: str | None) -> str:
+    """A stored uri as a path that opens from the current folder: joined to ``base`` when it
+    is relative and ``base`` is another folder that still exists; else unchanged (folders from
+    before bases were recorded, or moved along with their images, read from here)."""
+    if base is None or os.path.isabs(uri) or is_url(uri) or base == os.getcwd():
+        return uri
+    return os.path.join(base, uri) if os.path.isdir(os_path(base)) else uri

@@ -75,6 +75,7 @@ class IndexInfo:
     clipkit_version: str = __version__
     removed_rows: int = 0
     extra: dict[str, Any] = field(default_factory=dict)
+    base: str | None = None  # the folder the rows' relative uris are relative to (the source's)
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -133,7 +134,7 @@ def _build(config: IndexConfig, shards: Sequence[store.Shard], stamp: store.Mode
         model=stamp.spec, fingerprint=stamp.fingerprint, dim=stamp.dim, kind=kind,
         factory=factory, params=params, rows=index.ntotal, source=str(config.emb_dir.resolve()),
         shards=store.shard_signature(shards), build_seconds=time.perf_counter() - started,
-        recall_at_10=recall, target_recall=config.target_recall,
+        recall_at_10=recall, target_recall=config.target_recall, base=store.read_base(shards),
     )  # fmt: skip
     _write(config.out_dir, index, rows, info)
     return IndexResult(info=info, out_dir=config.out_dir, added=index.ntotal, removed=0)
@@ -292,6 +293,7 @@ def _update(config: IndexConfig, shards: Sequence[store.Shard], stamp: store.Mod
         **info.as_dict(), "rows": loaded.index.ntotal, "removed_rows": removed,
         "shards": store.shard_signature(shards), "source": str(config.emb_dir.resolve()),
         "build_seconds": info.build_seconds + time.perf_counter() - started,
+        "base": store.read_base(shards),
     })  # fmt: skip
     _write(config.out_dir, loaded.index, rows, updated)
     return IndexResult(info=updated, out_dir=config.out_dir, added=added, removed=removed,

@@ -242,7 +242,7 @@ def _search(folder: Path, config: QuickstartConfig) -> StepReport:
     result = SearchResult(by_text.results + by_image.results, by_text.model, by_text.source)
     captions = [p.read_text(encoding="utf-8").split() for p in sorted((data / "val").glob("*.txt"))]
     relevant = [
-        sum(want <= set(_caption_of(hit.uri)) for hit in query.hits) / max(len(query.hits), 1)
+        sum(want <= set(_caption_of(hit.path)) for hit in query.hits) / max(len(query.hits), 1)
         for want, query in zip(wanted, result.results, strict=True)
     ]
     chance = [sum(want <= set(words) for words in captions) / len(captions) for want in wanted]
@@ -258,8 +258,8 @@ def _attributes(words: list[str]) -> set[str]:
     return {word for word in words if word in known}
 
 
-def _caption_of(uri: str) -> list[str]:
-    return Path(uri).with_suffix(".txt").read_text(encoding="utf-8").split()
+def _caption_of(path: str) -> list[str]:
+    return Path(path).with_suffix(".txt").read_text(encoding="utf-8").split()
 
 
 def _zeroshot(

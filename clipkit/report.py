@@ -14,6 +14,7 @@ from pathlib import Path
 from clipkit.atomic import atomic_path
 from clipkit.audit import AuditResult, PairAudit
 from clipkit.decode import DecodeError, decode_image
+from clipkit.filenames import locate
 from clipkit.pipeline import read_bytes
 from clipkit.plots import plot_confusion, plot_score_histogram
 from clipkit.search import SearchResult
@@ -60,7 +61,7 @@ def write_search_gallery(result: SearchResult, path: Path) -> Path:
         cards = []
         for hit in query.hits:
             if hit.kind == "image":
-                uri = thumbnail_uri(hit.uri)
+                uri = thumbnail_uri(hit.path or hit.uri)
                 body = (f'<img src="{uri}" alt="{html.escape(hit.uri)}">' if uri
                         else '<div class="text">image unreadable</div>')  # fmt: skip
             else:
@@ -145,7 +146,7 @@ def _worst_confusions(result: ZeroShotResult) -> str:
         wrong.sort(key=lambda p: -p.confidence)
         sections.append(
             f"<h3>{html.escape(labels[true])} → {html.escape(labels[predicted])} ({count})</h3>"
-            f'<div class="grid">{"".join(_card(p) for p in wrong[:GALLERY_IMAGES])}</div>'
+            + _cards(wrong, result.base)
         )
     body = "".join(sections) or "<p>No confusions: every image got its true label.</p>"
     return f"<h2>Worst confusions</h2>{body}"
@@ -161,16 +162,21 @@ def _label_galleries(result: ZeroShotResult) -> str:
         chosen.sort(key=lambda p: p.confidence if label == UNKNOWN else -p.confidence)
         if chosen:
             sections.append(
-                f"<h3>{html.escape(label)} ({count})</h3>"
-                f'<div class="grid">{"".join(_card(p) for p in chosen[:GALLERY_IMAGES])}</div>'
+                f"<h3>{html.escape(label)} ({count})</h3>" + _cards(chosen, result.base)
             )
     hidden = max(len(result.distribution) - GALLERY_LABELS, 0)
     more = f"<p>{hidden} less frequent labels not shown.</p>" if hidden else ""
     return f"<h2>Predictions by label</h2>{''.join(sections)}{more}"
 
 
-def _card(prediction: Prediction) -> str:
-    uri = thumbnail_uri(prediction.uri)
+def _cards(predictions: Sequence[Prediction], base: str | None) -> str:
+    """The first ``GALLERY_IMAGES`` predictions as a grid of cards (``base``: their uris')."""
+    cards = "".join(_card(p, base) for p in predictions[:GALLERY_IMAGES])
+    return f'<div class="grid">{cards}</div>'
+
+
+def _card(prediction: Prediction, base: str | None) -> str:
+    uri = thumbnail_uri(locate(prediction.uri, base))
     body = (f'<img src="{uri}" alt="{html.escape(prediction.uri)}">' if uri
             else '<div class="text">image unavailable</div>')  # fmt: skip
     top = "<br>".join(f"{html.escape(label)} {p:.3f}" for label, p in prediction.top[:3])
@@ -209,7 +215,7 @@ def write_audit_report(result: AuditResult, path: Path, *, top: int = 50) -> lis
         f"<th>75%</th><th>95%</th></tr>{rows}</table>",
         f'<img src="data:image/png;base64,{encoded}" alt="score histogram" style="max-width:100%">',
         f"<h2>Flagged pairs ({len(flagged)}; worst {min(top, len(flagged))} shown)</h2>",
-        f'<div class="grid">{"".join(_audit_card(p) for p in flagged[:top])}</div>',
+        f'<div class="grid">{"".join(_audit_card(p, result.base) for p in flagged[:top])}</div>',
         _duplicates_section(result),
     ]
     if result.failures:
@@ -219,8 +225,8 @@ def write_audit_report(result: AuditResult, path: Path, *, top: int = 50) -> lis
     return [_write_page(path, "clipkit audit", "".join(parts)), png]
 
 
-def _audit_card(pair: PairAudit) -> str:
-    uri = thumbnail_uri(pair.image)
+def _audit_card(pair: PairAudit, base: str | None) -> str:
+    uri = thumbnail_uri(locate(pair.image, base))
     body = (f'<img src="{uri}" alt="{html.escape(pair.image)}">' if uri
             else '<div class="text">image unavailable</div>')  # fmt: skip
     suggestion = html.escape(pair.suggested_caption or "–")

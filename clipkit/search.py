@@ -15,6 +15,7 @@ import torch
 from clipkit import score, store
 from clipkit.decode import DecodeError, decode_image
 from clipkit.errors import InputError
+from clipkit.filenames import locate
 from clipkit.models import Encoder, load_matching_model
 from clipkit.pipeline import read_bytes
 
@@ -44,6 +45,7 @@ class SearchHit:
     kind: str
     text: str | None
     meta: dict[str, str] = field(default_factory=dict)  # the row's pass-through values, if any
+    path: str = ""  # the uri as a path that opens from here (see clipkit.filenames.locate)
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -91,7 +93,7 @@ def search(config: SearchConfig) -> SearchResult:
         encoder = _encoder(config, stamp)
         vectors = _query_vectors(encoder, config, weights)
         scores, found = loaded.search(vectors, config.k)
-        rows, source = loaded.rows, str(config.index_dir)
+        rows, source, base = loaded.rows, str(config.index_dir), loaded.info.base
     else:
         emb_dir = config.embeddings_dir
         assert emb_dir is not None
@@ -101,7 +103,7 @@ def search(config: SearchConfig) -> SearchResult:
         encoder = _encoder(config, stamp)
         vectors = _query_vectors(encoder, config, weights)
         scores, found, rows = _exact(emb_dir, config.kind, vectors, config.k)
-        source = str(emb_dir)
+        source, base = str(emb_dir), store.read_base(emb_dir)
     extra = [name for name in rows if name not in ("id", "uri", "kind", "text")]
     results = []
     for label, row_scores, row_found in zip(labels, scores, found, strict=True):
@@ -114,6 +116,7 @@ def search(config: SearchConfig) -> SearchResult:
                 kind=rows["kind"][i],
                 text=rows["text"][i],
                 meta={name: rows[name][i] for name in extra if rows[name][i] is not None},
+                path=locate(rows["uri"][i], base),
             )  # fmt: skip
             for r, (s, i) in enumerate(zip(row_scores.tolist(), row_found.tolist(), strict=True))
             if i >= 0  # FAISS pads with -1 when fewer than k rows are reachable

@@ -8,7 +8,7 @@ sorted by uri so that every run (and every rank of a distributed run) sees the s
 from __future__ import annotations
 
 import os
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import Enum
 from operator import attrgetter
@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 from clipkit.decode import IMAGE_SUFFIXES, TEXT_SUFFIXES, DecodeError, decode_text
 from clipkit.errors import InputError
-from clipkit.filenames import as_text, table_path
+from clipkit.filenames import UriFrame, as_text, table_path
 from clipkit.tarshards import (
     TAR_SUFFIX,
     group_samples,
@@ -59,6 +59,11 @@ class SourceOptions:
     include_hidden: bool = False
     image_column: str | None = None
     text_column: str | None = None
+    frame: UriFrame | None = None  # uris relative to an embeddings folder's base (embed)
+
+    def uri(self, path: str | os.PathLike[str]) -> str:
+        """The uri of a path found from the sources as given: as typed, or in ``frame``."""
+        return self.frame.uri(path) if self.frame is not None else as_text(path)
 
 
 @dataclass
@@ -133,19 +138,19 @@ def _walk(root: Path, options: SourceOptions, found: Discovery) -> None:
 
 def _file_items(path: Path, options: SourceOptions, found: Discovery, *, explicit: bool) -> None:
     suffix = path.suffix.lower()
-    uri = as_text(path)
+    uri, readable = options.uri(path), as_text(path)
     if suffix == TAR_SUFFIX:
         _tar_items(path, options, found, explicit=explicit)
     elif suffix in IMAGE_SUFFIXES:
         if _wanted("image", options):
-            found.items.append(Item(uri=uri, kind="image", path=uri))
+            found.items.append(Item(uri=uri, kind="image", path=readable))
     elif suffix in TEXT_SUFFIXES:
         if not _wanted("text", options):
             return
         if options.lines and explicit:
-            found.items.extend(_line_items(path))
+            found.items.extend(_line_items(path, uri))
         else:
-            found.items.append(Item(uri=uri, kind="text", path=uri))
+            found.items.append(Item(uri=uri, kind="text", path=readable))
     elif explicit:
         raise InputError(
             f"{path} is neither an image, a .txt file nor a table.",
@@ -164,9 +169,9 @@ def _tar_items(path: Path, options: SourceOptions, found: Discovery, *, explicit
     except DecodeError as error:
         if explicit:
             raise InputError(f"{path} is {error.reason}.", "Check the file.") from None
-        found.failures.append((as_text(path), "read", error.reason))
+        found.failures.append((options.uri(path), "read", error.reason))
         return
-    shard = as_text(path)
+    shard, shard_uri = as_text(path), options.uri(path)
     for parts in group_samples(members).values():
         image = image_member(parts)
         caption, record = parts.get("txt"), parts.get("json")
@@ -174,30 +179,32 @@ def _tar_items(path: Path, options: SourceOptions, found: Discovery, *, explicit
             found.ignored += 1
             continue
         if image is not None and _wanted("image", options):
-            uri = member_uri(shard, image)
             meta = SampleMeta(shard, record, caption, None)
-            found.items.append(Item(uri=uri, kind="image", path=uri, meta=meta or None))
+            uri, readable = member_uri(shard_uri, image), member_uri(shard, image)
+            found.items.append(Item(uri=uri, kind="image", path=readable, meta=meta or None))
         if caption is not None and _wanted("text", options):
-            uri = member_uri(shard, caption)
-            meta = SampleMeta(shard, record, None, image)
-            found.items.append(Item(uri=uri, kind="text", path=uri, meta=meta or None))
+            meta = SampleMeta(shard, record, None, image, shard_uri)
+            uri, readable = member_uri(shard_uri, caption), member_uri(shard, caption)
+            found.items.append(Item(uri=uri, kind="text", path=readable, meta=meta or None))
 
 
 class SampleMeta(Mapping[str, Any]):
     """Pass-through values of one WebDataset sample, read from its shard when asked for:
     ``json`` (the raw ``.json`` member, e.g. img2dataset's url and size), and an image's
-    ``caption`` (its ``.txt`` member) or a caption's ``image`` (its image member's uri)."""
+    ``caption`` (its ``.txt`` member) or a caption's ``image`` (its image member's uri, in the
+    shard's uri ``shard_uri``)."""
 
-    __slots__ = ("_shard", "_record", "_caption", "_image")
+    __slots__ = ("_shard", "_record", "_caption", "_image", "_shard_uri")
 
     def __init__(self, shard: str, record: str | None, caption: str | None,
-                 image: str | None) -> None:  # fmt: skip
+                 image: str | None, shard_uri: str | None = None) -> None:  # fmt: skip
         self._shard, self._record, self._caption, self._image = shard, record, caption, image
+        self._shard_uri = shard_uri or shard
 
     def __getitem__(self, name: str) -> Any:
         member = {"json": self._record, "caption": self._caption}.get(name)
         if name == "image" and self._image is not None:
-            return member_uri(self._shard, self._image)
+            return member_uri(self._shard_uri, self._image)
         if member is None:
             raise KeyError(name)
         try:
@@ -213,7 +220,7 @@ class SampleMeta(Mapping[str, Any]):
         return sum(1 for _ in self)
 
 
-def _line_items(path: Path) -> Iterable[Item]:
+def _line_items(path: Path, uri: str) -> Iterable[Item]:
     try:
         data = path.read_bytes()
     except OSError as error:
@@ -223,7 +230,7 @@ def _line_items(path: Path) -> Iterable[Item]:
             text, _ = decode_text(raw)
         except DecodeError:
             continue  # blank lines separate texts; they are not inputs
-        yield Item(uri=as_text(f"{path}#L{number}"), kind="text", text=text)
+        yield Item(uri=f"{uri}#L{number}", kind="text", text=text)
 
 
 class TableRow(Mapping[str, Any]):
@@ -231,24 +238,25 @@ class TableRow(Mapping[str, Any]):
 
     A dict per row cost a million-row table about 1 GB of Python objects; a view is one small
     object that shares the table and the tuple of column names. The cell of ``image_column``
-    (a caption row's image) reads as the image row's uri, not as written in the table, so the
+    (a caption row's image) reads as the image row's uri (``image_uri`` of the cell as
+    :func:`~clipkit.filenames.table_path` resolves it), not as written in the table, so the
     two join.
     """
 
-    __slots__ = ("_table", "_names", "_row", "_image_column")
+    __slots__ = ("_table", "_names", "_row", "_image_column", "_image_uri")
 
-    def __init__(
-        self, table: InputTable, names: tuple[str, ...], row: int, image_column: str | None = None
-    ) -> None:
+    def __init__(self, table: InputTable, names: tuple[str, ...], row: int,
+                 image_column: str | None = None,
+                 image_uri: Callable[[str], str] = as_text) -> None:  # fmt: skip
         self._table, self._names, self._row = table, names, row
-        self._image_column = image_column
+        self._image_column, self._image_uri = image_column, image_uri
 
     def __getitem__(self, name: str) -> Any:
         if name not in self._names:
             raise KeyError(name)
         value = self._table.cell(name, self._row)
         if name == self._image_column and value not in (None, ""):
-            return table_path(value, self._table.path)
+            return self._image_uri(table_path(value, self._table.path))
         return value
 
     def __iter__(self) -> Iterator[str]:
@@ -277,18 +285,18 @@ def _table_items(path: Path, options: SourceOptions) -> list[Item]:
     text_meta = passed + ((image_column,) if image_column else ())
     images = table.values(image_column) if image_column and _wanted("image", options) else None
     texts = table.values(text_column) if text_column and _wanted("text", options) else None
-    items = []
+    items, table_uri = [], options.uri(path)
     for number in range(table.rows):
         if images is not None and images[number] not in (None, ""):
-            uri = table_path(images[number], path)
+            readable = table_path(images[number], path)
             meta = TableRow(table, image_meta, number) if image_meta else None
-            items.append(Item(uri=uri, kind="image", path=uri, meta=meta))
+            items.append(Item(uri=options.uri(readable), kind="image", path=readable, meta=meta))
         if texts is not None:
             text = texts[number]
-            meta = TableRow(table, text_meta, number, image_column) if text_meta else None
-            items.append(
-                Item(uri=f"{path}#row={number}", kind="text", text=str(text or ""), meta=meta)
-            )
+            meta = (TableRow(table, text_meta, number, image_column, options.uri)
+                    if text_meta else None)  # fmt: skip
+            items.append(Item(uri=f"{table_uri}#row={number}", kind="text", text=str(text or ""),
+                              meta=meta))  # fmt: skip
     return items
 
 

@@ -106,6 +106,7 @@ class ZeroShotResult:
     rejection: Rejection | None
     failures: tuple[tuple[str, str, str], ...]
     notes: tuple[str, ...] = ()
+    base: str | None = None  # an embeddings folder's base: its relative uris are relative to it
 
     @functools.cached_property  # sorted once: the CLI and reports ask several times
     def distribution(self) -> list[tuple[str, int]]:
@@ -183,6 +184,7 @@ def zeroshot(config: ZeroShotConfig, progress: Progress | None = None) -> ZeroSh
         prompts=sum(len(p) for p in prompts), templates=config.templates,
         logit_scale=encoder.logit_scale, predictions=tuple(predictions), metrics=metrics,
         rejection=rejection, failures=tuple(images.failures), notes=tuple(notes),
+        base=store.read_base(source) if kind == "embeddings" else None,
     )  # fmt: skip
 
 

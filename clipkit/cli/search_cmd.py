@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
-from rich.table import Table
+from rich.table import Column, Table
 from rich.text import Text
 
 from clipkit.atomic import check_output
@@ -211,7 +211,7 @@ def _render_search(result: Any, output: SearchFormat) -> None:
         import csv
         import sys
 
-        fields = ["query", "rank", "score", "id", "uri", "kind", "text"]
+        fields = ["query", "rank", "score", "id", "uri", "kind", "text", "path"]
         # A pass-through column named like one of ours ("rank", say) gets a prefix.
         columns = {name: f"meta.{name}" if name in fields else name for name in meta_names}
         writer = csv.DictWriter(sys.stdout, fieldnames=fields + list(columns.values()),
@@ -222,10 +222,12 @@ def _render_search(result: Any, output: SearchFormat) -> None:
             writer.writerow({**row, **{columns[name]: value for name, value in meta.items()}})
     else:
         for q in result.results:
-            headers = ["rank", "score", "uri or text"] + (["metadata"] if meta_names else [])
+            # A path is folded onto more lines, never cut: it is what the user opens next.
+            shown_column = Column("path or text", overflow="fold")
+            headers = ["rank", "score", shown_column] + (["metadata"] if meta_names else [])
             table = Table(*headers, title=Text(q.query), title_justify="left")
             for hit in q.hits:
-                shown = (hit.text or "") if hit.kind == "text" else hit.uri
+                shown = (hit.text or "") if hit.kind == "text" else hit.path
                 meta = [Text("; ".join(f"{k}: {v}" for k, v in hit.meta.items()))]
                 table.add_row(str(hit.rank), f"{hit.score:.4f}", Text(shown),
                               *(meta if meta_names else []))  # fmt: skip

@@ -2,7 +2,9 @@
 checked shard by shard against its snapshot and its model.
 
 A shard is ``part-NNNNN.parquet`` with columns ``id``, ``uri``, ``kind``, ``text``,
-``embedding`` and pass-through metadata, and schema metadata ``clipkit.*`` naming the model.
+``embedding`` and pass-through metadata, and schema metadata ``clipkit.*`` naming the model
+and ``clipkit.base``, the folder its relative uris are relative to (see
+:mod:`clipkit.filenames`).
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ from clipkit.errors import InputError
 
 SHARD_PATTERN = re.compile(r"^part-(\d{5,})\.parquet$")
 CORE_COLUMNS = ("id", "uri", "kind", "text", "embedding")
+BASE_KEY = "clipkit.base"
 # Rows per record batch read from a shard. At 512 dimensions, 16,384 against 65,536 halved the
 # peak memory of an exact search over 100,000-row shards (0.6 against 1.3 GB of growth) and ran
 # it 2.3x faster; an index build took the same time in 0.7 GB less.
@@ -140,17 +143,20 @@ def write_shard(
     stamp: ModelStamp,
     *,
     float16: bool = False,
+    base: str | None = None,
 ) -> None:
     """Write one shard atomically. ``rows`` holds the non-embedding columns, equal lengths.
 
     Args:
         embeddings: (N, D) float32 unit-norm vectors; stored as float16 when asked.
+        base: the absolute folder that relative uris in ``rows`` are relative to.
     """
     values = embeddings.astype(np.float16 if float16 else np.float32, copy=False)
     flat = pa.array(values.reshape(-1))
     columns = {name: pa.array(list(data), type=pa.string()) for name, data in rows.items()}
     columns["embedding"] = pa.FixedSizeListArray.from_arrays(flat, values.shape[1])
-    table = pa.table(columns).replace_schema_metadata(_stamp_metadata(stamp))
+    metadata = _stamp_metadata(stamp) | ({BASE_KEY: base} if base is not None else {})
+    table = pa.table(columns).replace_schema_metadata(metadata)
     with atomic_path(path) as tmp:
         pq.write_table(table, tmp, compression="zstd")
 
@@ -358,6 +364,19 @@ def read_stamp(source: Shards) -> ModelStamp | None:
     """The model stamp of an embeddings folder (from its first shard), or None if empty."""
     shards = _snapshot_of(source)
     return _open_shard(shards[0], None)[1] if shards else None
+
+
+def read_base(source: Shards) -> str | None:
+    """The folder the relative uris of an embeddings folder are relative to, as its newest
+    shard that records one says (None for a folder from before clipkit recorded it)."""
+    for shard in reversed(_snapshot_of(source)):
+        try:
+            metadata = pq.read_schema(shard.path).metadata or {}
+        except (OSError, pa.ArrowException) as error:
+            raise _unreadable(shard.path, error) from None
+        if BASE_KEY.encode() in metadata:
+            return metadata[BASE_KEY.encode()].decode()
+    return None
 
 
 def _stamp_metadata(stamp: ModelStamp) -> dict[str, str]:
