@@ -421,6 +421,7 @@ def _embed_images(run: _Run, items: Sequence[Item], config: EmbedConfig, workers
         preprocess=run.encoder.prepare_image,
         min_side=min(run.encoder.image_size),
         max_pixels=config.max_pixels,
+        skip_repeats=True,
     )
     done = 0
     report("images", 0, len(items))
@@ -434,6 +435,12 @@ def _embed_images(run: _Run, items: Sequence[Item], config: EmbedConfig, workers
             stat = run.pending_stats.pop(item.uri, None)
             if stat is not None:
                 run.file_stats[item.uri] = (*stat, sample.item_id)
+            if position not in batch.pixel_row and sample.item_id not in run.known_ids \
+                    and sample.item_id not in fresh_ids:  # fmt: skip
+                # A worker passed over this copy, and its first copy got no row: the same
+                # content gave a non-finite embedding.
+                run.failures.append((item.uri, "encode", NON_FINITE))
+                continue
             if run.is_new(sample.item_id, item.uri, fresh_ids):
                 fresh_items.append(item)
                 fresh_ids.append(sample.item_id)

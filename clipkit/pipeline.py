@@ -40,13 +40,15 @@ if TYPE_CHECKING:
 
 
 WORKER_NICENESS = 19  # added to the parent's niceness; Unix caps the sum at 19
+REPEAT_WINDOW = 65_536  # content ids a worker remembers having decoded (skip_repeats)
 
 
 @dataclass(frozen=True)
 class Sample:
     """What a worker made of one item: its id (and, beside it, pixels) or why it failed.
 
-    Content already in the output folder is hashed but not decoded: it comes without pixels.
+    Content already in the output folder is hashed but not decoded: it comes without pixels,
+    as does a copy of content that the same worker decoded a little earlier (``skip_repeats``).
     """
 
     index: int
@@ -98,7 +100,14 @@ def read_bytes(path: str, *, regular_only: bool = True) -> bytes:
 
 
 class ImageDataset(Dataset):
-    """Items -> (Sample, pixels or None); already-embedded content is hashed, not decoded."""
+    """Items -> (Sample, pixels or None); already-embedded content is hashed, not decoded.
+
+    With ``skip_repeats``, each worker also passes over content it decoded among its last
+    ``REPEAT_WINDOW`` items (a folder of copies decodes each content once per worker, not once
+    per copy). The batches then reach the caller in item order, so the copy it decoded arrives
+    first: embed counts the others as aliases; callers that need every copy's pixels leave it
+    off.
+    """
 
     def __init__(
         self,
@@ -108,9 +117,11 @@ class ImageDataset(Dataset):
         preprocess: Callable,
         min_side: int,
         max_pixels: int,
+        skip_repeats: bool = False,
     ) -> None:
         self.paths = PackedStrings(item.path or "" for item in items)  # shared by forked workers
         self.known_ids = known_ids
+        self.recent: dict[str, None] | None = {} if skip_repeats else None  # per worker, FIFO
         self.preprocess = preprocess
         self.min_side = min_side
         self.max_pixels = max_pixels
@@ -124,7 +135,7 @@ class ImageDataset(Dataset):
         except DecodeError as error:
             return Sample(index, error=(error.stage, error.reason)), None
         item_id = content_id(data)
-        if item_id in self.known_ids:
+        if item_id in self.known_ids or (self.recent is not None and item_id in self.recent):
             return Sample(index, item_id), None
         try:
             image = decode_image(data, min_side=self.min_side, max_pixels=self.max_pixels)
@@ -134,6 +145,10 @@ class ImageDataset(Dataset):
         except Exception as error:  # a transform failing on one odd image must not end the run
             return Sample(index, item_id, error=("preprocess", f"{type(error).__name__}: "
                                                  f"{error}")), None  # fmt: skip
+        if self.recent is not None:
+            self.recent[item_id] = None
+            if len(self.recent) > REPEAT_WINDOW:  # a few MB per worker, whatever the input
+                del self.recent[next(iter(self.recent))]
         return Sample(index, item_id), pixels
 
 

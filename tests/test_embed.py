@@ -295,6 +295,34 @@ def test_identical_files_share_one_row_and_are_listed_as_aliases(tmp_path):
     assert (again.embedded, again.already_present, again.aliases) == (0, 5, 0)
 
 
+@pytest.mark.parametrize("workers", [0, 2])
+def test_a_worker_decodes_each_content_once_however_many_copies(tmp_path, monkeypatch, workers):
+    originals = make_images(tmp_path / "d", 3)
+    for n in range(5):  # copies on both sides of their original in uri order
+        for original in originals[:2]:
+            (tmp_path / "d" / f"{'a' if n % 2 else 'z'}{n}_{original.name}").write_bytes(
+                original.read_bytes())  # fmt: skip
+    log = tmp_path / "decoded.log"
+    decode = pipeline.decode_image
+
+    def counted(data, **options):
+        with open(log, "a") as handle:  # forked workers append too
+            handle.write(content_id(data) + "\n")
+        return decode(data, **options)
+
+    monkeypatch.setattr(pipeline, "decode_image", counted)
+    result = embed(config([tmp_path / "d"], tmp_path / "out", workers=workers, batch_size=4))
+    assert (result.embedded, result.aliases, result.skipped) == (3, 10, 0)
+    decoded = log.read_text().split()
+    # Each worker decodes a content at most once: once in all without workers.
+    assert len(set(decoded)) == 3 and len(decoded) <= 3 * max(1, workers)
+    assert sorted(row["uri"] for row in rows(tmp_path / "out").values()) == sorted(
+        min(str(p) for p in (tmp_path / "d").iterdir() if p.read_bytes() == o.read_bytes())
+        for o in originals
+    )  # the row keeps the first copy in uri order, as when every copy was decoded
+    assert len(pq.read_table(tmp_path / "out" / "_aliases.parquet")) == 10
+
+
 def test_adding_files_embeds_only_the_new_ones(tmp_path):
     make_images(tmp_path / "d", 3)
     first = embed(config([tmp_path / "d"], tmp_path / "out", shard_rows=2))
@@ -417,7 +445,8 @@ def test_ctrl_c_keeps_finished_embeddings(tmp_path):
     assert (resumed.embedded, resumed.already_present) == (4, 8)
 
 
-def test_non_finite_embeddings_are_failures_not_rows(tmp_path, tiny_encoder):
+@pytest.mark.parametrize("batch_size", [64, 1])  # the copy in the same batch, or a later one
+def test_non_finite_embeddings_are_failures_not_rows(tmp_path, tiny_encoder, batch_size):
     # A diverged checkpoint: NaN in the image tower's projection, the text tower intact.
     from clipkit.checkpoints import write_checkpoint
 
@@ -432,7 +461,8 @@ def test_non_finite_embeddings_are_failures_not_rows(tmp_path, tiny_encoder):
     (tmp_path / "data" / "caption.txt").write_text("a photo of a dog")
     out = tmp_path / "out"
     result = embed(EmbedConfig(sources=(str(tmp_path / "data"),), out_dir=out,
-                               model=str(checkpoint), device="cpu", workers=0))  # fmt: skip
+                               model=str(checkpoint), device="cpu", workers=0,
+                               batch_size=batch_size))  # fmt: skip
     assert (result.embedded, result.skipped, result.aliases) == (1, 4, 0)
     assert sorted(uri for uri, _, _ in result.failures) == sorted(map(str, images))
     assert {stage for _, stage, _ in result.failures} == {"encode"}
