@@ -6,7 +6,7 @@ fails. clipkit shows and stores such a name with ``\\xNN`` escapes for its bad b
 Uris in an embeddings folder are relative to its *base*, the folder where the first
 ``clipkit embed`` into it ran (recorded in every shard): a run from anywhere, with the path
 typed either way, names a file as the first run did (:class:`UriFrame`), and readers anywhere
-find the file (:func:`locate`).
+find the file (:func:`locate`). A file outside the base is named by its absolute path.
 
 Tables name images by path (relative to the table) or, often, by URL: a ``file://`` URL is a
 local path; any other URL is kept as written, so that reading it fails with a clear reason.
@@ -64,8 +64,8 @@ def table_path(value: object, table: Path) -> str:
 @dataclass(frozen=True)
 class UriFrame:
     """Writes the paths this process was given (relative to ``cwd`` or absolute) as uris in an
-    embeddings folder: relative to ``base`` for a file inside it, however it was typed;
-    outside it, absolute when typed so, else relative to ``base`` (``../``)."""
+    embeddings folder, the same however they were typed: relative to ``base`` for a file
+    inside it, absolute for one outside it."""
 
     base: str  # as os functions take it (see os_path)
     cwd: str
@@ -75,15 +75,14 @@ class UriFrame:
         if is_url(name):
             return as_text(name)
         folder, file = os.path.split(name)
-        prefix = _folder_uri(folder, os.path.isabs(name), self.base, self.cwd)
-        return as_text(os.path.join(prefix, file))
+        return as_text(os.path.join(_folder_uri(folder, self.base, self.cwd), file))
 
 
 @functools.lru_cache(maxsize=4096)  # a walk names thousands of files per folder
-def _folder_uri(folder: str, typed_absolute: bool, base: str, cwd: str) -> str:
+def _folder_uri(folder: str, base: str, cwd: str) -> str:
     full = os.path.normpath(os.path.join(cwd, folder))
     inside = os.path.relpath(full, base)
-    if typed_absolute and (inside == os.pardir or inside.startswith(os.pardir + os.sep)):
+    if inside == os.pardir or inside.startswith(os.pardir + os.sep):
         return full
     return "" if inside == os.curdir else inside
 

@@ -30,18 +30,17 @@ from tests.test_embed_tar import _sample, _shard
 runner = CliRunner()
 
 
-def test_frame_names_a_file_inside_the_base_relative_to_it_however_it_was_typed(tmp_path):
+def test_frame_names_a_file_the_same_however_it_was_typed(tmp_path):
     here, base = str(tmp_path / "work"), str(tmp_path / "data")
     frame = UriFrame(base=base, cwd=here)
-    assert frame.uri("../data/imgs/a.jpg") == "imgs/a.jpg"
-    assert frame.uri(f"{base}/imgs/a.jpg") == "imgs/a.jpg"
-    assert frame.uri("pics/b.png") == "../work/pics/b.png"  # outside, typed relative
-    assert frame.uri("/elsewhere/c.png") == "/elsewhere/c.png"  # outside, typed absolute
+    assert frame.uri("../data/imgs/a.jpg") == frame.uri(f"{base}/imgs/a.jpg") == "imgs/a.jpg"
+    outside = str(tmp_path / "work" / "pics" / "b.png")
+    assert frame.uri("pics/b.png") == frame.uri(outside) == outside  # outside it: absolute
     assert frame.uri(f"{base}/../x/d.png") == str(tmp_path / "x" / "d.png")
     assert frame.uri("https://example.com/d.png") == "https://example.com/d.png"
     first = UriFrame(base=base, cwd=base)  # the first run into a folder
     assert first.uri("imgs/a.jpg") == first.uri("./imgs/../imgs/a.jpg") == "imgs/a.jpg"
-    assert first.uri("../work/pics/b.png") == "../work/pics/b.png"
+    assert first.uri("../work/pics/b.png") == outside
 
 
 def test_locate_joins_relative_uris_to_a_base_that_exists(tmp_path, monkeypatch):
@@ -131,6 +130,19 @@ def test_an_embed_from_another_folder_names_files_as_the_first_run_did(project, 
     assert store.read_aliases(data / "emb") == []
     stats = pq.read_table(data / "emb" / store.FILES_FILE).column("uri").to_pylist()
     assert sorted(stats) == found  # the stat cache vouches for them from anywhere
+
+
+def test_files_outside_the_base_are_named_absolutely_from_anywhere(project, monkeypatch):
+    data, work, _ = project
+    photos = make_images(data.parent / "photos", 2, start=30)
+    first = embed(config(["../photos"], Path("emb")))  # from the base, typed relative
+    assert first.embedded == 2
+    monkeypatch.chdir(work)
+    for typed in ("../photos", str(data.parent / "photos")):
+        again = embed(config([typed], data / "emb"))
+        assert (again.embedded, again.already_present, again.aliases) == (0, 2, 0)
+    uris = {row["uri"] for row in rows(data / "emb").values()}
+    assert {str(photo) for photo in photos} <= uris
 
 
 def test_tables_lines_and_shards_from_another_folder_are_named_from_the_base(project,
