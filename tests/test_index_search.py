@@ -384,6 +384,14 @@ def test_missing_or_non_finite_embeddings_are_refused_by_name(corpus, tmp_path, 
         assert search(text_search).results[0].hits[0].text == "a photo of a dog"
 
 
+def test_a_bad_embedding_in_a_later_batch_is_named_by_its_own_uri(corpus, tmp_path):
+    # An exact scan reads a batch's uris only to name a bad row: from the right offset.
+    _corrupt_copy(corpus / "emb", tmp_path / "emb", nan_row=5)
+    uris = next(store.iter_embeddings(corpus / "emb", ("uri",))).column("uri").to_pylist()
+    with pytest.raises(InputError, match=f"the first for {re.escape(uris[5])}"):
+        list(store.iter_ids_and_vectors(tmp_path / "emb", batch_rows=2))
+
+
 def test_corrupt_shard_repaired_by_deleting_it_and_embedding_again(tmp_path):
     make_images(tmp_path / "imgs", 4)
     config = EmbedConfig(sources=(str(tmp_path / "imgs"),), out_dir=tmp_path / "emb", model=TINY,
