@@ -18,6 +18,7 @@ import pyarrow.parquet as pq
 from clipkit.atomic import atomic_path
 from clipkit.errors import InputError
 from clipkit.store.shards import (
+    ROW_GROUP_ROWS,
     SHARD_PATTERN,
     ModelStamp,
     VectorBlock,
@@ -202,7 +203,8 @@ def _rewrite_shard(path: Path, keep: list[bool], uris: list[str]) -> None:
     uri_column = table.schema.get_field_index("uri")
     table = table.set_column(uri_column, "uri", pa.array(uris, pa.string()))
     with atomic_path(path) as tmp:
-        pq.write_table(table.filter(pa.array(keep)), tmp, compression="zstd")
+        pq.write_table(table.filter(pa.array(keep)), tmp, compression="zstd",
+                       row_group_size=ROW_GROUP_ROWS)  # fmt: skip
 
 
 def with_aliases(rows: VectorBlock, folder: Path) -> VectorBlock:
