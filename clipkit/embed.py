@@ -234,7 +234,7 @@ def _embed(config: EmbedConfig, world: distributed.World, device: str,
     found = discover(config.sources, options)
     encoder = load_model(config.model, device=device)
     with writer_lock(config.out_dir, f"embed -o {config.out_dir}", active=world.is_main):
-        run = _start_run(config, encoder, found.items, world, frame.base)
+        run = _start_run(config, encoder, found.items, world, as_text(frame.base))
         if world.is_main:  # every rank found them; one lists them
             run.failures.extend(found.failures)
         images = [item for item in found.items if item.kind == "image"]
@@ -265,10 +265,9 @@ def _uri_frame(out_dir: Path) -> UriFrame:
     """Uris relative to the folder's recorded base, so that a run from another folder names
     each file as the first run did; a new folder's base (or a folder's that no longer
     exists, or one from before bases were recorded) is this run's working folder."""
-    here = as_text(os.getcwd())
-    recorded = store.read_base(out_dir)
-    base = recorded if recorded is not None and os.path.isdir(os_path(recorded)) else here
-    return UriFrame(base=base, cwd=here)
+    here, recorded = os.getcwd(), store.read_base(out_dir)
+    base = os_path(recorded) if recorded is not None else here
+    return UriFrame(base=base if os.path.isdir(base) else here, cwd=here)
 
 
 def _save_file_stats(config: EmbedConfig, run: _Run, world: distributed.World,
