@@ -146,7 +146,7 @@ def _worst_confusions(result: ZeroShotResult) -> str:
         wrong.sort(key=lambda p: -p.confidence)
         sections.append(
             f"<h3>{html.escape(labels[true])} → {html.escape(labels[predicted])} ({count})</h3>"
-            + _cards(wrong, result.base)
+            + _cards(wrong)
         )
     body = "".join(sections) or "<p>No confusions: every image got its true label.</p>"
     return f"<h2>Worst confusions</h2>{body}"
@@ -161,22 +161,20 @@ def _label_galleries(result: ZeroShotResult) -> str:
         # unknown: the least confident first (the clearest rejections); labels: the most
         chosen.sort(key=lambda p: p.confidence if label == UNKNOWN else -p.confidence)
         if chosen:
-            sections.append(
-                f"<h3>{html.escape(label)} ({count})</h3>" + _cards(chosen, result.base)
-            )
+            sections.append(f"<h3>{html.escape(label)} ({count})</h3>" + _cards(chosen))
     hidden = max(len(result.distribution) - GALLERY_LABELS, 0)
     more = f"<p>{hidden} less frequent labels not shown.</p>" if hidden else ""
     return f"<h2>Predictions by label</h2>{''.join(sections)}{more}"
 
 
-def _cards(predictions: Sequence[Prediction], base: str | None) -> str:
-    """The first ``GALLERY_IMAGES`` predictions as a grid of cards (``base``: their uris')."""
-    cards = "".join(_card(p, base) for p in predictions[:GALLERY_IMAGES])
+def _cards(predictions: Sequence[Prediction]) -> str:
+    """The first ``GALLERY_IMAGES`` predictions as a grid of cards."""
+    cards = "".join(_card(p) for p in predictions[:GALLERY_IMAGES])
     return f'<div class="grid">{cards}</div>'
 
 
-def _card(prediction: Prediction, base: str | None) -> str:
-    uri = thumbnail_uri(locate(prediction.uri, base))
+def _card(prediction: Prediction) -> str:
+    uri = thumbnail_uri(prediction.path or prediction.uri)
     body = (f'<img src="{uri}" alt="{html.escape(prediction.uri)}">' if uri
             else '<div class="text">image unavailable</div>')  # fmt: skip
     top = "<br>".join(f"{html.escape(label)} {p:.3f}" for label, p in prediction.top[:3])

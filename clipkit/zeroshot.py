@@ -33,7 +33,7 @@ from clipkit.classes import (
 from clipkit.config import DEFAULT_MODEL_SPEC
 from clipkit.decode import DEFAULT_MAX_PIXELS, IMAGE_SUFFIXES
 from clipkit.errors import InputError
-from clipkit.filenames import as_text
+from clipkit.filenames import as_text, locate
 from clipkit.metrics import ClassificationMetrics, calibrate_threshold, classification_metrics
 from clipkit.models import Encoder, load_matching_model, load_model
 from clipkit.pipeline import default_workers, encode_image_files
@@ -75,6 +75,7 @@ class Prediction:
     confidence: float
     top: tuple[tuple[str, float], ...]  # (label, probability), best first
     target: str | None = None  # the true label, when known
+    path: str = ""  # the uri as a path that opens from here (see clipkit.filenames.locate)
 
     def as_dict(self) -> dict[str, Any]:
         return {**asdict(self), "top": [{"label": t, "probability": p} for t, p in self.top]}
@@ -106,7 +107,6 @@ class ZeroShotResult:
     rejection: Rejection | None
     failures: tuple[tuple[str, str, str], ...]
     notes: tuple[str, ...] = ()
-    base: str | None = None  # an embeddings folder's base: its relative uris are relative to it
 
     @functools.cached_property  # sorted once: the CLI and reports ask several times
     def distribution(self) -> list[tuple[str, int]]:
@@ -174,7 +174,8 @@ def zeroshot(config: ZeroShotConfig, progress: Progress | None = None) -> ZeroSh
     kept = min(max(config.k, METRICS_K), len(names))
     probabilities, indices = classify(images.vectors, weights, encoder.logit_scale, kept)
     threshold, rejection = _threshold(config, encoder, weights, known, progress)
-    predictions = _predictions(names, images, probabilities, indices, threshold, config.k)
+    base = store.read_base(source) if kind == "embeddings" else None
+    predictions = _predictions(names, images, probabilities, indices, threshold, config.k, base)
     metrics, notes = _metrics(names, images, indices)
     if rejection is not None:
         rejected = sum(p.label == UNKNOWN for p in predictions)
@@ -184,13 +185,12 @@ def zeroshot(config: ZeroShotConfig, progress: Progress | None = None) -> ZeroSh
         prompts=sum(len(p) for p in prompts), templates=config.templates,
         logit_scale=encoder.logit_scale, predictions=tuple(predictions), metrics=metrics,
         rejection=rejection, failures=tuple(images.failures), notes=tuple(notes),
-        base=store.read_base(source) if kind == "embeddings" else None,
     )  # fmt: skip
 
 
 def _predictions(
     names: Sequence[str], images: _Images, probabilities: torch.Tensor, indices: torch.Tensor,
-    threshold: float | None, k: int,
+    threshold: float | None, k: int, base: str | None,
 ) -> list[Prediction]:  # fmt: skip
     predictions = []
     for row, uri in enumerate(images.uris):
@@ -200,17 +200,19 @@ def _predictions(
         predictions.append(Prediction(
             uri=uri, id=images.ids[row], label=UNKNOWN if rejected else top[0][0],
             confidence=top[0][1], top=tuple(top[:k]),
-            target=images.truth[row] if images.truth else None,
+            target=images.truth[row] if images.truth else None, path=locate(uri, base),
         ))  # fmt: skip
     return predictions
 
 
 def prediction_rows(result: ZeroShotResult) -> list[dict[str, Any]]:
-    """One flat row per image: uri, id, label, confidence, target, label_1, probability_1, ..."""
+    """One flat row per image: uri, id, label, confidence, target, path, label_1,
+    probability_1, ..."""
     rows = []
     for p in result.predictions:
         row: dict[str, Any] = {"uri": p.uri, "id": p.id, "label": p.label,
-                               "confidence": p.confidence, "target": p.target}  # fmt: skip
+                               "confidence": p.confidence, "target": p.target,
+                               "path": p.path}  # fmt: skip
         for rank, (label, probability) in enumerate(p.top, 1):
             row[f"label_{rank}"], row[f"probability_{rank}"] = label, probability
         rows.append(row)

@@ -214,6 +214,8 @@ def test_zeroshot_and_audit_reports_show_images_from_another_folder(tmp_path, mo
     monkeypatch.chdir(work)
     classified = zeroshot(ZeroShotConfig(images=data / "emb", device="cpu", workers=0))
     assert classified.metrics is not None  # the class folders, read from the uris
+    assert {p.path for p in classified.predictions} == {
+        str(data / p.uri) for p in classified.predictions}  # fmt: skip
     page = write_zeroshot_report(classified, work / "zeroshot.html")[0].read_text()
     assert page.count("data:image/jpeg;base64,") >= 4 and "image unavailable" not in page
     audited = audit(AuditConfig(data=data / "emb", threshold=1.0, device="cpu"))

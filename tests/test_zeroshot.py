@@ -413,13 +413,14 @@ def test_predictions_files_in_every_format(trained, colour_tree, tmp_path):
         write_predictions(result, tmp_path / f"p{suffix}")
     table = pq.read_table(tmp_path / "p.parquet").to_pylist()
     assert len(table) == 48 and set(table[0]) == {"uri", "id", "label", "confidence", "target",
-                                                 "label_1", "probability_1", "label_2",
+                                                 "path", "label_1", "probability_1", "label_2",
                                                  "probability_2"}  # fmt: skip
     whole = json.loads((tmp_path / "p.json").read_text())
     assert whole["metrics"]["top1"] == result.metrics.top1 and len(whole["predictions"]) == 48
     lines = (tmp_path / "p.jsonl").read_text().splitlines()
     assert json.loads(lines[0])["uri"] == result.predictions[0].uri
-    assert (tmp_path / "p.csv").read_text().startswith("uri,id,label,confidence,target,label_1")
+    header = (tmp_path / "p.csv").read_text().splitlines()[0]
+    assert header.startswith("uri,id,label,confidence,target,path,label_1")
     with pytest.raises(InputError, match="suffix"):
         write_predictions(result, tmp_path / "p.xlsx")
 

@@ -27,7 +27,6 @@ from clipkit.cli import (
     typed_text,
 )
 from clipkit.errors import InputError
-from clipkit.filenames import locate
 
 CONFUSION_TABLE_MAX = 20  # larger matrices are shown as a list of the worst confusions
 
@@ -160,8 +159,8 @@ def _render_tables(result: Any, *, show_predictions: bool) -> None:
                       title_justify="left")  # fmt: skip
         for p in result.predictions:
             others = ", ".join(f"{label} {prob:.3f}" for label, prob in p.top)
-            shown = locate(p.uri, result.base)  # a path that opens from here
-            table.add_row(Text(shown), Text(p.label), f"{p.confidence:.3f}", Text(others))
+            table.add_row(Text(p.path or p.uri), Text(p.label), f"{p.confidence:.3f}",
+                          Text(others))  # fmt: skip
         stdout.print(table)
     total = max(len(result.predictions), 1)
     table = Table("label", "images", "share", title="Label distribution", title_justify="left")
