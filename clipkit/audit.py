@@ -24,7 +24,7 @@ import torch
 from clipkit import score, store
 from clipkit.config import DEFAULT_MODEL_SPEC
 from clipkit.errors import InputError
-from clipkit.filenames import as_text
+from clipkit.filenames import as_text, locate
 from clipkit.metrics import calibrate_threshold
 from clipkit.models import Encoder, load_matching_model, load_model
 from clipkit.pairs import read_pairs
@@ -72,6 +72,7 @@ class PairAudit:
     suggested_image: str | None
     suggested_image_score: float | None
     truncated: bool = False
+    image_path: str = ""  # the image's uri as a path that opens from here (filenames.locate)
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -104,7 +105,6 @@ class AuditResult:
     long_caption_mode: str
     duplicate_images: tuple[tuple[tuple[str, ...], tuple[str, ...]], ...]  # (files, captions)
     duplicate_captions: tuple[tuple[str, tuple[str, ...]], ...]  # (caption, images)
-    base: str | None = None  # an embeddings folder's base: its relative uris are relative to it
 
     @functools.cached_property  # sorted once: the CLI and reports ask several times
     def flagged(self) -> list[PairAudit]:
@@ -183,7 +183,7 @@ def audit(config: AuditConfig, progress: Progress | None = None) -> AuditResult:
     mismatch = stats.row_neighbourhood + stats.column_neighbourhood - 2 * stats.scores
     null_cosine, null_mismatch = _null(encoded, stats, image_groups, caption_groups, config.seed)
     calibration, flagged = _calibrate(config, stats.scores, mismatch, null_cosine, null_mismatch)
-    pairs = []
+    pairs, base = [], store.read_base(path) if kind == "embeddings" else None
     for i in range(len(encoded.images)):
         best_b, best_a = int(stats.best_b[i]), int(stats.best_a[i])
         pairs.append(PairAudit(
@@ -196,7 +196,7 @@ def audit(config: AuditConfig, progress: Progress | None = None) -> AuditResult:
             suggested_caption_score=float(stats.best_b_score[i]) if best_b >= 0 else None,
             suggested_image=encoded.images[best_a] if best_a >= 0 else None,
             suggested_image_score=float(stats.best_a_score[i]) if best_a >= 0 else None,
-            truncated=encoded.truncated[i],
+            truncated=encoded.truncated[i], image_path=locate(encoded.images[i], base),
         ))  # fmt: skip
     duplicate_images, duplicate_captions = _duplicates(encoded, image_groups, caption_groups)
     return AuditResult(
@@ -204,7 +204,6 @@ def audit(config: AuditConfig, progress: Progress | None = None) -> AuditResult:
         calibration=calibration, failures=tuple(encoded.failures),
         long_captions=sum(encoded.truncated), long_caption_mode=config.long_captions,
         duplicate_images=duplicate_images, duplicate_captions=duplicate_captions,
-        base=store.read_base(path) if kind == "embeddings" else None,
     )  # fmt: skip
 
 

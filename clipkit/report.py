@@ -14,7 +14,6 @@ from pathlib import Path
 from clipkit.atomic import atomic_path
 from clipkit.audit import AuditResult, PairAudit
 from clipkit.decode import DecodeError, decode_image
-from clipkit.filenames import locate
 from clipkit.pipeline import read_bytes
 from clipkit.plots import plot_confusion, plot_score_histogram
 from clipkit.search import SearchResult
@@ -213,7 +212,7 @@ def write_audit_report(result: AuditResult, path: Path, *, top: int = 50) -> lis
         f"<th>75%</th><th>95%</th></tr>{rows}</table>",
         f'<img src="data:image/png;base64,{encoded}" alt="score histogram" style="max-width:100%">',
         f"<h2>Flagged pairs ({len(flagged)}; worst {min(top, len(flagged))} shown)</h2>",
-        f'<div class="grid">{"".join(_audit_card(p, result.base) for p in flagged[:top])}</div>',
+        f'<div class="grid">{"".join(_audit_card(p) for p in flagged[:top])}</div>',
         _duplicates_section(result),
     ]
     if result.failures:
@@ -223,8 +222,8 @@ def write_audit_report(result: AuditResult, path: Path, *, top: int = 50) -> lis
     return [_write_page(path, "clipkit audit", "".join(parts)), png]
 
 
-def _audit_card(pair: PairAudit, base: str | None) -> str:
-    uri = thumbnail_uri(locate(pair.image, base))
+def _audit_card(pair: PairAudit) -> str:
+    uri = thumbnail_uri(pair.image_path or pair.image)
     body = (f'<img src="{uri}" alt="{html.escape(pair.image)}">' if uri
             else '<div class="text">image unavailable</div>')  # fmt: skip
     suggestion = html.escape(pair.suggested_caption or "–")

@@ -220,5 +220,6 @@ def test_zeroshot_and_audit_reports_show_images_from_another_folder(tmp_path, mo
     assert page.count("data:image/jpeg;base64,") >= 4 and "image unavailable" not in page
     audited = audit(AuditConfig(data=data / "emb", threshold=1.0, device="cpu"))
     assert len(audited.flagged) == 4
+    assert {p.image_path for p in audited.pairs} == {str(data / p.image) for p in audited.pairs}
     page = write_audit_report(audited, work / "audit.html")[0].read_text()
     assert page.count("data:image/jpeg;base64,") == 4 and "image unavailable" not in page
