@@ -24,7 +24,7 @@ import torch
 from clipkit import score, store
 from clipkit.config import DEFAULT_MODEL_SPEC
 from clipkit.errors import InputError
-from clipkit.filenames import as_text, locate
+from clipkit.filenames import as_text, locate, reading_base
 from clipkit.metrics import calibrate_threshold
 from clipkit.models import Encoder, load_matching_model, load_model
 from clipkit.pairs import read_pairs
@@ -183,7 +183,7 @@ def audit(config: AuditConfig, progress: Progress | None = None) -> AuditResult:
     mismatch = stats.row_neighbourhood + stats.column_neighbourhood - 2 * stats.scores
     null_cosine, null_mismatch = _null(encoded, stats, image_groups, caption_groups, config.seed)
     calibration, flagged = _calibrate(config, stats.scores, mismatch, null_cosine, null_mismatch)
-    pairs, base = [], store.read_base(path) if kind == "embeddings" else None
+    pairs, base = [], reading_base(store.read_base(path)) if kind == "embeddings" else None
     for i in range(len(encoded.images)):
         best_b, best_a = int(stats.best_b[i]), int(stats.best_a[i])
         pairs.append(PairAudit(

@@ -6,7 +6,8 @@ fails. clipkit shows and stores such a name with ``\\xNN`` escapes for its bad b
 Uris in an embeddings folder are relative to its *base*, the folder where the first
 ``clipkit embed`` into it ran (recorded in every shard): a run from anywhere, with the path
 typed either way, names a file as the first run did (:class:`UriFrame`), and readers anywhere
-find the file (:func:`locate`). A file outside the base is named by its absolute path.
+find the file (:func:`reading_base`, :func:`locate`). A file outside the base is named by its
+absolute path.
 
 Tables name images by path (relative to the table) or, often, by URL: a ``file://`` URL is a
 local path; any other URL is kept as written, so that reading it fails with a clear reason.
@@ -87,10 +88,18 @@ def _folder_uri(folder: str, base: str, cwd: str) -> str:
     return "" if inside == os.curdir else inside
 
 
+def reading_base(recorded: str | None) -> str | None:
+    """The folder to join a reader's relative uris to: the recorded base when it is another
+    folder that still exists; else None, and they open from here as they are (the base is the
+    working folder, or moved along with its images, or a folder from before bases were
+    recorded)."""
+    if recorded is None or recorded == as_text(os.getcwd()):
+        return None
+    return recorded if os.path.isdir(os_path(recorded)) else None
+
+
 def locate(uri: str, base: str | None) -> str:
-    """A stored uri as a path that opens from the current folder: joined to ``base`` when it
-    is relative and ``base`` is another folder that still exists; else unchanged (folders from
-    before bases were recorded, or moved along with their images, read from here)."""
-    if base is None or os.path.isabs(uri) or is_url(uri) or base == os.getcwd():
+    """A stored uri as a path that opens from here, given :func:`reading_base`'s ``base``."""
+    if base is None or os.path.isabs(uri) or is_url(uri):
         return uri
-    return os.path.join(base, uri) if os.path.isdir(os_path(base)) else uri
+    return os.path.join(base, uri)

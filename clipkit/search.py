@@ -15,7 +15,7 @@ import torch
 from clipkit import score, store
 from clipkit.decode import DecodeError, decode_image
 from clipkit.errors import InputError
-from clipkit.filenames import locate
+from clipkit.filenames import locate, reading_base
 from clipkit.models import Encoder, load_matching_model
 from clipkit.pipeline import read_bytes
 
@@ -93,7 +93,7 @@ def search(config: SearchConfig) -> SearchResult:
         encoder = _encoder(config, stamp)
         vectors = _query_vectors(encoder, config, weights)
         scores, found = loaded.search(vectors, config.k)
-        rows, source, base = loaded.rows, str(config.index_dir), loaded.info.base
+        rows, source, recorded = loaded.rows, str(config.index_dir), loaded.info.base
     else:
         emb_dir = config.embeddings_dir
         assert emb_dir is not None
@@ -103,8 +103,9 @@ def search(config: SearchConfig) -> SearchResult:
         encoder = _encoder(config, stamp)
         vectors = _query_vectors(encoder, config, weights)
         scores, found, rows = _exact(emb_dir, config.kind, vectors, config.k)
-        source, base = str(emb_dir), store.read_base(emb_dir)
+        source, recorded = str(emb_dir), store.read_base(emb_dir)
     extra = [name for name in rows if name not in ("id", "uri", "kind", "text")]
+    base = reading_base(recorded)
     results = []
     for label, row_scores, row_found in zip(labels, scores, found, strict=True):
         hits = tuple(

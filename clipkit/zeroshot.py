@@ -33,7 +33,7 @@ from clipkit.classes import (
 from clipkit.config import DEFAULT_MODEL_SPEC
 from clipkit.decode import DEFAULT_MAX_PIXELS, IMAGE_SUFFIXES
 from clipkit.errors import InputError
-from clipkit.filenames import as_text, locate
+from clipkit.filenames import as_text, locate, reading_base
 from clipkit.metrics import ClassificationMetrics, calibrate_threshold, classification_metrics
 from clipkit.models import Encoder, load_matching_model, load_model
 from clipkit.pipeline import default_workers, encode_image_files
@@ -174,7 +174,7 @@ def zeroshot(config: ZeroShotConfig, progress: Progress | None = None) -> ZeroSh
     kept = min(max(config.k, METRICS_K), len(names))
     probabilities, indices = classify(images.vectors, weights, encoder.logit_scale, kept)
     threshold, rejection = _threshold(config, encoder, weights, known, progress)
-    base = store.read_base(source) if kind == "embeddings" else None
+    base = reading_base(store.read_base(source)) if kind == "embeddings" else None
     predictions = _predictions(names, images, probabilities, indices, threshold, config.k, base)
     metrics, notes = _metrics(names, images, indices)
     if rejection is not None:

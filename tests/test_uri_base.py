@@ -19,7 +19,7 @@ from typer.testing import CliRunner
 from clipkit import cli, store
 from clipkit.audit import AuditConfig, audit
 from clipkit.embed import embed
-from clipkit.filenames import UriFrame, locate
+from clipkit.filenames import UriFrame, locate, reading_base
 from clipkit.index import IndexConfig, build_index
 from clipkit.report import write_audit_report, write_search_gallery, write_zeroshot_report
 from clipkit.search import SearchConfig, search
@@ -43,17 +43,21 @@ def test_frame_names_a_file_the_same_however_it_was_typed(tmp_path):
     assert first.uri("../work/pics/b.png") == outside
 
 
-def test_locate_joins_relative_uris_to_a_base_that_exists(tmp_path, monkeypatch):
+def test_readers_join_relative_uris_to_a_base_that_exists_elsewhere(tmp_path, monkeypatch):
     (tmp_path / "data").mkdir()
     (tmp_path / "work").mkdir()
     monkeypatch.chdir(tmp_path / "work")
-    base = str(tmp_path / "data")
-    assert locate("imgs/a.jpg", base) == os.path.join(base, "imgs/a.jpg")
+    recorded = str(tmp_path / "data")
+    base = reading_base(recorded)
+    assert base == recorded
+    assert locate("imgs/a.jpg", base) == os.path.join(recorded, "imgs/a.jpg")
     assert locate("/abs/a.jpg", base) == "/abs/a.jpg"
-    assert locate("imgs/a.jpg", None) == "imgs/a.jpg"  # no base recorded: from here
-    assert locate("imgs/a.jpg", str(tmp_path / "gone")) == "imgs/a.jpg"  # moved: from here
+    assert locate("https://example.com/a.jpg", base) == "https://example.com/a.jpg"
+    assert reading_base(None) is None  # no base recorded: from here
+    assert reading_base(str(tmp_path / "gone")) is None  # moved with its images: from here
     monkeypatch.chdir(tmp_path / "data")
-    assert locate("imgs/a.jpg", base) == "imgs/a.jpg"  # in the base: as stored
+    assert reading_base(recorded) is None  # in the base: as stored
+    assert locate("imgs/a.jpg", None) == "imgs/a.jpg"
 
 
 @pytest.fixture()
