@@ -82,10 +82,17 @@ class UriFrame:
 @functools.lru_cache(maxsize=4096)  # a walk names thousands of files per folder
 def _folder_uri(folder: str, base: str, cwd: str) -> str:
     full = os.path.normpath(os.path.join(cwd, folder))
-    inside = os.path.relpath(full, base)
-    if inside == os.pardir or inside.startswith(os.pardir + os.sep):
+    # Lexically first (a symlinked folder inside the base keeps its name); a path that reaches
+    # the base through a symlink (the base is a physical path, from getcwd) is inside it too.
+    inside = _relative_inside(full, base) or _relative_inside(os.path.realpath(full), base)
+    if inside is None:
         return full
     return "" if inside == os.curdir else inside
+
+
+def _relative_inside(path: str, base: str) -> str | None:
+    relative = os.path.relpath(path, base)
+    return None if relative == os.pardir or relative.startswith(os.pardir + os.sep) else relative
 
 
 def reading_base(recorded: str | None) -> str | None:

@@ -38,9 +38,14 @@ def test_frame_names_a_file_the_same_however_it_was_typed(tmp_path):
     assert frame.uri("pics/b.png") == frame.uri(outside) == outside  # outside it: absolute
     assert frame.uri(f"{base}/../x/d.png") == str(tmp_path / "x" / "d.png")
     assert frame.uri("https://example.com/d.png") == "https://example.com/d.png"
+    (tmp_path / "data" / "imgs").mkdir(parents=True)
+    (tmp_path / "link").symlink_to(tmp_path / "data")  # the base reached through a symlink
+    assert frame.uri(str(tmp_path / "link" / "imgs" / "a.jpg")) == "imgs/a.jpg"
     first = UriFrame(base=base, cwd=base)  # the first run into a folder
     assert first.uri("imgs/a.jpg") == first.uri("./imgs/../imgs/a.jpg") == "imgs/a.jpg"
     assert first.uri("../work/pics/b.png") == outside
+    (tmp_path / "data" / "photos").symlink_to(tmp_path / "work")  # a symlinked folder inside
+    assert first.uri("photos/b.png") == "photos/b.png"
 
 
 def test_readers_join_relative_uris_to_a_base_that_exists_elsewhere(tmp_path, monkeypatch):
