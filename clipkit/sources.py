@@ -65,6 +65,12 @@ class SourceOptions:
         """The uri of a path found from the sources as given: as typed, or in ``frame``."""
         return self.frame.uri(path) if self.frame is not None else as_text(path)
 
+    def names(self, path: str | os.PathLike[str]) -> tuple[str, str]:
+        """(uri, the path to read) of a file: one string object when they are equal, as they
+        are for a run in its folder's base (a million items then hold one copy of each)."""
+        uri, readable = self.uri(path), as_text(path)
+        return uri, (uri if readable == uri else readable)
+
 
 @dataclass
 class Discovery:
@@ -138,7 +144,7 @@ def _walk(root: Path, options: SourceOptions, found: Discovery) -> None:
 
 def _file_items(path: Path, options: SourceOptions, found: Discovery, *, explicit: bool) -> None:
     suffix = path.suffix.lower()
-    uri, readable = options.uri(path), as_text(path)
+    uri, readable = options.names(path)
     if suffix == TAR_SUFFIX:
         _tar_items(path, options, found, explicit=explicit)
     elif suffix in IMAGE_SUFFIXES:
@@ -171,7 +177,7 @@ def _tar_items(path: Path, options: SourceOptions, found: Discovery, *, explicit
             raise InputError(f"{path} is {error.reason}.", "Check the file.") from None
         found.failures.append((options.uri(path), "read", error.reason))
         return
-    shard, shard_uri = as_text(path), options.uri(path)
+    shard_uri, shard = options.names(path)
     for parts in group_samples(members).values():
         image = image_member(parts)
         caption, record = parts.get("txt"), parts.get("json")
@@ -180,11 +186,13 @@ def _tar_items(path: Path, options: SourceOptions, found: Discovery, *, explicit
             continue
         if image is not None and _wanted("image", options):
             meta = SampleMeta(shard, record, caption, None)
-            uri, readable = member_uri(shard_uri, image), member_uri(shard, image)
+            uri = member_uri(shard_uri, image)
+            readable = uri if shard is shard_uri else member_uri(shard, image)
             found.items.append(Item(uri=uri, kind="image", path=readable, meta=meta or None))
         if caption is not None and _wanted("text", options):
             meta = SampleMeta(shard, record, None, image, shard_uri)
-            uri, readable = member_uri(shard_uri, caption), member_uri(shard, caption)
+            uri = member_uri(shard_uri, caption)
+            readable = uri if shard is shard_uri else member_uri(shard, caption)
             found.items.append(Item(uri=uri, kind="text", path=readable, meta=meta or None))
 
 
@@ -288,9 +296,9 @@ def _table_items(path: Path, options: SourceOptions) -> list[Item]:
     items, table_uri = [], options.uri(path)
     for number in range(table.rows):
         if images is not None and images[number] not in (None, ""):
-            readable = table_path(images[number], path)
+            uri, readable = options.names(table_path(images[number], path))
             meta = TableRow(table, image_meta, number) if image_meta else None
-            items.append(Item(uri=options.uri(readable), kind="image", path=readable, meta=meta))
+            items.append(Item(uri=uri, kind="image", path=readable, meta=meta))
         if texts is not None:
             text = texts[number]
             meta = (TableRow(table, text_meta, number, image_column, options.uri)

@@ -232,3 +232,19 @@ def test_zeroshot_and_audit_reports_show_images_from_another_folder(tmp_path, mo
     assert {p.image_path for p in audited.pairs} == {str(data / p.image) for p in audited.pairs}
     page = write_audit_report(audited, work / "audit.html")[0].read_text()
     assert page.count("data:image/jpeg;base64,") == 4 and "image unavailable" not in page
+
+
+def test_an_item_holds_one_string_when_its_uri_is_its_path(tmp_path, monkeypatch):
+    # A million items held two copies of every path when uri and path were made apart.
+    from clipkit.sources import SourceOptions, discover
+
+    images = make_images(tmp_path / "data" / "imgs", 2)
+    _shard(tmp_path / "data" / "00000.tar", {"000000": _sample(40, "a red kite")})
+    monkeypatch.chdir(tmp_path / "data")
+    here = os.getcwd()
+    found = discover(["imgs", "00000.tar"], SourceOptions(frame=UriFrame(here, here))).items
+    assert len(found) == 4 and all(item.uri is item.path for item in found)
+    elsewhere = UriFrame(base=str(tmp_path), cwd=here)
+    found = discover(["imgs"], SourceOptions(frame=elsewhere)).items
+    assert [(item.uri, item.path) for item in found] == [
+        (f"data/imgs/{image.name}", f"imgs/{image.name}") for image in images]  # fmt: skip
