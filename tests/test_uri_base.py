@@ -248,3 +248,22 @@ def test_an_item_holds_one_string_when_its_uri_is_its_path(tmp_path, monkeypatch
     found = discover(["imgs"], SourceOptions(frame=elsewhere)).items
     assert [(item.uri, item.path) for item in found] == [
         (f"data/imgs/{image.name}", f"imgs/{image.name}") for image in images]  # fmt: skip
+
+
+def test_the_newest_shard_that_records_a_base_names_it(tmp_path):
+    import numpy as np
+
+    def write(number: int, base: str | None) -> None:
+        columns = {"id": [f"{number:032x}"], "uri": ["a.jpg"], "kind": ["image"], "text": [None]}
+        stamp = store.ModelStamp("clipkit-tiny:random", "fp", 4)
+        store.write_shard(store.shard_path(tmp_path, number), columns,
+                          np.eye(1, 4, dtype=np.float32), stamp, base=base)  # fmt: skip
+
+    assert store.read_base(tmp_path) is None  # no shards
+    write(0, "/first")
+    write(1, "/second")
+    write(2, None)  # from before bases were recorded
+    assert store.read_base(tmp_path) == "/second"
+    snapshot = store.snapshot(tmp_path)
+    store.shard_path(tmp_path, 1).unlink()  # a concurrent --prune emptied it
+    assert store.read_base(snapshot) == "/first"

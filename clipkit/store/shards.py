@@ -377,6 +377,8 @@ def read_base(source: Shards) -> str | None:
     for shard in reversed(_snapshot_of(source)):
         try:
             metadata = pq.read_schema(shard.path).metadata or {}
+        except FileNotFoundError:  # removed since the snapshot (a concurrent --prune)
+            continue
         except (OSError, pa.ArrowException) as error:
             raise _unreadable(shard.path, error) from None
         if BASE_KEY.encode() in metadata:
