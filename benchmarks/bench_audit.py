@@ -30,8 +30,8 @@ import numpy as np
 from common import machine, write_results
 
 from clipkit.audit import AuditConfig, audit
-from clipkit.metrics import auroc
-from clipkit.synthetic import swap_captions, write_captioned_shapes
+from clipkit.inputs.synthetic import swap_captions, write_captioned_shapes
+from clipkit.score.metrics import auroc
 from clipkit.train import TrainConfig, train
 
 

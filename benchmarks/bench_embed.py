@@ -94,7 +94,7 @@ def time_clipkit_float_pixels(folder: Path, model: str, batch: int, workers: int
 def time_clipkit_plain_priority(folder: Path, model: str, batch: int, workers: int,
                                 device: str) -> float:  # fmt: skip
     """(a) as it was before nice-19 workers: decode workers at the parent's priority."""
-    from clipkit import pipeline
+    from clipkit.inputs import pipeline
 
     niced = pipeline.decode_worker_init
     pipeline.decode_worker_init = lambda _: torch.set_num_threads(1)
@@ -129,8 +129,8 @@ def time_model_only(encoder, count: int, batch: int) -> float:
 
 
 def time_prep_only(paths: list[Path], encoder, batch: int, workers: int) -> float:
-    from clipkit.pipeline import ImageDataset, image_batches
-    from clipkit.sources import Item
+    from clipkit.inputs.pipeline import ImageDataset, image_batches
+    from clipkit.inputs.sources import Item
 
     items = [Item(uri=str(p), kind="image", path=str(p)) for p in paths]
     dataset = ImageDataset(items, known_ids=frozenset(), preprocess=encoder.prepare_image,
@@ -197,8 +197,8 @@ def main() -> None:
                         "bench_embed.json")  # fmt: skip
     args = parser.parse_args()
 
+    from clipkit.inputs.pipeline import default_workers
     from clipkit.models import load_model
-    from clipkit.pipeline import default_workers
 
     workers = args.workers if args.workers is not None else default_workers()
     folder = Path(tempfile.mkdtemp(prefix="bench-embed-"))

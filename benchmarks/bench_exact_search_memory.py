@@ -81,7 +81,7 @@ def scan(variant: str, folder: Path, dim: int, batch_rows: int) -> dict:
     import numpy as np
 
     from clipkit import store
-    from clipkit.search import _exact
+    from clipkit.search.run import _exact
 
     store.iter_ids_and_vectors = functools.partial(store.iter_ids_and_vectors,
                                                    batch_rows=batch_rows)  # fmt: skip

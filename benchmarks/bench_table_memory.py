@@ -1,4 +1,4 @@
-"""Benchmark the memory of reading an input table: ``clipkit.sources.discover`` against rows.
+"""Benchmark the memory of reading an input table: ``clipkit.inputs.sources.discover`` against rows.
 
 ``clipkit embed table.parquet`` lists one item per row (two with an image and a caption
 column). Each run below is a fresh process that generates nothing: it reads the same Parquet
@@ -46,13 +46,13 @@ def listing(variant: str, path: Path) -> dict[str, float]:
     """In the child process: list the table's items and keep them; report peak RSS."""
     started = time.perf_counter()
     if variant == "clipkit":
-        from clipkit.sources import SourceOptions, discover
+        from clipkit.inputs.sources import SourceOptions, discover
 
         items = discover([str(path)], SourceOptions()).items
     else:
         import pyarrow.parquet as pq
 
-        from clipkit.sources import Item
+        from clipkit.inputs.sources import Item
 
         items = []
         for number, row in enumerate(pq.read_table(path).to_pylist()):

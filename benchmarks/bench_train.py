@@ -27,8 +27,8 @@ from pathlib import Path
 
 from common import machine, write_results
 
+from clipkit.inputs.synthetic import write_captioned_shapes
 from clipkit.models import BUILTIN_CONFIG_DIR
-from clipkit.synthetic import write_captioned_shapes
 
 PEER = """
 import sys, open_clip

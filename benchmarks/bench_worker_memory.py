@@ -93,10 +93,10 @@ def _clipkit_loader(paths: list[str], captions: list[tuple[str, ...]] | None, wo
     import torch
     from torch.utils.data import BatchSampler, DataLoader
 
-    from clipkit.pairs import Pair
-    from clipkit.pipeline import ImageDataset, image_batches, start_workers
-    from clipkit.sources import Item
-    from clipkit.train_data import PairDataset, collate_pairs
+    from clipkit.inputs.pairs import Pair
+    from clipkit.inputs.pipeline import ImageDataset, image_batches, start_workers
+    from clipkit.inputs.sources import Item
+    from clipkit.train.data import PairDataset, collate_pairs
 
     if captions is None:
         items = [Item(uri=path, kind="image", path=path) for path in paths]

@@ -1,3 +1,28 @@
-"""clipkit: embedding, retrieval and fine-tuning toolkit for CLIP models."""
+"""clipkit: embedding, retrieval and fine-tuning toolkit for CLIP models.
+
+The services are importable from here without loading torch until one is used:
+``from clipkit import embed, EmbedConfig`` then ``embed(EmbedConfig(...))``.
+"""
+
+from __future__ import annotations
+
+from clipkit.infra.lazy import export_lazily
 
 __version__ = "0.1.0"
+
+_SUBPACKAGES = ("audit", "embed", "index", "models", "quickstart", "score", "search", "store",
+                "train", "zeroshot")  # fmt: skip
+_NAMES = {
+    "AuditConfig": "clipkit.audit.run",
+    "EmbedConfig": "clipkit.embed.run",
+    "IndexConfig": "clipkit.index.build",
+    "QuickstartConfig": "clipkit.quickstart.run",
+    "SearchConfig": "clipkit.search.run",
+    "TrainConfig": "clipkit.train.run",
+    "ZeroShotConfig": "clipkit.zeroshot.run",
+    "build_index": "clipkit.index.build",
+    "load_index": "clipkit.index.build",
+    "load_model": "clipkit.models.openclip",
+}
+__all__ = ["__version__", *_SUBPACKAGES, *_NAMES]
+__getattr__, __dir__ = export_lazily(__name__, {**dict.fromkeys(_SUBPACKAGES, ""), **_NAMES})

@@ -39,7 +39,7 @@ def tiny_encoder():
 @pytest.fixture(scope="session")
 def shapes(tmp_path_factory):
     """Captioned coloured shapes (200 pairs) and a 4-colour class tree (8 images each)."""
-    from clipkit.synthetic import write_captioned_shapes, write_class_tree
+    from clipkit.inputs.synthetic import write_captioned_shapes, write_class_tree
 
     root = tmp_path_factory.mktemp("shapes")
     write_captioned_shapes(root / "data", 200, seed=0)

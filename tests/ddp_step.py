@@ -12,9 +12,9 @@ import sys
 import torch
 from torch.nn.parallel import DistributedDataParallel
 
-from clipkit import distributed
+from clipkit.infra import distributed
 from clipkit.models import load_model
-from clipkit.train_step import full_batch_step, grad_cache_step
+from clipkit.train.step import full_batch_step, grad_cache_step
 
 out = sys.argv[1]
 world = distributed.current_world()

@@ -8,8 +8,8 @@ import stat
 
 import pytest
 
-from clipkit.atomic import atomic_path, check_output, make_folder
 from clipkit.errors import ClipkitError, InputError
+from clipkit.infra.atomic import atomic_path, check_output, make_folder
 
 
 def test_success_replaces_the_target_with_ordinary_permissions(tmp_path):

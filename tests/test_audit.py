@@ -20,7 +20,7 @@ from typer.testing import CliRunner
 from clipkit import cli, store
 from clipkit.audit import AuditConfig, audit
 from clipkit.errors import InputError
-from clipkit.metrics import auroc
+from clipkit.score.metrics import auroc
 
 TINY = "clipkit-tiny:random"
 runner = CliRunner()

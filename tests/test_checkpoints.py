@@ -7,8 +7,8 @@ import pickle
 import pytest
 import torch
 
-from clipkit.checkpoints import CheckpointMeta, read_checkpoint, write_checkpoint
 from clipkit.errors import InputError, UnsafeCheckpointError
+from clipkit.models.checkpoints import CheckpointMeta, read_checkpoint, write_checkpoint
 
 META = CheckpointMeta(
     arch="clipkit-tiny",

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from clipkit.decode import DecodeError, content_id, decode_image, decode_text, text_id
+from clipkit.inputs.decode import DecodeError, content_id, decode_image, decode_text, text_id
 
 
 def _encode(image: Image.Image, fmt: str, **kwargs) -> bytes:

@@ -13,52 +13,28 @@ import time
 from pathlib import Path
 
 import numpy as np
-import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 import pytest
 import torch
 from PIL import Image
 from typer.testing import CliRunner
 
-from clipkit import cli, pipeline
-from clipkit.decode import content_id
+from clipkit import cli
 from clipkit.embed import EmbedConfig, embed
 from clipkit.errors import InputError
-from clipkit.sources import Kind
+from clipkit.inputs import pipeline
+from clipkit.inputs.decode import content_id
+from clipkit.inputs.sources import Kind
+from tests.helpers import TINY, embed_config, make_images, rows
 
-TINY = "clipkit-tiny:random"
 runner = CliRunner()
-
-
-def make_images(folder: Path, count: int, *, start: int = 0, size=(40, 30)) -> list[Path]:
-    """Distinct small images (seeded noise, so distinct bytes and content ids)."""
-    folder.mkdir(parents=True, exist_ok=True)
-    paths = []
-    for n in range(start, start + count):
-        pixels = np.random.default_rng(n).integers(0, 256, (size[1], size[0], 3), dtype=np.uint8)
-        path = folder / (f"img{n:04d}.png" if n % 2 else f"img{n:04d}.jpg")
-        Image.fromarray(pixels).save(path)
-        paths.append(path)
-    return paths
-
-
-def rows(out: Path) -> dict[str, dict]:
-    """All rows of an embeddings folder, by id, read with plain pyarrow.dataset."""
-    table = ds.dataset(str(out), format="parquet").to_table()
-    return {row["id"]: row for row in table.to_pylist()}
-
-
-def config(sources, out, **kwargs) -> EmbedConfig:
-    kwargs.setdefault("workers", 0)
-    return EmbedConfig(sources=tuple(str(s) for s in sources), out_dir=out, model=TINY,
-                       device="cpu", **kwargs)  # fmt: skip
 
 
 def test_folder_of_images_and_texts(tmp_path, tiny_encoder):
     images = make_images(tmp_path / "data" / "nested", 5)
     (tmp_path / "data" / "note.txt").write_text("  a red square  \n")
     (tmp_path / "data" / "ignored.json").write_text("{}")
-    result = embed(config([tmp_path / "data"], tmp_path / "out", workers=2))
+    result = embed(embed_config([tmp_path / "data"], tmp_path / "out", workers=2))
     assert (result.embedded, result.skipped, result.already_present) == (6, 0, 0)
     assert result.ignored_files == 1
     found = rows(tmp_path / "out")
@@ -74,7 +50,7 @@ def test_folder_of_images_and_texts(tmp_path, tiny_encoder):
 def test_embeddings_equal_the_encoder_and_are_unit_norm(tmp_path, tiny_encoder):
     images = make_images(tmp_path / "imgs", 4, size=(90, 70))
     (tmp_path / "t.txt").write_text("a photo of a dog")
-    embed(config([tmp_path / "imgs", tmp_path / "t.txt"], tmp_path / "out"))
+    embed(embed_config([tmp_path / "imgs", tmp_path / "t.txt"], tmp_path / "out"))
     found = rows(tmp_path / "out")
     for path in images:
         pixels = tiny_encoder.preprocess_image(Image.open(path).convert("RGB")).unsqueeze(0)
@@ -88,7 +64,7 @@ def test_embeddings_equal_the_encoder_and_are_unit_norm(tmp_path, tiny_encoder):
 
 def test_schema_metadata_and_float16_storage(tmp_path, tiny_encoder):
     make_images(tmp_path / "imgs", 2)
-    embed(config([tmp_path / "imgs"], tmp_path / "out", float16=True))
+    embed(embed_config([tmp_path / "imgs"], tmp_path / "out", float16=True))
     schema = pq.read_schema(tmp_path / "out" / "part-00000.parquet")
     meta = {k.decode(): v.decode() for k, v in schema.metadata.items()}
     assert meta["clipkit.model"] == TINY
@@ -116,7 +92,7 @@ def test_tables_with_images_captions_and_pass_through_columns(tmp_path, suffix):
         sep = "\t" if suffix == ".tsv" else ","
         lines = [sep.join(records[0])] + [sep.join(str(v) for v in r.values()) for r in records]
         table.write_text("\n".join(lines) + "\n")
-    result = embed(config([table], tmp_path / "out"))
+    result = embed(embed_config([table], tmp_path / "out"))
     assert result.embedded == 6
     found = list(rows(tmp_path / "out").values())
     image_rows = [r for r in found if r["kind"] == "image"]
@@ -145,7 +121,7 @@ def test_pass_through_values_of_every_arrow_type_read_as_plain_text(tmp_path):
         "score": [0.5], "ok": [True],
     }  # fmt: skip
     pq.write_table(pa.table(columns), tmp_path / "t.parquet")
-    embed(config([tmp_path / "t.parquet"], tmp_path / "out"))
+    embed(embed_config([tmp_path / "t.parquet"], tmp_path / "out"))
     (row,) = rows(tmp_path / "out").values()
     assert {name: row[name] for name in columns if name != "filepath"} == {
         "taken": when.isoformat(), "day": "2024-05-01",
@@ -160,21 +136,22 @@ def test_table_column_options_and_missing_column(tmp_path):
     table = tmp_path / "t.csv"
     table.write_text("picture,words\nimgs/img0000.jpg,hello\n")
     with pytest.raises(InputError, match="no image or text column"):
-        embed(config([table], tmp_path / "out"))
-    result = embed(config([table], tmp_path / "out", image_column="picture", text_column="words"))
+        embed(embed_config([table], tmp_path / "out"))
+    named = embed_config([table], tmp_path / "out", image_column="picture", text_column="words")
+    result = embed(named)
     assert result.embedded == 2
     with pytest.raises(InputError, match="no column 'nope'"):
-        embed(config([table], tmp_path / "out2", image_column="nope"))
+        embed(embed_config([table], tmp_path / "out2", image_column="nope"))
 
 
 def test_lines_mode_and_kind_filter(tmp_path):
     (tmp_path / "queries.txt").write_text("a dog\n\na cat\n  a bird  \n")
-    result = embed(config([tmp_path / "queries.txt"], tmp_path / "out", lines=True))
+    result = embed(embed_config([tmp_path / "queries.txt"], tmp_path / "out", lines=True))
     texts = sorted(row["text"] for row in rows(tmp_path / "out").values())
     assert result.embedded == 3 and texts == ["a bird", "a cat", "a dog"]
     make_images(tmp_path / "mixed", 2)
     (tmp_path / "mixed" / "c.txt").write_text("caption")
-    only_text = embed(config([tmp_path / "mixed"], tmp_path / "o2", kind=Kind.TEXT))
+    only_text = embed(embed_config([tmp_path / "mixed"], tmp_path / "o2", kind=Kind.TEXT))
     assert only_text.embedded == 1
 
 
@@ -202,7 +179,7 @@ def test_bad_inputs_are_skipped_listed_and_never_abort(tmp_path, monkeypatch):
         return real_read(path)
 
     monkeypatch.setattr(pipeline, "read_bytes", deny)
-    result = embed(config([data], tmp_path / "out", max_pixels=20_000))
+    result = embed(embed_config([data], tmp_path / "out", max_pixels=20_000))
     reasons = {Path(uri).name: (stage, error) for uri, stage, error in result.failures}
     assert set(reasons) == {"zero.jpg", "truncated.jpg", "text_named.jpg", "broken.png",
                             "bomb.png", "empty.txt", "locked.png"}  # fmt: skip
@@ -242,7 +219,7 @@ def test_named_pipes_are_listed_not_read(tmp_path, workers):
     watchdog = threading.Thread(target=writer, daemon=True)
     watchdog.start()
     try:
-        result = embed(config([data], tmp_path / "out", workers=workers))
+        result = embed(embed_config([data], tmp_path / "out", workers=workers))
     finally:
         done.set()
         watchdog.join()
@@ -258,24 +235,24 @@ def test_named_pipes_are_listed_not_read(tmp_path, workers):
 def test_directory_named_like_an_image_in_a_table(tmp_path):
     (tmp_path / "x.png").mkdir()
     (tmp_path / "t.csv").write_text("filepath\nx.png\n")
-    result = embed(config([tmp_path / "t.csv"], tmp_path / "out"))
+    result = embed(embed_config([tmp_path / "t.csv"], tmp_path / "out"))
     assert result.failures == ((str(tmp_path / "x.png"), "read", "is a directory, not a file"),)
 
 
 def test_hidden_files_only_on_request(tmp_path):
     make_images(tmp_path / "d" / ".cache", 1)
     make_images(tmp_path / "d", 1, start=5)
-    assert embed(config([tmp_path / "d"], tmp_path / "o1")).embedded == 1
-    assert embed(config([tmp_path / "d"], tmp_path / "o2", include_hidden=True)).embedded == 2
+    assert embed(embed_config([tmp_path / "d"], tmp_path / "o1")).embedded == 1
+    assert embed(embed_config([tmp_path / "d"], tmp_path / "o2", include_hidden=True)).embedded == 2
 
 
 def test_missing_or_empty_sources_are_errors(tmp_path):
     with pytest.raises(InputError, match="does not exist"):
-        embed(config([tmp_path / "nope"], tmp_path / "out"))
+        embed(embed_config([tmp_path / "nope"], tmp_path / "out"))
     (tmp_path / "empty").mkdir()
     (tmp_path / "empty" / "notes.md").write_text("x")
     with pytest.raises(InputError, match="holds nothing to embed"):
-        embed(config([tmp_path / "empty"], tmp_path / "out"))
+        embed(embed_config([tmp_path / "empty"], tmp_path / "out"))
 
 
 def test_identical_files_share_one_row_and_are_listed_as_aliases(tmp_path):
@@ -284,14 +261,14 @@ def test_identical_files_share_one_row_and_are_listed_as_aliases(tmp_path):
     copy.write_bytes((tmp_path / "d" / "img0000.jpg").read_bytes())
     (tmp_path / "d" / "a.txt").write_text("same words")
     (tmp_path / "d" / "b.txt").write_text("same words\n")
-    result = embed(config([tmp_path / "d"], tmp_path / "out"))
+    result = embed(embed_config([tmp_path / "d"], tmp_path / "out"))
     assert result.embedded == 3 and result.aliases == 2
     aliases = pq.read_table(tmp_path / "out" / "_aliases.parquet").to_pylist()
     assert {(a["id"], Path(a["uri"]).name) for a in aliases} == {
         (content_id(copy.read_bytes()), "img0000.jpg"),  # sorted order: copy_of_ comes first
         (content_id(b"same words"), "b.txt"),
     }
-    again = embed(config([tmp_path / "d"], tmp_path / "out"))
+    again = embed(embed_config([tmp_path / "d"], tmp_path / "out"))
     assert (again.embedded, again.already_present, again.aliases) == (0, 5, 0)
 
 
@@ -311,7 +288,7 @@ def test_a_worker_decodes_each_content_once_however_many_copies(tmp_path, monkey
         return decode(data, **options)
 
     monkeypatch.setattr(pipeline, "decode_image", counted)
-    result = embed(config([tmp_path / "d"], tmp_path / "out", workers=workers, batch_size=4))
+    result = embed(embed_config([tmp_path / "d"], tmp_path / "out", workers=workers, batch_size=4))
     assert (result.embedded, result.aliases, result.skipped) == (3, 10, 0)
     decoded = log.read_text().split()
     # Each worker decodes a content at most once: once in all without workers.
@@ -325,9 +302,9 @@ def test_a_worker_decodes_each_content_once_however_many_copies(tmp_path, monkey
 
 def test_adding_files_embeds_only_the_new_ones(tmp_path):
     make_images(tmp_path / "d", 3)
-    first = embed(config([tmp_path / "d"], tmp_path / "out", shard_rows=2))
+    first = embed(embed_config([tmp_path / "d"], tmp_path / "out", shard_rows=2))
     make_images(tmp_path / "d", 2, start=3)
-    second = embed(config([tmp_path / "d"], tmp_path / "out", shard_rows=2))
+    second = embed(embed_config([tmp_path / "d"], tmp_path / "out", shard_rows=2))
     assert (first.embedded, second.embedded, second.already_present) == (3, 2, 3)
     found = rows(tmp_path / "out")
     assert len(found) == 5
@@ -335,10 +312,10 @@ def test_adding_files_embeds_only_the_new_ones(tmp_path):
 
 
 def test_a_different_model_is_refused(tmp_path, tiny_encoder):
-    from clipkit.checkpoints import write_checkpoint
+    from clipkit.models.checkpoints import write_checkpoint
 
     make_images(tmp_path / "d", 1)
-    embed(config([tmp_path / "d"], tmp_path / "out"))
+    embed(embed_config([tmp_path / "d"], tmp_path / "out"))
     model = tiny_encoder.model
     state = {k: v + 0.01 if v.is_floating_point() else v for k, v in model.state_dict().items()}
     other = write_checkpoint(tmp_path / "other.safetensors", state, tiny_encoder.checkpoint_meta())
@@ -432,7 +409,7 @@ def test_two_gloo_processes_equal_a_single_process(tmp_path):
 
 def test_ctrl_c_keeps_finished_embeddings(tmp_path):
     make_images(tmp_path / "d", 12)
-    cfg = config([tmp_path / "d"], tmp_path / "out", batch_size=4, shard_rows=1000)
+    cfg = embed_config([tmp_path / "d"], tmp_path / "out", batch_size=4, shard_rows=1000)
 
     def interrupt_after_two_batches(stage, done, total):
         if stage == "images" and done >= 8:
@@ -448,7 +425,7 @@ def test_ctrl_c_keeps_finished_embeddings(tmp_path):
 @pytest.mark.parametrize("batch_size", [64, 1])  # the copy in the same batch, or a later one
 def test_non_finite_embeddings_are_failures_not_rows(tmp_path, tiny_encoder, batch_size):
     # A diverged checkpoint: NaN in the image tower's projection, the text tower intact.
-    from clipkit.checkpoints import write_checkpoint
+    from clipkit.models.checkpoints import write_checkpoint
 
     state = {name: value.clone() for name, value in tiny_encoder.model.state_dict().items()}
     state["visual.proj"][0, 0] = float("nan")
@@ -482,7 +459,7 @@ def _worker_settings(_image) -> torch.Tensor:
 
 def test_decode_workers_run_single_threaded_at_the_lowest_priority(tmp_path):
     # Workers that compete at full priority stall the model's lock-step threads (see pipeline).
-    from clipkit.sources import Item
+    from clipkit.inputs.sources import Item
 
     own_niceness = os.nice(0)
     paths = make_images(tmp_path, 4)
@@ -504,7 +481,7 @@ def test_a_full_disk_stops_embed_with_a_clear_error_and_the_rerun_resumes(tmp_pa
     from clipkit.errors import ClipkitError
 
     make_images(tmp_path / "d", 6)
-    cfg = config([tmp_path / "d"], tmp_path / "out", batch_size=2, shard_rows=2)
+    cfg = embed_config([tmp_path / "d"], tmp_path / "out", batch_size=2, shard_rows=2)
     real_write, written = store.pq.write_table, []
 
     def disk_fills_after_one_shard(table, where, **options):

@@ -8,7 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from tests.test_embed import make_images
+from tests.helpers import make_images
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
 

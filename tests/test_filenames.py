@@ -15,12 +15,12 @@ import pytest
 
 from clipkit.audit import AuditConfig, audit
 from clipkit.embed import EmbedConfig, embed
-from clipkit.filenames import as_text, os_path
-from clipkit.pairs import read_pairs
-from clipkit.pipeline import read_bytes
-from clipkit.report import thumbnail_uri
+from clipkit.inputs.filenames import as_text, os_path
+from clipkit.inputs.pairs import read_pairs
+from clipkit.inputs.pipeline import read_bytes
+from clipkit.report.html import thumbnail_uri
 from clipkit.zeroshot import ZeroShotConfig, zeroshot
-from tests.test_embed import TINY, make_images
+from tests.helpers import TINY, make_images
 
 CAFE = b"caf\xe9"  # Latin-1 bytes: not UTF-8
 

@@ -13,9 +13,9 @@ import pytest
 
 from clipkit import store
 from clipkit.errors import ClipkitError
-from clipkit.index import INDEX_FILE, ROWS_FILE, IndexConfig, build_index, load_index
-from clipkit.locks import PUBLISH_FILE, HalfPublished
-from tests.test_embed import TINY
+from clipkit.index.build import INDEX_FILE, ROWS_FILE, IndexConfig, build_index, load_index
+from clipkit.infra.locks import PUBLISH_FILE, HalfPublished
+from tests.helpers import TINY
 
 DIM, ROWS = 16, 40
 

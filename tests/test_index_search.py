@@ -22,7 +22,7 @@ from clipkit.embed import EmbedConfig, embed
 from clipkit.errors import InputError
 from clipkit.index import IndexConfig, build_index, load_index
 from clipkit.search import SearchConfig, search
-from tests.test_embed import TINY, make_images
+from tests.helpers import TINY, clustered_embeddings, make_images
 
 runner = CliRunner()
 
@@ -181,7 +181,7 @@ def test_an_index_outlives_its_embeddings_folder(corpus, tmp_path):
 
 
 def test_fingerprint_mismatch_is_refused(corpus, tmp_path, tiny_encoder):
-    from clipkit.checkpoints import write_checkpoint
+    from clipkit.models.checkpoints import write_checkpoint
 
     state = {k: v * 1.01 if v.is_floating_point() else v
              for k, v in tiny_encoder.model.state_dict().items()}  # fmt: skip
@@ -192,23 +192,9 @@ def test_fingerprint_mismatch_is_refused(corpus, tmp_path, tiny_encoder):
     assert f"-m {TINY}" in info.value.hint
 
 
-def _clustered(folder: Path, stamp: store.ModelStamp, rows: int, clusters: int, dim: int):
-    rng = np.random.default_rng(0)
-    centres = rng.standard_normal((clusters, dim))
-    points = centres[rng.integers(0, clusters, rows)] + 0.35 * rng.standard_normal((rows, dim))
-    points /= np.linalg.norm(points, axis=1, keepdims=True)
-    for shard, start in enumerate(range(0, rows, 1500)):
-        block = points[start : start + 1500].astype(np.float32)
-        ids = [f"{i:08x}" for i in range(start, start + len(block))]
-        store.write_shard(store.shard_path(folder, shard),
-                          {"id": ids, "uri": ids, "kind": ["image"] * len(ids),
-                           "text": [None] * len(ids)}, block, stamp)  # fmt: skip
-    return points.astype(np.float32)
-
-
 def test_auto_choice_and_recorded_recall_on_clustered_data(tmp_path, tiny_encoder):
     stamp = store.ModelStamp(TINY, tiny_encoder.fingerprint, 64)
-    points = _clustered(tmp_path / "emb", stamp, rows=6000, clusters=40, dim=64)
+    points = clustered_embeddings(tmp_path / "emb", stamp, count=6000, clusters=40, dim=64)
     result = build_index(IndexConfig(emb_dir=tmp_path / "emb", out_dir=tmp_path / "idx",
                                      flat_threshold=1000))  # fmt: skip
     info = result.info
@@ -233,7 +219,7 @@ def test_auto_choice_and_recorded_recall_on_clustered_data(tmp_path, tiny_encode
 
 def test_explicit_types(tmp_path, tiny_encoder):
     stamp = store.ModelStamp(TINY, tiny_encoder.fingerprint, 32)
-    _clustered(tmp_path / "emb", stamp, rows=3000, clusters=20, dim=32)
+    clustered_embeddings(tmp_path / "emb", stamp, count=3000, clusters=20, dim=32)
     for kind, expected in (("flat", "Flat"), ("hnsw", "HNSW32,Flat"), ("ivfpq", ",PQ")):
         info = build_index(IndexConfig(emb_dir=tmp_path / "emb", out_dir=tmp_path / kind,
                                        index_type=kind)).info  # fmt: skip
@@ -297,10 +283,10 @@ def test_cli_index_and_errors(corpus, tmp_path):
 
 def test_flat_index_small_and_large_batches_agree(tmp_path, tiny_encoder):
     # Fewer than SMALL_BATCH queries go through the scoring core, more through faiss.
-    from clipkit.index import SMALL_BATCH
+    from clipkit.index.build import SMALL_BATCH
 
     stamp = store.ModelStamp(TINY, tiny_encoder.fingerprint, 32)
-    points = _clustered(tmp_path / "emb", stamp, rows=2000, clusters=10, dim=32)
+    points = clustered_embeddings(tmp_path / "emb", stamp, count=2000, clusters=10, dim=32)
     build_index(IndexConfig(emb_dir=tmp_path / "emb", out_dir=tmp_path / "idx"))
     loaded = load_index(tmp_path / "idx")
     assert loaded.vectors is not None
@@ -409,14 +395,14 @@ def test_corrupt_shard_repaired_by_deleting_it_and_embedding_again(tmp_path):
 def test_exact_index_of_fewer_rows_than_k_records_full_recall(tmp_path, tiny_encoder):
     # Leave-one-out over 6 rows leaves 5 true neighbours, not 10: recall is 5/5, not 5/10.
     stamp = store.ModelStamp(TINY, tiny_encoder.fingerprint, 16)
-    _clustered(tmp_path / "emb", stamp, rows=6, clusters=2, dim=16)
+    clustered_embeddings(tmp_path / "emb", stamp, count=6, clusters=2, dim=16)
     info = build_index(IndexConfig(emb_dir=tmp_path / "emb", out_dir=tmp_path / "idx")).info
     assert info.factory == "Flat" and info.recall_at_10["same_kind"] == 1.0
 
 
 def test_ivfpq_needs_enough_rows_and_any_dimension_splits(tmp_path, tiny_encoder):
     small = store.ModelStamp(TINY, tiny_encoder.fingerprint, 32)
-    _clustered(tmp_path / "small", small, rows=100, clusters=4, dim=32)
+    clustered_embeddings(tmp_path / "small", small, count=100, clusters=4, dim=32)
     with pytest.raises(InputError, match="needs at least 256 rows") as refused:
         build_index(IndexConfig(emb_dir=tmp_path / "small", out_dir=tmp_path / "i1",
                                 index_type="ivfpq"))  # fmt: skip
@@ -427,7 +413,7 @@ def test_ivfpq_needs_enough_rows_and_any_dimension_splits(tmp_path, tiny_encoder
     assert squeezed.factory.endswith(",SQ8") and squeezed.rows == 100
     # 100 dimensions: none of faiss's usual sub-vector counts (8, 16, ...) divides them.
     odd = store.ModelStamp(TINY, tiny_encoder.fingerprint, 100)
-    _clustered(tmp_path / "odd", odd, rows=1000, clusters=10, dim=100)
+    clustered_embeddings(tmp_path / "odd", odd, count=1000, clusters=10, dim=100)
     info = build_index(IndexConfig(emb_dir=tmp_path / "odd", out_dir=tmp_path / "i3",
                                    index_type="ivfpq")).info  # fmt: skip
     subquantizers = int(info.factory.rsplit("PQ", 1)[1])
@@ -438,7 +424,7 @@ def test_ivfpq_skips_polysemous_training():
     # index_factory turns it on; it costs minutes and serves only Hamming-filtered search.
     import faiss
 
-    from clipkit.index import new_index
+    from clipkit.index.build import new_index
 
     index = new_index(64, "IVF4,PQ8")
     assert faiss.downcast_index(faiss.extract_index_ivf(index)).do_polysemous_training is False
@@ -464,7 +450,7 @@ def test_output_in_the_way_is_refused_before_any_work(corpus, tmp_path):
 
 def test_a_model_that_returns_nan_for_the_query_is_refused(tmp_path, tiny_encoder):
     # Texts embed fine with this checkpoint; its image tower has diverged.
-    from clipkit.checkpoints import write_checkpoint
+    from clipkit.models.checkpoints import write_checkpoint
 
     state = {name: value.clone() for name, value in tiny_encoder.model.state_dict().items()}
     state["visual.proj"][0, 0] = float("nan")

@@ -18,9 +18,9 @@ from clipkit import cli
 from clipkit.embed import EmbedConfig, embed
 from clipkit.errors import InputError
 from clipkit.index import IndexConfig, build_index
-from clipkit.locks import LOCK_FILE, writer_lock
+from clipkit.infra.locks import LOCK_FILE, writer_lock
 from clipkit.train import TrainConfig, train
-from tests.test_embed import TINY, make_images, rows
+from tests.helpers import TINY, make_images, rows
 
 runner = CliRunner()
 
@@ -94,7 +94,7 @@ def test_train_into_a_run_folder_being_written_is_refused(shapes, tmp_path):
 
 _HOLDER = """
 import sys, time
-from clipkit.locks import writer_lock
+from clipkit.infra.locks import writer_lock
 with writer_lock(sys.argv[1], "embed -o elsewhere"):
     print("held", flush=True)
     time.sleep(120)
@@ -129,7 +129,7 @@ def test_a_lock_held_by_another_process_is_refused_until_it_is_killed(tmp_path):
 def test_a_file_system_without_locks_lets_the_command_run(tmp_path, monkeypatch):
     import errno
 
-    from clipkit import locks
+    from clipkit.infra import locks
 
     def refuse(handle, operation):
         raise OSError(errno.ENOLCK, "No locks available")

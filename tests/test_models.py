@@ -12,10 +12,10 @@ from open_clip import pretrained as open_clip_pretrained
 from PIL import Image
 from safetensors.torch import save_file
 
-from clipkit import downloads, models
-from clipkit.checkpoints import write_checkpoint
 from clipkit.errors import ModelSpecError, UnsafeCheckpointError, WeightsUnavailableError
-from clipkit.models import describe_model, list_models, load_model
+from clipkit.models import describe_model, downloads, list_models, load_model
+from clipkit.models import openclip as models
+from clipkit.models.checkpoints import write_checkpoint
 
 TINY = "clipkit-tiny:random"
 TEXTS = ["a small red triangle", "a large blue circle on a grey background", ""]

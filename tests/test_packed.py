@@ -11,12 +11,12 @@ import pytest
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from clipkit import pipeline
-from clipkit.filenames import as_text
-from clipkit.packed import PackedGroups, PackedStrings
-from clipkit.sources import Item
-from clipkit.train_data import PairDataset
-from tests.test_embed import make_images
+from clipkit.inputs import pipeline
+from clipkit.inputs.filenames import as_text
+from clipkit.inputs.packed import PackedGroups, PackedStrings
+from clipkit.inputs.sources import Item
+from clipkit.train.data import PairDataset
+from tests.helpers import make_images
 
 STRINGS = ["a.jpg", "", "café/ünïcode 猫.png", "caf\udce9.jpg", as_text(b"/x/caf\xe9.jpg"), "z"]
 
@@ -95,7 +95,7 @@ def test_embed_decode_workers_are_started_frozen(tmp_path):
 
 
 def test_pair_dataset_draws_captions_from_the_packed_groups(tmp_path):
-    from clipkit.pairs import Pair
+    from clipkit.inputs.pairs import Pair
 
     paths = make_images(tmp_path, 3)
     pairs = [Pair(str(paths[0]), ("one",)), Pair(str(paths[1]), ("two", "deux", "zwei")),

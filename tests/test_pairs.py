@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 
 from clipkit.errors import InputError
-from clipkit.pairs import Pair, read_pairs
-from tests.test_embed import make_images
+from clipkit.inputs.pairs import Pair, read_pairs
+from tests.helpers import make_images
 
 
 def test_folder_with_sidecars(tmp_path):

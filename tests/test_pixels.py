@@ -11,7 +11,7 @@ import torch
 from PIL import Image
 from torchvision import transforms as T
 
-from clipkit.pixels import split_transform
+from clipkit.models.pixels import split_transform
 
 MEAN, STD = (0.48145466, 0.4578275, 0.40821073), (0.26862954, 0.26130258, 0.27577711)
 

@@ -15,10 +15,10 @@ import pytest
 from typer.testing import CliRunner
 
 from clipkit import cli
-from clipkit.decode import content_id
 from clipkit.embed import embed
-from clipkit.sources import Kind
-from tests.test_embed import TINY, config, make_images, rows
+from clipkit.inputs.decode import content_id
+from clipkit.inputs.sources import Kind
+from tests.helpers import TINY, clustered_embeddings, edit_image, embed_config, make_images, rows
 
 
 def _aliases(out: Path) -> set[tuple[str, str]]:
@@ -47,19 +47,11 @@ def _vectors(out: Path) -> dict[str, np.ndarray]:
     return {item_id: np.asarray(row["embedding"]) for item_id, row in rows(out).items()}
 
 
-def _edit(path: Path, seed: int) -> None:
-    """New bytes for an image file (other noise), so a new content id."""
-    from PIL import Image
-
-    pixels = np.random.default_rng(1000 + seed).integers(0, 256, (30, 40, 3), dtype=np.uint8)
-    Image.fromarray(pixels).save(path)
-
-
 def test_an_edited_file_is_counted_and_its_old_row_stays_without_prune(tmp_path):
     images = make_images(tmp_path / "d", 2)
-    embed(config([tmp_path / "d"], tmp_path / "out"))
-    _edit(images[0], 0)
-    again = embed(config([tmp_path / "d"], tmp_path / "out"))
+    embed(embed_config([tmp_path / "d"], tmp_path / "out"))
+    edit_image(images[0], 0)
+    again = embed(embed_config([tmp_path / "d"], tmp_path / "out"))
     assert (again.embedded, again.already_present, again.changed, again.pruned) == (1, 1, 1, 0)
     names = sorted(name for name, _, _ in _contents(tmp_path / "out").values())
     assert names == ["img0000.jpg", "img0000.jpg", "img0001.png"]  # the old row is still there
@@ -70,18 +62,18 @@ def test_prune_makes_the_folder_equal_a_fresh_run_on_the_sources(tmp_path):
     images = make_images(data, 6)
     shutil.copy(images[2], data / "copy_of_2.jpg")  # a duplicate: an alias
     (data / "note.txt").write_text("a red square")
-    first = embed(config([data], tmp_path / "out", shard_rows=3))
+    first = embed(embed_config([data], tmp_path / "out", shard_rows=3))
     assert first.embedded == 7
 
-    _edit(images[0], 0)  # edited: new content under the same name
+    edit_image(images[0], 0)  # edited: new content under the same name
     images[1].unlink()  # deleted
     images[3].rename(data / "renamed.png")  # renamed: same content, new name
     (data / "copy_of_2.jpg").unlink()  # the copy that has the row goes: name the other one
     shutil.copy(images[5], images[4])  # replaced by the content of another file: an alias now
     (data / "note.txt").write_text("a blue circle")  # an edited text
 
-    pruned = embed(config([data], tmp_path / "out", shard_rows=3, prune=True))
-    fresh = embed(config([data], tmp_path / "fresh", shard_rows=3))
+    pruned = embed(embed_config([data], tmp_path / "out", shard_rows=3, prune=True))
+    fresh = embed(embed_config([data], tmp_path / "fresh", shard_rows=3))
     # The same contents, each found under the same names (which copy holds the row and which
     # is the alias may differ), with the same embeddings up to batch-composition rounding.
     assert _holdings(tmp_path / "out") == _holdings(tmp_path / "fresh")
@@ -96,17 +88,17 @@ def test_prune_makes_the_folder_equal_a_fresh_run_on_the_sources(tmp_path):
     assert fresh.embedded == 5  # img0000 (edited), 0002, 0003 (renamed), 0005, the note
     # Gone: img0000's and note.txt's old content, img0001 (deleted), img0004's old content.
     assert (pruned.changed, pruned.pruned, pruned.moved) == (3, 4, 2)
-    again = embed(config([data], tmp_path / "out", prune=True))
+    again = embed(embed_config([data], tmp_path / "out", prune=True))
     assert (again.embedded, again.changed, again.pruned, again.moved) == (0, 0, 0, 0)
 
 
 def test_inputs_that_fail_to_read_keep_their_rows(tmp_path):
     images = make_images(tmp_path / "d", 2)
-    embed(config([tmp_path / "d"], tmp_path / "out"))
+    embed(embed_config([tmp_path / "d"], tmp_path / "out"))
     before = _contents(tmp_path / "out")
     images[0].unlink()
     images[0].symlink_to(tmp_path / "unmounted" / "img.jpg")  # listed, but cannot be read
-    result = embed(config([tmp_path / "d"], tmp_path / "out", prune=True))
+    result = embed(embed_config([tmp_path / "d"], tmp_path / "out", prune=True))
     assert result.skipped == 1 and result.pruned == 0
     assert _contents(tmp_path / "out") == before
 
@@ -115,10 +107,10 @@ def test_prune_leaves_rows_of_other_kinds_alone(tmp_path):
     images = make_images(tmp_path / "d", 2)
     (tmp_path / "d" / "a.txt").write_text("words")
     (tmp_path / "d" / "b.txt").write_text("words")  # an alias of a text row
-    embed(config([tmp_path / "d"], tmp_path / "out"))
+    embed(embed_config([tmp_path / "d"], tmp_path / "out"))
     images[1].unlink()
     (tmp_path / "d" / "a.txt").unlink()
-    result = embed(config([tmp_path / "d"], tmp_path / "out", kind=Kind.IMAGE, prune=True))
+    result = embed(embed_config([tmp_path / "d"], tmp_path / "out", kind=Kind.IMAGE, prune=True))
     assert result.pruned == 1
     kinds = sorted((kind, name) for name, kind, _ in _contents(tmp_path / "out").values())
     assert kinds == [("image", "img0000.jpg"), ("text", "a.txt")]
@@ -127,11 +119,11 @@ def test_prune_leaves_rows_of_other_kinds_alone(tmp_path):
 
 def test_a_deleted_shard_row_set_empties_and_removes_the_shard(tmp_path):
     images = make_images(tmp_path / "d", 4)
-    embed(config([tmp_path / "d"], tmp_path / "out", shard_rows=2))
+    embed(embed_config([tmp_path / "d"], tmp_path / "out", shard_rows=2))
     assert len(list((tmp_path / "out").glob("part-*.parquet"))) == 2
     for image in images[:2]:  # the first shard's two rows
         image.unlink()
-    result = embed(config([tmp_path / "d"], tmp_path / "out", prune=True))
+    result = embed(embed_config([tmp_path / "d"], tmp_path / "out", prune=True))
     assert result.pruned == 2
     assert [p.name for p in sorted((tmp_path / "out").glob("part-*.parquet"))] == [
         "part-00001.parquet"
@@ -146,7 +138,7 @@ def test_cli_reports_changes_and_prunes(tmp_path):
             "--device", "cpu", "--workers", "0"]  # fmt: skip
     runner = CliRunner()
     assert runner.invoke(cli.app, args).exit_code == 0
-    _edit(images[0], 0)
+    edit_image(images[0], 0)
     kept = runner.invoke(cli.app, args)
     assert "1 inputs changed since they were embedded (their old rows remain: --prune drops them)" \
         in " ".join(kept.output.split())  # fmt: skip
@@ -162,8 +154,8 @@ def test_prune_sees_already_present_images_read_by_workers(tmp_path, workers):
     # Content already embedded is hashed in the workers, not decoded: it must still count as
     # found, or --prune would drop every unchanged image.
     make_images(tmp_path / "d", 3)
-    embed(config([tmp_path / "d"], tmp_path / "out", workers=workers))
-    result = embed(config([tmp_path / "d"], tmp_path / "out", workers=workers, prune=True))
+    embed(embed_config([tmp_path / "d"], tmp_path / "out", workers=workers))
+    result = embed(embed_config([tmp_path / "d"], tmp_path / "out", workers=workers, prune=True))
     assert (result.already_present, result.pruned, result.moved) == (3, 0, 0)
     assert len(rows(tmp_path / "out")) == 3
 
@@ -176,8 +168,8 @@ def test_prune_under_two_gloo_processes_sees_every_rank_s_inputs(tmp_path):
 
     data = tmp_path / "data"
     images = make_images(data, 9, size=(20, 20))
-    embed(config([data], tmp_path / "out", shard_rows=4))
-    _edit(images[0], 0)
+    embed(embed_config([data], tmp_path / "out", shard_rows=4))
+    edit_image(images[0], 0)
     images[1].unlink()
     images[2].rename(data / "moved.png")
     make_images(data, 2, start=20)
@@ -191,7 +183,7 @@ def test_prune_under_two_gloo_processes_sees_every_rank_s_inputs(tmp_path):
     message = " ".join(done.stderr.split())
     assert "Embedded 3," in message and "1 inputs changed" in message
     assert "pruned 2 rows of inputs no longer found, 1 rows now name another copy" in message
-    embed(config([data], tmp_path / "fresh"))
+    embed(embed_config([data], tmp_path / "fresh"))
     assert _holdings(tmp_path / "out") == _holdings(tmp_path / "fresh")
 
 
@@ -199,12 +191,12 @@ def test_index_update_after_prune_drops_gone_rows_of_an_exact_index(tmp_path):
     from clipkit.index import IndexConfig, build_index, load_index
 
     images = make_images(tmp_path / "d", 6)
-    embed(config([tmp_path / "d"], tmp_path / "emb"))
+    embed(embed_config([tmp_path / "d"], tmp_path / "emb"))
     build_index(IndexConfig(emb_dir=tmp_path / "emb", out_dir=tmp_path / "idx"))
     images[1].unlink()
     images[4].unlink()
     images[2].rename(tmp_path / "d" / "moved.png")
-    embed(config([tmp_path / "d"], tmp_path / "emb", prune=True))
+    embed(embed_config([tmp_path / "d"], tmp_path / "emb", prune=True))
     updated = build_index(IndexConfig(emb_dir=tmp_path / "emb", out_dir=tmp_path / "idx",
                                       update=True))  # fmt: skip
     assert (updated.added, updated.dropped, updated.removed, updated.info.rows) == (0, 2, 0, 4)
@@ -226,10 +218,10 @@ def test_index_update_drops_gone_rows_of_an_ivf_index(tmp_path, tiny_encoder, in
     """The survivors are renumbered: row r of the row map is still vector r afterwards."""
     from clipkit import store
     from clipkit.index import IndexConfig, build_index, load_index
-    from tests.test_index_search import _clustered
 
     stamp = store.ModelStamp(TINY, tiny_encoder.fingerprint, 64)
-    points = _clustered(tmp_path / "emb", stamp, rows=3000, clusters=20, dim=64)  # shards of 1,500
+    # shards of 1,500 rows
+    points = clustered_embeddings(tmp_path / "emb", stamp, count=3000, clusters=20, dim=64)
     build_index(IndexConfig(emb_dir=tmp_path / "emb", out_dir=tmp_path / "idx",
                             index_type=index_type))  # fmt: skip
     first_shard = tmp_path / "emb" / "part-00000.parquet"
@@ -255,10 +247,9 @@ def test_index_update_drops_gone_rows_of_an_ivf_index(tmp_path, tiny_encoder, in
 def test_index_update_keeps_gone_rows_of_an_hnsw_index_and_says_so(tmp_path, tiny_encoder):
     from clipkit import store
     from clipkit.index import IndexConfig, build_index, load_index
-    from tests.test_index_search import _clustered
 
     stamp = store.ModelStamp(TINY, tiny_encoder.fingerprint, 64)
-    _clustered(tmp_path / "emb", stamp, rows=3000, clusters=20, dim=64)
+    clustered_embeddings(tmp_path / "emb", stamp, count=3000, clusters=20, dim=64)
     build_index(IndexConfig(emb_dir=tmp_path / "emb", out_dir=tmp_path / "idx",
                             index_type="hnsw"))  # fmt: skip
     (tmp_path / "emb" / "part-00001.parquet").unlink()

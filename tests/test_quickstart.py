@@ -17,7 +17,7 @@ from typer.testing import CliRunner
 
 from clipkit import cli
 from clipkit.errors import InputError
-from clipkit.quickstart import QUERIES, QuickstartConfig, _write_once, quickstart
+from clipkit.quickstart.run import QUERIES, QuickstartConfig, _write_once, quickstart
 from clipkit.store import read_stamp, read_vectors
 from tests.browser import find_chromium, is_blank, render
 
@@ -145,7 +145,7 @@ def test_cli_prints_each_step_and_the_overview(small_run):
 
 
 def test_stopped_training_exits_130_and_says_how_to_go_on(tmp_path, monkeypatch):
-    import clipkit.quickstart as quickstart_module
+    from clipkit.quickstart import run as quickstart_module
 
     stopped = SimpleNamespace(interrupted=True, best_checkpoint=None)
     monkeypatch.setattr(quickstart_module, "train", lambda config, progress=None: stopped)

@@ -10,12 +10,12 @@ import pytest
 from typer.testing import CliRunner
 
 from clipkit import cli, store
-from clipkit.checkpoints import write_checkpoint
 from clipkit.embed import EmbedConfig, embed
 from clipkit.index import IndexConfig, build_index
+from clipkit.models.checkpoints import write_checkpoint
 from clipkit.search import SearchConfig, search
 from clipkit.zeroshot import ZeroShotConfig, zeroshot
-from tests.test_embed import make_images
+from tests.helpers import make_images
 
 runner = CliRunner()
 

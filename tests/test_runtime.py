@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from clipkit.errors import DeviceError
-from clipkit.runtime import autocast_dtype, resolve_device, resolve_precision
+from clipkit.infra.device import autocast_dtype, resolve_device, resolve_precision
 
 
 def test_auto_device_matches_the_machine():

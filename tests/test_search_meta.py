@@ -16,7 +16,7 @@ from clipkit import cli
 from clipkit.embed import embed
 from clipkit.index import IndexConfig, build_index, load_index
 from clipkit.search import SearchConfig, search
-from tests.test_embed import config, make_images
+from tests.helpers import embed_config, make_images
 
 runner = CliRunner()
 CAPTIONS = ["a <b>red</b> kite", "two dogs, running", "a tram at night"]
@@ -37,8 +37,8 @@ def corpus(tmp_path_factory):
     plain = make_images(root / "plain", 2)
     pictured = make_images(root / "table", 3, start=10)
     _table(root / "table", pictured, CAPTIONS, 0)
-    embed(config([root / "plain"], root / "emb"))
-    embed(config([root / "table" / "pairs0.csv"], root / "emb"))
+    embed(embed_config([root / "plain"], root / "emb"))
+    embed(embed_config([root / "table" / "pairs0.csv"], root / "emb"))
     build_index(IndexConfig(emb_dir=root / "emb", out_dir=root / "idx"))
     return root, plain, pictured
 
@@ -99,7 +99,7 @@ def test_an_update_adds_rows_with_their_values(corpus, tmp_path):
     shutil.copytree(root / "idx", tmp_path / "idx")
     added = make_images(tmp_path / "more", 1, start=20)
     _table(tmp_path / "more", added, ["a lighthouse"], 5)
-    embed(config([tmp_path / "more" / "pairs5.csv"], tmp_path / "emb"))
+    embed(embed_config([tmp_path / "more" / "pairs5.csv"], tmp_path / "emb"))
     build_index(IndexConfig(emb_dir=tmp_path / "emb", out_dir=tmp_path / "idx", update=True))
     # The copy was updated from the copied folder: that is its source now, not the original.
     assert load_index(tmp_path / "idx").info.source == str((tmp_path / "emb").resolve())

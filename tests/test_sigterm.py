@@ -14,8 +14,8 @@ import sys
 import time
 from pathlib import Path
 
-from clipkit.train_state import STATE_FILE, load_state
-from tests.test_embed import TINY, make_images, rows
+from clipkit.train.state import STATE_FILE, load_state
+from tests.helpers import TINY, make_images, rows
 
 ENV = {**os.environ, "PYTHONUNBUFFERED": "1"}
 
@@ -87,7 +87,7 @@ def _steps(metrics: Path) -> list[dict]:
 
 STUCK_EMBED = """
 import sys, time
-from clipkit import pipeline
+from clipkit.inputs import pipeline
 real_read, marker = pipeline.read_bytes, sys.argv[-1]
 
 def read_bytes(path, **kwargs):  # a hung network mount: the read never returns

@@ -9,8 +9,9 @@ import pyarrow as pa
 import pytest
 
 from clipkit.errors import InputError
-from clipkit.sources import Item, SourceOptions, TableRow, _sorted_unique, discover
+from clipkit.inputs.sources import Item, SourceOptions, TableRow, _sorted_unique, discover
 from clipkit.store import InputTable, read_table
+from tests.helpers import TINY, make_images
 
 
 def test_items_are_sorted_by_uri_then_kind_and_the_last_repeat_wins():
@@ -85,7 +86,7 @@ def test_a_big_csv_read_in_blocks_keeps_every_row_in_order(tmp_path):
 
 
 def test_image_cells_as_relative_paths_home_paths_and_urls(tmp_path, monkeypatch):
-    from clipkit.filenames import table_path
+    from clipkit.inputs.filenames import table_path
 
     table = tmp_path / "sub" / "t.csv"
     monkeypatch.setenv("HOME", str(tmp_path / "home"))
@@ -101,10 +102,9 @@ def test_image_cells_as_relative_paths_home_paths_and_urls(tmp_path, monkeypatch
 
 def test_urls_in_a_table_are_skipped_with_a_reason_and_file_urls_are_read(tmp_path):
     from clipkit.embed import EmbedConfig, embed
-    from clipkit.filenames import URL_NOT_READ
-    from clipkit.pairs import read_pairs
-    from clipkit.train_data import verify_images
-    from tests.test_embed import TINY, make_images
+    from clipkit.inputs.filenames import URL_NOT_READ
+    from clipkit.inputs.pairs import read_pairs
+    from clipkit.train.data import verify_images
 
     (local,) = make_images(tmp_path / "imgs", 1)
     table = tmp_path / "t.csv"

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from clipkit.errors import ModelSpecError
-from clipkit.specs import SpecKind, parse_spec
+from clipkit.models.specs import SpecKind, parse_spec
 
 
 @pytest.mark.parametrize(

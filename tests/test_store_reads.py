@@ -11,10 +11,11 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
-from clipkit import cli, index, store
+from clipkit import cli, store
 from clipkit.errors import InputError
 from clipkit.index import IndexConfig, build_index, load_index
-from tests.test_embed import TINY
+from clipkit.index import build as index
+from tests.helpers import TINY
 
 DIM = 16
 runner = CliRunner()
@@ -143,7 +144,7 @@ def test_rows_are_read_for_the_asked_ids_only(tmp_path):
 def test_an_exact_scan_keeps_ids_compactly_and_finds_every_row(tmp_path):
     """Exact search keeps only the scanned ids (fixed-width bytes where the ids allow it, as
     they come from Arrow, sliced batches included) and reads its hits' rows afterwards."""
-    from clipkit.search import _exact
+    from clipkit.search.run import _exact
 
     first = _write(tmp_path, 0, 0, 5)  # 8-character ids
     ragged = ["a", "bb", "ccc"]  # ids of different lengths: kept as they are

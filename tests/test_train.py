@@ -16,11 +16,11 @@ from PIL import Image
 from safetensors.torch import load_file
 
 from clipkit.errors import InputError
+from clipkit.inputs.synthetic import write_captioned_shapes
 from clipkit.models import load_model
-from clipkit.synthetic import write_captioned_shapes
 from clipkit.train import TrainConfig, train
-from clipkit.train_state import STATE_FILE, load_state
-from tests.test_embed import make_images
+from clipkit.train.state import STATE_FILE, load_state
+from tests.helpers import make_images
 
 TINY = "clipkit-tiny:random"
 
@@ -211,8 +211,8 @@ def test_a_diverging_run_stops_at_the_first_non_finite_loss_and_keeps_the_weight
 ):
     # The third step's loss comes out NaN (after a real forward and backward); the weights as
     # they were before it must be what is saved, untouched by the optimizer.
-    from clipkit import train as train_module
     from clipkit.errors import DivergedError
+    from clipkit.train import run as train_module
 
     real_step, calls, before = train_module.full_batch_step, [], {}
 

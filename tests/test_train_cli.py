@@ -7,9 +7,9 @@ import pytest
 from typer.testing import CliRunner
 
 from clipkit import cli
-from clipkit import train as train_module
-from clipkit.synthetic import write_captioned_shapes
-from clipkit.train_eval import Evaluation
+from clipkit.inputs.synthetic import write_captioned_shapes
+from clipkit.train import run as train_module
+from clipkit.train.evaluation import Evaluation
 
 runner = CliRunner()
 

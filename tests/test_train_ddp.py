@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from clipkit.synthetic import write_captioned_shapes
+from clipkit.inputs.synthetic import write_captioned_shapes
 
 HELPER = Path(__file__).with_name("ddp_step.py")
 ROOT = Path(__file__).resolve().parents[1]

@@ -10,8 +10,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from clipkit.distributed import World
-from clipkit.train_step import (
+from clipkit.infra.distributed import World
+from clipkit.train.step import (
     decays,
     full_batch_step,
     grad_cache_step,

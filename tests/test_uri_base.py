@@ -19,13 +19,12 @@ from typer.testing import CliRunner
 from clipkit import cli, store
 from clipkit.audit import AuditConfig, audit
 from clipkit.embed import embed
-from clipkit.filenames import UriFrame, locate, reading_base
 from clipkit.index import IndexConfig, build_index
+from clipkit.inputs.filenames import UriFrame, locate, reading_base
 from clipkit.report import write_audit_report, write_search_gallery, write_zeroshot_report
 from clipkit.search import SearchConfig, search
 from clipkit.zeroshot import ZeroShotConfig, zeroshot
-from tests.test_embed import config, make_images, rows
-from tests.test_embed_tar import _sample, _shard
+from tests.helpers import embed_config, make_images, rows, tar_sample, write_tar_shard
 
 runner = CliRunner()
 
@@ -72,7 +71,7 @@ def project(tmp_path, monkeypatch, tiny_encoder):
     images = make_images(data / "imgs", 3)
     work.mkdir()
     monkeypatch.chdir(data)
-    embed(config(["imgs"], Path("emb")))
+    embed(embed_config(["imgs"], Path("emb")))
     return data, work, images
 
 
@@ -129,10 +128,10 @@ def test_the_search_table_and_json_show_the_path_from_here(project, monkeypatch)
 def test_an_embed_from_another_folder_names_files_as_the_first_run_did(project, monkeypatch):
     data, work, images = project
     monkeypatch.chdir(work)
-    again = embed(config(["../data/imgs"], Path("../data/emb")))
+    again = embed(embed_config(["../data/imgs"], Path("../data/emb")))
     assert (again.embedded, again.already_present, again.aliases) == (0, 3, 0)
     added = make_images(data / "imgs", 1, start=7)
-    more = embed(config([data / "imgs"], data / "emb"))  # typed absolute this time
+    more = embed(embed_config([data / "imgs"], data / "emb"))  # typed absolute this time
     assert (more.embedded, more.already_present, more.aliases) == (1, 3, 0)
     found = sorted(row["uri"] for row in rows(data / "emb").values())
     assert found == sorted(f"imgs/{image.name}" for image in [*images, *added])
@@ -144,11 +143,11 @@ def test_an_embed_from_another_folder_names_files_as_the_first_run_did(project, 
 def test_files_outside_the_base_are_named_absolutely_from_anywhere(project, monkeypatch):
     data, work, _ = project
     photos = make_images(data.parent / "photos", 2, start=30)
-    first = embed(config(["../photos"], Path("emb")))  # from the base, typed relative
+    first = embed(embed_config(["../photos"], Path("emb")))  # from the base, typed relative
     assert first.embedded == 2
     monkeypatch.chdir(work)
     for typed in ("../photos", str(data.parent / "photos")):
-        again = embed(config([typed], data / "emb"))
+        again = embed(embed_config([typed], data / "emb"))
         assert (again.embedded, again.already_present, again.aliases) == (0, 2, 0)
     uris = {row["uri"] for row in rows(data / "emb").values()}
     assert {str(photo) for photo in photos} <= uris
@@ -164,10 +163,10 @@ def test_tables_lines_and_shards_from_another_folder_are_named_from_the_base(pro
         writer.writerow(["filepath", "caption"])
         writer.writerows([[pictured[0].name, "a kite"], [pictured[1].name, "a tram"]])
     (extra / "notes.txt").write_text("first line\nsecond line\n")
-    _shard(extra / "00000.tar", {"000000": _sample(40, "a red kite")})
+    write_tar_shard(extra / "00000.tar", {"000000": tar_sample(40, "a red kite")})
     monkeypatch.chdir(work)
-    embed(config(["../data/extra/pairs.csv", "../data/extra/00000.tar"], Path("../data/emb")))
-    embed(config(["../data/extra/notes.txt"], Path("../data/emb"), lines=True))
+    embed(embed_config(["../data/extra/pairs.csv", "../data/extra/00000.tar"], Path("../data/emb")))
+    embed(embed_config(["../data/extra/notes.txt"], Path("../data/emb"), lines=True))
     ids = list(rows(data / "emb"))
     by_uri = {row["uri"]: row for row in store.read_rows_by_id(data / "emb", ids).values()}
     wanted = {f"extra/{pictured[0].name}", f"extra/{pictured[1].name}", "extra/pairs.csv#row=0",
@@ -193,7 +192,7 @@ def test_a_folder_without_a_base_reads_its_uris_from_here(project, monkeypatch):
     hits = _hits(embeddings_dir=data / "emb")  # from data, where they were embedded
     assert sorted(hit.path for hit in hits) == [f"imgs/{image.name}" for image in images]
     make_images(data / "imgs", 1, start=9)
-    embed(config(["imgs"], Path("emb")))  # a run adds the base it ran in to its shard
+    embed(embed_config(["imgs"], Path("emb")))  # a run adds the base it ran in to its shard
     assert store.read_base(data / "emb") == str(data)
 
 
@@ -206,7 +205,7 @@ def test_a_folder_moved_with_its_images_reads_from_where_it_is(project, monkeypa
     hits = _hits(embeddings_dir=Path("emb"))
     assert sorted(hit.path for hit in hits) == [f"imgs/{image.name}" for image in images]
     make_images(moved / "imgs", 1, start=9)
-    again = embed(config(["imgs"], Path("emb")))
+    again = embed(embed_config(["imgs"], Path("emb")))
     assert (again.embedded, again.already_present, again.aliases) == (1, 3, 0)
     assert store.read_base(moved / "emb") == str(moved)
 
@@ -219,7 +218,7 @@ def test_zeroshot_and_audit_reports_show_images_from_another_folder(tmp_path, mo
             image.with_suffix(".txt").write_text(f"a photo of a {name}")
     work.mkdir()
     monkeypatch.chdir(data)
-    embed(config(["tree"], Path("emb")))
+    embed(embed_config(["tree"], Path("emb")))
     monkeypatch.chdir(work)
     classified = zeroshot(ZeroShotConfig(images=data / "emb", device="cpu", workers=0))
     assert classified.metrics is not None  # the class folders, read from the uris
@@ -236,10 +235,10 @@ def test_zeroshot_and_audit_reports_show_images_from_another_folder(tmp_path, mo
 
 def test_an_item_holds_one_string_when_its_uri_is_its_path(tmp_path, monkeypatch):
     # A million items held two copies of every path when uri and path were made apart.
-    from clipkit.sources import SourceOptions, discover
+    from clipkit.inputs.sources import SourceOptions, discover
 
     images = make_images(tmp_path / "data" / "imgs", 2)
-    _shard(tmp_path / "data" / "00000.tar", {"000000": _sample(40, "a red kite")})
+    write_tar_shard(tmp_path / "data" / "00000.tar", {"000000": tar_sample(40, "a red kite")})
     monkeypatch.chdir(tmp_path / "data")
     here = os.getcwd()
     found = discover(["imgs", "00000.tar"], SourceOptions(frame=UriFrame(here, here))).items

@@ -14,7 +14,10 @@ import torch.nn.functional as F
 from PIL import Image
 
 from clipkit import store
-from clipkit.classes import (
+from clipkit.errors import InputError
+from clipkit.inputs.synthetic import write_class_tree
+from clipkit.score.metrics import calibrate_threshold, classification_metrics
+from clipkit.zeroshot.classes import (
     LabelSpec,
     check_labels,
     class_embeddings,
@@ -24,17 +27,13 @@ from clipkit.classes import (
     read_labels_file,
     read_templates,
 )
-from clipkit.errors import InputError
-from clipkit.metrics import calibrate_threshold, classification_metrics
-from clipkit.synthetic import write_class_tree
-from clipkit.zeroshot import (
+from clipkit.zeroshot.run import (
     UNKNOWN,
     ZeroShotConfig,
     write_predictions,
     zeroshot,
 )
-
-TINY = "clipkit-tiny:random"
+from tests.helpers import TINY, make_images
 
 
 @pytest.fixture(scope="module")
@@ -211,8 +210,8 @@ def test_trained_tiny_model_is_clearly_above_chance_on_a_class_tree(trained, col
 
 def test_embeddings_folder_is_classified_without_re_encoding(trained, colour_tree, tmp_path,
                                                              monkeypatch):  # fmt: skip
-    from clipkit import zeroshot as module
     from clipkit.embed import EmbedConfig, embed
+    from clipkit.zeroshot import run as module
 
     embed(EmbedConfig(sources=(str(colour_tree),), out_dir=tmp_path / "emb", model=trained,
                       workers=0, device="cpu"))  # fmt: skip
@@ -243,7 +242,6 @@ def test_embeddings_of_a_class_tree_score_copies_against_their_own_folder(tmp_pa
     import shutil
 
     from clipkit.embed import EmbedConfig, embed
-    from tests.test_embed import TINY, make_images
 
     make_images(tmp_path / "tree" / "cat", 3)
     make_images(tmp_path / "tree" / "dog", 3, start=3)
@@ -268,7 +266,6 @@ def test_copies_in_an_embeddings_folder_get_predictions_too(tmp_path):
     import shutil
 
     from clipkit.embed import EmbedConfig, embed
-    from tests.test_embed import TINY, make_images
 
     images = make_images(tmp_path / "photos", 4)
     shutil.copy(images[0], tmp_path / "photos" / "copy.jpg")
@@ -478,7 +475,7 @@ def test_uris_that_are_not_a_class_tree(uris):
 
 
 def test_a_plain_folder_s_labels_are_checked_before_it_is_walked(tmp_path, monkeypatch):
-    from clipkit import zeroshot as module
+    from clipkit.zeroshot import run as module
 
     Image.new("RGB", (32, 32)).save(tmp_path / "one.png")
 

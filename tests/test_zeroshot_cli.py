@@ -12,8 +12,8 @@ from PIL import Image
 from typer.testing import CliRunner
 
 from clipkit import cli
-from clipkit import zeroshot as zeroshot_module
-from clipkit.synthetic import write_class_tree
+from clipkit.inputs.synthetic import write_class_tree
+from clipkit.zeroshot import run as zeroshot_module
 
 runner = CliRunner()
 TINY = "clipkit-tiny:random"

@@ -12,7 +12,6 @@ import typer
 from rich.table import Column, Table
 from rich.text import Text
 
-from clipkit.atomic import check_output
 from clipkit.cli import (
     DeviceOption,
     RecordedModelOption,
@@ -25,6 +24,7 @@ from clipkit.cli import (
     stdout,
 )
 from clipkit.errors import InputError
+from clipkit.infra.atomic import check_output
 
 
 class AuditFormat(str, Enum):
@@ -80,9 +80,9 @@ def audit(
 
     Example: clipkit audit pairs.csv -m runs/shapes --html audit.html --fpr 0.01
     """
-    from clipkit import tables
-    from clipkit.audit import AuditConfig
-    from clipkit.audit import audit as run_audit
+    from clipkit.audit.run import AuditConfig
+    from clipkit.audit.run import audit as run_audit
+    from clipkit.store import reports as tables
 
     if out is not None and output is AuditFormat.table:
         tables.format_of(out)  # fail before any work on a suffix we cannot write
@@ -116,7 +116,7 @@ def audit(
         writer.writeheader()
         writer.writerows(rows)
     if html_out is not None:
-        from clipkit.report import write_audit_report
+        from clipkit.report.html import write_audit_report
 
         for path in write_audit_report(result, html_out, top=max(top, 50)):
             stderr.print(f"Wrote {path}", markup=False)

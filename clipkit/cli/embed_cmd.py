@@ -64,9 +64,9 @@ def embed(
 
     Example: clipkit embed photos/ captions.csv -o emb/ -m clipkit-tiny:random
     """
-    from clipkit.embed import EmbedConfig
-    from clipkit.embed import embed as run_embed
-    from clipkit.sources import Kind
+    from clipkit.embed.run import EmbedConfig
+    from clipkit.embed.run import embed as run_embed
+    from clipkit.inputs.sources import Kind
 
     config = EmbedConfig(
         sources=tuple(sources),

@@ -34,7 +34,7 @@ def models_list(
     """List built-in and open_clip architectures with their pretrained tags and cache state."""
     if ctx.invoked_subcommand is not None:
         return
-    from clipkit.models import list_models
+    from clipkit.models.openclip import list_models
 
     rows = list_models(filter, cached_only=cached)
     if output is OutputFormat.json:
@@ -55,7 +55,7 @@ def models_info(
     output: FormatOption = OutputFormat.table,
 ) -> None:
     """Show embedding size, image size, context length, parameters and fingerprint of a model."""
-    from clipkit.models import describe_model
+    from clipkit.models.openclip import describe_model
 
     info = describe_model(spec, device=device)
     if output is OutputFormat.json:

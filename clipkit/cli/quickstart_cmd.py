@@ -43,8 +43,8 @@ def quickstart(
 
     Example: clipkit quickstart demo/ && open demo/reports/index.html
     """
-    from clipkit.quickstart import QuickstartConfig
-    from clipkit.quickstart import quickstart as run_quickstart
+    from clipkit.quickstart.run import QuickstartConfig
+    from clipkit.quickstart.run import quickstart as run_quickstart
 
     config = QuickstartConfig(folder=folder, train_pairs=train_pairs, val_pairs=val_pairs,
                               per_class=per_class, epochs=epochs, workers=workers,

@@ -12,7 +12,6 @@ import typer
 from rich.table import Column, Table
 from rich.text import Text
 
-from clipkit.atomic import check_output
 from clipkit.cli import (
     DeviceOption,
     KindChoice,
@@ -23,6 +22,7 @@ from clipkit.cli import (
     typed_text,
 )
 from clipkit.errors import ClipkitError
+from clipkit.infra.atomic import check_output
 
 
 class IndexType(str, Enum):
@@ -67,7 +67,7 @@ def index(
 
     Example: clipkit index emb/ -o emb-index/
     """
-    from clipkit.index import IndexConfig, build_index
+    from clipkit.index.build import IndexConfig, build_index
 
     config = IndexConfig(
         emb_dir=emb_dir,
@@ -145,8 +145,8 @@ def search(
 
     Example: clipkit search "a photo of a dog" --index emb-index/ -k 5
     """
-    from clipkit.search import SearchConfig
-    from clipkit.search import search as run_search
+    from clipkit.search.run import SearchConfig
+    from clipkit.search.run import search as run_search
 
     if html_out is not None:
         check_output(html_out)
@@ -171,7 +171,7 @@ def search(
     result = run_search(config)
     _render_search(result, output)
     if html_out is not None:
-        from clipkit.report import write_search_gallery
+        from clipkit.report.html import write_search_gallery
 
         write_search_gallery(result, html_out)
         stderr.print(f"Wrote {html_out}", markup=False)

@@ -81,8 +81,8 @@ def train(
 
     Example: clipkit train pairs/ -o runs/shapes -m clipkit-tiny:random --epochs 5
     """
-    from clipkit.train import TrainConfig
-    from clipkit.train import train as run_train
+    from clipkit.train.run import TrainConfig
+    from clipkit.train.run import train as run_train
 
     config = TrainConfig(
         data=data, out=str(out), model=model, epochs=epochs, steps=steps,

@@ -13,7 +13,6 @@ import typer
 from rich.table import Column, Table
 from rich.text import Text
 
-from clipkit.atomic import check_output
 from clipkit.cli import (
     DeviceOption,
     RecordedModelOption,
@@ -27,6 +26,7 @@ from clipkit.cli import (
     typed_text,
 )
 from clipkit.errors import InputError
+from clipkit.infra.atomic import check_output
 
 CONFUSION_TABLE_MAX = 20  # larger matrices are shown as a list of the worst confusions
 
@@ -84,8 +84,8 @@ def zeroshot(
 
     Example: clipkit zeroshot photos/ --labels "cat,dog,car" --templates openai -k 3
     """
-    from clipkit.zeroshot import PREDICTION_SUFFIXES, ZeroShotConfig, write_predictions
-    from clipkit.zeroshot import zeroshot as run_zeroshot
+    from clipkit.zeroshot.run import PREDICTION_SUFFIXES, ZeroShotConfig, write_predictions
+    from clipkit.zeroshot.run import zeroshot as run_zeroshot
 
     if out is not None and out.suffix.lower() not in PREDICTION_SUFFIXES:
         raise InputError(f"Cannot tell the format of {out} from its suffix.",
@@ -111,7 +111,7 @@ def zeroshot(
     for path in [write_predictions(result, out)] if out is not None else []:
         stderr.print(f"Wrote {len(result.predictions)} predictions to {path}", markup=False)
     if html_out is not None:
-        from clipkit.report import write_zeroshot_report
+        from clipkit.report.html import write_zeroshot_report
 
         for path in write_zeroshot_report(result, html_out):
             stderr.print(f"Wrote {path}", markup=False)
@@ -144,7 +144,7 @@ def _summarise(result: Any) -> None:
 
 
 def _write_csv(result: Any) -> None:
-    from clipkit.zeroshot import prediction_rows
+    from clipkit.zeroshot.run import prediction_rows
 
     rows = prediction_rows(result)
     writer = csv.DictWriter(sys.stdout, fieldnames=list(rows[0]), lineterminator="\n")

@@ -15,8 +15,8 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from clipkit.atomic import atomic_path
 from clipkit.errors import InputError
+from clipkit.infra.atomic import atomic_path
 from clipkit.store.shards import (
     ROW_GROUP_ROWS,
     SHARD_PATTERN,

@@ -4,7 +4,7 @@ checked shard by shard against its snapshot and its model.
 A shard is ``part-NNNNN.parquet`` with columns ``id``, ``uri``, ``kind``, ``text``,
 ``embedding`` and pass-through metadata, and schema metadata ``clipkit.*`` naming the model
 and ``clipkit.base``, the folder its relative uris are relative to (see
-:mod:`clipkit.filenames`).
+:mod:`clipkit.inputs.filenames`).
 """
 
 from __future__ import annotations
@@ -26,8 +26,8 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from clipkit import __version__
-from clipkit.atomic import atomic_path
 from clipkit.errors import InputError
+from clipkit.infra.atomic import atomic_path
 
 SHARD_PATTERN = re.compile(r"^part-(\d{5,})\.parquet$")
 CORE_COLUMNS = ("id", "uri", "kind", "text", "embedding")

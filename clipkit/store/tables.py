@@ -11,8 +11,8 @@ import pyarrow.csv as pa_csv
 import pyarrow.json as pa_json
 import pyarrow.parquet as pq
 
-from clipkit.atomic import atomic_path
 from clipkit.errors import InputError
+from clipkit.infra.atomic import atomic_path
 
 TABLE_SUFFIXES = frozenset({".csv", ".tsv", ".jsonl", ".parquet"})
 

@@ -1,0 +1,423 @@
+"""``clipkit audit``: find image–caption pairs whose caption does not describe the image.
+
+Each pair gets its cosine, its ranks (its caption among all captions for its image, its image
+among all images for its caption), the margin to the best competing caption, and a mismatch
+score: the CSLS deficit ``r_image + r_caption - 2·cos``, the cosine corrected for how close the
+image and the caption are to everything else (hubness). The flag threshold comes from a null
+distribution of shuffled pairs of the same dataset, so ``--fpr`` is the share of unrelated pairs
+that pass as matched, whatever the model. Suggestions are the best other caption and image.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+from collections import defaultdict
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from clipkit import score, store
+from clipkit.config import DEFAULT_MODEL_SPEC
+from clipkit.errors import InputError
+from clipkit.inputs.filenames import as_text, locate, reading_base
+from clipkit.inputs.pairs import read_pairs
+from clipkit.inputs.pipeline import default_workers, encode_image_files
+from clipkit.models.openclip import Encoder, load_matching_model, load_model
+from clipkit.score import pair_statistics
+from clipkit.score.metrics import calibrate_threshold
+
+Progress = Callable[[str, int, int], None]
+LONG_CAPTION_MODES = ("truncate", "chunk")
+NULL_SAMPLES = 20_000  # shuffled pairs drawn for calibration (at least one per pair)
+HISTOGRAM_BINS = 40
+RETRIEVAL_KS = (1, 5, 10)
+
+
+@dataclass(frozen=True)
+class AuditConfig:
+    data: Path  # pairs (folder with .txt sidecars, table, WebDataset) or an embeddings folder
+    model: str | None = None  # default: the embeddings' model, else DEFAULT_MODEL_SPEC
+    fpr: float = 0.01  # share of shuffled (unrelated) pairs allowed to pass as matched
+    threshold: float | None = None  # raw cosine threshold instead of calibration
+    long_captions: str = "truncate"
+    neighbours: int = 10  # CSLS neighbourhood size
+    seed: int = 0
+    batch_size: int = 64
+    workers: int | None = None
+    device: str = "auto"
+    include_hidden: bool = False
+    image_column: str | None = None
+    text_column: str | None = None
+
+
+@dataclass(frozen=True)
+class PairAudit:
+    """One pair's scores; ranks are 0 when the partner ranks first."""
+
+    image: str
+    caption: str
+    cosine: float
+    caption_rank: int  # captions scoring higher than this one for this image
+    image_rank: int  # images scoring higher than this one for this caption
+    margin: float | None  # cosine minus the best other caption's (None: no other caption)
+    mismatch: float  # CSLS deficit: higher is more suspicious
+    flagged: bool
+    suggested_caption: str | None
+    suggested_caption_score: float | None
+    suggested_image: str | None
+    suggested_image_score: float | None
+    truncated: bool = False
+    image_path: str = ""  # the image's uri as a path that opens from here (filenames.locate)
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class Calibration:
+    """How the flag threshold was set and what the score distributions look like."""
+
+    statistic: str  # "mismatch" (calibrated) or "cosine" (--threshold)
+    threshold: float  # flagged: mismatch >= threshold, or cosine < threshold
+    method: str
+    fpr: float | None
+    null_pairs: int
+    null_pass_rate: float  # shuffled pairs that pass as matched under the threshold
+    cosine_at_fpr: float | None  # the raw-cosine threshold letting the same share pass
+    histogram: dict[str, list[float]]  # edges, matched, shuffled (of the statistic)
+    quantiles: dict[str, dict[str, float]]  # matched/shuffled cosine at 5/25/50/75/95 %
+
+
+@dataclass(frozen=True)
+class AuditResult:
+    source: str
+    input_kind: str  # "pairs" or "embeddings"
+    model: str
+    pairs: tuple[PairAudit, ...]
+    calibration: Calibration
+    failures: tuple[tuple[str, str, str], ...]
+    long_captions: int
+    long_caption_mode: str
+    duplicate_images: tuple[tuple[tuple[str, ...], tuple[str, ...]], ...]  # (files, captions)
+    duplicate_captions: tuple[tuple[str, tuple[str, ...]], ...]  # (caption, images)
+
+    @functools.cached_property  # sorted once: the CLI and reports ask several times
+    def flagged(self) -> list[PairAudit]:
+        """Flagged pairs, worst first."""
+        by_cosine = self.calibration.statistic == "cosine"
+        worst = sorted(self.pairs, key=lambda p: p.cosine if by_cosine else -p.mismatch)
+        return [p for p in worst if p.flagged]
+
+    def summary(self) -> dict[str, Any]:
+        c = self.calibration
+        return {"source": self.source, "model": self.model, "pairs": len(self.pairs),
+                "flagged": len(self.flagged), "skipped": len(self.failures),
+                "threshold": c.threshold, "statistic": c.statistic, "method": c.method,
+                "fpr": c.fpr, "null_pass_rate": c.null_pass_rate,
+                "long_captions": self.long_captions, **self.retrieval()}  # fmt: skip
+
+    def retrieval(self) -> dict[str, float]:
+        """Recall@1/5/10 both ways over the pairs (each image's caption among its top k
+        captions, and the reverse), as CLIP_benchmark's retrieval task reports for one
+        caption per image, and the mean 1-based rank; from the pairs' ranks."""
+        figures: dict[str, float] = {}
+        caption_ranks = [p.caption_rank for p in self.pairs]
+        image_ranks = [p.image_rank for p in self.pairs]
+        for direction, ranks in (("image_to_text", caption_ranks), ("text_to_image", image_ranks)):
+            ranked = torch.tensor(ranks)
+            for k, share in score.recall_at_k(ranked, RETRIEVAL_KS).items():
+                figures[f"{direction}_r{k}"] = share
+            figures[f"{direction}_mean_rank"] = score.rank_summary(ranked)["mean_rank"]
+        return figures
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "summary": self.summary(), "calibration": asdict(self.calibration),
+            "duplicate_images": [{"images": list(f), "captions": list(c)}
+                                 for f, c in self.duplicate_images],
+            "duplicate_captions": [{"caption": c, "images": list(i)}
+                                   for c, i in self.duplicate_captions],
+            "failures": [dict(zip(("uri", "stage", "error"), f, strict=True))
+                         for f in self.failures],
+            "pairs": [p.as_dict() for p in self.pairs],
+        }  # fmt: skip
+
+
+@dataclass
+class _Encoded:
+    """Pairs ready to score: row i is ``images[i]`` with ``captions[i]``."""
+
+    images: list[str]
+    captions: list[str]
+    image_vectors: torch.Tensor  # (S, D)
+    caption_vectors: torch.Tensor  # (S, D)
+    image_ids: list[str]
+    truncated: list[bool]
+    failures: list[tuple[str, str, str]]
+
+
+def audit(config: AuditConfig, progress: Progress | None = None) -> AuditResult:
+    """Score every pair of ``config.data`` and flag the mismatched ones.
+
+    Raises:
+        InputError: bad options, no usable pair, or fewer than two pairs.
+    """
+    _check_options(config)
+    path = Path(config.data).expanduser()
+    if path.is_dir() and store.list_shards(path):
+        kind, encoded, model = "embeddings", *_from_embeddings(config, path)
+    else:
+        kind, encoded, model = "pairs", *_from_pairs(config, path, progress)
+    if len(encoded.images) < 2:
+        raise InputError(f"{path} holds {len(encoded.images)} usable pair(s); auditing needs 2+.",
+                         "Auditing compares each pair with the others in the dataset.")  # fmt: skip
+    image_groups = _groups(encoded.image_ids)
+    caption_groups = _groups([" ".join(c.casefold().split()) for c in encoded.captions])
+    stats = pair_statistics(encoded.image_vectors, encoded.caption_vectors, k=config.neighbours,
+                            a_groups=image_groups, b_groups=caption_groups)  # fmt: skip
+    mismatch = stats.row_neighbourhood + stats.column_neighbourhood - 2 * stats.scores
+    null_cosine, null_mismatch = _null(encoded, stats, image_groups, caption_groups, config.seed)
+    calibration, flagged = _calibrate(config, stats.scores, mismatch, null_cosine, null_mismatch)
+    pairs, base = [], reading_base(store.read_base(path)) if kind == "embeddings" else None
+    for i in range(len(encoded.images)):
+        best_b, best_a = int(stats.best_b[i]), int(stats.best_a[i])
+        pairs.append(PairAudit(
+            image=encoded.images[i], caption=encoded.captions[i],
+            cosine=float(stats.scores[i]), caption_rank=int(stats.a_to_b_rank[i]),
+            image_rank=int(stats.b_to_a_rank[i]),
+            margin=float(stats.scores[i] - stats.best_b_score[i]) if best_b >= 0 else None,
+            mismatch=float(mismatch[i]), flagged=bool(flagged[i]),
+            suggested_caption=encoded.captions[best_b] if best_b >= 0 else None,
+            suggested_caption_score=float(stats.best_b_score[i]) if best_b >= 0 else None,
+            suggested_image=encoded.images[best_a] if best_a >= 0 else None,
+            suggested_image_score=float(stats.best_a_score[i]) if best_a >= 0 else None,
+            truncated=encoded.truncated[i], image_path=locate(encoded.images[i], base),
+        ))  # fmt: skip
+    duplicate_images, duplicate_captions = _duplicates(encoded, image_groups, caption_groups)
+    return AuditResult(
+        source=as_text(path), input_kind=kind, model=model, pairs=tuple(pairs),
+        calibration=calibration, failures=tuple(encoded.failures),
+        long_captions=sum(encoded.truncated), long_caption_mode=config.long_captions,
+        duplicate_images=duplicate_images, duplicate_captions=duplicate_captions,
+    )  # fmt: skip
+
+
+def _check_options(config: AuditConfig) -> None:
+    if config.threshold is not None and not -1 <= config.threshold <= 1:
+        raise InputError(f"--threshold is a cosine in [-1, 1], got {config.threshold}.",
+                         "Or leave it out to calibrate with --fpr.")  # fmt: skip
+    if not 0 < config.fpr < 1:
+        raise InputError(f"--fpr must lie in (0, 1), got {config.fpr}.", "e.g. --fpr 0.01")
+    if config.long_captions not in LONG_CAPTION_MODES:
+        raise InputError(
+            f"--long-captions must be one of {', '.join(LONG_CAPTION_MODES)}.",
+            "truncate: cut at the context; chunk: best context-sized window.",
+        )
+    if config.neighbours < 1:
+        raise InputError("--neighbours must be at least 1.", "The default, 10, suits most data.")
+
+
+def _from_pairs(config: AuditConfig, path: Path, progress: Progress | None) -> tuple[_Encoded, str]:
+    source = read_pairs(path, image_column=config.image_column, text_column=config.text_column,
+                        include_hidden=config.include_hidden)  # fmt: skip
+    failures = list(source.skipped)
+    if not source.pairs:
+        raise InputError(f"{path} holds no usable image–caption pair ({len(failures)} skipped).",
+                         "Give each image a same-name .txt caption, or use a table.")  # fmt: skip
+    encoder = load_model(config.model or DEFAULT_MODEL_SPEC, device=config.device)
+    paths = list(dict.fromkeys(pair.image for pair in source.pairs))
+    images = encode_image_files(
+        encoder, paths, batch_size=config.batch_size,
+        workers=default_workers() if config.workers is None else config.workers,
+        progress=(lambda done: progress("images", done, len(paths))) if progress else None,
+    )  # fmt: skip
+    failures += images.failures
+    found = {
+        paths[row]: (vector, images.ids[n])
+        for n, (row, vector) in enumerate(zip(images.rows, images.vectors, strict=True))
+    }
+    rows = [(p.image, c) for p in source.pairs if p.image in found for c in p.captions]
+    captions = [c for _, c in rows]
+    vectors, truncated = _encode_captions(encoder, captions, config, progress)
+    image_vectors = torch.stack([found[image][0] for image, _ in rows]) if rows else None
+    if image_vectors is not None and config.long_captions == "chunk":
+        vectors = _best_windows(encoder, captions, truncated, image_vectors, vectors)
+    encoded = _Encoded(
+        images=[image for image, _ in rows], captions=captions,
+        image_vectors=image_vectors if image_vectors is not None else torch.empty(0, 1),
+        caption_vectors=vectors, image_ids=[found[image][1] for image, _ in rows],
+        truncated=truncated, failures=failures,
+    )  # fmt: skip
+    return encoded, encoder.spec
+
+
+def _encode_captions(
+    encoder: Encoder, captions: Sequence[str], config: AuditConfig, progress: Progress | None
+) -> tuple[torch.Tensor, list[bool]]:
+    unique = list(dict.fromkeys(captions))
+    parts = []
+    for start in range(0, len(unique), config.batch_size):
+        parts.append(encoder.encode_texts(unique[start : start + config.batch_size]).cpu())
+        if progress:
+            progress("captions", min(start + config.batch_size, len(unique)), len(unique))
+    vectors = torch.cat(parts) if parts else torch.empty(0, encoder.embed_dim)
+    position = {text: n for n, text in enumerate(unique)}
+    long = dict(zip(unique, encoder.truncated(unique), strict=True)) if unique else {}
+    return vectors[[position[c] for c in captions]], [long[c] for c in captions]
+
+
+def _best_windows(
+    encoder: Encoder, captions: Sequence[str], truncated: Sequence[bool],
+    image_vectors: torch.Tensor, vectors: torch.Tensor,
+) -> torch.Tensor:  # fmt: skip
+    """For each long caption, the embedding of its context-sized window that best matches its
+    own image (the caption's score is the max over windows)."""
+    vectors = vectors.clone()
+    for row, caption in enumerate(captions):
+        if truncated[row]:
+            windows = encoder.encode_texts(_windows(encoder, caption)).cpu()
+            vectors[row] = windows[int((windows @ image_vectors[row]).argmax())]
+    return vectors
+
+
+def _windows(encoder: Encoder, text: str) -> list[str]:
+    """Consecutive word windows of ``text``, each as long as fits the model's context."""
+    windows, current = [], []
+    for word in text.split():
+        if current and encoder.truncated([" ".join([*current, word])])[0]:
+            windows.append(" ".join(current))
+            current = []
+        current.append(word)
+    return [*windows, " ".join(current)] if current else windows
+
+
+def _from_embeddings(config: AuditConfig, folder: Path) -> tuple[_Encoded, str]:
+    """Pairs of an embeddings folder: each image with the text of its .txt sidecar (for a
+    WebDataset member, the sample's .txt member), duplicates included: a copy of an image or a
+    caption has no row of its own, only a line in ``_aliases.parquet``."""
+    stamp = store.read_stamp(folder)
+    assert stamp is not None
+    # Only the tokenizer is used (to count long captions): nothing is encoded, so the CPU will do.
+    encoder = load_matching_model(stamp.spec, stamp.fingerprint, spec=config.model,
+                                  device="cpu")  # fmt: skip
+    rows = store.with_aliases(store.read_vectors(folder), folder)
+    row_of = {uri: n for n, uri in enumerate(rows.uris)}
+    picked, failures = [], []
+    for n, (uri, kind) in enumerate(zip(rows.uris, rows.kinds, strict=True)):
+        if kind == "image":
+            sidecar = str(Path(uri).with_suffix(".txt"))
+            caption = row_of.get(sidecar)
+            if caption is not None and rows.kinds[caption] == "text":
+                picked.append((n, caption))
+            else:
+                failures.append((uri, "caption", f"no text row for {Path(sidecar).name}"))
+    if not picked:
+        raise InputError(f"{folder} holds no image row with a text row for its .txt sidecar.",
+                         "Embed a folder of images with same-name .txt captions, or pass "
+                         "the pair source itself.")  # fmt: skip
+    vectors = torch.from_numpy(rows.vectors)
+    captions = [rows.texts[t] or "" for _, t in picked]
+    encoded = _Encoded(
+        images=[rows.uris[i] for i, _ in picked], captions=captions,
+        image_vectors=vectors[[i for i, _ in picked]],
+        caption_vectors=vectors[[t for _, t in picked]],
+        image_ids=[rows.ids[i] for i, _ in picked],
+        truncated=encoder.truncated(captions), failures=failures,
+    )  # fmt: skip
+    if config.long_captions == "chunk" and any(encoded.truncated):
+        raise InputError(
+            "--long-captions chunk needs the captions' text encoded again.",
+            "Audit the pair source itself (the folder or table), not embeddings.",
+        )
+    return encoded, encoder.spec
+
+
+def _groups(keys: Sequence[str]) -> torch.Tensor:
+    """(S,) int64: equal keys share a group id."""
+    ids: dict[str, int] = {}
+    return torch.tensor([ids.setdefault(key, len(ids)) for key in keys], dtype=torch.int64)
+
+
+def _null(
+    encoded: _Encoded, stats: Any, image_groups: torch.Tensor, caption_groups: torch.Tensor,
+    seed: int,
+) -> tuple[torch.Tensor, torch.Tensor]:  # fmt: skip
+    """Cosine and mismatch of images paired with shuffled captions (never their own content)."""
+    size = len(encoded.images)
+    generator = torch.Generator().manual_seed(seed)
+    cosines, mismatches = [], []
+    for _ in range(max(1, math.ceil(NULL_SAMPLES / size))):
+        shuffled = torch.randperm(size, generator=generator)
+        unrelated = (caption_groups[shuffled] != caption_groups) & (
+            image_groups[shuffled] != image_groups
+        )
+        images, captions = torch.nonzero(unrelated).squeeze(1), shuffled[unrelated]
+        cosine = (encoded.image_vectors[images] * encoded.caption_vectors[captions]).sum(dim=1)
+        cosines.append(cosine)
+        mismatches.append(stats.row_neighbourhood[images]
+                          + stats.column_neighbourhood[captions] - 2 * cosine)  # fmt: skip
+    return torch.cat(cosines), torch.cat(mismatches)
+
+
+def _calibrate(
+    config: AuditConfig, cosine: torch.Tensor, mismatch: torch.Tensor,
+    null_cosine: torch.Tensor, null_mismatch: torch.Tensor,
+) -> tuple[Calibration, torch.Tensor]:  # fmt: skip
+    if null_cosine.numel() == 0:
+        raise InputError("Every pair shares its image or caption with every other pair.",
+                         "Auditing needs pairs with different images and captions.")  # fmt: skip
+    if config.threshold is not None:
+        statistic, threshold, method = "cosine", config.threshold, "given raw cosine threshold"
+        flagged = cosine < threshold
+        passed = float((null_cosine >= threshold).float().mean())
+        matched, shuffled = cosine, null_cosine
+    else:
+        statistic, method = "mismatch", f"shuffled-caption null at fpr {config.fpr:g}"
+        # A shuffled pair passes as matched when its mismatch is below the threshold.
+        threshold = calibrate_threshold(null_mismatch.tolist(), config.fpr)
+        flagged = mismatch >= threshold
+        passed = float((null_mismatch < threshold).float().mean())
+        matched, shuffled = mismatch, null_mismatch
+    edges = np.histogram_bin_edges(torch.cat([matched, shuffled]).numpy(), bins=HISTOGRAM_BINS)
+    histogram = {"edges": edges.tolist(),
+                 "matched": np.histogram(matched.numpy(), edges)[0].tolist(),
+                 "shuffled": np.histogram(shuffled.numpy(), edges)[0].tolist()}  # fmt: skip
+    levels = torch.tensor([0.05, 0.25, 0.5, 0.75, 0.95])
+    quantiles = {name: dict(zip(("5%", "25%", "50%", "75%", "95%"),
+                                torch.quantile(values.float(), levels).tolist(), strict=True))
+                 for name, values in (("matched", cosine), ("shuffled", null_cosine))}  # fmt: skip
+    calibration = Calibration(
+        statistic=statistic, threshold=float(threshold), method=method,
+        fpr=None if config.threshold is not None else config.fpr,
+        null_pairs=int(null_cosine.numel()), null_pass_rate=passed,
+        # For comparison with CLIP-score filtering: flag cosine <= this, same share passes.
+        cosine_at_fpr=-calibrate_threshold((-null_cosine).tolist(), config.fpr),
+        histogram=histogram, quantiles=quantiles,
+    )  # fmt: skip
+    return calibration, flagged
+
+
+def _duplicates(encoded: _Encoded, image_groups: torch.Tensor, caption_groups: torch.Tensor):
+    """Identical image files under different captions; one caption on different images."""
+    by_image, by_caption = defaultdict(list), defaultdict(list)
+    for row, group in enumerate(image_groups.tolist()):
+        by_image[group].append(row)
+    for row, group in enumerate(caption_groups.tolist()):
+        by_caption[group].append(row)
+    duplicate_images = []
+    for rows in by_image.values():
+        files = tuple(dict.fromkeys(encoded.images[r] for r in rows))
+        captions = tuple(dict.fromkeys(encoded.captions[r] for r in rows))
+        if len(files) > 1 and len(captions) > 1:
+            duplicate_images.append((files, captions))
+    duplicate_captions = []
+    for rows in by_caption.values():
+        if len({int(image_groups[r]) for r in rows}) > 1:
+            images = tuple(dict.fromkeys(encoded.images[r] for r in rows))
+            duplicate_captions.append((encoded.captions[rows[0]], images))
+    return tuple(duplicate_images), tuple(duplicate_captions)

@@ -1,0 +1,101 @@
+"""Splitting an embed run across torchrun ranks so that it equals a single-process run.
+
+Every rank sees the same sorted inputs. Each rank hashes its slice of the images (except the
+files that the stat cache vouches for; texts are hashed by every rank, cheaply), the ids are
+gathered, and every rank then walks the full list in the same order to decide what a single
+process would have done: the first uri of each new content id is embedded, by the rank whose
+slice holds it; later uris of the same content are aliases; content already in the output
+folder is already present. Rank 0 records the aliases, the already-present count and the stat
+cache, so nothing is counted twice.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Collection, Mapping, Sequence
+from typing import Protocol
+
+from clipkit.infra import distributed
+from clipkit.inputs.decode import DecodeError, decode_text, text_id
+from clipkit.inputs.pipeline import hash_files, read_bytes
+from clipkit.inputs.sources import Item
+from clipkit.inputs.stat_cache import file_stat, recorded_id
+from clipkit.store import FileStat
+
+
+class Ledger(Protocol):
+    known_ids: set[str]
+
+    def note(self, item_id: str, uri: str) -> None: ...
+
+    def seen(self, item_id: str, uri: str) -> bool: ...
+
+    aliases: list[tuple[str, str]]
+
+
+def image_ids(
+    items: Sequence[Item],
+    world: distributed.World,
+    workers: int,
+    recorded: Mapping[str, FileStat],
+    known_ids: Collection[str],
+) -> tuple[list[str | None], dict[str, FileStat]]:
+    """Content ids of all image items, and the stat cache entries of the files behind them.
+
+    This rank hashes its slice, except files the stat cache vouches for; then the ranks share.
+    """
+    mine = list(range(world.rank, len(items), world.size))
+    stats = [file_stat(items[i].path or "") for i in mine]  # before any read
+    ids = [recorded_id(recorded, items[i].uri, now, known_ids)
+           for i, now in zip(mine, stats, strict=True)]  # fmt: skip
+    unread = [n for n, item_id in enumerate(ids) if item_id is None]
+    hashed = hash_files([items[mine[n]].path or "" for n in unread], workers)
+    for n, item_id in zip(unread, hashed, strict=True):
+        ids[n] = item_id
+    merged: list[str | None] = [None] * len(items)
+    entries: dict[str, FileStat] = {}
+    for indices, share_ids, share_stats in distributed.gather(world, (mine, ids, stats)):
+        for index, item_id, now in zip(indices, share_ids, share_stats, strict=True):
+            merged[index] = item_id
+            if item_id is not None and now is not None:
+                entries[items[index].uri] = (*now, item_id)
+    return merged, entries
+
+
+def text_ids(items: Sequence[Item]) -> list[str | None]:
+    """Content ids of all text items (None where the text is empty or unreadable)."""
+    ids: list[str | None] = []
+    for item in items:
+        try:
+            raw = (
+                item.text.encode("utf-8") if item.text is not None else read_bytes(item.path or "")
+            )
+            ids.append(text_id(decode_text(raw)[0]))
+        except DecodeError:
+            ids.append(None)
+    return ids
+
+
+def claim(
+    ledger: Ledger, world: distributed.World, items: Sequence[Item], ids: Sequence[str | None]
+) -> list[Item]:
+    """The items this rank must embed (or report as failures), in input order."""
+    mine: list[Item] = []
+    claimed: set[str] = set()
+    for index, (item, item_id) in enumerate(zip(items, ids, strict=True)):
+        owner = index % world.size == world.rank
+        if item_id is not None and world.is_main:
+            ledger.note(item_id, item.uri)  # what the folder will mirror under --prune
+        if item_id is None:  # unreadable: its owner reads it again and records why
+            if owner:
+                mine.append(item)
+        elif item_id in ledger.known_ids:
+            if world.is_main:
+                ledger.seen(item_id, item.uri)
+        elif item_id in claimed:
+            if world.is_main:
+                ledger.aliases.append((item_id, item.uri))
+        else:
+            claimed.add(item_id)
+            if owner:
+                mine.append(item)
+    return mine

@@ -1,0 +1,468 @@
+"""``clipkit embed``: images and texts to Parquet embedding shards, resumable and incremental.
+
+Worker processes read, hash, decode and preprocess images while the model encodes the previous
+batch. An item whose content id is already in the output folder is not decoded again; identical
+content found under another path is recorded as an alias instead of a second row.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Callable, Collection, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from clipkit import store
+from clipkit.embed import plan as embed_plan
+from clipkit.errors import InputError
+from clipkit.infra import distributed
+from clipkit.infra.locks import writer_lock
+from clipkit.inputs.decode import DEFAULT_MAX_PIXELS, DecodeError, content_id, decode_text, text_id
+from clipkit.inputs.filenames import UriFrame, as_text, os_path
+from clipkit.inputs.pipeline import ImageDataset, default_workers, image_batches, read_bytes
+from clipkit.inputs.sources import Item, Kind, SourceOptions, discover
+from clipkit.inputs.stat_cache import file_stat, recorded_id
+from clipkit.inputs.tarshards import MEMBER_SEPARATOR, TAR_SUFFIX
+from clipkit.models.openclip import Encoder, load_model
+
+Progress = Callable[[str, int, int], None]
+NON_FINITE = "the model returned a non-finite embedding (NaN or inf): are its weights corrupt?"
+
+
+@dataclass(frozen=True)
+class EmbedConfig:
+    """What to embed, with which model, and where to write it."""
+
+    sources: tuple[str, ...]
+    out_dir: Path
+    model: str
+    kind: Kind = Kind.AUTO
+    batch_size: int = 64
+    workers: int | None = None
+    device: str = "auto"
+    float16: bool = False
+    strict: bool = False
+    lines: bool = False
+    include_hidden: bool = False
+    image_column: str | None = None
+    text_column: str | None = None
+    max_pixels: int = DEFAULT_MAX_PIXELS
+    shard_rows: int = 50_000
+    prune: bool = False  # make the folder mirror the sources: drop rows of vanished inputs
+    rehash: bool = False  # read every file again, even those whose size and mtime are unchanged
+
+
+@dataclass(frozen=True)
+class EmbedResult:
+    """What a run did; ``failures`` lists (uri, stage, error) for every skipped input."""
+
+    out_dir: Path
+    model: str
+    fingerprint: str
+    embedded: int
+    already_present: int
+    aliases: int
+    failures: tuple[tuple[str, str, str], ...]
+    truncated_texts: int
+    replaced_texts: int
+    ignored_files: int
+    shards_written: int
+    seconds: float
+    device: str
+    is_main: bool = True  # False on the other ranks of a torchrun job: they print nothing
+    changed: int = 0  # inputs whose content differs from what their uri had when embedded
+    pruned: int = 0  # rows removed by --prune (their content is no longer among the inputs)
+    moved: int = 0  # rows whose uri --prune pointed at another input with the same content
+
+    @property
+    def skipped(self) -> int:
+        return len(self.failures)
+
+    @property
+    def items_per_second(self) -> float:
+        return self.embedded / self.seconds if self.seconds > 0 else 0.0
+
+
+@dataclass
+class _Run:
+    """Mutable state of one run: what is known, what is buffered, what was counted."""
+
+    out_dir: Path
+    encoder: Encoder
+    known_ids: set[str]
+    known_uris: dict[str, str]  # uri -> content id, as recorded in the folder (and this run)
+    next_shard: int
+    shard_step: int
+    shard_rows: int
+    float16: bool
+    meta_columns: list[str]
+    base: str  # the folder this run's relative uris are relative to (recorded in each shard)
+    current: dict[str, str] = field(default_factory=dict)  # uri -> content id found this run
+    file_stats: dict[str, store.FileStat] = field(default_factory=dict)  # files read this run
+    pending_stats: dict[str, tuple[int, int]] = field(default_factory=dict)  # before the read
+    changed: int = 0
+    rows: dict[str, list[Any]] = field(default_factory=dict)
+    vectors: list[np.ndarray] = field(default_factory=list)
+    embedded: int = 0
+    already_present: int = 0
+    aliases: list[tuple[str, str]] = field(default_factory=list)
+    failures: list[tuple[str, str, str]] = field(default_factory=list)
+    truncated: int = 0
+    replaced: int = 0
+    shards_written: int = 0
+
+    def is_new(self, item_id: str, uri: str, pending: Collection[str]) -> bool:
+        """True when this content must be embedded; else it is counted as present or an alias.
+
+        ``pending`` holds the ids of the batch being assembled, not yet in ``known_ids``.
+        """
+        self.note(item_id, uri)
+        if item_id in pending:
+            self.aliases.append((item_id, uri))
+            return False
+        return not self.seen(item_id, uri)
+
+    def note(self, item_id: str, uri: str) -> None:
+        """Record that this run found content ``item_id`` at ``uri``; count a changed file."""
+        if uri in self.current:
+            return
+        self.current[uri] = item_id
+        if self.known_uris.get(uri, item_id) != item_id:
+            self.changed += 1
+
+    def seen(self, item_id: str, uri: str) -> bool:
+        """True (and counted) when this content is already embedded."""
+        if item_id not in self.known_ids:
+            return False
+        if self.known_uris.get(uri) == item_id:
+            self.already_present += 1
+        else:  # a new path, or a path whose content became that of another file
+            self.aliases.append((item_id, uri))
+            self.known_uris[uri] = item_id
+        return True
+
+    def add(self, items: Sequence[Item], ids: Sequence[str], texts: Sequence[str | None],
+            vectors: torch.Tensor) -> None:  # fmt: skip
+        """Buffer rows (vectors: (B, D)); a non-finite embedding is a failure, never a row."""
+        matrix = vectors.detach().to("cpu", torch.float32).numpy()
+        finite = np.isfinite(matrix).all(axis=1)
+        if not finite.all():
+            self._fail_non_finite([(item.uri, item_id) for item, item_id, ok
+                                   in zip(items, ids, finite, strict=True) if not ok])  # fmt: skip
+            items, ids, texts = ([v for v, ok in zip(values, finite, strict=True) if ok]
+                                 for values in (items, ids, texts))  # fmt: skip
+            matrix = matrix[finite]
+        for item, item_id, text in zip(items, ids, texts, strict=True):
+            self._column("id").append(item_id)
+            self._column("uri").append(item.uri)
+            self._column("kind").append(item.kind)
+            self._column("text").append(text)
+            for name in self.meta_columns:
+                value = (item.meta or {}).get(_source_name(name))
+                self._column(name).append(None if value is None else store.to_json(value))
+            self.known_ids.add(item_id)
+            self.known_uris[item.uri] = item_id
+        self.vectors.append(matrix)
+        self.embedded += len(items)
+        while sum(len(v) for v in self.vectors) >= self.shard_rows:
+            self.flush(self.shard_rows)
+
+    def _fail_non_finite(self, failed: Sequence[tuple[str, str]]) -> None:
+        """List (uri, id) pairs whose embedding was not finite, and the aliases of those ids.
+
+        An alias recorded in the same batch as its first copy would otherwise point at an id
+        that never got a row; identical content would have given the same bad embedding.
+        """
+        dropped = {item_id for _, item_id in failed} - self.known_ids
+        orphans = [uri for item_id, uri in self.aliases if item_id in dropped]
+        self.aliases = [(item_id, uri) for item_id, uri in self.aliases if item_id not in dropped]
+        for uri in [uri for uri, _ in failed] + orphans:
+            self.failures.append((uri, "encode", NON_FINITE))
+
+    def flush(self, limit: int | None = None) -> None:
+        """Write up to ``limit`` buffered rows (all by default) as the next shard."""
+        if not self.vectors:
+            return
+        buffered = np.concatenate(self.vectors)
+        take = len(buffered) if limit is None else min(limit, len(buffered))
+        stamp = store.ModelStamp(self.encoder.spec, self.encoder.fingerprint,
+                                 self.encoder.embed_dim)  # fmt: skip
+        path = store.shard_path(self.out_dir, self.next_shard)
+        shard = {name: values[:take] for name, values in self.rows.items()}
+        store.write_shard(path, shard, buffered[:take], stamp, float16=self.float16,
+                          base=self.base)  # fmt: skip
+        self.next_shard += self.shard_step
+        self.shards_written += 1
+        self.rows = {name: values[take:] for name, values in self.rows.items()}
+        self.vectors = [buffered[take:]] if take < len(buffered) else []
+
+    def _column(self, name: str) -> list[Any]:
+        return self.rows.setdefault(name, [])
+
+
+def embed(config: EmbedConfig, progress: Progress | None = None) -> EmbedResult:
+    """Embed every input of ``config.sources`` not already in ``config.out_dir``.
+
+    Under ``torchrun`` each rank embeds a disjoint, deterministic share and writes its own
+    shards; the rows equal a single-process run, and rank 0 writes the side tables.
+
+    Raises:
+        InputError: bad sources, or an output folder made by a different model.
+        ClipkitError: the model cannot be loaded.
+    """
+    if config.batch_size < 1:
+        raise InputError("--batch-size must be at least 1.", "Try 64.")
+    world = distributed.current_world()
+    device, owns_group = distributed.start(world, config.device)
+    try:
+        quiet: Progress = lambda stage, done, total: None  # noqa: E731
+        return _embed(config, world, device, (progress or quiet) if world.is_main else quiet)
+    finally:
+        if owns_group:
+            distributed.finish(world)
+
+
+def _embed(config: EmbedConfig, world: distributed.World, device: str,
+           report: Progress) -> EmbedResult:  # fmt: skip
+    started = time.perf_counter()
+    frame = _uri_frame(config.out_dir)
+    options = SourceOptions(config.kind, config.lines, config.include_hidden,
+                            config.image_column, config.text_column, frame)  # fmt: skip
+    found = discover(config.sources, options)
+    encoder = load_model(config.model, device=device)
+    with writer_lock(config.out_dir, f"embed -o {config.out_dir}", active=world.is_main):
+        run = _start_run(config, encoder, found.items, world, as_text(frame.base))
+        if world.is_main:  # every rank found them; one lists them
+            run.failures.extend(found.failures)
+        images = [item for item in found.items if item.kind == "image"]
+        texts = [item for item in found.items if item.kind == "text"]
+        workers = config.workers if config.workers is not None else default_workers()
+        recorded = store.read_file_stats(config.out_dir)
+        trusted = {} if config.rehash else recorded
+        if world.distributed:
+            texts = embed_plan.claim(run, world, texts, embed_plan.text_ids(texts))
+            ids, run.file_stats = embed_plan.image_ids(images, world, workers, trusted,
+                                                       run.known_ids)  # fmt: skip
+            images = embed_plan.claim(run, world, images, ids)
+        else:
+            images = _skip_unchanged(run, images, trusted)
+        try:
+            _embed_texts(run, texts, config.batch_size, report)
+            _embed_images(run, images, config, workers, report)
+        except KeyboardInterrupt:
+            run.flush()  # keep every finished embedding: the next run resumes after them
+            _save_file_stats(config, run, world, recorded)
+            raise
+        run.flush()
+        _save_file_stats(config, run, world, recorded)
+        return _finish(config, run, world, encoder, found.ignored, time.perf_counter() - started)
+
+
+def _uri_frame(out_dir: Path) -> UriFrame:
+    """Uris relative to the folder's recorded base, so that a run from another folder names
+    each file as the first run did; a new folder's base (or a folder's that no longer
+    exists, or one from before bases were recorded) is this run's working folder."""
+    here, recorded = os.getcwd(), store.read_base(out_dir)
+    base = os_path(recorded) if recorded is not None else here
+    return UriFrame(base=base if os.path.isdir(base) else here, cwd=here)
+
+
+def _save_file_stats(config: EmbedConfig, run: _Run, world: distributed.World,
+                     recorded: dict[str, store.FileStat]) -> None:  # fmt: skip
+    """Write the stat cache (rank 0, which holds every rank's stats). Without --prune, files of
+    other sources keep their entries: a stale entry costs a read, never a wrong row."""
+    if world.is_main:
+        images_pruned = config.prune and config.kind is not Kind.TEXT
+        store.write_file_stats(config.out_dir, {**({} if images_pruned else recorded),
+                                                **run.file_stats})  # fmt: skip
+
+
+def _skip_unchanged(run: _Run, items: Sequence[Item],
+                    recorded: dict[str, store.FileStat]) -> list[Item]:  # fmt: skip
+    """The image items to read: those the stat cache does not vouch for. A vouched file is
+    counted (present or alias) unread; the others' stats are noted before the read."""
+    left = []
+    for item in items:
+        now = file_stat(item.path or "")
+        item_id = recorded_id(recorded, item.uri, now, run.known_ids)
+        if item_id is not None:
+            run.is_new(item_id, item.uri, ())
+            run.file_stats[item.uri] = recorded[item.uri]
+            continue
+        if now is not None:
+            run.pending_stats[item.uri] = now
+        left.append(item)
+    return left
+
+
+def _finish(config: EmbedConfig, run: _Run, world: distributed.World, encoder: Encoder,
+            ignored: int, seconds: float) -> EmbedResult:  # fmt: skip
+    """Combine the ranks' counts; the main rank writes failures and aliases."""
+    shares = distributed.gather(world, (run.embedded, run.failures, run.truncated, run.replaced,
+                                        run.shards_written))  # fmt: skip
+    failures = tuple(sorted(f for share in shares for f in share[1]))
+    pruned = store.Pruned(0, 0)
+    if world.is_main:  # every rank's shards are written: gather waited for them
+        store.write_failures(config.out_dir, failures)
+        if config.prune:
+            pruned = _prune(config, run, failures)
+        elif run.aliases:
+            store.add_aliases(config.out_dir, run.aliases)
+    distributed.barrier(world)
+    return EmbedResult(
+        out_dir=config.out_dir,
+        model=encoder.spec,
+        fingerprint=encoder.fingerprint,
+        embedded=sum(share[0] for share in shares),
+        already_present=run.already_present,
+        aliases=len(run.aliases),
+        failures=failures,
+        truncated_texts=sum(share[2] for share in shares),
+        replaced_texts=sum(share[3] for share in shares),
+        ignored_files=ignored,
+        shards_written=sum(share[4] for share in shares),
+        seconds=seconds,
+        device=f"{encoder.device.value} ({encoder.device.reason})",
+        is_main=world.is_main,
+        changed=run.changed,
+        pruned=pruned.rows_removed,
+        moved=pruned.rows_moved,
+    )
+
+
+def _prune(config: EmbedConfig, run: _Run,
+           failures: Sequence[tuple[str, str, str]]) -> store.Pruned:  # fmt: skip
+    """Drop what the sources no longer hold. An input that failed to read or decode this time
+    keeps its rows: it may be a passing fault (a network share), and nothing is known of it."""
+    current = dict(run.current)
+    for uri, _, _ in failures:
+        if uri not in current and uri in run.known_uris:
+            current[uri] = run.known_uris[uri]
+    # A .tar shard that could not be listed keeps the rows of all its members.
+    shards = tuple(uri + MEMBER_SEPARATOR for uri, _, _ in failures if uri.endswith(TAR_SUFFIX))
+    if shards:
+        current.update({uri: item_id for uri, item_id in run.known_uris.items()
+                        if uri.startswith(shards) and uri not in current})  # fmt: skip
+    kinds = ("image", "text") if config.kind is Kind.AUTO else (config.kind.value,)
+    return store.prune(config.out_dir, current, kinds)
+
+
+def _start_run(config: EmbedConfig, encoder: Encoder, items: Sequence[Item],
+               world: distributed.World, base: str) -> _Run:  # fmt: skip
+    if world.is_main:  # the folder exists: writer_lock made it
+        store.remove_stale_temporaries(config.out_dir)
+    distributed.barrier(world)
+    existing = store.read_existing(config.out_dir)
+    distributed.barrier(world)  # no rank writes a shard before every rank has read the folder
+    if existing.stamp is not None and existing.stamp.fingerprint != encoder.fingerprint:
+        raise InputError(
+            f"{config.out_dir} holds embeddings from another model: {existing.stamp.spec} "
+            f"(fingerprint {existing.stamp.fingerprint}), not {encoder.spec} "
+            f"(fingerprint {encoder.fingerprint}).",
+            f"Use a new output folder, or -m {existing.stamp.spec} to add to this one.",
+        )
+    meta_names = sorted({name for item in items for name in item.meta or ()})
+    return _Run(
+        out_dir=config.out_dir,
+        encoder=encoder,
+        known_ids=existing.ids,
+        known_uris=existing.uris,
+        # Ranks number their shards base + rank, base + rank + world, ...: never the same file.
+        next_shard=max(existing.shard_numbers, default=-1) + 1 + world.rank,
+        shard_step=world.size,
+        shard_rows=max(1, config.shard_rows),
+        float16=config.float16,
+        meta_columns=[_column_name(name) for name in meta_names],
+        base=base,
+    )
+
+
+def _embed_texts(run: _Run, items: Sequence[Item], batch_size: int, report: Progress) -> None:
+    if items:
+        report("texts", 0, len(items))
+    for start in range(0, len(items), batch_size):
+        batch, ids, texts = [], [], []
+        for item in items[start : start + batch_size]:
+            try:
+                text, replaced = _read_text(item)
+            except DecodeError as error:
+                run.failures.append((item.uri, error.stage, error.reason))
+                continue
+            item_id = text_id(text)
+            if not run.is_new(item_id, item.uri, ids):
+                continue
+            run.replaced += replaced
+            batch.append(item)
+            ids.append(item_id)
+            texts.append(text)
+        if batch:
+            run.truncated += sum(run.encoder.truncated(texts))
+            run.add(batch, ids, texts, run.encoder.encode_texts(texts))
+        report("texts", min(start + batch_size, len(items)), len(items))
+
+
+def _read_text(item: Item) -> tuple[str, bool]:
+    if item.text is not None:
+        return decode_text(item.text.encode("utf-8"))
+    return decode_text(read_bytes(item.path or ""))
+
+
+def _embed_images(run: _Run, items: Sequence[Item], config: EmbedConfig, workers: int,
+                  report: Progress) -> None:  # fmt: skip
+    if not items:
+        return
+    dataset = ImageDataset(
+        items,
+        known_ids=frozenset(run.known_ids),
+        preprocess=run.encoder.prepare_image,
+        min_side=min(run.encoder.image_size),
+        max_pixels=config.max_pixels,
+        skip_repeats=True,
+    )
+    done = 0
+    report("images", 0, len(items))
+    for batch in image_batches(dataset, config.batch_size, workers, run.encoder.device.value):
+        fresh_items, fresh_ids, keep = [], [], []
+        for position, sample in enumerate(batch.samples):
+            item = items[sample.index]
+            if sample.error is not None:
+                run.failures.append((item.uri, sample.error[0], sample.error[1]))
+                continue
+            stat = run.pending_stats.pop(item.uri, None)
+            if stat is not None:
+                run.file_stats[item.uri] = (*stat, sample.item_id)
+            if position not in batch.pixel_row and sample.item_id not in run.known_ids \
+                    and sample.item_id not in fresh_ids:  # fmt: skip
+                # A worker passed over this copy, and its first copy got no row: the same
+                # content gave a non-finite embedding.
+                run.failures.append((item.uri, "encode", NON_FINITE))
+                continue
+            if run.is_new(sample.item_id, item.uri, fresh_ids):
+                fresh_items.append(item)
+                fresh_ids.append(sample.item_id)
+                keep.append(position)
+        if fresh_items:
+            pixels = batch.pixels[[batch.pixel_row[p] for p in keep]]
+            run.add(fresh_items, fresh_ids, [None] * len(fresh_items),
+                    run.encoder.encode_images(pixels))  # fmt: skip
+        done += len(batch.samples)
+        report("images", done, len(items))
+
+
+def _column_name(source: str) -> str:
+    # Pass-through columns keep their names unless they collide with clipkit's own.
+    return f"source_{source}" if source in store.CORE_COLUMNS else source
+
+
+def _source_name(column: str) -> str:
+    prefix = "source_"
+    inner = column[len(prefix) :] if column.startswith(prefix) else None
+    return inner if inner in store.CORE_COLUMNS else column
+
+
+__all__ = ["EmbedConfig", "EmbedResult", "content_id", "embed"]

@@ -1,0 +1,446 @@
+"""FAISS indexes over an embeddings folder: choose, build, tune, measure, update, load, search.
+
+The only module that imports faiss. An index folder holds ``index.faiss``, ``rows.parquet``
+(index row -> id, uri, kind, text) and ``index.json`` (model, fingerprint, dim, metric, factory
+string and search parameters, rows, source shards, build time and recall@10 measured against
+exact search, for same-kind and, where the folder has both kinds, cross-modal queries).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import faiss
+import numpy as np
+import torch
+
+from clipkit import __version__, score, store
+from clipkit.errors import InputError
+from clipkit.index.recall import (
+    RECALL_K,
+    QuerySet,
+    drop_self,
+    exact_neighbours,
+    measured_recall,
+    query_sets,
+    scan,
+)
+from clipkit.infra.atomic import atomic_paths, check_output, make_folder
+from clipkit.infra.locks import publishing, reading_published, writer_lock
+
+INDEX_FILE, ROWS_FILE, META_FILE = "index.faiss", "rows.parquet", "index.json"
+NPROBE_STEPS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 2048, 4096)
+EF_STEPS = (16, 32, 64, 128, 256, 512, 1024, 2048)
+PQ_SUBQUANTIZERS = (8, 16, 32, 48, 64, 96, 128, 256)
+PQ_MIN_ROWS = 256  # an 8-bit product quantiser trains 256 centroids per sub-vector
+
+
+@dataclass(frozen=True)
+class IndexConfig:
+    emb_dir: Path
+    out_dir: Path
+    kind: str = "auto"  # auto | image | text
+    index_type: str = "auto"  # auto | flat | hnsw | ivf | ivfpq
+    max_memory: int | None = None  # bytes for the index; None: half the machine's memory
+    flat_threshold: int = 100_000
+    target_recall: float = 0.95
+    update: bool = False
+    seed: int = 0
+
+
+@dataclass(frozen=True)
+class IndexInfo:
+    """The sidecar ``index.json``: what an index is, where it came from and how good it is."""
+
+    model: str
+    fingerprint: str
+    dim: int
+    kind: str
+    factory: str
+    params: dict[str, int]
+    rows: int
+    source: str
+    shards: list[dict[str, Any]]
+    build_seconds: float
+    recall_at_10: dict[str, float | None]
+    target_recall: float
+    metric: str = "inner_product"
+    clipkit_version: str = __version__
+    removed_rows: int = 0
+    extra: dict[str, Any] = field(default_factory=dict)
+    base: str | None = None  # the folder the rows' relative uris are relative to (the source's)
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class IndexResult:
+    info: IndexInfo
+    out_dir: Path
+    added: int  # rows added by this run (all of them for a fresh build)
+    removed: int  # gone rows an HNSW index still holds (it cannot remove points): rebuild
+    dropped: int = 0  # rows this update took out of a Flat or IVF index (their id is gone)
+
+
+def build_index(config: IndexConfig) -> IndexResult:
+    """Build (or with ``update``, extend) the index of an embeddings folder.
+
+    Raises:
+        InputError: no embeddings, unknown type, an update of a missing or foreign index.
+    """
+    started = time.perf_counter()
+    check_output(config.out_dir, folder=True)  # before minutes of training and adding
+    shards = store.snapshot(config.emb_dir)  # every pass reads these, whatever embed adds
+    stamp = store.read_stamp(shards)
+    if stamp is None:
+        raise InputError(
+            f"{config.emb_dir} holds no embeddings.", "Make them first with: clipkit embed …"
+        )
+    kind = _resolve_kind(config, shards)
+    command = f"index {'--update ' if config.update else ''}-o {config.out_dir}"
+    with writer_lock(config.out_dir, command, create=not config.update):
+        if config.update:
+            return _update(config, shards, stamp, kind, started)
+        return _build(config, shards, stamp, kind, started)
+
+
+def _build(config: IndexConfig, shards: Sequence[store.Shard], stamp: store.ModelStamp,
+           kind: str, started: float) -> IndexResult:  # fmt: skip
+    rows, reservoir, other = scan(shards, kind, config.seed)
+    sample = reservoir.array()
+    if not rows["id"]:
+        raise InputError(f"{config.emb_dir} holds no {kind} embeddings.", "Try --kind text.")
+    factory = choose_factory(len(rows["id"]), stamp.dim, config)
+    index = new_index(stamp.dim, factory)
+    if not index.is_trained:
+        # 64 points per list is within faiss's advice (30-256) and bounds k-means time.
+        # The reservoir is in stream order until it overflows: shuffle before taking a part.
+        lists = ivf_lists(len(rows["id"]))
+        order = np.random.default_rng(config.seed).permutation(len(sample))
+        index.train(np.ascontiguousarray(sample[order[: max(64 * lists, 10_000)]]))
+    for block in store.iter_vectors(shards, kind):
+        index.add(block.vectors)
+    queries = query_sets(reservoir, other, config.seed)
+    params, recall = tune(index, queries, shards, kind, config.target_recall)
+    info = IndexInfo(
+        model=stamp.spec, fingerprint=stamp.fingerprint, dim=stamp.dim, kind=kind,
+        factory=factory, params=params, rows=index.ntotal, source=str(config.emb_dir.resolve()),
+        shards=store.shard_signature(shards), build_seconds=time.perf_counter() - started,
+        recall_at_10=recall, target_recall=config.target_recall, base=store.read_base(shards),
+    )  # fmt: skip
+    _write(config.out_dir, index, rows, info)
+    return IndexResult(info=info, out_dir=config.out_dir, added=index.ntotal, removed=0)
+
+
+def choose_factory(rows: int, dim: int, config: IndexConfig) -> str:
+    """The FAISS factory string for ``rows`` vectors, in the spirit of autofaiss.
+
+    Exact ``Flat`` up to ``flat_threshold`` rows; above it IVF with ~2·sqrt(rows) lists, storing
+    full vectors when they fit the memory budget, 8-bit scalar-quantised ones when a quarter
+    fits, else product-quantised codes sized to the budget.
+    """
+    kind = config.index_type
+    if kind not in ("auto", "flat", "hnsw", "ivf", "ivfpq"):
+        raise InputError(f"Unknown index type {kind!r}.", "Use auto, flat, hnsw, ivf or ivfpq.")
+    lists = ivf_lists(rows)
+    if kind == "flat" or (kind == "auto" and rows <= config.flat_threshold):
+        return "Flat"
+    if kind == "hnsw":
+        return "HNSW32,Flat"
+    budget = config.max_memory or _default_budget()
+    if kind == "ivf" or (kind == "auto" and rows * dim * 4 * 1.1 <= budget):
+        return f"IVF{lists},Flat"
+    if kind == "auto" and (rows * dim * 1.1 <= budget or rows < PQ_MIN_ROWS):
+        return f"IVF{lists},SQ8"
+    if rows < PQ_MIN_ROWS:
+        raise InputError(
+            f"--type ivfpq needs at least {PQ_MIN_ROWS} rows to train its codebooks; "
+            f"{config.emb_dir} has {rows}.",
+            "Use --type flat: exact, and fast at this size.",
+        )
+    code_bytes = max(8, min(dim // 2, int(budget / (1.1 * rows))))
+    # Sub-vectors must split the dimension evenly; prefer the counts faiss tunes for.
+    fitting = [s for s in range(1, min(dim, code_bytes) + 1) if dim % s == 0]
+    subquantizers = max([s for s in fitting if s in PQ_SUBQUANTIZERS] or fitting)
+    return f"IVF{lists},PQ{subquantizers}"
+
+
+def new_index(dim: int, factory: str) -> faiss.Index:
+    """An empty inner-product index for a factory string, set up to train quickly.
+
+    ``index_factory`` turns on polysemous training for IVF-PQ: an annealing over the order of
+    each codebook that pays off only for Hamming-filtered search (``polysemous_ht``), which
+    clipkit never uses. It took 17 s per 10 sub-quantizers here, whatever the data size.
+    """
+    index = faiss.index_factory(dim, factory, faiss.METRIC_INNER_PRODUCT)
+    ivf = _ivf_of(index)
+    concrete = faiss.downcast_index(ivf) if ivf is not None else None
+    if isinstance(concrete, faiss.IndexIVFPQ):
+        concrete.do_polysemous_training = False
+    return index
+
+
+def ivf_lists(rows: int) -> int:
+    """Inverted lists for ``rows`` vectors: 2·sqrt(rows), with >= 39 training points each.
+
+    Fewer lists than autofaiss's 4-16·sqrt(rows) keep k-means training within a minute on two
+    cores for a million vectors; the search-time cost is paid back by tuning nprobe.
+    """
+    return max(1, min(65536, int(2 * math.sqrt(rows)), rows // 39))
+
+
+def tune(
+    index: faiss.Index,
+    queries: dict[str, QuerySet],
+    shards: store.Shards,
+    kind: str,
+    target: float,
+) -> tuple[dict[str, int], dict[str, float | None]]:
+    """Smallest nprobe/efSearch whose recall@10 reaches ``target`` for every query set.
+
+    Sample queries taken from the indexed rows are scored leave-one-out: their own row is
+    dropped from both the exact and the approximate results, since finding oneself is free.
+    """
+    live = {name: q for name, q in queries.items() if len(q.vectors)}
+    truth = {name: exact_neighbours(q, shards, kind) for name, q in live.items()}
+    recall: dict[str, float | None] = {"same_kind": None, "cross_modal": None}
+    knob, steps = _knob(index)
+    chosen: dict[str, int] = {}
+    for value in steps or (None,):
+        if knob is not None:
+            faiss.ParameterSpace().set_index_parameter(index, knob, value)
+            chosen = {knob: value}
+        for name, q in live.items():
+            _, found = index.search(q.vectors, RECALL_K + 1)
+            recall[name] = measured_recall(drop_self(found, q.rows), truth[name])
+        if all(r is None or r >= target for r in recall.values()):
+            break
+    return chosen, recall
+
+
+def _knob(index: faiss.Index) -> tuple[str | None, tuple[int, ...]]:
+    concrete = faiss.downcast_index(index)
+    if isinstance(concrete, faiss.IndexHNSW):
+        return "efSearch", EF_STEPS
+    ivf = _ivf_of(index)
+    if ivf is None:
+        return None, ()
+    return "nprobe", tuple(n for n in NPROBE_STEPS if n < ivf.nlist) + (ivf.nlist,)
+
+
+def _resolve_kind(config: IndexConfig, shards: Sequence[store.Shard]) -> str:
+    if config.kind in ("image", "text"):
+        return config.kind
+    if config.kind != "auto":
+        raise InputError(f"Unknown kind {config.kind!r}.", "Use image, text or auto.")
+    kinds = {k for block in store.iter_embeddings(shards, ("kind",))
+             for k in block.column("kind").to_pylist()}  # fmt: skip
+    return "image" if "image" in kinds else "text"
+
+
+def _default_budget() -> int:
+    pages = os.sysconf("SC_PHYS_PAGES") if hasattr(os, "sysconf") else 2**21
+    return int(pages * os.sysconf("SC_PAGE_SIZE") * 0.5)
+
+
+def _write(out_dir: Path, index: faiss.Index, rows: dict[str, list[Any]], info: IndexInfo):
+    """Stage the three parts, then replace them together (see :mod:`clipkit.infra.locks`)."""
+    make_folder(out_dir)
+    parts = [out_dir / INDEX_FILE, out_dir / ROWS_FILE, out_dir / META_FILE]
+    with atomic_paths(parts, commit=lambda: publishing(out_dir)) as (vectors, row_map, sidecar):
+        faiss.write_index(index, str(vectors))
+        store.write_rows(row_map, rows)
+        sidecar.write_text(json.dumps(info.as_dict(), indent=2))
+
+
+def _update(config: IndexConfig, shards: Sequence[store.Shard], stamp: store.ModelStamp,
+            kind: str, started: float) -> IndexResult:  # fmt: skip
+    loaded = load_index(config.out_dir, check_source=False)
+    info = loaded.info
+    if info.fingerprint != stamp.fingerprint:
+        raise InputError(
+            f"The index in {config.out_dir} was built from {info.model}; {config.emb_dir} "
+            f"holds embeddings of {stamp.spec}.",
+            "Build a new index for the new model (without --update).",
+        )
+    rows = loaded.rows
+    known = set(rows["id"])
+    position_of = {item_id: position for position, item_id in enumerate(rows["id"])}
+    current: set[str] = set()
+    added = 0
+    for block in store.iter_vectors(shards, info.kind, meta=True):
+        current.update(block.ids)
+        for item_id, uri in zip(block.ids, block.uris, strict=True):
+            if item_id in position_of:  # `embed --prune` may have moved a row to another path
+                rows["uri"][position_of[item_id]] = uri
+        new = [i for i, item_id in enumerate(block.ids) if item_id not in known]
+        if new:
+            loaded.index.add(block.vectors[new])
+            block.append_to(rows, new)
+            known.update(block.ids[i] for i in new)
+            added += len(new)
+    dropped = _drop_gone(loaded.index, rows, current)
+    removed = len(known - current) - dropped
+    updated = IndexInfo(**{
+        **info.as_dict(), "rows": loaded.index.ntotal, "removed_rows": removed,
+        "shards": store.shard_signature(shards), "source": str(config.emb_dir.resolve()),
+        "build_seconds": info.build_seconds + time.perf_counter() - started,
+        "base": store.read_base(shards),
+    })  # fmt: skip
+    _write(config.out_dir, loaded.index, rows, updated)
+    return IndexResult(info=updated, out_dir=config.out_dir, added=added, removed=removed,
+                       dropped=dropped)  # fmt: skip
+
+
+def _drop_gone(index: faiss.Index, rows: dict[str, list[Any]], current: set[str]) -> int:
+    """Take rows whose id left the embeddings folder out of the index; returns how many.
+
+    Afterwards row ``r`` of ``rows`` is still vector ``r`` of the index, as everything else
+    assumes. A flat index closes its gaps in order by itself; an IVF index keeps each entry's
+    number, so the survivors are renumbered in place (its lists stay valid: removing points
+    does not move a centroid). An HNSW graph cannot remove points: its gone rows stay, and are
+    reported for a rebuild.
+    """
+    gone = [position for position, item_id in enumerate(rows["id"]) if item_id not in current]
+    flat = isinstance(faiss.downcast_index(index), faiss.IndexFlat)
+    ivf = _ivf_of(index)
+    if not gone or not (flat or ivf):
+        return 0
+    index.remove_ids(np.asarray(gone, dtype=np.int64))
+    kept = np.ones(len(rows["id"]), dtype=bool)
+    kept[gone] = False
+    if ivf is not None:
+        _renumber(ivf, np.cumsum(kept) - 1)
+    for name, values in rows.items():
+        rows[name] = [value for value, keep in zip(values, kept.tolist(), strict=True) if keep]
+    return len(gone)
+
+
+def _ivf_of(index: faiss.Index) -> faiss.IndexIVF | None:
+    try:
+        return faiss.extract_index_ivf(index)
+    except RuntimeError:
+        return None
+
+
+def _renumber(ivf: faiss.IndexIVF, new_number: np.ndarray) -> None:
+    """Map every stored entry's number ``n`` to ``new_number[n]``, list by list."""
+    lists = ivf.invlists
+    for list_no in range(ivf.nlist):
+        size = lists.list_size(list_no)
+        if not size:
+            continue
+        numbers = faiss.rev_swig_ptr(lists.get_ids(list_no), size)
+        mapped = np.ascontiguousarray(new_number[numbers], dtype=np.int64)
+        codes = faiss.rev_swig_ptr(lists.get_codes(list_no), size * lists.code_size).copy()
+        lists.update_entries(list_no, 0, size, faiss.swig_ptr(mapped), faiss.swig_ptr(codes))
+
+
+# Below this many queries, the scoring core's blocked top-k beats faiss's flat scan, which
+# stays near 65-85 queries/s up to at least 128 queries at 200k x 512 on two cores. From 256 on
+# faiss switches to sgemm too and the two run level (measured: benchmarks/RESULTS.md), so
+# faiss keeps those batches.
+SMALL_BATCH = 256
+
+
+@dataclass
+class LoadedIndex:
+    """An index ready to search: FAISS index (search parameters applied), row map, sidecar."""
+
+    index: faiss.Index
+    rows: dict[str, list[Any]]
+    info: IndexInfo
+    folder: Path
+
+    def __post_init__(self) -> None:
+        # A zero-copy view of an exact index's vectors; valid while self.index lives.
+        concrete = faiss.downcast_index(self.index)
+        self.vectors = None
+        if isinstance(concrete, faiss.IndexFlat) and concrete.ntotal:
+            flat = faiss.rev_swig_ptr(concrete.get_xb(), concrete.ntotal * concrete.d)
+            self.vectors = flat.reshape(concrete.ntotal, concrete.d)
+
+    def search(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        """(Q, D) unit queries -> scores and row numbers (Q, min(k, rows)), best first."""
+        if k < 1:
+            raise InputError(f"k must be at least 1, got {k}.", "Ask for one or more results.")
+        k = min(k, self.index.ntotal)
+        queries = np.ascontiguousarray(queries, dtype=np.float32)
+        if self.vectors is not None and len(queries) < SMALL_BATCH:
+            scores, found = score.topk(torch.from_numpy(queries), self.vectors, k)
+            return scores.numpy(), found.numpy()
+        return self.index.search(queries, k)
+
+
+def load_index(folder: Path, *, check_source: bool = True) -> LoadedIndex:
+    """Open an index folder, checking that its parts agree and (optionally) its source.
+
+    Raises:
+        InputError: a missing or corrupt part, an empty index, or a changed source folder.
+    """
+    meta_path = folder / META_FILE
+    if not meta_path.is_file():
+        raise InputError(f"{folder} is not a clipkit index (no {META_FILE}).",
+                         "Build one with: clipkit index EMB_DIR -o INDEX_DIR")  # fmt: skip
+    with reading_published(folder, "The index", _REBUILD):  # not mid-way through an update
+        info, index, rows = _read_parts(folder)
+    if index.ntotal != len(rows.get("id", [])) or index.ntotal != info.rows:
+        raise InputError(
+            f"The parts of {folder} disagree: {index.ntotal} vectors, {len(rows.get('id', []))} "
+            f"mapped rows, {info.rows} recorded.",
+            _REBUILD,
+        )
+    if index.ntotal == 0:
+        raise InputError(f"The index in {folder} is empty.", _REBUILD)
+    if check_source:
+        _check_source(info)
+    for knob, value in info.params.items():
+        faiss.ParameterSpace().set_index_parameter(index, knob, value)
+    return LoadedIndex(index=index, rows=rows, info=info, folder=folder)
+
+
+def _read_parts(folder: Path) -> tuple[IndexInfo, faiss.Index, dict[str, list[Any]]]:
+    meta_path = folder / META_FILE
+    try:
+        info = IndexInfo(**json.loads(meta_path.read_text()))
+    except (OSError, ValueError, TypeError) as error:
+        raise InputError(f"{meta_path} is corrupt ({error}).", _REBUILD) from None
+    try:
+        index = faiss.read_index(str(folder / INDEX_FILE))
+    except RuntimeError:
+        raise InputError(f"{folder / INDEX_FILE} is missing or corrupt.", _REBUILD) from None
+    return info, index, store.read_rows(folder / ROWS_FILE)
+
+
+def _check_source(info: IndexInfo) -> None:
+    """Refuse an index whose embeddings folder holds other shards than it was built from.
+
+    An index is self-contained: once its folder is moved, deleted or left on another machine
+    (no shards there), there is nothing to be stale against, and it is searched as it is.
+    """
+    source = Path(info.source)
+    now = store.shard_signature(source)
+    if not now:
+        return
+    if now != info.shards:
+        recorded = {s["name"] for s in info.shards}
+        current = {s["name"] for s in now}
+        changed = sum(1 for s in now if s["name"] in recorded and s not in info.shards)
+        raise InputError(
+            f"The embeddings in {source} changed since the index was built "
+            f"({len(current - recorded)} shards added, {len(recorded - current)} removed, "
+            f"{changed} modified).",
+            f"Bring the index up to date: clipkit index {source} -o <this index> --update "
+            "(or rebuild it).",
+        )
+
+
+_REBUILD = "Rebuild it: clipkit index EMB_DIR -o INDEX_DIR"

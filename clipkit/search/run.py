@@ -1,0 +1,221 @@
+"""``clipkit search``: text and image queries, combined with weights, against an index or an
+embeddings folder (exact, no index needed)."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from clipkit import score, store
+from clipkit.errors import InputError
+from clipkit.inputs.decode import DecodeError, decode_image
+from clipkit.inputs.filenames import locate, reading_base
+from clipkit.inputs.pipeline import read_bytes
+from clipkit.models.openclip import Encoder, load_matching_model
+
+
+@dataclass(frozen=True)
+class SearchConfig:
+    """Queries and where to look. Without ``batch``, texts and images form ONE weighted query."""
+
+    texts: tuple[str, ...] = ()
+    images: tuple[Path, ...] = ()
+    weights: tuple[float, ...] | None = None
+    batch: bool = False  # each text is its own query (from --queries FILE)
+    index_dir: Path | None = None
+    embeddings_dir: Path | None = None
+    kind: str | None = None  # with embeddings_dir: restrict to image or text rows
+    k: int = 10
+    model: str | None = None
+    device: str = "auto"
+
+
+@dataclass(frozen=True)
+class SearchHit:
+    rank: int
+    score: float
+    id: str
+    uri: str
+    kind: str
+    text: str | None
+    meta: dict[str, str] = field(default_factory=dict)  # the row's pass-through values, if any
+    path: str = ""  # the uri as a path that opens from here (see clipkit.inputs.filenames.locate)
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class QueryResult:
+    query: str
+    hits: tuple[SearchHit, ...]
+
+
+@dataclass(frozen=True)
+class SearchResult:
+    results: tuple[QueryResult, ...]
+    model: str
+    source: str
+
+
+def search(config: SearchConfig) -> SearchResult:
+    """Run the queries and return the top-k rows for each.
+
+    Raises:
+        InputError: no queries, bad weights or k, unreadable images, missing or mismatched
+            index/embeddings.
+    """
+    if config.k < 1:
+        raise InputError(f"-k must be at least 1, got {config.k}.", "Ask for 1 or more results.")
+    if (config.index_dir is None) == (config.embeddings_dir is None):
+        raise InputError(
+            "Give exactly one of --index and --embeddings.",
+            "--index searches a FAISS index; --embeddings searches exactly.",
+        )
+    if not config.texts and not config.images:
+        raise InputError("No query given.", 'Pass text ("a photo of a dog"), --image or --queries.')
+    if any(not text.strip() for text in config.texts):
+        raise InputError("A text query is empty.", "Pass words to search for, or only --image.")
+    if config.batch and config.images:
+        raise InputError("--queries cannot be combined with --image.", "Run them separately.")
+    labels, weights = _labels_and_weights(config)
+    if config.index_dir is not None:
+        from clipkit.index.build import load_index
+
+        loaded = load_index(config.index_dir)
+        stamp = store.ModelStamp(loaded.info.model, loaded.info.fingerprint, loaded.info.dim)
+        encoder = _encoder(config, stamp)
+        vectors = _query_vectors(encoder, config, weights)
+        scores, found = loaded.search(vectors, config.k)
+        rows, source, recorded = loaded.rows, str(config.index_dir), loaded.info.base
+    else:
+        emb_dir = config.embeddings_dir
+        assert emb_dir is not None
+        stamp = store.read_stamp(emb_dir)
+        if stamp is None:
+            raise InputError(f"{emb_dir} holds no embeddings.", "Make them with clipkit embed.")
+        encoder = _encoder(config, stamp)
+        vectors = _query_vectors(encoder, config, weights)
+        scores, found, rows = _exact(emb_dir, config.kind, vectors, config.k)
+        source, recorded = str(emb_dir), store.read_base(emb_dir)
+    extra = [name for name in rows if name not in ("id", "uri", "kind", "text")]
+    base = reading_base(recorded)
+    results = []
+    for label, row_scores, row_found in zip(labels, scores, found, strict=True):
+        hits = tuple(
+            SearchHit(
+                rank=r + 1,
+                score=float(s),
+                id=rows["id"][i],
+                uri=rows["uri"][i],
+                kind=rows["kind"][i],
+                text=rows["text"][i],
+                meta={name: rows[name][i] for name in extra if rows[name][i] is not None},
+                path=locate(rows["uri"][i], base),
+            )  # fmt: skip
+            for r, (s, i) in enumerate(zip(row_scores.tolist(), row_found.tolist(), strict=True))
+            if i >= 0  # FAISS pads with -1 when fewer than k rows are reachable
+        )
+        results.append(QueryResult(query=label, hits=hits))
+    return SearchResult(results=tuple(results), model=encoder.spec, source=source)
+
+
+def _labels_and_weights(config: SearchConfig) -> tuple[list[str], list[float]]:
+    if config.batch:
+        if config.weights:
+            raise InputError("--weights does not apply to --queries.", "Drop --weights.")
+        return list(config.texts), [1.0] * len(config.texts)
+    parts = [*config.texts, *(f"image:{p}" for p in config.images)]
+    weights = list(config.weights) if config.weights else [1.0] * len(parts)
+    if not all(math.isfinite(w) for w in weights):
+        raise InputError(f"Query weights must be finite numbers, got {config.weights}.",
+                         "e.g. --weights 1,-0.5")  # fmt: skip
+    if len(weights) != len(parts):
+        raise InputError(
+            f"{len(weights)} weights for {len(parts)} query parts ({', '.join(parts)}).",
+            "Give one weight per part, text first, then each --image in order.",
+        )
+    if not any(w > 0 for w in weights):
+        raise InputError("At least one query weight must be positive.", "e.g. --weights 1,-0.5")
+    label = " + ".join(f"{w:g}×{p}" if w != 1 else p for p, w in zip(parts, weights, strict=True))
+    return [label], weights
+
+
+def _encoder(config: SearchConfig, stamp: store.ModelStamp) -> Encoder:
+    return load_matching_model(
+        stamp.spec, stamp.fingerprint, spec=config.model, device=config.device
+    )
+
+
+def _query_vectors(encoder: Encoder, config: SearchConfig, weights: Sequence[float]) -> np.ndarray:
+    """(Q, D) unit-norm query vectors: one per text in batch mode, else one weighted sum."""
+    parts = []
+    if config.texts:
+        parts.append(encoder.encode_texts(list(config.texts)))
+    if config.images:
+        pixels = torch.stack([encoder.prepare_image(_open_image(p)) for p in config.images])
+        parts.append(encoder.encode_images(pixels))
+    vectors = torch.cat(parts).float().cpu()
+    if not bool(torch.isfinite(vectors).all()):
+        raise InputError(f"{encoder.spec} returned a non-finite (NaN or inf) query embedding.",
+                         "Its weights are corrupt: use the checkpoint from before training "
+                         "diverged.")  # fmt: skip
+    if not config.batch:
+        vectors = (torch.tensor(weights).unsqueeze(1) * vectors).sum(0, keepdim=True)
+    norms = vectors.norm(dim=1, keepdim=True)
+    if bool((norms < 1e-6).any()):
+        raise InputError("The weighted query cancels out to nothing.", "Change the weights.")
+    return (vectors / norms).numpy()
+
+
+def _open_image(path: Path):
+    try:
+        return decode_image(read_bytes(str(path), regular_only=False))
+    except DecodeError as error:
+        raise InputError(
+            f"Query image {path} is unreadable: {error.reason}.",
+            "Pass a readable JPEG, PNG, WebP, BMP, GIF or TIFF file.",
+        ) from None
+
+
+def _exact(emb_dir: Path, kind: str | None, queries: np.ndarray, k: int):
+    """Exact top-k over an embeddings folder: (Q, k) scores, (Q, k) positions in the returned
+    row map (-1 where no row), and that row map, which holds the hits only.
+
+    Only the ids of the scanned rows are kept (32 bytes a row); the hits' uris, texts and
+    pass-through values are read afterwards. Holding every row's strings cost about 0.3 GB
+    per million rows (benchmarks/bench_exact_search_memory.py).
+    """
+    shards = store.snapshot(emb_dir)
+    id_blocks: list[np.ndarray] = []
+
+    def blocks():
+        for ids, vectors in store.iter_ids_and_vectors(shards, kind):
+            id_blocks.append(ids)
+            yield vectors
+
+    scores, found = score.topk_stream(torch.from_numpy(queries), blocks(), k)
+    if found.shape[1] == 0:
+        what = f"{kind} embeddings" if kind else "embeddings"
+        raise InputError(f"{emb_dir} holds no {what} to search.", "Check --kind, or embed first.")
+    starts = np.cumsum([0] + [len(ids) for ids in id_blocks])
+    found = found.numpy()
+    hits = np.unique(found[found >= 0])
+    hit_ids = []
+    for r in hits.tolist():
+        block = int(np.searchsorted(starts, r, side="right")) - 1
+        item_id = id_blocks[block][r - starts[block]]
+        hit_ids.append(item_id.decode("utf-8") if isinstance(item_id, bytes) else item_id)
+    read = store.read_rows_by_id(shards, hit_ids)
+    rows: dict[str, list[Any]] = {"id": hit_ids}
+    for n, item_id in enumerate(hit_ids):
+        for name, value in read[item_id].items():
+            rows.setdefault(name, [None] * len(hit_ids))[n] = value
+    positions = np.where(found >= 0, np.searchsorted(hits, found), -1)
+    return scores.numpy(), positions, rows

@@ -1,0 +1,49 @@
+"""Row reports to files: CSV, JSON, JSONL or Parquet, written atomically, format by suffix."""
+
+from __future__ import annotations
+
+import csv
+import json
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from clipkit import store
+from clipkit.errors import InputError
+from clipkit.infra.atomic import atomic_path
+
+SUFFIXES = (".csv", ".json", ".jsonl", ".parquet")
+
+
+def format_of(path: Path) -> str:
+    """``csv``, ``json``, ``jsonl`` or ``parquet`` from a path's suffix.
+
+    Raises:
+        InputError: any other suffix.
+    """
+    suffix = path.suffix.lower()
+    if suffix not in SUFFIXES:
+        raise InputError(f"Cannot tell the format of {path} from its suffix.",
+                         "End the file name with " + ", ".join(SUFFIXES) + ".")  # fmt: skip
+    return suffix[1:]
+
+
+def write_rows(
+    path: Path, rows: Sequence[dict[str, Any]], *, whole: Any = None, fmt: str | None = None
+) -> Path:
+    """Write flat rows (same keys) as ``fmt`` (default: by suffix); JSON writes ``whole``
+    (a fuller document) when given, else the list of rows."""
+    fmt = fmt or format_of(path)
+    if fmt == "parquet":
+        store.write_records(path, rows)
+        return path
+    with atomic_path(path) as tmp, open(tmp, "w", encoding="utf-8", newline="") as handle:
+        if fmt == "csv":
+            writer = csv.DictWriter(handle, fieldnames=list(rows[0]) if rows else ["uri"])
+            writer.writeheader()
+            writer.writerows(rows)
+        elif fmt == "json":
+            json.dump(rows if whole is None else whole, handle, indent=2, ensure_ascii=False)
+        else:
+            handle.writelines(json.dumps(row, ensure_ascii=False) + "\n" for row in rows)
+    return path

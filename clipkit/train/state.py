@@ -1,0 +1,162 @@
+"""The training-run folder: resolved config, metrics log, checkpoints and the resume state.
+
+``state.pt`` holds everything an exact resume needs (weights, optimizer, step, RNG streams,
+best score) as tensors and plain containers only, so it loads with ``weights_only=True``.
+``last``/``best`` ``.safetensors`` are the model alone, with its architecture embedded, for
+every other command (``-m RUN_DIR``). All writes are atomic.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from clipkit.errors import InputError, UnsafeCheckpointError
+from clipkit.infra.atomic import atomic_path, make_folder
+from clipkit.models.checkpoints import CheckpointMeta, write_checkpoint
+
+CONFIG_FILE, METRICS_FILE, STATE_FILE = "config.json", "metrics.jsonl", "state.pt"
+LAST_FILE, BEST_FILE, FAILURES_FILE = "last.safetensors", "best.safetensors", "failures.parquet"
+PLOT_FILE = "training.png"
+# Options that may differ on --resume: they change where and how fast, not what is computed.
+RESUMABLE_CHANGES = frozenset({"resume", "device", "workers", "out", "wise_ft"})
+
+
+@dataclass
+class ResumeState:
+    """Where a run stands after a completed step."""
+
+    step: int = 0
+    best_score: float = float("-inf")
+    finished: bool = False
+    model: dict[str, torch.Tensor] = field(default_factory=dict)
+    optimizer: dict[str, Any] = field(default_factory=dict)
+    scaler: dict[str, Any] = field(default_factory=dict)
+    rng: dict[str, Any] = field(default_factory=dict)
+
+
+def prepare_run_folder(out: Path, config: dict[str, Any], resume: bool) -> ResumeState | None:
+    """Create a new run folder, or check that ``--resume`` continues the same run.
+
+    Returns:
+        The saved state to resume from, or None for a fresh run.
+
+    Raises:
+        InputError: the folder holds another run (without --resume), or --resume options differ.
+    """
+    saved_config = out / CONFIG_FILE
+    if not resume:
+        if saved_config.exists() or (out / STATE_FILE).exists():
+            raise InputError(
+                f"{out} already holds a training run.",
+                "Add --resume to continue it, or choose another -o/--out folder.",
+            )
+        make_folder(out)
+        write_json(saved_config, config)
+        return None
+    if not (out / STATE_FILE).is_file():
+        if saved_config.exists():
+            return None  # it stopped before its first checkpoint: start it again
+        raise InputError(f"{out} holds no run to resume.", "Drop --resume to start a new run.")
+    previous = json.loads(saved_config.read_text())
+    changed = sorted(
+        key
+        for key in set(previous) | set(config)
+        if key not in RESUMABLE_CHANGES and previous.get(key) != config.get(key)
+    )
+    if changed:
+        detail = ", ".join(f"{k}: {previous.get(k)!r} -> {config.get(k)!r}" for k in changed)
+        raise InputError(
+            f"--resume must repeat the run's options; these differ: {detail}.",
+            f"Re-run with the options in {saved_config}, or start a new run folder.",
+        )
+    return load_state(out / STATE_FILE)
+
+
+def save_state(out: Path, state: ResumeState) -> None:
+    payload = {
+        "step": state.step,
+        "best_score": state.best_score,
+        "finished": state.finished,
+        "model": {k: v.detach().cpu() for k, v in state.model.items()},
+        "optimizer": state.optimizer,
+        "scaler": state.scaler,
+        "rng": state.rng,
+    }
+    with atomic_path(out / STATE_FILE) as tmp:
+        torch.save(payload, tmp)
+
+
+def load_state(path: Path) -> ResumeState:
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as error:  # a truncated or foreign file: say so, never unpickle code
+        raise UnsafeCheckpointError(
+            f"{path} is not a readable clipkit resume state ({type(error).__name__}).",
+            "Start a new run folder; the last checkpoint can seed it with -m RUN_DIR.",
+        ) from None
+    return ResumeState(**payload)
+
+
+def save_model(out: Path, name: str, state_dict: dict[str, torch.Tensor], meta: CheckpointMeta):
+    write_checkpoint(out / name, state_dict, meta)
+
+
+def capture_rng() -> dict[str, Any]:
+    """Every random stream a step may draw from, as tensors and plain values."""
+    numpy_state = np.random.get_state()
+    return {
+        "python": random.getstate(),
+        "numpy": [numpy_state[0], torch.from_numpy(numpy_state[1].copy()), *numpy_state[2:]],
+        "torch": torch.get_rng_state(),
+        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+    }
+
+
+def restore_rng(saved: dict[str, Any]) -> None:
+    version, internal, gauss = saved["python"]
+    random.setstate((version, tuple(internal), gauss))
+    name, keys, *rest = saved["numpy"]
+    np.random.set_state((name, keys.numpy(), *rest))
+    torch.set_rng_state(saved["torch"])
+    if saved["cuda"] and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(saved["cuda"])
+
+
+class MetricsLog:
+    """``metrics.jsonl``: one JSON object per logged step and per evaluation."""
+
+    def __init__(self, path: Path, resume_step: int | None) -> None:
+        self.path = path
+        if resume_step is not None and path.exists():
+            # Lines past the resumed step came from work that was lost: drop them.
+            kept = [line for line in path.read_text().splitlines() if _step(line) <= resume_step]
+            with atomic_path(path) as tmp:
+                tmp.write_text("".join(line + "\n" for line in kept))
+        elif resume_step is None:
+            path.write_text("")
+
+    def write(self, record: dict[str, Any]) -> None:
+        with self.path.open("a") as handle:
+            handle.write(json.dumps(record) + "\n")
+
+    def read(self) -> list[dict[str, Any]]:
+        return [json.loads(line) for line in self.path.read_text().splitlines() if line]
+
+
+def _step(line: str) -> int:
+    try:
+        return int(json.loads(line).get("step", 0))
+    except (ValueError, AttributeError):
+        return 1 << 62  # unreadable lines (a torn write) go
+
+
+def write_json(path: Path, value: dict[str, Any]) -> None:
+    with atomic_path(path) as tmp:
+        tmp.write_text(json.dumps(value, indent=2, sort_keys=True) + "\n")

@@ -1,0 +1,97 @@
+"""Helpers shared by several test modules: generated images, tar shards and embeddings, the
+tiny model's spec, and reading an embeddings folder back. Test modules import from here, never
+from each other."""
+
+from __future__ import annotations
+
+import io
+import json
+import tarfile
+from pathlib import Path
+
+import numpy as np
+import pyarrow.dataset as ds
+from PIL import Image
+
+from clipkit import store
+from clipkit.embed import EmbedConfig
+
+TINY = "clipkit-tiny:random"
+
+
+def make_images(folder: Path, count: int, *, start: int = 0, size=(40, 30)) -> list[Path]:
+    """Distinct small images (seeded noise, so distinct bytes and content ids)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for n in range(start, start + count):
+        pixels = np.random.default_rng(n).integers(0, 256, (size[1], size[0], 3), dtype=np.uint8)
+        path = folder / (f"img{n:04d}.png" if n % 2 else f"img{n:04d}.jpg")
+        Image.fromarray(pixels).save(path)
+        paths.append(path)
+    return paths
+
+
+def edit_image(path: Path, seed: int) -> None:
+    """New bytes for an image file (other noise), so a new content id."""
+    pixels = np.random.default_rng(1000 + seed).integers(0, 256, (30, 40, 3), dtype=np.uint8)
+    Image.fromarray(pixels).save(path)
+
+
+def png_bytes(seed: int) -> bytes:
+    """A small PNG of seeded noise, as bytes."""
+    pixels = np.random.default_rng(seed).integers(0, 256, (24, 32, 3), dtype=np.uint8)
+    buffer = io.BytesIO()
+    Image.fromarray(pixels).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def write_tar_shard(path: Path, samples: dict[str, dict[str, bytes]]) -> None:
+    """A WebDataset shard: members ``KEY.EXT`` in key order, as img2dataset writes them."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with tarfile.open(path, "w") as archive:
+        for key, members in samples.items():
+            for extension, data in members.items():
+                info = tarfile.TarInfo(f"{key}.{extension}")
+                info.size = len(data)
+                archive.addfile(info, io.BytesIO(data))
+
+
+def tar_sample(n: int, caption: str | None = None) -> dict[str, bytes]:
+    """One sample's members: a PNG, img2dataset's ``.json``, and a ``.txt`` caption if given."""
+    members = {
+        "png": png_bytes(n),
+        "json": json.dumps({"url": f"https://example.com/{n}.png"}).encode(),
+    }
+    if caption is not None:
+        members["txt"] = caption.encode()
+    return members
+
+
+def rows(out: Path) -> dict[str, dict]:
+    """All rows of an embeddings folder, by id, read with plain pyarrow.dataset."""
+    table = ds.dataset(str(out), format="parquet").to_table()
+    return {row["id"]: row for row in table.to_pylist()}
+
+
+def embed_config(sources, out, **kwargs) -> EmbedConfig:
+    """An embed of ``sources`` into ``out`` with the tiny model on the CPU, in-process."""
+    kwargs.setdefault("workers", 0)
+    return EmbedConfig(sources=tuple(str(s) for s in sources), out_dir=out, model=TINY,
+                       device="cpu", **kwargs)  # fmt: skip
+
+
+def clustered_embeddings(
+    folder: Path, stamp: store.ModelStamp, count: int, clusters: int, dim: int
+) -> np.ndarray:
+    """Write ``count`` unit vectors around ``clusters`` centres as shards of 1,500 rows;
+    returns them, (count, dim) float32, in row order."""
+    rng = np.random.default_rng(0)
+    centres = rng.standard_normal((clusters, dim))
+    points = centres[rng.integers(0, clusters, count)] + 0.35 * rng.standard_normal((count, dim))
+    points /= np.linalg.norm(points, axis=1, keepdims=True)
+    for shard, start in enumerate(range(0, count, 1500)):
+        block = points[start : start + 1500].astype(np.float32)
+        ids = [f"{i:08x}" for i in range(start, start + len(block))]
+        columns = {"id": ids, "uri": ids, "kind": ["image"] * len(ids), "text": [None] * len(ids)}
+        store.write_shard(store.shard_path(folder, shard), columns, block, stamp)
+    return points.astype(np.float32)

@@ -1,0 +1,81 @@
+"""The Python API: the names the README documents, importable from the package without loading
+torch until used, each service package callable as its service, and the README's example."""
+
+from __future__ import annotations
+
+import importlib
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+import clipkit
+from tests.helpers import make_images
+
+README = Path(__file__).resolve().parent.parent / "README.md"
+HEAVY = ("torch", "open_clip", "faiss", "pyarrow", "torchvision", "matplotlib")
+DOCUMENTED = {
+    "clipkit.embed": "embed", "clipkit.index": "build_index", "clipkit.search": "search",
+    "clipkit.train": "train", "clipkit.zeroshot": "zeroshot", "clipkit.audit": "audit",
+    "clipkit.models": "load_model", "clipkit.quickstart": "quickstart",
+}  # fmt: skip
+SERVICES = ("embed", "search", "train", "zeroshot", "audit", "quickstart")
+
+
+def _loaded_after(code: str) -> list[str]:
+    probe = f"import sys\n{code}\nprint(' '.join(m for m in {HEAVY!r} if m in sys.modules))"
+    done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True)
+    return done.stdout.split()
+
+
+def test_importing_the_services_loads_no_heavy_library():
+    names = ", ".join((*SERVICES, "index", "models"))
+    assert _loaded_after(f"from clipkit import {names}") == []
+    assert _loaded_after("import clipkit.cli") == []
+
+
+def test_using_a_name_loads_what_it_needs():
+    assert "torch" in _loaded_after("from clipkit import EmbedConfig")
+
+
+@pytest.mark.parametrize(("package", "name"), sorted(DOCUMENTED.items()))
+def test_documented_names_resolve_to_the_service(package, name):
+    module = importlib.import_module(package)
+    function = getattr(module, name)
+    assert callable(function) and function.__name__ == name
+    assert function.__module__.startswith(package + ".")  # the defining module, not a wrapper
+
+
+@pytest.mark.parametrize(
+    "package",
+    ["clipkit", *DOCUMENTED, "clipkit.report", "clipkit.score", "clipkit.store"],
+)
+def test_every_name_in_all_resolves(package):
+    module = importlib.import_module(package)
+    assert module.__all__, f"{package} declares no public names"
+    for name in module.__all__:
+        assert getattr(module, name) is not None, f"{package}.{name}"
+    with pytest.raises(AttributeError):
+        module.no_such_name  # noqa: B018
+
+
+@pytest.mark.parametrize("service", SERVICES)
+def test_a_service_package_calls_its_service(service, monkeypatch):
+    package = importlib.import_module(f"clipkit.{service}")
+    seen = []
+    monkeypatch.setattr(package, service, lambda *args, **kwargs: seen.append((args, kwargs)))
+    package("config", progress=None)
+    assert seen == [(("config",), {"progress": None})]
+    assert getattr(clipkit, service) is package  # `from clipkit import embed` is this package
+
+
+def test_the_readme_example_runs(tmp_path, monkeypatch, capsys):
+    code = re.search(r"## Python API.*?```python\n(.*?)```", README.read_text(), re.S).group(1)
+    make_images(tmp_path / "photos", 6)
+    monkeypatch.chdir(tmp_path)
+    exec(compile(code, "README.md", "exec"), {})
+    printed = capsys.readouterr().out.splitlines()
+    assert len(printed) == 5
+    assert all((tmp_path / line.split()[2]).is_file() for line in printed)

@@ -1,0 +1,128 @@
+"""The architecture as a rule: which packages may import which, and where heavy libraries live.
+
+Every ``import`` statement in ``clipkit/`` is read (those inside functions and ``TYPE_CHECKING``
+blocks too: a lazy upward import is still an upward dependency). A package may import its own
+modules and the packages in the layers below its own, never a sibling in its layer or one above.
+"""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent / "clipkit"
+
+# Top to bottom. Why train sits above report and zeroshot: its evaluation is zero-shot
+# classification (zeroshot.classes) and it draws its training curves (report.plots).
+LAYERS: tuple[tuple[str, ...], ...] = (
+    ("cli",),
+    ("quickstart",),
+    ("train",),
+    ("report",),
+    ("audit", "embed", "search", "zeroshot"),
+    ("index",),
+    ("inputs",),
+    ("models",),
+    ("store",),
+    ("score",),
+    ("infra",),
+    ("config", "errors"),
+)
+LAYER_OF = {package: depth for depth, names in enumerate(LAYERS) for package in names}
+
+# A heavy library is imported by one package (or one module) only, so that the light commands
+# stay light and a reader knows where each one is used.
+HEAVY_HOMES = {
+    "typer": "cli",
+    "rich": "cli",
+    "open_clip": "models/openclip.py",
+    "faiss": "index",
+    "pyarrow": "store",
+    "matplotlib": "report/plots.py",
+}
+
+
+def _modules() -> list[Path]:
+    return sorted(ROOT.rglob("*.py"))
+
+
+def _package(path: Path) -> str:
+    """``cli`` for clipkit/cli/x.py, ``config`` for clipkit/config.py, ``""`` for the root."""
+    parts = path.relative_to(ROOT).parts
+    return parts[0] if len(parts) > 1 else parts[0].removesuffix(".py").strip("_")
+
+
+def _imported(path: Path) -> list[tuple[int, str]]:
+    """``(line, dotted name)`` for every import in ``path``; ``from clipkit import x`` names
+    ``clipkit.x`` (a subpackage or module) unless ``x`` is a plain attribute of the root."""
+    found: list[tuple[int, str]] = []
+    for node in ast.walk(ast.parse(path.read_text(), str(path))):
+        if isinstance(node, ast.Import):
+            found += [(node.lineno, alias.name) for alias in node.names]
+        elif isinstance(node, ast.ImportFrom) and node.module:
+            if node.level:  # relative: resolve against the importing module's package
+                base = path.relative_to(ROOT.parent).with_suffix("").parts[: -node.level]
+                module = ".".join((*base, node.module))
+            else:
+                module = node.module
+            if module == "clipkit":
+                found += [(node.lineno, f"clipkit.{alias.name}") for alias in node.names]
+            else:
+                found.append((node.lineno, module))
+    return found
+
+
+def _clipkit_package(dotted: str) -> str | None:
+    parts = dotted.split(".")
+    if parts[0] != "clipkit" or len(parts) == 1:
+        return None
+    return parts[1]
+
+
+def test_every_package_has_a_layer():
+    packages = {_package(path) for path in _modules()} - {"", "init", "main"}
+    assert packages <= set(LAYER_OF), f"no layer for {sorted(packages - set(LAYER_OF))}"
+
+
+def upward_imports() -> list[str]:
+    """Each import that points sideways or up, as ``file:line imports module``."""
+    wrong = []
+    for path in _modules():
+        importer = _package(path)
+        if importer not in LAYER_OF:  # clipkit/__init__.py and __main__.py sit above all
+            continue
+        for line, dotted in _imported(path):
+            target = _clipkit_package(dotted)
+            if target is None or target == "__version__" or target == importer:
+                continue
+            if LAYER_OF.get(target, -1) <= LAYER_OF[importer]:
+                wrong.append(f"{path.relative_to(ROOT.parent)}:{line} imports {dotted}")
+    return wrong
+
+
+def test_imports_point_downward():
+    assert upward_imports() == []
+
+
+def test_the_rule_catches_an_upward_import(tmp_path, monkeypatch):
+    """The check itself can fail: a store module that imports a service is reported."""
+    fake = tmp_path / "clipkit"
+    (fake / "store").mkdir(parents=True)
+    (fake / "store" / "bad.py").write_text("def f():\n    from clipkit.embed.run import embed\n")
+    (fake / "store" / "fine.py").write_text("from clipkit.infra.atomic import atomic_path\n")
+    monkeypatch.setattr(f"{__name__}.ROOT", fake)
+    assert upward_imports() == ["clipkit/store/bad.py:2 imports clipkit.embed.run"]
+
+
+@pytest.mark.parametrize("library", sorted(HEAVY_HOMES))
+def test_a_heavy_library_has_one_home(library):
+    home = HEAVY_HOMES[library]
+    importers = set()
+    for path in _modules():
+        if any(name.split(".")[0] == library for _, name in _imported(path)):
+            importers.add(str(path.relative_to(ROOT)))
+    assert importers, f"nothing imports {library}: update HEAVY_HOMES"
+    strays = sorted(name for name in importers if not (name == home or name.startswith(home + "/")))
+    assert strays == [], f"{library} belongs in clipkit/{home}"
