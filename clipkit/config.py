@@ -17,3 +17,5 @@ PROBE_TIMEOUT_S = 5.0
 WEIGHTS_TIMEOUT_S = 20.0
 
 CHECKPOINT_SUFFIXES = (".safetensors", ".pt", ".pth", ".bin")
+# Input tables that sources, pairs and the store read (CSV, TSV, JSON lines, Parquet).
+TABLE_SUFFIXES = frozenset({".csv", ".tsv", ".jsonl", ".parquet"})

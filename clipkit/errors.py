@@ -45,3 +45,26 @@ class StoppedError(ClipkitError):
 
 class DivergedError(ClipkitError):
     """Training stopped because its loss stopped being a finite number."""
+
+
+class SkippedInputsError(ClipkitError):
+    """``strict`` work that skipped inputs: raised once the work is done and saved.
+
+    ``result`` is what the service would have returned, so a caller can still report it.
+    """
+
+    def __init__(self, skipped: int, listed_in: str | None, result: object) -> None:
+        where = f" and in {listed_in}" if listed_in else ""
+        super().__init__(
+            f"{skipped} input{'s were' if skipped != 1 else ' was'} skipped, and strict mode "
+            "turns any skip into a failure.",
+            f"The skipped inputs are listed above{where}; fix or remove them, or run without "
+            "--strict.",
+        )
+        self.skipped = skipped
+        self.result = result
+
+
+class UsageError(InputError):
+    """Options that contradict each other or lie outside their range: the same mistake as a
+    command line that does not parse, so the CLI exits 2 for it, as for those."""

@@ -309,18 +309,24 @@ def test_fail_on_flags_sets_the_exit_code(planted_embeddings, tmp_path, tiny_enc
 
 
 def test_cli_writes_reports_in_every_format(planted_embeddings, tmp_path):
+    """--out picks the report's format by its suffix; --format is what stdout shows."""
     import pyarrow.parquet as pq
 
     base = ["audit", str(planted_embeddings), "--device", "cpu"]
-    for fmt, name in (("json", "r.json"), ("csv", "r.csv"), ("parquet", "r.parquet")):
-        result = runner.invoke(cli.app, [*base, "--format", fmt, "--out", str(tmp_path / name)])
+    for name in ("r.json", "r.csv", "r.parquet", "r.jsonl"):
+        result = runner.invoke(cli.app, [*base, "--out", str(tmp_path / name)])
         assert result.exit_code == 0, result.stderr
     assert len(pq.read_table(tmp_path / "r.parquet")) == 50
+    assert len((tmp_path / "r.jsonl").read_text().splitlines()) == 50
     whole = json.loads((tmp_path / "r.json").read_text())
     assert whole["summary"]["pairs"] == 50 and len(whole["pairs"]) == 50
     on_stdout = runner.invoke(cli.app, [*base, "--format", "json"])
     assert json.loads(on_stdout.stdout)["summary"]["flagged"] >= 2
-    assert runner.invoke(cli.app, [*base, "--format", "parquet"]).exit_code == 1
+    lines = runner.invoke(cli.app, [*base, "--format", "jsonl"]).stdout.splitlines()
+    assert len(lines) == 50 and {"cosine", "flagged"} <= set(json.loads(lines[0]))
+    csv_rows = runner.invoke(cli.app, [*base, "--format", "csv"]).stdout.splitlines()
+    assert len(csv_rows) == 51 and "mismatch" in csv_rows[0]
+    assert runner.invoke(cli.app, [*base, "--out", str(tmp_path / "r.xml")]).exit_code == 1
 
 
 def test_outputs_in_the_way_fail_before_any_work(tmp_path):

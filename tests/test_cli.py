@@ -10,7 +10,11 @@ import typer
 from typer.testing import CliRunner
 
 from clipkit import __version__, cli
+from clipkit.cli import render
+from clipkit.cli.app import handles_errors
+from clipkit.cli.options import ModelOption
 from clipkit.errors import ClipkitError
+from clipkit.infra.progress import ProgressReport
 
 runner = CliRunner()
 HEAVY = ("torch", "open_clip", "faiss", "pyarrow")
@@ -22,16 +26,31 @@ def test_importing_the_cli_imports_no_heavy_library():
     assert out.stdout.strip() == ""
 
 
-def test_help_lists_every_command_without_heavy_imports():
+COMMANDS = ["quickstart", "train", "embed", "index", "search", "zeroshot", "audit", "models"]
+
+
+def _listed_commands(help_text: str) -> list[str]:
+    """The names in the help's Commands section (not words elsewhere in the help)."""
+    section = help_text.split("Commands:", 1)[1].splitlines()[1:]
+    return [line.split()[0] for line in section if line.startswith("  ") and line.split()]
+
+
+def test_help_lists_every_command_in_workflow_order_without_heavy_imports():
     code = (
         "import sys; from clipkit.cli import main; sys.argv = ['clipkit', '--help']\n"
         "try:\n    main()\nexcept SystemExit:\n    pass\n"
         f"print('HEAVY=' + ','.join(m for m in {HEAVY!r} if m in sys.modules))"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
-    for command in ("embed", "index", "search", "train", "zeroshot", "audit", "models"):
-        assert command in out.stdout
-    assert out.stdout.strip().endswith("HEAVY=")
+    help_text, heavy = out.stdout.rsplit("HEAVY=", 1)
+    assert _listed_commands(help_text) == COMMANDS
+    assert heavy.strip() == ""
+
+
+def test_the_command_list_check_can_fail():
+    assert _listed_commands("Usage: x\n\nIndex, search and audit.\n\nCommands:\n  embed  E.\n") == [
+        "embed"
+    ]
 
 
 def test_version_via_module_entry_point():
@@ -60,7 +79,7 @@ def test_model_spec_from_environment(monkeypatch):
     seen = {}
 
     @cli.app.command("probe-model", hidden=True)
-    def probe(model: cli.ModelOption = "default") -> None:
+    def probe(model: ModelOption = "default") -> None:
         seen["model"] = model
 
     monkeypatch.setenv("CLIPKIT_MODEL", "clipkit-tiny:random")
@@ -112,7 +131,7 @@ def _failing_command(error: Exception):
     app = typer.Typer()
 
     @app.command()
-    @cli.handles_errors
+    @handles_errors
     def boom() -> None:
         raise error
 
@@ -138,7 +157,8 @@ def test_debug_traceback_shows_no_locals(monkeypatch):
     code = (
         "import typer\nfrom clipkit import cli\n"
         "def boom():\n    secret_local_tensor = 'SECRET-VALUE'\n    raise RuntimeError('x')\n"
-        "cli.app.command('boom')(cli.handles_errors(boom))\ncli.main()\n"
+        "from clipkit.cli.app import handles_errors\n"
+        "cli.app.command('boom')(handles_errors(boom))\ncli.main()\n"
     )
     env = {**__import__("os").environ, "CLIPKIT_DEBUG": "1"}
     out = subprocess.run(
@@ -155,17 +175,23 @@ def test_a_stage_s_rate_counts_from_the_previous_report(monkeypatch):
     from rich.progress import Progress
 
     clock = iter([100.0, 104.0, 106.0, 108.0])  # the bar opens; then 3 reports
-    monkeypatch.setattr(cli.time, "perf_counter", lambda: next(clock))
+    monkeypatch.setattr(render.time, "perf_counter", lambda: next(clock))
     shown: dict[int, str] = {}
     real_update = Progress.update
 
     def update(self, task, **fields):
-        shown[task] = fields.get("rate", shown.get(task))
+        shown[task] = fields.get("figures", shown.get(task))
         real_update(self, task, **fields)
 
     monkeypatch.setattr(Progress, "update", update)
-    with cli._progress() as report:
-        report("images", 8, 8)  # the first stage, done in one batch, 4 s after the bar opened
-        report("captions", 2, 4)  # 2 s after the last report
-        report("captions", 4, 4)
+    with render.progress_bar() as report:
+        # the first stage, done in one batch, 4 s after the bar opened
+        report(ProgressReport("images", 8, 8))
+        report(ProgressReport("captions", 2, 4))  # 2 s after the last report
+        report(ProgressReport("captions", 4, 4))
     assert list(shown.values()) == ["2.0/s", "1.0/s"]  # 8 in 4 s; 4 in 4 s
+
+
+def test_a_service_s_figures_are_shown_instead_of_the_rate():
+    figures = {"loss": 1.23456, "temperature": 0.07, "samples_per_s": 12.34, "grad_norm": 3.5}
+    assert render.figures_text(figures) == "loss 1.235  t 0.0700  12.3 samples/s  grad_norm 3.5"

@@ -117,11 +117,12 @@ def test_text_typed_in_a_terminal_that_is_not_utf8_reaches_every_output(tmp_path
     from typer.testing import CliRunner
 
     from clipkit import cli
+    from clipkit.cli.options import typed_text
     from clipkit.index import IndexConfig, build_index
 
-    assert cli.typed_text("caf\udce9 dog") == "caf\ufffd dog"
-    assert cli.typed_text("caf\ud800") == "caf\ufffd\ufffd\ufffd"  # not an escaped byte
-    assert cli.typed_text("café 猫") == "café 猫" and cli.typed_text(None) is None
+    assert typed_text("caf\udce9 dog") == "caf\ufffd dog"
+    assert typed_text("caf\ud800") == "caf\ufffd\ufffd\ufffd"  # not an escaped byte
+    assert typed_text("café 猫") == "café 猫" and typed_text(None) is None
     runner = CliRunner()
     make_images(tmp_path / "imgs", 3)
     (tmp_path / "imgs" / "dog.txt").write_text("a photo of a dog")

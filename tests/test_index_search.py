@@ -305,7 +305,7 @@ def test_empty_index_and_missing_row_map(corpus, tmp_path):
     empty = tmp_path / "empty"
     shutil.copytree(corpus / "index", empty)
     faiss.write_index(faiss.IndexFlatIP(128), str(empty / "index.faiss"))
-    store.write_rows(empty / "rows.parquet", {"id": [], "uri": [], "kind": [], "text": []})
+    store.write_row_map(empty / "rows.parquet", {"id": [], "uri": [], "kind": [], "text": []})
     info = json.loads((empty / "index.json").read_text())
     (empty / "index.json").write_text(json.dumps({**info, "rows": 0}))
     with pytest.raises(InputError, match="is empty"):

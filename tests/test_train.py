@@ -52,7 +52,7 @@ def test_run_folder_holds_checkpoints_metrics_config_and_plot(finished_run):
     config, result = finished_run
     run = Path(result.run_dir)
     for name in ("best.safetensors", "last.safetensors", "wise-ft-0.5.safetensors", "state.pt",
-                 "config.json", "metrics.jsonl", "failures.parquet", "training.png"):  # fmt: skip
+                 "config.json", "metrics.jsonl", "_failures.parquet", "training.png"):  # fmt: skip
         assert (run / name).is_file(), name
     assert (run / "training.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     saved = json.loads((run / "config.json").read_text())
@@ -171,7 +171,7 @@ def test_unreadable_images_and_empty_captions_are_skipped_and_listed(shapes, tmp
     assert reasons == {"broken.jpg": "decode", "silent.png": "caption"}
     import pyarrow.parquet as pq
 
-    listed = pq.read_table(tmp_path / "run" / "failures.parquet").column("uri").to_pylist()
+    listed = pq.read_table(tmp_path / "run" / "_failures.parquet").column("uri").to_pylist()
     assert sorted(Path(u).name for u in listed) == ["broken.jpg", "silent.png"]
 
 

@@ -52,7 +52,7 @@ def test_options_reach_the_service(monkeypatch):
     assert (config.grad_clip, config.seed) == (1.0, 4)
     assert "zero-shot top-1 75.0%" in result.stderr
     assert "R@1/5/10 10/50/80%" in result.stderr
-    assert "skipped bad.jpg (decode: truncated)" in result.stderr
+    assert "skipped bad.jpg: decode: truncated" in result.stderr
     assert "best: runs/x/best.safetensors" in result.stderr
 
 
@@ -65,21 +65,23 @@ def test_interrupted_run_exits_130_and_says_how_to_resume(monkeypatch):
 
 
 @pytest.mark.parametrize(
-    ("extra", "message"),
+    ("extra", "message", "code"),
     [
-        (["--epochs", "2", "--steps", "3"], "not both"),
-        (["--lambda", "1.5"], "--lambda must be in [0, 1]"),
-        (["--lock-image", "--lock-text"], "leave nothing to train"),
-        (["--batch-size", "64"], "--batch-size 64 is larger than the 10 training pairs"),
-        (["--lr", "0"], "--lr must be in (0, 1], got 0.0"),  # used to mean "the default"
-        (["--lr", "1e38"], "--lr must be in (0, 1], got 1e+38"),  # used to overflow in AdamW
-        (["--weight-decay", "inf"], "--weight-decay must be a number >= 0, got inf"),
+        # options that cannot work together or lie outside their range: usage errors, exit 2
+        (["--epochs", "2", "--steps", "3"], "not both", 2),
+        (["--lambda", "1.5"], "--lambda must be in [0, 1]", 2),
+        (["--lock-image", "--lock-text"], "leave nothing to train", 2),
+        (["--lr", "0"], "--lr must be in (0, 1], got 0.0", 2),  # used to mean "the default"
+        (["--lr", "1e38"], "--lr must be in (0, 1], got 1e+38", 2),  # used to overflow in AdamW
+        (["--weight-decay", "inf"], "--weight-decay must be a number >= 0, got inf", 2),
+        # an option that does not fit this data: an input error, exit 1
+        (["--batch-size", "64"], "--batch-size 64 is larger than the 10 training pairs", 1),
     ],
 )
-def test_bad_options_are_errors_with_hints(tmp_path, extra, message):
+def test_bad_options_are_errors_with_hints(tmp_path, extra, message, code):
     write_captioned_shapes(tmp_path / "data", 10)
     options = ["-o", str(tmp_path / "r"), "-m", "clipkit-tiny:random", "--val-split", "0"]
     result = runner.invoke(cli.app, ["train", str(tmp_path / "data"), *options, *extra])
-    assert result.exit_code == 1
+    assert result.exit_code == code
     assert "Error:" in result.stderr and message in result.stderr.replace("\n", " ")
     assert "Hint:" in result.stderr and "Traceback" not in result.stderr

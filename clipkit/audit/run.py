@@ -13,7 +13,7 @@ from __future__ import annotations
 import functools
 import math
 from collections import defaultdict
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -23,7 +23,8 @@ import torch
 
 from clipkit import score, store
 from clipkit.config import DEFAULT_MODEL_SPEC
-from clipkit.errors import InputError
+from clipkit.errors import InputError, SkippedInputsError, UsageError
+from clipkit.infra.progress import ProgressCallback, ProgressReport
 from clipkit.inputs.filenames import as_text, locate, reading_base
 from clipkit.inputs.pairs import read_pairs
 from clipkit.inputs.pipeline import default_workers, encode_image_files
@@ -31,7 +32,6 @@ from clipkit.models.openclip import Encoder, load_matching_model, load_model
 from clipkit.score import pair_statistics
 from clipkit.score.metrics import calibrate_threshold
 
-Progress = Callable[[str, int, int], None]
 LONG_CAPTION_MODES = ("truncate", "chunk")
 NULL_SAMPLES = 20_000  # shuffled pairs drawn for calibration (at least one per pair)
 HISTOGRAM_BINS = 40
@@ -53,6 +53,7 @@ class AuditConfig:
     include_hidden: bool = False
     image_column: str | None = None
     text_column: str | None = None
+    strict: bool = False  # raise SkippedInputsError, after the work, if any pair was skipped
 
 
 @dataclass(frozen=True)
@@ -161,12 +162,19 @@ class _Encoded:
     failures: list[tuple[str, str, str]]
 
 
-def audit(config: AuditConfig, progress: Progress | None = None) -> AuditResult:
+def audit(config: AuditConfig, progress: ProgressCallback | None = None) -> AuditResult:
     """Score every pair of ``config.data`` and flag the mismatched ones.
 
     Raises:
         InputError: bad options, no usable pair, or fewer than two pairs.
     """
+    result = _audit(config, progress)
+    if config.strict and result.failures:
+        raise SkippedInputsError(len(result.failures), None, result)
+    return result
+
+
+def _audit(config: AuditConfig, progress: ProgressCallback | None) -> AuditResult:
     _check_options(config)
     path = Path(config.data).expanduser()
     if path.is_dir() and store.list_shards(path):
@@ -209,20 +217,20 @@ def audit(config: AuditConfig, progress: Progress | None = None) -> AuditResult:
 
 def _check_options(config: AuditConfig) -> None:
     if config.threshold is not None and not -1 <= config.threshold <= 1:
-        raise InputError(f"--threshold is a cosine in [-1, 1], got {config.threshold}.",
+        raise UsageError(f"--threshold is a cosine in [-1, 1], got {config.threshold}.",
                          "Or leave it out to calibrate with --fpr.")  # fmt: skip
     if not 0 < config.fpr < 1:
-        raise InputError(f"--fpr must lie in (0, 1), got {config.fpr}.", "e.g. --fpr 0.01")
+        raise UsageError(f"--fpr must lie in (0, 1), got {config.fpr}.", "e.g. --fpr 0.01")
     if config.long_captions not in LONG_CAPTION_MODES:
-        raise InputError(
+        raise UsageError(
             f"--long-captions must be one of {', '.join(LONG_CAPTION_MODES)}.",
             "truncate: cut at the context; chunk: best context-sized window.",
         )
     if config.neighbours < 1:
-        raise InputError("--neighbours must be at least 1.", "The default, 10, suits most data.")
+        raise UsageError("--neighbours must be at least 1.", "The default, 10, suits most data.")
 
 
-def _from_pairs(config: AuditConfig, path: Path, progress: Progress | None) -> tuple[_Encoded, str]:
+def _from_pairs(config: AuditConfig, path: Path, progress: ProgressCallback | None) -> tuple[_Encoded, str]:
     source = read_pairs(path, image_column=config.image_column, text_column=config.text_column,
                         include_hidden=config.include_hidden)  # fmt: skip
     failures = list(source.skipped)
@@ -234,7 +242,8 @@ def _from_pairs(config: AuditConfig, path: Path, progress: Progress | None) -> t
     images = encode_image_files(
         encoder, paths, batch_size=config.batch_size,
         workers=default_workers() if config.workers is None else config.workers,
-        progress=(lambda done: progress("images", done, len(paths))) if progress else None,
+        progress=(lambda done: progress(ProgressReport("images", done, len(paths))))
+        if progress else None,
     )  # fmt: skip
     failures += images.failures
     found = {
@@ -257,14 +266,15 @@ def _from_pairs(config: AuditConfig, path: Path, progress: Progress | None) -> t
 
 
 def _encode_captions(
-    encoder: Encoder, captions: Sequence[str], config: AuditConfig, progress: Progress | None
+    encoder: Encoder, captions: Sequence[str], config: AuditConfig, progress: ProgressCallback | None
 ) -> tuple[torch.Tensor, list[bool]]:
     unique = list(dict.fromkeys(captions))
     parts = []
     for start in range(0, len(unique), config.batch_size):
         parts.append(encoder.encode_texts(unique[start : start + config.batch_size]).cpu())
         if progress:
-            progress("captions", min(start + config.batch_size, len(unique)), len(unique))
+            done = min(start + config.batch_size, len(unique))
+            progress(ProgressReport("captions", done, len(unique)))
     vectors = torch.cat(parts) if parts else torch.empty(0, encoder.embed_dim)
     position = {text: n for n, text in enumerate(unique)}
     long = dict(zip(unique, encoder.truncated(unique), strict=True)) if unique else {}

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import json
-import sys
 from enum import Enum
 from pathlib import Path
 from typing import Annotated, Any
@@ -12,26 +10,19 @@ import typer
 from rich.table import Column, Table
 from rich.text import Text
 
-from clipkit.cli import (
+from clipkit.cli.app import app, handles_errors, stderr, stdout
+from clipkit.cli.options import (
     DeviceOption,
+    IncludeHiddenOption,
     RecordedModelOption,
+    RowsFormat,
+    RowsFormatOption,
+    StrictOption,
     WorkersOption,
-    _progress,
-    app,
-    handles_errors,
-    print_skipped,
-    stderr,
-    stdout,
 )
-from clipkit.errors import InputError
+from clipkit.cli.render import print_rows, print_skipped, progress_bar
+from clipkit.errors import SkippedInputsError
 from clipkit.infra.atomic import check_output
-
-
-class AuditFormat(str, Enum):
-    table = "table"
-    json = "json"
-    csv = "csv"
-    parquet = "parquet"
 
 
 class LongCaptions(str, Enum):
@@ -48,11 +39,10 @@ def audit(
     ],
     model: RecordedModelOption = None,
     out: Annotated[
-        Path | None, typer.Option("--out", "-o", help="Full per-pair report (.csv/.json/…).")
+        Path | None,
+        typer.Option("--out", "-o", help="Per-pair report: .csv/.json/.jsonl/.parquet"),
     ] = None,
-    output: Annotated[
-        AuditFormat, typer.Option("--format", "-f", help="Report format (table: stdout only).")
-    ] = AuditFormat.table,
+    output: RowsFormatOption = RowsFormat.table,
     html_out: Annotated[Path | None, typer.Option("--html", help="HTML report.")] = None,
     fpr: Annotated[
         float, typer.Option(help="Share of shuffled (unrelated) pairs that may pass.")
@@ -72,9 +62,10 @@ def audit(
     batch_size: Annotated[int, typer.Option(min=1, help="Items per model call.")] = 64,
     workers: WorkersOption = None,
     device: DeviceOption = "auto",
-    include_hidden: Annotated[bool, typer.Option(help="Also read hidden files.")] = False,
+    include_hidden: IncludeHiddenOption = False,
     image_column: Annotated[str | None, typer.Option(help="Table column of image paths.")] = None,
     text_column: Annotated[str | None, typer.Option(help="Table column of captions.")] = None,
+    strict: StrictOption = False,
 ) -> None:
     """Find mismatched image-caption pairs, with calibrated flags and suggested captions.
 
@@ -82,12 +73,10 @@ def audit(
     """
     from clipkit.audit.run import AuditConfig
     from clipkit.audit.run import audit as run_audit
-    from clipkit.store import reports as tables
+    from clipkit.store.reports import report_format, write_report
 
-    if out is not None and output is AuditFormat.table:
-        tables.format_of(out)  # fail before any work on a suffix we cannot write
-    if output is AuditFormat.parquet and out is None:
-        raise InputError("--format parquet needs --out FILE.parquet.", "Or use json or csv.")
+    if out is not None:
+        report_format(out)  # fail before any work on a suffix we cannot write
     for path in (out, html_out):
         if path is not None:
             check_output(path)  # before the work, not after it
@@ -95,26 +84,23 @@ def audit(
         data=data, model=model, fpr=fpr, threshold=threshold,
         long_captions=long_captions.value, neighbours=neighbours, seed=seed,
         batch_size=batch_size, workers=workers, device=device, include_hidden=include_hidden,
-        image_column=image_column, text_column=text_column,
+        image_column=image_column, text_column=text_column, strict=strict,
     )  # fmt: skip
-    with _progress() as progress:
-        result = run_audit(config, progress)
+    with progress_bar() as progress:
+        try:
+            result = run_audit(config, progress)
+        except SkippedInputsError as error:
+            _summarise(error.result)
+            raise
     _summarise(result)
     rows = [p.as_dict() for p in result.pairs]
     if out is not None:
-        fmt = None if output is AuditFormat.table else output.value
-        tables.write_rows(out, rows, whole=result.as_dict(), fmt=fmt)
+        write_report(out, rows, whole=result.as_dict())
         stderr.print(f"Wrote the report of {len(rows)} pairs to {out}", markup=False)
-    if output is AuditFormat.table:
+    if output is RowsFormat.table:
         _render_flagged(result, top)
-    elif out is None and output is AuditFormat.json:
-        typer.echo(json.dumps(result.as_dict(), indent=2, ensure_ascii=False))
-    elif out is None:
-        import csv
-
-        writer = csv.DictWriter(sys.stdout, fieldnames=list(rows[0]), lineterminator="\n")
-        writer.writeheader()
-        writer.writerows(rows)
+    else:
+        print_rows(output, rows, result.as_dict())
     if html_out is not None:
         from clipkit.report.html import write_audit_report
 

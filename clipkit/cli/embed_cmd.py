@@ -3,22 +3,23 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
-from clipkit.cli import (
+from clipkit.cli.app import app, handles_errors, stderr
+from clipkit.cli.options import (
     DeviceOption,
+    IncludeHiddenOption,
     KindChoice,
     ModelOption,
     StorageDtype,
+    StrictOption,
     WorkersOption,
-    _progress,
-    app,
-    handles_errors,
-    stderr,
 )
+from clipkit.cli.render import print_skipped, progress_bar
 from clipkit.config import DEFAULT_MODEL_SPEC
+from clipkit.errors import SkippedInputsError
 
 
 @app.command()
@@ -43,14 +44,14 @@ def embed(
         StorageDtype.float32
     ),
     lines: Annotated[bool, typer.Option(help="A .txt SOURCE holds one text per line.")] = False,
-    include_hidden: Annotated[bool, typer.Option(help="Also embed hidden files.")] = False,
+    include_hidden: IncludeHiddenOption = False,
     image_column: Annotated[str | None, typer.Option(help="Table column of image paths.")] = None,
     text_column: Annotated[str | None, typer.Option(help="Table column of texts.")] = None,
     max_pixels: Annotated[
         int, typer.Option(min=1, help="Skip images larger than this (decompression bombs).")
     ] = 89_478_485,
     shard_rows: Annotated[int, typer.Option(min=1, help="Rows per Parquet shard.")] = 50_000,
-    strict: Annotated[bool, typer.Option(help="Exit 1 if any input was skipped.")] = False,
+    strict: StrictOption = False,
     prune: Annotated[
         bool,
         typer.Option(help="Mirror the sources: drop rows of deleted or changed inputs."),
@@ -87,14 +88,20 @@ def embed(
         prune=prune,
         rehash=rehash,
     )
-    with _progress() as update:
-        result = run_embed(config, progress=update)
-    if not result.is_main:  # another rank of a torchrun job: rank 0 reports for all
-        return
-    for uri, stage, error in result.failures[:10]:
-        stderr.print(f"  skipped {uri} ({stage}: {error})", markup=False)
-    if result.skipped > 10:
-        stderr.print(f"  ... and {result.skipped - 10} more, listed in {out_dir}/_failures.parquet")
+    with progress_bar() as update:
+        try:
+            result = run_embed(config, progress=update)
+        except SkippedInputsError as error:
+            _report(error.result, prune)
+            raise
+    if result.is_main:  # another rank of a torchrun job: rank 0 reports for all
+        _report(result, prune)
+
+
+def _report(result: Any, prune: bool) -> None:
+    from clipkit.store import FAILURES_FILE
+
+    print_skipped(result.failures, str(result.out_dir / FAILURES_FILE))
     notes = []
     if result.truncated_texts:
         notes.append(f"{result.truncated_texts} texts truncated to the model's context")
@@ -111,9 +118,7 @@ def embed(
     stderr.print(
         f"Embedded {result.embedded}, skipped {result.skipped}, already present "
         f"{result.already_present} in {result.seconds:.1f} s "
-        f"({result.items_per_second:.1f} items/s) -> {out_dir}"
+        f"({result.items_per_second:.1f} items/s) -> {result.out_dir}"
         + (f"; {'; '.join(notes)}" if notes else ""),
         markup=False,
     )
-    if strict and result.skipped:
-        raise typer.Exit(1)

@@ -8,15 +8,8 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
-from clipkit.cli import (
-    DeviceOption,
-    FormatOption,
-    OutputFormat,
-    handles_errors,
-    models_app,
-    stderr,
-    stdout,
-)
+from clipkit.cli.app import handles_errors, models_app, stderr, stdout
+from clipkit.cli.options import DeviceOption, DocumentFormat, DocumentFormatOption
 
 
 @models_app.callback()
@@ -29,7 +22,7 @@ def models_list(
     cached: Annotated[
         bool, typer.Option("--cached", help="Only weights in the local cache.")
     ] = False,
-    output: FormatOption = OutputFormat.table,
+    output: DocumentFormatOption = DocumentFormat.table,
 ) -> None:
     """List built-in and open_clip architectures with their pretrained tags and cache state."""
     if ctx.invoked_subcommand is not None:
@@ -37,7 +30,7 @@ def models_list(
     from clipkit.models.openclip import list_models
 
     rows = list_models(filter, cached_only=cached)
-    if output is OutputFormat.json:
+    if output is DocumentFormat.json:
         typer.echo(json.dumps([row.as_dict() for row in rows], indent=2))
         return
     table = Table("spec", "source", "cached")
@@ -52,13 +45,13 @@ def models_list(
 def models_info(
     spec: Annotated[str, typer.Argument(help="Model spec to inspect.")],
     device: DeviceOption = "cpu",
-    output: FormatOption = OutputFormat.table,
+    output: DocumentFormatOption = DocumentFormat.table,
 ) -> None:
     """Show embedding size, image size, context length, parameters and fingerprint of a model."""
     from clipkit.models.openclip import describe_model
 
     info = describe_model(spec, device=device)
-    if output is OutputFormat.json:
+    if output is DocumentFormat.json:
         typer.echo(json.dumps(info.as_dict(), indent=2))
         return
     table = Table("field", "value", show_header=False)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-from enum import Enum
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -11,12 +10,14 @@ import typer
 from rich.table import Table
 from rich.text import Text
 
-from clipkit.cli import DeviceOption, _progress, app, handles_errors, stderr, stdout
-
-
-class QuickstartFormat(str, Enum):
-    table = "table"
-    json = "json"
+from clipkit.cli.app import app, handles_errors, stderr, stdout
+from clipkit.cli.options import (
+    DeviceOption,
+    DocumentFormat,
+    DocumentFormatOption,
+    WorkersOption,
+)
+from clipkit.cli.render import progress_bar
 
 
 @app.command()
@@ -31,11 +32,9 @@ def quickstart(
     per_class: Annotated[
         int, typer.Option(min=1, help="Images per colour in the zero-shot tree.")
     ] = 12,
-    workers: Annotated[int, typer.Option(min=0, help="Image decode processes.")] = 2,
+    workers: WorkersOption = None,
     device: DeviceOption = "auto",
-    output: Annotated[
-        QuickstartFormat, typer.Option("--format", "-f", help="stdout format.")
-    ] = QuickstartFormat.table,
+    output: DocumentFormatOption = DocumentFormat.table,
 ) -> None:
     """Every command end to end on generated data, offline, with HTML reports.
 
@@ -51,9 +50,9 @@ def quickstart(
                               device=device)  # fmt: skip
     stderr.print(f"clipkit quickstart in {folder}: train, embed, index, search, zeroshot, audit",
                  markup=False)  # fmt: skip
-    with _progress() as progress:
+    with progress_bar() as progress:
         result = run_quickstart(config, progress, on_step=_announce)
-    if output is QuickstartFormat.json:
+    if output is DocumentFormat.json:
         typer.echo(json.dumps({"folder": result.folder, "overview": result.overview,
                                "seconds": result.seconds,
                                "steps": [step.as_dict() for step in result.steps]},

@@ -1,10 +1,7 @@
-"""``clipkit index`` and ``clipkit search``."""
+"""``clipkit search``: text and image queries against an index or an embeddings folder."""
 
 from __future__ import annotations
 
-import json
-import re
-from enum import Enum
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -12,105 +9,18 @@ import typer
 from rich.table import Column, Table
 from rich.text import Text
 
-from clipkit.cli import (
+from clipkit.cli.app import app, handles_errors, stderr, stdout
+from clipkit.cli.options import (
     DeviceOption,
     KindChoice,
-    app,
-    handles_errors,
-    stderr,
-    stdout,
+    RecordedModelOption,
+    RowsFormat,
+    RowsFormatOption,
     typed_text,
 )
+from clipkit.cli.render import print_rows
 from clipkit.errors import ClipkitError
 from clipkit.infra.atomic import check_output
-
-
-class IndexType(str, Enum):
-    auto = "auto"
-    flat = "flat"
-    hnsw = "hnsw"
-    ivf = "ivf"
-    ivfpq = "ivfpq"
-
-
-class IndexKind(str, Enum):
-    auto = "auto"
-    image = "image"
-    text = "text"
-
-
-@app.command()
-@handles_errors
-def index(
-    emb_dir: Annotated[Path, typer.Argument(help="Embeddings folder made by clipkit embed.")],
-    out_dir: Annotated[
-        Path | None, typer.Option("--out", "-o", help="Index folder (default: EMB_DIR/index).")
-    ] = None,
-    kind: Annotated[
-        IndexKind, typer.Option(help="Rows to index (auto: images if any, else texts).")
-    ] = IndexKind.auto,
-    index_type: Annotated[IndexType, typer.Option("--type", help="FAISS index family.")] = (
-        IndexType.auto
-    ),
-    max_memory: Annotated[
-        str | None, typer.Option(help="Memory budget for the index, e.g. 4GB (auto type).")
-    ] = None,
-    flat_threshold: Annotated[
-        int, typer.Option(min=0, help="Up to this many rows, auto builds an exact index.")
-    ] = 100_000,
-    target_recall: Annotated[
-        float, typer.Option(min=0.0, max=1.0, help="Tune search until recall@10 reaches this.")
-    ] = 0.95,
-    update: Annotated[bool, typer.Option(help="Add rows new in EMB_DIR to the index.")] = False,
-) -> None:
-    """Build a FAISS index (exact or approximate) with measured recall@10.
-
-    Example: clipkit index emb/ -o emb-index/
-    """
-    from clipkit.index.build import IndexConfig, build_index
-
-    config = IndexConfig(
-        emb_dir=emb_dir,
-        out_dir=out_dir or emb_dir / "index",
-        kind=kind.value,
-        index_type=index_type.value,
-        max_memory=_parse_size(max_memory) if max_memory else None,
-        flat_threshold=flat_threshold,
-        target_recall=target_recall,
-        update=update,
-    )
-    stderr.print("Building index…" if not update else "Updating index…")
-    result = build_index(config)
-    info = result.info
-    recall = ", ".join(f"{k} {v:.3f}" for k, v in info.recall_at_10.items() if v is not None)
-    params = ", ".join(f"{k}={v}" for k, v in info.params.items()) or "exact"
-    stderr.print(
-        f"Index {info.factory} ({params}) of {info.rows} {info.kind} rows -> {result.out_dir}; "
-        f"recall@10: {recall or 'n/a'}; added {result.added}"
-        + (f", dropped {result.dropped} rows no longer in {emb_dir}" if result.dropped else "")
-        + (
-            f", {result.removed} rows no longer in {emb_dir} (rebuild to drop them)"
-            if result.removed
-            else ""
-        ),  # fmt: skip
-        markup=False,
-    )
-
-
-def _parse_size(text: str) -> int:
-    """'512MB', '4G', '1.5GiB' or a byte count -> bytes (binary multiples)."""
-    match = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([KMGT]?)I?B?\s*", text.upper())
-    if not match:
-        raise typer.BadParameter(f"{text!r} is not a size like 512MB or 4GB.")
-    number, unit = match.groups()
-    return int(float(number) * 1024 ** " KMGT".index(unit or " "))
-
-
-class SearchFormat(str, Enum):
-    table = "table"
-    json = "json"
-    jsonl = "jsonl"
-    csv = "csv"
 
 
 @app.command()
@@ -121,7 +31,7 @@ def search(
     embeddings: Annotated[
         Path | None, typer.Option(help="Search an embeddings folder exactly (no index).")
     ] = None,
-    k: Annotated[int, typer.Option("-k", help="Results per query.")] = 10,
+    k: Annotated[int, typer.Option("-k", min=1, help="Results per query.")] = 10,
     image: Annotated[list[Path] | None, typer.Option(help="Query image (repeatable).")] = None,
     weights: Annotated[
         str | None, typer.Option(help="Comma-separated weights: text first, then images.")
@@ -132,13 +42,9 @@ def search(
     kind: Annotated[
         KindChoice, typer.Option(help="With --embeddings: search only images or texts.")
     ] = KindChoice.auto,
-    output: Annotated[SearchFormat, typer.Option("--format", "-f", help="stdout format.")] = (
-        SearchFormat.table
-    ),
+    output: RowsFormatOption = RowsFormat.table,
     html_out: Annotated[Path | None, typer.Option("--html", help="Write a gallery page.")] = None,
-    model: Annotated[
-        str | None, typer.Option("--model", "-m", help="Model (default: the one recorded).")
-    ] = None,
+    model: RecordedModelOption = None,
     device: DeviceOption = "auto",
 ) -> None:
     """Search an index or embeddings folder by text and/or image.
@@ -197,29 +103,22 @@ def _parse_weights(text: str | None) -> tuple[float, ...] | None:
         raise typer.BadParameter(f"{text!r} is not a comma-separated list of numbers.") from None
 
 
-def _render_search(result: Any, output: SearchFormat) -> None:
+def _render_search(result: Any, output: RowsFormat) -> None:
     rows = [{"query": q.query, **hit.as_dict()} for q in result.results for hit in q.hits]
     meta_names = list(dict.fromkeys(name for row in rows for name in row["meta"]))
-    if output is SearchFormat.json:
+    if output is RowsFormat.json:
         payload = [{"query": q.query, "hits": [h.as_dict() for h in q.hits]}
                    for q in result.results]  # fmt: skip
-        typer.echo(json.dumps(payload, indent=2, ensure_ascii=False))
-    elif output is SearchFormat.jsonl:
-        for row in rows:
-            typer.echo(json.dumps(row, ensure_ascii=False))
-    elif output is SearchFormat.csv:
-        import csv
-        import sys
-
-        fields = ["query", "rank", "score", "id", "uri", "kind", "text", "path"]
-        # A pass-through column named like one of ours ("rank", say) gets a prefix.
-        columns = {name: f"meta.{name}" if name in fields else name for name in meta_names}
-        writer = csv.DictWriter(sys.stdout, fieldnames=fields + list(columns.values()),
-                                lineterminator="\n")  # fmt: skip
-        writer.writeheader()
-        for row in rows:
-            meta = row.pop("meta")
-            writer.writerow({**row, **{columns[name]: value for name, value in meta.items()}})
+        print_rows(output, rows, payload)
+    elif output is RowsFormat.jsonl:
+        print_rows(output, rows)
+    elif output is RowsFormat.csv:
+        # Flat columns: a pass-through column named like one of ours ("rank", say) gets a prefix.
+        ours = ["query", "rank", "score", "id", "uri", "kind", "text", "path"]
+        columns = {name: f"meta.{name}" if name in ours else name for name in meta_names}
+        flat = [{**{key: row[key] for key in ours},
+                 **{columns[name]: value for name, value in row["meta"].items()}} for row in rows]
+        print_rows(output, flat)
     else:
         for q in result.results:
             # A path is folded onto more lines, never cut: it is what the user opens next.

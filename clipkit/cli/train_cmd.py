@@ -2,15 +2,16 @@
 
 from __future__ import annotations
 
-import contextlib
-from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Annotated, Any
 
 import typer
 
-from clipkit.cli import DeviceOption, ModelOption, app, handles_errors, stderr
+from clipkit.cli.app import app, handles_errors, stderr
+from clipkit.cli.options import DeviceOption, ModelOption, StrictOption, WorkersOption
+from clipkit.cli.render import print_skipped, progress_bar
 from clipkit.config import DEFAULT_MODEL_SPEC
+from clipkit.errors import SkippedInputsError
 
 
 @app.command()
@@ -65,7 +66,7 @@ def train(
     precision: Annotated[str, typer.Option(help="auto, fp32, bf16 or fp16 (CUDA).")] = "auto",
     device: DeviceOption = "auto",
     seed: Annotated[int, typer.Option(help="Seed for order, captions and augmentation.")] = 0,
-    workers: Annotated[int, typer.Option(min=0, help="Image decode processes.")] = 2,
+    workers: WorkersOption = None,
     save_every: Annotated[
         int | None, typer.Option(min=1, help="Also checkpoint every N steps.")
     ] = None,
@@ -76,6 +77,7 @@ def train(
     image_column: Annotated[str | None, typer.Option(help="Table column of image paths.")] = None,
     text_column: Annotated[str | None, typer.Option(help="Table column of captions.")] = None,
     resume: Annotated[bool, typer.Option(help="Continue the run in --out exactly.")] = False,
+    strict: StrictOption = False,
 ) -> None:
     """Fine-tune a CLIP model with the bidirectional contrastive loss.
 
@@ -92,10 +94,14 @@ def train(
         eval_classes=eval_classes, lock_image=lock_image, lock_text=lock_text,
         grad_cache=grad_cache, micro_batch=micro_batch, precision=precision, device=device,
         seed=seed, workers=workers, save_every=save_every, wise_ft=wise_ft,
-        image_column=image_column, text_column=text_column, resume=resume,
+        image_column=image_column, text_column=text_column, resume=resume, strict=strict,
     )  # fmt: skip
-    with _train_progress() as update:
-        result = run_train(config, progress=update)
+    with progress_bar() as update:
+        try:
+            result = run_train(config, progress=update)
+        except SkippedInputsError as error:
+            _report(error.result)
+            raise
     if not result.is_main:  # another rank of a torchrun job: rank 0 reports for all
         return
     _report(result)
@@ -108,13 +114,9 @@ def _report(result: Any) -> None:
     if result.already_finished:
         say(f"Run {result.run_dir} already finished ({result.steps_done} steps); nothing to do.")
         return
-    for uri, stage, error in result.skipped[:10]:
-        say(f"  skipped {uri} ({stage}: {error})")
-    if len(result.skipped) > 10:
-        say(
-            f"  ... and {len(result.skipped) - 10} more, "
-            f"listed in {result.run_dir}/failures.parquet"
-        )
+    from clipkit.store import FAILURES_FILE
+
+    print_skipped(result.skipped, str(Path(result.run_dir) / FAILURES_FILE))
     for number, evaluation in enumerate(result.evaluations, start=1):
         zeroshot = evaluation.zeroshot_top1
         say(
@@ -141,35 +143,3 @@ def _report(result: Any) -> None:
 def _recalls(evaluation: Any, direction: str) -> str:
     values = [getattr(evaluation, f"{direction}_r{k}") for k in (1, 5, 10)]
     return "/".join(f"{100 * v:.0f}" for v in values) + "%"
-
-
-@contextlib.contextmanager
-def _train_progress() -> Iterator[Callable[[Any], None]]:
-    """A rich progress bar for steps, with loss, temperature, samples/s and ETA."""
-    from rich.progress import (
-        BarColumn,
-        MofNCompleteColumn,
-        Progress,
-        TextColumn,
-        TimeRemainingColumn,
-    )
-
-    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-               TextColumn("{task.fields[figures]}"), TimeRemainingColumn())  # fmt: skip
-    tasks: dict[str, Any] = {}
-    with Progress(*columns, console=stderr, transient=False) as bar:
-
-        def update(report: Any) -> None:
-            if report.stage not in tasks:
-                tasks[report.stage] = bar.add_task(report.stage, total=report.total, figures="")
-            figures = report.figures
-            text = ""
-            if "loss" in figures:
-                text = (f"loss {figures['loss']:.3f}  t {figures['temperature']:.4f}  "
-                        f"{figures['samples_per_s']:.1f} samples/s")  # fmt: skip
-            elif "val_loss" in figures:
-                text = f"val loss {figures['val_loss']:.3f}  recall {figures['val_recall']:.1%}"
-            bar.update(tasks[report.stage], completed=report.done, total=report.total,
-                       figures=text)  # fmt: skip
-
-        yield update

@@ -2,10 +2,6 @@
 
 from __future__ import annotations
 
-import csv
-import json
-import sys
-from enum import Enum
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -13,28 +9,22 @@ import typer
 from rich.table import Column, Table
 from rich.text import Text
 
-from clipkit.cli import (
+from clipkit.cli.app import app, handles_errors, stderr, stdout
+from clipkit.cli.options import (
     DeviceOption,
+    IncludeHiddenOption,
     RecordedModelOption,
+    RowsFormat,
+    RowsFormatOption,
+    StrictOption,
     WorkersOption,
-    _progress,
-    app,
-    handles_errors,
-    print_skipped,
-    stderr,
-    stdout,
     typed_text,
 )
-from clipkit.errors import InputError
+from clipkit.cli.render import print_rows, print_skipped, progress_bar
+from clipkit.errors import SkippedInputsError
 from clipkit.infra.atomic import check_output
 
 CONFUSION_TABLE_MAX = 20  # larger matrices are shown as a list of the worst confusions
-
-
-class ZeroShotFormat(str, Enum):
-    table = "table"
-    json = "json"
-    csv = "csv"
 
 
 @app.command()
@@ -59,9 +49,7 @@ def zeroshot(
         Path | None,
         typer.Option("--out", "-o", help="Predictions file: .csv/.json/.jsonl/.parquet"),
     ] = None,
-    output: Annotated[ZeroShotFormat, typer.Option("--format", "-f", help="stdout format.")] = (
-        ZeroShotFormat.table
-    ),
+    output: RowsFormatOption = RowsFormat.table,
     html_out: Annotated[
         Path | None, typer.Option("--html", help="HTML report (+ confusion PNG beside it).")
     ] = None,
@@ -77,19 +65,23 @@ def zeroshot(
     batch_size: Annotated[int, typer.Option(min=1, help="Images per model call.")] = 64,
     workers: WorkersOption = None,
     device: DeviceOption = "auto",
-    include_hidden: Annotated[bool, typer.Option(help="Also read hidden files.")] = False,
-    strict: Annotated[bool, typer.Option(help="Exit 1 if any image was skipped.")] = False,
+    include_hidden: IncludeHiddenOption = False,
+    strict: StrictOption = False,
 ) -> None:
     """Zero-shot classify images with prompt ensembles; metrics when labels are known.
 
     Example: clipkit zeroshot photos/ --labels "cat,dog,car" --templates openai -k 3
     """
-    from clipkit.zeroshot.run import PREDICTION_SUFFIXES, ZeroShotConfig, write_predictions
+    from clipkit.store.reports import report_format
+    from clipkit.zeroshot.run import (
+        ZeroShotConfig,
+        prediction_rows,
+        write_predictions,
+    )
     from clipkit.zeroshot.run import zeroshot as run_zeroshot
 
-    if out is not None and out.suffix.lower() not in PREDICTION_SUFFIXES:
-        raise InputError(f"Cannot tell the format of {out} from its suffix.",
-                         "End --out with " + ", ".join(PREDICTION_SUFFIXES) + ".")  # fmt: skip
+    if out is not None:
+        report_format(out)  # fail before any work on a suffix we cannot write
     for path in (out, html_out):
         if path is not None:
             check_output(path)  # before the work, not after it
@@ -97,17 +89,19 @@ def zeroshot(
         images=images, labels=typed_text(labels), labels_file=labels_file, templates=templates,
         model=model, k=k, reject_threshold=reject_threshold, calibrate=calibrate,
         false_reject=false_reject, batch_size=batch_size, workers=workers, device=device,
-        include_hidden=include_hidden,
+        include_hidden=include_hidden, strict=strict,
     )  # fmt: skip
-    with _progress() as progress:
-        result = run_zeroshot(config, progress)
+    with progress_bar() as progress:
+        try:
+            result = run_zeroshot(config, progress)
+        except SkippedInputsError as error:
+            _summarise(error.result)
+            raise
     _summarise(result)
-    if output is ZeroShotFormat.json:
-        typer.echo(json.dumps(result.as_dict(), indent=2, ensure_ascii=False))
-    elif output is ZeroShotFormat.csv:
-        _write_csv(result)
-    else:
+    if output is RowsFormat.table:
         _render_tables(result, show_predictions=out is None)
+    else:
+        print_rows(output, prediction_rows(result), result.as_dict())
     for path in [write_predictions(result, out)] if out is not None else []:
         stderr.print(f"Wrote {len(result.predictions)} predictions to {path}", markup=False)
     if html_out is not None:
@@ -115,8 +109,6 @@ def zeroshot(
 
         for path in write_zeroshot_report(result, html_out):
             stderr.print(f"Wrote {path}", markup=False)
-    if strict and result.failures:
-        raise typer.Exit(1)
 
 
 def _summarise(result: Any) -> None:
@@ -141,15 +133,6 @@ def _summarise(result: Any) -> None:
         headline = (f"top-1 {m.top1:.1%} · top-{m.k} {m.topk:.1%} · mean per-class recall "
                     f"{m.mean_per_class_recall:.1%} on {m.images} images")  # fmt: skip
         stderr.print(headline, markup=False)
-
-
-def _write_csv(result: Any) -> None:
-    from clipkit.zeroshot.run import prediction_rows
-
-    rows = prediction_rows(result)
-    writer = csv.DictWriter(sys.stdout, fieldnames=list(rows[0]), lineterminator="\n")
-    writer.writeheader()
-    writer.writerows(rows)
 
 
 def _render_tables(result: Any, *, show_predictions: bool) -> None:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Callable, Collection, Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -19,9 +19,10 @@ import torch
 
 from clipkit import store
 from clipkit.embed import plan as embed_plan
-from clipkit.errors import InputError
+from clipkit.errors import InputError, SkippedInputsError, UsageError
 from clipkit.infra import distributed
 from clipkit.infra.locks import writer_lock
+from clipkit.infra.progress import ProgressCallback, ProgressReport, no_progress
 from clipkit.inputs.decode import DEFAULT_MAX_PIXELS, DecodeError, content_id, decode_text, text_id
 from clipkit.inputs.filenames import UriFrame, as_text, os_path
 from clipkit.inputs.pipeline import ImageDataset, default_workers, image_batches, read_bytes
@@ -30,7 +31,6 @@ from clipkit.inputs.stat_cache import file_stat, recorded_id
 from clipkit.inputs.tarshards import MEMBER_SEPARATOR, TAR_SUFFIX
 from clipkit.models.openclip import Encoder, load_model
 
-Progress = Callable[[str, int, int], None]
 NON_FINITE = "the model returned a non-finite embedding (NaN or inf): are its weights corrupt?"
 
 
@@ -46,7 +46,7 @@ class EmbedConfig:
     workers: int | None = None
     device: str = "auto"
     float16: bool = False
-    strict: bool = False
+    strict: bool = False  # raise SkippedInputsError, after the work, if any input was skipped
     lines: bool = False
     include_hidden: bool = False
     image_column: str | None = None
@@ -205,7 +205,7 @@ class _Run:
         return self.rows.setdefault(name, [])
 
 
-def embed(config: EmbedConfig, progress: Progress | None = None) -> EmbedResult:
+def embed(config: EmbedConfig, progress: ProgressCallback | None = None) -> EmbedResult:
     """Embed every input of ``config.sources`` not already in ``config.out_dir``.
 
     Under ``torchrun`` each rank embeds a disjoint, deterministic share and writes its own
@@ -216,19 +216,23 @@ def embed(config: EmbedConfig, progress: Progress | None = None) -> EmbedResult:
         ClipkitError: the model cannot be loaded.
     """
     if config.batch_size < 1:
-        raise InputError("--batch-size must be at least 1.", "Try 64.")
+        raise UsageError("--batch-size must be at least 1.", "Try 64.")
     world = distributed.current_world()
     device, owns_group = distributed.start(world, config.device)
     try:
-        quiet: Progress = lambda stage, done, total: None  # noqa: E731
-        return _embed(config, world, device, (progress or quiet) if world.is_main else quiet)
+        shown = (progress or no_progress) if world.is_main else no_progress
+        result = _embed(config, world, device, shown)
+        if config.strict and result.skipped and world.is_main:
+            listed_in = str(config.out_dir / store.FAILURES_FILE)
+            raise SkippedInputsError(result.skipped, listed_in, result)
+        return result
     finally:
         if owns_group:
             distributed.finish(world)
 
 
 def _embed(config: EmbedConfig, world: distributed.World, device: str,
-           report: Progress) -> EmbedResult:  # fmt: skip
+           report: ProgressCallback) -> EmbedResult:  # fmt: skip
     started = time.perf_counter()
     frame = _uri_frame(config.out_dir)
     options = SourceOptions(config.kind, config.lines, config.include_hidden,
@@ -382,9 +386,9 @@ def _start_run(config: EmbedConfig, encoder: Encoder, items: Sequence[Item],
     )
 
 
-def _embed_texts(run: _Run, items: Sequence[Item], batch_size: int, report: Progress) -> None:
+def _embed_texts(run: _Run, items: Sequence[Item], batch_size: int, report: ProgressCallback) -> None:
     if items:
-        report("texts", 0, len(items))
+        report(ProgressReport("texts", 0, len(items)))
     for start in range(0, len(items), batch_size):
         batch, ids, texts = [], [], []
         for item in items[start : start + batch_size]:
@@ -403,7 +407,7 @@ def _embed_texts(run: _Run, items: Sequence[Item], batch_size: int, report: Prog
         if batch:
             run.truncated += sum(run.encoder.truncated(texts))
             run.add(batch, ids, texts, run.encoder.encode_texts(texts))
-        report("texts", min(start + batch_size, len(items)), len(items))
+        report(ProgressReport("texts", min(start + batch_size, len(items)), len(items)))
 
 
 def _read_text(item: Item) -> tuple[str, bool]:
@@ -413,7 +417,7 @@ def _read_text(item: Item) -> tuple[str, bool]:
 
 
 def _embed_images(run: _Run, items: Sequence[Item], config: EmbedConfig, workers: int,
-                  report: Progress) -> None:  # fmt: skip
+                  report: ProgressCallback) -> None:  # fmt: skip
     if not items:
         return
     dataset = ImageDataset(
@@ -425,7 +429,7 @@ def _embed_images(run: _Run, items: Sequence[Item], config: EmbedConfig, workers
         skip_repeats=True,
     )
     done = 0
-    report("images", 0, len(items))
+    report(ProgressReport("images", 0, len(items)))
     for batch in image_batches(dataset, config.batch_size, workers, run.encoder.device.value):
         fresh_items, fresh_ids, keep = [], [], []
         for position, sample in enumerate(batch.samples):
@@ -451,7 +455,7 @@ def _embed_images(run: _Run, items: Sequence[Item], config: EmbedConfig, workers
             run.add(fresh_items, fresh_ids, [None] * len(fresh_items),
                     run.encoder.encode_images(pixels))  # fmt: skip
         done += len(batch.samples)
-        report("images", done, len(items))
+        report(ProgressReport("images", done, len(items)))
 
 
 def _column_name(source: str) -> str:

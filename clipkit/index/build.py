@@ -257,7 +257,7 @@ def _write(out_dir: Path, index: faiss.Index, rows: dict[str, list[Any]], info: 
     parts = [out_dir / INDEX_FILE, out_dir / ROWS_FILE, out_dir / META_FILE]
     with atomic_paths(parts, commit=lambda: publishing(out_dir)) as (vectors, row_map, sidecar):
         faiss.write_index(index, str(vectors))
-        store.write_rows(row_map, rows)
+        store.write_row_map(row_map, rows)
         sidecar.write_text(json.dumps(info.as_dict(), indent=2))
 
 
@@ -417,7 +417,7 @@ def _read_parts(folder: Path) -> tuple[IndexInfo, faiss.Index, dict[str, list[An
         index = faiss.read_index(str(folder / INDEX_FILE))
     except RuntimeError:
         raise InputError(f"{folder / INDEX_FILE} is missing or corrupt.", _REBUILD) from None
-    return info, index, store.read_rows(folder / ROWS_FILE)
+    return info, index, store.read_row_map(folder / ROWS_FILE)
 
 
 def _check_source(info: IndexInfo) -> None:

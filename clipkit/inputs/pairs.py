@@ -14,11 +14,12 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
+from clipkit.config import TABLE_SUFFIXES
 from clipkit.errors import InputError
 from clipkit.inputs.decode import IMAGE_SUFFIXES, DecodeError, decode_text
 from clipkit.inputs.filenames import as_text, table_path
 from clipkit.inputs.pipeline import read_bytes
-from clipkit.inputs.sources import IMAGE_COLUMNS, TABLE_SUFFIXES, TEXT_COLUMNS, find_column
+from clipkit.inputs.sources import IMAGE_COLUMNS, TEXT_COLUMNS, find_column
 from clipkit.inputs.tarshards import (
     TAR_SUFFIX,
     group_samples,

@@ -15,6 +15,7 @@ from operator import attrgetter
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from clipkit.config import TABLE_SUFFIXES
 from clipkit.errors import InputError
 from clipkit.inputs.decode import IMAGE_SUFFIXES, TEXT_SUFFIXES, DecodeError, decode_text
 from clipkit.inputs.filenames import UriFrame, as_text, table_path
@@ -32,7 +33,6 @@ if TYPE_CHECKING:
 
 IMAGE_COLUMNS = ("filepath", "image", "image_path", "path", "file", "filename")
 TEXT_COLUMNS = ("caption", "text", "title", "description")
-TABLE_SUFFIXES = frozenset({".csv", ".tsv", ".jsonl", ".parquet"})
 
 
 class Kind(str, Enum):

@@ -25,6 +25,7 @@ from clipkit.embed.run import EmbedConfig, embed
 from clipkit.errors import InputError, StoppedError
 from clipkit.index.build import IndexConfig, build_index
 from clipkit.infra.atomic import atomic_path, make_folder
+from clipkit.infra.progress import ProgressCallback
 from clipkit.inputs import synthetic
 from clipkit.report.html import (
     OverviewCard,
@@ -34,11 +35,10 @@ from clipkit.report.html import (
     write_zeroshot_report,
 )
 from clipkit.search.run import SearchConfig, SearchResult, search
-from clipkit.store import reports as tables
+from clipkit.store.reports import write_report
 from clipkit.train.run import TrainConfig, train
 from clipkit.zeroshot.run import ZeroShotConfig, write_predictions, zeroshot
 
-Progress = Callable[[str, int, int], None]
 MODEL = "clipkit-tiny:random"  # a built-in architecture, trained from scratch: no download
 QUERIES = ("a red circle", "a blue square", "a yellow triangle", "a small green circle",
            "a large red square on a black background")  # fmt: skip
@@ -57,7 +57,7 @@ class QuickstartConfig:
     epochs: int = 12
     batch_size: int = 64
     k: int = 8  # search results per query
-    workers: int = 2
+    workers: int | None = None  # decode processes; None: one per core, at most 8
     device: str = "auto"
     seed: int = 0
 
@@ -91,7 +91,7 @@ class QuickstartResult:
 
 def quickstart(
     config: QuickstartConfig,
-    progress: Progress | None = None,
+    progress: ProgressCallback | None = None,
     on_step: Callable[[StepReport], None] | None = None,
 ) -> QuickstartResult:
     """Run every step in ``config.folder``; ``on_step`` hears about each one as it finishes.
@@ -190,7 +190,7 @@ def _swapped(folder: Path) -> set[str]:
     return set(json.loads((folder / "data" / "audit-swapped.json").read_text(encoding="utf-8")))
 
 
-def _train(folder: Path, config: QuickstartConfig, progress: Progress | None) -> StepReport:
+def _train(folder: Path, config: QuickstartConfig, progress: ProgressCallback | None) -> StepReport:
     run, data = folder / "run", folder / "data"
     train_config = TrainConfig(
         data=str(data / "train"), val=str(data / "val"), eval_classes=str(data / "classes"),
@@ -198,7 +198,7 @@ def _train(folder: Path, config: QuickstartConfig, progress: Progress | None) ->
         workers=config.workers, device=config.device, seed=config.seed,
         resume=(run / "config.json").is_file(),
     )  # fmt: skip
-    report = (lambda r: progress(f"train ({r.stage})", r.done, r.total)) if progress else None
+    report = (lambda r: progress(replace(r, stage=f"train ({r.stage})"))) if progress else None
     result = train(train_config, progress=report)
     if result.interrupted or result.best_checkpoint is None:
         raise StoppedError("Training stopped early; its last checkpoint is saved in the run.",
@@ -213,7 +213,7 @@ def _train(folder: Path, config: QuickstartConfig, progress: Progress | None) ->
 
 
 def _embed_and_index(
-    folder: Path, config: QuickstartConfig, model: str, progress: Progress | None
+    folder: Path, config: QuickstartConfig, model: str, progress: ProgressCallback | None
 ) -> StepReport:
     embedded = embed(EmbedConfig(sources=(str(folder / "data" / "val"),),
                                  out_dir=folder / "embeddings", model=model,
@@ -264,7 +264,7 @@ def _caption_of(path: str) -> list[str]:
 
 
 def _zeroshot(
-    folder: Path, config: QuickstartConfig, model: str, progress: Progress | None
+    folder: Path, config: QuickstartConfig, model: str, progress: ProgressCallback | None
 ) -> StepReport:
     result = zeroshot(ZeroShotConfig(images=folder / "data" / "classes", model=model,
                                      workers=config.workers, device=config.device),
@@ -279,12 +279,12 @@ def _zeroshot(
 
 
 def _audit(
-    folder: Path, config: QuickstartConfig, model: str, progress: Progress | None
+    folder: Path, config: QuickstartConfig, model: str, progress: ProgressCallback | None
 ) -> StepReport:
     result = audit(AuditConfig(data=folder / "data" / "audit", model=model,
                                workers=config.workers, device=config.device),
                    progress)  # fmt: skip
-    table = tables.write_rows(folder / "reports" / "audit.csv",
+    table = write_report(folder / "reports" / "audit.csv",
                               [pair.as_dict() for pair in result.pairs])  # fmt: skip
     pages = [*write_audit_report(result, folder / "reports" / "audit.html"), table]
     swapped, flagged = _swapped(folder), result.flagged

@@ -13,7 +13,7 @@ import numpy as np
 import torch
 
 from clipkit import score, store
-from clipkit.errors import InputError
+from clipkit.errors import InputError, UsageError
 from clipkit.inputs.decode import DecodeError, decode_image
 from clipkit.inputs.filenames import locate, reading_base
 from clipkit.inputs.pipeline import read_bytes
@@ -72,18 +72,18 @@ def search(config: SearchConfig) -> SearchResult:
             index/embeddings.
     """
     if config.k < 1:
-        raise InputError(f"-k must be at least 1, got {config.k}.", "Ask for 1 or more results.")
+        raise UsageError(f"-k must be at least 1, got {config.k}.", "Ask for 1 or more results.")
     if (config.index_dir is None) == (config.embeddings_dir is None):
-        raise InputError(
+        raise UsageError(
             "Give exactly one of --index and --embeddings.",
             "--index searches a FAISS index; --embeddings searches exactly.",
         )
     if not config.texts and not config.images:
-        raise InputError("No query given.", 'Pass text ("a photo of a dog"), --image or --queries.')
+        raise UsageError("No query given.", 'Pass text ("a photo of a dog"), --image or --queries.')
     if any(not text.strip() for text in config.texts):
-        raise InputError("A text query is empty.", "Pass words to search for, or only --image.")
+        raise UsageError("A text query is empty.", "Pass words to search for, or only --image.")
     if config.batch and config.images:
-        raise InputError("--queries cannot be combined with --image.", "Run them separately.")
+        raise UsageError("--queries cannot be combined with --image.", "Run them separately.")
     labels, weights = _labels_and_weights(config)
     if config.index_dir is not None:
         from clipkit.index.build import load_index
@@ -129,20 +129,20 @@ def search(config: SearchConfig) -> SearchResult:
 def _labels_and_weights(config: SearchConfig) -> tuple[list[str], list[float]]:
     if config.batch:
         if config.weights:
-            raise InputError("--weights does not apply to --queries.", "Drop --weights.")
+            raise UsageError("--weights does not apply to --queries.", "Drop --weights.")
         return list(config.texts), [1.0] * len(config.texts)
     parts = [*config.texts, *(f"image:{p}" for p in config.images)]
     weights = list(config.weights) if config.weights else [1.0] * len(parts)
     if not all(math.isfinite(w) for w in weights):
-        raise InputError(f"Query weights must be finite numbers, got {config.weights}.",
+        raise UsageError(f"Query weights must be finite numbers, got {config.weights}.",
                          "e.g. --weights 1,-0.5")  # fmt: skip
     if len(weights) != len(parts):
-        raise InputError(
+        raise UsageError(
             f"{len(weights)} weights for {len(parts)} query parts ({', '.join(parts)}).",
             "Give one weight per part, text first, then each --image in order.",
         )
     if not any(w > 0 for w in weights):
-        raise InputError("At least one query weight must be positive.", "e.g. --weights 1,-0.5")
+        raise UsageError("At least one query weight must be positive.", "e.g. --weights 1,-0.5")
     label = " + ".join(f"{w:g}×{p}" if w != 1 else p for p, w in zip(parts, weights, strict=True))
     return [label], weights
 

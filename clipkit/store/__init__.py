@@ -49,21 +49,20 @@ from clipkit.store.shards import (
     write_shard,
 )
 from clipkit.store.tables import (
-    TABLE_SUFFIXES,
     InputTable,
-    read_rows,
+    read_row_map,
     read_table,
     write_records,
-    write_rows,
+    write_row_map,
 )
 
 __all__ = [
     "ALIASES_FILE", "CORE_COLUMNS", "FAILURES_FILE", "FILES_FILE", "SHARD_PATTERN",
-    "TABLE_SUFFIXES", "ExistingEmbeddings", "FileStat", "InputTable", "ModelStamp", "Pruned",
+    "ExistingEmbeddings", "FileStat", "InputTable", "ModelStamp", "Pruned",
     "Shard", "Shards", "VectorBlock", "add_aliases", "iter_embeddings", "iter_ids_and_vectors",
     "iter_vectors", "list_shards", "pq", "prune", "read_aliases", "read_base", "read_existing",
-    "read_file_stats", "read_rows", "read_rows_by_id", "read_stamp", "read_table", "read_vectors",
+    "read_file_stats", "read_row_map", "read_rows_by_id", "read_stamp", "read_table", "read_vectors",
     "remove_stale_temporaries", "shard_path", "shard_signature", "snapshot", "to_json",
-    "with_aliases", "write_failures", "write_file_stats", "write_records", "write_rows",
+    "with_aliases", "write_failures", "write_file_stats", "write_records", "write_row_map",
     "write_shard",
 ]  # fmt: skip

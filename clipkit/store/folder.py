@@ -93,17 +93,16 @@ def write_file_stats(out_dir: Path, stats: dict[str, FileStat]) -> None:
         pq.write_table(table, tmp)
 
 
-def write_failures(
-    out_dir: Path, failures: Sequence[tuple[str, str, str]], name: str = FAILURES_FILE
-) -> None:
-    """Replace the failures table ``name`` with this run's skipped inputs (uri, stage, error)."""
+def write_failures(out_dir: Path, failures: Sequence[tuple[str, str, str]]) -> None:
+    """Replace the folder's failures table (an embeddings or a run folder's: one name) with this
+    run's skipped inputs (uri, stage, error)."""
     uris, stages, errors = (list(column) for column in zip(*failures, strict=True)) if failures \
         else ([], [], [])  # fmt: skip
     table = pa.table(
         {"uri": pa.array(uris, pa.string()), "stage": pa.array(stages, pa.string()),
          "error": pa.array(errors, pa.string())}
     )  # fmt: skip
-    with atomic_path(out_dir / name) as tmp:
+    with atomic_path(out_dir / FAILURES_FILE) as tmp:
         pq.write_table(table, tmp)
 
 

@@ -12,28 +12,28 @@ from clipkit import store
 from clipkit.errors import InputError
 from clipkit.infra.atomic import atomic_path
 
-SUFFIXES = (".csv", ".json", ".jsonl", ".parquet")
+REPORT_SUFFIXES = (".csv", ".json", ".jsonl", ".parquet")
 
 
-def format_of(path: Path) -> str:
+def report_format(path: Path) -> str:
     """``csv``, ``json``, ``jsonl`` or ``parquet`` from a path's suffix.
 
     Raises:
         InputError: any other suffix.
     """
     suffix = path.suffix.lower()
-    if suffix not in SUFFIXES:
+    if suffix not in REPORT_SUFFIXES:
         raise InputError(f"Cannot tell the format of {path} from its suffix.",
-                         "End the file name with " + ", ".join(SUFFIXES) + ".")  # fmt: skip
+                         "End the file name with " + ", ".join(REPORT_SUFFIXES) + ".")  # fmt: skip
     return suffix[1:]
 
 
-def write_rows(
+def write_report(
     path: Path, rows: Sequence[dict[str, Any]], *, whole: Any = None, fmt: str | None = None
 ) -> Path:
     """Write flat rows (same keys) as ``fmt`` (default: by suffix); JSON writes ``whole``
     (a fuller document) when given, else the list of rows."""
-    fmt = fmt or format_of(path)
+    fmt = fmt or report_format(path)
     if fmt == "parquet":
         store.write_records(path, rows)
         return path

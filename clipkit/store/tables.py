@@ -14,8 +14,6 @@ import pyarrow.parquet as pq
 from clipkit.errors import InputError
 from clipkit.infra.atomic import atomic_path
 
-TABLE_SUFFIXES = frozenset({".csv", ".tsv", ".jsonl", ".parquet"})
-
 
 class InputTable:
     """An input table held as Arrow columns, read by column or by cell.
@@ -66,7 +64,7 @@ def read_table(path: Path) -> InputTable:
     return InputTable(path, table)
 
 
-def write_rows(path: Path, rows: dict[str, list[Any]]) -> None:
+def write_row_map(path: Path, rows: dict[str, list[Any]]) -> None:
     """Write an index's row map (row -> id, uri, kind, text) to a path the caller staged."""
     table = pa.table({name: pa.array(values, pa.string()) for name, values in rows.items()})
     pq.write_table(table, path)
@@ -78,7 +76,7 @@ def write_records(path: Path, records: Sequence[dict[str, Any]]) -> None:
         pq.write_table(pa.Table.from_pylist(list(records)), tmp)
 
 
-def read_rows(path: Path) -> dict[str, list[Any]]:
+def read_row_map(path: Path) -> dict[str, list[Any]]:
     """Read an index's row map; raises InputError when missing or unreadable."""
     try:
         table = pq.read_table(path)

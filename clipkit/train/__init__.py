@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from clipkit.infra.lazy import export_lazily
 
-__all__ = ["TrainConfig", "TrainProgress", "TrainResult", "train"]
+__all__ = ["TrainConfig", "TrainResult", "train"]
 __getattr__, __dir__ = export_lazily(
     __name__, dict.fromkeys(__all__, ".run"), callable_service=True
 )

@@ -116,7 +116,7 @@ class _DecodeCheck(Dataset):
 
 
 def _check_trainable(data, train, val, batch_size, skipped) -> None:
-    where = f" ({len(skipped)} skipped; see failures.parquet in the run folder)" if skipped else ""
+    where = f" ({len(skipped)} skipped; see _failures.parquet in the run folder)" if skipped else ""
     if len(train) < 2:
         raise InputError(
             f"{data} has {len(train)} usable training pair(s){where}; training needs at least 2.",

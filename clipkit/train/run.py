@@ -12,25 +12,25 @@ import dataclasses
 import math
 import signal
 import time
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from clipkit.errors import DivergedError, InputError
+from clipkit import store
+from clipkit.errors import DivergedError, SkippedInputsError, UsageError
 from clipkit.infra import distributed
 from clipkit.infra.device import autocast_dtype, seed_everything
 from clipkit.infra.locks import writer_lock
-from clipkit.inputs.pipeline import decode_worker_init, start_workers
+from clipkit.infra.progress import ProgressCallback, ProgressReport, no_progress
+from clipkit.inputs.pipeline import decode_worker_init, default_workers, start_workers
 from clipkit.models.openclip import Encoder, load_model
 from clipkit.models.pixels import split_transform
 from clipkit.train.data import PairDataset, Schedule, SeededBatches, collate_pairs, load_pairs
 from clipkit.train.evaluation import Evaluation, evaluate
 from clipkit.train.state import (
     BEST_FILE,
-    FAILURES_FILE,
     LAST_FILE,
     METRICS_FILE,
     PLOT_FILE,
@@ -78,22 +78,13 @@ class TrainConfig:
     precision: str = "auto"
     device: str = "auto"
     seed: int = 0
-    workers: int = 2
+    workers: int | None = None  # decode processes; None: one per core, at most 8
     save_every: int | None = None
     wise_ft: float | None = None
     image_column: str | None = None
     text_column: str | None = None
     resume: bool = False
-
-
-@dataclass(frozen=True)
-class TrainProgress:
-    """One progress report: ``done`` of ``total`` in a stage, and the latest figures."""
-
-    stage: str
-    done: int
-    total: int
-    figures: dict[str, float]
+    strict: bool = False  # raise SkippedInputsError, after the run, if any pair was skipped
 
 
 @dataclass(frozen=True)
@@ -119,10 +110,7 @@ class TrainResult:
     is_main: bool = True
 
 
-Progress = Callable[[TrainProgress], None]
-
-
-def train(config: TrainConfig, progress: Progress | None = None) -> TrainResult:
+def train(config: TrainConfig, progress: ProgressCallback | None = None) -> TrainResult:
     """Run (or resume) a training run; see :class:`TrainConfig`.
 
     Raises:
@@ -133,48 +121,53 @@ def train(config: TrainConfig, progress: Progress | None = None) -> TrainResult:
     world = distributed.current_world()
     device, owns_group = distributed.start(world, config.device)
     try:
-        return _Run(config, world, device, progress or (lambda _: None)).run()
+        result = _Run(config, world, device, progress or no_progress).run()
     finally:
         if owns_group:
             distributed.finish(world)
+    if config.strict and result.skipped and result.is_main and not result.interrupted:
+        listed_in = str(Path(result.run_dir) / store.FAILURES_FILE)
+        raise SkippedInputsError(len(result.skipped), listed_in, result)
+    return result
 
 
 def _check_options(config: TrainConfig) -> None:
     if config.epochs is not None and config.steps is not None:
-        raise InputError("Give --epochs or --steps, not both.", "One sets the run's length.")
+        raise UsageError("Give --epochs or --steps, not both.", "One sets the run's length.")
     if (config.epochs is not None and config.epochs < 1) or (
         config.steps is not None and config.steps < 1
     ):
-        raise InputError("--epochs and --steps must be at least 1.", "E.g. --epochs 10.")
+        raise UsageError("--epochs and --steps must be at least 1.", "E.g. --epochs 10.")
     if not 0.0 <= config.weight <= 1.0:
-        raise InputError(f"--lambda must be in [0, 1], got {config.weight}.", "0.5 weighs both.")
+        raise UsageError(f"--lambda must be in [0, 1], got {config.weight}.", "0.5 weighs both.")
     if config.init_temperature is not None and not 0.01 <= config.init_temperature <= 10:
-        raise InputError(
+        raise UsageError(
             f"--init-temperature {config.init_temperature} is outside [0.01, 10].",
             "CLIP starts at 0.07; 1/t is clamped at 100 during training.",
         )
     if config.lock_image and config.lock_text:
-        raise InputError("--lock-image and --lock-text together leave nothing to train.",
+        raise UsageError("--lock-image and --lock-text together leave nothing to train.",
                          "Lock at most one tower.")  # fmt: skip
     if config.wise_ft is not None and not 0.0 <= config.wise_ft <= 1.0:
-        raise InputError(f"--wise-ft must be in [0, 1], got {config.wise_ft}.",
+        raise UsageError(f"--wise-ft must be in [0, 1], got {config.wise_ft}.",
                          "0.5 averages the initial and fine-tuned weights.")  # fmt: skip
     if config.micro_batch < 1:
-        raise InputError("--micro-batch must be at least 1.", "E.g. --micro-batch 64.")
+        raise UsageError("--micro-batch must be at least 1.", "E.g. --micro-batch 64.")
     if config.lr is not None and not 0 < config.lr <= 1:  # also refuses NaN
-        raise InputError(f"--lr must be in (0, 1], got {config.lr}.",
+        raise UsageError(f"--lr must be in (0, 1], got {config.lr}.",
                          "AdamW: about 5e-4 from scratch, 1e-5 when fine-tuning.")  # fmt: skip
     for option, value in (("--weight-decay", config.weight_decay),
                           ("--grad-clip", config.grad_clip)):  # fmt: skip
         if value is not None and not 0 <= value < math.inf:
-            raise InputError(f"{option} must be a number >= 0, got {value}.", "E.g. 0.2 / 1.0.")
+            raise UsageError(f"{option} must be a number >= 0, got {value}.", "E.g. 0.2 / 1.0.")
 
 
 class _Run:
     """One training run's state; ``run()`` drives it from set-up to the final checkpoint."""
 
-    def __init__(self, config: TrainConfig, world, device: str, progress: Progress) -> None:
+    def __init__(self, config: TrainConfig, world, device: str, progress: ProgressCallback) -> None:
         self.config, self.world, self.progress = config, world, progress
+        self.workers = config.workers if config.workers is not None else default_workers()
         self.out = Path(config.out).expanduser()
         seed_everything(config.seed)
         self.encoder: Encoder = load_model(config.model, device=device, precision=config.precision)
@@ -185,7 +178,7 @@ class _Run:
         self.data = load_pairs(
             config.data, val_data=config.val, val_split=config.val_split, seed=config.seed,
             batch_size=config.batch_size, image_size=self.encoder.image_size[0],
-            workers=config.workers, image_column=config.image_column,
+            workers=self.workers, image_column=config.image_column,
             text_column=config.text_column,
         )  # fmt: skip
         self.classes = read_class_tree(config.eval_classes) if config.eval_classes else None
@@ -296,8 +289,8 @@ class _Run:
         loader = torch.utils.data.DataLoader(
             PairDataset(self.data.train, self.augment.pixels, config.seed,
                         self.encoder.image_size[0]),
-            batch_sampler=batches, collate_fn=collate_pairs, num_workers=config.workers,
-            worker_init_fn=decode_worker_init if config.workers else None,
+            batch_sampler=batches, collate_fn=collate_pairs, num_workers=self.workers,
+            worker_init_fn=decode_worker_init if self.workers else None,
             pin_memory=self.device.startswith("cuda"),
             # Its own generator: creating the iterator must not draw from the global stream,
             # or a resumed run's dropout would drift from the uninterrupted run's.
@@ -401,18 +394,18 @@ class _Run:
             self._checkpoint(state, optimizer, self.scaler)
         self.paused += time.perf_counter() - paused
         figures = {"loss": losses.loss, "temperature": losses.temperature, "samples_per_s": rate}
-        self.progress(TrainProgress("train", step, schedule.total_steps, figures))
+        self.progress(ProgressReport("train", step, schedule.total_steps, figures))
 
     def _evaluate(self, state: ResumeState) -> None:
         if not self.data.val or not self.world.is_main:
             distributed.barrier(self.world)
             return
-        self.progress(TrainProgress("evaluate", 0, 1, {}))
+        self.progress(ProgressReport("evaluate", 0, 1, {}))
         self.model.eval()
         result = evaluate(
             self.encoder, self.data.val, weight=self.config.weight,
             logit_scale=self.model.logit_scale, classes=self.classes,
-            workers=min(self.config.workers, 2),
+            workers=min(self.workers, 2),
         )  # fmt: skip
         self.model.train()
         self.evaluations.append(result)
@@ -428,7 +421,7 @@ class _Run:
             state.best_score = result.score
             save_model(self.out, BEST_FILE, self.model.state_dict(), self._meta(state, "best"))
         self.progress(
-            TrainProgress("evaluate", 1, 1, {"val_loss": result.loss, "val_recall": result.score})
+            ProgressReport("evaluate", 1, 1, {"val_loss": result.loss, "val_recall": result.score})
         )
         distributed.barrier(self.world)
 
@@ -503,9 +496,7 @@ def _existing(path: Path) -> str | None:
 
 
 def _write_failures(out: Path, skipped) -> None:
-    from clipkit.store import write_failures
-
-    write_failures(out, skipped, FAILURES_FILE)
+    store.write_failures(out, skipped)
 
 
 class _StopFlag:

@@ -22,10 +22,10 @@ from clipkit.infra.atomic import atomic_path, make_folder
 from clipkit.models.checkpoints import CheckpointMeta, write_checkpoint
 
 CONFIG_FILE, METRICS_FILE, STATE_FILE = "config.json", "metrics.jsonl", "state.pt"
-LAST_FILE, BEST_FILE, FAILURES_FILE = "last.safetensors", "best.safetensors", "failures.parquet"
+LAST_FILE, BEST_FILE = "last.safetensors", "best.safetensors"
 PLOT_FILE = "training.png"
 # Options that may differ on --resume: they change where and how fast, not what is computed.
-RESUMABLE_CHANGES = frozenset({"resume", "device", "workers", "out", "wise_ft"})
+RESUMABLE_CHANGES = frozenset({"resume", "device", "workers", "out", "wise_ft", "strict"})
 
 
 @dataclass

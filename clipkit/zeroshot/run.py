@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import functools
 from collections import Counter
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -19,14 +19,15 @@ import torch
 
 from clipkit import store
 from clipkit.config import DEFAULT_MODEL_SPEC
-from clipkit.errors import InputError
+from clipkit.errors import InputError, SkippedInputsError, UsageError
+from clipkit.infra.progress import ProgressCallback, ProgressReport
 from clipkit.inputs.decode import DEFAULT_MAX_PIXELS, IMAGE_SUFFIXES
 from clipkit.inputs.filenames import as_text, locate, reading_base
 from clipkit.inputs.pipeline import default_workers, encode_image_files
 from clipkit.inputs.sources import Kind, SourceOptions, discover
 from clipkit.models.openclip import Encoder, load_matching_model, load_model
 from clipkit.score.metrics import ClassificationMetrics, calibrate_threshold, classification_metrics
-from clipkit.store import reports as tables
+from clipkit.store.reports import write_report
 from clipkit.zeroshot.classes import (
     LabelSpec,
     check_labels,
@@ -41,9 +42,7 @@ from clipkit.zeroshot.classes import (
 )
 
 UNKNOWN = "unknown"
-PREDICTION_SUFFIXES = tables.SUFFIXES
 METRICS_K = 5
-Progress = Callable[[str, int, int], None]
 
 
 @dataclass(frozen=True)
@@ -64,6 +63,7 @@ class ZeroShotConfig:
     device: str = "auto"
     include_hidden: bool = False
     max_pixels: int = DEFAULT_MAX_PIXELS
+    strict: bool = False  # raise SkippedInputsError, after the work, if any image was skipped
 
 
 @dataclass(frozen=True)
@@ -142,12 +142,19 @@ class _Images:
     failures: list[tuple[str, str, str]]
 
 
-def zeroshot(config: ZeroShotConfig, progress: Progress | None = None) -> ZeroShotResult:
+def zeroshot(config: ZeroShotConfig, progress: ProgressCallback | None = None) -> ZeroShotResult:
     """Classify the images of ``config.images`` among the labels.
 
     Raises:
         InputError: no images, fewer than two or duplicate labels, bad templates or options.
     """
+    result = _zeroshot(config, progress)
+    if config.strict and result.failures:
+        raise SkippedInputsError(len(result.failures), None, result)
+    return result
+
+
+def _zeroshot(config: ZeroShotConfig, progress: ProgressCallback | None) -> ZeroShotResult:
     _check_options(config)
     source = _existing(config.images, "IMAGES")
     kind = _input_kind(source, config.include_hidden)
@@ -222,20 +229,20 @@ def prediction_rows(result: ZeroShotResult) -> list[dict[str, Any]]:
 
 def write_predictions(result: ZeroShotResult, path: Path) -> Path:
     """Write the predictions as CSV, JSON (the whole result), JSONL or Parquet, by suffix."""
-    return tables.write_rows(path, prediction_rows(result), whole=result.as_dict())
+    return write_report(path, prediction_rows(result), whole=result.as_dict())
 
 
 def _check_options(config: ZeroShotConfig) -> None:
     if config.k < 1:
-        raise InputError(f"-k must be at least 1, got {config.k}.", "Ask for 1 or more labels.")
+        raise UsageError(f"-k must be at least 1, got {config.k}.", "Ask for 1 or more labels.")
     if config.reject_threshold is not None and config.calibrate is not None:
-        raise InputError("Give --reject-threshold or --calibrate, not both.",
+        raise UsageError("Give --reject-threshold or --calibrate, not both.",
                          "--calibrate derives the threshold from known images.")  # fmt: skip
     if config.reject_threshold is not None and not 0 < config.reject_threshold <= 1:
-        raise InputError(f"--reject-threshold must lie in (0, 1], got {config.reject_threshold}.",
+        raise UsageError(f"--reject-threshold must lie in (0, 1], got {config.reject_threshold}.",
                          "It is a probability: the top label's softmax score.")  # fmt: skip
     if not 0 <= config.false_reject < 1:
-        raise InputError(f"--false-reject must lie in [0, 1), got {config.false_reject}.",
+        raise UsageError(f"--false-reject must lie in [0, 1), got {config.false_reject}.",
                          "e.g. 0.05 rejects about 5 % of known images.")  # fmt: skip
 
 
@@ -265,7 +272,7 @@ def _has_image(folder: Path) -> bool:
 
 def _labels(config: ZeroShotConfig, listing: _Listing | None) -> list[LabelSpec]:
     if config.labels is not None and config.labels_file is not None:
-        raise InputError("Give --labels or --labels-file, not both.", "Put all labels in one.")
+        raise UsageError("Give --labels or --labels-file, not both.", "Put all labels in one.")
     if config.labels is not None:
         labels, where = parse_labels(config.labels), "--labels"
     elif config.labels_file is not None:
@@ -340,7 +347,7 @@ def _calibration_input(config: ZeroShotConfig) -> tuple[Path, str]:
 
 def _encode(
     encoder: Encoder, listing: _Listing, config: ZeroShotConfig,
-    progress: Progress | None, stage: str,
+    progress: ProgressCallback | None, stage: str,
 ) -> _Images:  # fmt: skip
     if listing.rows is not None:
         return _embedded_images(encoder, listing)
@@ -349,7 +356,8 @@ def _encode(
         encoder, paths, batch_size=config.batch_size,
         workers=default_workers() if config.workers is None else config.workers,
         max_pixels=config.max_pixels,
-        progress=(lambda done: progress(stage, done, len(paths))) if progress else None,
+        progress=(lambda done: progress(ProgressReport(stage, done, len(paths))))
+        if progress else None,
     )  # fmt: skip
     return _Images(
         listing.kind, encoded.vectors, [paths[r] for r in encoded.rows], encoded.ids,
@@ -373,7 +381,7 @@ def _embedded_images(encoder: Encoder, listing: _Listing) -> _Images:
 
 def _threshold(
     config: ZeroShotConfig, encoder: Encoder, weights: torch.Tensor, known: _Listing | None,
-    progress: Progress | None,
+    progress: ProgressCallback | None,
 ) -> tuple[float | None, Rejection | None]:  # fmt: skip
     if config.reject_threshold is not None:
         return config.reject_threshold, Rejection(config.reject_threshold, "given", 0)

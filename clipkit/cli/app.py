@@ -1,0 +1,101 @@
+"""The Typer app, the consoles, and the one place where errors become ``Error:``/``Hint:``."""
+
+from __future__ import annotations
+
+import functools
+import os
+from collections.abc import Callable
+from typing import Annotated, Any, TypeVar
+
+import typer
+from rich.console import Console
+from rich.text import Text
+
+from clipkit import __version__
+from clipkit.config import ENV_DEBUG
+from clipkit.errors import ClipkitError, StoppedError, UsageError
+
+app = typer.Typer(
+    name="clipkit",
+    help="Embed, index, search, fine-tune, zero-shot classify and audit with CLIP models.",
+    no_args_is_help=True,
+    add_completion=False,
+    # Rich tracebacks print local variables, which hold tensors and paths: never show them.
+    pretty_exceptions_enable=False,
+    # Click's own help layout wraps the help text and never cuts an option's name; Rich's
+    # tables cut long names with an ellipsis at 80 columns (--init-tempera…).
+    rich_markup_mode=None,
+)
+models_app = typer.Typer(
+    help="List model architectures and pretrained weights, or inspect one model.",
+    invoke_without_command=True,
+)
+app.add_typer(models_app, name="models")
+
+stdout = Console(highlight=False, soft_wrap=True)
+stderr = Console(stderr=True, highlight=False)
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def handles_errors(command: F) -> F:
+    """Map ClipkitError to ``Error:``/``Hint:`` and exit 1; anything else likewise, tersely.
+
+    ``CLIPKIT_DEBUG=1`` re-raises instead, so the plain traceback (no locals) is shown.
+    """
+
+    @functools.wraps(command)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return command(*args, **kwargs)
+        except (typer.Exit, typer.Abort, typer.BadParameter):
+            raise  # normal exits, and usage errors that Click reports with exit code 2
+        except KeyboardInterrupt:
+            stderr.print("Interrupted.")
+            raise typer.Exit(130) from None
+        except StoppedError as error:
+            print_error(error.message, error.hint)
+            raise typer.Exit(130) from None
+        except ClipkitError as error:
+            if _debug():
+                raise
+            print_error(error.message, error.hint)
+            raise typer.Exit(2 if isinstance(error, UsageError) else 1) from None
+        except Exception as error:  # a bug, or a failure we did not foresee: still no traceback
+            if _debug():
+                raise
+            print_error(
+                f"Unexpected {type(error).__name__}: {error}",
+                f"Re-run with {ENV_DEBUG}=1 to see the traceback, and please report it.",
+            )
+            raise typer.Exit(1) from None
+
+    return wrapper  # type: ignore[return-value]
+
+
+def print_error(message: str, hint: str | None) -> None:
+    """``Error: message`` and ``Hint: hint`` on stderr."""
+    # Text, not markup: a message quotes paths and input, and "[...]" in them is not a style.
+    stderr.print(Text.assemble(("Error:", "bold red"), " ", message))
+    if hint:
+        stderr.print(Text.assemble(("Hint:", "bold"), " ", hint))
+
+
+def _debug() -> bool:
+    return os.environ.get(ENV_DEBUG, "").strip().lower() in ("1", "true", "yes")
+
+
+def _version_callback(value: bool) -> None:
+    if value:
+        typer.echo(f"clipkit {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def root(
+    version: Annotated[
+        bool,
+        typer.Option("--version", callback=_version_callback, is_eager=True, help="Show version."),
+    ] = False,
+) -> None:
+    """Embed, index, search, fine-tune, zero-shot classify and audit with CLIP models."""

@@ -1,0 +1,23 @@
+"""Progress reports: one shape for every service, drawn as bars by the CLI (services never print)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+
+
+@dataclass(frozen=True)
+class ProgressReport:
+    """``done`` of ``total`` in ``stage``, with the latest figures (``loss``, ...) where any."""
+
+    stage: str
+    done: int
+    total: int
+    figures: Mapping[str, float] = field(default_factory=dict)
+
+
+ProgressCallback = Callable[[ProgressReport], None]
+
+
+def no_progress(report: ProgressReport) -> None:
+    """The callback for a caller that does not watch progress."""
