@@ -37,16 +37,26 @@ from clipkit.train import TrainConfig, train
 
 def precision_recall(flags: list[bool], truth: list[bool]) -> dict[str, float]:
     hits = sum(f and t for f, t in zip(flags, truth, strict=True))
-    return {"precision": hits / max(sum(flags), 1), "recall": hits / max(sum(truth), 1),
-            "flagged": sum(flags)}  # fmt: skip
+    return {
+        "precision": hits / max(sum(flags), 1),
+        "recall": hits / max(sum(truth), 1),
+        "flagged": sum(flags),
+    }
 
 
 def quality(root: Path, args: argparse.Namespace) -> dict:
     write_captioned_shapes(root / "train", args.train, seed=0)
     started = time.perf_counter()
-    run = train(TrainConfig(data=str(root / "train"), out=str(root / "run"),
-                            model="clipkit-tiny:random", epochs=args.epochs, batch_size=64,
-                            workers=2))  # fmt: skip
+    run = train(
+        TrainConfig(
+            data=str(root / "train"),
+            out=str(root / "run"),
+            model="clipkit-tiny:random",
+            epochs=args.epochs,
+            batch_size=64,
+            workers=2,
+        )
+    )
     train_seconds = time.perf_counter() - started
     write_captioned_shapes(root / "audit", args.audit, seed=1)
     swapped = {str(path) for path in swap_captions(root / "audit", args.swap, seed=2)}
@@ -61,22 +71,34 @@ def quality(root: Path, args: argparse.Namespace) -> dict:
     cosine_flags = [p.cosine <= c.cosine_at_fpr for p in result.pairs]
     ours_flags = [p.flagged for p in result.pairs]
     return {
-        "pairs": len(result.pairs), "swapped": len(bad), "fpr": args.fpr,
-        "train_seconds": train_seconds, "audit_seconds": audit_seconds,
-        "mismatch": {"auroc": auroc([p.mismatch for p in bad], [p.mismatch for p in good]),
-                     "threshold": c.threshold, **precision_recall(ours_flags, truth),
-                     "clean_false_flag_rate": sum(p.flagged for p in good) / len(good),
-                     "swapped_pass_rate": sum(not p.flagged for p in bad) / len(bad)},
-        "cosine": {"auroc": auroc([-p.cosine for p in bad], [-p.cosine for p in good]),
-                   "threshold": c.cosine_at_fpr, **precision_recall(cosine_flags, truth),
-                   "clean_false_flag_rate": sum(p.cosine <= c.cosine_at_fpr for p in good)
-                   / len(good),
-                   "swapped_pass_rate": sum(p.cosine > c.cosine_at_fpr for p in bad) / len(bad)},
+        "pairs": len(result.pairs),
+        "swapped": len(bad),
+        "fpr": args.fpr,
+        "train_seconds": train_seconds,
+        "audit_seconds": audit_seconds,
+        "mismatch": {
+            "auroc": auroc([p.mismatch for p in bad], [p.mismatch for p in good]),
+            "threshold": c.threshold,
+            **precision_recall(ours_flags, truth),
+            "clean_false_flag_rate": sum(p.flagged for p in good) / len(good),
+            "swapped_pass_rate": sum(not p.flagged for p in bad) / len(bad),
+        },
+        "cosine": {
+            "auroc": auroc([-p.cosine for p in bad], [-p.cosine for p in good]),
+            "threshold": c.cosine_at_fpr,
+            **precision_recall(cosine_flags, truth),
+            "clean_false_flag_rate": sum(p.cosine <= c.cosine_at_fpr for p in good) / len(good),
+            "swapped_pass_rate": sum(p.cosine > c.cosine_at_fpr for p in bad) / len(bad),
+        },
         "null_pass_rate": c.null_pass_rate,
         "suggestion_is_true_caption": sum(
-            p.suggested_caption == q.caption for p in bad for q in bad
-            if p is not q and q.suggested_caption == p.caption) / max(len(bad), 1),
-    }  # fmt: skip
+            p.suggested_caption == q.caption
+            for p in bad
+            for q in bad
+            if p is not q and q.suggested_caption == p.caption
+        )
+        / max(len(bad), 1),
+    }
 
 
 def scale(root: Path, rows: int, dim: int) -> dict:
@@ -96,32 +118,56 @@ def scale(root: Path, rows: int, dim: int) -> dict:
     folder = root / "emb"
     folder.mkdir()
     names = [f"/data/{i:06d}" for i in range(rows)]
-    store.write_shard(store.shard_path(folder, 0), {
-        "id": [f"i{i}" for i in range(rows)] + [f"t{i}" for i in range(rows)],
-        "uri": [n + ".png" for n in names] + [n + ".txt" for n in names],
-        "kind": ["image"] * rows + ["text"] * rows,
-        "text": [None] * rows + [f"caption {i}" for i in range(rows)],
-    }, np.concatenate([images, captions]), stamp)  # fmt: skip
+    store.write_shard(
+        store.shard_path(folder, 0),
+        {
+            "id": [f"i{i}" for i in range(rows)] + [f"t{i}" for i in range(rows)],
+            "uri": [n + ".png" for n in names] + [n + ".txt" for n in names],
+            "kind": ["image"] * rows + ["text"] * rows,
+            "text": [None] * rows + [f"caption {i}" for i in range(rows)],
+        },
+        np.concatenate([images, captions]),
+        stamp,
+    )
     del images, captions, torch
-    wrapper = ("import resource, subprocess, sys; p = subprocess.run(sys.argv[1:]); "
-               "print('MAXRSS', resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss); "
-               "sys.exit(p.returncode)")  # fmt: skip
-    command = [sys.executable, "-m", "clipkit", "audit", str(folder), "--device", "cpu",
-               "--format", "parquet", "--out", str(root / "audit.parquet")]  # fmt: skip
+    wrapper = (
+        "import resource, subprocess, sys; p = subprocess.run(sys.argv[1:]); "
+        "print('MAXRSS', resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss); "
+        "sys.exit(p.returncode)"
+    )
+    command = [
+        sys.executable,
+        "-m",
+        "clipkit",
+        "audit",
+        str(folder),
+        "--device",
+        "cpu",
+        "--format",
+        "parquet",
+        "--out",
+        str(root / "audit.parquet"),
+    ]
     started = time.perf_counter()
-    done = subprocess.run([sys.executable, "-c", wrapper, *command], capture_output=True,
-                          text=True)  # fmt: skip
+    done = subprocess.run([sys.executable, "-c", wrapper, *command], capture_output=True, text=True)
     seconds = time.perf_counter() - started
     if done.returncode != 0:
         raise SystemExit(done.stderr[-3000:])
     rss = int(done.stdout.split("MAXRSS")[-1].split()[0]) // 1024
-    return {"pairs": rows, "dim": dim, "wall_seconds": seconds, "peak_rss_mib": rss,
-            "embeddings_mib": 2 * rows * dim * 4 // 2**20}  # fmt: skip
+    return {
+        "pairs": rows,
+        "dim": dim,
+        "wall_seconds": seconds,
+        "peak_rss_mib": rss,
+        "embeddings_mib": 2 * rows * dim * 4 // 2**20,
+    }
 
 
 def print_scale(s: dict) -> None:
-    print(f"scale: {s['pairs']} pairs x {s['dim']}: {s['wall_seconds']:.1f} s, "
-          f"peak RSS {s['peak_rss_mib']} MiB (embeddings {s['embeddings_mib']} MiB)")  # fmt: skip
+    print(
+        f"scale: {s['pairs']} pairs x {s['dim']}: {s['wall_seconds']:.1f} s, "
+        f"peak RSS {s['peak_rss_mib']} MiB (embeddings {s['embeddings_mib']} MiB)"
+    )
 
 
 def main() -> None:
@@ -153,15 +199,21 @@ def main() -> None:
             return
         results = {"machine": machine(), "quality": quality(root, args)}
         q = results["quality"]
-        print(f"{q['pairs']} pairs, {q['swapped']} swapped; fpr {q['fpr']}; null pass rate "
-              f"{q['null_pass_rate']:.4f}")  # fmt: skip
-        print(f"{'score':10} {'AUROC':>7} {'thresh':>8} {'prec':>6} {'recall':>6} "
-              f"{'flagged':>7} {'clean FF':>8} {'swap pass':>9}")  # fmt: skip
+        print(
+            f"{q['pairs']} pairs, {q['swapped']} swapped; fpr {q['fpr']}; null pass rate "
+            f"{q['null_pass_rate']:.4f}"
+        )
+        print(
+            f"{'score':10} {'AUROC':>7} {'thresh':>8} {'prec':>6} {'recall':>6} "
+            f"{'flagged':>7} {'clean FF':>8} {'swap pass':>9}"
+        )
         for name in ("mismatch", "cosine"):
             r = q[name]
-            print(f"{name:10} {r['auroc']:7.4f} {r['threshold']:8.4f} {r['precision']:6.3f} "
-                  f"{r['recall']:6.3f} {r['flagged']:7d} {r['clean_false_flag_rate']:8.4f} "
-                  f"{r['swapped_pass_rate']:9.4f}")  # fmt: skip
+            print(
+                f"{name:10} {r['auroc']:7.4f} {r['threshold']:8.4f} {r['precision']:6.3f} "
+                f"{r['recall']:6.3f} {r['flagged']:7d} {r['clean_false_flag_rate']:8.4f} "
+                f"{r['swapped_pass_rate']:9.4f}"
+            )
         if not args.skip_scale:
             results["scale"] = scale(root, args.scale_rows, 512)
             print_scale(results["scale"])

@@ -70,7 +70,7 @@ def time_clipkit(folder: Path, model: str, batch: int, workers: int, device: str
                 batch_size=batch,
                 workers=workers,
                 device=device,
-            ),  # fmt: skip
+            ),
             progress=progress,
         )
     finally:
@@ -78,8 +78,9 @@ def time_clipkit(folder: Path, model: str, batch: int, workers: int, device: str
     return result.embedded / (marks["end"] - marks["start"])
 
 
-def time_clipkit_float_pixels(folder: Path, model: str, batch: int, workers: int,
-                              device: str) -> float:  # fmt: skip
+def time_clipkit_float_pixels(
+    folder: Path, model: str, batch: int, workers: int, device: str
+) -> float:
     """(a) as the pipeline was before uint8 pixels: workers run the whole float transform."""
     from clipkit.models import Encoder
 
@@ -91,8 +92,9 @@ def time_clipkit_float_pixels(folder: Path, model: str, batch: int, workers: int
         Encoder.prepare_image = uint8
 
 
-def time_clipkit_plain_priority(folder: Path, model: str, batch: int, workers: int,
-                                device: str) -> float:  # fmt: skip
+def time_clipkit_plain_priority(
+    folder: Path, model: str, batch: int, workers: int, device: str
+) -> float:
     """(a) as it was before nice-19 workers: decode workers at the parent's priority."""
     from clipkit.inputs import pipeline
 
@@ -133,8 +135,13 @@ def time_prep_only(paths: list[Path], encoder, batch: int, workers: int) -> floa
     from clipkit.inputs.sources import Item
 
     items = [Item(uri=str(p), kind="image", path=str(p)) for p in paths]
-    dataset = ImageDataset(items, known_ids=frozenset(), preprocess=encoder.prepare_image,
-                           min_side=min(encoder.image_size), max_pixels=10**9)  # fmt: skip
+    dataset = ImageDataset(
+        items,
+        known_ids=frozenset(),
+        preprocess=encoder.prepare_image,
+        min_side=min(encoder.image_size),
+        max_pixels=10**9,
+    )
     device = encoder.device.value
     start = time.perf_counter()
     for prepared in image_batches(dataset, batch, workers, device):
@@ -156,10 +163,12 @@ def measure(spec: str, encoder, folder: Path, paths: list[Path], workers: int, a
     }
     if args.float_pixels:
         measures["a_float_pixels"] = lambda: time_clipkit_float_pixels(
-            folder, spec, args.batch_size, workers, args.device)  # fmt: skip
+            folder, spec, args.batch_size, workers, args.device
+        )
     if args.plain_priority:
         measures["a_plain_priority"] = lambda: time_clipkit_plain_priority(
-            folder, spec, args.batch_size, workers, args.device)  # fmt: skip
+            folder, spec, args.batch_size, workers, args.device
+        )
     row: dict = {"model": spec, "device": encoder.device.value}
     best = dict.fromkeys(measures, 0.0)
     for _ in range(args.repeats):
@@ -193,8 +202,9 @@ def main() -> None:
         action="store_true",
         help="also time (a) with decode workers at normal priority (before nice 19)",
     )
-    parser.add_argument("--json", type=Path, default=Path(__file__).parent / "results" /
-                        "bench_embed.json")  # fmt: skip
+    parser.add_argument(
+        "--json", type=Path, default=Path(__file__).parent / "results" / "bench_embed.json"
+    )
     args = parser.parse_args()
 
     from clipkit.inputs.pipeline import default_workers
@@ -204,13 +214,19 @@ def main() -> None:
     folder = Path(tempfile.mkdtemp(prefix="bench-embed-"))
     results = {
         "machine": machine(),
-        "images": args.images, "size": args.size, "batch_size": args.batch_size,
-        "workers": workers, "repeats": args.repeats, "rows": [],
-    }  # fmt: skip
+        "images": args.images,
+        "size": args.size,
+        "batch_size": args.batch_size,
+        "workers": workers,
+        "repeats": args.repeats,
+        "rows": [],
+    }
     try:
         paths = make_jpegs(folder, args.images, tuple(args.size))
-        print(f"{args.images} JPEGs {args.size[0]}x{args.size[1]}, batch {args.batch_size}, "
-              f"{workers} workers, {results['machine']}")  # fmt: skip
+        print(
+            f"{args.images} JPEGs {args.size[0]}x{args.size[1]}, batch {args.batch_size}, "
+            f"{workers} workers, {results['machine']}"
+        )
         for spec in args.model:
             encoder = load_model(spec, device=args.device)
             row = measure(spec, encoder, folder, paths, workers, args)

@@ -44,9 +44,10 @@ def make_folder(folder: Path, rows: int, dim: int) -> None:
         columns = {
             "id": [f"{n:032x}" for n in numbers],
             "uri": [f"/data/photos/2024/05/IMG_{n:08d}.jpg" for n in numbers],
-            "kind": ["image"] * count, "text": [None] * count,
+            "kind": ["image"] * count,
+            "text": [None] * count,
             "url": [f"https://example.com/images/{n:08d}.jpg" for n in numbers],
-        }  # fmt: skip
+        }
         vectors = rng.standard_normal((count, dim)).astype(np.float32)
         vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
         store.write_shard(store.shard_path(folder, number), columns, vectors, stamp)
@@ -83,8 +84,9 @@ def scan(variant: str, folder: Path, dim: int, batch_rows: int) -> dict:
     from clipkit import store
     from clipkit.search.run import _exact
 
-    store.iter_ids_and_vectors = functools.partial(store.iter_ids_and_vectors,
-                                                   batch_rows=batch_rows)  # fmt: skip
+    store.iter_ids_and_vectors = functools.partial(
+        store.iter_ids_and_vectors, batch_rows=batch_rows
+    )
 
     rng = np.random.default_rng(1)
     queries = rng.standard_normal((QUERIES, dim)).astype(np.float32)
@@ -107,8 +109,11 @@ def main() -> None:
     parser.add_argument("--batch-rows", type=int, default=None)
     parser.add_argument("--child", choices=VARIANTS, help=argparse.SUPPRESS)
     parser.add_argument("--folder", type=Path, help=argparse.SUPPRESS)
-    parser.add_argument("--json", type=Path, default=Path(__file__).parent / "results" /
-                        "bench_exact_search_memory.json")  # fmt: skip
+    parser.add_argument(
+        "--json",
+        type=Path,
+        default=Path(__file__).parent / "results" / "bench_exact_search_memory.json",
+    )
     args = parser.parse_args()
     if args.batch_rows is None:
         from clipkit.store.shards import BATCH_ROWS
@@ -122,20 +127,41 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as folder:
         make_folder(Path(folder), args.rows, args.dim)
         for variant in VARIANTS:
-            command = [sys.executable, __file__, "--child", variant, "--folder", folder,
-                       "--dim", str(args.dim), "--batch-rows", str(args.batch_rows)]  # fmt: skip
+            command = [
+                sys.executable,
+                __file__,
+                "--child",
+                variant,
+                "--folder",
+                folder,
+                "--dim",
+                str(args.dim),
+                "--batch-rows",
+                str(args.batch_rows),
+            ]
             figures = child_figures(command)
             hits.append(figures.pop("hits"))
             runs.append({"variant": variant, **figures})
-            print(f"{variant:>8}: {args.rows:,} rows, peak RSS "
-                  f"{figures['peak_rss_kib'] / 1024:5.0f} MiB, {figures['seconds']:.1f} s",
-                  flush=True)  # fmt: skip
+            print(
+                f"{variant:>8}: {args.rows:,} rows, peak RSS "
+                f"{figures['peak_rss_kib'] / 1024:5.0f} MiB, {figures['seconds']:.1f} s",
+                flush=True,
+            )
     assert hits[0] == hits[1], "the variants disagree"
     ratio = runs[1]["peak_rss_kib"] / runs[0]["peak_rss_kib"]
     print(f"same hits; clipkit / all rows, peak RSS: {ratio:.2f}")
-    write_results(args.json, {"machine": machine(), "rows": args.rows, "dim": args.dim,
-                              "batch_rows": args.batch_rows, "queries": QUERIES, "k": K,
-                              "runs": runs})  # fmt: skip
+    write_results(
+        args.json,
+        {
+            "machine": machine(),
+            "rows": args.rows,
+            "dim": args.dim,
+            "batch_rows": args.batch_rows,
+            "queries": QUERIES,
+            "k": K,
+            "runs": runs,
+        },
+    )
 
 
 if __name__ == "__main__":

@@ -38,8 +38,9 @@ def main() -> None:
     parser.add_argument("--dim", type=int, default=512)
     parser.add_argument("--factory", default="IVF282,PQ64")
     parser.add_argument("--nprobe", type=int, default=16)
-    parser.add_argument("--json", type=Path, default=Path(__file__).parent / "results" /
-                        "bench_pq_training.json")  # fmt: skip
+    parser.add_argument(
+        "--json", type=Path, default=Path(__file__).parent / "results" / "bench_pq_training.json"
+    )
     args = parser.parse_args()
 
     vectors = clustered(args.rows, args.dim, clusters=200)
@@ -50,16 +51,28 @@ def main() -> None:
     rows, found = [], {}
     for name, index in runs.items():
         seconds, found[name] = train_and_search(index, vectors, queries, args.nprobe)
-        recall = np.mean([len(set(f) & set(t)) / 10 for f, t in zip(found[name], exact,
-                                                                    strict=True)])  # fmt: skip
+        recall = np.mean(
+            [len(set(f) & set(t)) / 10 for f, t in zip(found[name], exact, strict=True)]
+        )
         rows.append({"index": name, "train_seconds": seconds, "recall_at_10": float(recall)})
         print(f"{name}: train {seconds:.1f} s, recall@10 {recall:.3f}", flush=True)
     same = float(np.mean((found["faiss index_factory"] == found["clipkit new_index"]).all(1)))
-    print(f"identical result lists: {same:.1%}; training speed-up "
-          f"{rows[0]['train_seconds'] / rows[1]['train_seconds']:.1f}x")  # fmt: skip
-    write_results(args.json, {"machine": machine(), "rows": args.rows, "dim": args.dim,
-                              "factory": args.factory, "nprobe": args.nprobe, "results": rows,
-                              "identical_lists": same})  # fmt: skip
+    print(
+        f"identical result lists: {same:.1%}; training speed-up "
+        f"{rows[0]['train_seconds'] / rows[1]['train_seconds']:.1f}x"
+    )
+    write_results(
+        args.json,
+        {
+            "machine": machine(),
+            "rows": args.rows,
+            "dim": args.dim,
+            "factory": args.factory,
+            "nprobe": args.nprobe,
+            "results": rows,
+            "identical_lists": same,
+        },
+    )
 
 
 if __name__ == "__main__":

@@ -109,9 +109,16 @@ def loss_table(args: argparse.Namespace) -> list[dict]:
                 continue
             repeats = 3 if size <= 4096 else 1
             command = [
-                sys.executable, __file__, "--one-loss", impl, str(size), str(args.dim),
-                args.device, args.dtype, str(repeats),
-            ]  # fmt: skip
+                sys.executable,
+                __file__,
+                "--one-loss",
+                impl,
+                str(size),
+                str(args.dim),
+                args.device,
+                args.dtype,
+                str(repeats),
+            ]
             out = subprocess.run(command, capture_output=True, text=True)
             if out.returncode != 0:
                 rows.append({"impl": impl, "S": size, "error": out.stderr.strip()[-500:]})
@@ -210,8 +217,9 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=5, help="timed top-k runs of each")
     parser.add_argument("--skip-loss", action="store_true")
     parser.add_argument("--skip-topk", action="store_true")
-    parser.add_argument("--json", type=Path, default=Path(__file__).parent / "results" /
-                        "bench_score.json")  # fmt: skip
+    parser.add_argument(
+        "--json", type=Path, default=Path(__file__).parent / "results" / "bench_score.json"
+    )
     args = parser.parse_args()
 
     machine = common.machine()

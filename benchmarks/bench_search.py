@@ -49,8 +49,12 @@ def write_folder(folder: Path, vectors: np.ndarray, fingerprint: str, spec: str)
     for shard, start in enumerate(range(0, len(vectors), 100_000)):
         block = vectors[start : start + 100_000]
         ids = [f"{i:010d}" for i in range(start, start + len(block))]
-        rows = {"id": ids, "uri": [f"item/{i}" for i in ids], "kind": ["image"] * len(ids),
-                "text": [None] * len(ids)}  # fmt: skip
+        rows = {
+            "id": ids,
+            "uri": [f"item/{i}" for i in ids],
+            "kind": ["image"] * len(ids),
+            "text": [None] * len(ids),
+        }
         store.write_shard(store.shard_path(folder, shard), rows, block, stamp)
 
 
@@ -99,10 +103,12 @@ def exact_section(args, work: Path) -> list[dict]:
             "embeddings_same_ids": float((got_stream.numpy() == want).mean()),
         }
         rows.append(row)
-        print(f"  exact Q={batch:>4}: faiss flat {row['faiss_flat_qps']:9.1f} q/s, clipkit index "
-              f"{row['clipkit_index_qps']:9.1f} q/s (same ids {row['index_same_ids']:.4f}), "
-              f"--embeddings (reads shards) {row['clipkit_embeddings_qps']:8.2f} q/s "
-              f"(same ids {row['embeddings_same_ids']:.4f})")  # fmt: skip
+        print(
+            f"  exact Q={batch:>4}: faiss flat {row['faiss_flat_qps']:9.1f} q/s, clipkit index "
+            f"{row['clipkit_index_qps']:9.1f} q/s (same ids {row['index_same_ids']:.4f}), "
+            f"--embeddings (reads shards) {row['clipkit_embeddings_qps']:8.2f} q/s "
+            f"(same ids {row['embeddings_same_ids']:.4f})"
+        )
     return rows
 
 
@@ -141,11 +147,13 @@ def ann_section(args, work: Path) -> dict:
         "flat_qps": qps(lambda: flat.search(queries, 10), len(queries)),
     }
     result["speedup"] = result["ann_qps"] / result["flat_qps"]
-    print(f"  ANN {args.ann_rows} x 512 ({args.clusters} clusters): {build['factory']} "
-          f"{build['params']}, build {build_wall:.1f} s, peak RSS {build['peak_rss_gib']:.2f} GiB; "
-          f"recall@10 recorded {build['recall']}, on fresh queries {recall:.3f}; "
-          f"{result['ann_qps']:.0f} q/s vs flat {result['flat_qps']:.0f} q/s "
-          f"(x{result['speedup']:.1f})")  # fmt: skip
+    print(
+        f"  ANN {args.ann_rows} x 512 ({args.clusters} clusters): {build['factory']} "
+        f"{build['params']}, build {build_wall:.1f} s, peak RSS {build['peak_rss_gib']:.2f} GiB; "
+        f"recall@10 recorded {build['recall']}, on fresh queries {recall:.3f}; "
+        f"{result['ann_qps']:.0f} q/s vs flat {result['flat_qps']:.0f} q/s "
+        f"(x{result['speedup']:.1f})"
+    )
     return result
 
 
@@ -154,11 +162,17 @@ def build_only(emb_dir: str, out_dir: str) -> None:
 
     result = build_index(IndexConfig(emb_dir=Path(emb_dir), out_dir=Path(out_dir)))
     info = result.info
-    print(json.dumps({
-        "factory": info.factory, "params": info.params, "recall": info.recall_at_10,
-        "build_seconds": info.build_seconds,
-        "peak_rss_gib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20,
-    }))  # fmt: skip
+    print(
+        json.dumps(
+            {
+                "factory": info.factory,
+                "params": info.params,
+                "recall": info.recall_at_10,
+                "build_seconds": info.build_seconds,
+                "peak_rss_gib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20,
+            }
+        )
+    )
 
 
 def end_to_end_section(work: Path) -> dict:
@@ -169,15 +183,34 @@ def end_to_end_section(work: Path) -> dict:
     data = clustered(100_000, encoder.embed_dim, 500, seed=4)
     write_folder(work / "e2e", data, encoder.fingerprint, encoder.spec)
     build_index(IndexConfig(emb_dir=work / "e2e", out_dir=work / "e2e-index"))
-    command = [sys.executable, "-m", "clipkit", "search", "a photo of a dog", "--index",
-               str(work / "e2e-index"), "-k", "10", "--device", "cpu", "-f", "json"]  # fmt: skip
-    times = [_timed(lambda: subprocess.run(command, check=True, capture_output=True))
-             for _ in range(3)]  # fmt: skip
-    imports = _timed(lambda: subprocess.run(
-        [sys.executable, "-c", "import clipkit.search, clipkit.index"], check=True))  # fmt: skip
+    command = [
+        sys.executable,
+        "-m",
+        "clipkit",
+        "search",
+        "a photo of a dog",
+        "--index",
+        str(work / "e2e-index"),
+        "-k",
+        "10",
+        "--device",
+        "cpu",
+        "-f",
+        "json",
+    ]
+    times = [
+        _timed(lambda: subprocess.run(command, check=True, capture_output=True)) for _ in range(3)
+    ]
+    imports = _timed(
+        lambda: subprocess.run(
+            [sys.executable, "-c", "import clipkit.search, clipkit.index"], check=True
+        )
+    )
     result = {"rows": 100_000, "wall_seconds_best": min(times), "import_seconds": imports}
-    print(f"  end to end: clipkit search on a 100k-row clipkit-tiny index: {min(times):.2f} s "
-          f"(of which importing torch/open_clip/faiss: {imports:.2f} s)")  # fmt: skip
+    print(
+        f"  end to end: clipkit search on a 100k-row clipkit-tiny index: {min(times):.2f} s "
+        f"(of which importing torch/open_clip/faiss: {imports:.2f} s)"
+    )
     return result
 
 
@@ -189,17 +222,24 @@ def main() -> None:
     parser.add_argument("--ann-rows", type=int, default=1_000_000)
     parser.add_argument("--clusters", type=int, default=2000)
     parser.add_argument("--exact-rows", type=int, default=200_000)
-    parser.add_argument("--only", choices=["exact", "ann", "end_to_end"], nargs="*",
-                        default=["exact", "ann", "end_to_end"])  # fmt: skip
-    parser.add_argument("--json", type=Path, default=Path(__file__).parent / "results" /
-                        "bench_search.json")  # fmt: skip
+    parser.add_argument(
+        "--only",
+        choices=["exact", "ann", "end_to_end"],
+        nargs="*",
+        default=["exact", "ann", "end_to_end"],
+    )
+    parser.add_argument(
+        "--json", type=Path, default=Path(__file__).parent / "results" / "bench_search.json"
+    )
     args = parser.parse_args()
     work = Path(tempfile.mkdtemp(prefix="bench-search-"))
     results = {"machine": machine()}
     try:
-        sections = {"exact": lambda: exact_section(args, work),
-                    "ann": lambda: ann_section(args, work),
-                    "end_to_end": lambda: end_to_end_section(work)}  # fmt: skip
+        sections = {
+            "exact": lambda: exact_section(args, work),
+            "ann": lambda: ann_section(args, work),
+            "end_to_end": lambda: end_to_end_section(work),
+        }
         for name in args.only:
             print(f"{name.replace('_', ' ')}:")
             results[name] = sections[name]()

@@ -33,12 +33,14 @@ def make_table(path: Path, rows: int) -> None:
     import pyarrow.parquet as pq
 
     rng = np.random.default_rng(0)
-    table = pa.table({
-        "caption": [f"a photo of item {i} with a red car" for i in range(rows)],
-        "url": [f"https://example.com/images/{i:08d}.jpg" for i in range(rows)],
-        "width": rng.integers(100, 1000, rows),
-        "height": rng.integers(100, 1000, rows),
-    })  # fmt: skip
+    table = pa.table(
+        {
+            "caption": [f"a photo of item {i} with a red car" for i in range(rows)],
+            "url": [f"https://example.com/images/{i:08d}.jpg" for i in range(rows)],
+            "width": rng.integers(100, 1000, rows),
+            "height": rng.integers(100, 1000, rows),
+        }
+    )
     pq.write_table(table, path)
 
 
@@ -57,8 +59,9 @@ def listing(variant: str, path: Path) -> dict[str, float]:
         items = []
         for number, row in enumerate(pq.read_table(path).to_pylist()):
             meta = {name: value for name, value in row.items() if name != "caption"}
-            items.append(Item(uri=f"{path}#row={number}", kind="text", text=row["caption"],
-                              meta=meta))  # fmt: skip
+            items.append(
+                Item(uri=f"{path}#row={number}", kind="text", text=row["caption"], meta=meta)
+            )
         items.sort(key=lambda item: item.uri)
     seconds = time.perf_counter() - started
     peak_kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
@@ -70,8 +73,9 @@ def main() -> None:
     parser.add_argument("--rows", type=int, default=1_000_000)
     parser.add_argument("--child", choices=VARIANTS, help=argparse.SUPPRESS)
     parser.add_argument("--table", type=Path, help=argparse.SUPPRESS)
-    parser.add_argument("--json", type=Path, default=Path(__file__).parent / "results" /
-                        "bench_table_memory.json")  # fmt: skip
+    parser.add_argument(
+        "--json", type=Path, default=Path(__file__).parent / "results" / "bench_table_memory.json"
+    )
     args = parser.parse_args()
     if args.child:
         print(json.dumps(listing(args.child, args.table)))
@@ -85,9 +89,11 @@ def main() -> None:
             command = [sys.executable, __file__, "--child", variant, "--table", str(table)]
             figures = child_figures(command)
             rows.append({"variant": variant, **figures})
-            print(f"{variant:>11}: {figures['items']:,} items, peak RSS "
-                  f"{figures['peak_rss_kib'] / 1024:5.0f} MiB, {figures['seconds']:.1f} s",
-                  flush=True)  # fmt: skip
+            print(
+                f"{variant:>11}: {figures['items']:,} items, peak RSS "
+                f"{figures['peak_rss_kib'] / 1024:5.0f} MiB, {figures['seconds']:.1f} s",
+                flush=True,
+            )
     ratio = rows[1]["peak_rss_kib"] / rows[0]["peak_rss_kib"]
     print(f"clipkit / python rows, peak RSS: {ratio:.2f}")
     write_results(args.json, {"machine": machine(), "rows": args.rows, "runs": rows})

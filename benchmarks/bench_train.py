@@ -50,12 +50,13 @@ def write_csv(folder: Path, count: int, seed: int, start: int) -> Path:
 
 def timed(command: list[str]) -> tuple[float, int, str]:
     """Wall seconds, peak RSS (MiB) of the largest process, and stderr+stdout of a command."""
-    wrapper = ("import resource, subprocess, sys; p = subprocess.run(sys.argv[1:]); "
-               "print('MAXRSS', resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss, "
-               "file=sys.stderr); sys.exit(p.returncode)")  # fmt: skip
+    wrapper = (
+        "import resource, subprocess, sys; p = subprocess.run(sys.argv[1:]); "
+        "print('MAXRSS', resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss, "
+        "file=sys.stderr); sys.exit(p.returncode)"
+    )
     started = time.perf_counter()
-    done = subprocess.run([sys.executable, "-c", wrapper, *command], capture_output=True,
-                          text=True)  # fmt: skip
+    done = subprocess.run([sys.executable, "-c", wrapper, *command], capture_output=True, text=True)
     seconds = time.perf_counter() - started
     if done.returncode != 0:
         raise SystemExit(f"failed: {' '.join(command)}\n{done.stderr[-3000:]}")
@@ -64,57 +65,152 @@ def timed(command: list[str]) -> tuple[float, int, str]:
 
 
 def run_clipkit(args, train_csv: Path, val_csv: Path, out: Path) -> dict:
-    command = [sys.executable, "-m", "clipkit", "train", str(train_csv), "-o", str(out),
-               "-m", f"{args.model}:random", "--val", str(val_csv), "--epochs", str(args.epochs),
-               "--batch-size", str(args.batch_size), "--lr", str(args.lr), "--weight-decay",
-               "0.2", "--warmup", str(args.warmup), "--workers", str(args.workers),
-               "--device", "cpu", "--seed", "0"]  # fmt: skip
+    command = [
+        sys.executable,
+        "-m",
+        "clipkit",
+        "train",
+        str(train_csv),
+        "-o",
+        str(out),
+        "-m",
+        f"{args.model}:random",
+        "--val",
+        str(val_csv),
+        "--epochs",
+        str(args.epochs),
+        "--batch-size",
+        str(args.batch_size),
+        "--lr",
+        str(args.lr),
+        "--weight-decay",
+        "0.2",
+        "--warmup",
+        str(args.warmup),
+        "--workers",
+        str(args.workers),
+        "--device",
+        "cpu",
+        "--seed",
+        "0",
+    ]
     seconds, rss, _ = timed(command)
     records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     last_step = [r for r in records if r["kind"] == "step"][-1]
     last_eval = [r for r in records if r["kind"] == "eval"][-1]
     return {
-        "samples_per_s": last_step["samples_per_s"], "wall_s": seconds, "max_rss_mib": rss,
+        "samples_per_s": last_step["samples_per_s"],
+        "wall_s": seconds,
+        "max_rss_mib": rss,
         "val_loss": last_eval["loss"],
-        **{f"{d}_r{k}": last_eval[f"{d}_r{k}"] for d in ("image_to_text", "text_to_image")
-           for k in (1, 5, 10)},
-    }  # fmt: skip
+        **{
+            f"{d}_r{k}": last_eval[f"{d}_r{k}"]
+            for d in ("image_to_text", "text_to_image")
+            for k in (1, 5, 10)
+        },
+    }
 
 
 def run_open_clip(args, train_csv: Path, val_csv: Path, logs: Path) -> dict:
-    command = [sys.executable, "-c", PEER.format(config_dir=str(BUILTIN_CONFIG_DIR)),
-               "--train-data", str(train_csv), "--val-data", str(val_csv),
-               "--dataset-type", "csv", "--csv-separator", ",", "--csv-img-key", "filepath",
-               "--csv-caption-key", "title", "--model", args.model, "--epochs", str(args.epochs),
-               "--batch-size", str(args.batch_size), "--lr", str(args.lr), "--wd", "0.2",
-               "--warmup", str(args.warmup), "--workers", str(args.workers),
-               "--precision", "fp32", "--device", "cpu", "--seed", "0", "--logs", str(logs),
-               "--name", "peer", "--save-frequency", "0", "--report-to", "",
-               "--log-every-n-steps", "1"]  # fmt: skip
+    command = [
+        sys.executable,
+        "-c",
+        PEER.format(config_dir=str(BUILTIN_CONFIG_DIR)),
+        "--train-data",
+        str(train_csv),
+        "--val-data",
+        str(val_csv),
+        "--dataset-type",
+        "csv",
+        "--csv-separator",
+        ",",
+        "--csv-img-key",
+        "filepath",
+        "--csv-caption-key",
+        "title",
+        "--model",
+        args.model,
+        "--epochs",
+        str(args.epochs),
+        "--batch-size",
+        str(args.batch_size),
+        "--lr",
+        str(args.lr),
+        "--wd",
+        "0.2",
+        "--warmup",
+        str(args.warmup),
+        "--workers",
+        str(args.workers),
+        "--precision",
+        "fp32",
+        "--device",
+        "cpu",
+        "--seed",
+        "0",
+        "--logs",
+        str(logs),
+        "--name",
+        "peer",
+        "--save-frequency",
+        "0",
+        "--report-to",
+        "",
+        "--log-every-n-steps",
+        "1",
+    ]
     seconds, rss, output = timed(command)
     step_times = re.findall(r"Batch \(t\): ([\d.]+)", output)
-    results = [json.loads(line) for line in (logs / "peer" / "checkpoints" / "results.jsonl")
-               .read_text().splitlines()]  # fmt: skip
+    results = [
+        json.loads(line)
+        for line in (logs / "peer" / "checkpoints" / "results.jsonl").read_text().splitlines()
+    ]
     last = results[-1]
     return {
-        "samples_per_s": args.batch_size / float(step_times[-1]), "wall_s": seconds,
-        "max_rss_mib": rss, "val_loss": last["clip_val_loss"],
-        **{f"{d}_r{k}": last[f"{d}_R@{k}"] for d in ("image_to_text", "text_to_image")
-           for k in (1, 5, 10)},
-    }  # fmt: skip
+        "samples_per_s": args.batch_size / float(step_times[-1]),
+        "wall_s": seconds,
+        "max_rss_mib": rss,
+        "val_loss": last["clip_val_loss"],
+        **{
+            f"{d}_r{k}": last[f"{d}_R@{k}"]
+            for d in ("image_to_text", "text_to_image")
+            for k in (1, 5, 10)
+        },
+    }
 
 
 def grad_cache_memory(args, train_csv: Path, root: Path) -> dict:
     """Peak RSS: batch B plain, batch 8B with GradCache (micro-batch B), batch 8B plain."""
     small, large = args.cache_batch, 8 * args.cache_batch
-    runs = {"plain_b": (small, []), "grad_cache_8b": (large, ["--grad-cache", "--micro-batch",
-            str(small)]), "plain_8b": (large, [])}  # fmt: skip
+    runs = {
+        "plain_b": (small, []),
+        "grad_cache_8b": (large, ["--grad-cache", "--micro-batch", str(small)]),
+        "plain_8b": (large, []),
+    }
     figures = {}
     for name, (batch, extra) in runs.items():
-        command = [sys.executable, "-m", "clipkit", "train", str(train_csv), "-o",
-                   str(root / f"mem-{name}"), "-m", f"{args.model}:random", "--steps", "2",
-                   "--batch-size", str(batch), "--val-split", "0", "--workers", "0",
-                   "--device", "cpu", *extra]  # fmt: skip
+        command = [
+            sys.executable,
+            "-m",
+            "clipkit",
+            "train",
+            str(train_csv),
+            "-o",
+            str(root / f"mem-{name}"),
+            "-m",
+            f"{args.model}:random",
+            "--steps",
+            "2",
+            "--batch-size",
+            str(batch),
+            "--val-split",
+            "0",
+            "--workers",
+            "0",
+            "--device",
+            "cpu",
+            *extra,
+        ]
         seconds, rss, _ = timed(command)
         figures[name] = {"batch": batch, "max_rss_mib": rss, "wall_s": seconds}
     return figures
@@ -131,8 +227,9 @@ def main() -> None:
     parser.add_argument("--warmup", type=int, default=10)
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--cache-batch", type=int, default=128)
-    parser.add_argument("--out", type=Path, default=Path(__file__).with_name("results")
-                        / "train.json")  # fmt: skip
+    parser.add_argument(
+        "--out", type=Path, default=Path(__file__).with_name("results") / "train.json"
+    )
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
@@ -147,8 +244,16 @@ def main() -> None:
         print(f"{key:24}{ours[key]:12.3f}{peer[key]:12.3f}{ratio:8.2f}")
     for name, figures in memory.items():
         print(f"{name:24}batch {figures['batch']:5d}  max RSS {figures['max_rss_mib']:6d} MiB")
-    write_results(args.out, {"machine": machine(), "args": {k: str(v) for k, v in vars(args)
-                  .items()}, "clipkit": ours, "open_clip": peer, "grad_cache": memory})  # fmt: skip
+    write_results(
+        args.out,
+        {
+            "machine": machine(),
+            "args": {k: str(v) for k, v in vars(args).items()},
+            "clipkit": ours,
+            "open_clip": peer,
+            "grad_cache": memory,
+        },
+    )
 
 
 if __name__ == "__main__":

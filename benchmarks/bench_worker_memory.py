@@ -77,8 +77,14 @@ def _plain_loader(paths: list[str], captions: list[tuple[str, ...]] | None, work
             except OSError:
                 return None, caption
 
-    return DataLoader(PlainDataset(), batch_size=64, num_workers=workers, collate_fn=list,
-                      prefetch_factor=4, **_shuffled(len(paths), captions is not None))  # fmt: skip
+    return DataLoader(
+        PlainDataset(),
+        batch_size=64,
+        num_workers=workers,
+        collate_fn=list,
+        prefetch_factor=4,
+        **_shuffled(len(paths), captions is not None),
+    )
 
 
 def _shuffled(count: int, shuffle: bool) -> dict:
@@ -100,22 +106,30 @@ def _clipkit_loader(paths: list[str], captions: list[tuple[str, ...]] | None, wo
 
     if captions is None:
         items = [Item(uri=path, kind="image", path=path) for path in paths]
-        dataset = ImageDataset(items, known_ids=frozenset(), preprocess=None, min_side=32,
-                               max_pixels=10**8)  # fmt: skip
+        dataset = ImageDataset(
+            items, known_ids=frozenset(), preprocess=None, min_side=32, max_pixels=10**8
+        )
         return (batch.samples for batch in image_batches(dataset, 64, workers, "cpu"))
     pairs = [Pair(path, caption) for path, caption in zip(paths, captions, strict=True)]
     keys = [(0, index) for index in torch.randperm(len(pairs)).tolist()]
-    loader = DataLoader(PairDataset(pairs, None, seed=0, image_size=32), num_workers=workers,
-                        batch_sampler=BatchSampler(keys, 64, drop_last=False),
-                        collate_fn=collate_pairs, prefetch_factor=4)  # fmt: skip
+    loader = DataLoader(
+        PairDataset(pairs, None, seed=0, image_size=32),
+        num_workers=workers,
+        batch_sampler=BatchSampler(keys, 64, drop_last=False),
+        collate_fn=collate_pairs,
+        prefetch_factor=4,
+    )
     return (skips for _, _, skips in start_workers(loader))
 
 
 def walk(variant: str, dataset: str, items: int, workers: int) -> dict[str, float]:
     """Run in the child process: hold the items, walk them, report peak memory."""
     paths = [f"/missing/folder/{i % 1000:04d}/image_{i:09d}.jpg" for i in range(items)]
-    captions = ([(f"a photo number {i}", f"picture {i} of a thing") for i in range(items)]
-                if dataset == "train" else None)  # fmt: skip
+    captions = (
+        [(f"a photo number {i}", f"picture {i} of a thing") for i in range(items)]
+        if dataset == "train"
+        else None
+    )
     peak = {"workers_private_kib": 0, "main_rss_kib": 0}
     done = threading.Event()
 
@@ -156,34 +170,61 @@ def main() -> None:
         return
 
     rows = []
-    print(f"{args.dataset} dataset, {args.workers} workers; peak private memory of all workers "
-          "together, peak RSS of the main process")  # fmt: skip
+    print(
+        f"{args.dataset} dataset, {args.workers} workers; peak private memory of all workers "
+        "together, peak RSS of the main process"
+    )
     for variant in VARIANTS:
         for items in args.items:
-            command = [sys.executable, "-W", "ignore", __file__, "--child", variant,
-                       "--dataset", args.dataset, "--items", str(items),
-                       "--workers", str(args.workers)]  # fmt: skip
+            command = [
+                sys.executable,
+                "-W",
+                "ignore",
+                __file__,
+                "--child",
+                variant,
+                "--dataset",
+                args.dataset,
+                "--items",
+                str(items),
+                "--workers",
+                str(args.workers),
+            ]
             figures = child_figures(command)
             rows.append({"variant": variant, "items": items, **figures})
             workers_mib = figures["workers_private_kib"] / 1024
-            print(f"{variant:>10} {items:>9,} items: workers {workers_mib:6.0f} MiB, "
-                  f"main {figures['main_rss_kib'] / 1024:6.0f} MiB, "
-                  f"{figures['seconds']:5.1f} s", flush=True)  # fmt: skip
+            print(
+                f"{variant:>10} {items:>9,} items: workers {workers_mib:6.0f} MiB, "
+                f"main {figures['main_rss_kib'] / 1024:6.0f} MiB, "
+                f"{figures['seconds']:5.1f} s",
+                flush=True,
+            )
     slopes = {}
     for variant in VARIANTS:
         first, last = [row for row in rows if row["variant"] == variant][:: len(args.items) - 1]
         extra = last["items"] - first["items"]
         slopes[variant] = {
             name: (last[key] - first[key]) * 1024 / extra / (args.workers if per_worker else 1)
-            for name, key, per_worker in (("worker_bytes_per_item", "workers_private_kib", True),
-                                          ("main_bytes_per_item", "main_rss_kib", False))
-        }  # fmt: skip
-        print(f"{variant:>10}: each added item costs {slopes[variant]['worker_bytes_per_item']:.1f}"
-              f" B in every worker, {slopes[variant]['main_bytes_per_item']:.0f} B in the main "
-              "process")  # fmt: skip
-    write_results(args.json or RESULTS / f"bench_worker_memory_{args.dataset}.json",
-                  {"machine": machine(), "dataset": args.dataset, "workers": args.workers,
-                   "rows": rows, "growth": slopes})  # fmt: skip
+            for name, key, per_worker in (
+                ("worker_bytes_per_item", "workers_private_kib", True),
+                ("main_bytes_per_item", "main_rss_kib", False),
+            )
+        }
+        print(
+            f"{variant:>10}: each added item costs {slopes[variant]['worker_bytes_per_item']:.1f}"
+            f" B in every worker, {slopes[variant]['main_bytes_per_item']:.0f} B in the main "
+            "process"
+        )
+    write_results(
+        args.json or RESULTS / f"bench_worker_memory_{args.dataset}.json",
+        {
+            "machine": machine(),
+            "dataset": args.dataset,
+            "workers": args.workers,
+            "rows": rows,
+            "growth": slopes,
+        },
+    )
 
 
 if __name__ == "__main__":

@@ -10,8 +10,18 @@ from clipkit.infra.lazy import export_lazily
 
 __version__ = "0.1.0"
 
-_SUBPACKAGES = ("audit", "embed", "index", "models", "quickstart", "score", "search", "store",
-                "train", "zeroshot")  # fmt: skip
+_SUBPACKAGES = (
+    "audit",
+    "embed",
+    "index",
+    "models",
+    "quickstart",
+    "score",
+    "search",
+    "store",
+    "train",
+    "zeroshot",
+)
 _NAMES = {
     "AuditConfig": "clipkit.audit.run",
     "EmbedConfig": "clipkit.embed.run",

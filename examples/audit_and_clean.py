@@ -33,14 +33,19 @@ def main() -> None:
 
     result = audit(AuditConfig(data=args.data, model=args.model, fpr=args.fpr, device="cpu"))
     c = result.calibration
-    print(f"{len(result.pairs)} pairs, {len(result.flagged)} flagged (mismatch >= "
-          f"{c.threshold:.4f}, {c.method}), {len(result.failures)} skipped")  # fmt: skip
+    print(
+        f"{len(result.pairs)} pairs, {len(result.flagged)} flagged (mismatch >= "
+        f"{c.threshold:.4f}, {c.method}), {len(result.failures)} skipped"
+    )
 
     kept = [pair.as_dict() for pair in result.pairs if not pair.flagged]
     write_csv(args.cleaned, kept, ["image", "caption"])
     flagged_file = args.cleaned.with_name(args.cleaned.stem + ".flagged.csv")
-    write_csv(flagged_file, [pair.as_dict() for pair in result.flagged],
-              ["image", "caption", "suggested_caption", "mismatch", "cosine"])  # fmt: skip
+    write_csv(
+        flagged_file,
+        [pair.as_dict() for pair in result.flagged],
+        ["image", "caption", "suggested_caption", "mismatch", "cosine"],
+    )
     print(f"kept {len(kept)} pairs in {args.cleaned}; flagged pairs in {flagged_file}")
     for pair in result.flagged[:5]:
         print(f"  {pair.image}: {pair.caption!r} -> suggested {pair.suggested_caption!r}")

@@ -25,20 +25,30 @@ def main() -> None:
     parser.add_argument("--work", type=Path, default=Path(tempfile.mkdtemp(prefix="clipkit-")))
     args = parser.parse_args()
 
-    embedded = embed(EmbedConfig(sources=(str(args.photos),), out_dir=args.work / "emb",
-                                 model=args.model, device="cpu"))  # fmt: skip
+    embedded = embed(
+        EmbedConfig(
+            sources=(str(args.photos),), out_dir=args.work / "emb", model=args.model, device="cpu"
+        )
+    )
     print(f"embedded {embedded.embedded}, skipped {embedded.skipped} -> {args.work / 'emb'}")
 
     index = build_index(IndexConfig(emb_dir=args.work / "emb", out_dir=args.work / "index"))
-    print(f"index {index.info.factory}: {index.info.rows} rows, recall@10 "
-          f"{index.info.recall_at_10['same_kind']}")  # fmt: skip
+    print(
+        f"index {index.info.factory}: {index.info.rows} rows, recall@10 "
+        f"{index.info.recall_at_10['same_kind']}"
+    )
 
-    by_text = search(SearchConfig(texts=(args.query,), index_dir=args.work / "index", k=3,
-                                  device="cpu"))  # fmt: skip
-    first_image = next(p for p in sorted(args.photos.rglob("*")) if p.suffix.lower() in
-                       {".jpg", ".jpeg", ".png", ".webp"})  # fmt: skip
-    by_image = search(SearchConfig(images=(first_image,), index_dir=args.work / "index", k=3,
-                                   device="cpu"))  # fmt: skip
+    by_text = search(
+        SearchConfig(texts=(args.query,), index_dir=args.work / "index", k=3, device="cpu")
+    )
+    first_image = next(
+        p
+        for p in sorted(args.photos.rglob("*"))
+        if p.suffix.lower() in {".jpg", ".jpeg", ".png", ".webp"}
+    )
+    by_image = search(
+        SearchConfig(images=(first_image,), index_dir=args.work / "index", k=3, device="cpu")
+    )
     for result in (*by_text.results, *by_image.results):
         print(f"\n{result.query}")
         for hit in result.hits:

@@ -24,14 +24,23 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=32)
     args = parser.parse_args()
 
-    result = train(TrainConfig(data=args.csv, out=args.run_dir, model=args.model,
-                               epochs=args.epochs, batch_size=args.batch_size, device="cpu",
-                               resume=False))  # fmt: skip
-    print(f"trained on {result.train_pairs} pairs ({len(result.skipped)} skipped), "
-          f"{result.steps_done} steps, last loss {result.last_loss:.3f}")  # fmt: skip
+    result = train(
+        TrainConfig(
+            data=args.csv,
+            out=args.run_dir,
+            model=args.model,
+            epochs=args.epochs,
+            batch_size=args.batch_size,
+            device="cpu",
+            resume=False,
+        )
+    )
+    print(
+        f"trained on {result.train_pairs} pairs ({len(result.skipped)} skipped), "
+        f"{result.steps_done} steps, last loss {result.last_loss:.3f}"
+    )
     for epoch, evaluation in enumerate(result.evaluations, 1):
-        print(f"epoch {epoch}: validation image->text recall@5 "
-              f"{evaluation.image_to_text_r5:.0%}")  # fmt: skip
+        print(f"epoch {epoch}: validation image->text recall@5 {evaluation.image_to_text_r5:.0%}")
 
     # The run folder is a model spec for every command and for load_model.
     encoder = load_model(args.run_dir, device="cpu")

@@ -23,11 +23,20 @@ def main() -> None:
     parser.add_argument("--templates", default="simple", help="simple, openai or a file")
     args = parser.parse_args()
 
-    result = zeroshot(ZeroShotConfig(images=args.photos, labels=args.labels, model=args.model,
-                                     templates=args.templates, device="cpu"))  # fmt: skip
+    result = zeroshot(
+        ZeroShotConfig(
+            images=args.photos,
+            labels=args.labels,
+            model=args.model,
+            templates=args.templates,
+            device="cpu",
+        )
+    )
     write_predictions(result, args.out)
-    print(f"{len(result.predictions)} images, {len(result.labels)} labels, "
-          f"{len(result.failures)} skipped -> {args.out}")  # fmt: skip
+    print(
+        f"{len(result.predictions)} images, {len(result.labels)} labels, "
+        f"{len(result.failures)} skipped -> {args.out}"
+    )
     for label, count in result.distribution:
         print(f"  {label}: {count}")
     if result.metrics is not None:

@@ -53,7 +53,13 @@ def finished_run(shapes):
     from clipkit.train import TrainConfig, train
 
     config = TrainConfig(
-        data=str(shapes / "data"), out=str(shapes / "run"), model=TINY, epochs=4,
-        batch_size=32, eval_classes=str(shapes / "classes"), wise_ft=0.5, workers=0,
-    )  # fmt: skip
+        data=str(shapes / "data"),
+        out=str(shapes / "run"),
+        model=TINY,
+        epochs=4,
+        batch_size=32,
+        eval_classes=str(shapes / "classes"),
+        wise_ft=0.5,
+        workers=0,
+    )
     return config, train(config)

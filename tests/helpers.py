@@ -76,8 +76,9 @@ def rows(out: Path) -> dict[str, dict]:
 def embed_config(sources, out, **kwargs) -> EmbedConfig:
     """An embed of ``sources`` into ``out`` with the tiny model on the CPU, in-process."""
     kwargs.setdefault("workers", 0)
-    return EmbedConfig(sources=tuple(str(s) for s in sources), out_dir=out, model=TINY,
-                       device="cpu", **kwargs)  # fmt: skip
+    return EmbedConfig(
+        sources=tuple(str(s) for s in sources), out_dir=out, model=TINY, device="cpu", **kwargs
+    )
 
 
 def clustered_embeddings(

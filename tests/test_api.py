@@ -17,10 +17,15 @@ from tests.helpers import make_images
 README = Path(__file__).resolve().parent.parent / "README.md"
 HEAVY = ("torch", "open_clip", "faiss", "pyarrow", "torchvision", "matplotlib")
 DOCUMENTED = {
-    "clipkit.embed": "embed", "clipkit.index": "build_index", "clipkit.search": "search",
-    "clipkit.train": "train", "clipkit.zeroshot": "zeroshot", "clipkit.audit": "audit",
-    "clipkit.models": "load_model", "clipkit.quickstart": "quickstart",
-}  # fmt: skip
+    "clipkit.embed": "embed",
+    "clipkit.index": "build_index",
+    "clipkit.search": "search",
+    "clipkit.train": "train",
+    "clipkit.zeroshot": "zeroshot",
+    "clipkit.audit": "audit",
+    "clipkit.models": "load_model",
+    "clipkit.quickstart": "quickstart",
+}
 SERVICES = ("embed", "search", "train", "zeroshot", "audit", "quickstart")
 
 

@@ -26,8 +26,9 @@ TINY = "clipkit-tiny:random"
 runner = CliRunner()
 
 
-def _write_pairs(folder: Path, encoder, images: torch.Tensor, captions: torch.Tensor,
-                 texts: list[str]) -> None:  # fmt: skip
+def _write_pairs(
+    folder: Path, encoder, images: torch.Tensor, captions: torch.Tensor, texts: list[str]
+) -> None:
     """An embeddings folder of image rows ``i.png`` and text rows for their ``i.txt`` sidecars."""
     size = images.shape[0]
     stamp = store.ModelStamp(TINY, encoder.fingerprint, encoder.embed_dim)
@@ -39,8 +40,9 @@ def _write_pairs(folder: Path, encoder, images: torch.Tensor, captions: torch.Te
         "text": [None] * size + list(texts),
     }
     folder.mkdir(parents=True)
-    store.write_shard(store.shard_path(folder, 0), rows,
-                      torch.cat([images, captions]).numpy(), stamp)  # fmt: skip
+    store.write_shard(
+        store.shard_path(folder, 0), rows, torch.cat([images, captions]).numpy(), stamp
+    )
 
 
 def _synthetic(size: int, dim: int, noise: float, seed: int = 0):
@@ -188,8 +190,10 @@ def test_trained_model_ranks_planted_swaps_high(swapped_shapes, finished_run):
     good = [p.mismatch for p in result.pairs if Path(p.image).name not in swapped]
     is_bad = [Path(p.image).name in swapped for p in result.pairs]
     scores = [-p.cosine for p in result.pairs]
-    cosine = auroc([s for s, b in zip(scores, is_bad, strict=True) if b],
-                   [s for s, b in zip(scores, is_bad, strict=True) if not b])  # fmt: skip
+    cosine = auroc(
+        [s for s, b in zip(scores, is_bad, strict=True) if b],
+        [s for s, b in zip(scores, is_bad, strict=True) if not b],
+    )
     assert auroc(bad, good) >= 0.9 and auroc(bad, good) >= cosine - 0.01
     assert all(p.flagged for p in result.pairs if Path(p.image).name in swapped)
 
@@ -214,8 +218,9 @@ def test_long_captions_are_counted_and_chunked(tmp_path, tiny_encoder):
         (tmp_path / f"{i}.txt").write_text(long_text if i == 0 else f"short caption {i}")
     assert tiny_encoder.truncated([long_text]) == [True]
     truncated = audit(AuditConfig(data=tmp_path, model=TINY, workers=0, device="cpu"))
-    chunked = audit(AuditConfig(data=tmp_path, model=TINY, workers=0, device="cpu",
-                                long_captions="chunk"))  # fmt: skip
+    chunked = audit(
+        AuditConfig(data=tmp_path, model=TINY, workers=0, device="cpu", long_captions="chunk")
+    )
     assert truncated.long_captions == chunked.long_captions == 1
     assert truncated.pairs[0].truncated and not truncated.pairs[1].truncated
     assert chunked.pairs[0].cosine >= truncated.pairs[0].cosine - 1e-6  # max over windows
@@ -223,9 +228,13 @@ def test_long_captions_are_counted_and_chunked(tmp_path, tiny_encoder):
 
 @pytest.mark.parametrize(
     ("options", "message"),
-    [({"fpr": 0.0}, "--fpr"), ({"fpr": 1.0}, "--fpr"), ({"threshold": 1.5}, "cosine"),
-     ({"long_captions": "drop"}, "--long-captions")],
-)  # fmt: skip
+    [
+        ({"fpr": 0.0}, "--fpr"),
+        ({"fpr": 1.0}, "--fpr"),
+        ({"threshold": 1.5}, "cosine"),
+        ({"long_captions": "drop"}, "--long-captions"),
+    ],
+)
 def test_bad_options_are_refused(tmp_path, options, message):
     with pytest.raises(InputError, match=message):
         audit(AuditConfig(data=tmp_path, model=TINY, **options))
@@ -268,8 +277,11 @@ def test_auditing_the_embeddings_equals_auditing_the_source(tmp_path, layout):
                 info = tarfile.TarInfo(name)
                 info.size = len(data)
                 archive.addfile(info, io.BytesIO(data))
-    embed(EmbedConfig(sources=(str(source),), out_dir=tmp_path / "emb", model=TINY,
-                      device="cpu", workers=0))  # fmt: skip
+    embed(
+        EmbedConfig(
+            sources=(str(source),), out_dir=tmp_path / "emb", model=TINY, device="cpu", workers=0
+        )
+    )
     direct = audit(AuditConfig(data=source, model=TINY, workers=0, device="cpu"))
     stored = audit(AuditConfig(data=tmp_path / "emb", device="cpu"))
     assert len(stored.pairs) == len(direct.pairs) == 8 and not stored.failures
@@ -303,8 +315,18 @@ def test_fail_on_flags_sets_the_exit_code(planted_embeddings, tmp_path, tiny_enc
     assert runner.invoke(cli.app, args).exit_code == 0  # without the flag, flags are not errors
     images, captions = _synthetic(20, tiny_encoder.embed_dim, noise=0.01, seed=7)
     _write_pairs(tmp_path / "clean", tiny_encoder, images, captions, [f"c{i}" for i in range(20)])
-    clean = runner.invoke(cli.app, ["audit", str(tmp_path / "clean"), "--device", "cpu",
-                                    "--threshold", "-0.5", "--fail-on-flags"])  # fmt: skip
+    clean = runner.invoke(
+        cli.app,
+        [
+            "audit",
+            str(tmp_path / "clean"),
+            "--device",
+            "cpu",
+            "--threshold",
+            "-0.5",
+            "--fail-on-flags",
+        ],
+    )
     assert clean.exit_code == 0, clean.stderr
 
 
@@ -332,8 +354,9 @@ def test_cli_writes_reports_in_every_format(planted_embeddings, tmp_path):
 def test_outputs_in_the_way_fail_before_any_work(tmp_path):
     (tmp_path / "a_file").write_text("mine")
     for option, target in (("--out", "a_file/r.csv"), ("--html", "a_file/r.html")):
-        result = runner.invoke(cli.app, ["audit", str(tmp_path / "no-such-data"), option,
-                                         str(tmp_path / target)])  # fmt: skip
+        result = runner.invoke(
+            cli.app, ["audit", str(tmp_path / "no-such-data"), option, str(tmp_path / target)]
+        )
         message = " ".join(result.stderr.split())
         assert result.exit_code == 1 and "a_file is a file, not a folder" in message
         assert "no-such-data" not in message  # refused before the data was even looked at

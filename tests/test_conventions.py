@@ -112,11 +112,22 @@ def _bulk_args(command: str, tmp_path, data) -> list[str]:
     common = ["-m", TINY, "--device", "cpu", "--workers", "0"]
     return {
         "embed": ["embed", str(data), "-o", str(tmp_path / "out"), "--kind", "image", *common],
-        "train": ["train", str(data), "-o", str(tmp_path / "run"), "--steps", "1",
-                  "--batch-size", "2", "--val-split", "0", *common],
+        "train": [
+            "train",
+            str(data),
+            "-o",
+            str(tmp_path / "run"),
+            "--steps",
+            "1",
+            "--batch-size",
+            "2",
+            "--val-split",
+            "0",
+            *common,
+        ],
         "zeroshot": ["zeroshot", str(data), "--labels", "noise,shapes", *common],
         "audit": ["audit", str(data), *common],
-    }[command]  # fmt: skip
+    }[command]
 
 
 @pytest.mark.parametrize("command", BULK)
@@ -146,8 +157,14 @@ def test_a_python_caller_s_strict_embed_raises_after_writing(tmp_path):
 
     make_images(tmp_path / "data", 3)
     _broken_images(tmp_path / "data", 2)
-    config = EmbedConfig(sources=(str(tmp_path / "data"),), out_dir=tmp_path / "out",
-                         model=TINY, device="cpu", workers=0, strict=True)  # fmt: skip
+    config = EmbedConfig(
+        sources=(str(tmp_path / "data"),),
+        out_dir=tmp_path / "out",
+        model=TINY,
+        device="cpu",
+        workers=0,
+        strict=True,
+    )
     with pytest.raises(SkippedInputsError, match="2 inputs were skipped") as raised:
         embed(config)
     assert raised.value.result.embedded == 3
@@ -156,22 +173,38 @@ def test_a_python_caller_s_strict_embed_raises_after_writing(tmp_path):
 
 def test_strict_passes_when_nothing_is_skipped(tmp_path):
     make_images(tmp_path / "data", 3)
-    args = ["embed", str(tmp_path / "data"), "-o", str(tmp_path / "out"), "-m", TINY,
-            "--device", "cpu", "--workers", "0", "--strict"]  # fmt: skip
+    args = [
+        "embed",
+        str(tmp_path / "data"),
+        "-o",
+        str(tmp_path / "out"),
+        "-m",
+        TINY,
+        "--device",
+        "cpu",
+        "--workers",
+        "0",
+        "--strict",
+    ]
     assert runner.invoke(cli.app, args).exit_code == 0
 
 
 @pytest.mark.parametrize("name", sorted(_commands()))
 def test_help_at_80_columns_shows_every_option_name_whole(name):
     command = _commands()[name]
-    result = runner.invoke(cli.app, [*name.split(), "--help"], terminal_width=80,
-                           env={"COLUMNS": "80"})  # fmt: skip
+    result = runner.invoke(
+        cli.app, [*name.split(), "--help"], terminal_width=80, env={"COLUMNS": "80"}
+    )
     assert result.exit_code == 0, result.output
     lines = result.stdout.splitlines()
     assert max(map(len, lines)) <= 80
     words = set(result.stdout.replace(",", " ").replace("/", " ").split())
-    names = [opt for p in command.params for opt in (*p.opts, *getattr(p, "secondary_opts", ()))
-             if opt.startswith("-")]  # fmt: skip
+    names = [
+        opt
+        for p in command.params
+        for opt in (*p.opts, *getattr(p, "secondary_opts", ()))
+        if opt.startswith("-")
+    ]
     assert names and [n for n in names if n not in words] == []
     assert "…" not in result.stdout
 

@@ -70,8 +70,13 @@ def test_gif_uses_the_first_frame():
 
 @pytest.mark.parametrize("fmt", ["WEBP", "TIFF", "BMP"])
 def test_other_formats(fmt):
-    decoded = decode_image(_encode(Image.new("RGB", (7, 5), (1, 2, 3)), fmt, **(
-        {"lossless": True} if fmt == "WEBP" else {})))  # fmt: skip
+    decoded = decode_image(
+        _encode(
+            Image.new("RGB", (7, 5), (1, 2, 3)),
+            fmt,
+            **({"lossless": True} if fmt == "WEBP" else {}),
+        )
+    )
     assert decoded.size == (7, 5) and decoded.getpixel((0, 0)) == (1, 2, 3)
 
 

@@ -114,21 +114,31 @@ def test_pass_through_values_of_every_arrow_type_read_as_plain_text(tmp_path):
     make_images(tmp_path / "imgs", 1)
     when = datetime.datetime(2024, 5, 1, 12, 30)
     columns = {
-        "filepath": ["imgs/img0000.jpg"], "taken": pa.array([when], pa.timestamp("s")),
-        "day": [datetime.date(2024, 5, 1)], "raw": [b"\x00\xff"],
+        "filepath": ["imgs/img0000.jpg"],
+        "taken": pa.array([when], pa.timestamp("s")),
+        "day": [datetime.date(2024, 5, 1)],
+        "raw": [b"\x00\xff"],
         "price": pa.array([decimal.Decimal("1.10")], pa.decimal128(5, 2)),
-        "tags": [["a", "b"]], "size": [{"w": 3, "h": None}], "seen": [[datetime.date(2024, 1, 2)]],
-        "score": [0.5], "ok": [True],
-    }  # fmt: skip
+        "tags": [["a", "b"]],
+        "size": [{"w": 3, "h": None}],
+        "seen": [[datetime.date(2024, 1, 2)]],
+        "score": [0.5],
+        "ok": [True],
+    }
     pq.write_table(pa.table(columns), tmp_path / "t.parquet")
     embed(embed_config([tmp_path / "t.parquet"], tmp_path / "out"))
     (row,) = rows(tmp_path / "out").values()
     assert {name: row[name] for name in columns if name != "filepath"} == {
-        "taken": when.isoformat(), "day": "2024-05-01",
-        "raw": base64.b64encode(b"\x00\xff").decode(), "price": "1.10",
-        "tags": json.dumps(["a", "b"]), "size": json.dumps({"w": 3, "h": None}),
-        "seen": json.dumps(["2024-01-02"]), "score": "0.5", "ok": "true",
-    }  # fmt: skip
+        "taken": when.isoformat(),
+        "day": "2024-05-01",
+        "raw": base64.b64encode(b"\x00\xff").decode(),
+        "price": "1.10",
+        "tags": json.dumps(["a", "b"]),
+        "size": json.dumps({"w": 3, "h": None}),
+        "seen": json.dumps(["2024-01-02"]),
+        "score": "0.5",
+        "ok": "true",
+    }
 
 
 def test_table_column_options_and_missing_column(tmp_path):
@@ -181,8 +191,15 @@ def test_bad_inputs_are_skipped_listed_and_never_abort(tmp_path, monkeypatch):
     monkeypatch.setattr(pipeline, "read_bytes", deny)
     result = embed(embed_config([data], tmp_path / "out", max_pixels=20_000))
     reasons = {Path(uri).name: (stage, error) for uri, stage, error in result.failures}
-    assert set(reasons) == {"zero.jpg", "truncated.jpg", "text_named.jpg", "broken.png",
-                            "bomb.png", "empty.txt", "locked.png"}  # fmt: skip
+    assert set(reasons) == {
+        "zero.jpg",
+        "truncated.jpg",
+        "text_named.jpg",
+        "broken.png",
+        "bomb.png",
+        "empty.txt",
+        "locked.png",
+    }
     assert reasons["zero.jpg"] == ("read", "empty file")
     assert reasons["text_named.jpg"][1] == "not a recognised image format"
     assert reasons["broken.png"] == ("read", "missing (or a broken symlink)")
@@ -278,7 +295,8 @@ def test_a_worker_decodes_each_content_once_however_many_copies(tmp_path, monkey
     for n in range(5):  # copies on both sides of their original in uri order
         for original in originals[:2]:
             (tmp_path / "d" / f"{'a' if n % 2 else 'z'}{n}_{original.name}").write_bytes(
-                original.read_bytes())  # fmt: skip
+                original.read_bytes()
+            )
     log = tmp_path / "decoded.log"
     decode = pipeline.decode_image
 
@@ -320,20 +338,46 @@ def test_a_different_model_is_refused(tmp_path, tiny_encoder):
     state = {k: v + 0.01 if v.is_floating_point() else v for k, v in model.state_dict().items()}
     other = write_checkpoint(tmp_path / "other.safetensors", state, tiny_encoder.checkpoint_meta())
     with pytest.raises(InputError, match="holds embeddings from another model") as info:
-        embed(EmbedConfig(sources=(str(tmp_path / "d"),), out_dir=tmp_path / "out",
-                          model=str(other), device="cpu", workers=0))  # fmt: skip
+        embed(
+            EmbedConfig(
+                sources=(str(tmp_path / "d"),),
+                out_dir=tmp_path / "out",
+                model=str(other),
+                device="cpu",
+                workers=0,
+            )
+        )
     assert TINY in info.value.message and str(other) in info.value.message
 
 
 def test_resume_after_kill_gives_the_same_rows(tmp_path):
     data = tmp_path / "data"
     make_images(data, 400, size=(24, 24))
-    command = [sys.executable, "-m", "clipkit", "embed", str(data), "-m", TINY, "--device",
-               "cpu", "--workers", "0", "--batch-size", "4", "--shard-rows", "8"]  # fmt: skip
+    command = [
+        sys.executable,
+        "-m",
+        "clipkit",
+        "embed",
+        str(data),
+        "-m",
+        TINY,
+        "--device",
+        "cpu",
+        "--workers",
+        "0",
+        "--batch-size",
+        "4",
+        "--shard-rows",
+        "8",
+    ]
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     crashed = tmp_path / "crashed"
-    process = subprocess.Popen([*command, "-o", str(crashed)], env=env,
-                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
+    process = subprocess.Popen(
+        [*command, "-o", str(crashed)],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     deadline = time.monotonic() + 120
     while not (crashed / "part-00000.parquet").exists() and time.monotonic() < deadline:
         time.sleep(0.005)
@@ -341,8 +385,9 @@ def test_resume_after_kill_gives_the_same_rows(tmp_path):
     process.wait()
     shards_at_kill = len(list(crashed.glob("part-*.parquet")))
     assert 1 <= shards_at_kill < 50, "the kill must land mid-run for this test to mean anything"
-    resumed = subprocess.run([*command, "-o", str(crashed)], env=env, capture_output=True,
-                             text=True)  # fmt: skip
+    resumed = subprocess.run(
+        [*command, "-o", str(crashed)], env=env, capture_output=True, text=True
+    )
     assert resumed.returncode == 0, resumed.stderr
     clean = tmp_path / "clean"
     subprocess.run([*command, "-o", str(clean)], env=env, check=True, capture_output=True)
@@ -358,8 +403,18 @@ def test_resume_after_kill_gives_the_same_rows(tmp_path):
 def test_cli_embed_summary_strict_and_errors(tmp_path):
     make_images(tmp_path / "d", 2)
     (tmp_path / "d" / "bad.jpg").write_text("nope")
-    args = ["embed", str(tmp_path / "d"), "-o", str(tmp_path / "out"), "-m", TINY,
-            "--device", "cpu", "--workers", "0"]  # fmt: skip
+    args = [
+        "embed",
+        str(tmp_path / "d"),
+        "-o",
+        str(tmp_path / "out"),
+        "-m",
+        TINY,
+        "--device",
+        "cpu",
+        "--workers",
+        "0",
+    ]
     result = runner.invoke(cli.app, args)
     assert result.exit_code == 0, result.output
     assert "Embedded 2, skipped 1, already present 0" in result.stderr
@@ -383,15 +438,39 @@ def test_two_gloo_processes_equal_a_single_process(tmp_path):
     (data / "broken.jpg").write_text("not an image")
     for n in range(5):
         (data / f"t{n}.txt").write_text(f"caption number {n % 4}")  # t4 repeats t0
-    common = ["embed", str(data), "-m", TINY, "--device", "cpu", "--workers", "1",
-              "--batch-size", "4", "--shard-rows", "5"]  # fmt: skip
+    common = [
+        "embed",
+        str(data),
+        "-m",
+        TINY,
+        "--device",
+        "cpu",
+        "--workers",
+        "1",
+        "--batch-size",
+        "4",
+        "--shard-rows",
+        "5",
+    ]
     single, multi = tmp_path / "single", tmp_path / "multi"
-    subprocess.run([sys.executable, "-m", "clipkit", *common, "-o", str(single)], check=True,
-                   capture_output=True)  # fmt: skip
-    launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone",
-                "--nproc_per_node", "2", "-m", "clipkit"]  # fmt: skip
-    out = subprocess.run([*launcher, *common, "-o", str(multi)], capture_output=True, text=True,
-                         timeout=300)  # fmt: skip
+    subprocess.run(
+        [sys.executable, "-m", "clipkit", *common, "-o", str(single)],
+        check=True,
+        capture_output=True,
+    )
+    launcher = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc_per_node",
+        "2",
+        "-m",
+        "clipkit",
+    ]
+    out = subprocess.run(
+        [*launcher, *common, "-o", str(multi)], capture_output=True, text=True, timeout=300
+    )
     assert out.returncode == 0, out.stderr[-3000:]
     assert out.stderr.count("Embedded 27, skipped 1") == 1  # rank 0 alone reports
     one, two = rows(single), rows(multi)
@@ -437,9 +516,16 @@ def test_non_finite_embeddings_are_failures_not_rows(tmp_path, tiny_encoder, bat
     images[-1].write_bytes(images[0].read_bytes())
     (tmp_path / "data" / "caption.txt").write_text("a photo of a dog")
     out = tmp_path / "out"
-    result = embed(EmbedConfig(sources=(str(tmp_path / "data"),), out_dir=out,
-                               model=str(checkpoint), device="cpu", workers=0,
-                               batch_size=batch_size))  # fmt: skip
+    result = embed(
+        EmbedConfig(
+            sources=(str(tmp_path / "data"),),
+            out_dir=out,
+            model=str(checkpoint),
+            device="cpu",
+            workers=0,
+            batch_size=batch_size,
+        )
+    )
     assert (result.embedded, result.skipped, result.aliases) == (1, 4, 0)
     assert sorted(uri for uri, _, _ in result.failures) == sorted(map(str, images))
     assert {stage for _, stage, _ in result.failures} == {"encode"}
@@ -447,8 +533,20 @@ def test_non_finite_embeddings_are_failures_not_rows(tmp_path, tiny_encoder, bat
     assert not (out / "_aliases.parquet").exists()
     failures = pq.read_table(out / "_failures.parquet").to_pylist()
     assert all("non-finite" in row["error"] for row in failures) and len(failures) == 4
-    strict = runner.invoke(cli.app, ["embed", str(tmp_path / "data"), "-o", str(out), "-m",
-                                     str(checkpoint), "--device", "cpu", "--strict"])  # fmt: skip
+    strict = runner.invoke(
+        cli.app,
+        [
+            "embed",
+            str(tmp_path / "data"),
+            "-o",
+            str(out),
+            "-m",
+            str(checkpoint),
+            "--device",
+            "cpu",
+            "--strict",
+        ],
+    )
     assert strict.exit_code == 1 and "non-finite" in strict.stderr
 
 
@@ -464,8 +562,9 @@ def test_decode_workers_run_single_threaded_at_the_lowest_priority(tmp_path):
     own_niceness = os.nice(0)
     paths = make_images(tmp_path, 4)
     items = [Item(uri=str(p), kind="image", path=str(p)) for p in paths]
-    dataset = pipeline.ImageDataset(items, known_ids=frozenset(), preprocess=_worker_settings,
-                                    min_side=8, max_pixels=10**6)  # fmt: skip
+    dataset = pipeline.ImageDataset(
+        items, known_ids=frozenset(), preprocess=_worker_settings, min_side=8, max_pixels=10**6
+    )
     batches = list(pipeline.image_batches(dataset, batch_size=2, workers=2, device="cpu"))
     settings = torch.cat([batch.pixels for batch in batches])
     # ... and a scheduler's SIGTERM to the process group is left to the main process.

@@ -55,8 +55,11 @@ def test_a_search_hit_shows_the_sample_s_caption_and_url(shards, tmp_path):
     from clipkit.search import SearchConfig, search
 
     embed(embed_config([shards / "00000.tar"], tmp_path / "out"))
-    found = search(SearchConfig(texts=("a red kite",), embeddings_dir=tmp_path / "out",
-                                kind="text", k=1, device="cpu"))  # fmt: skip
+    found = search(
+        SearchConfig(
+            texts=("a red kite",), embeddings_dir=tmp_path / "out", kind="text", k=1, device="cpu"
+        )
+    )
     meta = found.results[0].hits[0].meta
     assert meta["image"].endswith("00000.tar#000000.png") and "example.com/0.png" in meta["json"]
 
@@ -67,8 +70,9 @@ def test_a_damaged_shard_is_listed_and_keeps_its_rows_under_prune(shards, tmp_pa
     good = (shards / "00001.tar").read_bytes()
     (shards / "00001.tar").write_bytes(b"\x00" * 100 + b"not a tar" * 100)  # a bad copy
     again = embed(embed_config([shards], tmp_path / "out", prune=True))
-    assert [(uri, stage) for uri, stage, _ in again.failures] == [(str(shards / "00001.tar"),
-                                                                   "read")]  # fmt: skip
+    assert [(uri, stage) for uri, stage, _ in again.failures] == [
+        (str(shards / "00001.tar"), "read")
+    ]
     assert again.pruned == 0 and {row["uri"] for row in rows(tmp_path / "out").values()} == before
     (shards / "00001.tar").write_bytes(good)
     assert embed(embed_config([shards], tmp_path / "out", prune=True)).failures == ()
@@ -92,7 +96,9 @@ def test_an_unchanged_shard_is_not_read_again(shards, tmp_path, monkeypatch):
     seen.clear()
     embed(embed_config([shards], tmp_path / "out"))
     assert sorted(os.path.basename(p) for p in seen if p.endswith(".png")) == [
-        "00000.tar#000000.png", "00000.tar#000001.png"]  # fmt: skip
+        "00000.tar#000000.png",
+        "00000.tar#000001.png",
+    ]
 
 
 def test_the_model_sees_the_same_pixels_as_from_a_file(shards, tmp_path):
@@ -103,6 +109,9 @@ def test_the_model_sees_the_same_pixels_as_from_a_file(shards, tmp_path):
     assert content_id(png_bytes(0)) in rows(tmp_path / "b")
     # Same pixels, other batch companions: the matmul kernels may sum in another order, so the
     # float32 embeddings agree to rounding (1e-7 here), not bit for bit.
-    np.testing.assert_allclose(rows(tmp_path / "a")[content_id(png_bytes(0))]["embedding"],
-                               rows(tmp_path / "b")[content_id(png_bytes(0))]["embedding"],
-                               rtol=0, atol=1e-6)  # fmt: skip
+    np.testing.assert_allclose(
+        rows(tmp_path / "a")[content_id(png_bytes(0))]["embedding"],
+        rows(tmp_path / "b")[content_id(png_bytes(0))]["embedding"],
+        rtol=0,
+        atol=1e-6,
+    )

@@ -16,10 +16,16 @@ EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
 def test_embed_and_search_example(tmp_path):
     make_images(tmp_path / "photos", 6)
     out = subprocess.run(
-        [sys.executable, str(EXAMPLES / "embed_and_search.py"), str(tmp_path / "photos"),
-         "--work", str(tmp_path / "work")],
-        capture_output=True, text=True,
-    )  # fmt: skip
+        [
+            sys.executable,
+            str(EXAMPLES / "embed_and_search.py"),
+            str(tmp_path / "photos"),
+            "--work",
+            str(tmp_path / "work"),
+        ],
+        capture_output=True,
+        text=True,
+    )
     assert out.returncode == 0, out.stderr[-2000:]
     assert "embedded 6, skipped 0" in out.stdout
     assert "index Flat: 6 rows" in out.stdout
@@ -29,8 +35,9 @@ def test_embed_and_search_example(tmp_path):
 
 
 def _run(script: str, *args: str) -> str:
-    out = subprocess.run([sys.executable, str(EXAMPLES / script), *args],
-                         capture_output=True, text=True)  # fmt: skip
+    out = subprocess.run(
+        [sys.executable, str(EXAMPLES / script), *args], capture_output=True, text=True
+    )
     assert out.returncode == 0, out.stderr[-2000:]
     return out.stdout
 
@@ -88,13 +95,22 @@ def test_audit_and_clean_example(shapes, finished_run, tmp_path):
 def test_zeroshot_folder_example(shapes, finished_run, tmp_path):
     model = str(Path(finished_run[1].run_dir) / "best.safetensors")
     out = tmp_path / "predictions.csv"
-    stdout = _run("zeroshot_folder.py", str(shapes / "classes"), "red,green,blue,yellow",
-                  str(out), "--model", model)  # fmt: skip
+    stdout = _run(
+        "zeroshot_folder.py",
+        str(shapes / "classes"),
+        "red,green,blue,yellow",
+        str(out),
+        "--model",
+        model,
+    )
     with out.open() as handle:
         rows = list(csv.DictReader(handle))
     assert len(rows) == 32 and {row["label"] for row in rows} <= {"red", "green", "blue", "yellow"}
     assert "32 images, 4 labels, 0 skipped" in stdout
-    counts = {line.split(":")[0].strip(): int(line.split(":")[1]) for line in stdout.splitlines()
-              if line.startswith("  ") and line.split(":")[0].strip() in
-              ("red", "green", "blue", "yellow")}  # fmt: skip
+    counts = {
+        line.split(":")[0].strip(): int(line.split(":")[1])
+        for line in stdout.splitlines()
+        if line.startswith("  ")
+        and line.split(":")[0].strip() in ("red", "green", "blue", "yellow")
+    }
     assert sum(counts.values()) == 32

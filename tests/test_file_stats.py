@@ -93,13 +93,25 @@ def test_prune_keeps_the_cache_to_the_files_found(tmp_path, reads):
     pruned = embed(embed_config([tmp_path / "d"], tmp_path / "out", prune=True))
     assert pruned.pruned == 1 and len(rows(tmp_path / "out")) == 2
     assert {os.path.basename(uri) for uri in read_file_stats(tmp_path / "out")} == {
-        images[0].name, images[1].name}  # fmt: skip
+        images[0].name,
+        images[1].name,
+    }
 
 
 def test_cli_rehash(tmp_path):
     make_images(tmp_path / "d", 1)
-    args = ["embed", str(tmp_path / "d"), "-o", str(tmp_path / "out"), "-m", TINY, "--device",
-            "cpu", "--workers", "0"]  # fmt: skip
+    args = [
+        "embed",
+        str(tmp_path / "d"),
+        "-o",
+        str(tmp_path / "out"),
+        "-m",
+        TINY,
+        "--device",
+        "cpu",
+        "--workers",
+        "0",
+    ]
     runner = CliRunner()
     assert runner.invoke(cli.app, args).exit_code == 0
     again = runner.invoke(cli.app, [*args, "--rehash"])
@@ -114,8 +126,10 @@ def test_pruning_texts_keeps_the_image_cache(tmp_path, reads):
     (tmp_path / "d" / "b.txt").write_text("other words")
     embed(embed_config([tmp_path / "d"], tmp_path / "out"))
     (tmp_path / "d" / "a.txt").unlink()
-    assert embed(embed_config([tmp_path / "d"], tmp_path / "out", kind=Kind.TEXT, prune=True)) \
-        .pruned == 1  # fmt: skip
+    assert (
+        embed(embed_config([tmp_path / "d"], tmp_path / "out", kind=Kind.TEXT, prune=True)).pruned
+        == 1
+    )
     assert len(read_file_stats(tmp_path / "out")) == 2
 
 
@@ -137,8 +151,10 @@ def test_ranks_hash_only_the_files_the_cache_does_not_vouch_for(tmp_path, reads)
     ids, entries = embed_plan.image_ids(items, distributed.World(), 0, recorded, known)
     assert sorted(reads) == [images[0].name, images[1].name]
     assert ids == [content_id(path.read_bytes()) for path in images]
-    assert entries == {str(path): (os.stat(path).st_size, os.stat(path).st_mtime_ns, item_id)
-                       for path, item_id in zip(images, ids, strict=True)}  # fmt: skip
+    assert entries == {
+        str(path): (os.stat(path).st_size, os.stat(path).st_mtime_ns, item_id)
+        for path, item_id in zip(images, ids, strict=True)
+    }
 
 
 def test_reruns_under_two_gloo_processes_use_the_cache(tmp_path):
@@ -146,9 +162,26 @@ def test_reruns_under_two_gloo_processes_use_the_cache(tmp_path):
     import sys
 
     images = make_images(tmp_path / "d", 6, size=(20, 20))
-    launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone",
-                "--nproc_per_node", "2", "-m", "clipkit", "embed", str(tmp_path / "d"), "-o",
-                str(tmp_path / "out"), "-m", TINY, "--device", "cpu", "--workers", "0"]  # fmt: skip
+    launcher = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc_per_node",
+        "2",
+        "-m",
+        "clipkit",
+        "embed",
+        str(tmp_path / "d"),
+        "-o",
+        str(tmp_path / "out"),
+        "-m",
+        TINY,
+        "--device",
+        "cpu",
+        "--workers",
+        "0",
+    ]
 
     def run() -> str:
         done = subprocess.run(launcher, capture_output=True, text=True, timeout=300)

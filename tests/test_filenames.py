@@ -64,8 +64,9 @@ def test_embed_search_audit_and_zeroshot_take_names_that_are_not_utf8(bad_name_d
     note.write_text("a photo of a dog")
     _rename(note, b"note\xff.txt")
     out = root / "emb"
-    config = EmbedConfig(sources=(str(root / "imgs"),), out_dir=out, model=TINY, device="cpu",
-                         workers=0)  # fmt: skip
+    config = EmbedConfig(
+        sources=(str(root / "imgs"),), out_dir=out, model=TINY, device="cpu", workers=0
+    )
     first = embed(config)
     assert (first.embedded, first.skipped) == (4, 0)
     uris = sorted(pq.read_table(out / "part-00000.parquet").column("uri").to_pylist())
@@ -126,12 +127,32 @@ def test_text_typed_in_a_terminal_that_is_not_utf8_reaches_every_output(tmp_path
     runner = CliRunner()
     make_images(tmp_path / "imgs", 3)
     (tmp_path / "imgs" / "dog.txt").write_text("a photo of a dog")
-    embed(EmbedConfig(sources=(str(tmp_path / "imgs"),), out_dir=tmp_path / "emb", model=TINY,
-                      device="cpu", workers=0))  # fmt: skip
+    embed(
+        EmbedConfig(
+            sources=(str(tmp_path / "imgs"),),
+            out_dir=tmp_path / "emb",
+            model=TINY,
+            device="cpu",
+            workers=0,
+        )
+    )
     build_index(IndexConfig(emb_dir=tmp_path / "emb", out_dir=tmp_path / "idx"))
     page = tmp_path / "search.html"
-    found = runner.invoke(cli.app, ["search", "caf\udce9 dog", "--index", str(tmp_path / "idx"),
-                                    "-k", "2", "-f", "json", "--html", str(page)])  # fmt: skip
+    found = runner.invoke(
+        cli.app,
+        [
+            "search",
+            "caf\udce9 dog",
+            "--index",
+            str(tmp_path / "idx"),
+            "-k",
+            "2",
+            "-f",
+            "json",
+            "--html",
+            str(page),
+        ],
+    )
     assert found.exit_code == 0, found.output
     assert json.loads(found.stdout)[0]["query"] == "caf\ufffd dog"
     assert "caf\ufffd dog" in page.read_text(encoding="utf-8")
@@ -139,9 +160,25 @@ def test_text_typed_in_a_terminal_that_is_not_utf8_reaches_every_output(tmp_path
     classes = tmp_path / "classes"
     make_images(classes, 2)
     report = tmp_path / "zeroshot.html"
-    labelled = runner.invoke(cli.app, ["zeroshot", str(classes), "--labels", "caf\udce9,dog",
-                                       "-m", TINY, "--workers", "0", "--device", "cpu",
-                                       "-f", "json", "--html", str(report)])  # fmt: skip
+    labelled = runner.invoke(
+        cli.app,
+        [
+            "zeroshot",
+            str(classes),
+            "--labels",
+            "caf\udce9,dog",
+            "-m",
+            TINY,
+            "--workers",
+            "0",
+            "--device",
+            "cpu",
+            "-f",
+            "json",
+            "--html",
+            str(report),
+        ],
+    )
     assert labelled.exit_code == 0, labelled.output
     assert "caf\ufffd" in json.loads(labelled.stdout)["labels"]
     assert "caf\ufffd" in report.read_text(encoding="utf-8")

@@ -24,9 +24,17 @@ def _embeddings(folder, ids: list[str], vectors: dict[str, np.ndarray]) -> None:
     """One shard holding ``ids`` (rewritten in place, as ``embed --prune`` does)."""
     stamp = store.ModelStamp(TINY, "fingerprint-of-a-test", DIM)
     block = np.stack([vectors[i] for i in ids]).astype(np.float32)
-    store.write_shard(store.shard_path(folder, 0),
-                      {"id": ids, "uri": [f"/{i}.jpg" for i in ids], "kind": ["image"] * len(ids),
-                       "text": [None] * len(ids)}, block, stamp)  # fmt: skip
+    store.write_shard(
+        store.shard_path(folder, 0),
+        {
+            "id": ids,
+            "uri": [f"/{i}.jpg" for i in ids],
+            "kind": ["image"] * len(ids),
+            "text": [None] * len(ids),
+        },
+        block,
+        stamp,
+    )
 
 
 @pytest.fixture()
@@ -38,8 +46,10 @@ def changed_folder(tmp_path):
     """
     rng = np.random.default_rng(0)
     ids = [f"{n:04x}" for n in range(ROWS + 1)]
-    vectors = {i: v / np.linalg.norm(v) for i, v in zip(ids, rng.standard_normal((ROWS + 1, DIM)),
-                                                        strict=True)}  # fmt: skip
+    vectors = {
+        i: v / np.linalg.norm(v)
+        for i, v in zip(ids, rng.standard_normal((ROWS + 1, DIM)), strict=True)
+    }
     emb, idx = tmp_path / "emb", tmp_path / "idx"
     _embeddings(emb, ids[:ROWS], vectors)
     build_index(IndexConfig(emb_dir=emb, out_dir=idx))

@@ -35,16 +35,18 @@ def corpus(tmp_path_factory):
     (root / "data" / "evil.txt").write_text("<script>alert(1)</script>")
     (root / "data" / "dog.txt").write_text("a photo of a dog")
     (root / "data" / "cat.txt").write_text("a photo of a cat")
-    embed(EmbedConfig(sources=(str(root / "data"),), out_dir=root / "emb", model=TINY,
-                      device="cpu", workers=0))  # fmt: skip
+    embed(
+        EmbedConfig(
+            sources=(str(root / "data"),), out_dir=root / "emb", model=TINY, device="cpu", workers=0
+        )
+    )
     build_index(IndexConfig(emb_dir=root / "emb", out_dir=root / "index"))
     return root
 
 
 def test_an_image_searched_by_itself_ranks_first(corpus):
     for path in sorted((corpus / "data").glob("img*"))[:4]:
-        result = search(SearchConfig(images=(path,), index_dir=corpus / "index", k=3,
-                                     device="cpu"))  # fmt: skip
+        result = search(SearchConfig(images=(path,), index_dir=corpus / "index", k=3, device="cpu"))
         top = result.results[0].hits[0]
         assert top.uri == str(path) and top.score == pytest.approx(1.0, abs=1e-4)
 
@@ -63,8 +65,15 @@ def test_a_query_image_may_come_from_a_pipe(corpus, tmp_path):
 
 
 def test_text_search_finds_the_planted_caption(corpus):
-    result = search(SearchConfig(texts=("a photo of a dog",), embeddings_dir=corpus / "emb",
-                                 kind="text", k=2, device="cpu"))  # fmt: skip
+    result = search(
+        SearchConfig(
+            texts=("a photo of a dog",),
+            embeddings_dir=corpus / "emb",
+            kind="text",
+            k=2,
+            device="cpu",
+        )
+    )
     assert result.results[0].hits[0].text == "a photo of a dog"
     assert result.results[0].hits[0].score == pytest.approx(1.0, abs=1e-4)
 
@@ -87,15 +96,26 @@ def test_index_and_exact_search_agree(corpus):
 
 def test_weighted_and_negative_queries_follow_the_definition(corpus, tiny_encoder):
     image = sorted((corpus / "data").glob("img*"))[0]
-    result = search(SearchConfig(texts=("a photo of a dog",), images=(image,), weights=(1, -0.5),
-                                 embeddings_dir=corpus / "emb", k=15, device="cpu"))  # fmt: skip
+    result = search(
+        SearchConfig(
+            texts=("a photo of a dog",),
+            images=(image,),
+            weights=(1, -0.5),
+            embeddings_dir=corpus / "emb",
+            k=15,
+            device="cpu",
+        )
+    )
     from PIL import Image
 
     text = tiny_encoder.encode_texts(["a photo of a dog"])[0]
     pixels = tiny_encoder.preprocess_image(Image.open(image).convert("RGB")).unsqueeze(0)
     query = torch.nn.functional.normalize(text - 0.5 * tiny_encoder.encode_images(pixels)[0], dim=0)
-    stored = {row["id"]: np.array(row["embedding"]) for block in
-              store.iter_embeddings(corpus / "emb") for row in block.to_pylist()}  # fmt: skip
+    stored = {
+        row["id"]: np.array(row["embedding"])
+        for block in store.iter_embeddings(corpus / "emb")
+        for row in block.to_pylist()
+    }
     for hit in result.results[0].hits:
         assert hit.score == pytest.approx(float(query.numpy() @ stored[hit.id]), abs=1e-5)
     assert "-0.5×image:" in result.results[0].query
@@ -104,9 +124,24 @@ def test_weighted_and_negative_queries_follow_the_definition(corpus, tiny_encode
 def test_batch_queries_give_one_block_each(corpus, tmp_path):
     queries = tmp_path / "q.txt"
     queries.write_text("a photo of a dog\n\na photo of a cat\n")
-    result = runner.invoke(cli.app, ["search", "--queries", str(queries), "--embeddings",
-                                     str(corpus / "emb"), "--kind", "text", "-k", "1", "-f",
-                                     "json", "--device", "cpu"])  # fmt: skip
+    result = runner.invoke(
+        cli.app,
+        [
+            "search",
+            "--queries",
+            str(queries),
+            "--embeddings",
+            str(corpus / "emb"),
+            "--kind",
+            "text",
+            "-k",
+            "1",
+            "-f",
+            "json",
+            "--device",
+            "cpu",
+        ],
+    )
     assert result.exit_code == 0, result.output
     blocks = json.loads(result.stdout)
     assert [b["query"] for b in blocks] == ["a photo of a dog", "a photo of a cat"]
@@ -115,8 +150,21 @@ def test_batch_queries_give_one_block_each(corpus, tmp_path):
 
 @pytest.mark.parametrize("fmt", ["json", "jsonl", "csv", "table"])
 def test_output_formats_parse(corpus, fmt):
-    result = runner.invoke(cli.app, ["search", "a cat", "--index", str(corpus / "index"), "-k",
-                                     "3", "-f", fmt, "--device", "cpu"])  # fmt: skip
+    result = runner.invoke(
+        cli.app,
+        [
+            "search",
+            "a cat",
+            "--index",
+            str(corpus / "index"),
+            "-k",
+            "3",
+            "-f",
+            fmt,
+            "--device",
+            "cpu",
+        ],
+    )
     assert result.exit_code == 0, result.output
     if fmt == "json":
         assert len(json.loads(result.stdout)[0]["hits"]) == 3
@@ -131,9 +179,23 @@ def test_output_formats_parse(corpus, fmt):
 
 def test_html_gallery_escapes_captions_and_embeds_thumbnails(corpus, tmp_path):
     page = tmp_path / "g.html"
-    result = runner.invoke(cli.app, ["search", "<b>x</b>", "--embeddings", str(corpus / "emb"),
-                                     "-k", "15", "-f", "json", "--html", str(page),
-                                     "--device", "cpu"])  # fmt: skip
+    result = runner.invoke(
+        cli.app,
+        [
+            "search",
+            "<b>x</b>",
+            "--embeddings",
+            str(corpus / "emb"),
+            "-k",
+            "15",
+            "-f",
+            "json",
+            "--html",
+            str(page),
+            "--device",
+            "cpu",
+        ],
+    )
     assert result.exit_code == 0, result.output
     text = page.read_text()
     assert "<script>alert(1)</script>" not in text
@@ -146,21 +208,28 @@ def test_html_gallery_escapes_captions_and_embeds_thumbnails(corpus, tmp_path):
 
 def test_update_adds_only_new_rows(tmp_path):
     make_images(tmp_path / "d", 5)
-    cfg = EmbedConfig(sources=(str(tmp_path / "d"),), out_dir=tmp_path / "emb", model=TINY,
-                      device="cpu", workers=0)  # fmt: skip
+    cfg = EmbedConfig(
+        sources=(str(tmp_path / "d"),),
+        out_dir=tmp_path / "emb",
+        model=TINY,
+        device="cpu",
+        workers=0,
+    )
     embed(cfg)
     first = build_index(IndexConfig(emb_dir=tmp_path / "emb", out_dir=tmp_path / "idx"))
     make_images(tmp_path / "d", 3, start=5)
     embed(cfg)
     with pytest.raises(InputError, match="changed since the index was built"):
         load_index(tmp_path / "idx")
-    updated = build_index(IndexConfig(emb_dir=tmp_path / "emb", out_dir=tmp_path / "idx",
-                                      update=True))  # fmt: skip
+    updated = build_index(
+        IndexConfig(emb_dir=tmp_path / "emb", out_dir=tmp_path / "idx", update=True)
+    )
     assert (first.added, updated.added, updated.removed, updated.info.rows) == (5, 3, 0, 8)
     loaded = load_index(tmp_path / "idx")
     assert len(set(loaded.rows["id"])) == 8
-    again = build_index(IndexConfig(emb_dir=tmp_path / "emb", out_dir=tmp_path / "idx",
-                                    update=True))  # fmt: skip
+    again = build_index(
+        IndexConfig(emb_dir=tmp_path / "emb", out_dir=tmp_path / "idx", update=True)
+    )
     assert again.added == 0
 
 
@@ -171,8 +240,9 @@ def test_an_index_outlives_its_embeddings_folder(corpus, tmp_path):
     shutil.copytree(tmp_path / "idx", tmp_path / "server" / "idx")
     shutil.rmtree(tmp_path / "emb")
     image = sorted((corpus / "data").glob("img*"))[2]
-    result = search(SearchConfig(images=(image,), index_dir=tmp_path / "server" / "idx", k=1,
-                                 device="cpu"))  # fmt: skip
+    result = search(
+        SearchConfig(images=(image,), index_dir=tmp_path / "server" / "idx", k=1, device="cpu")
+    )
     assert result.results[0].hits[0].uri == str(image)
     (tmp_path / "emb").mkdir()  # the folder is back with other shards: stale, refused
     shutil.copy(corpus / "emb" / "part-00000.parquet", tmp_path / "emb" / "part-00001.parquet")
@@ -183,20 +253,24 @@ def test_an_index_outlives_its_embeddings_folder(corpus, tmp_path):
 def test_fingerprint_mismatch_is_refused(corpus, tmp_path, tiny_encoder):
     from clipkit.models.checkpoints import write_checkpoint
 
-    state = {k: v * 1.01 if v.is_floating_point() else v
-             for k, v in tiny_encoder.model.state_dict().items()}  # fmt: skip
+    state = {
+        k: v * 1.01 if v.is_floating_point() else v
+        for k, v in tiny_encoder.model.state_dict().items()
+    }
     other = write_checkpoint(tmp_path / "o.safetensors", state, tiny_encoder.checkpoint_meta())
     with pytest.raises(InputError, match="fingerprint") as info:
-        search(SearchConfig(texts=("x",), index_dir=corpus / "index", model=str(other),
-                            device="cpu"))  # fmt: skip
+        search(
+            SearchConfig(texts=("x",), index_dir=corpus / "index", model=str(other), device="cpu")
+        )
     assert f"-m {TINY}" in info.value.hint
 
 
 def test_auto_choice_and_recorded_recall_on_clustered_data(tmp_path, tiny_encoder):
     stamp = store.ModelStamp(TINY, tiny_encoder.fingerprint, 64)
     points = clustered_embeddings(tmp_path / "emb", stamp, count=6000, clusters=40, dim=64)
-    result = build_index(IndexConfig(emb_dir=tmp_path / "emb", out_dir=tmp_path / "idx",
-                                     flat_threshold=1000))  # fmt: skip
+    result = build_index(
+        IndexConfig(emb_dir=tmp_path / "emb", out_dir=tmp_path / "idx", flat_threshold=1000)
+    )
     info = result.info
     assert info.factory.startswith("IVF") and info.factory.endswith(",Flat")
     assert "nprobe" in info.params
@@ -211,9 +285,13 @@ def test_auto_choice_and_recorded_recall_on_clustered_data(tmp_path, tiny_encode
     assert recall >= 0.9
     budget = 6000 * 64 * 2  # room for 8-bit codes, not for float32 vectors
     small_budget = build_index(
-        IndexConfig(emb_dir=tmp_path / "emb", out_dir=tmp_path / "i2", flat_threshold=1000,
-                    max_memory=budget)
-    )  # fmt: skip
+        IndexConfig(
+            emb_dir=tmp_path / "emb",
+            out_dir=tmp_path / "i2",
+            flat_threshold=1000,
+            max_memory=budget,
+        )
+    )
     assert ",SQ8" in small_budget.info.factory
 
 
@@ -221,8 +299,9 @@ def test_explicit_types(tmp_path, tiny_encoder):
     stamp = store.ModelStamp(TINY, tiny_encoder.fingerprint, 32)
     clustered_embeddings(tmp_path / "emb", stamp, count=3000, clusters=20, dim=32)
     for kind, expected in (("flat", "Flat"), ("hnsw", "HNSW32,Flat"), ("ivfpq", ",PQ")):
-        info = build_index(IndexConfig(emb_dir=tmp_path / "emb", out_dir=tmp_path / kind,
-                                       index_type=kind)).info  # fmt: skip
+        info = build_index(
+            IndexConfig(emb_dir=tmp_path / "emb", out_dir=tmp_path / kind, index_type=kind)
+        ).info
         assert expected in info.factory
         assert info.recall_at_10["same_kind"] is not None
 
@@ -238,15 +317,26 @@ def test_bad_indexes_and_queries(corpus, tmp_path):
         (SearchConfig(images=(tmp_path / "nope.png",), index_dir=corpus / "index"), "unreadable"),
         (SearchConfig(index_dir=corpus / "index"), "No query given"),
         (SearchConfig(texts=("x",), weights=(1, 2), index_dir=corpus / "index"), "2 weights"),
-        (SearchConfig(texts=("x",), index_dir=corpus / "index", embeddings_dir=corpus / "emb"),
-         "exactly one of"),
+        (
+            SearchConfig(texts=("x",), index_dir=corpus / "index", embeddings_dir=corpus / "emb"),
+            "exactly one of",
+        ),
         (SearchConfig(texts=("",), index_dir=corpus / "index"), "text query is empty"),
         (SearchConfig(texts=(" \t ",), index_dir=corpus / "index"), "text query is empty"),
-        (SearchConfig(texts=("x",), weights=(float("inf"),), index_dir=corpus / "index"),
-         "must be finite"),
-        (SearchConfig(texts=("x",), images=(corpus / "data" / "img0000.jpg",),
-                      weights=(1, float("nan")), index_dir=corpus / "index"), "must be finite"),
-    ]  # fmt: skip
+        (
+            SearchConfig(texts=("x",), weights=(float("inf"),), index_dir=corpus / "index"),
+            "must be finite",
+        ),
+        (
+            SearchConfig(
+                texts=("x",),
+                images=(corpus / "data" / "img0000.jpg",),
+                weights=(1, float("nan")),
+                index_dir=corpus / "index",
+            ),
+            "must be finite",
+        ),
+    ]
     for config, match in cases:
         with pytest.raises(InputError, match=match):
             search(config)
@@ -263,8 +353,15 @@ def test_empty_embeddings_and_wrong_kind(tmp_path, corpus):
         search(SearchConfig(texts=("x",), embeddings_dir=tmp_path / "empty", device="cpu"))
     images_only = tmp_path / "images_only"
     make_images(tmp_path / "imgs", 2)
-    embed(EmbedConfig(sources=(str(tmp_path / "imgs"),), out_dir=images_only, model=TINY,
-                      device="cpu", workers=0))  # fmt: skip
+    embed(
+        EmbedConfig(
+            sources=(str(tmp_path / "imgs"),),
+            out_dir=images_only,
+            model=TINY,
+            device="cpu",
+            workers=0,
+        )
+    )
     with pytest.raises(InputError, match="holds no text embeddings"):
         search(SearchConfig(texts=("x",), embeddings_dir=images_only, kind="text", device="cpu"))
     with pytest.raises(InputError, match="holds no text embeddings"):
@@ -319,8 +416,9 @@ def test_empty_index_and_missing_row_map(corpus, tmp_path):
     assert result.exit_code == 1 and "Error:" in result.stderr and "Hint:" in result.stderr
 
 
-def _corrupt_copy(source: Path, target: Path, *, null_row: int | None = None,
-                  nan_row: int | None = None) -> Path:  # fmt: skip
+def _corrupt_copy(
+    source: Path, target: Path, *, null_row: int | None = None, nan_row: int | None = None
+) -> Path:
     """A copy of an embeddings folder whose first shard has a null and/or a NaN embedding."""
     import pyarrow as pa
     import pyarrow.parquet as pq
@@ -348,8 +446,10 @@ def test_missing_or_non_finite_embeddings_are_refused_by_name(corpus, tmp_path, 
     shard = _corrupt_copy(corpus / "emb", tmp_path / "emb", **damage)
     bad_rows = sorted({damage.get("nan_row"), damage.get("null_row")} - {None})
     first_uri = next(store.iter_embeddings(corpus / "emb", ("uri",))).column("uri")[bad_rows[0]]
-    expected = (f"holds {len(bad_rows)} embedding\\(s\\) that are missing or not finite "
-                f"\\(NaN or inf\\), the first for {re.escape(str(first_uri))}")  # fmt: skip
+    expected = (
+        f"holds {len(bad_rows)} embedding\\(s\\) that are missing or not finite "
+        f"\\(NaN or inf\\), the first for {re.escape(str(first_uri))}"
+    )
     with pytest.raises(InputError, match=expected) as refused:
         build_index(IndexConfig(emb_dir=tmp_path / "emb", out_dir=tmp_path / "i"))
     assert shard.name in refused.value.hint and "clipkit embed" in refused.value.hint
@@ -361,8 +461,9 @@ def test_missing_or_non_finite_embeddings_are_refused_by_name(corpus, tmp_path, 
     assert "Traceback" not in cli_result.output
     # Only the rows a command reads are checked: damaged images do not stop a text search.
     kinds = next(store.iter_embeddings(corpus / "emb", ("kind",))).column("kind").to_pylist()
-    text_search = SearchConfig(texts=("a photo of a dog",), embeddings_dir=tmp_path / "emb",
-                               kind="text", k=1, device="cpu")  # fmt: skip
+    text_search = SearchConfig(
+        texts=("a photo of a dog",), embeddings_dir=tmp_path / "emb", kind="text", k=1, device="cpu"
+    )
     if any(kinds[row] == "text" for row in bad_rows):
         with pytest.raises(InputError, match="not finite"):
             search(text_search)
@@ -380,8 +481,13 @@ def test_a_bad_embedding_in_a_later_batch_is_named_by_its_own_uri(corpus, tmp_pa
 
 def test_corrupt_shard_repaired_by_deleting_it_and_embedding_again(tmp_path):
     make_images(tmp_path / "imgs", 4)
-    config = EmbedConfig(sources=(str(tmp_path / "imgs"),), out_dir=tmp_path / "emb", model=TINY,
-                         device="cpu", workers=0)  # fmt: skip
+    config = EmbedConfig(
+        sources=(str(tmp_path / "imgs"),),
+        out_dir=tmp_path / "emb",
+        model=TINY,
+        device="cpu",
+        workers=0,
+    )
     embed(config)
     shutil.move(tmp_path / "emb", tmp_path / "clean")
     shard = _corrupt_copy(tmp_path / "clean", tmp_path / "emb", nan_row=0)
@@ -404,18 +510,23 @@ def test_ivfpq_needs_enough_rows_and_any_dimension_splits(tmp_path, tiny_encoder
     small = store.ModelStamp(TINY, tiny_encoder.fingerprint, 32)
     clustered_embeddings(tmp_path / "small", small, count=100, clusters=4, dim=32)
     with pytest.raises(InputError, match="needs at least 256 rows") as refused:
-        build_index(IndexConfig(emb_dir=tmp_path / "small", out_dir=tmp_path / "i1",
-                                index_type="ivfpq"))  # fmt: skip
+        build_index(
+            IndexConfig(emb_dir=tmp_path / "small", out_dir=tmp_path / "i1", index_type="ivfpq")
+        )
     assert "--type flat" in refused.value.hint
     # Automatic choice under a budget too small for anything: 8-bit codes, never a failed PQ.
-    squeezed = build_index(IndexConfig(emb_dir=tmp_path / "small", out_dir=tmp_path / "i2",
-                                       flat_threshold=0, max_memory=1)).info  # fmt: skip
+    squeezed = build_index(
+        IndexConfig(
+            emb_dir=tmp_path / "small", out_dir=tmp_path / "i2", flat_threshold=0, max_memory=1
+        )
+    ).info
     assert squeezed.factory.endswith(",SQ8") and squeezed.rows == 100
     # 100 dimensions: none of faiss's usual sub-vector counts (8, 16, ...) divides them.
     odd = store.ModelStamp(TINY, tiny_encoder.fingerprint, 100)
     clustered_embeddings(tmp_path / "odd", odd, count=1000, clusters=10, dim=100)
-    info = build_index(IndexConfig(emb_dir=tmp_path / "odd", out_dir=tmp_path / "i3",
-                                   index_type="ivfpq")).info  # fmt: skip
+    info = build_index(
+        IndexConfig(emb_dir=tmp_path / "odd", out_dir=tmp_path / "i3", index_type="ivfpq")
+    ).info
     subquantizers = int(info.factory.rsplit("PQ", 1)[1])
     assert 100 % subquantizers == 0 and info.rows == 1000
 
@@ -437,10 +548,18 @@ def test_output_in_the_way_is_refused_before_any_work(corpus, tmp_path):
     with pytest.raises(InputError, match="is a file, not a folder"):
         build_index(IndexConfig(emb_dir=corpus / "emb", out_dir=a_file))
     with pytest.raises(InputError, match="is a file, not a folder"):
-        embed(EmbedConfig(sources=(str(corpus / "data"),), out_dir=a_file / "emb", model=TINY,
-                          device="cpu", workers=0))  # fmt: skip
-    gallery = runner.invoke(cli.app, ["search", "x", "--index", str(corpus / "index"), "--html",
-                                      str(tmp_path)])  # fmt: skip
+        embed(
+            EmbedConfig(
+                sources=(str(corpus / "data"),),
+                out_dir=a_file / "emb",
+                model=TINY,
+                device="cpu",
+                workers=0,
+            )
+        )
+    gallery = runner.invoke(
+        cli.app, ["search", "x", "--index", str(corpus / "index"), "--html", str(tmp_path)]
+    )
     assert gallery.exit_code == 1 and "is a folder, not a file name" in " ".join(
         gallery.stderr.split()
     )
@@ -458,8 +577,15 @@ def test_a_model_that_returns_nan_for_the_query_is_refused(tmp_path, tiny_encode
     write_checkpoint(checkpoint, state, tiny_encoder.checkpoint_meta())
     (tmp_path / "texts").mkdir()
     (tmp_path / "texts" / "dog.txt").write_text("a photo of a dog")
-    embed(EmbedConfig(sources=(str(tmp_path / "texts"),), out_dir=tmp_path / "emb",
-                      model=str(checkpoint), device="cpu", workers=0))  # fmt: skip
+    embed(
+        EmbedConfig(
+            sources=(str(tmp_path / "texts"),),
+            out_dir=tmp_path / "emb",
+            model=str(checkpoint),
+            device="cpu",
+            workers=0,
+        )
+    )
     query = make_images(tmp_path / "query", 1)[0]
     with pytest.raises(InputError, match="non-finite"):
         search(SearchConfig(images=(query,), embeddings_dir=tmp_path / "emb", device="cpu"))

@@ -45,8 +45,10 @@ def test_a_lock_that_need_not_create_leaves_a_missing_folder_missing(tmp_path):
 
 
 def test_other_ranks_neither_lock_nor_create(tmp_path):
-    with writer_lock(tmp_path / "out", "embed"), writer_lock(tmp_path / "out", "embed",
-                                                             active=False):  # fmt: skip
+    with (
+        writer_lock(tmp_path / "out", "embed"),
+        writer_lock(tmp_path / "out", "embed", active=False),
+    ):
         pass
     with writer_lock(tmp_path / "rank1", "embed", active=False):
         pass
@@ -56,34 +58,55 @@ def test_other_ranks_neither_lock_nor_create(tmp_path):
 def test_embed_into_a_folder_being_written_is_refused_and_touches_nothing(tmp_path):
     make_images(tmp_path / "a", 3)
     out = tmp_path / "out"
-    first = embed(EmbedConfig(sources=(str(tmp_path / "a"),), out_dir=out, model=TINY,
-                              device="cpu", workers=0))  # fmt: skip
+    first = embed(
+        EmbedConfig(
+            sources=(str(tmp_path / "a"),), out_dir=out, model=TINY, device="cpu", workers=0
+        )
+    )
     assert first.embedded == 3
     before = sorted(path.name for path in out.iterdir())
     make_images(tmp_path / "b", 2, start=10)
     refused = pytest.raises(InputError, match="being written by another clipkit command")
     with writer_lock(out, "embed -o out"), refused:
-        embed(EmbedConfig(sources=(str(tmp_path / "b"),), out_dir=out, model=TINY, device="cpu",
-                          workers=0))  # fmt: skip
+        embed(
+            EmbedConfig(
+                sources=(str(tmp_path / "b"),), out_dir=out, model=TINY, device="cpu", workers=0
+            )
+        )
     assert sorted(path.name for path in out.iterdir()) == before
     assert len(rows(out)) == 3
 
 
 def test_index_build_and_update_into_a_folder_being_written_are_refused(tmp_path):
     make_images(tmp_path / "a", 3)
-    embed(EmbedConfig(sources=(str(tmp_path / "a"),), out_dir=tmp_path / "emb", model=TINY,
-                      device="cpu", workers=0))  # fmt: skip
+    embed(
+        EmbedConfig(
+            sources=(str(tmp_path / "a"),),
+            out_dir=tmp_path / "emb",
+            model=TINY,
+            device="cpu",
+            workers=0,
+        )
+    )
     build_index(IndexConfig(emb_dir=tmp_path / "emb", out_dir=tmp_path / "idx"))
     with writer_lock(tmp_path / "idx", "index -o idx"):
         for update in (False, True):
             with pytest.raises(InputError, match="being written by another clipkit command"):
-                build_index(IndexConfig(emb_dir=tmp_path / "emb", out_dir=tmp_path / "idx",
-                                        update=update))  # fmt: skip
+                build_index(
+                    IndexConfig(emb_dir=tmp_path / "emb", out_dir=tmp_path / "idx", update=update)
+                )
 
 
 def test_train_into_a_run_folder_being_written_is_refused(shapes, tmp_path):
-    config = TrainConfig(data=str(shapes / "data"), out=str(tmp_path / "run"), model=TINY,
-                         batch_size=16, workers=0, steps=1, val_split=0)  # fmt: skip
+    config = TrainConfig(
+        data=str(shapes / "data"),
+        out=str(tmp_path / "run"),
+        model=TINY,
+        batch_size=16,
+        workers=0,
+        steps=1,
+        val_split=0,
+    )
     with writer_lock(tmp_path / "run", "train -o run"):
         for resume in (False, True):
             with pytest.raises(InputError, match="being written by another clipkit command"):
@@ -104,12 +127,23 @@ with writer_lock(sys.argv[1], "embed -o elsewhere"):
 def test_a_lock_held_by_another_process_is_refused_until_it_is_killed(tmp_path):
     make_images(tmp_path / "a", 2)
     out = tmp_path / "out"
-    holder = subprocess.Popen([sys.executable, "-c", _HOLDER, str(out)], stdout=subprocess.PIPE,
-                              text=True)  # fmt: skip
+    holder = subprocess.Popen(
+        [sys.executable, "-c", _HOLDER, str(out)], stdout=subprocess.PIPE, text=True
+    )
     try:
         assert holder.stdout.readline().strip() == "held"
-        args = ["embed", str(tmp_path / "a"), "-o", str(out), "-m", TINY, "--device", "cpu",
-                "--workers", "0"]  # fmt: skip
+        args = [
+            "embed",
+            str(tmp_path / "a"),
+            "-o",
+            str(out),
+            "-m",
+            TINY,
+            "--device",
+            "cpu",
+            "--workers",
+            "0",
+        ]
         refused = runner.invoke(cli.app, args)
         assert refused.exit_code == 1
         message = " ".join(refused.output.split())

@@ -87,8 +87,9 @@ def _freeze_count(_image) -> torch.Tensor:
 def test_embed_decode_workers_are_started_frozen(tmp_path):
     paths = make_images(tmp_path, 2)
     items = [Item(uri=str(p), kind="image", path=str(p)) for p in paths]
-    dataset = pipeline.ImageDataset(items, known_ids=frozenset(), preprocess=_freeze_count,
-                                    min_side=8, max_pixels=10**6)  # fmt: skip
+    dataset = pipeline.ImageDataset(
+        items, known_ids=frozenset(), preprocess=_freeze_count, min_side=8, max_pixels=10**6
+    )
     assert isinstance(dataset.paths, PackedStrings)
     batches = pipeline.image_batches(dataset, batch_size=1, workers=2, device="cpu")
     assert all(batch.pixels.item() > 0 for batch in batches)
@@ -98,8 +99,11 @@ def test_pair_dataset_draws_captions_from_the_packed_groups(tmp_path):
     from clipkit.inputs.pairs import Pair
 
     paths = make_images(tmp_path, 3)
-    pairs = [Pair(str(paths[0]), ("one",)), Pair(str(paths[1]), ("two", "deux", "zwei")),
-             Pair(str(tmp_path / "missing.jpg"), ("gone",))]  # fmt: skip
+    pairs = [
+        Pair(str(paths[0]), ("one",)),
+        Pair(str(paths[1]), ("two", "deux", "zwei")),
+        Pair(str(tmp_path / "missing.jpg"), ("gone",)),
+    ]
     dataset = PairDataset(pairs, transform=lambda image: torch.zeros(1), seed=3, image_size=8)
     assert len(dataset) == 3
     assert dataset[(0, 0)][1] == "one"

@@ -26,8 +26,9 @@ def _photos(sizes):
     [(64, "shortest"), (64, "longest"), (64, "squash"), ((48, 64), "shortest"), (32, "longest")],
 )
 def test_split_equals_open_clips_whole_transform_exactly(size, resize_mode):
-    transform = open_clip.image_transform(size, is_train=False, mean=MEAN, std=STD,
-                                          resize_mode=resize_mode, fill_color=0)  # fmt: skip
+    transform = open_clip.image_transform(
+        size, is_train=False, mean=MEAN, std=STD, resize_mode=resize_mode, fill_color=0
+    )
     split = split_transform(transform)
     assert split.geometry is not None and split.mean == MEAN and split.std == STD
     images = _photos([(320, 240), (64, 64), (50, 90), (31, 17), (200, 65)])
@@ -41,10 +42,14 @@ def test_normalize_is_the_definition():
     # One pixel worked by hand: (v / 255 - mean) / std per channel.
     split = split_transform(open_clip.image_transform(8, is_train=False, mean=MEAN, std=STD))
     pixels = torch.tensor([0, 128, 255], dtype=torch.uint8).view(1, 3, 1, 1)
-    expected = [(0 / 255 - MEAN[0]) / STD[0], (128 / 255 - MEAN[1]) / STD[1],
-                (255 / 255 - MEAN[2]) / STD[2]]  # fmt: skip
-    torch.testing.assert_close(split.normalize(pixels).flatten(),
-                               torch.tensor(expected), rtol=1e-6, atol=1e-6)  # fmt: skip
+    expected = [
+        (0 / 255 - MEAN[0]) / STD[0],
+        (128 / 255 - MEAN[1]) / STD[1],
+        (255 / 255 - MEAN[2]) / STD[2],
+    ]
+    torch.testing.assert_close(
+        split.normalize(pixels).flatten(), torch.tensor(expected), rtol=1e-6, atol=1e-6
+    )
 
 
 @pytest.mark.parametrize(
@@ -67,8 +72,9 @@ def test_encoder_takes_uint8_or_float_pixels_alike(tiny_encoder):
     prepared = torch.stack([tiny_encoder.prepare_image(image) for image in images])
     preprocessed = torch.stack([tiny_encoder.preprocess_image(image) for image in images])
     assert prepared.dtype == torch.uint8 and prepared.shape == (3, 3, 64, 64)
-    assert torch.equal(tiny_encoder.encode_images(prepared),
-                       tiny_encoder.encode_images(preprocessed))  # fmt: skip
+    assert torch.equal(
+        tiny_encoder.encode_images(prepared), tiny_encoder.encode_images(preprocessed)
+    )
 
 
 def test_split_training_augmentation_draws_the_same_crops(tiny_encoder):

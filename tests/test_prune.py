@@ -30,8 +30,10 @@ def _aliases(out: Path) -> set[tuple[str, str]]:
 
 def _contents(out: Path) -> dict[str, tuple[str, str, tuple[float, ...]]]:
     """id -> (file name, kind, embedding): a folder's rows, independent of shard layout."""
-    return {item_id: (Path(row["uri"]).name, row["kind"], tuple(row["embedding"]))
-            for item_id, row in rows(out).items()}  # fmt: skip
+    return {
+        item_id: (Path(row["uri"]).name, row["kind"], tuple(row["embedding"]))
+        for item_id, row in rows(out).items()
+    }
 
 
 def _holdings(out: Path) -> dict[str, tuple[str, frozenset[str]]]:
@@ -39,8 +41,7 @@ def _holdings(out: Path) -> dict[str, tuple[str, frozenset[str]]]:
     names = {item_id: {name} for item_id, (name, _, _) in _contents(out).items()}
     for item_id, name in _aliases(out):
         names[item_id].add(name)
-    return {item_id: (row["kind"], frozenset(names[item_id]))
-            for item_id, row in rows(out).items()}  # fmt: skip
+    return {item_id: (row["kind"], frozenset(names[item_id])) for item_id, row in rows(out).items()}
 
 
 def _vectors(out: Path) -> dict[str, np.ndarray]:
@@ -78,7 +79,9 @@ def test_prune_makes_the_folder_equal_a_fresh_run_on_the_sources(tmp_path):
     # is the alias may differ), with the same embeddings up to batch-composition rounding.
     assert _holdings(tmp_path / "out") == _holdings(tmp_path / "fresh")
     assert _holdings(tmp_path / "out")[content_id(images[5].read_bytes())][1] == {
-        images[4].name, images[5].name}  # fmt: skip
+        images[4].name,
+        images[5].name,
+    }
     assert _contents(tmp_path / "out")[content_id(images[2].read_bytes())][0] == images[2].name
     assert "renamed.png" in {name for name, _, _ in _contents(tmp_path / "out").values()}
     vectors, expected = _vectors(tmp_path / "out"), _vectors(tmp_path / "fresh")
@@ -134,14 +137,26 @@ def test_a_deleted_shard_row_set_empties_and_removes_the_shard(tmp_path):
 
 def test_cli_reports_changes_and_prunes(tmp_path):
     images = make_images(tmp_path / "d", 2)
-    args = ["embed", str(tmp_path / "d"), "-o", str(tmp_path / "out"), "-m", TINY,
-            "--device", "cpu", "--workers", "0"]  # fmt: skip
+    args = [
+        "embed",
+        str(tmp_path / "d"),
+        "-o",
+        str(tmp_path / "out"),
+        "-m",
+        TINY,
+        "--device",
+        "cpu",
+        "--workers",
+        "0",
+    ]
     runner = CliRunner()
     assert runner.invoke(cli.app, args).exit_code == 0
     edit_image(images[0], 0)
     kept = runner.invoke(cli.app, args)
-    assert "1 inputs changed since they were embedded (their old rows remain: --prune drops them)" \
-        in " ".join(kept.output.split())  # fmt: skip
+    assert (
+        "1 inputs changed since they were embedded (their old rows remain: --prune drops them)"
+        in " ".join(kept.output.split())
+    )
     os.remove(images[1])
     pruned = runner.invoke(cli.app, [*args, "--prune"])
     assert pruned.exit_code == 0, pruned.output
@@ -173,12 +188,39 @@ def test_prune_under_two_gloo_processes_sees_every_rank_s_inputs(tmp_path):
     images[1].unlink()
     images[2].rename(data / "moved.png")
     make_images(data, 2, start=20)
-    launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone",
-                "--nproc_per_node", "2", "-m", "clipkit"]  # fmt: skip
-    done = subprocess.run([*launcher, "embed", str(data), "-o", str(tmp_path / "out"), "-m",
-                           TINY, "--device", "cpu", "--workers", "0", "--batch-size", "2",
-                           "--shard-rows", "4", "--prune"],
-                          capture_output=True, text=True, timeout=300)  # fmt: skip
+    launcher = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc_per_node",
+        "2",
+        "-m",
+        "clipkit",
+    ]
+    done = subprocess.run(
+        [
+            *launcher,
+            "embed",
+            str(data),
+            "-o",
+            str(tmp_path / "out"),
+            "-m",
+            TINY,
+            "--device",
+            "cpu",
+            "--workers",
+            "0",
+            "--batch-size",
+            "2",
+            "--shard-rows",
+            "4",
+            "--prune",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert done.returncode == 0, done.stderr[-3000:]
     message = " ".join(done.stderr.split())
     assert "Embedded 3," in message and "1 inputs changed" in message
@@ -197,24 +239,28 @@ def test_index_update_after_prune_drops_gone_rows_of_an_exact_index(tmp_path):
     images[4].unlink()
     images[2].rename(tmp_path / "d" / "moved.png")
     embed(embed_config([tmp_path / "d"], tmp_path / "emb", prune=True))
-    updated = build_index(IndexConfig(emb_dir=tmp_path / "emb", out_dir=tmp_path / "idx",
-                                      update=True))  # fmt: skip
+    updated = build_index(
+        IndexConfig(emb_dir=tmp_path / "emb", out_dir=tmp_path / "idx", update=True)
+    )
     assert (updated.added, updated.dropped, updated.removed, updated.info.rows) == (0, 2, 0, 4)
     loaded = load_index(tmp_path / "idx")  # its parts agree and its source is current
     fresh = build_index(IndexConfig(emb_dir=tmp_path / "emb", out_dir=tmp_path / "fresh"))
     expected = load_index(fresh.out_dir).rows
     assert sorted(zip(loaded.rows["id"], loaded.rows["uri"], strict=True)) == sorted(
-        zip(expected["id"], expected["uri"], strict=True))  # fmt: skip
+        zip(expected["id"], expected["uri"], strict=True)
+    )
     # Each remaining embedding finds its own row first: vectors and rows still line up.
-    vectors = np.stack([np.asarray(rows(tmp_path / "emb")[i]["embedding"], np.float32)
-                        for i in loaded.rows["id"]])  # fmt: skip
+    vectors = np.stack(
+        [np.asarray(rows(tmp_path / "emb")[i]["embedding"], np.float32) for i in loaded.rows["id"]]
+    )
     _, found = loaded.search(vectors, 1)
     assert found[:, 0].tolist() == list(range(4))
 
 
 @pytest.mark.parametrize(("index_type", "self_found"), [("ivf", 1.0), ("ivfpq", 0.9)])
-def test_index_update_drops_gone_rows_of_an_ivf_index(tmp_path, tiny_encoder, index_type,
-                                                       self_found):  # fmt: skip
+def test_index_update_drops_gone_rows_of_an_ivf_index(
+    tmp_path, tiny_encoder, index_type, self_found
+):
     """The survivors are renumbered: row r of the row map is still vector r afterwards."""
     from clipkit import store
     from clipkit.index import IndexConfig, build_index, load_index
@@ -222,8 +268,9 @@ def test_index_update_drops_gone_rows_of_an_ivf_index(tmp_path, tiny_encoder, in
     stamp = store.ModelStamp(TINY, tiny_encoder.fingerprint, 64)
     # shards of 1,500 rows
     points = clustered_embeddings(tmp_path / "emb", stamp, count=3000, clusters=20, dim=64)
-    build_index(IndexConfig(emb_dir=tmp_path / "emb", out_dir=tmp_path / "idx",
-                            index_type=index_type))  # fmt: skip
+    build_index(
+        IndexConfig(emb_dir=tmp_path / "emb", out_dir=tmp_path / "idx", index_type=index_type)
+    )
     first_shard = tmp_path / "emb" / "part-00000.parquet"
     shutil.move(first_shard, tmp_path / "kept.parquet")
     update = IndexConfig(emb_dir=tmp_path / "emb", out_dir=tmp_path / "idx", update=True)
@@ -250,10 +297,10 @@ def test_index_update_keeps_gone_rows_of_an_hnsw_index_and_says_so(tmp_path, tin
 
     stamp = store.ModelStamp(TINY, tiny_encoder.fingerprint, 64)
     clustered_embeddings(tmp_path / "emb", stamp, count=3000, clusters=20, dim=64)
-    build_index(IndexConfig(emb_dir=tmp_path / "emb", out_dir=tmp_path / "idx",
-                            index_type="hnsw"))  # fmt: skip
+    build_index(IndexConfig(emb_dir=tmp_path / "emb", out_dir=tmp_path / "idx", index_type="hnsw"))
     (tmp_path / "emb" / "part-00001.parquet").unlink()
-    updated = build_index(IndexConfig(emb_dir=tmp_path / "emb", out_dir=tmp_path / "idx",
-                                      update=True))  # fmt: skip
+    updated = build_index(
+        IndexConfig(emb_dir=tmp_path / "emb", out_dir=tmp_path / "idx", update=True)
+    )
     assert (updated.dropped, updated.removed, updated.info.rows) == (0, 1500, 3000)
     assert load_index(tmp_path / "idx").info.removed_rows == 1500

@@ -22,8 +22,14 @@ from clipkit.store import read_stamp, read_vectors
 from tests.browser import find_chromium, is_blank, render
 
 STEPS = ["data", "train", "embed + index", "search", "zeroshot", "audit"]
-SMALL = {"train_pairs": 200, "val_pairs": 40, "per_class": 6, "epochs": 4, "workers": 0,
-         "device": "cpu"}  # fmt: skip
+SMALL = {
+    "train_pairs": 200,
+    "val_pairs": 40,
+    "per_class": 6,
+    "epochs": 4,
+    "workers": 0,
+    "device": "cpu",
+}
 
 
 @pytest.fixture(scope="module")
@@ -48,9 +54,16 @@ def test_every_step_runs_and_leaves_its_artifacts(small_run):
     assert len(vectors.ids) == 40  # the validation images, embedded with the trained model
     assert read_stamp(folder / "embeddings").spec == str(model)
     reports = sorted(p.name for p in (folder / "reports").iterdir())
-    assert reports == ["audit.csv", "audit.histogram.png", "audit.html", "index.html",
-                       "search.html", "zeroshot.confusion.png", "zeroshot.csv",
-                       "zeroshot.html"]  # fmt: skip
+    assert reports == [
+        "audit.csv",
+        "audit.histogram.png",
+        "audit.html",
+        "index.html",
+        "search.html",
+        "zeroshot.confusion.png",
+        "zeroshot.csv",
+        "zeroshot.html",
+    ]
     swapped = json.loads((folder / "data" / "audit-swapped.json").read_text())
     assert len(swapped) == 4  # 10 % of 40, in pairs
     for name in swapped:  # the audit copy really carries another image's caption there
@@ -74,8 +87,14 @@ def test_rerun_reuses_data_model_and_embeddings(small_run):
     trained_at = model.stat().st_mtime_ns
     again = quickstart(config)
     reused = {step.name: step.reused for step in again.steps}
-    assert reused == {"data": True, "train": True, "embed + index": True, "search": False,
-                      "zeroshot": False, "audit": False}  # fmt: skip
+    assert reused == {
+        "data": True,
+        "train": True,
+        "embed + index": True,
+        "search": False,
+        "zeroshot": False,
+        "audit": False,
+    }
     assert model.stat().st_mtime_ns == trained_at
     assert again.steps[1].score == first.steps[1].score  # the run's recorded evaluation
     for name in ("search", "zeroshot", "audit"):  # same model, same data: same answers
@@ -130,14 +149,27 @@ def test_overview_links_every_report_and_nothing_remote(small_run):
 
 def test_cli_prints_each_step_and_the_overview(small_run):
     config, _ = small_run
-    options = ["--epochs", "4", "--train-pairs", "200", "--val-pairs", "40", "--per-class", "6",
-               "--workers", "0", "--device", "cpu"]  # fmt: skip
+    options = [
+        "--epochs",
+        "4",
+        "--train-pairs",
+        "200",
+        "--val-pairs",
+        "40",
+        "--per-class",
+        "6",
+        "--workers",
+        "0",
+        "--device",
+        "cpu",
+    ]
     table = CliRunner().invoke(cli.app, ["quickstart", str(config.folder), *options])
     assert table.exit_code == 0, table.stderr
     assert "index.html" in table.stdout and "train (reused)" in table.stdout
     assert table.stderr.count("✓") == len(STEPS)
-    as_json = CliRunner().invoke(cli.app, ["quickstart", str(config.folder), *options,
-                                           "--format", "json"])  # fmt: skip
+    as_json = CliRunner().invoke(
+        cli.app, ["quickstart", str(config.folder), *options, "--format", "json"]
+    )
     steps = json.loads(as_json.stdout)["steps"]
     assert [step["name"] for step in steps] == STEPS
     refused = CliRunner().invoke(cli.app, ["quickstart", str(config.folder), "--epochs", "9"])
@@ -190,9 +222,10 @@ def browser():
     with playwright_api.sync_playwright() as driver:
         try:
             launched = driver.chromium.launch(
-                executable_path=executable, headless=True,
+                executable_path=executable,
+                headless=True,
                 args=["--headless", "--no-sandbox", "--disable-gpu"],
-            )  # fmt: skip
+            )
         except Exception as error:  # noqa: BLE001  (a browser that cannot start: skip)
             pytest.skip(f"Chromium at {executable} does not start: {error}")
         yield launched
@@ -204,8 +237,9 @@ def _expected_cards(folder: Path, k: int) -> dict[str, int]:
     with (folder / "reports" / "zeroshot.csv").open() as handle:
         predictions = list(csv.DictReader(handle))
     per_label = Counter(row["label"] for row in predictions)
-    confusions = Counter((row["target"], row["label_1"]) for row in predictions
-                         if row["target"] != row["label_1"])  # fmt: skip
+    confusions = Counter(
+        (row["target"], row["label_1"]) for row in predictions if row["target"] != row["label_1"]
+    )
     worst = sorted(confusions.values(), reverse=True)[:10]  # the report's 10 worst cells
     with (folder / "reports" / "audit.csv").open() as handle:
         flagged = sum(row["flagged"] == "True" for row in csv.DictReader(handle))
@@ -233,9 +267,11 @@ def test_reports_render_in_chromium(small_run, browser, tmp_path):
 
 def test_the_browser_check_catches_broken_pages(browser, tmp_path):
     broken = tmp_path / "broken.html"
-    broken.write_text('<!doctype html><div class="card">x</div><img src="missing.png">'
-                      '<img src="https://example.invalid/x.png">'
-                      '<script>console.error("boom"); notDefined();</script>')  # fmt: skip
+    broken.write_text(
+        '<!doctype html><div class="card">x</div><img src="missing.png">'
+        '<img src="https://example.invalid/x.png">'
+        '<script>console.error("boom"); notDefined();</script>'
+    )
     shown = render(browser, broken, tmp_path / "broken.png")
     assert shown.cards == 1
     assert any("boom" in e for e in shown.errors)

@@ -25,12 +25,16 @@ def project(tmp_path, tiny_encoder, monkeypatch):
     """A checkpoint in project/run, embeddings and an index made from inside project/ with
     the relative spec "run"."""
     root = tmp_path / "project"
-    write_checkpoint(root / "run" / "best.safetensors", tiny_encoder.model.state_dict(),
-                     tiny_encoder.checkpoint_meta())  # fmt: skip
+    write_checkpoint(
+        root / "run" / "best.safetensors",
+        tiny_encoder.model.state_dict(),
+        tiny_encoder.checkpoint_meta(),
+    )
     make_images(root / "photos", 4)
     monkeypatch.chdir(root)
-    embed(EmbedConfig(sources=("photos",), out_dir=root / "emb", model="run", workers=0,
-                      device="cpu"))  # fmt: skip
+    embed(
+        EmbedConfig(sources=("photos",), out_dir=root / "emb", model="run", workers=0, device="cpu")
+    )
     build_index(IndexConfig(emb_dir=root / "emb", out_dir=root / "idx"))
     return root
 
@@ -38,11 +42,18 @@ def project(tmp_path, tiny_encoder, monkeypatch):
 def test_a_relative_checkpoint_spec_is_recorded_absolute(project, tmp_path, monkeypatch):
     assert store.read_stamp(project / "emb").spec == str(project / "run")
     monkeypatch.chdir(tmp_path)  # elsewhere: "run" names nothing here
-    found = search(SearchConfig(images=(project / "photos" / "img0001.png",),
-                                index_dir=project / "idx", k=1, device="cpu"))  # fmt: skip
+    found = search(
+        SearchConfig(
+            images=(project / "photos" / "img0001.png",),
+            index_dir=project / "idx",
+            k=1,
+            device="cpu",
+        )
+    )
     assert found.results[0].hits[0].uri == "photos/img0001.png"
-    labelled = zeroshot(ZeroShotConfig(images=project / "emb", labels="cat,dog", workers=0,
-                                       device="cpu"))  # fmt: skip
+    labelled = zeroshot(
+        ZeroShotConfig(images=project / "emb", labels="cat,dog", workers=0, device="cpu")
+    )
     assert len(labelled.predictions) == 4
 
 
@@ -54,8 +65,9 @@ def test_a_recorded_model_that_no_longer_loads_asks_for_m(project, tmp_path, mon
     metadata = {**table.schema.metadata, b"clipkit.model": b"run"}
     store.pq.write_table(table.replace_schema_metadata(metadata), shard)
     monkeypatch.chdir(tmp_path)
-    result = runner.invoke(cli.app, ["search", "a dog", "--embeddings", str(project / "emb"),
-                                     "--device", "cpu"])  # fmt: skip
+    result = runner.invoke(
+        cli.app, ["search", "a dog", "--embeddings", str(project / "emb"), "--device", "cpu"]
+    )
     said = " ".join(result.output.split())  # rich wraps long lines
     assert result.exit_code == 1
     assert "Error: The model recorded with this data, run, does not load" in said
@@ -65,11 +77,23 @@ def test_a_recorded_model_that_no_longer_loads_asks_for_m(project, tmp_path, mon
     )
     assert "Traceback" not in said
     # Given with -m, from here, it loads (and its fingerprint is checked).
-    given = runner.invoke(cli.app, ["search", "a dog", "--embeddings", str(project / "emb"),
-                                    "-m", str(project / "run"), "--device", "cpu"])  # fmt: skip
+    given = runner.invoke(
+        cli.app,
+        [
+            "search",
+            "a dog",
+            "--embeddings",
+            str(project / "emb"),
+            "-m",
+            str(project / "run"),
+            "--device",
+            "cpu",
+        ],
+    )
     assert given.exit_code == 0, given.output
     # A moved checkpoint: the absolute path recorded now names nothing either.
     shutil.move(project / "run", tmp_path / "moved")
-    moved = runner.invoke(cli.app, ["zeroshot", str(project / "emb"), "--labels", "cat,dog",
-                                    "--device", "cpu"])  # fmt: skip
+    moved = runner.invoke(
+        cli.app, ["zeroshot", str(project / "emb"), "--labels", "cat,dog", "--device", "cpu"]
+    )
     assert moved.exit_code == 1 and "does not load" in moved.output

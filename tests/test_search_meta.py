@@ -51,22 +51,32 @@ def _by_image(root, image, where: dict) -> dict:
 @pytest.mark.parametrize("where", ["index", "embeddings"])
 def test_each_hit_carries_its_row_s_pass_through_values(corpus, where):
     root, plain, pictured = corpus
-    source = {"index_dir": root / "idx"} if where == "index" else {
-        "embeddings_dir": root / "emb", "kind": "image"}  # fmt: skip
+    source = (
+        {"index_dir": root / "idx"}
+        if where == "index"
+        else {"embeddings_dir": root / "emb", "kind": "image"}
+    )
     assert _by_image(root, pictured[1], source) == {
-        "caption": CAPTIONS[1], "url": "https://example.com/1", "rank": "1"}  # fmt: skip
+        "caption": CAPTIONS[1],
+        "url": "https://example.com/1",
+        "rank": "1",
+    }
     assert _by_image(root, plain[0], source) == {}
 
 
 def test_a_caption_hit_names_its_image(corpus):
     root, _, pictured = corpus
-    found = search(SearchConfig(texts=(CAPTIONS[2],), embeddings_dir=root / "emb", kind="text",
-                                k=1, device="cpu"))  # fmt: skip
+    found = search(
+        SearchConfig(
+            texts=(CAPTIONS[2],), embeddings_dir=root / "emb", kind="text", k=1, device="cpu"
+        )
+    )
     hit = found.results[0].hits[0]
     assert hit.text == CAPTIONS[2]
     # The table holds the bare file name; the hit names the image as the image's row does.
-    by_image = SearchConfig(images=(pictured[2],), embeddings_dir=root / "emb", kind="image",
-                            k=1, device="cpu")  # fmt: skip
+    by_image = SearchConfig(
+        images=(pictured[2],), embeddings_dir=root / "emb", kind="image", k=1, device="cpu"
+    )
     image_hit = search(by_image).results[0].hits[0]
     assert image_hit.uri == str(pictured[2])
     assert hit.meta == {"filepath": image_hit.uri, "url": "https://example.com/2", "rank": "2"}
@@ -74,8 +84,17 @@ def test_a_caption_hit_names_its_image(corpus):
 
 def test_every_format_and_the_gallery_show_them(corpus, tmp_path):
     root, _, pictured = corpus
-    base = ["search", "--image", str(pictured[0]), "--index", str(root / "idx"), "-k", "2",
-            "--device", "cpu"]  # fmt: skip
+    base = [
+        "search",
+        "--image",
+        str(pictured[0]),
+        "--index",
+        str(root / "idx"),
+        "-k",
+        "2",
+        "--device",
+        "cpu",
+    ]
     as_csv = runner.invoke(cli.app, [*base, "-f", "csv"])
     assert as_csv.exit_code == 0, as_csv.output
     first = next(csv.DictReader(io.StringIO(as_csv.stdout)))

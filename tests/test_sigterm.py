@@ -22,9 +22,13 @@ ENV = {**os.environ, "PYTHONUNBUFFERED": "1"}
 
 def _start(args: list[str], log: Path) -> subprocess.Popen:
     # A session of its own, so that the signal can go to the whole group like a scheduler's.
-    return subprocess.Popen([sys.executable, "-m", "clipkit", *args], env=ENV,
-                            stdout=subprocess.DEVNULL, stderr=log.open("w"),
-                            start_new_session=True)  # fmt: skip
+    return subprocess.Popen(
+        [sys.executable, "-m", "clipkit", *args],
+        env=ENV,
+        stdout=subprocess.DEVNULL,
+        stderr=log.open("w"),
+        start_new_session=True,
+    )
 
 
 def _wait_for(path_test, what: str, process: subprocess.Popen, seconds: float = 120) -> None:
@@ -38,8 +42,22 @@ def _wait_for(path_test, what: str, process: subprocess.Popen, seconds: float = 
 def test_sigterm_to_the_group_keeps_embed_s_buffered_rows(tmp_path):
     data, out = tmp_path / "data", tmp_path / "out"
     make_images(data, 400, size=(24, 24))
-    args = ["embed", str(data), "-o", str(out), "-m", TINY, "--device", "cpu", "--workers",
-            "1", "--batch-size", "4", "--shard-rows", "100"]  # fmt: skip
+    args = [
+        "embed",
+        str(data),
+        "-o",
+        str(out),
+        "-m",
+        TINY,
+        "--device",
+        "cpu",
+        "--workers",
+        "1",
+        "--batch-size",
+        "4",
+        "--shard-rows",
+        "100",
+    ]
     process = _start(args, tmp_path / "log")
     _wait_for(lambda: (out / "part-00000.parquet").exists(), "the first shard", process)
     time.sleep(0.3)  # some rows of the second shard are now held in memory
@@ -48,8 +66,9 @@ def test_sigterm_to_the_group_keeps_embed_s_buffered_rows(tmp_path):
     assert "Interrupted." in (tmp_path / "log").read_text()
     kept = len(rows(out))
     assert 100 < kept < 400, "the rows held past the first shard were written"
-    resumed = subprocess.run([sys.executable, "-m", "clipkit", *args], env=ENV,
-                             capture_output=True, text=True)  # fmt: skip
+    resumed = subprocess.run(
+        [sys.executable, "-m", "clipkit", *args], env=ENV, capture_output=True, text=True
+    )
     assert resumed.returncode == 0, resumed.stderr
     assert len(rows(out)) == 400
     assert f"already present {kept}" in " ".join(resumed.stderr.split())
@@ -57,9 +76,26 @@ def test_sigterm_to_the_group_keeps_embed_s_buffered_rows(tmp_path):
 
 def test_sigterm_to_the_group_saves_train_s_last_step(shapes, tmp_path):
     run = tmp_path / "run"
-    args = ["train", str(shapes / "data"), "-o", str(run), "-m", TINY, "--device", "cpu",
-            "--workers", "1", "--batch-size", "16", "--steps", "400", "--val-split", "0",
-            "--save-every", "100000"]  # fmt: skip
+    args = [
+        "train",
+        str(shapes / "data"),
+        "-o",
+        str(run),
+        "-m",
+        TINY,
+        "--device",
+        "cpu",
+        "--workers",
+        "1",
+        "--batch-size",
+        "16",
+        "--steps",
+        "400",
+        "--val-split",
+        "0",
+        "--save-every",
+        "100000",
+    ]
     process = _start(args, tmp_path / "log")
     metrics = run / "metrics.jsonl"
     _wait_for(lambda: len(_steps(metrics)) >= 3, "three steps", process)
@@ -108,11 +144,27 @@ def test_a_worker_stuck_in_a_read_does_not_keep_the_command_from_exiting(tmp_pat
     worker stuck in a read ignores SIGTERM, and the interpreter's exit joined it for ever."""
     data, out, stuck = tmp_path / "data", tmp_path / "out", tmp_path / "stuck"
     make_images(data, 8, size=(24, 24))
-    args = ["embed", str(data), "-o", str(out), "-m", TINY, "--device", "cpu", "--workers",
-            "1", "--batch-size", "2"]  # fmt: skip
-    process = subprocess.Popen([sys.executable, "-c", STUCK_EMBED, *args, str(stuck)], env=ENV,
-                               stdout=subprocess.DEVNULL, stderr=(tmp_path / "log").open("w"),
-                               start_new_session=True)  # fmt: skip
+    args = [
+        "embed",
+        str(data),
+        "-o",
+        str(out),
+        "-m",
+        TINY,
+        "--device",
+        "cpu",
+        "--workers",
+        "1",
+        "--batch-size",
+        "2",
+    ]
+    process = subprocess.Popen(
+        [sys.executable, "-c", STUCK_EMBED, *args, str(stuck)],
+        env=ENV,
+        stdout=subprocess.DEVNULL,
+        stderr=(tmp_path / "log").open("w"),
+        start_new_session=True,
+    )
     try:
         _wait_for(stuck.exists, "a stuck worker", process)
         time.sleep(0.5)

@@ -15,8 +15,13 @@ from tests.helpers import TINY, make_images
 
 
 def test_items_are_sorted_by_uri_then_kind_and_the_last_repeat_wins():
-    items = [Item("b", "text", text="1"), Item("a", "text", text="2"), Item("a", "image", "a"),
-             Item("b", "text", text="3"), Item("a", "image", "a", meta={"n": 1})]  # fmt: skip
+    items = [
+        Item("b", "text", text="1"),
+        Item("a", "text", text="2"),
+        Item("a", "image", "a"),
+        Item("b", "text", text="3"),
+        Item("a", "image", "a", meta={"n": 1}),
+    ]
     kept = _sorted_unique(items)
     assert [(item.uri, item.kind) for item in kept] == [
         ("a", "image"),
@@ -39,9 +44,15 @@ def test_a_table_row_gives_its_pass_through_cells(tmp_path):
     image = by_uri[("image", image_uri)]
     assert dict(image.meta) == {"label": "dog", "score": 0.5, "caption": "a dog"}
     assert dict(by_uri[("text", f"{table}#row=0")].meta) == {
-        "label": "dog", "score": 0.5, "filepath": image_uri}  # fmt: skip
+        "label": "dog",
+        "score": 0.5,
+        "filepath": image_uri,
+    }
     assert dict(by_uri[("text", f"{table}#row=1")].meta) == {
-        "label": "", "score": None, "filepath": ""}  # fmt: skip
+        "label": "",
+        "score": None,
+        "filepath": "",
+    }
     assert by_uri[("text", f"{table}#row=1")].text == "a cat"
     assert len(items) == 3
     meta = image.meta
@@ -65,9 +76,10 @@ def test_a_table_with_a_header_and_no_rows_holds_nothing_to_embed(tmp_path):
 
 
 def test_cells_are_found_across_the_blocks_of_a_chunked_table():
-    chunks = [pa.record_batch({"x": [10 * c + i for i in range(3)], "s": [f"{c}{i}" for i in
-                                                                         range(3)]})
-              for c in range(4)]  # fmt: skip
+    chunks = [
+        pa.record_batch({"x": [10 * c + i for i in range(3)], "s": [f"{c}{i}" for i in range(3)]})
+        for c in range(4)
+    ]
     table = InputTable(Path("t.parquet"), pa.Table.from_batches(chunks))
     assert table.rows == 12 and table.columns == ["x", "s"]
     assert [table.cell("x", row) for row in range(12)] == [10 * (r // 3) + r % 3 for r in range(12)]
@@ -80,8 +92,12 @@ def test_a_big_csv_read_in_blocks_keeps_every_row_in_order(tmp_path):
     path.write_text("caption,n\n" + "".join(f"caption number {i:07d},{i}\n" for i in range(60_000)))
     table = read_table(path)
     assert table.rows == 60_000
-    assert [table.cell("n", row) for row in (0, 17_123, 41_999, 59_999)] == [0, 17_123, 41_999,
-                                                                             59_999]  # fmt: skip
+    assert [table.cell("n", row) for row in (0, 17_123, 41_999, 59_999)] == [
+        0,
+        17_123,
+        41_999,
+        59_999,
+    ]
     assert table.cell("caption", 59_999) == "caption number 0059999"
 
 
@@ -95,8 +111,12 @@ def test_image_cells_as_relative_paths_home_paths_and_urls(tmp_path, monkeypatch
     assert table_path("~/a.jpg", table) == str(tmp_path / "home" / "a.jpg")
     assert table_path("file:///data/my%20photo.jpg", table) == "/data/my photo.jpg"
     assert table_path("file://localhost/data/a.jpg", table) == "/data/a.jpg"
-    for url in ("https://example.com/a.jpg", "s3://bucket/a.jpg", "HTTP://X/a.png",
-                "file://otherhost/a.jpg"):  # fmt: skip
+    for url in (
+        "https://example.com/a.jpg",
+        "s3://bucket/a.jpg",
+        "HTTP://X/a.png",
+        "file://otherhost/a.jpg",
+    ):
         assert table_path(url, table) == url  # kept as written, never joined to the folder
 
 
@@ -109,13 +129,24 @@ def test_urls_in_a_table_are_skipped_with_a_reason_and_file_urls_are_read(tmp_pa
     (local,) = make_images(tmp_path / "imgs", 1)
     table = tmp_path / "t.csv"
     table.write_text(f"url,caption\nhttps://example.com/a.jpg,a dog\n{local.as_uri()},a cat\n")
-    result = embed(EmbedConfig(sources=(str(table),), out_dir=tmp_path / "out", model=TINY,
-                               device="cpu", workers=0, image_column="url"))  # fmt: skip
+    result = embed(
+        EmbedConfig(
+            sources=(str(table),),
+            out_dir=tmp_path / "out",
+            model=TINY,
+            device="cpu",
+            workers=0,
+            image_column="url",
+        )
+    )
     assert result.embedded == 3  # two captions and the file:// image
     assert result.failures == (
-        ("https://example.com/a.jpg", "read",
-         "a URL: clipkit reads local files (download them first, e.g. with img2dataset)"),
-    )  # fmt: skip
+        (
+            "https://example.com/a.jpg",
+            "read",
+            "a URL: clipkit reads local files (download them first, e.g. with img2dataset)",
+        ),
+    )
     pairs = read_pairs(str(table), image_column="url")  # what train and audit read
     assert [pair.image for pair in pairs.pairs] == ["https://example.com/a.jpg", str(local)]
     good, skipped = verify_images(pairs.pairs, image_size=8, workers=0)

@@ -21,14 +21,19 @@ DIM = 16
 runner = CliRunner()
 
 
-def _write(folder, number: int, first: int, rows: int, fingerprint: str = "fp-a",
-           dim: int = DIM) -> np.ndarray:  # fmt: skip
+def _write(
+    folder, number: int, first: int, rows: int, fingerprint: str = "fp-a", dim: int = DIM
+) -> np.ndarray:
     rng = np.random.default_rng(number)
     vectors = rng.standard_normal((rows, dim)).astype(np.float32)
     vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
     ids = [f"{n:08x}" for n in range(first, first + rows)]
-    columns = {"id": ids, "uri": [f"/{i}.jpg" for i in ids], "kind": ["image"] * rows,
-               "text": [None] * rows}  # fmt: skip
+    columns = {
+        "id": ids,
+        "uri": [f"/{i}.jpg" for i in ids],
+        "kind": ["image"] * rows,
+        "text": [None] * rows,
+    }
     stamp = store.ModelStamp(TINY, fingerprint, dim)
     store.write_shard(store.shard_path(folder, number), columns, vectors, stamp)
     return vectors
@@ -65,7 +70,9 @@ def test_an_index_built_while_embed_adds_a_shard_is_whole_and_stale(tmp_path, mo
     monkeypatch.setattr(index, "new_index", embed_writes_meanwhile)
     built = build_index(IndexConfig(emb_dir=emb, out_dir=tmp_path / "idx"))
     assert built.info.rows == 12 and [s["name"] for s in built.info.shards] == [
-        "part-00000.parquet", "part-00001.parquet"]  # fmt: skip
+        "part-00000.parquet",
+        "part-00001.parquet",
+    ]
     loaded = load_index(tmp_path / "idx", check_source=False)
     np.testing.assert_allclose(loaded.vectors, vectors, atol=1e-6)
     assert loaded.rows["id"] == [f"{n:08x}" for n in range(12)]
@@ -113,10 +120,11 @@ def test_shards_of_two_models_are_refused_by_every_reader(tmp_path):
     _write(tmp_path / "emb", 0, 0, 5)
     shutil.copy(store.shard_path(tmp_path / "emb", 0), tmp_path / "a.parquet")
     _write(tmp_path / "emb", 1, 5, 5, fingerprint="fp-b")  # copied in from another folder
-    for read in (lambda: store.read_vectors(tmp_path / "emb"),
-                 lambda: build_index(IndexConfig(emb_dir=tmp_path / "emb",
-                                                 out_dir=tmp_path / "idx")),
-                 lambda: store.read_existing(tmp_path / "emb")):  # fmt: skip
+    for read in (
+        lambda: store.read_vectors(tmp_path / "emb"),
+        lambda: build_index(IndexConfig(emb_dir=tmp_path / "emb", out_dir=tmp_path / "idx")),
+        lambda: store.read_existing(tmp_path / "emb"),
+    ):
         with pytest.raises(InputError, match="come from different models") as error:
             read()
         assert "part-00001.parquet" in str(error.value)
@@ -127,10 +135,19 @@ def test_rows_are_read_for_the_asked_ids_only(tmp_path):
     _write(tmp_path, 0, 0, 3)  # no pass-through columns
     vectors = np.eye(DIM, dtype=np.float32)[:3]
     ids = ["a", "b", "c"]
-    store.write_shard(store.shard_path(tmp_path, 1),
-                      {"id": ids, "uri": ids, "kind": ["image"] * 3, "text": [None] * 3,
-                       "url": ["u-a", None, "u-c"], "license": ["cc", "cc", None]},
-                      vectors, store.ModelStamp(TINY, "fp-a", DIM))  # fmt: skip
+    store.write_shard(
+        store.shard_path(tmp_path, 1),
+        {
+            "id": ids,
+            "uri": ids,
+            "kind": ["image"] * 3,
+            "text": [None] * 3,
+            "url": ["u-a", None, "u-c"],
+            "license": ["cc", "cc", None],
+        },
+        vectors,
+        store.ModelStamp(TINY, "fp-a", DIM),
+    )
     found = store.read_rows_by_id(tmp_path, {"b", "c", "00000001", "nowhere"})
     core = {"kind": "image", "text": None}
     assert found == {
@@ -149,23 +166,32 @@ def test_an_exact_scan_keeps_ids_compactly_and_finds_every_row(tmp_path):
     first = _write(tmp_path, 0, 0, 5)  # 8-character ids
     ragged = ["a", "bb", "ccc"]  # ids of different lengths: kept as they are
     texts = np.eye(DIM, dtype=np.float32)[10:13]
-    store.write_shard(store.shard_path(tmp_path, 1),
-                      {"id": ragged, "uri": [f"/{i}.txt" for i in ragged],
-                       "kind": ["text"] * 3, "text": [f"text {i}" for i in ragged]},
-                      texts, store.ModelStamp(TINY, "fp-a", DIM))  # fmt: skip
+    store.write_shard(
+        store.shard_path(tmp_path, 1),
+        {
+            "id": ragged,
+            "uri": [f"/{i}.txt" for i in ragged],
+            "kind": ["text"] * 3,
+            "text": [f"text {i}" for i in ragged],
+        },
+        texts,
+        store.ModelStamp(TINY, "fp-a", DIM),
+    )
     pieces = list(store.iter_ids_and_vectors(tmp_path, batch_rows=2))  # batches are slices
     assert [ids.dtype.kind for ids, _ in pieces] == ["S", "S", "S", "O", "S"]  # ["a", "bb"]: O
     ids = [i.decode() if isinstance(i, bytes) else i for block, _ in pieces for i in block]
     assert ids == [f"{n:08x}" for n in range(5)] + ragged
-    np.testing.assert_array_equal(np.concatenate([v for _, v in pieces]),
-                                  np.concatenate([first, texts]))  # fmt: skip
+    np.testing.assert_array_equal(
+        np.concatenate([v for _, v in pieces]), np.concatenate([first, texts])
+    )
     assert [len(v) for _, v in store.iter_ids_and_vectors(tmp_path, "text")] == [3]
 
     queries = np.concatenate([first, texts])  # each stored vector finds its own row first
     scores, found, rows = _exact(tmp_path, None, queries, 2)
     assert [rows["id"][r] for r in found[:, 0]] == ids
     assert [rows["uri"][r] for r in found[:, 0]] == [f"/{i}.jpg" for i in ids[:5]] + [
-        f"/{i}.txt" for i in ragged]  # fmt: skip
+        f"/{i}.txt" for i in ragged
+    ]
     assert rows["text"][found[6, 0]] == "text bb"
     np.testing.assert_allclose(scores[:, 0], 1.0, atol=1e-5)
     assert len(rows["id"]) == len(set(found.ravel().tolist()))  # the hits' rows only

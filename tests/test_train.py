@@ -26,8 +26,14 @@ TINY = "clipkit-tiny:random"
 
 
 def _config(shapes, out, **options):
-    base = {"data": str(shapes / "data"), "out": str(out), "model": TINY, "batch_size": 16,
-            "workers": 0, "val_split": 0.1}  # fmt: skip
+    base = {
+        "data": str(shapes / "data"),
+        "out": str(out),
+        "model": TINY,
+        "batch_size": 16,
+        "workers": 0,
+        "val_split": 0.1,
+    }
     return TrainConfig(**{**base, **options})
 
 
@@ -51,8 +57,16 @@ def test_loss_falls_and_validation_recall_rises_above_chance(finished_run):
 def test_run_folder_holds_checkpoints_metrics_config_and_plot(finished_run):
     config, result = finished_run
     run = Path(result.run_dir)
-    for name in ("best.safetensors", "last.safetensors", "wise-ft-0.5.safetensors", "state.pt",
-                 "config.json", "metrics.jsonl", "_failures.parquet", "training.png"):  # fmt: skip
+    for name in (
+        "best.safetensors",
+        "last.safetensors",
+        "wise-ft-0.5.safetensors",
+        "state.pt",
+        "config.json",
+        "metrics.jsonl",
+        "_failures.parquet",
+        "training.png",
+    ):
         assert (run / name).is_file(), name
     assert (run / "training.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     saved = json.loads((run / "config.json").read_text())
@@ -123,16 +137,16 @@ def test_resume_continues_bit_for_bit(shapes, tmp_path):
 def test_resume_refuses_changed_options_and_new_run_refuses_used_folder(shapes, tmp_path):
     train(_config(shapes, tmp_path / "run", steps=1, val_split=0.0))
     with pytest.raises(InputError, match="these differ: batch_size"):
-        train(_config(shapes, tmp_path / "run", steps=1, val_split=0.0, batch_size=8,
-                      resume=True))  # fmt: skip
+        train(_config(shapes, tmp_path / "run", steps=1, val_split=0.0, batch_size=8, resume=True))
     with pytest.raises(InputError, match="already holds a training run"):
         train(_config(shapes, tmp_path / "run", steps=1, val_split=0.0))
 
 
 @pytest.mark.parametrize("lock", ["image", "text"])
 def test_lock_flags_freeze_their_tower(shapes, tmp_path, lock):
-    result = train(_config(shapes, tmp_path / lock, steps=2, val_split=0.0,
-                           **{f"lock_{lock}": True}))  # fmt: skip
+    result = train(
+        _config(shapes, tmp_path / lock, steps=2, val_split=0.0, **{f"lock_{lock}": True})
+    )
     tuned = load_file(result.last_checkpoint)
     initial = load_model(TINY, device="cpu").model.state_dict()
     image_names = [n for n in initial if n.startswith("visual.")]
@@ -143,12 +157,23 @@ def test_lock_flags_freeze_their_tower(shapes, tmp_path, lock):
 
 
 def test_temperature_options_reach_the_model(shapes, tmp_path):
-    fixed = train(_config(shapes, tmp_path / "fixed", steps=2, val_split=0.0,
-                          init_temperature=0.05, learn_temperature=False))  # fmt: skip
+    fixed = train(
+        _config(
+            shapes,
+            tmp_path / "fixed",
+            steps=2,
+            val_split=0.0,
+            init_temperature=0.05,
+            learn_temperature=False,
+        )
+    )
     assert float(load_file(fixed.last_checkpoint)["logit_scale"]) == pytest.approx(math.log(20))
     assert [r["temperature"] for r in _metrics(fixed.run_dir)] == pytest.approx([0.05, 0.05])
-    learned = train(_config(shapes, tmp_path / "learned", steps=2, val_split=0.0,
-                            init_temperature=0.05, lr=1e-2))  # fmt: skip
+    learned = train(
+        _config(
+            shapes, tmp_path / "learned", steps=2, val_split=0.0, init_temperature=0.05, lr=1e-2
+        )
+    )
     assert float(load_file(learned.last_checkpoint)["logit_scale"]) != pytest.approx(math.log(20))
 
 
@@ -199,8 +224,9 @@ def test_trains_on_webdataset_tar_shards(shapes, tmp_path):
                 archive.add(image, arcname=f"{image.stem}.png")
                 archive.add(image.with_suffix(".txt"), arcname=f"{image.stem}.txt")
             archive.add(make_images(tmp_path / "lone", 1)[0], arcname="lonely.jpg")
-    result = train(_config(shapes, tmp_path / "run", data=str(shards), steps=2, batch_size=8,
-                           val_split=0.0))  # fmt: skip
+    result = train(
+        _config(shapes, tmp_path / "run", data=str(shards), steps=2, batch_size=8, val_split=0.0)
+    )
     assert result.train_pairs == 20 and result.steps_done == 2
     assert [reason for _, _, reason in result.skipped] == ["sample has no txt member"] * 2
     assert result.skipped[0][0].endswith("shard-0000.tar#lonely.jpg")
@@ -238,11 +264,15 @@ def test_a_diverging_run_stops_at_the_first_non_finite_loss_and_keeps_the_weight
 
 @pytest.mark.parametrize(
     ("option", "message"),
-    [({"lr": math.nan}, "--lr must be in"), ({"grad_clip": math.nan}, "--grad-clip must be"),
-     ({"weight_decay": -0.1}, "--weight-decay must be")],
-)  # fmt: skip
-def test_non_numbers_in_optimiser_options_are_refused_before_training(shapes, tmp_path, option,
-                                                                      message):  # fmt: skip
+    [
+        ({"lr": math.nan}, "--lr must be in"),
+        ({"grad_clip": math.nan}, "--grad-clip must be"),
+        ({"weight_decay": -0.1}, "--weight-decay must be"),
+    ],
+)
+def test_non_numbers_in_optimiser_options_are_refused_before_training(
+    shapes, tmp_path, option, message
+):
     # The CLI's own range checks stop these too; the service must not rely on them.
     with pytest.raises(InputError, match=message):
         train(_config(shapes, tmp_path / "run", **option))

@@ -16,13 +16,20 @@ runner = CliRunner()
 
 def _result(**changes):
     base = dict(
-        run_dir="runs/x", steps_done=10, total_steps=10, train_pairs=90, val_pairs=10,
-        skipped=(("bad.jpg", "decode", "truncated"),), last_loss=1.0,
+        run_dir="runs/x",
+        steps_done=10,
+        total_steps=10,
+        train_pairs=90,
+        val_pairs=10,
+        skipped=(("bad.jpg", "decode", "truncated"),),
+        last_loss=1.0,
         evaluations=(Evaluation(10, 2.0, 0.1, 0.5, 0.8, 0.2, 0.6, 0.9, 3.0, 2.5, 0.75),),
-        best_checkpoint="runs/x/best.safetensors", last_checkpoint="runs/x/last.safetensors",
-        wise_ft_checkpoint=None, plot="runs/x/training.png",
+        best_checkpoint="runs/x/best.safetensors",
+        last_checkpoint="runs/x/last.safetensors",
+        wise_ft_checkpoint=None,
+        plot="runs/x/training.png",
         settings={"lr": 5e-4, "lr_reason": "default for training from scratch"},
-    )  # fmt: skip
+    )
     return train_module.TrainResult(**{**base, **changes})
 
 
@@ -34,17 +41,51 @@ def test_options_reach_the_service(monkeypatch):
         return _result()
 
     monkeypatch.setattr(train_module, "train", fake_train)
-    result = runner.invoke(cli.app, [
-        "train", "pairs.csv", "-o", "runs/x", "-m", "clipkit-tiny:random", "--steps", "7",
-        "--batch-size", "32", "--lr", "1e-4", "--lambda", "0.7", "--init-temperature", "0.05",
-        "--fixed-temperature", "--lock-image", "--grad-cache", "--micro-batch", "8",
-        "--val", "val.csv", "--eval-classes", "classes/", "--wise-ft", "0.5", "--resume",
-        "--grad-clip", "1.0", "--seed", "4",
-    ])  # fmt: skip
+    result = runner.invoke(
+        cli.app,
+        [
+            "train",
+            "pairs.csv",
+            "-o",
+            "runs/x",
+            "-m",
+            "clipkit-tiny:random",
+            "--steps",
+            "7",
+            "--batch-size",
+            "32",
+            "--lr",
+            "1e-4",
+            "--lambda",
+            "0.7",
+            "--init-temperature",
+            "0.05",
+            "--fixed-temperature",
+            "--lock-image",
+            "--grad-cache",
+            "--micro-batch",
+            "8",
+            "--val",
+            "val.csv",
+            "--eval-classes",
+            "classes/",
+            "--wise-ft",
+            "0.5",
+            "--resume",
+            "--grad-clip",
+            "1.0",
+            "--seed",
+            "4",
+        ],
+    )
     assert result.exit_code == 0, result.stderr
     config = seen["config"]
     assert (config.data, config.out, config.steps, config.batch_size) == (
-        "pairs.csv", "runs/x", 7, 32)  # fmt: skip
+        "pairs.csv",
+        "runs/x",
+        7,
+        32,
+    )
     assert (config.lr, config.weight, config.init_temperature) == (1e-4, 0.7, 0.05)
     assert not config.learn_temperature and config.lock_image and not config.lock_text
     assert config.grad_cache and config.micro_batch == 8 and config.resume
@@ -57,8 +98,9 @@ def test_options_reach_the_service(monkeypatch):
 
 
 def test_interrupted_run_exits_130_and_says_how_to_resume(monkeypatch):
-    monkeypatch.setattr(train_module, "train", lambda c, progress=None: _result(
-        interrupted=True, steps_done=4))  # fmt: skip
+    monkeypatch.setattr(
+        train_module, "train", lambda c, progress=None: _result(interrupted=True, steps_done=4)
+    )
     result = runner.invoke(cli.app, ["train", "d", "-o", "r", "-m", "clipkit-tiny:random"])
     assert result.exit_code == 130
     assert "Stopped at step 4/10" in result.stderr and "--resume" in result.stderr

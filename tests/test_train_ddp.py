@@ -27,8 +27,15 @@ def _run(args, cwd=ROOT):
 
 
 def _torchrun(*args):
-    return [sys.executable, "-m", "torch.distributed.run", "--standalone",
-            "--nproc_per_node", "2", *args]  # fmt: skip
+    return [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc_per_node",
+        "2",
+        *args,
+    ]
 
 
 def test_two_processes_equal_one_on_the_global_batch(tmp_path):
@@ -51,9 +58,22 @@ def _assert_same_step(one, two):
 @pytest.mark.slow  # three more interpreter start-ups (~35 s on two cores)
 def test_clipkit_train_runs_under_torchrun(tmp_path):
     write_captioned_shapes(tmp_path / "data", 24)
-    options = ["train", str(tmp_path / "data"), "-m", "clipkit-tiny:random", "--steps", "2",
-               "--batch-size", "8", "--val-split", "0", "--workers", "0",
-               "--device", "cpu"]  # fmt: skip
+    options = [
+        "train",
+        str(tmp_path / "data"),
+        "-m",
+        "clipkit-tiny:random",
+        "--steps",
+        "2",
+        "--batch-size",
+        "8",
+        "--val-split",
+        "0",
+        "--workers",
+        "0",
+        "--device",
+        "cpu",
+    ]
     _run([sys.executable, "-m", "clipkit", *options, "-o", str(tmp_path / "one")])
     _run(_torchrun("-m", "clipkit", *options, "-o", str(tmp_path / "two")))
 

@@ -75,9 +75,14 @@ def test_grad_cache_step_equals_full_batch_step(model, batch, micro_batch):
     expected = _gradients(model)
     model.zero_grad(set_to_none=True)
     cached = grad_cache_step(
-        model, pixels, tokens, weight=0.3, world=World(), micro_batch=micro_batch,
+        model,
+        pixels,
+        tokens,
+        weight=0.3,
+        world=World(),
+        micro_batch=micro_batch,
         autocast=nothing,
-    )  # fmt: skip
+    )
     actual = _gradients(model)
     assert cached.loss == pytest.approx(full.loss, rel=1e-6)
     assert actual.keys() == expected.keys() and "logit_scale" in actual
@@ -90,8 +95,14 @@ def test_no_weight_decay_on_biases_norms_temperature_and_embeddings(model):
     decayed_ids = {id(p) for p in decayed["params"]}
     names = {n for n, p in model.named_parameters() if id(p) in decayed_ids}
     assert decayed["weight_decay"] == 0.2 and plain["weight_decay"] == 0.0
-    for name in ("logit_scale", "positional_embedding", "token_embedding.weight",
-                 "visual.class_embedding", "ln_final.weight", "ln_final.bias"):  # fmt: skip
+    for name in (
+        "logit_scale",
+        "positional_embedding",
+        "token_embedding.weight",
+        "visual.class_embedding",
+        "ln_final.weight",
+        "ln_final.bias",
+    ):
         assert name not in names, name
     assert "text_projection" in names
     assert any(n.endswith("attn.in_proj_weight") for n in names)

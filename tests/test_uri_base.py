@@ -153,8 +153,7 @@ def test_files_outside_the_base_are_named_absolutely_from_anywhere(project, monk
     assert {str(photo) for photo in photos} <= uris
 
 
-def test_tables_lines_and_shards_from_another_folder_are_named_from_the_base(project,
-                                                                          monkeypatch):  # fmt: skip
+def test_tables_lines_and_shards_from_another_folder_are_named_from_the_base(project, monkeypatch):
     data, work, _ = project
     extra = data / "extra"
     pictured = make_images(extra, 2, start=20)
@@ -169,9 +168,16 @@ def test_tables_lines_and_shards_from_another_folder_are_named_from_the_base(pro
     embed(embed_config(["../data/extra/notes.txt"], Path("../data/emb"), lines=True))
     ids = list(rows(data / "emb"))
     by_uri = {row["uri"]: row for row in store.read_rows_by_id(data / "emb", ids).values()}
-    wanted = {f"extra/{pictured[0].name}", f"extra/{pictured[1].name}", "extra/pairs.csv#row=0",
-              "extra/pairs.csv#row=1", "extra/00000.tar#000000.png", "extra/00000.tar#000000.txt",
-              "extra/notes.txt#L1", "extra/notes.txt#L2"}  # fmt: skip
+    wanted = {
+        f"extra/{pictured[0].name}",
+        f"extra/{pictured[1].name}",
+        "extra/pairs.csv#row=0",
+        "extra/pairs.csv#row=1",
+        "extra/00000.tar#000000.png",
+        "extra/00000.tar#000000.txt",
+        "extra/notes.txt#L1",
+        "extra/notes.txt#L2",
+    }
     assert wanted <= set(by_uri)
     # A caption row passes on its image's uri, and a shard's caption its image member's.
     assert by_uri["extra/pairs.csv#row=0"]["filepath"] == f"extra/{pictured[0].name}"
@@ -210,8 +216,9 @@ def test_a_folder_moved_with_its_images_reads_from_where_it_is(project, monkeypa
     assert store.read_base(moved / "emb") == str(moved)
 
 
-def test_zeroshot_and_audit_reports_show_images_from_another_folder(tmp_path, monkeypatch,
-                                                                    tiny_encoder):  # fmt: skip
+def test_zeroshot_and_audit_reports_show_images_from_another_folder(
+    tmp_path, monkeypatch, tiny_encoder
+):
     data, work = tmp_path / "data", tmp_path / "work"
     for n, name in enumerate(["cat", "dog"]):
         for image in make_images(data / "tree" / name, 2, start=10 * n):
@@ -223,7 +230,8 @@ def test_zeroshot_and_audit_reports_show_images_from_another_folder(tmp_path, mo
     classified = zeroshot(ZeroShotConfig(images=data / "emb", device="cpu", workers=0))
     assert classified.metrics is not None  # the class folders, read from the uris
     assert {p.path for p in classified.predictions} == {
-        str(data / p.uri) for p in classified.predictions}  # fmt: skip
+        str(data / p.uri) for p in classified.predictions
+    }
     page = write_zeroshot_report(classified, work / "zeroshot.html")[0].read_text()
     assert page.count("data:image/jpeg;base64,") >= 4 and "image unavailable" not in page
     audited = audit(AuditConfig(data=data / "emb", threshold=1.0, device="cpu"))
@@ -246,7 +254,8 @@ def test_an_item_holds_one_string_when_its_uri_is_its_path(tmp_path, monkeypatch
     elsewhere = UriFrame(base=str(tmp_path), cwd=here)
     found = discover(["imgs"], SourceOptions(frame=elsewhere)).items
     assert [(item.uri, item.path) for item in found] == [
-        (f"data/imgs/{image.name}", f"imgs/{image.name}") for image in images]  # fmt: skip
+        (f"data/imgs/{image.name}", f"imgs/{image.name}") for image in images
+    ]
 
 
 def test_the_newest_shard_that_records_a_base_names_it(tmp_path):
@@ -255,8 +264,13 @@ def test_the_newest_shard_that_records_a_base_names_it(tmp_path):
     def write(number: int, base: str | None) -> None:
         columns = {"id": [f"{number:032x}"], "uri": ["a.jpg"], "kind": ["image"], "text": [None]}
         stamp = store.ModelStamp("clipkit-tiny:random", "fp", 4)
-        store.write_shard(store.shard_path(tmp_path, number), columns,
-                          np.eye(1, 4, dtype=np.float32), stamp, base=base)  # fmt: skip
+        store.write_shard(
+            store.shard_path(tmp_path, number),
+            columns,
+            np.eye(1, 4, dtype=np.float32),
+            stamp,
+            base=base,
+        )
 
     assert store.read_base(tmp_path) is None  # no shards
     write(0, "/first")

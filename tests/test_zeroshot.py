@@ -59,8 +59,11 @@ def _config(images, model, **options):
 
 
 def test_inline_labels_are_split_on_commas_and_trimmed():
-    assert [s.name for s in parse_labels(" cat, dog ,,  sports  car ")] == ["cat", "dog",
-                                                                         "sports car"]  # fmt: skip
+    assert [s.name for s in parse_labels(" cat, dog ,,  sports  car ")] == [
+        "cat",
+        "dog",
+        "sports car",
+    ]
 
 
 def test_labels_file_holds_names_or_per_class_prompts(tmp_path):
@@ -69,8 +72,10 @@ def test_labels_file_holds_names_or_per_class_prompts(tmp_path):
     labels = read_labels_file(path)
     assert labels == [LabelSpec("cat"), LabelSpec("dog", ("a photo of a dog", "a {} on grass"))]
     prompts = prompts_for(labels, ("a photo of a {}.", "art of a {}."))
-    assert prompts == [["a photo of a cat.", "art of a cat."],
-                       ["a photo of a dog", "a dog on grass"]]  # fmt: skip
+    assert prompts == [
+        ["a photo of a cat.", "art of a cat."],
+        ["a photo of a dog", "a dog on grass"],
+    ]
 
 
 def test_labels_file_line_with_colon_but_no_prompt_is_an_error(tmp_path):
@@ -82,9 +87,13 @@ def test_labels_file_line_with_colon_but_no_prompt_is_an_error(tmp_path):
 
 @pytest.mark.parametrize(
     ("names", "message"),
-    [([], "No labels"), (["cat"], "Only one label"), (["cat", "dog", "Cat"], "Duplicate"),
-     (["cat", "dog", "cat"], "Duplicate")],
-)  # fmt: skip
+    [
+        ([], "No labels"),
+        (["cat"], "Only one label"),
+        (["cat", "dog", "Cat"], "Duplicate"),
+        (["cat", "dog", "cat"], "Duplicate"),
+    ],
+)
 def test_bad_label_sets_are_refused(names, message):
     with pytest.raises(InputError, match=message):
         check_labels([LabelSpec(n) for n in names], "--labels")
@@ -102,9 +111,11 @@ def test_template_sets_and_files(tmp_path):
 
 @pytest.mark.parametrize(
     ("text", "message"),
-    [("a photo of a {}.\na photo of a thing\n", "line 2"),
-     ("\n# only a comment\n", "no templates")],
-)  # fmt: skip
+    [
+        ("a photo of a {}.\na photo of a thing\n", "line 2"),
+        ("\n# only a comment\n", "no templates"),
+    ],
+)
 def test_bad_template_files_are_refused(tmp_path, text, message):
     path = tmp_path / "templates.txt"
     path.write_text(text)
@@ -122,8 +133,9 @@ def test_unknown_template_set_is_refused():
 
 def test_prompt_ensemble_is_the_normalised_mean_of_normalised_prompt_embeddings(tiny_encoder):
     templates = ("a photo of a {}.", "a drawing of a {}.", "a {} in the snow.")
-    got = class_embeddings(tiny_encoder.encode_texts, prompts_for(parse_labels("cat,dog"),
-                                                                  templates))  # fmt: skip
+    got = class_embeddings(
+        tiny_encoder.encode_texts, prompts_for(parse_labels("cat,dog"), templates)
+    )
     for row, label in enumerate(("cat", "dog")):
         each = [tiny_encoder.encode_texts([t.replace("{}", label)])[0] for t in templates]
         each = [vector / vector.norm() for vector in each]
@@ -182,8 +194,9 @@ def test_equals_open_clip_build_zero_shot_classifier(trained, colour_tree):
         classifier = build_zero_shot_classifier(
             model, encoder.tokenizer, labels, OPENAI_IMAGENET_TEMPLATES, device="cpu"
         )  # (D, C)
-        pixels = torch.stack([encoder.preprocess(Image.open(p.uri).convert("RGB"))
-                              for p in result.predictions])  # fmt: skip
+        pixels = torch.stack(
+            [encoder.preprocess(Image.open(p.uri).convert("RGB")) for p in result.predictions]
+        )
         features = model.encode_image(pixels, normalize=True)
         probabilities = (model.logit_scale.exp() * features @ classifier).softmax(dim=-1)
     assert len(result.predictions) == 48
@@ -195,8 +208,7 @@ def test_equals_open_clip_build_zero_shot_classifier(trained, colour_tree):
 
 def test_trained_tiny_model_is_clearly_above_chance_on_a_class_tree(trained, colour_tree):
     result = zeroshot(_config(colour_tree, trained))
-    assert result.input_kind == "class tree" and result.labels == ("blue", "green", "red",
-                                                                    "yellow")  # fmt: skip
+    assert result.input_kind == "class tree" and result.labels == ("blue", "green", "red", "yellow")
     metrics = result.metrics
     assert metrics is not None and metrics.images == 48
     # Chance is 0.25 (the random init labels everything "green"); this run reaches ~0.58.
@@ -208,13 +220,21 @@ def test_trained_tiny_model_is_clearly_above_chance_on_a_class_tree(trained, col
 # --- inputs ----------------------------------------------------------------------------------
 
 
-def test_embeddings_folder_is_classified_without_re_encoding(trained, colour_tree, tmp_path,
-                                                             monkeypatch):  # fmt: skip
+def test_embeddings_folder_is_classified_without_re_encoding(
+    trained, colour_tree, tmp_path, monkeypatch
+):
     from clipkit.embed import EmbedConfig, embed
     from clipkit.zeroshot import run as module
 
-    embed(EmbedConfig(sources=(str(colour_tree),), out_dir=tmp_path / "emb", model=trained,
-                      workers=0, device="cpu"))  # fmt: skip
+    embed(
+        EmbedConfig(
+            sources=(str(colour_tree),),
+            out_dir=tmp_path / "emb",
+            model=trained,
+            workers=0,
+            device="cpu",
+        )
+    )
     direct = zeroshot(_config(colour_tree, trained))
 
     def no_encoding(*args, **kwargs):
@@ -246,8 +266,15 @@ def test_embeddings_of_a_class_tree_score_copies_against_their_own_folder(tmp_pa
     make_images(tmp_path / "tree" / "cat", 3)
     make_images(tmp_path / "tree" / "dog", 3, start=3)
     shutil.copy(tmp_path / "tree" / "cat" / "img0000.jpg", tmp_path / "tree" / "dog" / "twin.jpg")
-    embed(EmbedConfig(sources=(str(tmp_path / "tree"),), out_dir=tmp_path / "emb", model=TINY,
-                      workers=0, device="cpu"))  # fmt: skip
+    embed(
+        EmbedConfig(
+            sources=(str(tmp_path / "tree"),),
+            out_dir=tmp_path / "emb",
+            model=TINY,
+            workers=0,
+            device="cpu",
+        )
+    )
     direct = zeroshot(_config(tmp_path / "tree", TINY))
     stored = zeroshot(_config(tmp_path / "emb", None))
     assert len(stored.predictions) == 7
@@ -270,8 +297,15 @@ def test_copies_in_an_embeddings_folder_get_predictions_too(tmp_path):
     images = make_images(tmp_path / "photos", 4)
     shutil.copy(images[0], tmp_path / "photos" / "copy.jpg")
     shutil.copy(images[1], tmp_path / "photos" / "sub_copy.png")
-    embed(EmbedConfig(sources=(str(tmp_path / "photos"),), out_dir=tmp_path / "emb", model=TINY,
-                      workers=0, device="cpu"))  # fmt: skip
+    embed(
+        EmbedConfig(
+            sources=(str(tmp_path / "photos"),),
+            out_dir=tmp_path / "emb",
+            model=TINY,
+            workers=0,
+            device="cpu",
+        )
+    )
     direct = zeroshot(_config(tmp_path / "photos", TINY, labels="cat,dog,car"))
     stored = zeroshot(_config(tmp_path / "emb", None, labels="cat,dog,car"))
     assert [p.uri for p in stored.predictions] == [p.uri for p in direct.predictions]
@@ -319,13 +353,17 @@ def test_folder_where_no_image_decodes_is_an_error_naming_them(tmp_path):
 
 @pytest.mark.parametrize(
     ("options", "message"),
-    [({}, "No labels"), ({"labels": "cat"}, "Only one label"),
-     ({"labels": "cat,dog,cat"}, "Duplicate"), ({"labels": "a,b", "k": 0}, "-k"),
-     ({"labels": "a,b", "reject_threshold": 1.5}, r"\(0, 1\]"),
-     ({"labels": "a,b", "reject_threshold": 0.5, "calibrate": Path("x")}, "not both"),
-     ({"labels": "a,b", "labels_file": Path("x")}, "not both"),
-     ({"labels": "cat, Unknown", "reject_threshold": 0.5}, "open-set label")],
-)  # fmt: skip
+    [
+        ({}, "No labels"),
+        ({"labels": "cat"}, "Only one label"),
+        ({"labels": "cat,dog,cat"}, "Duplicate"),
+        ({"labels": "a,b", "k": 0}, "-k"),
+        ({"labels": "a,b", "reject_threshold": 1.5}, r"\(0, 1\]"),
+        ({"labels": "a,b", "reject_threshold": 0.5, "calibrate": Path("x")}, "not both"),
+        ({"labels": "a,b", "labels_file": Path("x")}, "not both"),
+        ({"labels": "cat, Unknown", "reject_threshold": 0.5}, "open-set label"),
+    ],
+)
 def test_bad_options_are_refused_before_loading_a_model(tmp_path, options, message):
     Image.new("RGB", (32, 32)).save(tmp_path / "one.png")
     with pytest.raises(InputError, match=message):
@@ -383,11 +421,21 @@ def test_open_set_rejection_on_a_planted_case(tmp_path, tiny_encoder):
     names = [f"cat{i}" for i in range(4)] + [f"dog{i}" for i in range(4)] + ["x0", "x1", "x2"]
     _write_embeddings(tmp_path / "test", tiny_encoder, test, names)
 
-    result = zeroshot(_config(tmp_path / "test", None, labels="cat,dog",
-                              calibrate=tmp_path / "known", false_reject=0.0))  # fmt: skip
+    result = zeroshot(
+        _config(
+            tmp_path / "test",
+            None,
+            labels="cat,dog",
+            calibrate=tmp_path / "known",
+            false_reject=0.0,
+        )
+    )
     got = {p.uri: p.label for p in result.predictions}
-    assert got == {**{f"cat{i}": "cat" for i in range(4)}, **{f"dog{i}": "dog" for i in range(4)},
-                   **{f"x{i}": UNKNOWN for i in range(3)}}  # fmt: skip
+    assert got == {
+        **{f"cat{i}": "cat" for i in range(4)},
+        **{f"dog{i}": "dog" for i in range(4)},
+        **{f"x{i}": UNKNOWN for i in range(3)},
+    }
     rejection = result.rejection
     assert rejection.method == "calibrated" and rejection.rejected == 3
     assert rejection.calibration_images == 10 and rejection.calibration_false_reject == 0.0
@@ -409,9 +457,18 @@ def test_predictions_files_in_every_format(trained, colour_tree, tmp_path):
     for suffix in (".csv", ".json", ".jsonl", ".parquet"):
         write_predictions(result, tmp_path / f"p{suffix}")
     table = pq.read_table(tmp_path / "p.parquet").to_pylist()
-    assert len(table) == 48 and set(table[0]) == {"uri", "id", "label", "confidence", "target",
-                                                 "path", "label_1", "probability_1", "label_2",
-                                                 "probability_2"}  # fmt: skip
+    assert len(table) == 48 and set(table[0]) == {
+        "uri",
+        "id",
+        "label",
+        "confidence",
+        "target",
+        "path",
+        "label_1",
+        "probability_1",
+        "label_2",
+        "probability_2",
+    }
     whole = json.loads((tmp_path / "p.json").read_text())
     assert whole["metrics"]["top1"] == result.metrics.top1 and len(whole["predictions"]) == 48
     lines = (tmp_path / "p.jsonl").read_text().splitlines()

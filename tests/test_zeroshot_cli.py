@@ -27,15 +27,41 @@ def test_options_reach_the_service(monkeypatch, tmp_path):
         raise zeroshot_module.InputError("stop here", "a hint")
 
     monkeypatch.setattr(zeroshot_module, "zeroshot", fake)
-    result = runner.invoke(cli.app, [
-        "zeroshot", "imgs", "--labels", "cat,dog", "--templates", "openai", "-m", TINY, "-k", "3",
-        "--calibrate", "known/", "--false-reject", "0.1", "--batch-size", "8", "--workers", "0",
-        "--device", "cpu", "--include-hidden",
-    ])  # fmt: skip
+    result = runner.invoke(
+        cli.app,
+        [
+            "zeroshot",
+            "imgs",
+            "--labels",
+            "cat,dog",
+            "--templates",
+            "openai",
+            "-m",
+            TINY,
+            "-k",
+            "3",
+            "--calibrate",
+            "known/",
+            "--false-reject",
+            "0.1",
+            "--batch-size",
+            "8",
+            "--workers",
+            "0",
+            "--device",
+            "cpu",
+            "--include-hidden",
+        ],
+    )
     assert result.exit_code == 1 and "Error: stop here" in result.stderr
     config = seen["config"]
     assert (config.images, config.labels, config.templates, config.model, config.k) == (
-        Path("imgs"), "cat,dog", "openai", TINY, 3)  # fmt: skip
+        Path("imgs"),
+        "cat,dog",
+        "openai",
+        TINY,
+        3,
+    )
     assert (config.calibrate, config.false_reject, config.batch_size) == (Path("known/"), 0.1, 8)
     assert config.workers == 0 and config.device == "cpu" and config.include_hidden
 
@@ -46,8 +72,9 @@ def _tree(tmp_path: Path) -> Path:
 
 
 def test_table_output_shows_predictions_distribution_metrics_and_confusion(tmp_path):
-    result = runner.invoke(cli.app, ["zeroshot", str(_tree(tmp_path)), "-m", TINY,
-                                     "--workers", "0", "--device", "cpu"])  # fmt: skip
+    result = runner.invoke(
+        cli.app, ["zeroshot", str(_tree(tmp_path)), "-m", TINY, "--workers", "0", "--device", "cpu"]
+    )
     assert result.exit_code == 0, result.stderr
     for title in ("Predictions", "Label distribution", "Per class", "Confusion matrix"):
         assert title in result.stdout
@@ -71,10 +98,23 @@ def test_json_and_csv_output(tmp_path):
 
 def test_out_and_html_are_written_and_predictions_leave_stdout(tmp_path):
     tree = _tree(tmp_path)
-    result = runner.invoke(cli.app, [
-        "zeroshot", str(tree), "-m", TINY, "--workers", "0", "--device", "cpu",
-        "--out", str(tmp_path / "p.parquet"), "--html", str(tmp_path / "r.html"),
-    ])  # fmt: skip
+    result = runner.invoke(
+        cli.app,
+        [
+            "zeroshot",
+            str(tree),
+            "-m",
+            TINY,
+            "--workers",
+            "0",
+            "--device",
+            "cpu",
+            "--out",
+            str(tmp_path / "p.parquet"),
+            "--html",
+            str(tmp_path / "r.html"),
+        ],
+    )
     assert result.exit_code == 0, result.stderr
     assert "Predictions" not in result.stdout and "Label distribution" in result.stdout
     assert (tmp_path / "p.parquet").is_file() and (tmp_path / "r.html").is_file()
@@ -83,19 +123,31 @@ def test_out_and_html_are_written_and_predictions_leave_stdout(tmp_path):
 
 
 def test_bad_out_suffix_fails_before_any_work(tmp_path):
-    result = runner.invoke(cli.app, ["zeroshot", "missing/", "--labels", "a,b",
-                                     "--out", str(tmp_path / "p.xlsx")])  # fmt: skip
+    result = runner.invoke(
+        cli.app, ["zeroshot", "missing/", "--labels", "a,b", "--out", str(tmp_path / "p.xlsx")]
+    )
     assert result.exit_code == 1 and "suffix" in result.stderr
     assert "Hint:" in result.stderr
 
 
 def test_outputs_in_the_way_fail_before_any_work(tmp_path):
     (tmp_path / "a_file").write_text("mine")
-    for option, target, problem in (("--out", "a_file/p.csv", "a_file is a file, not a folder"),
-                                    ("--html", "a_file/r.html", "a_file is a file, not a folder"),
-                                    ("--html", ".", "is a folder, not a file name")):  # fmt: skip
-        result = runner.invoke(cli.app, ["zeroshot", str(tmp_path / "no-such-data"), "--labels",
-                                         "a,b", option, str(tmp_path / target)])  # fmt: skip
+    for option, target, problem in (
+        ("--out", "a_file/p.csv", "a_file is a file, not a folder"),
+        ("--html", "a_file/r.html", "a_file is a file, not a folder"),
+        ("--html", ".", "is a folder, not a file name"),
+    ):
+        result = runner.invoke(
+            cli.app,
+            [
+                "zeroshot",
+                str(tmp_path / "no-such-data"),
+                "--labels",
+                "a,b",
+                option,
+                str(tmp_path / target),
+            ],
+        )
         message = " ".join(result.stderr.split())
         assert result.exit_code == 1 and problem in message
         assert "no-such-data" not in message  # refused before the images were even looked at
@@ -113,8 +165,10 @@ def test_skipped_images_are_listed_and_strict_exits_1(tmp_path):
 
 def test_labels_with_rich_markup_are_printed_literally(tmp_path):
     Image.new("RGB", (32, 32)).save(tmp_path / "a.png")
-    result = runner.invoke(cli.app, ["zeroshot", str(tmp_path), "--labels", "[bold]x[/bold],y",
-                                     "-m", TINY, "--workers", "0"])  # fmt: skip
+    result = runner.invoke(
+        cli.app,
+        ["zeroshot", str(tmp_path), "--labels", "[bold]x[/bold],y", "-m", TINY, "--workers", "0"],
+    )
     assert result.exit_code == 0, result.stderr
     assert "[bold]x[/bold]" in result.stdout
 

@@ -116,11 +116,20 @@ class AuditResult:
 
     def summary(self) -> dict[str, Any]:
         c = self.calibration
-        return {"source": self.source, "model": self.model, "pairs": len(self.pairs),
-                "flagged": len(self.flagged), "skipped": len(self.failures),
-                "threshold": c.threshold, "statistic": c.statistic, "method": c.method,
-                "fpr": c.fpr, "null_pass_rate": c.null_pass_rate,
-                "long_captions": self.long_captions, **self.retrieval()}  # fmt: skip
+        return {
+            "source": self.source,
+            "model": self.model,
+            "pairs": len(self.pairs),
+            "flagged": len(self.flagged),
+            "skipped": len(self.failures),
+            "threshold": c.threshold,
+            "statistic": c.statistic,
+            "method": c.method,
+            "fpr": c.fpr,
+            "null_pass_rate": c.null_pass_rate,
+            "long_captions": self.long_captions,
+            **self.retrieval(),
+        }
 
     def retrieval(self) -> dict[str, float]:
         """Recall@1/5/10 both ways over the pairs (each image's caption among its top k
@@ -138,15 +147,19 @@ class AuditResult:
 
     def as_dict(self) -> dict[str, Any]:
         return {
-            "summary": self.summary(), "calibration": asdict(self.calibration),
-            "duplicate_images": [{"images": list(f), "captions": list(c)}
-                                 for f, c in self.duplicate_images],
-            "duplicate_captions": [{"caption": c, "images": list(i)}
-                                   for c, i in self.duplicate_captions],
-            "failures": [dict(zip(("uri", "stage", "error"), f, strict=True))
-                         for f in self.failures],
+            "summary": self.summary(),
+            "calibration": asdict(self.calibration),
+            "duplicate_images": [
+                {"images": list(f), "captions": list(c)} for f, c in self.duplicate_images
+            ],
+            "duplicate_captions": [
+                {"caption": c, "images": list(i)} for c, i in self.duplicate_captions
+            ],
+            "failures": [
+                dict(zip(("uri", "stage", "error"), f, strict=True)) for f in self.failures
+            ],
             "pairs": [p.as_dict() for p in self.pairs],
-        }  # fmt: skip
+        }
 
 
 @dataclass
@@ -182,43 +195,64 @@ def _audit(config: AuditConfig, progress: ProgressCallback | None) -> AuditResul
     else:
         kind, encoded, model = "pairs", *_from_pairs(config, path, progress)
     if len(encoded.images) < 2:
-        raise InputError(f"{path} holds {len(encoded.images)} usable pair(s); auditing needs 2+.",
-                         "Auditing compares each pair with the others in the dataset.")  # fmt: skip
+        raise InputError(
+            f"{path} holds {len(encoded.images)} usable pair(s); auditing needs 2+.",
+            "Auditing compares each pair with the others in the dataset.",
+        )
     image_groups = _groups(encoded.image_ids)
     caption_groups = _groups([" ".join(c.casefold().split()) for c in encoded.captions])
-    stats = pair_statistics(encoded.image_vectors, encoded.caption_vectors, k=config.neighbours,
-                            a_groups=image_groups, b_groups=caption_groups)  # fmt: skip
+    stats = pair_statistics(
+        encoded.image_vectors,
+        encoded.caption_vectors,
+        k=config.neighbours,
+        a_groups=image_groups,
+        b_groups=caption_groups,
+    )
     mismatch = stats.row_neighbourhood + stats.column_neighbourhood - 2 * stats.scores
     null_cosine, null_mismatch = _null(encoded, stats, image_groups, caption_groups, config.seed)
     calibration, flagged = _calibrate(config, stats.scores, mismatch, null_cosine, null_mismatch)
     pairs, base = [], reading_base(store.read_base(path)) if kind == "embeddings" else None
     for i in range(len(encoded.images)):
         best_b, best_a = int(stats.best_b[i]), int(stats.best_a[i])
-        pairs.append(PairAudit(
-            image=encoded.images[i], caption=encoded.captions[i],
-            cosine=float(stats.scores[i]), caption_rank=int(stats.a_to_b_rank[i]),
-            image_rank=int(stats.b_to_a_rank[i]),
-            margin=float(stats.scores[i] - stats.best_b_score[i]) if best_b >= 0 else None,
-            mismatch=float(mismatch[i]), flagged=bool(flagged[i]),
-            suggested_caption=encoded.captions[best_b] if best_b >= 0 else None,
-            suggested_caption_score=float(stats.best_b_score[i]) if best_b >= 0 else None,
-            suggested_image=encoded.images[best_a] if best_a >= 0 else None,
-            suggested_image_score=float(stats.best_a_score[i]) if best_a >= 0 else None,
-            truncated=encoded.truncated[i], image_path=locate(encoded.images[i], base),
-        ))  # fmt: skip
+        pairs.append(
+            PairAudit(
+                image=encoded.images[i],
+                caption=encoded.captions[i],
+                cosine=float(stats.scores[i]),
+                caption_rank=int(stats.a_to_b_rank[i]),
+                image_rank=int(stats.b_to_a_rank[i]),
+                margin=float(stats.scores[i] - stats.best_b_score[i]) if best_b >= 0 else None,
+                mismatch=float(mismatch[i]),
+                flagged=bool(flagged[i]),
+                suggested_caption=encoded.captions[best_b] if best_b >= 0 else None,
+                suggested_caption_score=float(stats.best_b_score[i]) if best_b >= 0 else None,
+                suggested_image=encoded.images[best_a] if best_a >= 0 else None,
+                suggested_image_score=float(stats.best_a_score[i]) if best_a >= 0 else None,
+                truncated=encoded.truncated[i],
+                image_path=locate(encoded.images[i], base),
+            )
+        )
     duplicate_images, duplicate_captions = _duplicates(encoded, image_groups, caption_groups)
     return AuditResult(
-        source=as_text(path), input_kind=kind, model=model, pairs=tuple(pairs),
-        calibration=calibration, failures=tuple(encoded.failures),
-        long_captions=sum(encoded.truncated), long_caption_mode=config.long_captions,
-        duplicate_images=duplicate_images, duplicate_captions=duplicate_captions,
-    )  # fmt: skip
+        source=as_text(path),
+        input_kind=kind,
+        model=model,
+        pairs=tuple(pairs),
+        calibration=calibration,
+        failures=tuple(encoded.failures),
+        long_captions=sum(encoded.truncated),
+        long_caption_mode=config.long_captions,
+        duplicate_images=duplicate_images,
+        duplicate_captions=duplicate_captions,
+    )
 
 
 def _check_options(config: AuditConfig) -> None:
     if config.threshold is not None and not -1 <= config.threshold <= 1:
-        raise UsageError(f"--threshold is a cosine in [-1, 1], got {config.threshold}.",
-                         "Or leave it out to calibrate with --fpr.")  # fmt: skip
+        raise UsageError(
+            f"--threshold is a cosine in [-1, 1], got {config.threshold}.",
+            "Or leave it out to calibrate with --fpr.",
+        )
     if not 0 < config.fpr < 1:
         raise UsageError(f"--fpr must lie in (0, 1), got {config.fpr}.", "e.g. --fpr 0.01")
     if config.long_captions not in LONG_CAPTION_MODES:
@@ -230,21 +264,32 @@ def _check_options(config: AuditConfig) -> None:
         raise UsageError("--neighbours must be at least 1.", "The default, 10, suits most data.")
 
 
-def _from_pairs(config: AuditConfig, path: Path, progress: ProgressCallback | None) -> tuple[_Encoded, str]:
-    source = read_pairs(path, image_column=config.image_column, text_column=config.text_column,
-                        include_hidden=config.include_hidden)  # fmt: skip
+def _from_pairs(
+    config: AuditConfig, path: Path, progress: ProgressCallback | None
+) -> tuple[_Encoded, str]:
+    source = read_pairs(
+        path,
+        image_column=config.image_column,
+        text_column=config.text_column,
+        include_hidden=config.include_hidden,
+    )
     failures = list(source.skipped)
     if not source.pairs:
-        raise InputError(f"{path} holds no usable image–caption pair ({len(failures)} skipped).",
-                         "Give each image a same-name .txt caption, or use a table.")  # fmt: skip
+        raise InputError(
+            f"{path} holds no usable image–caption pair ({len(failures)} skipped).",
+            "Give each image a same-name .txt caption, or use a table.",
+        )
     encoder = load_model(config.model or DEFAULT_MODEL_SPEC, device=config.device)
     paths = list(dict.fromkeys(pair.image for pair in source.pairs))
     images = encode_image_files(
-        encoder, paths, batch_size=config.batch_size,
+        encoder,
+        paths,
+        batch_size=config.batch_size,
         workers=default_workers() if config.workers is None else config.workers,
         progress=(lambda done: progress(ProgressReport("images", done, len(paths))))
-        if progress else None,
-    )  # fmt: skip
+        if progress
+        else None,
+    )
     failures += images.failures
     found = {
         paths[row]: (vector, images.ids[n])
@@ -257,16 +302,22 @@ def _from_pairs(config: AuditConfig, path: Path, progress: ProgressCallback | No
     if image_vectors is not None and config.long_captions == "chunk":
         vectors = _best_windows(encoder, captions, truncated, image_vectors, vectors)
     encoded = _Encoded(
-        images=[image for image, _ in rows], captions=captions,
+        images=[image for image, _ in rows],
+        captions=captions,
         image_vectors=image_vectors if image_vectors is not None else torch.empty(0, 1),
-        caption_vectors=vectors, image_ids=[found[image][1] for image, _ in rows],
-        truncated=truncated, failures=failures,
-    )  # fmt: skip
+        caption_vectors=vectors,
+        image_ids=[found[image][1] for image, _ in rows],
+        truncated=truncated,
+        failures=failures,
+    )
     return encoded, encoder.spec
 
 
 def _encode_captions(
-    encoder: Encoder, captions: Sequence[str], config: AuditConfig, progress: ProgressCallback | None
+    encoder: Encoder,
+    captions: Sequence[str],
+    config: AuditConfig,
+    progress: ProgressCallback | None,
 ) -> tuple[torch.Tensor, list[bool]]:
     unique = list(dict.fromkeys(captions))
     parts = []
@@ -282,9 +333,12 @@ def _encode_captions(
 
 
 def _best_windows(
-    encoder: Encoder, captions: Sequence[str], truncated: Sequence[bool],
-    image_vectors: torch.Tensor, vectors: torch.Tensor,
-) -> torch.Tensor:  # fmt: skip
+    encoder: Encoder,
+    captions: Sequence[str],
+    truncated: Sequence[bool],
+    image_vectors: torch.Tensor,
+    vectors: torch.Tensor,
+) -> torch.Tensor:
     """For each long caption, the embedding of its context-sized window that best matches its
     own image (the caption's score is the max over windows)."""
     vectors = vectors.clone()
@@ -313,8 +367,7 @@ def _from_embeddings(config: AuditConfig, folder: Path) -> tuple[_Encoded, str]:
     stamp = store.read_stamp(folder)
     assert stamp is not None
     # Only the tokenizer is used (to count long captions): nothing is encoded, so the CPU will do.
-    encoder = load_matching_model(stamp.spec, stamp.fingerprint, spec=config.model,
-                                  device="cpu")  # fmt: skip
+    encoder = load_matching_model(stamp.spec, stamp.fingerprint, spec=config.model, device="cpu")
     rows = store.with_aliases(store.read_vectors(folder), folder)
     row_of = {uri: n for n, uri in enumerate(rows.uris)}
     picked, failures = [], []
@@ -327,18 +380,22 @@ def _from_embeddings(config: AuditConfig, folder: Path) -> tuple[_Encoded, str]:
             else:
                 failures.append((uri, "caption", f"no text row for {Path(sidecar).name}"))
     if not picked:
-        raise InputError(f"{folder} holds no image row with a text row for its .txt sidecar.",
-                         "Embed a folder of images with same-name .txt captions, or pass "
-                         "the pair source itself.")  # fmt: skip
+        raise InputError(
+            f"{folder} holds no image row with a text row for its .txt sidecar.",
+            "Embed a folder of images with same-name .txt captions, or pass "
+            "the pair source itself.",
+        )
     vectors = torch.from_numpy(rows.vectors)
     captions = [rows.texts[t] or "" for _, t in picked]
     encoded = _Encoded(
-        images=[rows.uris[i] for i, _ in picked], captions=captions,
+        images=[rows.uris[i] for i, _ in picked],
+        captions=captions,
         image_vectors=vectors[[i for i, _ in picked]],
         caption_vectors=vectors[[t for _, t in picked]],
         image_ids=[rows.ids[i] for i, _ in picked],
-        truncated=encoder.truncated(captions), failures=failures,
-    )  # fmt: skip
+        truncated=encoder.truncated(captions),
+        failures=failures,
+    )
     if config.long_captions == "chunk" and any(encoded.truncated):
         raise InputError(
             "--long-captions chunk needs the captions' text encoded again.",
@@ -354,9 +411,12 @@ def _groups(keys: Sequence[str]) -> torch.Tensor:
 
 
 def _null(
-    encoded: _Encoded, stats: Any, image_groups: torch.Tensor, caption_groups: torch.Tensor,
+    encoded: _Encoded,
+    stats: Any,
+    image_groups: torch.Tensor,
+    caption_groups: torch.Tensor,
     seed: int,
-) -> tuple[torch.Tensor, torch.Tensor]:  # fmt: skip
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Cosine and mismatch of images paired with shuffled captions (never their own content)."""
     size = len(encoded.images)
     generator = torch.Generator().manual_seed(seed)
@@ -369,18 +429,24 @@ def _null(
         images, captions = torch.nonzero(unrelated).squeeze(1), shuffled[unrelated]
         cosine = (encoded.image_vectors[images] * encoded.caption_vectors[captions]).sum(dim=1)
         cosines.append(cosine)
-        mismatches.append(stats.row_neighbourhood[images]
-                          + stats.column_neighbourhood[captions] - 2 * cosine)  # fmt: skip
+        mismatches.append(
+            stats.row_neighbourhood[images] + stats.column_neighbourhood[captions] - 2 * cosine
+        )
     return torch.cat(cosines), torch.cat(mismatches)
 
 
 def _calibrate(
-    config: AuditConfig, cosine: torch.Tensor, mismatch: torch.Tensor,
-    null_cosine: torch.Tensor, null_mismatch: torch.Tensor,
-) -> tuple[Calibration, torch.Tensor]:  # fmt: skip
+    config: AuditConfig,
+    cosine: torch.Tensor,
+    mismatch: torch.Tensor,
+    null_cosine: torch.Tensor,
+    null_mismatch: torch.Tensor,
+) -> tuple[Calibration, torch.Tensor]:
     if null_cosine.numel() == 0:
-        raise InputError("Every pair shares its image or caption with every other pair.",
-                         "Auditing needs pairs with different images and captions.")  # fmt: skip
+        raise InputError(
+            "Every pair shares its image or caption with every other pair.",
+            "Auditing needs pairs with different images and captions.",
+        )
     if config.threshold is not None:
         statistic, threshold, method = "cosine", config.threshold, "given raw cosine threshold"
         flagged = cosine < threshold
@@ -394,21 +460,34 @@ def _calibrate(
         passed = float((null_mismatch < threshold).float().mean())
         matched, shuffled = mismatch, null_mismatch
     edges = np.histogram_bin_edges(torch.cat([matched, shuffled]).numpy(), bins=HISTOGRAM_BINS)
-    histogram = {"edges": edges.tolist(),
-                 "matched": np.histogram(matched.numpy(), edges)[0].tolist(),
-                 "shuffled": np.histogram(shuffled.numpy(), edges)[0].tolist()}  # fmt: skip
+    histogram = {
+        "edges": edges.tolist(),
+        "matched": np.histogram(matched.numpy(), edges)[0].tolist(),
+        "shuffled": np.histogram(shuffled.numpy(), edges)[0].tolist(),
+    }
     levels = torch.tensor([0.05, 0.25, 0.5, 0.75, 0.95])
-    quantiles = {name: dict(zip(("5%", "25%", "50%", "75%", "95%"),
-                                torch.quantile(values.float(), levels).tolist(), strict=True))
-                 for name, values in (("matched", cosine), ("shuffled", null_cosine))}  # fmt: skip
+    quantiles = {
+        name: dict(
+            zip(
+                ("5%", "25%", "50%", "75%", "95%"),
+                torch.quantile(values.float(), levels).tolist(),
+                strict=True,
+            )
+        )
+        for name, values in (("matched", cosine), ("shuffled", null_cosine))
+    }
     calibration = Calibration(
-        statistic=statistic, threshold=float(threshold), method=method,
+        statistic=statistic,
+        threshold=float(threshold),
+        method=method,
         fpr=None if config.threshold is not None else config.fpr,
-        null_pairs=int(null_cosine.numel()), null_pass_rate=passed,
+        null_pairs=int(null_cosine.numel()),
+        null_pass_rate=passed,
         # For comparison with CLIP-score filtering: flag cosine <= this, same share passes.
         cosine_at_fpr=-calibrate_threshold((-null_cosine).tolist(), config.fpr),
-        histogram=histogram, quantiles=quantiles,
-    )  # fmt: skip
+        histogram=histogram,
+        quantiles=quantiles,
+    )
     return calibration, flagged
 
 

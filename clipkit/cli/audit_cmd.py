@@ -81,11 +81,21 @@ def audit(
         if path is not None:
             check_output(path)  # before the work, not after it
     config = AuditConfig(
-        data=data, model=model, fpr=fpr, threshold=threshold,
-        long_captions=long_captions.value, neighbours=neighbours, seed=seed,
-        batch_size=batch_size, workers=workers, device=device, include_hidden=include_hidden,
-        image_column=image_column, text_column=text_column, strict=strict,
-    )  # fmt: skip
+        data=data,
+        model=model,
+        fpr=fpr,
+        threshold=threshold,
+        long_captions=long_captions.value,
+        neighbours=neighbours,
+        seed=seed,
+        batch_size=batch_size,
+        workers=workers,
+        device=device,
+        include_hidden=include_hidden,
+        image_column=image_column,
+        text_column=text_column,
+        strict=strict,
+    )
     with progress_bar() as progress:
         try:
             result = run_audit(config, progress)
@@ -112,43 +122,74 @@ def audit(
 
 def _summarise(result: Any) -> None:
     c = result.calibration
-    rule = (f"mismatch ≥ {c.threshold:.4f} ({c.method}; {c.null_pass_rate:.2%} of "
-            f"{c.null_pairs} shuffled pairs pass)" if c.statistic == "mismatch"
-            else f"cosine < {c.threshold:.4f} ({c.method}; {c.null_pass_rate:.2%} of "
-                 f"{c.null_pairs} shuffled pairs pass)")  # fmt: skip
-    stderr.print(f"Audited {len(result.pairs)} pairs with {result.model}: "
-                 f"{len(result.flagged)} flagged, {len(result.failures)} skipped; "
-                 f"flag rule: {rule}.", markup=False)  # fmt: skip
+    rule = (
+        f"mismatch ≥ {c.threshold:.4f} ({c.method}; {c.null_pass_rate:.2%} of "
+        f"{c.null_pairs} shuffled pairs pass)"
+        if c.statistic == "mismatch"
+        else f"cosine < {c.threshold:.4f} ({c.method}; {c.null_pass_rate:.2%} of "
+        f"{c.null_pairs} shuffled pairs pass)"
+    )
+    stderr.print(
+        f"Audited {len(result.pairs)} pairs with {result.model}: "
+        f"{len(result.flagged)} flagged, {len(result.failures)} skipped; "
+        f"flag rule: {rule}.",
+        markup=False,
+    )
     found = result.retrieval()
-    stderr.print("Retrieval over the pairs: " + "; ".join(
-        f"{arrow} R@1 {found[f'{d}_r1']:.1%}, R@5 {found[f'{d}_r5']:.1%}, "
-        f"R@10 {found[f'{d}_r10']:.1%}, mean rank {found[f'{d}_mean_rank']:.1f}"
-        for d, arrow in (("image_to_text", "image→text"), ("text_to_image", "text→image"))
-    ) + ".", markup=False)  # fmt: skip
+    stderr.print(
+        "Retrieval over the pairs: "
+        + "; ".join(
+            f"{arrow} R@1 {found[f'{d}_r1']:.1%}, R@5 {found[f'{d}_r5']:.1%}, "
+            f"R@10 {found[f'{d}_r10']:.1%}, mean rank {found[f'{d}_mean_rank']:.1f}"
+            for d, arrow in (("image_to_text", "image→text"), ("text_to_image", "text→image"))
+        )
+        + ".",
+        markup=False,
+    )
     matched, shuffled = c.quantiles["matched"], c.quantiles["shuffled"]
-    stderr.print(f"Cosine median: pairs {matched['50%']:.3f}, shuffled {shuffled['50%']:.3f}; "
-                 f"5–95 %: pairs {matched['5%']:.3f}–{matched['95%']:.3f}, shuffled "
-                 f"{shuffled['5%']:.3f}–{shuffled['95%']:.3f}.", markup=False)  # fmt: skip
+    stderr.print(
+        f"Cosine median: pairs {matched['50%']:.3f}, shuffled {shuffled['50%']:.3f}; "
+        f"5–95 %: pairs {matched['5%']:.3f}–{matched['95%']:.3f}, shuffled "
+        f"{shuffled['5%']:.3f}–{shuffled['95%']:.3f}.",
+        markup=False,
+    )
     if result.long_captions:
-        stderr.print(f"{result.long_captions} captions exceed the model's context "
-                     f"({result.long_caption_mode}).", markup=False)  # fmt: skip
+        stderr.print(
+            f"{result.long_captions} captions exceed the model's context "
+            f"({result.long_caption_mode}).",
+            markup=False,
+        )
     if result.duplicate_images or result.duplicate_captions:
-        stderr.print(f"{len(result.duplicate_images)} identical images carry different captions; "
-                     f"{len(result.duplicate_captions)} captions are on several different "
-                     "images (see the report).", markup=False)  # fmt: skip
+        stderr.print(
+            f"{len(result.duplicate_images)} identical images carry different captions; "
+            f"{len(result.duplicate_captions)} captions are on several different "
+            "images (see the report).",
+            markup=False,
+        )
     print_skipped(result.failures)
 
 
 def _render_flagged(result: Any, top: int) -> None:
     flagged = result.flagged
-    table = Table("mismatch", "cosine", "rank c/i", Column("image", overflow="fold"),
-                  Column("caption", overflow="fold"), Column("suggested caption", overflow="fold"),
-                  title=f"Flagged pairs ({len(flagged)}), worst first",
-                  title_justify="left")  # fmt: skip
+    table = Table(
+        "mismatch",
+        "cosine",
+        "rank c/i",
+        Column("image", overflow="fold"),
+        Column("caption", overflow="fold"),
+        Column("suggested caption", overflow="fold"),
+        title=f"Flagged pairs ({len(flagged)}), worst first",
+        title_justify="left",
+    )
     for p in flagged[:top]:
-        table.add_row(f"{p.mismatch:.3f}", f"{p.cosine:.3f}", f"{p.caption_rank}/{p.image_rank}",
-                      Text(p.image), Text(p.caption), Text(p.suggested_caption or "–"))  # fmt: skip
+        table.add_row(
+            f"{p.mismatch:.3f}",
+            f"{p.cosine:.3f}",
+            f"{p.caption_rank}/{p.image_rank}",
+            Text(p.image),
+            Text(p.caption),
+            Text(p.suggested_caption or "–"),
+        )
     stdout.print(table)
     if len(flagged) > top:
-        stderr.print(f"{len(flagged) - top} more flagged pairs: see --out or --html.",
-                     markup=False)  # fmt: skip
+        stderr.print(f"{len(flagged) - top} more flagged pairs: see --out or --html.", markup=False)

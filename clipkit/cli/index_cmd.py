@@ -74,7 +74,7 @@ def index(
             f", {result.removed} rows no longer in {emb_dir} (rebuild to drop them)"
             if result.removed
             else ""
-        ),  # fmt: skip
+        ),
         markup=False,
     )
 

@@ -68,9 +68,7 @@ WorkersOption = Annotated[
 StrictOption = Annotated[
     bool, typer.Option("--strict", help="Exit 1 if any input was skipped (after the work).")
 ]
-RowsFormatOption = Annotated[
-    RowsFormat, typer.Option("--format", "-f", help="stdout format.")
-]
+RowsFormatOption = Annotated[RowsFormat, typer.Option("--format", "-f", help="stdout format.")]
 DocumentFormatOption = Annotated[
     DocumentFormat, typer.Option("--format", "-f", help="stdout format.")
 ]

@@ -45,18 +45,34 @@ def quickstart(
     from clipkit.quickstart.run import QuickstartConfig
     from clipkit.quickstart.run import quickstart as run_quickstart
 
-    config = QuickstartConfig(folder=folder, train_pairs=train_pairs, val_pairs=val_pairs,
-                              per_class=per_class, epochs=epochs, workers=workers,
-                              device=device)  # fmt: skip
-    stderr.print(f"clipkit quickstart in {folder}: train, embed, index, search, zeroshot, audit",
-                 markup=False)  # fmt: skip
+    config = QuickstartConfig(
+        folder=folder,
+        train_pairs=train_pairs,
+        val_pairs=val_pairs,
+        per_class=per_class,
+        epochs=epochs,
+        workers=workers,
+        device=device,
+    )
+    stderr.print(
+        f"clipkit quickstart in {folder}: train, embed, index, search, zeroshot, audit",
+        markup=False,
+    )
     with progress_bar() as progress:
         result = run_quickstart(config, progress, on_step=_announce)
     if output is DocumentFormat.json:
-        typer.echo(json.dumps({"folder": result.folder, "overview": result.overview,
-                               "seconds": result.seconds,
-                               "steps": [step.as_dict() for step in result.steps]},
-                              indent=2, ensure_ascii=False))  # fmt: skip
+        typer.echo(
+            json.dumps(
+                {
+                    "folder": result.folder,
+                    "overview": result.overview,
+                    "seconds": result.seconds,
+                    "steps": [step.as_dict() for step in result.steps],
+                },
+                indent=2,
+                ensure_ascii=False,
+            )
+        )
         return
     table = Table("step", "result", "seconds")
     for step in result.steps:

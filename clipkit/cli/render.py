@@ -28,9 +28,7 @@ FIGURE_FORMATS = {
 }
 
 
-def print_skipped(
-    failures: Sequence[tuple[str, str, str]], listed_in: str | None = None
-) -> None:
+def print_skipped(failures: Sequence[tuple[str, str, str]], listed_in: str | None = None) -> None:
     """The first skipped inputs (uri, stage, error) on stderr, then how many more and where."""
     for uri, stage, error in failures[:SKIPPED_SHOWN]:
         # soft_wrap: a long path is wrapped by the terminal, not split by a newline of ours
@@ -83,15 +81,12 @@ def progress_bar() -> Iterator[ProgressCallback]:
                 text = figures_text(report.figures)
             else:
                 text = f"{report.done / max(now - started[report.stage], 1e-9):.1f}/s"
-            bar.update(tasks[report.stage], completed=report.done, total=report.total,
-                       figures=text)  # fmt: skip
+            bar.update(tasks[report.stage], completed=report.done, total=report.total, figures=text)
 
         yield update
 
 
-def print_rows(
-    output: RowsFormat, rows: Sequence[Mapping[str, Any]], document: Any = None
-) -> None:
+def print_rows(output: RowsFormat, rows: Sequence[Mapping[str, Any]], document: Any = None) -> None:
     """Rows on stdout as JSON (``document`` when given, else the list), JSON lines or CSV.
 
     CSV columns are the union of the rows' keys, in first-seen order.

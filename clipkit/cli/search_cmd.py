@@ -107,8 +107,9 @@ def _render_search(result: Any, output: RowsFormat) -> None:
     rows = [{"query": q.query, **hit.as_dict()} for q in result.results for hit in q.hits]
     meta_names = list(dict.fromkeys(name for row in rows for name in row["meta"]))
     if output is RowsFormat.json:
-        payload = [{"query": q.query, "hits": [h.as_dict() for h in q.hits]}
-                   for q in result.results]  # fmt: skip
+        payload = [
+            {"query": q.query, "hits": [h.as_dict() for h in q.hits]} for q in result.results
+        ]
         print_rows(output, rows, payload)
     elif output is RowsFormat.jsonl:
         print_rows(output, rows)
@@ -116,8 +117,13 @@ def _render_search(result: Any, output: RowsFormat) -> None:
         # Flat columns: a pass-through column named like one of ours ("rank", say) gets a prefix.
         ours = ["query", "rank", "score", "id", "uri", "kind", "text", "path"]
         columns = {name: f"meta.{name}" if name in ours else name for name in meta_names}
-        flat = [{**{key: row[key] for key in ours},
-                 **{columns[name]: value for name, value in row["meta"].items()}} for row in rows]
+        flat = [
+            {
+                **{key: row[key] for key in ours},
+                **{columns[name]: value for name, value in row["meta"].items()},
+            }
+            for row in rows
+        ]
         print_rows(output, flat)
     else:
         for q in result.results:
@@ -128,6 +134,7 @@ def _render_search(result: Any, output: RowsFormat) -> None:
             for hit in q.hits:
                 shown = (hit.text or "") if hit.kind == "text" else hit.path
                 meta = [Text("; ".join(f"{k}: {v}" for k, v in hit.meta.items()))]
-                table.add_row(str(hit.rank), f"{hit.score:.4f}", Text(shown),
-                              *(meta if meta_names else []))  # fmt: skip
+                table.add_row(
+                    str(hit.rank), f"{hit.score:.4f}", Text(shown), *(meta if meta_names else [])
+                )
             stdout.print(table)

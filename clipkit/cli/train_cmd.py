@@ -23,7 +23,7 @@ def train(
             help="Folder of images with .txt captions, a CSV/TSV/JSONL/Parquet "
             "table, or WebDataset .tar shards (a .tar or a folder of them)."
         ),
-    ],  # fmt: skip
+    ],
     out: Annotated[Path, typer.Option("--out", "-o", help="Run folder (checkpoints, logs).")],
     model: ModelOption = DEFAULT_MODEL_SPEC,
     epochs: Annotated[int | None, typer.Option(min=1, help="Passes over the data [10].")] = None,
@@ -87,15 +87,37 @@ def train(
     from clipkit.train.run import train as run_train
 
     config = TrainConfig(
-        data=data, out=str(out), model=model, epochs=epochs, steps=steps,
-        batch_size=batch_size, lr=lr, weight_decay=weight_decay, warmup=warmup,
-        grad_clip=grad_clip, weight=weight, init_temperature=init_temperature,
-        learn_temperature=learn_temperature, val_split=val_split, val=val,
-        eval_classes=eval_classes, lock_image=lock_image, lock_text=lock_text,
-        grad_cache=grad_cache, micro_batch=micro_batch, precision=precision, device=device,
-        seed=seed, workers=workers, save_every=save_every, wise_ft=wise_ft,
-        image_column=image_column, text_column=text_column, resume=resume, strict=strict,
-    )  # fmt: skip
+        data=data,
+        out=str(out),
+        model=model,
+        epochs=epochs,
+        steps=steps,
+        batch_size=batch_size,
+        lr=lr,
+        weight_decay=weight_decay,
+        warmup=warmup,
+        grad_clip=grad_clip,
+        weight=weight,
+        init_temperature=init_temperature,
+        learn_temperature=learn_temperature,
+        val_split=val_split,
+        val=val,
+        eval_classes=eval_classes,
+        lock_image=lock_image,
+        lock_text=lock_text,
+        grad_cache=grad_cache,
+        micro_batch=micro_batch,
+        precision=precision,
+        device=device,
+        seed=seed,
+        workers=workers,
+        save_every=save_every,
+        wise_ft=wise_ft,
+        image_column=image_column,
+        text_column=text_column,
+        resume=resume,
+        strict=strict,
+    )
     with progress_bar() as update:
         try:
             result = run_train(config, progress=update)
@@ -134,8 +156,12 @@ def _report(result: Any) -> None:
     )
     if result.interrupted:
         say("State saved; continue with the same command and --resume.")
-    for label, path in (("best", result.best_checkpoint), ("last", result.last_checkpoint),
-                        ("wise-ft", result.wise_ft_checkpoint), ("plot", result.plot)):  # fmt: skip
+    for label, path in (
+        ("best", result.best_checkpoint),
+        ("last", result.last_checkpoint),
+        ("wise-ft", result.wise_ft_checkpoint),
+        ("plot", result.plot),
+    ):
         if path:
             say(f"  {label}: {path}")
 

@@ -86,11 +86,21 @@ def zeroshot(
         if path is not None:
             check_output(path)  # before the work, not after it
     config = ZeroShotConfig(
-        images=images, labels=typed_text(labels), labels_file=labels_file, templates=templates,
-        model=model, k=k, reject_threshold=reject_threshold, calibrate=calibrate,
-        false_reject=false_reject, batch_size=batch_size, workers=workers, device=device,
-        include_hidden=include_hidden, strict=strict,
-    )  # fmt: skip
+        images=images,
+        labels=typed_text(labels),
+        labels_file=labels_file,
+        templates=templates,
+        model=model,
+        k=k,
+        reject_threshold=reject_threshold,
+        calibrate=calibrate,
+        false_reject=false_reject,
+        batch_size=batch_size,
+        workers=workers,
+        device=device,
+        include_hidden=include_hidden,
+        strict=strict,
+    )
     with progress_bar() as progress:
         try:
             result = run_zeroshot(config, progress)
@@ -121,29 +131,38 @@ def _summarise(result: Any) -> None:
     )
     print_skipped(result.failures)
     if (r := result.rejection) is not None:
-        how = "given" if r.method == "given" else (
-            f"calibrated on {r.calibration_images} known images for "
-            f"{r.target_false_reject:.1%} false rejects, realised {r.calibration_false_reject:.1%}"
-        )  # fmt: skip
-        stderr.print(f"{r.rejected} images are unknown: top probability below "
-                     f"{r.threshold:.4f} ({how}).", markup=False)  # fmt: skip
+        how = (
+            "given"
+            if r.method == "given"
+            else (
+                f"calibrated on {r.calibration_images} known images for "
+                f"{r.target_false_reject:.1%} false rejects, "
+                f"realised {r.calibration_false_reject:.1%}"
+            )
+        )
+        stderr.print(
+            f"{r.rejected} images are unknown: top probability below {r.threshold:.4f} ({how}).",
+            markup=False,
+        )
     for note in result.notes:
         stderr.print(note, markup=False)
     if (m := result.metrics) is not None:
-        headline = (f"top-1 {m.top1:.1%} · top-{m.k} {m.topk:.1%} · mean per-class recall "
-                    f"{m.mean_per_class_recall:.1%} on {m.images} images")  # fmt: skip
+        headline = (
+            f"top-1 {m.top1:.1%} · top-{m.k} {m.topk:.1%} · mean per-class recall "
+            f"{m.mean_per_class_recall:.1%} on {m.images} images"
+        )
         stderr.print(headline, markup=False)
 
 
 def _render_tables(result: Any, *, show_predictions: bool) -> None:
     if show_predictions:
         image = Column("image", overflow="fold")
-        table = Table(image, "label", "probability", "top labels", title="Predictions",
-                      title_justify="left")  # fmt: skip
+        table = Table(
+            image, "label", "probability", "top labels", title="Predictions", title_justify="left"
+        )
         for p in result.predictions:
             others = ", ".join(f"{label} {prob:.3f}" for label, prob in p.top)
-            table.add_row(Text(p.path or p.uri), Text(p.label), f"{p.confidence:.3f}",
-                          Text(others))  # fmt: skip
+            table.add_row(Text(p.path or p.uri), Text(p.label), f"{p.confidence:.3f}", Text(others))
         stdout.print(table)
     total = max(len(result.predictions), 1)
     table = Table("label", "images", "share", title="Label distribution", title_justify="left")
@@ -156,11 +175,19 @@ def _render_tables(result: Any, *, show_predictions: bool) -> None:
 
 def _render_metrics(result: Any) -> None:
     m = result.metrics
-    table = Table("label", "images", "predicted", "precision", "recall", title="Per class",
-                  title_justify="left")  # fmt: skip
+    table = Table(
+        "label",
+        "images",
+        "predicted",
+        "precision",
+        "recall",
+        title="Per class",
+        title_justify="left",
+    )
     for c in m.classes:
-        table.add_row(Text(c.label), str(c.support), str(c.predicted), _cell(c.precision),
-                      _cell(c.recall))  # fmt: skip
+        table.add_row(
+            Text(c.label), str(c.support), str(c.predicted), _cell(c.precision), _cell(c.recall)
+        )
     stdout.print(table)
     labels = result.labels
     if len(labels) <= CONFUSION_TABLE_MAX:
@@ -173,13 +200,14 @@ def _render_metrics(result: Any) -> None:
         for label, row in zip(labels, m.confusion, strict=True):
             table.add_row(Text(label), *(str(count) if count else "·" for count in row))
     else:
-        table = Table("true", "predicted", "images", title="Worst confusions",
-                      title_justify="left")  # fmt: skip
+        table = Table("true", "predicted", "images", title="Worst confusions", title_justify="left")
         for true, predicted, count in m.worst_confusions(CONFUSION_TABLE_MAX):
             table.add_row(Text(labels[true]), Text(labels[predicted]), str(count))
     stdout.print(table)
-    stdout.print(f"top-1 {m.top1:.4f}  top-{m.k} {m.topk:.4f}  "
-                 f"mean per-class recall {m.mean_per_class_recall:.4f}")  # fmt: skip
+    stdout.print(
+        f"top-1 {m.top1:.4f}  top-{m.k} {m.topk:.4f}  "
+        f"mean per-class recall {m.mean_per_class_recall:.4f}"
+    )
 
 
 def _cell(value: float | None) -> str:

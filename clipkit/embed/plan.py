@@ -45,8 +45,10 @@ def image_ids(
     """
     mine = list(range(world.rank, len(items), world.size))
     stats = [file_stat(items[i].path or "") for i in mine]  # before any read
-    ids = [recorded_id(recorded, items[i].uri, now, known_ids)
-           for i, now in zip(mine, stats, strict=True)]  # fmt: skip
+    ids = [
+        recorded_id(recorded, items[i].uri, now, known_ids)
+        for i, now in zip(mine, stats, strict=True)
+    ]
     unread = [n for n, item_id in enumerate(ids) if item_id is None]
     hashed = hash_files([items[mine[n]].path or "" for n in unread], workers)
     for n, item_id in zip(unread, hashed, strict=True):

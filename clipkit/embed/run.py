@@ -146,16 +146,28 @@ class _Run:
             self.known_uris[uri] = item_id
         return True
 
-    def add(self, items: Sequence[Item], ids: Sequence[str], texts: Sequence[str | None],
-            vectors: torch.Tensor) -> None:  # fmt: skip
+    def add(
+        self,
+        items: Sequence[Item],
+        ids: Sequence[str],
+        texts: Sequence[str | None],
+        vectors: torch.Tensor,
+    ) -> None:
         """Buffer rows (vectors: (B, D)); a non-finite embedding is a failure, never a row."""
         matrix = vectors.detach().to("cpu", torch.float32).numpy()
         finite = np.isfinite(matrix).all(axis=1)
         if not finite.all():
-            self._fail_non_finite([(item.uri, item_id) for item, item_id, ok
-                                   in zip(items, ids, finite, strict=True) if not ok])  # fmt: skip
-            items, ids, texts = ([v for v, ok in zip(values, finite, strict=True) if ok]
-                                 for values in (items, ids, texts))  # fmt: skip
+            self._fail_non_finite(
+                [
+                    (item.uri, item_id)
+                    for item, item_id, ok in zip(items, ids, finite, strict=True)
+                    if not ok
+                ]
+            )
+            items, ids, texts = (
+                [v for v, ok in zip(values, finite, strict=True) if ok]
+                for values in (items, ids, texts)
+            )
             matrix = matrix[finite]
         for item, item_id, text in zip(items, ids, texts, strict=True):
             self._column("id").append(item_id)
@@ -190,12 +202,12 @@ class _Run:
             return
         buffered = np.concatenate(self.vectors)
         take = len(buffered) if limit is None else min(limit, len(buffered))
-        stamp = store.ModelStamp(self.encoder.spec, self.encoder.fingerprint,
-                                 self.encoder.embed_dim)  # fmt: skip
+        stamp = store.ModelStamp(
+            self.encoder.spec, self.encoder.fingerprint, self.encoder.embed_dim
+        )
         path = store.shard_path(self.out_dir, self.next_shard)
         shard = {name: values[:take] for name, values in self.rows.items()}
-        store.write_shard(path, shard, buffered[:take], stamp, float16=self.float16,
-                          base=self.base)  # fmt: skip
+        store.write_shard(path, shard, buffered[:take], stamp, float16=self.float16, base=self.base)
         self.next_shard += self.shard_step
         self.shards_written += 1
         self.rows = {name: values[take:] for name, values in self.rows.items()}
@@ -231,12 +243,19 @@ def embed(config: EmbedConfig, progress: ProgressCallback | None = None) -> Embe
             distributed.finish(world)
 
 
-def _embed(config: EmbedConfig, world: distributed.World, device: str,
-           report: ProgressCallback) -> EmbedResult:  # fmt: skip
+def _embed(
+    config: EmbedConfig, world: distributed.World, device: str, report: ProgressCallback
+) -> EmbedResult:
     started = time.perf_counter()
     frame = _uri_frame(config.out_dir)
-    options = SourceOptions(config.kind, config.lines, config.include_hidden,
-                            config.image_column, config.text_column, frame)  # fmt: skip
+    options = SourceOptions(
+        config.kind,
+        config.lines,
+        config.include_hidden,
+        config.image_column,
+        config.text_column,
+        frame,
+    )
     found = discover(config.sources, options)
     encoder = load_model(config.model, device=device)
     with writer_lock(config.out_dir, f"embed -o {config.out_dir}", active=world.is_main):
@@ -250,8 +269,9 @@ def _embed(config: EmbedConfig, world: distributed.World, device: str,
         trusted = {} if config.rehash else recorded
         if world.distributed:
             texts = embed_plan.claim(run, world, texts, embed_plan.text_ids(texts))
-            ids, run.file_stats = embed_plan.image_ids(images, world, workers, trusted,
-                                                       run.known_ids)  # fmt: skip
+            ids, run.file_stats = embed_plan.image_ids(
+                images, world, workers, trusted, run.known_ids
+            )
             images = embed_plan.claim(run, world, images, ids)
         else:
             images = _skip_unchanged(run, images, trusted)
@@ -276,18 +296,21 @@ def _uri_frame(out_dir: Path) -> UriFrame:
     return UriFrame(base=base if os.path.isdir(base) else here, cwd=here)
 
 
-def _save_file_stats(config: EmbedConfig, run: _Run, world: distributed.World,
-                     recorded: dict[str, store.FileStat]) -> None:  # fmt: skip
+def _save_file_stats(
+    config: EmbedConfig, run: _Run, world: distributed.World, recorded: dict[str, store.FileStat]
+) -> None:
     """Write the stat cache (rank 0, which holds every rank's stats). Without --prune, files of
     other sources keep their entries: a stale entry costs a read, never a wrong row."""
     if world.is_main:
         images_pruned = config.prune and config.kind is not Kind.TEXT
-        store.write_file_stats(config.out_dir, {**({} if images_pruned else recorded),
-                                                **run.file_stats})  # fmt: skip
+        store.write_file_stats(
+            config.out_dir, {**({} if images_pruned else recorded), **run.file_stats}
+        )
 
 
-def _skip_unchanged(run: _Run, items: Sequence[Item],
-                    recorded: dict[str, store.FileStat]) -> list[Item]:  # fmt: skip
+def _skip_unchanged(
+    run: _Run, items: Sequence[Item], recorded: dict[str, store.FileStat]
+) -> list[Item]:
     """The image items to read: those the stat cache does not vouch for. A vouched file is
     counted (present or alias) unread; the others' stats are noted before the read."""
     left = []
@@ -304,11 +327,18 @@ def _skip_unchanged(run: _Run, items: Sequence[Item],
     return left
 
 
-def _finish(config: EmbedConfig, run: _Run, world: distributed.World, encoder: Encoder,
-            ignored: int, seconds: float) -> EmbedResult:  # fmt: skip
+def _finish(
+    config: EmbedConfig,
+    run: _Run,
+    world: distributed.World,
+    encoder: Encoder,
+    ignored: int,
+    seconds: float,
+) -> EmbedResult:
     """Combine the ranks' counts; the main rank writes failures and aliases."""
-    shares = distributed.gather(world, (run.embedded, run.failures, run.truncated, run.replaced,
-                                        run.shards_written))  # fmt: skip
+    shares = distributed.gather(
+        world, (run.embedded, run.failures, run.truncated, run.replaced, run.shards_written)
+    )
     failures = tuple(sorted(f for share in shares for f in share[1]))
     pruned = store.Pruned(0, 0)
     if world.is_main:  # every rank's shards are written: gather waited for them
@@ -339,8 +369,9 @@ def _finish(config: EmbedConfig, run: _Run, world: distributed.World, encoder: E
     )
 
 
-def _prune(config: EmbedConfig, run: _Run,
-           failures: Sequence[tuple[str, str, str]]) -> store.Pruned:  # fmt: skip
+def _prune(
+    config: EmbedConfig, run: _Run, failures: Sequence[tuple[str, str, str]]
+) -> store.Pruned:
     """Drop what the sources no longer hold. An input that failed to read or decode this time
     keeps its rows: it may be a passing fault (a network share), and nothing is known of it."""
     current = dict(run.current)
@@ -350,14 +381,24 @@ def _prune(config: EmbedConfig, run: _Run,
     # A .tar shard that could not be listed keeps the rows of all its members.
     shards = tuple(uri + MEMBER_SEPARATOR for uri, _, _ in failures if uri.endswith(TAR_SUFFIX))
     if shards:
-        current.update({uri: item_id for uri, item_id in run.known_uris.items()
-                        if uri.startswith(shards) and uri not in current})  # fmt: skip
+        current.update(
+            {
+                uri: item_id
+                for uri, item_id in run.known_uris.items()
+                if uri.startswith(shards) and uri not in current
+            }
+        )
     kinds = ("image", "text") if config.kind is Kind.AUTO else (config.kind.value,)
     return store.prune(config.out_dir, current, kinds)
 
 
-def _start_run(config: EmbedConfig, encoder: Encoder, items: Sequence[Item],
-               world: distributed.World, base: str) -> _Run:  # fmt: skip
+def _start_run(
+    config: EmbedConfig,
+    encoder: Encoder,
+    items: Sequence[Item],
+    world: distributed.World,
+    base: str,
+) -> _Run:
     if world.is_main:  # the folder exists: writer_lock made it
         store.remove_stale_temporaries(config.out_dir)
     distributed.barrier(world)
@@ -386,7 +427,9 @@ def _start_run(config: EmbedConfig, encoder: Encoder, items: Sequence[Item],
     )
 
 
-def _embed_texts(run: _Run, items: Sequence[Item], batch_size: int, report: ProgressCallback) -> None:
+def _embed_texts(
+    run: _Run, items: Sequence[Item], batch_size: int, report: ProgressCallback
+) -> None:
     if items:
         report(ProgressReport("texts", 0, len(items)))
     for start in range(0, len(items), batch_size):
@@ -416,8 +459,9 @@ def _read_text(item: Item) -> tuple[str, bool]:
     return decode_text(read_bytes(item.path or ""))
 
 
-def _embed_images(run: _Run, items: Sequence[Item], config: EmbedConfig, workers: int,
-                  report: ProgressCallback) -> None:  # fmt: skip
+def _embed_images(
+    run: _Run, items: Sequence[Item], config: EmbedConfig, workers: int, report: ProgressCallback
+) -> None:
     if not items:
         return
     dataset = ImageDataset(
@@ -440,8 +484,11 @@ def _embed_images(run: _Run, items: Sequence[Item], config: EmbedConfig, workers
             stat = run.pending_stats.pop(item.uri, None)
             if stat is not None:
                 run.file_stats[item.uri] = (*stat, sample.item_id)
-            if position not in batch.pixel_row and sample.item_id not in run.known_ids \
-                    and sample.item_id not in fresh_ids:  # fmt: skip
+            if (
+                position not in batch.pixel_row
+                and sample.item_id not in run.known_ids
+                and sample.item_id not in fresh_ids
+            ):
                 # A worker passed over this copy, and its first copy got no row: the same
                 # content gave a non-finite embedding.
                 run.failures.append((item.uri, "encode", NON_FINITE))
@@ -452,8 +499,9 @@ def _embed_images(run: _Run, items: Sequence[Item], config: EmbedConfig, workers
                 keep.append(position)
         if fresh_items:
             pixels = batch.pixels[[batch.pixel_row[p] for p in keep]]
-            run.add(fresh_items, fresh_ids, [None] * len(fresh_items),
-                    run.encoder.encode_images(pixels))  # fmt: skip
+            run.add(
+                fresh_items, fresh_ids, [None] * len(fresh_items), run.encoder.encode_images(pixels)
+            )
         done += len(batch.samples)
         report(ProgressReport("images", done, len(items)))
 

@@ -112,8 +112,13 @@ def build_index(config: IndexConfig) -> IndexResult:
         return _build(config, shards, stamp, kind, started)
 
 
-def _build(config: IndexConfig, shards: Sequence[store.Shard], stamp: store.ModelStamp,
-           kind: str, started: float) -> IndexResult:  # fmt: skip
+def _build(
+    config: IndexConfig,
+    shards: Sequence[store.Shard],
+    stamp: store.ModelStamp,
+    kind: str,
+    started: float,
+) -> IndexResult:
     rows, reservoir, other = scan(shards, kind, config.seed)
     sample = reservoir.array()
     if not rows["id"]:
@@ -131,11 +136,20 @@ def _build(config: IndexConfig, shards: Sequence[store.Shard], stamp: store.Mode
     queries = query_sets(reservoir, other, config.seed)
     params, recall = tune(index, queries, shards, kind, config.target_recall)
     info = IndexInfo(
-        model=stamp.spec, fingerprint=stamp.fingerprint, dim=stamp.dim, kind=kind,
-        factory=factory, params=params, rows=index.ntotal, source=str(config.emb_dir.resolve()),
-        shards=store.shard_signature(shards), build_seconds=time.perf_counter() - started,
-        recall_at_10=recall, target_recall=config.target_recall, base=store.read_base(shards),
-    )  # fmt: skip
+        model=stamp.spec,
+        fingerprint=stamp.fingerprint,
+        dim=stamp.dim,
+        kind=kind,
+        factory=factory,
+        params=params,
+        rows=index.ntotal,
+        source=str(config.emb_dir.resolve()),
+        shards=store.shard_signature(shards),
+        build_seconds=time.perf_counter() - started,
+        recall_at_10=recall,
+        target_recall=config.target_recall,
+        base=store.read_base(shards),
+    )
     _write(config.out_dir, index, rows, info)
     return IndexResult(info=info, out_dir=config.out_dir, added=index.ntotal, removed=0)
 
@@ -241,8 +255,11 @@ def _resolve_kind(config: IndexConfig, shards: Sequence[store.Shard]) -> str:
         return config.kind
     if config.kind != "auto":
         raise InputError(f"Unknown kind {config.kind!r}.", "Use image, text or auto.")
-    kinds = {k for block in store.iter_embeddings(shards, ("kind",))
-             for k in block.column("kind").to_pylist()}  # fmt: skip
+    kinds = {
+        k
+        for block in store.iter_embeddings(shards, ("kind",))
+        for k in block.column("kind").to_pylist()
+    }
     return "image" if "image" in kinds else "text"
 
 
@@ -261,8 +278,13 @@ def _write(out_dir: Path, index: faiss.Index, rows: dict[str, list[Any]], info: 
         sidecar.write_text(json.dumps(info.as_dict(), indent=2))
 
 
-def _update(config: IndexConfig, shards: Sequence[store.Shard], stamp: store.ModelStamp,
-            kind: str, started: float) -> IndexResult:  # fmt: skip
+def _update(
+    config: IndexConfig,
+    shards: Sequence[store.Shard],
+    stamp: store.ModelStamp,
+    kind: str,
+    started: float,
+) -> IndexResult:
     loaded = load_index(config.out_dir, check_source=False)
     info = loaded.info
     if info.fingerprint != stamp.fingerprint:
@@ -289,15 +311,21 @@ def _update(config: IndexConfig, shards: Sequence[store.Shard], stamp: store.Mod
             added += len(new)
     dropped = _drop_gone(loaded.index, rows, current)
     removed = len(known - current) - dropped
-    updated = IndexInfo(**{
-        **info.as_dict(), "rows": loaded.index.ntotal, "removed_rows": removed,
-        "shards": store.shard_signature(shards), "source": str(config.emb_dir.resolve()),
-        "build_seconds": info.build_seconds + time.perf_counter() - started,
-        "base": store.read_base(shards),
-    })  # fmt: skip
+    updated = IndexInfo(
+        **{
+            **info.as_dict(),
+            "rows": loaded.index.ntotal,
+            "removed_rows": removed,
+            "shards": store.shard_signature(shards),
+            "source": str(config.emb_dir.resolve()),
+            "build_seconds": info.build_seconds + time.perf_counter() - started,
+            "base": store.read_base(shards),
+        }
+    )
     _write(config.out_dir, loaded.index, rows, updated)
-    return IndexResult(info=updated, out_dir=config.out_dir, added=added, removed=removed,
-                       dropped=dropped)  # fmt: skip
+    return IndexResult(
+        info=updated, out_dir=config.out_dir, added=added, removed=removed, dropped=dropped
+    )
 
 
 def _drop_gone(index: faiss.Index, rows: dict[str, list[Any]], current: set[str]) -> int:
@@ -388,8 +416,10 @@ def load_index(folder: Path, *, check_source: bool = True) -> LoadedIndex:
     """
     meta_path = folder / META_FILE
     if not meta_path.is_file():
-        raise InputError(f"{folder} is not a clipkit index (no {META_FILE}).",
-                         "Build one with: clipkit index EMB_DIR -o INDEX_DIR")  # fmt: skip
+        raise InputError(
+            f"{folder} is not a clipkit index (no {META_FILE}).",
+            "Build one with: clipkit index EMB_DIR -o INDEX_DIR",
+        )
     with reading_published(folder, "The index", _REBUILD):  # not mid-way through an update
         info, index, rows = _read_parts(folder)
     if index.ntotal != len(rows.get("id", [])) or index.ntotal != info.rows:

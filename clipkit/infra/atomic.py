@@ -30,8 +30,9 @@ def check_output(target: str | os.PathLike[str], *, folder: bool = False) -> Pat
         raise InputError(f"{target} is a folder, not a file name.", "Give a file path.")
     blocker = next((parent for parent in target.parents if parent.exists()), None)
     if blocker is not None and not blocker.is_dir():
-        raise InputError(f"Cannot write {target}: {blocker} is a file, not a folder.",
-                         "Choose another path.")  # fmt: skip
+        raise InputError(
+            f"Cannot write {target}: {blocker} is a file, not a folder.", "Choose another path."
+        )
     return target
 
 
@@ -41,8 +42,10 @@ def make_folder(path: str | os.PathLike[str]) -> Path:
     try:
         path.mkdir(parents=True, exist_ok=True)
     except OSError as error:
-        raise InputError(f"Cannot create the folder {path}: {error.strerror}.",
-                         "Choose a folder you can write to.") from None  # fmt: skip
+        raise InputError(
+            f"Cannot create the folder {path}: {error.strerror}.",
+            "Choose a folder you can write to.",
+        ) from None
     return path
 
 
@@ -86,9 +89,11 @@ def atomic_paths(
         _remove(tmps)
         reason = error.strerror or str(error).splitlines()[0] or type(error).__name__
         where = targets[0] if len(targets) == 1 else targets[0].parent
-        raise ClipkitError(f"Cannot write {where}: {reason}.",
-                           "Free some space (or choose another folder) and run the command "
-                           "again; files already written are kept.") from None  # fmt: skip
+        raise ClipkitError(
+            f"Cannot write {where}: {reason}.",
+            "Free some space (or choose another folder) and run the command "
+            "again; files already written are kept.",
+        ) from None
     except BaseException:
         _remove(tmps)
         raise
@@ -99,8 +104,9 @@ def _temporary(target: Path) -> Path:
     try:
         fd, name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
     except OSError as error:
-        raise InputError(f"Cannot write {target}: {error.strerror}.",
-                         "Choose a folder you can write to.") from None  # fmt: skip
+        raise InputError(
+            f"Cannot write {target}: {error.strerror}.", "Choose a folder you can write to."
+        ) from None
     os.close(fd)
     return Path(name)
 

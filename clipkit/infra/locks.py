@@ -59,8 +59,9 @@ def writer_lock(
     try:
         handle = open(path, "a+", encoding="utf-8")  # noqa: SIM115 - held across the yield
     except OSError as error:
-        raise InputError(f"Cannot write in {folder}: {error.strerror}.",
-                         "Choose a folder you can write to.") from None  # fmt: skip
+        raise InputError(
+            f"Cannot write in {folder}: {error.strerror}.", "Choose a folder you can write to."
+        ) from None
     with handle:
         try:
             fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)

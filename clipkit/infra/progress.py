@@ -1,4 +1,5 @@
-"""Progress reports: one shape for every service, drawn as bars by the CLI (services never print)."""
+"""Progress reports: one shape for every service, drawn as bars by the CLI (services never
+print)."""
 
 from __future__ import annotations
 

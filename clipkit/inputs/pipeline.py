@@ -143,8 +143,9 @@ class ImageDataset(Dataset):
         except DecodeError as error:
             return Sample(index, item_id, error=(error.stage, error.reason)), None
         except Exception as error:  # a transform failing on one odd image must not end the run
-            return Sample(index, item_id, error=("preprocess", f"{type(error).__name__}: "
-                                                 f"{error}")), None  # fmt: skip
+            return Sample(
+                index, item_id, error=("preprocess", f"{type(error).__name__}: {error}")
+            ), None
         if self.recent is not None:
             self.recent[item_id] = None
             if len(self.recent) > REPEAT_WINDOW:  # a few MB per worker, whatever the input
@@ -234,8 +235,13 @@ def encode_image_files(
     ``progress`` receives the number of files handled so far after each batch.
     """
     items = [Item(uri=path, kind="image", path=path) for path in paths]
-    dataset = ImageDataset(items, known_ids=frozenset(), preprocess=encoder.prepare_image,
-                           min_side=encoder.image_size[0], max_pixels=max_pixels)  # fmt: skip
+    dataset = ImageDataset(
+        items,
+        known_ids=frozenset(),
+        preprocess=encoder.prepare_image,
+        min_side=encoder.image_size[0],
+        max_pixels=max_pixels,
+    )
     parts, rows, ids, failures, done = [], [], [], [], 0
     for batch in image_batches(dataset, batch_size, workers, encoder.device.value):
         if batch.pixels is not None:
@@ -255,8 +261,15 @@ def encode_image_files(
 
 def default_workers() -> int:
     """Decode workers: one per core, at most 8 (decoding is the usual bottleneck)."""
-    return max(1, min(8, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity")
-                      else (os.cpu_count() or 1)))  # fmt: skip
+    return max(
+        1,
+        min(
+            8,
+            len(os.sched_getaffinity(0))
+            if hasattr(os, "sched_getaffinity")
+            else (os.cpu_count() or 1),
+        ),
+    )
 
 
 def start_workers(loader: DataLoader) -> Iterator:

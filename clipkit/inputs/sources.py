@@ -121,8 +121,11 @@ def _sorted_unique(items: list[Item]) -> list[Item]:
     items.sort(key=attrgetter("kind"))
     items.sort(key=attrgetter("uri"))
     last = len(items) - 1
-    return [item for index, item in enumerate(items) if index == last
-            or (items[index + 1].uri, items[index + 1].kind) != (item.uri, item.kind)]  # fmt: skip
+    return [
+        item
+        for index, item in enumerate(items)
+        if index == last or (items[index + 1].uri, items[index + 1].kind) != (item.uri, item.kind)
+    ]
 
 
 def _wanted(kind: str, options: SourceOptions) -> bool:
@@ -204,8 +207,14 @@ class SampleMeta(Mapping[str, Any]):
 
     __slots__ = ("_shard", "_record", "_caption", "_image", "_shard_uri")
 
-    def __init__(self, shard: str, record: str | None, caption: str | None,
-                 image: str | None, shard_uri: str | None = None) -> None:  # fmt: skip
+    def __init__(
+        self,
+        shard: str,
+        record: str | None,
+        caption: str | None,
+        image: str | None,
+        shard_uri: str | None = None,
+    ) -> None:
         self._shard, self._record, self._caption, self._image = shard, record, caption, image
         self._shard_uri = shard_uri or shard
 
@@ -253,9 +262,14 @@ class TableRow(Mapping[str, Any]):
 
     __slots__ = ("_table", "_names", "_row", "_image_column", "_image_uri")
 
-    def __init__(self, table: InputTable, names: tuple[str, ...], row: int,
-                 image_column: str | None = None,
-                 image_uri: Callable[[str], str] = as_text) -> None:  # fmt: skip
+    def __init__(
+        self,
+        table: InputTable,
+        names: tuple[str, ...],
+        row: int,
+        image_column: str | None = None,
+        image_uri: Callable[[str], str] = as_text,
+    ) -> None:
         self._table, self._names, self._row = table, names, row
         self._image_column, self._image_uri = image_column, image_uri
 
@@ -301,10 +315,12 @@ def _table_items(path: Path, options: SourceOptions) -> list[Item]:
             items.append(Item(uri=uri, kind="image", path=readable, meta=meta))
         if texts is not None:
             text = texts[number]
-            meta = (TableRow(table, text_meta, number, image_column, options.uri)
-                    if text_meta else None)  # fmt: skip
-            items.append(Item(uri=f"{table_uri}#row={number}", kind="text", text=str(text or ""),
-                              meta=meta))  # fmt: skip
+            meta = (
+                TableRow(table, text_meta, number, image_column, options.uri) if text_meta else None
+            )
+            items.append(
+                Item(uri=f"{table_uri}#row={number}", kind="text", text=str(text or ""), meta=meta)
+            )
     return items
 
 

@@ -13,8 +13,12 @@ from pathlib import Path
 from PIL import Image, ImageDraw
 
 SHAPES = ("square", "circle", "triangle")
-COLOURS = {"red": (220, 30, 30), "green": (30, 170, 60), "blue": (40, 70, 220),
-           "yellow": (235, 210, 40)}  # fmt: skip
+COLOURS = {
+    "red": (220, 30, 30),
+    "green": (30, 170, 60),
+    "blue": (40, 70, 220),
+    "yellow": (235, 210, 40),
+}
 SIZES = {"small": 0.35, "large": 0.8}
 BACKGROUNDS = {"grey": (128, 128, 128), "white": (250, 250, 250), "black": (10, 10, 10)}
 
@@ -35,9 +39,11 @@ class ShapeSample:
 
 def random_sample(rng: random.Random) -> ShapeSample:
     return ShapeSample(
-        rng.choice(SHAPES), rng.choice(list(COLOURS)), rng.choice(list(SIZES)),
+        rng.choice(SHAPES),
+        rng.choice(list(COLOURS)),
+        rng.choice(list(SIZES)),
         rng.choice(list(BACKGROUNDS)),
-    )  # fmt: skip
+    )
 
 
 def draw_sample(sample: ShapeSample, rng: random.Random, size: int = 64) -> Image.Image:
@@ -54,8 +60,10 @@ def draw_sample(sample: ShapeSample, rng: random.Random, size: int = 64) -> Imag
     elif sample.shape == "circle":
         draw.ellipse(box, fill=colour)
     else:
-        draw.polygon([(left, top + extent), (left + extent, top + extent),
-                      (left + extent / 2, top)], fill=colour)  # fmt: skip
+        draw.polygon(
+            [(left, top + extent), (left + extent, top + extent), (left + extent / 2, top)],
+            fill=colour,
+        )
     return image
 
 
@@ -77,9 +85,13 @@ def write_captioned_shapes(
 
 
 def write_class_tree(
-    folder: str | Path, per_class: int, *, attribute: str = "colour", seed: int = 1,
+    folder: str | Path,
+    per_class: int,
+    *,
+    attribute: str = "colour",
+    seed: int = 1,
     size: int = 64,
-) -> dict[str, list[Path]]:  # fmt: skip
+) -> dict[str, list[Path]]:
     """Images in ``folder/<value>/`` by one attribute (``colour`` or ``shape``)."""
     folder, rng = Path(folder), random.Random(seed)
     values = list(COLOURS) if attribute == "colour" else list(SHAPES)

@@ -145,8 +145,9 @@ def _sniff(file: Path) -> str | None:
         with open(file, "rb") as handle:
             head = handle.read(9)
     except OSError as error:
-        raise UnsafeCheckpointError(f"Cannot read {file}: {error.strerror}.",
-                                    "Check the path and its permissions.") from None  # fmt: skip
+        raise UnsafeCheckpointError(
+            f"Cannot read {file}: {error.strerror}.", "Check the path and its permissions."
+        ) from None
     if head[8:9] == b"{":
         return "safetensors"
     if head.startswith(b"PK\x03\x04") or head[:1] == b"\x80":

@@ -93,9 +93,13 @@ class Encoder:
         """open_clip's training augmentation (random resized crop) for this model's input."""
         cfg = self.preprocess_config
         return open_clip.image_transform(
-            cfg["size"], is_train=True, mean=cfg["mean"], std=cfg["std"],
-            interpolation=cfg["interpolation"], fill_color=cfg["fill_color"],
-        )  # fmt: skip
+            cfg["size"],
+            is_train=True,
+            mean=cfg["mean"],
+            std=cfg["std"],
+            interpolation=cfg["interpolation"],
+            fill_color=cfg["fill_color"],
+        )
 
     @property
     def embed_dim(self) -> int:
@@ -246,9 +250,12 @@ def load_model(spec_text: str, *, device: str = "auto", precision: str = "auto")
 
 
 def load_matching_model(
-    recorded_spec: str, recorded_fingerprint: str, *, spec: str | None = None,
+    recorded_spec: str,
+    recorded_fingerprint: str,
+    *,
+    spec: str | None = None,
     device: str = "auto",
-) -> Encoder:  # fmt: skip
+) -> Encoder:
     """The model that made an artifact (or ``spec``, if it has the same fingerprint).
 
     Raises:

@@ -40,8 +40,13 @@ from clipkit.train.run import TrainConfig, train
 from clipkit.zeroshot.run import ZeroShotConfig, write_predictions, zeroshot
 
 MODEL = "clipkit-tiny:random"  # a built-in architecture, trained from scratch: no download
-QUERIES = ("a red circle", "a blue square", "a yellow triangle", "a small green circle",
-           "a large red square on a black background")  # fmt: skip
+QUERIES = (
+    "a red circle",
+    "a blue square",
+    "a yellow triangle",
+    "a small green circle",
+    "a large red square on a black background",
+)
 SETTINGS_FILE = "quickstart.json"
 
 
@@ -118,17 +123,24 @@ def quickstart(
     run(lambda: _search(folder, config))
     run(lambda: _zeroshot(folder, config, model, progress))
     run(lambda: _audit(folder, config, model, progress))
-    overview = write_overview(folder / "reports" / "index.html", "clipkit quickstart", [
-        OverviewCard(step.name, step.summary, [Path(a) for a in step.artifacts])
-        for step in steps
-    ])  # fmt: skip
+    overview = write_overview(
+        folder / "reports" / "index.html",
+        "clipkit quickstart",
+        [
+            OverviewCard(step.name, step.summary, [Path(a) for a in step.artifacts])
+            for step in steps
+        ],
+    )
     return QuickstartResult(folder=str(folder), steps=tuple(steps), overview=str(overview))
 
 
 def _check_settings(folder: Path, config: QuickstartConfig) -> None:
     """Refuse to mix a new configuration with the data and run of an earlier one."""
-    wanted = {key: value for key, value in asdict(config).items()
-              if key not in ("folder", "workers", "device")}  # fmt: skip
+    wanted = {
+        key: value
+        for key, value in asdict(config).items()
+        if key not in ("folder", "workers", "device")
+    }
     saved = folder / SETTINGS_FILE
     if saved.is_file():
         found = json.loads(saved.read_text(encoding="utf-8"))
@@ -140,8 +152,9 @@ def _check_settings(folder: Path, config: QuickstartConfig) -> None:
             )
         return
     if folder.is_dir() and any(folder.iterdir()):  # never write into someone's own files
-        raise InputError(f"{folder} is not empty and holds no quickstart.",
-                         "Give a new or empty folder.")  # fmt: skip
+        raise InputError(
+            f"{folder} is not empty and holds no quickstart.", "Give a new or empty folder."
+        )
     make_folder(folder)
     with atomic_path(saved) as tmp:
         tmp.write_text(json.dumps(wanted, indent=2), encoding="utf-8")
@@ -150,22 +163,27 @@ def _check_settings(folder: Path, config: QuickstartConfig) -> None:
 def _data(folder: Path, config: QuickstartConfig) -> StepReport:
     data = folder / "data"
     parts: dict[str, Callable[[Path], Any]] = {
-        "train": lambda out: synthetic.write_captioned_shapes(out, config.train_pairs,
-                                                              seed=config.seed),
-        "val": lambda out: synthetic.write_captioned_shapes(out, config.val_pairs,
-                                                            seed=config.seed + 1),
-        "classes": lambda out: synthetic.write_class_tree(out, config.per_class,
-                                                          seed=config.seed + 2),
+        "train": lambda out: synthetic.write_captioned_shapes(
+            out, config.train_pairs, seed=config.seed
+        ),
+        "val": lambda out: synthetic.write_captioned_shapes(
+            out, config.val_pairs, seed=config.seed + 1
+        ),
+        "classes": lambda out: synthetic.write_class_tree(
+            out, config.per_class, seed=config.seed + 2
+        ),
         "query": lambda out: synthetic.write_captioned_shapes(out, 1, seed=config.seed + 3),
         "audit": lambda out: _audit_copy(data / "val", out, config),
-    }  # fmt: skip
+    }
     reused = all((data / name).is_dir() for name in parts)
     for name, write in parts.items():
         _write_once(data / name, write)
     colours = len(synthetic.COLOURS)
-    summary = (f"{config.train_pairs} training and {config.val_pairs} validation pairs, "
-               f"{colours * config.per_class} images in {colours} colour classes, a copy of "
-               f"the validation pairs with {len(_swapped(folder))} captions swapped")  # fmt: skip
+    summary = (
+        f"{config.train_pairs} training and {config.val_pairs} validation pairs, "
+        f"{colours * config.per_class} images in {colours} colour classes, a copy of "
+        f"the validation pairs with {len(_swapped(folder))} captions swapped"
+    )
     return StepReport("data", summary, None, None, (str(data),), reused)
 
 
@@ -193,50 +211,76 @@ def _swapped(folder: Path) -> set[str]:
 def _train(folder: Path, config: QuickstartConfig, progress: ProgressCallback | None) -> StepReport:
     run, data = folder / "run", folder / "data"
     train_config = TrainConfig(
-        data=str(data / "train"), val=str(data / "val"), eval_classes=str(data / "classes"),
-        out=str(run), model=MODEL, epochs=config.epochs, batch_size=config.batch_size,
-        workers=config.workers, device=config.device, seed=config.seed,
+        data=str(data / "train"),
+        val=str(data / "val"),
+        eval_classes=str(data / "classes"),
+        out=str(run),
+        model=MODEL,
+        epochs=config.epochs,
+        batch_size=config.batch_size,
+        workers=config.workers,
+        device=config.device,
+        seed=config.seed,
         resume=(run / "config.json").is_file(),
-    )  # fmt: skip
+    )
     report = (lambda r: progress(replace(r, stage=f"train ({r.stage})"))) if progress else None
     result = train(train_config, progress=report)
     if result.interrupted or result.best_checkpoint is None:
-        raise StoppedError("Training stopped early; its last checkpoint is saved in the run.",
-                           f"Run `clipkit quickstart {folder}` again to continue it.")  # fmt: skip
+        raise StoppedError(
+            "Training stopped early; its last checkpoint is saved in the run.",
+            f"Run `clipkit quickstart {folder}` again to continue it.",
+        )
     recall, chance = result.evaluations[-1].image_to_text_r1, 1 / result.val_pairs
-    summary = (f"{MODEL} trained from scratch for {config.epochs} epochs: the true caption "
-               f"ranks first of {result.val_pairs} validation captions for {recall:.0%} of "
-               f"the images (chance {chance:.1%})")  # fmt: skip
+    summary = (
+        f"{MODEL} trained from scratch for {config.epochs} epochs: the true caption "
+        f"ranks first of {result.val_pairs} validation captions for {recall:.0%} of "
+        f"the images (chance {chance:.1%})"
+    )
     artifacts = (result.best_checkpoint, *([result.plot] if result.plot else []))
-    return StepReport("train", summary, recall, chance, artifacts,
-                      result.already_finished)  # fmt: skip
+    return StepReport("train", summary, recall, chance, artifacts, result.already_finished)
 
 
 def _embed_and_index(
     folder: Path, config: QuickstartConfig, model: str, progress: ProgressCallback | None
 ) -> StepReport:
-    embedded = embed(EmbedConfig(sources=(str(folder / "data" / "val"),),
-                                 out_dir=folder / "embeddings", model=model,
-                                 workers=config.workers, device=config.device),
-                     progress)  # fmt: skip
-    index = build_index(IndexConfig(emb_dir=folder / "embeddings", out_dir=folder / "index",
-                                    kind="image"))  # fmt: skip
-    summary = (f"{embedded.embedded} rows embedded ({embedded.already_present} already there), "
-               f"{index.info.rows} images indexed ({index.info.factory})")  # fmt: skip
-    return StepReport("embed + index", summary, None, None,
-                      (str(folder / "embeddings"), str(folder / "index")),
-                      embedded.embedded == 0)  # fmt: skip
+    embedded = embed(
+        EmbedConfig(
+            sources=(str(folder / "data" / "val"),),
+            out_dir=folder / "embeddings",
+            model=model,
+            workers=config.workers,
+            device=config.device,
+        ),
+        progress,
+    )
+    index = build_index(
+        IndexConfig(emb_dir=folder / "embeddings", out_dir=folder / "index", kind="image")
+    )
+    summary = (
+        f"{embedded.embedded} rows embedded ({embedded.already_present} already there), "
+        f"{index.info.rows} images indexed ({index.info.factory})"
+    )
+    return StepReport(
+        "embed + index",
+        summary,
+        None,
+        None,
+        (str(folder / "embeddings"), str(folder / "index")),
+        embedded.embedded == 0,
+    )
 
 
 def _search(folder: Path, config: QuickstartConfig) -> StepReport:
     """Text queries and one image query; a hit is relevant when its caption has the query's
     attributes (for the image query: the generated query image's colour and shape)."""
     data, index = folder / "data", folder / "index"
-    by_text = search(SearchConfig(texts=QUERIES, batch=True, index_dir=index, k=config.k,
-                                  device=config.device))  # fmt: skip
+    by_text = search(
+        SearchConfig(texts=QUERIES, batch=True, index_dir=index, k=config.k, device=config.device)
+    )
     query_image = sorted((data / "query").glob("*.png"))[0]
-    by_image = search(SearchConfig(images=(query_image,), index_dir=index, k=config.k,
-                                   device=config.device))  # fmt: skip
+    by_image = search(
+        SearchConfig(images=(query_image,), index_dir=index, k=config.k, device=config.device)
+    )
     query_words = query_image.with_suffix(".txt").read_text(encoding="utf-8").split()
     wanted = [_attributes(text.split()) for text in QUERIES]
     wanted.append({w for w in query_words if w in synthetic.COLOURS or w in synthetic.SHAPES})
@@ -249,8 +293,10 @@ def _search(folder: Path, config: QuickstartConfig) -> StepReport:
     chance = [sum(want <= set(words) for words in captions) / len(captions) for want in wanted]
     precision, base = sum(relevant) / len(relevant), sum(chance) / len(chance)
     page = write_search_gallery(result, folder / "reports" / "search.html")
-    summary = (f"{len(QUERIES)} text queries and 1 image query: {precision:.0%} of the top "
-               f"{config.k} hits have the asked-for attributes (chance {base:.0%})")  # fmt: skip
+    summary = (
+        f"{len(QUERIES)} text queries and 1 image query: {precision:.0%} of the top "
+        f"{config.k} hits have the asked-for attributes (chance {base:.0%})"
+    )
     return StepReport("search", summary, precision, base, (str(page),))
 
 
@@ -266,32 +312,49 @@ def _caption_of(path: str) -> list[str]:
 def _zeroshot(
     folder: Path, config: QuickstartConfig, model: str, progress: ProgressCallback | None
 ) -> StepReport:
-    result = zeroshot(ZeroShotConfig(images=folder / "data" / "classes", model=model,
-                                     workers=config.workers, device=config.device),
-                      progress)  # fmt: skip
+    result = zeroshot(
+        ZeroShotConfig(
+            images=folder / "data" / "classes",
+            model=model,
+            workers=config.workers,
+            device=config.device,
+        ),
+        progress,
+    )
     assert result.metrics is not None  # a class tree always has ground truth
     table = write_predictions(result, folder / "reports" / "zeroshot.csv")
     pages = [*write_zeroshot_report(result, folder / "reports" / "zeroshot.html"), table]
     top1, chance = result.metrics.top1, 1 / len(result.labels)
-    summary = (f"{len(result.predictions)} images into {len(result.labels)} colours "
-               f"({', '.join(result.labels)}): top-1 {top1:.0%} (chance {chance:.0%})")  # fmt: skip
+    summary = (
+        f"{len(result.predictions)} images into {len(result.labels)} colours "
+        f"({', '.join(result.labels)}): top-1 {top1:.0%} (chance {chance:.0%})"
+    )
     return StepReport("zeroshot", summary, top1, chance, tuple(str(p) for p in pages))
 
 
 def _audit(
     folder: Path, config: QuickstartConfig, model: str, progress: ProgressCallback | None
 ) -> StepReport:
-    result = audit(AuditConfig(data=folder / "data" / "audit", model=model,
-                               workers=config.workers, device=config.device),
-                   progress)  # fmt: skip
-    table = write_report(folder / "reports" / "audit.csv",
-                              [pair.as_dict() for pair in result.pairs])  # fmt: skip
+    result = audit(
+        AuditConfig(
+            data=folder / "data" / "audit",
+            model=model,
+            workers=config.workers,
+            device=config.device,
+        ),
+        progress,
+    )
+    table = write_report(
+        folder / "reports" / "audit.csv", [pair.as_dict() for pair in result.pairs]
+    )
     pages = [*write_audit_report(result, folder / "reports" / "audit.html"), table]
     swapped, flagged = _swapped(folder), result.flagged
     found = sum(Path(pair.image).name in swapped for pair in flagged)
     precision = found / len(flagged) if flagged else 0.0
     chance = len(swapped) / len(result.pairs)  # precision of flags drawn at random
-    summary = (f"{len(flagged)} of {len(result.pairs)} pairs flagged, {found} of them among "
-               f"the {len(swapped)} with swapped captions: precision {precision:.0%} (chance "
-               f"{chance:.0%}), recall {found / max(len(swapped), 1):.0%}")  # fmt: skip
+    summary = (
+        f"{len(flagged)} of {len(result.pairs)} pairs flagged, {found} of them among "
+        f"the {len(swapped)} with swapped captions: precision {precision:.0%} (chance "
+        f"{chance:.0%}), recall {found / max(len(swapped), 1):.0%}"
+    )
     return StepReport("audit", summary, precision, chance, tuple(str(p) for p in pages))

@@ -6,7 +6,10 @@ from __future__ import annotations
 from clipkit.infra.lazy import export_lazily
 
 __all__ = [
-    "OverviewCard", "write_audit_report", "write_overview", "write_search_gallery",
+    "OverviewCard",
+    "write_audit_report",
+    "write_overview",
+    "write_search_gallery",
     "write_zeroshot_report",
-]  # fmt: skip
+]
 __getattr__, __dir__ = export_lazily(__name__, dict.fromkeys(__all__, ".html"))

@@ -61,12 +61,16 @@ def write_search_gallery(result: SearchResult, path: Path) -> Path:
         for hit in query.hits:
             if hit.kind == "image":
                 uri = thumbnail_uri(hit.path or hit.uri)
-                body = (f'<img src="{uri}" alt="{html.escape(hit.uri)}">' if uri
-                        else '<div class="text">image unreadable</div>')  # fmt: skip
+                body = (
+                    f'<img src="{uri}" alt="{html.escape(hit.uri)}">'
+                    if uri
+                    else '<div class="text">image unreadable</div>'
+                )
             else:
                 body = f'<div class="text">{html.escape(hit.text or "")}</div>'
-            passed = "".join(f"<br>{html.escape(name)}: {html.escape(value)}"
-                             for name, value in hit.meta.items())  # fmt: skip
+            passed = "".join(
+                f"<br>{html.escape(name)}: {html.escape(value)}" for name, value in hit.meta.items()
+            )
             cards.append(
                 f'<div class="card" data-rank="{hit.rank}">{body}<div class="meta">'
                 f'<span class="score">#{hit.rank} · {hit.score:.4f}</span><br>'
@@ -88,35 +92,46 @@ def write_zeroshot_report(result: ZeroShotResult, path: Path) -> list[Path]:
     parts = [_zeroshot_summary(result)]
     written = []
     if result.metrics is not None:
-        png = plot_confusion(result.labels, result.metrics.confusion,
-                             path.with_name(path.stem + ".confusion.png"))  # fmt: skip
+        png = plot_confusion(
+            result.labels, result.metrics.confusion, path.with_name(path.stem + ".confusion.png")
+        )
         written.append(png)
         encoded = base64.b64encode(png.read_bytes()).decode("ascii")
-        parts += [_class_table(result), "<h2>Confusion matrix</h2>",
-                  f'<img src="data:image/png;base64,{encoded}" alt="confusion matrix" '
-                  'style="max-width:100%">', _worst_confusions(result)]  # fmt: skip
+        parts += [
+            _class_table(result),
+            "<h2>Confusion matrix</h2>",
+            f'<img src="data:image/png;base64,{encoded}" alt="confusion matrix" '
+            'style="max-width:100%">',
+            _worst_confusions(result),
+        ]
     parts.append(_label_galleries(result))
     if result.failures:
-        items = "".join(f"<li>{html.escape(uri)}: {html.escape(stage)}: {html.escape(error)}</li>"
-                        for uri, stage, error in result.failures)  # fmt: skip
+        items = "".join(
+            f"<li>{html.escape(uri)}: {html.escape(stage)}: {html.escape(error)}</li>"
+            for uri, stage, error in result.failures
+        )
         parts.append(f"<h2>Skipped ({len(result.failures)})</h2><ul>{items}</ul>")
     return [_write_page(path, "clipkit zeroshot", "".join(parts)), *written]
 
 
 def _zeroshot_summary(result: ZeroShotResult) -> str:
     facts = [
-        f"model {result.model}", f"source {result.source} ({result.input_kind})",
-        f"{len(result.predictions)} images", f"{len(result.labels)} labels",
+        f"model {result.model}",
+        f"source {result.source} ({result.input_kind})",
+        f"{len(result.predictions)} images",
+        f"{len(result.labels)} labels",
         f"{result.prompts} prompts ({result.templates} templates)",
         f"{len(result.failures)} skipped",
-    ]  # fmt: skip
+    ]
     if result.rejection is not None:
         r = result.rejection
         facts.append(f"{r.rejected} unknown (top probability < {r.threshold:.4f}, {r.method})")
     if result.metrics is not None:
         m = result.metrics
-        facts.append(f"top-1 {m.top1:.1%} · top-{m.k} {m.topk:.1%} · "
-                     f"mean per-class recall {m.mean_per_class_recall:.1%}")  # fmt: skip
+        facts.append(
+            f"top-1 {m.top1:.1%} · top-{m.k} {m.topk:.1%} · "
+            f"mean per-class recall {m.mean_per_class_recall:.1%}"
+        )
     notes = "".join(f"<p>{html.escape(note)}</p>" for note in result.notes)
     return "<p>" + " · ".join(html.escape(fact) for fact in facts) + "</p>" + notes
 
@@ -132,16 +147,21 @@ def _class_table(result: ZeroShotResult) -> str:
         f"<td>{cell(c.precision)}</td><td>{cell(c.recall)}</td></tr>"
         for c in result.metrics.classes
     )
-    return ('<h2>Per class</h2><table class="data"><tr><th>label</th><th>images</th>'
-            f"<th>predicted</th><th>precision</th><th>recall</th></tr>{rows}</table>")  # fmt: skip
+    return (
+        '<h2>Per class</h2><table class="data"><tr><th>label</th><th>images</th>'
+        f"<th>predicted</th><th>precision</th><th>recall</th></tr>{rows}</table>"
+    )
 
 
 def _worst_confusions(result: ZeroShotResult) -> str:
     assert result.metrics is not None
     labels, sections = result.labels, []
     for true, predicted, count in result.metrics.worst_confusions():
-        wrong = [p for p in result.predictions
-                 if p.target == labels[true] and p.top[0][0] == labels[predicted]]  # fmt: skip
+        wrong = [
+            p
+            for p in result.predictions
+            if p.target == labels[true] and p.top[0][0] == labels[predicted]
+        ]
         wrong.sort(key=lambda p: -p.confidence)
         sections.append(
             f"<h3>{html.escape(labels[true])} → {html.escape(labels[predicted])} ({count})</h3>"
@@ -174,8 +194,11 @@ def _cards(predictions: Sequence[Prediction]) -> str:
 
 def _card(prediction: Prediction) -> str:
     uri = thumbnail_uri(prediction.path or prediction.uri)
-    body = (f'<img src="{uri}" alt="{html.escape(prediction.uri)}">' if uri
-            else '<div class="text">image unavailable</div>')  # fmt: skip
+    body = (
+        f'<img src="{uri}" alt="{html.escape(prediction.uri)}">'
+        if uri
+        else '<div class="text">image unavailable</div>'
+    )
     top = "<br>".join(f"{html.escape(label)} {p:.3f}" for label, p in prediction.top[:3])
     truth = ""
     if prediction.target is not None:
@@ -191,14 +214,23 @@ def write_audit_report(result: AuditResult, path: Path, *, top: int = 50) -> lis
     """An HTML page with the flag rule, the score histogram (also a PNG beside it), the worst
     flagged pairs (thumbnail, caption, suggestion, scores) and the duplicates found."""
     c = result.calibration
-    png = plot_score_histogram(c.histogram, c.threshold, c.statistic,
-                               path.with_name(path.stem + ".histogram.png"))  # fmt: skip
+    png = plot_score_histogram(
+        c.histogram, c.threshold, c.statistic, path.with_name(path.stem + ".histogram.png")
+    )
     encoded = base64.b64encode(png.read_bytes()).decode("ascii")
-    rule = (f"flagged when mismatch ≥ {c.threshold:.4f}" if c.statistic == "mismatch"
-            else f"flagged when cosine < {c.threshold:.4f}")  # fmt: skip
-    facts = [f"model {result.model}", f"source {result.source}", f"{len(result.pairs)} pairs",
-             f"{len(result.flagged)} flagged", f"{len(result.failures)} skipped",
-             f"{result.long_captions} long captions ({result.long_caption_mode})"]  # fmt: skip
+    rule = (
+        f"flagged when mismatch ≥ {c.threshold:.4f}"
+        if c.statistic == "mismatch"
+        else f"flagged when cosine < {c.threshold:.4f}"
+    )
+    facts = [
+        f"model {result.model}",
+        f"source {result.source}",
+        f"{len(result.pairs)} pairs",
+        f"{len(result.flagged)} flagged",
+        f"{len(result.failures)} skipped",
+        f"{result.long_captions} long captions ({result.long_caption_mode})",
+    ]
     rows = "".join(
         f"<tr><td>{name}</td>" + "".join(f"<td>{q[level]:.3f}</td>" for level in q) + "</tr>"
         for name, q in c.quantiles.items()
@@ -216,16 +248,21 @@ def write_audit_report(result: AuditResult, path: Path, *, top: int = 50) -> lis
         _duplicates_section(result),
     ]
     if result.failures:
-        items = "".join(f"<li>{html.escape(uri)}: {html.escape(stage)}: {html.escape(error)}</li>"
-                        for uri, stage, error in result.failures)  # fmt: skip
+        items = "".join(
+            f"<li>{html.escape(uri)}: {html.escape(stage)}: {html.escape(error)}</li>"
+            for uri, stage, error in result.failures
+        )
         parts.append(f"<h2>Skipped ({len(result.failures)})</h2><ul>{items}</ul>")
     return [_write_page(path, "clipkit audit", "".join(parts)), png]
 
 
 def _audit_card(pair: PairAudit) -> str:
     uri = thumbnail_uri(pair.image_path or pair.image)
-    body = (f'<img src="{uri}" alt="{html.escape(pair.image)}">' if uri
-            else '<div class="text">image unavailable</div>')  # fmt: skip
+    body = (
+        f'<img src="{uri}" alt="{html.escape(pair.image)}">'
+        if uri
+        else '<div class="text">image unavailable</div>'
+    )
     suggestion = html.escape(pair.suggested_caption or "–")
     return (
         f'<div class="card">{body}<div class="meta"><b>caption:</b> {html.escape(pair.caption)}'
@@ -245,9 +282,11 @@ def _duplicates_section(result: AuditResult, shown: int = 20) -> str:
         f"<li>{html.escape(caption)}: {len(found)} images</li>"
         for caption, found in result.duplicate_captions[:shown]
     )
-    return (f"<h2>Duplicates</h2><p>{len(result.duplicate_images)} identical images with "
-            f"different captions</p><ul>{images}</ul><p>{len(result.duplicate_captions)} captions "
-            f"on several different images</p><ul>{captions}</ul>")  # fmt: skip
+    return (
+        f"<h2>Duplicates</h2><p>{len(result.duplicate_images)} identical images with "
+        f"different captions</p><ul>{images}</ul><p>{len(result.duplicate_captions)} captions "
+        f"on several different images</p><ul>{captions}</ul>"
+    )
 
 
 @dataclass(frozen=True)
@@ -271,8 +310,10 @@ def write_overview(path: Path, title: str, cards: Sequence[OverviewCard]) -> Pat
                 parts.append(f'<p><a href="{html.escape(href)}">{html.escape(file.name)}</a></p>')
             elif file.suffix == ".png" and file.is_file():
                 encoded = base64.b64encode(file.read_bytes()).decode("ascii")
-                parts.append(f'<img class="figure" src="data:image/png;base64,{encoded}" '
-                             f'alt="{html.escape(file.name)}">')  # fmt: skip
+                parts.append(
+                    f'<img class="figure" src="data:image/png;base64,{encoded}" '
+                    f'alt="{html.escape(file.name)}">'
+                )
             else:
                 parts.append(f'<p class="meta">{html.escape(str(file))}</p>')
         rendered.append(f'<div class="card wide">{"".join(parts)}</div>')

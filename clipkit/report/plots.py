@@ -21,11 +21,14 @@ def plot_training(records: Sequence[dict[str, Any]], path: Path) -> Path:
     figure, (loss_axes, recall_axes) = plt.subplots(1, 2, figsize=(11, 4), dpi=100)
     loss_axes.plot([r["step"] for r in steps], [r["loss"] for r in steps], label="train", lw=1)
     if evals:
-        loss_axes.plot([r["step"] for r in evals], [r["loss"] for r in evals], "o-",
-                       label="validation")  # fmt: skip
-        for key, label in (("image_to_text_r5", "image→text R@5"),
-                           ("text_to_image_r5", "text→image R@5"),
-                           ("zeroshot_top1", "zero-shot top-1")):  # fmt: skip
+        loss_axes.plot(
+            [r["step"] for r in evals], [r["loss"] for r in evals], "o-", label="validation"
+        )
+        for key, label in (
+            ("image_to_text_r5", "image→text R@5"),
+            ("text_to_image_r5", "text→image R@5"),
+            ("zeroshot_top1", "zero-shot top-1"),
+        ):
             points = [(r["step"], r[key]) for r in evals if r.get(key) is not None]
             if points:
                 recall_axes.plot(*zip(*points, strict=True), "o-", label=label)
@@ -59,8 +62,15 @@ def plot_confusion(labels: Sequence[str], confusion: Sequence[Sequence[int]], pa
     if len(labels) <= 20:
         for (row, column), count in np.ndenumerate(counts):
             if count:
-                axes.text(column, row, f"{int(count)}", ha="center", va="center", fontsize=8,
-                          color="white" if shares[row, column] > 0.5 else "black")  # fmt: skip
+                axes.text(
+                    column,
+                    row,
+                    f"{int(count)}",
+                    ha="center",
+                    va="center",
+                    fontsize=8,
+                    color="white" if shares[row, column] > 0.5 else "black",
+                )
     axes.set(xlabel="predicted", ylabel="true", title="Confusion matrix")
     return _save(figure, path)
 
@@ -80,8 +90,15 @@ def plot_score_histogram(
         counts = histogram[name]
         total = max(sum(counts), 1)
         shuffled = name == "shuffled"
-        axes.stairs([c / total for c in counts], edges, label=f"{name} pairs", color=colour,
-                    fill=shuffled, alpha=0.5 if shuffled else 1.0, lw=1.5)  # fmt: skip
+        axes.stairs(
+            [c / total for c in counts],
+            edges,
+            label=f"{name} pairs",
+            color=colour,
+            fill=shuffled,
+            alpha=0.5 if shuffled else 1.0,
+            lw=1.5,
+        )
     axes.axvline(threshold, color="black", ls="--", lw=1, label=f"threshold {threshold:.3f}")
     axes.set(xlabel=statistic, ylabel="share of pairs", title=f"{statistic}: dataset vs shuffled")
     axes.legend()

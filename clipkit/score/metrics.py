@@ -42,8 +42,12 @@ class ClassificationMetrics:
 
     def worst_confusions(self, limit: int = 10) -> list[tuple[int, int, int]]:
         """(true, predicted, count) of the largest off-diagonal cells, largest first."""
-        cells = [(count, t, p) for t, row in enumerate(self.confusion)
-                 for p, count in enumerate(row) if t != p and count]  # fmt: skip
+        cells = [
+            (count, t, p)
+            for t, row in enumerate(self.confusion)
+            for p, count in enumerate(row)
+            if t != p and count
+        ]
         cells.sort(key=lambda cell: (-cell[0], cell[1], cell[2]))
         return [(t, p, count) for count, t, p in cells[:limit]]
 
@@ -72,9 +76,16 @@ def classification_metrics(
         support = sum(confusion[c])
         predicted = sum(row[c] for row in confusion)
         correct = confusion[c][c]
-        scores.append(ClassScore(label, support, predicted, correct,
-                                 correct / predicted if predicted else None,
-                                 correct / support if support else None))  # fmt: skip
+        scores.append(
+            ClassScore(
+                label,
+                support,
+                predicted,
+                correct,
+                correct / predicted if predicted else None,
+                correct / support if support else None,
+            )
+        )
     recalls = [s.recall for s in scores if s.recall is not None]
     images = len(targets)
     return ClassificationMetrics(
@@ -96,8 +107,10 @@ def calibrate_threshold(confidences: Sequence[float], false_reject: float) -> fl
     shuffled pairs pass below it.
     """
     if not confidences:
-        raise InputError("No calibration value to set a threshold from.",
-                         "Check the calibration images or pairs.")  # fmt: skip
+        raise InputError(
+            "No calibration value to set a threshold from.",
+            "Check the calibration images or pairs.",
+        )
     ordered = sorted(confidences)
     return ordered[min(math.floor(false_reject * len(ordered)), len(ordered) - 1)]
 

@@ -58,12 +58,16 @@ def pair_statistics(
             every row is its own group.
     """
     if a.shape != b.shape or a.ndim != 2 or a.shape[0] == 0:
-        raise InputError(f"Paired embeddings must have equal non-empty 2-D shapes, got "
-                         f"{tuple(a.shape)} and {tuple(b.shape)}.",
-                         "Each row of one side pairs with the same row of the other.")  # fmt: skip
+        raise InputError(
+            f"Paired embeddings must have equal non-empty 2-D shapes, got "
+            f"{tuple(a.shape)} and {tuple(b.shape)}.",
+            "Each row of one side pairs with the same row of the other.",
+        )
     if not (torch.isfinite(a).all() and torch.isfinite(b).all()):
-        raise InputError("Some embeddings are not finite (NaN or inf).",
-                         "Re-embed those inputs: their vectors are corrupt.")  # fmt: skip
+        raise InputError(
+            "Some embeddings are not finite (NaN or inf).",
+            "Re-embed those inputs: their vectors are corrupt.",
+        )
     size, device = a.shape[0], a.device
     k = max(1, min(k, size))
     own = torch.arange(size, device=device)
@@ -98,10 +102,16 @@ def pair_statistics(
     best_b[best_b_score == -torch.inf] = -1
     best_a[best_a_score == -torch.inf] = -1
     return PairStatistics(
-        scores=scores, a_to_b_rank=a_rank, b_to_a_rank=b_rank,
-        row_neighbourhood=row_top.mean(dim=1), column_neighbourhood=column_top.mean(dim=1),
-        best_b=best_b, best_b_score=best_b_score, best_a=best_a, best_a_score=best_a_score,
-    )  # fmt: skip
+        scores=scores,
+        a_to_b_rank=a_rank,
+        b_to_a_rank=b_rank,
+        row_neighbourhood=row_top.mean(dim=1),
+        column_neighbourhood=column_top.mean(dim=1),
+        best_b=best_b,
+        best_b_score=best_b_score,
+        best_a=best_a,
+        best_a_score=best_a_score,
+    )
 
 
 def _merge_top(running: torch.Tensor, block: torch.Tensor, k: int) -> torch.Tensor:
@@ -111,9 +121,14 @@ def _merge_top(running: torch.Tensor, block: torch.Tensor, k: int) -> torch.Tens
 
 
 def _keep_best(
-    best_score: torch.Tensor, best_index: torch.Tensor, where: slice,
-    values: torch.Tensor, indices: torch.Tensor, *, offset: int,
-) -> None:  # fmt: skip
+    best_score: torch.Tensor,
+    best_index: torch.Tensor,
+    where: slice,
+    values: torch.Tensor,
+    indices: torch.Tensor,
+    *,
+    offset: int,
+) -> None:
     # Strictly better only: blocks arrive in index order, so ties keep the lower index.
     better = values > best_score[where]
     best_score[where] = torch.where(better, values, best_score[where])

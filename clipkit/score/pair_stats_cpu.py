@@ -104,8 +104,14 @@ class _Best:
         self.score = np.full(lines, -np.inf, np.float32)
         self.index = np.full(lines, -1, np.int64)
 
-    def offer(self, block: np.ndarray, lines: slice, offset: int, line_groups: Groups,
-              column_groups: Groups) -> None:  # fmt: skip
+    def offer(
+        self,
+        block: np.ndarray,
+        lines: slice,
+        offset: int,
+        line_groups: Groups,
+        column_groups: Groups,
+    ) -> None:
         """(L, C) ``block``: line l is ``lines.start + l``, column c is index ``offset + c``.
 
         Same-group entries are set to -inf for the reading and then restored, so no masked

@@ -34,9 +34,20 @@ def _load_rows(ptr, rows, dims, S, D, stride):
 
 @triton.jit
 def _lse_kernel(
-    X, Y, SCALE, LSE, DIAG, S, D, stride_x, stride_y,
-    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, PRECISION: tl.constexpr,
-):  # fmt: skip
+    X,
+    Y,
+    SCALE,
+    LSE,
+    DIAG,
+    S,
+    D,
+    stride_x,
+    stride_y,
+    BLOCK_M: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+    BLOCK_D: tl.constexpr,
+    PRECISION: tl.constexpr,
+):
     rows = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
     dims = tl.arange(0, BLOCK_D)
     row_ok = rows < S
@@ -63,10 +74,26 @@ def _lse_kernel(
 
 @triton.jit
 def _grad_kernel(
-    X, Y, SCALE, LSE_X, LSE_Y, GRAD_X, PARTIAL, S, D, stride_x, stride_y, stride_g,
-    share_x, share_y, inv_size,
-    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, PRECISION: tl.constexpr,
-):  # fmt: skip
+    X,
+    Y,
+    SCALE,
+    LSE_X,
+    LSE_Y,
+    GRAD_X,
+    PARTIAL,
+    S,
+    D,
+    stride_x,
+    stride_y,
+    stride_g,
+    share_x,
+    share_y,
+    inv_size,
+    BLOCK_M: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+    BLOCK_D: tl.constexpr,
+    PRECISION: tl.constexpr,
+):
     rows = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
     dims = tl.arange(0, BLOCK_D)
     row_ok = rows < S
@@ -167,7 +194,21 @@ def _gradient(x, y, scale32, lse_x, lse_y, share_x, share_y, blocks):
     partial = torch.empty(size, device=x.device, dtype=torch.float32)
     grid, meta = _launch_args(x, blocks)
     _grad_kernel[grid](
-        x, y, scale32, lse_x, lse_y, grad, partial, size, dim,
-        x.stride(0), y.stride(0), grad.stride(0), share_x, share_y, 1.0 / size, **meta,
-    )  # fmt: skip
+        x,
+        y,
+        scale32,
+        lse_x,
+        lse_y,
+        grad,
+        partial,
+        size,
+        dim,
+        x.stride(0),
+        y.stride(0),
+        grad.stride(0),
+        share_x,
+        share_y,
+        1.0 / size,
+        **meta,
+    )
     return grad.to(x.dtype), partial

@@ -118,7 +118,7 @@ def search(config: SearchConfig) -> SearchResult:
                 text=rows["text"][i],
                 meta={name: rows[name][i] for name in extra if rows[name][i] is not None},
                 path=locate(rows["uri"][i], base),
-            )  # fmt: skip
+            )
             for r, (s, i) in enumerate(zip(row_scores.tolist(), row_found.tolist(), strict=True))
             if i >= 0  # FAISS pads with -1 when fewer than k rows are reachable
         )
@@ -134,8 +134,9 @@ def _labels_and_weights(config: SearchConfig) -> tuple[list[str], list[float]]:
     parts = [*config.texts, *(f"image:{p}" for p in config.images)]
     weights = list(config.weights) if config.weights else [1.0] * len(parts)
     if not all(math.isfinite(w) for w in weights):
-        raise UsageError(f"Query weights must be finite numbers, got {config.weights}.",
-                         "e.g. --weights 1,-0.5")  # fmt: skip
+        raise UsageError(
+            f"Query weights must be finite numbers, got {config.weights}.", "e.g. --weights 1,-0.5"
+        )
     if len(weights) != len(parts):
         raise UsageError(
             f"{len(weights)} weights for {len(parts)} query parts ({', '.join(parts)}).",
@@ -163,9 +164,10 @@ def _query_vectors(encoder: Encoder, config: SearchConfig, weights: Sequence[flo
         parts.append(encoder.encode_images(pixels))
     vectors = torch.cat(parts).float().cpu()
     if not bool(torch.isfinite(vectors).all()):
-        raise InputError(f"{encoder.spec} returned a non-finite (NaN or inf) query embedding.",
-                         "Its weights are corrupt: use the checkpoint from before training "
-                         "diverged.")  # fmt: skip
+        raise InputError(
+            f"{encoder.spec} returned a non-finite (NaN or inf) query embedding.",
+            "Its weights are corrupt: use the checkpoint from before training diverged.",
+        )
     if not config.batch:
         vectors = (torch.tensor(weights).unsqueeze(1) * vectors).sum(0, keepdim=True)
     norms = vectors.norm(dim=1, keepdim=True)

@@ -83,12 +83,14 @@ def read_file_stats(out_dir: Path) -> dict[str, FileStat]:
 
 def write_file_stats(out_dir: Path, stats: dict[str, FileStat]) -> None:
     uris = list(stats)
-    table = pa.table({
-        "uri": pa.array(uris, pa.string()),
-        "size": pa.array([stats[uri][0] for uri in uris], pa.int64()),
-        "mtime_ns": pa.array([stats[uri][1] for uri in uris], pa.int64()),
-        "id": pa.array([stats[uri][2] for uri in uris], pa.string()),
-    })  # fmt: skip
+    table = pa.table(
+        {
+            "uri": pa.array(uris, pa.string()),
+            "size": pa.array([stats[uri][0] for uri in uris], pa.int64()),
+            "mtime_ns": pa.array([stats[uri][1] for uri in uris], pa.int64()),
+            "id": pa.array([stats[uri][2] for uri in uris], pa.string()),
+        }
+    )
     with atomic_path(out_dir / FILES_FILE) as tmp:
         pq.write_table(table, tmp)
 
@@ -96,12 +98,16 @@ def write_file_stats(out_dir: Path, stats: dict[str, FileStat]) -> None:
 def write_failures(out_dir: Path, failures: Sequence[tuple[str, str, str]]) -> None:
     """Replace the folder's failures table (an embeddings or a run folder's: one name) with this
     run's skipped inputs (uri, stage, error)."""
-    uris, stages, errors = (list(column) for column in zip(*failures, strict=True)) if failures \
-        else ([], [], [])  # fmt: skip
+    uris, stages, errors = (
+        (list(column) for column in zip(*failures, strict=True)) if failures else ([], [], [])
+    )
     table = pa.table(
-        {"uri": pa.array(uris, pa.string()), "stage": pa.array(stages, pa.string()),
-         "error": pa.array(errors, pa.string())}
-    )  # fmt: skip
+        {
+            "uri": pa.array(uris, pa.string()),
+            "stage": pa.array(stages, pa.string()),
+            "error": pa.array(errors, pa.string()),
+        }
+    )
     with atomic_path(out_dir / FAILURES_FILE) as tmp:
         pq.write_table(table, tmp)
 
@@ -135,9 +141,11 @@ def read_aliases(out_dir: Path) -> list[tuple[str, str]]:
 
 def _write_aliases(out_dir: Path, id_of: dict[str, str]) -> None:
     table = pa.table(
-        {"id": pa.array(list(id_of.values()), pa.string()),
-         "uri": pa.array(list(id_of.keys()), pa.string())}
-    )  # fmt: skip
+        {
+            "id": pa.array(list(id_of.values()), pa.string()),
+            "uri": pa.array(list(id_of.keys()), pa.string()),
+        }
+    )
     with atomic_path(out_dir / ALIASES_FILE) as tmp:
         pq.write_table(table, tmp)
 
@@ -202,8 +210,9 @@ def _rewrite_shard(path: Path, keep: list[bool], uris: list[str]) -> None:
     uri_column = table.schema.get_field_index("uri")
     table = table.set_column(uri_column, "uri", pa.array(uris, pa.string()))
     with atomic_path(path) as tmp:
-        pq.write_table(table.filter(pa.array(keep)), tmp, compression="zstd",
-                       row_group_size=ROW_GROUP_ROWS)  # fmt: skip
+        pq.write_table(
+            table.filter(pa.array(keep)), tmp, compression="zstd", row_group_size=ROW_GROUP_ROWS
+        )
 
 
 def with_aliases(rows: VectorBlock, folder: Path) -> VectorBlock:
@@ -216,8 +225,11 @@ def with_aliases(rows: VectorBlock, folder: Path) -> VectorBlock:
     number = {item_id: n for n, item_id in enumerate(rows.ids)}
     seen = set(rows.uris)
     order = [(uri, n) for n, uri in enumerate(rows.uris)]
-    order += [(uri, number[item_id]) for uri, item_id in read_aliases(folder)
-              if item_id in number and uri not in seen]  # fmt: skip
+    order += [
+        (uri, number[item_id])
+        for uri, item_id in read_aliases(folder)
+        if item_id in number and uri not in seen
+    ]
     order.sort()
     picked = [n for _, n in order]
     return VectorBlock(

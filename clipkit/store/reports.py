@@ -23,8 +23,10 @@ def report_format(path: Path) -> str:
     """
     suffix = path.suffix.lower()
     if suffix not in REPORT_SUFFIXES:
-        raise InputError(f"Cannot tell the format of {path} from its suffix.",
-                         "End the file name with " + ", ".join(REPORT_SUFFIXES) + ".")  # fmt: skip
+        raise InputError(
+            f"Cannot tell the format of {path} from its suffix.",
+            "End the file name with " + ", ".join(REPORT_SUFFIXES) + ".",
+        )
     return suffix[1:]
 
 

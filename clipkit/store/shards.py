@@ -203,8 +203,13 @@ class VectorBlock:
 
     def columns(self) -> dict[str, list[Any]]:
         """The row-map columns: id, uri, kind, text and the pass-through ones."""
-        return {"id": self.ids, "uri": self.uris, "kind": self.kinds, "text": self.texts,
-                **self.meta}  # fmt: skip
+        return {
+            "id": self.ids,
+            "uri": self.uris,
+            "kind": self.kinds,
+            "text": self.texts,
+            **self.meta,
+        }
 
     def append_to(self, rows: dict[str, list[Any]], keep: Sequence[int] | None = None) -> None:
         """Append these rows (or those at positions ``keep``) to a row map, column by column.
@@ -281,10 +286,12 @@ def _id_array(ids: pa.Array) -> np.ndarray:
         lengths = pc.min_max(pc.binary_length(ids))
         width = lengths["min"].as_py()
         if width and width == lengths["max"].as_py():
-            offsets = np.frombuffer(ids.buffers()[1], dtype=np.int32, count=len(ids) + 1,
-                                    offset=4 * ids.offset)  # fmt: skip
-            return np.frombuffer(ids.buffers()[2], dtype=f"S{width}", count=len(ids),
-                                 offset=int(offsets[0])).copy()  # fmt: skip
+            offsets = np.frombuffer(
+                ids.buffers()[1], dtype=np.int32, count=len(ids) + 1, offset=4 * ids.offset
+            )
+            return np.frombuffer(
+                ids.buffers()[2], dtype=f"S{width}", count=len(ids), offset=int(offsets[0])
+            ).copy()
     return np.array(ids.to_pylist(), dtype=object)
 
 
@@ -310,8 +317,11 @@ def read_rows_by_id(source: Shards, ids: Collection[str]) -> dict[str, dict[str,
         table = table.filter(pc.is_in(table.column("id"), value_set=wanted))
         for row in table.to_pylist():
             item_id = row.pop("id")
-            found[item_id] = {name: value for name, value in row.items()
-                              if value is not None or name in CORE_COLUMNS}  # fmt: skip
+            found[item_id] = {
+                name: value
+                for name, value in row.items()
+                if value is not None or name in CORE_COLUMNS
+            }
     return found
 
 
@@ -320,9 +330,11 @@ def _pick(values: list[Any], positions: list[int]) -> list[Any]:
 
 
 def _embedding_matrix(
-    column: pa.FixedSizeListArray, keep: np.ndarray, path: Path,
+    column: pa.FixedSizeListArray,
+    keep: np.ndarray,
+    path: Path,
     uris: Sequence[str] | Callable[[], Sequence[str]],
-) -> np.ndarray:  # fmt: skip
+) -> np.ndarray:
     """(kept, D) float32 of the ``keep`` rows of an ``embedding`` column; null or non-finite
     ones are refused, naming the first one's uri (``uris``, or a function that lists them)."""
     dim = column.type.list_size
@@ -356,13 +368,15 @@ def read_vectors(source: Shards, kind: str | None = None) -> VectorBlock:
         kinds=[k for b in blocks for k in b.kinds],
         texts=[t for b in blocks for t in b.texts],
         vectors=np.concatenate(vectors) if vectors else np.zeros((0, 0), np.float32),
-    )  # fmt: skip
+    )
 
 
 def shard_signature(source: Shards) -> list[dict[str, Any]]:
     """Name, size and modification time of each shard: detects a changed source folder."""
-    return [{"name": shard.path.name, "size": shard.size, "mtime_ns": shard.mtime_ns}
-            for shard in _snapshot_of(source)]  # fmt: skip
+    return [
+        {"name": shard.path.name, "size": shard.size, "mtime_ns": shard.mtime_ns}
+        for shard in _snapshot_of(source)
+    ]
 
 
 def read_stamp(source: Shards) -> ModelStamp | None:
@@ -402,8 +416,9 @@ def _stamp_from_metadata(metadata: dict[bytes, bytes], path: Path) -> ModelStamp
             f"{path} was not written by clipkit embed (no model fingerprint).",
             "Use an empty output folder, or one made by clipkit embed.",
         )
-    return ModelStamp(decoded["clipkit.model"], decoded["clipkit.fingerprint"],
-                      int(decoded["clipkit.dim"]))  # fmt: skip
+    return ModelStamp(
+        decoded["clipkit.model"], decoded["clipkit.fingerprint"], int(decoded["clipkit.dim"])
+    )
 
 
 def to_json(value: Any) -> str:

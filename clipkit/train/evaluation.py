@@ -46,8 +46,11 @@ class Evaluation:
     @property
     def score(self) -> float:
         """What ``best`` maximises: the mean of the six recalls (retrieval's "rsum" / 6)."""
-        recalls = [getattr(self, f"{d}_r{k}") for d in ("image_to_text", "text_to_image")
-                   for k in RECALL_KS]  # fmt: skip
+        recalls = [
+            getattr(self, f"{d}_r{k}")
+            for d in ("image_to_text", "text_to_image")
+            for k in RECALL_KS
+        ]
         return sum(recalls) / len(recalls)
 
     def as_dict(self) -> dict[str, float | int | None]:

@@ -146,18 +146,26 @@ def _check_options(config: TrainConfig) -> None:
             "CLIP starts at 0.07; 1/t is clamped at 100 during training.",
         )
     if config.lock_image and config.lock_text:
-        raise UsageError("--lock-image and --lock-text together leave nothing to train.",
-                         "Lock at most one tower.")  # fmt: skip
+        raise UsageError(
+            "--lock-image and --lock-text together leave nothing to train.",
+            "Lock at most one tower.",
+        )
     if config.wise_ft is not None and not 0.0 <= config.wise_ft <= 1.0:
-        raise UsageError(f"--wise-ft must be in [0, 1], got {config.wise_ft}.",
-                         "0.5 averages the initial and fine-tuned weights.")  # fmt: skip
+        raise UsageError(
+            f"--wise-ft must be in [0, 1], got {config.wise_ft}.",
+            "0.5 averages the initial and fine-tuned weights.",
+        )
     if config.micro_batch < 1:
         raise UsageError("--micro-batch must be at least 1.", "E.g. --micro-batch 64.")
     if config.lr is not None and not 0 < config.lr <= 1:  # also refuses NaN
-        raise UsageError(f"--lr must be in (0, 1], got {config.lr}.",
-                         "AdamW: about 5e-4 from scratch, 1e-5 when fine-tuning.")  # fmt: skip
-    for option, value in (("--weight-decay", config.weight_decay),
-                          ("--grad-clip", config.grad_clip)):  # fmt: skip
+        raise UsageError(
+            f"--lr must be in (0, 1], got {config.lr}.",
+            "AdamW: about 5e-4 from scratch, 1e-5 when fine-tuning.",
+        )
+    for option, value in (
+        ("--weight-decay", config.weight_decay),
+        ("--grad-clip", config.grad_clip),
+    ):
         if value is not None and not 0 <= value < math.inf:
             raise UsageError(f"{option} must be a number >= 0, got {value}.", "E.g. 0.2 / 1.0.")
 
@@ -176,11 +184,16 @@ class _Run:
         # Workers augment to uint8 pixels; _step normalises the batch on the device.
         self.augment = split_transform(self.encoder.train_transform())
         self.data = load_pairs(
-            config.data, val_data=config.val, val_split=config.val_split, seed=config.seed,
-            batch_size=config.batch_size, image_size=self.encoder.image_size[0],
-            workers=self.workers, image_column=config.image_column,
+            config.data,
+            val_data=config.val,
+            val_split=config.val_split,
+            seed=config.seed,
+            batch_size=config.batch_size,
+            image_size=self.encoder.image_size[0],
+            workers=self.workers,
+            image_column=config.image_column,
             text_column=config.text_column,
-        )  # fmt: skip
+        )
         self.classes = read_class_tree(config.eval_classes) if config.eval_classes else None
         total = config.steps or (config.epochs or 10) * (len(self.data.train) // config.batch_size)
         self.schedule = Schedule(len(self.data.train), config.batch_size, total)
@@ -197,8 +210,11 @@ class _Run:
             warmup = max(1, round(0.05 * self.schedule.total_steps))
         return {
             "lr": lr,
-            "lr_reason": "given" if self.config.lr else
-            ("default for training from scratch" if from_scratch else "default for fine-tuning"),
+            "lr_reason": "given"
+            if self.config.lr
+            else (
+                "default for training from scratch" if from_scratch else "default for fine-tuning"
+            ),
             "warmup": min(warmup, self.schedule.total_steps),
             "total_steps": self.schedule.total_steps,
             "steps_per_epoch": self.schedule.steps_per_epoch,
@@ -210,13 +226,17 @@ class _Run:
             "weights": self.encoder.weights,
             "precision": self.encoder.precision.value,
             "world_size": self.world.size,
-        }  # fmt: skip
+        }
 
     def run(self) -> TrainResult:
         # Held from the folder check to the last checkpoint: a second `clipkit train` (or a
         # second --resume) into this folder is refused rather than interleaving checkpoints.
-        with writer_lock(self.out, f"train -o {self.out}", active=self.world.is_main,
-                         create=not self.config.resume):  # fmt: skip
+        with writer_lock(
+            self.out,
+            f"train -o {self.out}",
+            active=self.world.is_main,
+            create=not self.config.resume,
+        ):
             return self._train()
 
     def _train(self) -> TrainResult:
@@ -224,8 +244,10 @@ class _Run:
         self._prepare_model()
         optimizer = torch.optim.AdamW(
             param_groups(self.model, self.config.weight_decay),
-            lr=self.settings["lr"], betas=(0.9, 0.98), eps=1e-6,
-        )  # fmt: skip
+            lr=self.settings["lr"],
+            betas=(0.9, 0.98),
+            eps=1e-6,
+        )
         scaler = torch.amp.GradScaler("cuda") if self.encoder.precision.value == "fp16" else None
         self.scaler = scaler
         state = ResumeState(best_score=float("-inf"))
@@ -236,12 +258,18 @@ class _Run:
             if scaler is not None and state.scaler:
                 scaler.load_state_dict(state.scaler)
             restore_rng(state.rng)
-        self.log = MetricsLog(self.out / METRICS_FILE, state.step if saved else None) \
-            if self.world.is_main else None  # fmt: skip
+        self.log = (
+            MetricsLog(self.out / METRICS_FILE, state.step if saved else None)
+            if self.world.is_main
+            else None
+        )
         if saved and self.log is not None:
             # A resumed (or finished) run reports every evaluation, not only the new ones.
-            self.evaluations = [Evaluation.from_record(record) for record in self.log.read()
-                                if record.get("kind") == "eval"]  # fmt: skip
+            self.evaluations = [
+                Evaluation.from_record(record)
+                for record in self.log.read()
+                if record.get("kind") == "eval"
+            ]
         if state.finished:
             return self._result(state, None, already_finished=True)
         network = self._wrap_ddp()
@@ -287,15 +315,18 @@ class _Run:
         config, schedule = self.config, self.schedule
         batches = SeededBatches(schedule, config.seed, state.step, self.world)
         loader = torch.utils.data.DataLoader(
-            PairDataset(self.data.train, self.augment.pixels, config.seed,
-                        self.encoder.image_size[0]),
-            batch_sampler=batches, collate_fn=collate_pairs, num_workers=self.workers,
+            PairDataset(
+                self.data.train, self.augment.pixels, config.seed, self.encoder.image_size[0]
+            ),
+            batch_sampler=batches,
+            collate_fn=collate_pairs,
+            num_workers=self.workers,
             worker_init_fn=decode_worker_init if self.workers else None,
             pin_memory=self.device.startswith("cuda"),
             # Its own generator: creating the iterator must not draw from the global stream,
             # or a resumed run's dropout would drift from the uninterrupted run's.
             generator=torch.Generator(),
-        )  # fmt: skip
+        )
         dtype = autocast_dtype(self.encoder.precision.value)
         autocast = torch.autocast("cuda", dtype=dtype) if dtype else contextlib.nullcontext()
         stop = _StopFlag()
@@ -306,8 +337,9 @@ class _Run:
                 for pixels, captions, skips in start_workers(loader):
                     if skips:
                         self._note_skips(skips)
-                    losses = self._step(network, optimizer, scaler, pixels, captions, autocast,
-                                        state.step)  # fmt: skip
+                    losses = self._step(
+                        network, optimizer, scaler, pixels, captions, autocast, state.step
+                    )
                     state.step += 1
                     samples += config.batch_size
                     busy = time.perf_counter() - started - self.paused  # not evaluation
@@ -335,18 +367,24 @@ class _Run:
     def _step(self, network, optimizer, scaler, pixels, captions, autocast, step):
         config = self.config
         for group in optimizer.param_groups:
-            group["lr"] = learning_rate(step, self.settings["lr"], self.settings["warmup"],
-                                        self.schedule.total_steps)  # fmt: skip
+            group["lr"] = learning_rate(
+                step, self.settings["lr"], self.settings["warmup"], self.schedule.total_steps
+            )
         optimizer.zero_grad(set_to_none=True)
         pixels = pixels.to(self.device, non_blocking=True)
         if pixels.dtype == torch.uint8:
             pixels = self.augment.normalize(pixels)
         tokens = self.encoder.tokenize(captions).to(self.device, non_blocking=True)
-        common = {"weight": config.weight, "world": self.world, "autocast": autocast,
-                  "scaler": scaler}  # fmt: skip
+        common = {
+            "weight": config.weight,
+            "world": self.world,
+            "autocast": autocast,
+            "scaler": scaler,
+        }
         if config.grad_cache:
-            losses = grad_cache_step(network, pixels, tokens, micro_batch=config.micro_batch,
-                                     **common)  # fmt: skip
+            losses = grad_cache_step(
+                network, pixels, tokens, micro_batch=config.micro_batch, **common
+            )
         else:
             losses = full_batch_step(network, pixels, tokens, **common)
         if not math.isfinite(losses.loss):
@@ -380,12 +418,19 @@ class _Run:
     def _after_step(self, state, losses, optimizer, rate) -> None:
         schedule, step = self.schedule, state.step
         if self.log is not None:
-            self.log.write({
-                "kind": "step", "step": step, "epoch": (step - 1) // schedule.steps_per_epoch,
-                "loss": losses.loss, "loss_image_to_text": losses.image_to_text,
-                "loss_text_to_image": losses.text_to_image, "temperature": losses.temperature,
-                "lr": optimizer.param_groups[0]["lr"], "samples_per_s": rate,
-            })  # fmt: skip
+            self.log.write(
+                {
+                    "kind": "step",
+                    "step": step,
+                    "epoch": (step - 1) // schedule.steps_per_epoch,
+                    "loss": losses.loss,
+                    "loss_image_to_text": losses.image_to_text,
+                    "loss_text_to_image": losses.text_to_image,
+                    "temperature": losses.temperature,
+                    "lr": optimizer.param_groups[0]["lr"],
+                    "samples_per_s": rate,
+                }
+            )
         end_of_epoch = step % schedule.steps_per_epoch == 0 or step == schedule.total_steps
         paused = time.perf_counter()
         if end_of_epoch:
@@ -403,10 +448,13 @@ class _Run:
         self.progress(ProgressReport("evaluate", 0, 1, {}))
         self.model.eval()
         result = evaluate(
-            self.encoder, self.data.val, weight=self.config.weight,
-            logit_scale=self.model.logit_scale, classes=self.classes,
+            self.encoder,
+            self.data.val,
+            weight=self.config.weight,
+            logit_scale=self.model.logit_scale,
+            classes=self.classes,
             workers=min(self.workers, 2),
-        )  # fmt: skip
+        )
         self.model.train()
         self.evaluations.append(result)
         self.log.write(
@@ -464,27 +512,37 @@ class _Run:
         tuned = self.model.state_dict()
         merged = {
             name: (1 - alpha) * initial[name].float() + alpha * tensor.detach().cpu().float()
-            if tensor.is_floating_point() else tensor.detach().cpu()
+            if tensor.is_floating_point()
+            else tensor.detach().cpu()
             for name, tensor in tuned.items()
-        }  # fmt: skip
-        meta = self.encoder.checkpoint_meta(checkpoint="wise-ft", alpha=str(alpha),
-                                            trained_from=self.config.model)  # fmt: skip
+        }
+        meta = self.encoder.checkpoint_meta(
+            checkpoint="wise-ft", alpha=str(alpha), trained_from=self.config.model
+        )
         save_model(self.out, wise_ft_name(alpha), merged, meta)
 
     def _result(self, state, losses, *, already_finished=False, interrupted=False, rate=0.0):
         out = self.out
         wise = out / wise_ft_name(self.config.wise_ft) if self.config.wise_ft is not None else None
         return TrainResult(
-            run_dir=str(out), steps_done=state.step, total_steps=self.schedule.total_steps,
-            train_pairs=len(self.data.train), val_pairs=len(self.data.val),
-            skipped=self.data.skipped, last_loss=losses.loss if losses else None,
+            run_dir=str(out),
+            steps_done=state.step,
+            total_steps=self.schedule.total_steps,
+            train_pairs=len(self.data.train),
+            val_pairs=len(self.data.val),
+            skipped=self.data.skipped,
+            last_loss=losses.loss if losses else None,
             evaluations=tuple(self.evaluations),
-            best_checkpoint=_existing(out / BEST_FILE), last_checkpoint=_existing(out / LAST_FILE),
+            best_checkpoint=_existing(out / BEST_FILE),
+            last_checkpoint=_existing(out / LAST_FILE),
             wise_ft_checkpoint=_existing(wise) if wise else None,
-            plot=_existing(out / PLOT_FILE), settings=self.settings,
-            already_finished=already_finished, interrupted=interrupted, samples_per_second=rate,
+            plot=_existing(out / PLOT_FILE),
+            settings=self.settings,
+            already_finished=already_finished,
+            interrupted=interrupted,
+            samples_per_second=rate,
             is_main=self.world.is_main,
-        )  # fmt: skip
+        )
 
 
 def wise_ft_name(alpha: float) -> str:

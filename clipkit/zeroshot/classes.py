@@ -69,9 +69,11 @@ def class_tree_of_uris(uris: Sequence[str]) -> ClassTree | None:
         return None
     position = {name: i for i, name in enumerate(names)}
     return ClassTree(
-        root, tuple(label_from_folder(name) for name in names), tuple(uris),
+        root,
+        tuple(label_from_folder(name) for name in names),
+        tuple(uris),
         tuple(position[folder] for folder in folders),
-    )  # fmt: skip
+    )
 
 
 def label_from_folder(name: str) -> str:
@@ -203,8 +205,9 @@ def check_labels(labels: Sequence[LabelSpec], where: str) -> None:
     for label in labels:
         key = label.name.casefold()
         if key in seen:
-            repeated.append(f"{seen[key]!r} and {label.name!r}" if seen[key] != label.name
-                            else repr(label.name))  # fmt: skip
+            repeated.append(
+                f"{seen[key]!r} and {label.name!r}" if seen[key] != label.name else repr(label.name)
+            )
         seen.setdefault(key, label.name)
     if repeated:
         raise InputError(
@@ -255,8 +258,11 @@ def _read_lines(path: str | Path, what: str) -> list[tuple[int, str]]:
     except (OSError, UnicodeDecodeError) as error:
         reason = getattr(error, "strerror", None) or str(error)
         raise InputError(f"Cannot read {what} {path}: {reason}.", "Check the path.") from None
-    return [(n, line.strip()) for n, line in enumerate(text.splitlines(), 1)
-            if line.strip() and not line.strip().startswith("#")]  # fmt: skip
+    return [
+        (n, line.strip())
+        for n, line in enumerate(text.splitlines(), 1)
+        if line.strip() and not line.strip().startswith("#")
+    ]
 
 
 def _images_below(folder: Path, include_hidden: bool) -> list[str]:

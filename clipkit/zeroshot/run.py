@@ -118,16 +118,27 @@ class ZeroShotResult:
 
     def as_dict(self) -> dict[str, Any]:
         return {
-            **{key: getattr(self, key) for key in ("model", "source", "input_kind", "prompts",
-                                                   "templates", "logit_scale", "notes")},
+            **{
+                key: getattr(self, key)
+                for key in (
+                    "model",
+                    "source",
+                    "input_kind",
+                    "prompts",
+                    "templates",
+                    "logit_scale",
+                    "notes",
+                )
+            },
             "labels": list(self.labels),
             "distribution": dict(self.distribution),
             "metrics": self.metrics.as_dict() if self.metrics else None,
             "rejection": asdict(self.rejection) if self.rejection else None,
-            "failures": [dict(zip(("uri", "stage", "error"), f, strict=True))
-                         for f in self.failures],
+            "failures": [
+                dict(zip(("uri", "stage", "error"), f, strict=True)) for f in self.failures
+            ],
             "predictions": [p.as_dict() for p in self.predictions],
-        }  # fmt: skip
+        }
 
 
 @dataclass(frozen=True)
@@ -176,9 +187,12 @@ def _zeroshot(config: ZeroShotConfig, progress: ProgressCallback | None) -> Zero
     images = _encode(encoder, listing, config, progress, "images")
     if not images.uris:
         shown = "; ".join(f"{uri} ({stage}: {error})" for uri, stage, error in images.failures[:3])
-        raise InputError(f"No image in {source} could be read: {shown}"
-                         + (" …" if len(images.failures) > 3 else "") + ".",
-                         "Fix or remove the unreadable files.")  # fmt: skip
+        raise InputError(
+            f"No image in {source} could be read: {shown}"
+            + (" …" if len(images.failures) > 3 else "")
+            + ".",
+            "Fix or remove the unreadable files.",
+        )
     kept = min(max(config.k, METRICS_K), len(names))
     probabilities, indices = classify(images.vectors, weights, encoder.logit_scale, kept)
     threshold, rejection = _threshold(config, encoder, weights, known, progress)
@@ -189,27 +203,48 @@ def _zeroshot(config: ZeroShotConfig, progress: ProgressCallback | None) -> Zero
         rejected = sum(p.label == UNKNOWN for p in predictions)
         rejection = Rejection(**{**asdict(rejection), "rejected": rejected})
     return ZeroShotResult(
-        model=encoder.spec, source=as_text(source), input_kind=kind, labels=tuple(names),
-        prompts=sum(len(p) for p in prompts), templates=config.templates,
-        logit_scale=encoder.logit_scale, predictions=tuple(predictions), metrics=metrics,
-        rejection=rejection, failures=tuple(images.failures), notes=tuple(notes),
-    )  # fmt: skip
+        model=encoder.spec,
+        source=as_text(source),
+        input_kind=kind,
+        labels=tuple(names),
+        prompts=sum(len(p) for p in prompts),
+        templates=config.templates,
+        logit_scale=encoder.logit_scale,
+        predictions=tuple(predictions),
+        metrics=metrics,
+        rejection=rejection,
+        failures=tuple(images.failures),
+        notes=tuple(notes),
+    )
 
 
 def _predictions(
-    names: Sequence[str], images: _Images, probabilities: torch.Tensor, indices: torch.Tensor,
-    threshold: float | None, k: int, base: str | None,
-) -> list[Prediction]:  # fmt: skip
+    names: Sequence[str],
+    images: _Images,
+    probabilities: torch.Tensor,
+    indices: torch.Tensor,
+    threshold: float | None,
+    k: int,
+    base: str | None,
+) -> list[Prediction]:
     predictions = []
     for row, uri in enumerate(images.uris):
-        top = [(names[i], p) for p, i in zip(probabilities[row].tolist(),
-                                             indices[row].tolist(), strict=True)]  # fmt: skip
+        top = [
+            (names[i], p)
+            for p, i in zip(probabilities[row].tolist(), indices[row].tolist(), strict=True)
+        ]
         rejected = threshold is not None and top[0][1] < threshold
-        predictions.append(Prediction(
-            uri=uri, id=images.ids[row], label=UNKNOWN if rejected else top[0][0],
-            confidence=top[0][1], top=tuple(top[:k]),
-            target=images.truth[row] if images.truth else None, path=locate(uri, base),
-        ))  # fmt: skip
+        predictions.append(
+            Prediction(
+                uri=uri,
+                id=images.ids[row],
+                label=UNKNOWN if rejected else top[0][0],
+                confidence=top[0][1],
+                top=tuple(top[:k]),
+                target=images.truth[row] if images.truth else None,
+                path=locate(uri, base),
+            )
+        )
     return predictions
 
 
@@ -218,9 +253,14 @@ def prediction_rows(result: ZeroShotResult) -> list[dict[str, Any]]:
     probability_1, ..."""
     rows = []
     for p in result.predictions:
-        row: dict[str, Any] = {"uri": p.uri, "id": p.id, "label": p.label,
-                               "confidence": p.confidence, "target": p.target,
-                               "path": p.path}  # fmt: skip
+        row: dict[str, Any] = {
+            "uri": p.uri,
+            "id": p.id,
+            "label": p.label,
+            "confidence": p.confidence,
+            "target": p.target,
+            "path": p.path,
+        }
         for rank, (label, probability) in enumerate(p.top, 1):
             row[f"label_{rank}"], row[f"probability_{rank}"] = label, probability
         rows.append(row)
@@ -236,14 +276,20 @@ def _check_options(config: ZeroShotConfig) -> None:
     if config.k < 1:
         raise UsageError(f"-k must be at least 1, got {config.k}.", "Ask for 1 or more labels.")
     if config.reject_threshold is not None and config.calibrate is not None:
-        raise UsageError("Give --reject-threshold or --calibrate, not both.",
-                         "--calibrate derives the threshold from known images.")  # fmt: skip
+        raise UsageError(
+            "Give --reject-threshold or --calibrate, not both.",
+            "--calibrate derives the threshold from known images.",
+        )
     if config.reject_threshold is not None and not 0 < config.reject_threshold <= 1:
-        raise UsageError(f"--reject-threshold must lie in (0, 1], got {config.reject_threshold}.",
-                         "It is a probability: the top label's softmax score.")  # fmt: skip
+        raise UsageError(
+            f"--reject-threshold must lie in (0, 1], got {config.reject_threshold}.",
+            "It is a probability: the top label's softmax score.",
+        )
     if not 0 <= config.false_reject < 1:
-        raise UsageError(f"--false-reject must lie in [0, 1), got {config.false_reject}.",
-                         "e.g. 0.05 rejects about 5 % of known images.")  # fmt: skip
+        raise UsageError(
+            f"--false-reject must lie in [0, 1), got {config.false_reject}.",
+            "e.g. 0.05 rejects about 5 % of known images.",
+        )
 
 
 def _existing(path: Path, what: str) -> Path:
@@ -284,8 +330,10 @@ def _labels(config: ZeroShotConfig, listing: _Listing | None) -> list[LabelSpec]
     check_labels(labels, where)
     open_set = config.reject_threshold is not None or config.calibrate is not None
     if open_set and any(label.name.casefold() == UNKNOWN for label in labels):
-        raise InputError(f"{UNKNOWN!r} is the open-set label and cannot be a class too.",
-                         "Rename that label, or drop --reject-threshold/--calibrate.")  # fmt: skip
+        raise InputError(
+            f"{UNKNOWN!r} is the open-set label and cannot be a class too.",
+            "Rename that label, or drop --reject-threshold/--calibrate.",
+        )
     return labels
 
 
@@ -294,8 +342,9 @@ def _encoder(config: ZeroShotConfig, embeddings: Path | None) -> Encoder:
         return load_model(config.model or DEFAULT_MODEL_SPEC, device=config.device)
     stamp = store.read_stamp(embeddings)
     assert stamp is not None  # the folder has shards
-    return load_matching_model(stamp.spec, stamp.fingerprint, spec=config.model,
-                               device=config.device)  # fmt: skip
+    return load_matching_model(
+        stamp.spec, stamp.fingerprint, spec=config.model, device=config.device
+    )
 
 
 @dataclass(frozen=True)
@@ -323,12 +372,25 @@ def _list_images(source: Path, kind: str, config: ZeroShotConfig) -> _Listing:
         tree = class_tree_of_uris(rows.uris)
         if tree is None:
             return _Listing(source, kind, [], rows=rows)
-        return _Listing(source, kind, [], [tree.labels[t] for t in tree.targets], tree.labels,
-                        f"class folders of {tree.root}, in the uris of {source}", rows)  # fmt: skip
+        return _Listing(
+            source,
+            kind,
+            [],
+            [tree.labels[t] for t in tree.targets],
+            tree.labels,
+            f"class folders of {tree.root}, in the uris of {source}",
+            rows,
+        )
     if kind == "class tree":
         tree = read_class_tree(source, include_hidden=config.include_hidden)
-        return _Listing(source, kind, list(tree.images), [tree.labels[t] for t in tree.targets],
-                        tree.labels, f"subfolders of {source}")  # fmt: skip
+        return _Listing(
+            source,
+            kind,
+            list(tree.images),
+            [tree.labels[t] for t in tree.targets],
+            tree.labels,
+            f"subfolders of {source}",
+        )
     options = SourceOptions(kind=Kind.IMAGE, include_hidden=config.include_hidden)
     try:
         items = discover([source], options).items
@@ -346,23 +408,33 @@ def _calibration_input(config: ZeroShotConfig) -> tuple[Path, str]:
 
 
 def _encode(
-    encoder: Encoder, listing: _Listing, config: ZeroShotConfig,
-    progress: ProgressCallback | None, stage: str,
-) -> _Images:  # fmt: skip
+    encoder: Encoder,
+    listing: _Listing,
+    config: ZeroShotConfig,
+    progress: ProgressCallback | None,
+    stage: str,
+) -> _Images:
     if listing.rows is not None:
         return _embedded_images(encoder, listing)
     paths, truth = listing.paths, listing.truth
     encoded = encode_image_files(
-        encoder, paths, batch_size=config.batch_size,
+        encoder,
+        paths,
+        batch_size=config.batch_size,
         workers=default_workers() if config.workers is None else config.workers,
         max_pixels=config.max_pixels,
         progress=(lambda done: progress(ProgressReport(stage, done, len(paths))))
-        if progress else None,
-    )  # fmt: skip
+        if progress
+        else None,
+    )
     return _Images(
-        listing.kind, encoded.vectors, [paths[r] for r in encoded.rows], encoded.ids,
-        [truth[r] for r in encoded.rows] if truth else None, encoded.failures,
-    )  # fmt: skip
+        listing.kind,
+        encoded.vectors,
+        [paths[r] for r in encoded.rows],
+        encoded.ids,
+        [truth[r] for r in encoded.rows] if truth else None,
+        encoded.failures,
+    )
 
 
 def _embedded_images(encoder: Encoder, listing: _Listing) -> _Images:
@@ -375,14 +447,18 @@ def _embedded_images(encoder: Encoder, listing: _Listing) -> _Images:
         )
     rows = listing.rows
     assert rows is not None
-    return _Images("embeddings", torch.from_numpy(rows.vectors), rows.uris, rows.ids,
-                   listing.truth, [])  # fmt: skip
+    return _Images(
+        "embeddings", torch.from_numpy(rows.vectors), rows.uris, rows.ids, listing.truth, []
+    )
 
 
 def _threshold(
-    config: ZeroShotConfig, encoder: Encoder, weights: torch.Tensor, known: _Listing | None,
+    config: ZeroShotConfig,
+    encoder: Encoder,
+    weights: torch.Tensor,
+    known: _Listing | None,
     progress: ProgressCallback | None,
-) -> tuple[float | None, Rejection | None]:  # fmt: skip
+) -> tuple[float | None, Rejection | None]:
     if config.reject_threshold is not None:
         return config.reject_threshold, Rejection(config.reject_threshold, "given", 0)
     if known is None:
@@ -392,8 +468,9 @@ def _threshold(
     confidences = probabilities[:, 0].tolist()
     threshold = calibrate_threshold(confidences, config.false_reject)
     realised = sum(c < threshold for c in confidences) / len(confidences)
-    return threshold, Rejection(threshold, "calibrated", 0, len(confidences),
-                                config.false_reject, realised)  # fmt: skip
+    return threshold, Rejection(
+        threshold, "calibrated", 0, len(confidences), config.false_reject, realised
+    )
 
 
 def _metrics(
@@ -404,8 +481,10 @@ def _metrics(
     position = {name.casefold(): i for i, name in enumerate(names)}
     missing = sorted({t for t in images.truth if t.casefold() not in position})
     if missing:
-        note = (f"No metrics: class folders {', '.join(missing)} are not among the labels "
-                f"(name every folder's class to score against the folders).")  # fmt: skip
+        note = (
+            f"No metrics: class folders {', '.join(missing)} are not among the labels "
+            f"(name every folder's class to score against the folders)."
+        )
         return None, [note]
     targets = [position[t.casefold()] for t in images.truth]
     return classification_metrics(names, targets, indices.tolist(), METRICS_K), []
