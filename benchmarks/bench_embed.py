@@ -51,13 +51,14 @@ def make_jpegs(folder: Path, count: int, size: tuple[int, int]) -> list[Path]:
 
 def time_clipkit(folder: Path, model: str, batch: int, workers: int, device: str) -> float:
     from clipkit.embed import EmbedConfig, embed
+    from clipkit.infra.progress import ProgressReport
 
     marks: dict[str, float] = {}
 
-    def progress(stage: str, done: int, total: int) -> None:
-        if stage == "images":
+    def progress(report: ProgressReport) -> None:
+        if report.stage == "images":
             marks.setdefault("start", time.perf_counter())
-            if done == total:
+            if report.done == report.total:
                 marks["end"] = time.perf_counter()
 
     out = Path(tempfile.mkdtemp(prefix="bench-embed-out-"))

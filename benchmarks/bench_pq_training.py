@@ -20,7 +20,7 @@ import numpy as np
 from bench_search import clustered
 from common import machine, write_results
 
-from clipkit.index import new_index
+from clipkit.index.build import new_index
 
 
 def train_and_search(index, train: np.ndarray, queries: np.ndarray, nprobe: int):

@@ -28,7 +28,7 @@ from pathlib import Path
 from common import machine, write_results
 
 from clipkit.inputs.synthetic import write_captioned_shapes
-from clipkit.models import BUILTIN_CONFIG_DIR
+from clipkit.models.openclip import BUILTIN_CONFIG_DIR
 
 PEER = """
 import sys, open_clip

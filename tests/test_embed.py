@@ -490,8 +490,8 @@ def test_ctrl_c_keeps_finished_embeddings(tmp_path):
     make_images(tmp_path / "d", 12)
     cfg = embed_config([tmp_path / "d"], tmp_path / "out", batch_size=4, shard_rows=1000)
 
-    def interrupt_after_two_batches(stage, done, total):
-        if stage == "images" and done >= 8:
+    def interrupt_after_two_batches(report):
+        if report.stage == "images" and report.done >= 8:
             raise KeyboardInterrupt
 
     with pytest.raises(KeyboardInterrupt):

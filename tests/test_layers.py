@@ -1,4 +1,5 @@
-"""The architecture as a rule: which packages may import which, and where heavy libraries live.
+"""The architecture as a rule: which packages may import which, where heavy libraries live,
+and a clean type check.
 
 Every ``import`` statement in ``clipkit/`` is read (those inside functions and ``TYPE_CHECKING``
 blocks too: a lazy upward import is still an upward dependency). A package may import its own
@@ -126,3 +127,16 @@ def test_a_heavy_library_has_one_home(library):
     assert importers, f"nothing imports {library}: update HEAVY_HOMES"
     strays = sorted(name for name in importers if not (name == home or name.startswith(home + "/")))
     assert strays == [], f"{library} belongs in clipkit/{home}"
+
+
+def test_the_type_checker_is_clean():
+    """mypy over clipkit/, configured in pyproject.toml (as ruff is checked in test_readme)."""
+    import shutil
+    import subprocess
+    import sys
+
+    mypy = shutil.which("mypy", path=str(Path(sys.executable).parent)) or shutil.which("mypy")
+    if mypy is None:
+        pytest.skip("mypy is not installed (pip install -e '.[dev]')")
+    done = subprocess.run([mypy], cwd=ROOT.parent, capture_output=True, text=True)
+    assert done.returncode == 0, done.stdout[-3000:]

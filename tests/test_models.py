@@ -230,3 +230,61 @@ def test_describe_model_counts_parameters(tiny_encoder):
     assert info.parameters == total == info.vision_parameters + info.text_parameters
     assert info.fingerprint == tiny_encoder.fingerprint
     assert (info.embed_dim, info.image_size, info.context_length) == (128, "64x64", 32)
+
+
+_REGISTERING = """
+import dataclasses, sys
+from pathlib import Path
+from clipkit.models import load_model, openclip
+from clipkit.models.checkpoints import write_checkpoint
+tiny = load_model("clipkit-tiny:random", device="cpu")
+meta = tiny.checkpoint_meta()
+# A config open_clip does not know under the arch's name (quick_gelu has no weights of its own)
+meta = dataclasses.replace(meta, model_config={**meta.model_config, "quick_gelu": True})
+write_checkpoint(Path(sys.argv[1]), tiny.model.state_dict(), meta)
+load_model(sys.argv[1], device="cpu")
+print(openclip._registry.name)
+"""
+
+
+def test_the_config_registry_folder_is_removed_when_the_process_ends(tmp_path):
+    """open_clip reads configs only from files: clipkit's folder for them used to stay in /tmp
+    after every process that loaded a checkpoint with its own config."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    done = subprocess.run(
+        [sys.executable, "-c", _REGISTERING, str(tmp_path / "variant.safetensors")],
+        capture_output=True,
+        text=True,
+    )
+    assert done.returncode == 0, done.stderr
+    folder = Path(done.stdout.strip().splitlines()[-1])
+    assert folder.name.startswith("clipkit-configs-")
+    assert not folder.exists()
+
+
+def test_loading_a_model_leaves_the_root_logger_alone(monkeypatch, caplog):
+    """The root logger's level was raised to ERROR while open_clip built a model, silencing
+    every other library's and the user's warnings in that window."""
+    import logging
+
+    import open_clip
+
+    from clipkit.models import load_model
+
+    seen_levels = []
+    real_create = open_clip.create_model
+
+    def create(*args, **kwargs):
+        seen_levels.append(logging.getLogger().level)
+        logging.getLogger("someone.else").warning("not open_clip's")
+        return real_create(*args, **kwargs)
+
+    monkeypatch.setattr(open_clip, "create_model", create)
+    before = logging.getLogger().level
+    with caplog.at_level(logging.WARNING):
+        load_model("clipkit-tiny:random", device="cpu")
+    assert seen_levels == [before] and logging.getLogger().level == before
+    assert "not open_clip's" in caplog.text

@@ -351,7 +351,8 @@ def _best_windows(
 
 def _windows(encoder: Encoder, text: str) -> list[str]:
     """Consecutive word windows of ``text``, each as long as fits the model's context."""
-    windows, current = [], []
+    windows: list[str] = []
+    current: list[str] = []
     for word in text.split():
         if current and encoder.truncated([" ".join([*current, word])])[0]:
             windows.append(" ".join(current))

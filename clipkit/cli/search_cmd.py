@@ -129,7 +129,8 @@ def _render_search(result: Any, output: RowsFormat) -> None:
         for q in result.results:
             # A path is folded onto more lines, never cut: it is what the user opens next.
             shown_column = Column("path or text", overflow="fold")
-            headers = ["rank", "score", shown_column] + (["metadata"] if meta_names else [])
+            headers: list[str | Column] = ["rank", "score", shown_column]
+            headers += ["metadata"] if meta_names else []
             table = Table(*headers, title=Text(q.query), title_justify="left")
             for hit in q.hits:
                 shown = (hit.text or "") if hit.kind == "text" else hit.path

@@ -164,10 +164,9 @@ class _Run:
                     if not ok
                 ]
             )
-            items, ids, texts = (
-                [v for v, ok in zip(values, finite, strict=True) if ok]
-                for values in (items, ids, texts)
-            )
+            items = [item for item, ok in zip(items, finite, strict=True) if ok]
+            ids = [item_id for item_id, ok in zip(ids, finite, strict=True) if ok]
+            texts = [text for text, ok in zip(texts, finite, strict=True) if ok]
             matrix = matrix[finite]
         for item, item_id, text in zip(items, ids, texts, strict=True):
             self._column("id").append(item_id)
@@ -433,7 +432,9 @@ def _embed_texts(
     if items:
         report(ProgressReport("texts", 0, len(items)))
     for start in range(0, len(items), batch_size):
-        batch, ids, texts = [], [], []
+        batch: list[Item] = []
+        ids: list[str] = []
+        texts: list[str] = []
         for item in items[start : start + batch_size]:
             try:
                 text, replaced = _read_text(item)
@@ -475,7 +476,9 @@ def _embed_images(
     done = 0
     report(ProgressReport("images", 0, len(items)))
     for batch in image_batches(dataset, config.batch_size, workers, run.encoder.device.value):
-        fresh_items, fresh_ids, keep = [], [], []
+        fresh_items: list[Item] = []
+        fresh_ids: list[str] = []
+        keep: list[int] = []
         for position, sample in enumerate(batch.samples):
             item = items[sample.index]
             if sample.error is not None:
@@ -498,6 +501,7 @@ def _embed_images(
                 fresh_ids.append(sample.item_id)
                 keep.append(position)
         if fresh_items:
+            assert batch.pixels is not None  # fresh items were decoded
             pixels = batch.pixels[[batch.pixel_row[p] for p in keep]]
             run.add(
                 fresh_items, fresh_ids, [None] * len(fresh_items), run.encoder.encode_images(pixels)

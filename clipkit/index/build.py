@@ -198,7 +198,7 @@ def new_index(dim: int, factory: str) -> faiss.Index:
     ivf = _ivf_of(index)
     concrete = faiss.downcast_index(ivf) if ivf is not None else None
     if isinstance(concrete, faiss.IndexIVFPQ):
-        concrete.do_polysemous_training = False
+        concrete.do_polysemous_training = False  # type: ignore[attr-defined]  # SWIG, not in stubs
     return index
 
 
@@ -229,7 +229,7 @@ def tune(
     knob, steps = _knob(index)
     chosen: dict[str, int] = {}
     for value in steps or (None,):
-        if knob is not None:
+        if knob is not None and value is not None:
             faiss.ParameterSpace().set_index_parameter(index, knob, value)
             chosen = {knob: value}
         for name, q in live.items():
@@ -342,7 +342,8 @@ def _drop_gone(index: faiss.Index, rows: dict[str, list[Any]], current: set[str]
     ivf = _ivf_of(index)
     if not gone or not (flat or ivf):
         return 0
-    index.remove_ids(np.asarray(gone, dtype=np.int64))
+    # faiss's Python wrapper takes an id array; its stubs only know the C++ IDSelector form
+    index.remove_ids(np.asarray(gone, dtype=np.int64))  # type: ignore[arg-type]
     kept = np.ones(len(rows["id"]), dtype=bool)
     kept[gone] = False
     if ivf is not None:
@@ -362,6 +363,7 @@ def _ivf_of(index: faiss.Index) -> faiss.IndexIVF | None:
 def _renumber(ivf: faiss.IndexIVF, new_number: np.ndarray) -> None:
     """Map every stored entry's number ``n`` to ``new_number[n]``, list by list."""
     lists = ivf.invlists
+    assert lists is not None  # an IVF index always has its inverted lists
     for list_no in range(ivf.nlist):
         size = lists.list_size(list_no)
         if not size:

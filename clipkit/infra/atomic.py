@@ -72,10 +72,10 @@ def atomic_paths(
     the other, so the slow part (writing) happens before anything is replaced. ``commit()``
     may yield the function to rename with, to learn how far the renames got.
     """
-    targets = [check_output(target) for target in targets]
+    paths = [check_output(target) for target in targets]
     tmps: list[Path] = []
     try:
-        for target in targets:
+        for target in paths:
             tmps.append(_temporary(target))
         yield tmps
         for tmp in tmps:
@@ -83,12 +83,12 @@ def atomic_paths(
             # mkstemp makes the file private (0600); give it the mode a plain open() would have.
             os.chmod(tmp, _NEW_FILE_MODE)
         with commit() as rename:
-            for tmp, target in zip(tmps, targets, strict=True):
+            for tmp, target in zip(tmps, paths, strict=True):
                 (rename or os.replace)(tmp, target)
     except OSError as error:  # a full disk, a quota, an I/O error: the machine, not a bug
         _remove(tmps)
         reason = error.strerror or str(error).splitlines()[0] or type(error).__name__
-        where = targets[0] if len(targets) == 1 else targets[0].parent
+        where = paths[0] if len(paths) == 1 else paths[0].parent
         raise ClipkitError(
             f"Cannot write {where}: {reason}.",
             "Free some space (or choose another folder) and run the command "

@@ -82,8 +82,7 @@ def decode_image(data: bytes, *, min_side: int | None = None, max_pixels: int = 
                 image.draft("RGB", (min_side, min_side))
             image.seek(0)  # first frame of animations
             image.load()
-            image = ImageOps.exif_transpose(image)
-            return to_rgb(image)
+            return to_rgb(ImageOps.exif_transpose(image))
     except DecodeError:
         raise
     except UnidentifiedImageError:

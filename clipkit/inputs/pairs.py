@@ -127,7 +127,7 @@ def _table_pairs(path: Path, image_column: str | None, text_column: str | None):
     image_key = find_column(columns, image_column, IMAGE_COLUMNS, "--image-column", path)
     text_key = find_column(columns, text_column, TEXT_COLUMNS, "--text-column", path)
     missing = [name for name, key in (("image", image_key), ("caption", text_key)) if not key]
-    if missing:
+    if missing or image_key is None or text_key is None:
         raise InputError(
             f"Table {path} has no {' or '.join(missing)} column "
             f"(columns: {', '.join(columns) or 'none'}).",

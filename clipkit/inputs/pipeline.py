@@ -180,7 +180,8 @@ def hash_files(paths: Sequence[str], workers: int) -> list[str | None]:
 
 
 def collate(samples: list[tuple[Sample, torch.Tensor | None]]) -> Batch:
-    pixel_row, tensors = {}, []
+    pixel_row: dict[int, int] = {}
+    tensors: list[torch.Tensor] = []
     for position, (_, pixels) in enumerate(samples):
         if pixels is not None:
             pixel_row[position] = len(tensors)

@@ -114,7 +114,8 @@ def swap_captions(folder: str | Path, share: float, *, seed: int = 0) -> list[Pa
     in a scraped dataset with misaligned rows). Returns the swapped images, sorted.
     """
     captions = sorted(Path(folder).glob("*.txt"))
-    rng, swapped = random.Random(seed), []
+    rng = random.Random(seed)
+    swapped: list[Path] = []
     order = rng.sample(captions, len(captions))
     while len(swapped) < int(share * len(captions)) and len(order) >= 2:
         first, second = order.pop(), order.pop()

@@ -68,7 +68,9 @@ class Encoder:
         precision: Resolved,
         weights: str,
     ) -> None:
-        self.model = model.eval()
+        # Any: open_clip's CLIP classes are untyped, and torch.nn.Module's __getattr__ would
+        # hide encode_image, visual and logit_scale from the type checker.
+        self.model: Any = model.eval()
         self.spec = spec
         self.arch = arch
         self.model_config = model_config
@@ -458,7 +460,8 @@ def _default_tag(arch: str, spec: ModelSpec) -> str:
             f"{arch} has no pretrained weights in open_clip, so {spec.text!r} names no weights.",
             f"Use {arch}:random to start from random weights, or a checkpoint path.",
         )
-    return PREFERRED_TAGS.get(arch) if PREFERRED_TAGS.get(arch) in tags else tags[0]
+    preferred = PREFERRED_TAGS.get(arch)
+    return preferred if preferred is not None and preferred in tags else tags[0]
 
 
 def _fetch_pretrained(spec_text: str, pretrained_cfg: dict[str, Any]) -> str:
@@ -472,21 +475,24 @@ def _fetch_pretrained(spec_text: str, pretrained_cfg: dict[str, Any]) -> str:
     return downloads.with_timeout(lambda: open_clip.download_pretrained(pretrained_cfg), spec_text)
 
 
-_registry_dir: Path | None = None
+# Where checkpoints' embedded configs are written for open_clip to find (it only reads configs
+# from files). Removed when the interpreter exits (TemporaryDirectory's finalizer); open_clip
+# may rescan the folder until then, so it lives as long as the process.
+_registry: tempfile.TemporaryDirectory[str] | None = None
 
 
 def _register(meta: CheckpointMeta) -> str:
     """Make a checkpoint's embedded config known to open_clip; returns the name to create it by."""
     if open_clip.get_model_config(meta.arch) == meta.model_config:
         return meta.arch
-    global _registry_dir
-    if _registry_dir is None:
-        _registry_dir = Path(tempfile.mkdtemp(prefix="clipkit-configs-"))
-        open_clip.add_model_config(_registry_dir)
+    global _registry
+    if _registry is None:
+        _registry = tempfile.TemporaryDirectory(prefix="clipkit-configs-")
+        open_clip.add_model_config(_registry.name)
     config_json = json.dumps(meta.model_config, sort_keys=True)
     name = f"{meta.arch}@{hashlib.blake2b(config_json.encode(), digest_size=4).hexdigest()}"
-    (_registry_dir / f"{name}.json").write_text(config_json)
-    open_clip.add_model_config(_registry_dir)  # rescans the folder
+    (Path(_registry.name) / f"{name}.json").write_text(config_json)
+    open_clip.add_model_config(_registry.name)  # rescans the folder
     return name
 
 
@@ -502,12 +508,22 @@ def _preprocess_config(model: torch.nn.Module) -> dict[str, Any]:
 
 @contextlib.contextmanager
 def _quiet_open_clip() -> Iterator[None]:
-    # open_clip logs "initialized randomly" warnings on the root logger; we load weights next,
-    # so the warning is misleading noise on the user's terminal.
+    """Drop open_clip's own log records while it builds a model.
+
+    It logs "initialized randomly"-style warnings on the root logger, misleading noise since
+    weights are loaded next. A filter on the root logger drops only records from open_clip's
+    files: the level, and every other library's and the user's records, stay as they are.
+    """
     root = logging.getLogger()
-    level = root.level
-    root.setLevel(logging.ERROR)
+    root.addFilter(_not_from_open_clip)
     try:
         yield
     finally:
-        root.setLevel(level)
+        root.removeFilter(_not_from_open_clip)
+
+
+def _not_from_open_clip(record: logging.LogRecord) -> bool:
+    return not record.pathname.startswith(_OPEN_CLIP_DIR)
+
+
+_OPEN_CLIP_DIR = str(Path(open_clip.__file__).parent)

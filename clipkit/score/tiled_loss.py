@@ -33,7 +33,7 @@ class TiledContrastiveLoss(torch.autograd.Function):
     """Autograd function ``(A (S,D), B (S,D), scale (), weight, tile) -> loss ()``."""
 
     @staticmethod
-    def forward(ctx, a, b, scale, weight: float, tile: int):  # type: ignore[override]
+    def forward(ctx, a, b, scale, weight: float, tile: int):
         row_lse, col_lse, diagonal = logsumexps(a, b, scale, tile)
         loss = loss_from_logsumexps(row_lse, col_lse, diagonal, weight)
         ctx.save_for_backward(a, b, scale, row_lse, col_lse)
@@ -41,7 +41,7 @@ class TiledContrastiveLoss(torch.autograd.Function):
         return loss
 
     @staticmethod
-    def backward(ctx, grad_loss):  # type: ignore[override]
+    def backward(ctx, grad_loss):
         a, b, scale, row_lse, col_lse = ctx.saved_tensors
         grad_a, grad_b, grad_scale = _gradients(a, b, scale, row_lse, col_lse, ctx.weight, ctx.tile)
         return grad_a * grad_loss, grad_b * grad_loss, grad_scale * grad_loss, None, None

@@ -127,7 +127,7 @@ class TritonContrastiveLoss(torch.autograd.Function):
     """Autograd function ``(A (S,D), B (S,D), scale (), weight, blocks) -> loss ()``."""
 
     @staticmethod
-    def forward(ctx, a, b, scale, weight: float, blocks: dict):  # type: ignore[override]
+    def forward(ctx, a, b, scale, weight: float, blocks: dict):
         a, b = a.contiguous(), b.contiguous()
         scale32 = scale.detach().float().reshape(())
         row_lse, diagonal = _logsumexp(a, b, scale32, blocks)
@@ -138,7 +138,7 @@ class TritonContrastiveLoss(torch.autograd.Function):
         return loss
 
     @staticmethod
-    def backward(ctx, grad_loss):  # type: ignore[override]
+    def backward(ctx, grad_loss):
         a, b, scale32, row_lse, col_lse = ctx.saved_tensors
         size, weight = a.shape[0], ctx.weight
         grad_a, partial = _gradient(

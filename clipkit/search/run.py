@@ -97,10 +97,10 @@ def search(config: SearchConfig) -> SearchResult:
     else:
         emb_dir = config.embeddings_dir
         assert emb_dir is not None
-        stamp = store.read_stamp(emb_dir)
-        if stamp is None:
+        recorded_stamp = store.read_stamp(emb_dir)
+        if recorded_stamp is None:
             raise InputError(f"{emb_dir} holds no embeddings.", "Make them with clipkit embed.")
-        encoder = _encoder(config, stamp)
+        encoder = _encoder(config, recorded_stamp)
         vectors = _query_vectors(encoder, config, weights)
         scores, found, rows = _exact(emb_dir, config.kind, vectors, config.k)
         source, recorded = str(emb_dir), store.read_base(emb_dir)
@@ -207,8 +207,8 @@ def _exact(emb_dir: Path, kind: str | None, queries: np.ndarray, k: int):
         what = f"{kind} embeddings" if kind else "embeddings"
         raise InputError(f"{emb_dir} holds no {what} to search.", "Check --kind, or embed first.")
     starts = np.cumsum([0] + [len(ids) for ids in id_blocks])
-    found = found.numpy()
-    hits = np.unique(found[found >= 0])
+    found_rows = found.numpy()
+    hits = np.unique(found_rows[found_rows >= 0])
     hit_ids = []
     for r in hits.tolist():
         block = int(np.searchsorted(starts, r, side="right")) - 1
@@ -219,5 +219,5 @@ def _exact(emb_dir: Path, kind: str | None, queries: np.ndarray, k: int):
     for n, item_id in enumerate(hit_ids):
         for name, value in read[item_id].items():
             rows.setdefault(name, [None] * len(hit_ids))[n] = value
-    positions = np.where(found >= 0, np.searchsorted(hits, found), -1)
+    positions = np.where(found_rows >= 0, np.searchsorted(hits, found_rows), -1)
     return scores.numpy(), positions, rows

@@ -61,7 +61,9 @@ def read_existing(out_dir: Path) -> ExistingEmbeddings:
         ids = columns.column("id").to_pylist()
         existing.ids.update(ids)
         existing.uris.update(zip(columns.column("uri").to_pylist(), ids, strict=True))
-        existing.shard_numbers.append(int(SHARD_PATTERN.match(shard.path.name).group(1)))
+        number = SHARD_PATTERN.match(shard.path.name)
+        assert number is not None  # list_shards lists only names that match
+        existing.shard_numbers.append(int(number.group(1)))
         existing.rows += columns.num_rows
     existing.uris.update(read_aliases(out_dir))
     return existing

@@ -15,7 +15,7 @@ import datetime
 import decimal
 import json
 import re
-from collections.abc import Callable, Collection, Iterator, Sequence
+from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -143,7 +143,7 @@ def remove_stale_temporaries(out_dir: Path) -> int:
 
 def write_shard(
     path: Path,
-    rows: dict[str, Sequence[Any]],
+    rows: Mapping[str, Sequence[Any]],
     embeddings: np.ndarray,
     stamp: ModelStamp,
     *,

@@ -54,12 +54,11 @@ def load_pairs(
     """
     if not 0.0 <= val_split < 1.0:
         raise InputError(f"--val-split must be in [0, 1), got {val_split}.", "E.g. 0.1.")
-    columns = {"image_column": image_column, "text_column": text_column}
-    source = read_pairs(data, **columns)
+    source = read_pairs(data, image_column=image_column, text_column=text_column)
     train, skipped = verify_images(source.pairs, image_size, workers)
     skipped = list(source.skipped) + skipped
     if val_data is not None:
-        val_source = read_pairs(val_data, **columns)
+        val_source = read_pairs(val_data, image_column=image_column, text_column=text_column)
         val, val_skipped = verify_images(val_source.pairs, image_size, workers)
         skipped += list(val_source.skipped) + val_skipped
     else:
@@ -223,7 +222,7 @@ class SeededBatches:
     def __iter__(self) -> Iterator[list[tuple[int, int]]]:
         schedule, world = self.schedule, self.world
         share = schedule.batch_size // world.size
-        cached_epoch, order = -1, None
+        cached_epoch, order = -1, list[int]()
         for step in range(self.start, schedule.total_steps):
             epoch = schedule.epoch_of(step)
             if epoch != cached_epoch:

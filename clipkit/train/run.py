@@ -457,6 +457,7 @@ class _Run:
         )
         self.model.train()
         self.evaluations.append(result)
+        assert self.log is not None  # the main rank holds the log
         self.log.write(
             {
                 "kind": "eval",
@@ -503,6 +504,7 @@ class _Run:
             return
         from clipkit.report.plots import plot_training
 
+        assert self.log is not None  # the main rank holds the log
         plot_training(self.log.read(), self.out / PLOT_FILE)
         if self.config.wise_ft is not None:
             self._write_wise_ft(self.config.wise_ft)
@@ -562,7 +564,7 @@ class _StopFlag:
 
     def __init__(self) -> None:
         self.requested = False
-        self._previous = None
+        self._previous: Any = None  # the SIGINT handler to restore
 
     def __enter__(self) -> _StopFlag:
         with contextlib.suppress(ValueError):  # not the main thread: keep default handling

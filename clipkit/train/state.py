@@ -12,7 +12,7 @@ import json
 import random
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import torch
@@ -110,7 +110,8 @@ def save_model(out: Path, name: str, state_dict: dict[str, torch.Tensor], meta: 
 
 def capture_rng() -> dict[str, Any]:
     """Every random stream a step may draw from, as tensors and plain values."""
-    numpy_state = np.random.get_state()
+    # The legacy tuple form (the default): (name, keys, position, has_gauss, cached_gaussian).
+    numpy_state = cast(tuple[Any, ...], np.random.get_state())
     return {
         "python": random.getstate(),
         "numpy": [numpy_state[0], torch.from_numpy(numpy_state[1].copy()), *numpy_state[2:]],

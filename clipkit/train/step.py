@@ -128,11 +128,13 @@ def grad_cache_step(
     # features only reach its own parameters: scale them by W so the average is the sum.
     # The temperature's gradient is already the full one on every rank.
     local = slice(world.rank * len(pixels), (world.rank + 1) * len(pixels))
+    assert image.grad is not None and text.grad is not None  # leaves that required grad
     image_grad = image.grad[local] * world.size
     text_grad = text.grad[local] * world.size
     for number, chunk in enumerate(chunks):
         last = number == len(chunks) - 1
-        sync = contextlib.nullcontext() if last or not world.distributed else model.no_sync()
+        # no_sync: a DistributedDataParallel's, which model is whenever the world is distributed
+        sync = contextlib.nullcontext() if last or not world.distributed else model.no_sync()  # type: ignore[operator]
         _set_rng_state(rng_states[number])
         with sync:
             with autocast:

@@ -403,6 +403,7 @@ def _list_images(source: Path, kind: str, config: ZeroShotConfig) -> _Listing:
 
 
 def _calibration_input(config: ZeroShotConfig) -> tuple[Path, str]:
+    assert config.calibrate is not None
     folder = _existing(config.calibrate, "--calibrate folder")
     return folder, _input_kind(folder, config.include_hidden)
 
