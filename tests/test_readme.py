@@ -19,18 +19,37 @@ def _bash_blocks(section: str) -> list[str]:
     return re.findall(r"```bash\n(.*?)\n```", body, flags=re.S)
 
 
-def test_ci_runs_the_readme_install_and_test_commands():
+def test_the_two_set_up_commands_come_first():
+    """Install names both; Run it and Test each start with theirs."""
+    assert _bash_blocks("Install")[:2] == ["make quickstart", "make test"]
+    assert _bash_blocks("Run it")[0] == "make quickstart"
+    assert _bash_blocks("Test")[0] == "make test"
+
+
+def test_ci_runs_the_readme_test_command_on_a_fresh_environment():
     ci = (ROOT / ".ci" / "run").read_text().splitlines()
-    (install,) = _bash_blocks("Install")
-    (test,) = _bash_blocks("Test")
-    assert install in ci
-    assert test in ci
-    assert ci.index(install) < ci.index(test)
+    assert _bash_blocks("Test")[0] in ci
+    assert ci.index("rm -rf .venv") < ci.index("make test")
 
 
-def test_run_it_is_the_quickstart():
-    """The README's second set-up command: install, then this."""
-    assert _bash_blocks("Run it")[0] == ".venv/bin/clipkit quickstart"
+@pytest.mark.parametrize(
+    ("target", "steps"),
+    [
+        ("quickstart", ["-m venv", "pip install -e .", "bin/clipkit quickstart"]),
+        ("test", ["-m venv", 'pip install -e ".[dev]"', "bin/python -m pytest"]),
+    ],
+)
+def test_each_set_up_command_is_enough_on_a_fresh_machine(target, steps, tmp_path):
+    """``make -n`` with an environment that does not exist yet: it is made, clipkit installed
+    into it, then the command runs."""
+    if shutil.which("make") is None:
+        pytest.skip("make is not installed")
+    venv = tmp_path / "fresh-venv"
+    command = ["make", "-n", "-C", str(ROOT), target, f"VENV={venv}"]
+    done = subprocess.run(command, capture_output=True, text=True, check=True)
+    lines = done.stdout.splitlines()
+    positions = [next(i for i, line in enumerate(lines) if step in line) for step in steps]
+    assert positions == sorted(positions), done.stdout
 
 
 def test_ruff_is_clean():
