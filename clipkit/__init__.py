@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from clipkit.infra.lazy import export_lazily
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
 
 _SUBPACKAGES = (
     "audit",

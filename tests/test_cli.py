@@ -195,3 +195,11 @@ def test_a_stage_s_rate_counts_from_the_previous_report(monkeypatch):
 def test_a_service_s_figures_are_shown_instead_of_the_rate():
     figures = {"loss": 1.23456, "temperature": 0.07, "samples_per_s": 12.34, "grad_norm": 3.5}
     assert render.figures_text(figures) == "loss 1.235  t 0.0700  12.3 samples/s  grad_norm 3.5"
+
+
+def test_error_text_is_shown_as_written_not_as_markup():
+    """A message quoting a path such as photos/[2024]/ used to lose the brackets to Rich."""
+    error = ClipkitError("Cannot read photos/[2024]/a.jpg.", "Check [bold]this[/bold].")
+    result = runner.invoke(_failing_command(error))
+    assert "Error: Cannot read photos/[2024]/a.jpg." in result.stderr
+    assert "Hint: Check [bold]this[/bold]." in result.stderr

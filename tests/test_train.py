@@ -238,9 +238,9 @@ def test_a_diverging_run_stops_at_the_first_non_finite_loss_and_keeps_the_weight
     # The third step's loss comes out NaN (after a real forward and backward); the weights as
     # they were before it must be what is saved, untouched by the optimizer.
     from clipkit.errors import DivergedError
-    from clipkit.train import run as train_module
+    from clipkit.train import loop as loop_module
 
-    real_step, calls, before = train_module.full_batch_step, [], {}
+    real_step, calls, before = loop_module.full_batch_step, [], {}
 
     def step_that_diverges(model, *args, **kwargs):
         calls.append(1)
@@ -249,7 +249,7 @@ def test_a_diverging_run_stops_at_the_first_non_finite_loss_and_keeps_the_weight
         losses = real_step(model, *args, **kwargs)
         return dataclasses.replace(losses, loss=math.nan) if len(calls) == 3 else losses
 
-    monkeypatch.setattr(train_module, "full_batch_step", step_that_diverges)
+    monkeypatch.setattr(loop_module, "full_batch_step", step_that_diverges)
     with pytest.raises(DivergedError) as stopped:
         train(_config(shapes, tmp_path / "run", steps=10, val_split=0.0))
     assert len(calls) == 3

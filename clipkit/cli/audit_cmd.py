@@ -20,8 +20,7 @@ from clipkit.cli.options import (
     StrictOption,
     WorkersOption,
 )
-from clipkit.cli.render import print_rows, print_skipped, progress_bar
-from clipkit.errors import SkippedInputsError
+from clipkit.cli.render import print_rows, print_skipped, run_bulk
 from clipkit.infra.atomic import check_output
 
 
@@ -96,12 +95,7 @@ def audit(
         text_column=text_column,
         strict=strict,
     )
-    with progress_bar() as progress:
-        try:
-            result = run_audit(config, progress)
-        except SkippedInputsError as error:
-            _summarise(error.result)
-            raise
+    result = run_bulk(run_audit, config, _summarise)
     _summarise(result)
     rows = [p.as_dict() for p in result.pairs]
     if out is not None:

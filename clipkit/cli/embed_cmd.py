@@ -17,9 +17,8 @@ from clipkit.cli.options import (
     StrictOption,
     WorkersOption,
 )
-from clipkit.cli.render import print_skipped, progress_bar
+from clipkit.cli.render import print_skipped, run_bulk
 from clipkit.config import DEFAULT_MODEL_SPEC
-from clipkit.errors import SkippedInputsError
 
 
 @app.command()
@@ -88,12 +87,7 @@ def embed(
         prune=prune,
         rehash=rehash,
     )
-    with progress_bar() as update:
-        try:
-            result = run_embed(config, progress=update)
-        except SkippedInputsError as error:
-            _report(error.result, prune)
-            raise
+    result = run_bulk(run_embed, config, lambda failed: _report(failed, prune))
     if result.is_main:  # another rank of a torchrun job: rank 0 reports for all
         _report(result, prune)
 

@@ -8,13 +8,14 @@ import csv
 import json
 import sys
 import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any
 
 import typer
 
 from clipkit.cli.app import stderr
 from clipkit.cli.options import RowsFormat
+from clipkit.errors import SkippedInputsError
 from clipkit.infra.progress import ProgressCallback, ProgressReport
 
 SKIPPED_SHOWN = 20
@@ -84,6 +85,23 @@ def progress_bar() -> Iterator[ProgressCallback]:
             bar.update(tasks[report.stage], completed=report.done, total=report.total, figures=text)
 
         yield update
+
+
+def run_bulk(
+    service: Callable[[Any, ProgressCallback], Any], config: Any, report: Callable[[Any], None]
+) -> Any:
+    """Run a bulk service under a progress bar and return its result.
+
+    Under ``--strict`` a service that skipped inputs raises once its work is saved; ``report``
+    then draws the result it carries (the skipped list, the summary), as without ``--strict``,
+    before the error goes to ``handles_errors`` (exit 1).
+    """
+    with progress_bar() as progress:
+        try:
+            return service(config, progress)
+        except SkippedInputsError as error:
+            report(error.result)
+            raise
 
 
 def print_rows(output: RowsFormat, rows: Sequence[Mapping[str, Any]], document: Any = None) -> None:

@@ -9,9 +9,8 @@ import typer
 
 from clipkit.cli.app import app, handles_errors, stderr
 from clipkit.cli.options import DeviceOption, ModelOption, StrictOption, WorkersOption
-from clipkit.cli.render import print_skipped, progress_bar
+from clipkit.cli.render import print_skipped, run_bulk
 from clipkit.config import DEFAULT_MODEL_SPEC
-from clipkit.errors import SkippedInputsError
 
 
 @app.command()
@@ -83,8 +82,8 @@ def train(
 
     Example: clipkit train pairs/ -o runs/shapes -m clipkit-tiny:random --epochs 5
     """
-    from clipkit.train.run import TrainConfig
     from clipkit.train.run import train as run_train
+    from clipkit.train.session import TrainConfig
 
     config = TrainConfig(
         data=data,
@@ -118,12 +117,7 @@ def train(
         resume=resume,
         strict=strict,
     )
-    with progress_bar() as update:
-        try:
-            result = run_train(config, progress=update)
-        except SkippedInputsError as error:
-            _report(error.result)
-            raise
+    result = run_bulk(run_train, config, _report)
     if not result.is_main:  # another rank of a torchrun job: rank 0 reports for all
         return
     _report(result)

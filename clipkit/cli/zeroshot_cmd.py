@@ -20,8 +20,7 @@ from clipkit.cli.options import (
     WorkersOption,
     typed_text,
 )
-from clipkit.cli.render import print_rows, print_skipped, progress_bar
-from clipkit.errors import SkippedInputsError
+from clipkit.cli.render import print_rows, print_skipped, run_bulk
 from clipkit.infra.atomic import check_output
 
 CONFUSION_TABLE_MAX = 20  # larger matrices are shown as a list of the worst confusions
@@ -101,12 +100,7 @@ def zeroshot(
         include_hidden=include_hidden,
         strict=strict,
     )
-    with progress_bar() as progress:
-        try:
-            result = run_zeroshot(config, progress)
-        except SkippedInputsError as error:
-            _summarise(error.result)
-            raise
+    result = run_bulk(run_zeroshot, config, _summarise)
     _summarise(result)
     if output is RowsFormat.table:
         _render_tables(result, show_predictions=out is None)

@@ -89,7 +89,7 @@ class EmbedResult:
 
 
 @dataclass
-class _Run:
+class _EmbedRun:
     """Mutable state of one run: what is known, what is buffered, what was counted."""
 
     out_dir: Path
@@ -296,7 +296,10 @@ def _uri_frame(out_dir: Path) -> UriFrame:
 
 
 def _save_file_stats(
-    config: EmbedConfig, run: _Run, world: distributed.World, recorded: dict[str, store.FileStat]
+    config: EmbedConfig,
+    run: _EmbedRun,
+    world: distributed.World,
+    recorded: dict[str, store.FileStat],
 ) -> None:
     """Write the stat cache (rank 0, which holds every rank's stats). Without --prune, files of
     other sources keep their entries: a stale entry costs a read, never a wrong row."""
@@ -308,7 +311,7 @@ def _save_file_stats(
 
 
 def _skip_unchanged(
-    run: _Run, items: Sequence[Item], recorded: dict[str, store.FileStat]
+    run: _EmbedRun, items: Sequence[Item], recorded: dict[str, store.FileStat]
 ) -> list[Item]:
     """The image items to read: those the stat cache does not vouch for. A vouched file is
     counted (present or alias) unread; the others' stats are noted before the read."""
@@ -328,7 +331,7 @@ def _skip_unchanged(
 
 def _finish(
     config: EmbedConfig,
-    run: _Run,
+    run: _EmbedRun,
     world: distributed.World,
     encoder: Encoder,
     ignored: int,
@@ -369,7 +372,7 @@ def _finish(
 
 
 def _prune(
-    config: EmbedConfig, run: _Run, failures: Sequence[tuple[str, str, str]]
+    config: EmbedConfig, run: _EmbedRun, failures: Sequence[tuple[str, str, str]]
 ) -> store.Pruned:
     """Drop what the sources no longer hold. An input that failed to read or decode this time
     keeps its rows: it may be a passing fault (a network share), and nothing is known of it."""
@@ -397,7 +400,7 @@ def _start_run(
     items: Sequence[Item],
     world: distributed.World,
     base: str,
-) -> _Run:
+) -> _EmbedRun:
     if world.is_main:  # the folder exists: writer_lock made it
         store.remove_stale_temporaries(config.out_dir)
     distributed.barrier(world)
@@ -411,7 +414,7 @@ def _start_run(
             f"Use a new output folder, or -m {existing.stamp.spec} to add to this one.",
         )
     meta_names = sorted({name for item in items for name in item.meta or ()})
-    return _Run(
+    return _EmbedRun(
         out_dir=config.out_dir,
         encoder=encoder,
         known_ids=existing.ids,
@@ -427,7 +430,7 @@ def _start_run(
 
 
 def _embed_texts(
-    run: _Run, items: Sequence[Item], batch_size: int, report: ProgressCallback
+    run: _EmbedRun, items: Sequence[Item], batch_size: int, report: ProgressCallback
 ) -> None:
     if items:
         report(ProgressReport("texts", 0, len(items)))
@@ -461,7 +464,11 @@ def _read_text(item: Item) -> tuple[str, bool]:
 
 
 def _embed_images(
-    run: _Run, items: Sequence[Item], config: EmbedConfig, workers: int, report: ProgressCallback
+    run: _EmbedRun,
+    items: Sequence[Item],
+    config: EmbedConfig,
+    workers: int,
+    report: ProgressCallback,
 ) -> None:
     if not items:
         return

@@ -12,10 +12,15 @@ from typing import Any
 
 import torch
 
+from clipkit.infra import distributed
+from clipkit.infra.progress import ProgressReport
 from clipkit.inputs import pipeline
 from clipkit.inputs.pairs import Pair
 from clipkit.models.openclip import Encoder
 from clipkit.score import contrastive_loss, pair_ranks, rank_summary, recall_at_k
+from clipkit.train.checkpointing import Checkpointer
+from clipkit.train.session import Session
+from clipkit.train.state import MetricsLog, ResumeState
 from clipkit.zeroshot.classes import (
     SIMPLE_TEMPLATES,
     ClassTree,
@@ -116,3 +121,49 @@ def _encode_texts(encoder: Encoder, texts: Sequence[str], batch_size: int) -> to
         encoder.encode_texts(texts[i : i + batch_size]) for i in range(0, len(texts), batch_size)
     ]
     return torch.cat(parts)
+
+
+class EpochEvaluation:
+    """The evaluation hook a run calls at the end of each epoch: evaluate on the validation
+    pairs (main rank), log it, keep ``best`` when the score improves, report progress."""
+
+    def __init__(
+        self,
+        session: Session,
+        log: MetricsLog | None,
+        checkpointer: Checkpointer,
+        evaluations: list[Evaluation],
+    ) -> None:
+        self.session = session
+        self.log = log
+        self.checkpointer = checkpointer
+        self.evaluations = evaluations  # every evaluation of the run, earlier ones included
+
+    def __call__(self, state: ResumeState) -> None:
+        session = self.session
+        if session.data.val and session.world.is_main:
+            self._evaluate(state)
+        distributed.barrier(session.world)  # the other ranks wait for it
+
+    def _evaluate(self, state: ResumeState) -> None:
+        session, model = self.session, self.session.model
+        session.progress(ProgressReport("evaluate", 0, 1))
+        model.eval()
+        result = evaluate(
+            session.encoder,
+            session.data.val,
+            weight=session.config.weight,
+            logit_scale=model.logit_scale,
+            classes=session.classes,
+            workers=min(session.workers, 2),
+        )
+        model.train()
+        self.evaluations.append(result)
+        assert self.log is not None  # the main rank holds the log
+        epoch = session.schedule.epoch_of(state.step - 1)
+        self.log.write({"kind": "eval", "step": state.step, "epoch": epoch, **result.as_dict()})
+        if result.score > state.best_score:
+            state.best_score = result.score
+            self.checkpointer.save_best(state)
+        figures = {"val_loss": result.loss, "val_recall": result.score}
+        session.progress(ProgressReport("evaluate", 1, 1, figures))
