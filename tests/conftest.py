@@ -10,7 +10,8 @@ import pytest
 # Set before anything imports huggingface_hub, which reads these once at import time: tests
 # must never touch the network nor a developer's real cache.
 os.environ["HF_HUB_OFFLINE"] = "1"
-os.environ["HF_HOME"] = tempfile.mkdtemp(prefix="clipkit-test-hf-")
+_HF_HOME = tempfile.TemporaryDirectory(prefix="clipkit-test-hf-")  # removed at exit
+os.environ["HF_HOME"] = _HF_HOME.name
 os.environ.pop("CLIPKIT_MODEL", None)
 os.environ.pop("CLIPKIT_DEBUG", None)
 

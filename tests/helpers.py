@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import io
 import json
+import random
 import tarfile
 from pathlib import Path
 
@@ -96,3 +97,103 @@ def clustered_embeddings(
         columns = {"id": ids, "uri": ids, "kind": ["image"] * len(ids), "text": [None] * len(ids)}
         store.write_shard(store.shard_path(folder, shard), columns, block, stamp)
     return points.astype(np.float32)
+
+
+WORDS = [
+    "a",
+    "photo",
+    "of",
+    "the",
+    "dog",
+    "cat",
+    "red",
+    "blue",
+    "small",
+    "large",
+    "circle",
+    "square",
+    "triangle",
+    "on",
+    "in",
+    "with",
+    "grey",
+    "background",
+    "emoji",
+    "cloud",
+    "beach",
+    "mountain",
+    "café",
+    "naïve",
+    "über",
+    "straße",
+    "Ñandú",
+    "déjà-vu",
+    "don't",
+    "it's",
+    "we're",
+    "I'll",
+    "you've",
+    "they'd",
+    "3D",
+    "1,000",
+    "42",
+    "x86_64",
+    "e-mail",
+    "C++",
+    "#hashtag",
+    "@user",
+    "http://a.b/c?d=1",
+]
+PIECES = [
+    "猫",
+    "東京タワー",
+    "Москва",
+    "ελληνικά",
+    "עברית",
+    "العربية",
+    "हिन्दी",
+    "🙂",
+    "🐶🐱",
+    "👩\u200d👩\u200d👧",
+    "🏳️\u200d🌈",
+    "&amp;",
+    "&lt;b&gt;bold&lt;/b&gt;",
+    "&#39;quoted&#39;",
+    "&amp;amp;",
+    "&quot;x&quot;",
+    "Ã©",
+    "â€™",
+    "\xa0",
+    "\t",
+    "\n",
+    "   ",
+    "\u200b",
+    "ＡＢＣ",
+    "ﬁ",
+    "Å",
+    "Å",
+    "<start_of_text>",
+    "<END_OF_TEXT>",
+    "...",
+    "!!!",
+    "¿qué?",
+    "½",
+    "²",
+    "Ⅻ",
+]
+
+
+def corpus(size: int = 1200, seed: int = 0) -> list[str]:
+    """Texts for tokenizers: captions, Unicode and emoji, HTML entities, mixed case, runs of
+    whitespace, empty strings, special tokens and texts longer than any context."""
+    rng = random.Random(seed)
+    texts = ["", " ", "\t\n", "A", "a" * 300, "word " * 200, "🙂" * 100]
+    while len(texts) < size:
+        parts = [
+            rng.choice(WORDS if rng.random() < 0.7 else PIECES) for _ in range(rng.randint(1, 40))
+        ]
+        text = rng.choice((" ", "  ", "", "\t", " \n ")).join(parts)
+        if rng.random() < 0.3:
+            text = text.upper() if rng.random() < 0.5 else text.title()
+        texts.append(text)
+    return texts

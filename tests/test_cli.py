@@ -26,7 +26,17 @@ def test_importing_the_cli_imports_no_heavy_library():
     assert out.stdout.strip() == ""
 
 
-COMMANDS = ["quickstart", "train", "embed", "index", "search", "zeroshot", "audit", "models"]
+COMMANDS = [
+    "quickstart",
+    "train",
+    "embed",
+    "index",
+    "search",
+    "zeroshot",
+    "audit",
+    "export",
+    "models",
+]
 
 
 def _listed_commands(help_text: str) -> list[str]:

@@ -39,6 +39,7 @@ HEAVY_HOMES = {
     "typer": "cli",
     "rich": "cli",
     "open_clip": "models/openclip.py",
+    "onnxruntime": "models/onnx_encoder.py",
     "faiss": "index",
     "pyarrow": "store",
     "matplotlib": "report/plots.py",
@@ -140,3 +141,16 @@ def test_the_type_checker_is_clean():
         pytest.skip("mypy is not installed (pip install -e '.[dev]')")
     done = subprocess.run([mypy], cwd=ROOT.parent, capture_output=True, text=True)
     assert done.returncode == 0, done.stdout[-3000:]
+
+
+def test_tests_share_helpers_not_each_other():
+    """Test modules import shared code from tests/helpers.py (or fixtures), never from
+    another test module."""
+    tests = Path(__file__).resolve().parent
+    wrong = [
+        f"{path.name}:{line}"
+        for path in sorted(tests.glob("*.py"))
+        for line, name in _imported(path)
+        if name.startswith("tests.test_")
+    ]
+    assert wrong == []

@@ -65,7 +65,8 @@ def test_ruff_is_clean():
 
 
 @pytest.mark.parametrize(
-    "section", ["Run it", "Embed", "Index and search", "Train", "Zero-shot", "Audit"]
+    "section",
+    ["Run it", "Embed", "Index and search", "Train", "Zero-shot", "Audit", "Export to ONNX"],
 )
 def test_readme_examples_use_real_options(section):
     from typer.testing import CliRunner

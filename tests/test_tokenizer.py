@@ -4,7 +4,6 @@ special tokens and texts longer than the context (truncation ends with the end t
 
 from __future__ import annotations
 
-import random
 import subprocess
 import sys
 from pathlib import Path
@@ -13,32 +12,7 @@ import numpy as np
 import pytest
 
 from clipkit.models.tokenizer import ClipTokenizer
-
-WORDS = (
-    "a photo of the dog cat red blue small large circle square triangle on in with grey "
-    "background emoji cloud beach mountain café naïve über straße Ñandú déjà-vu don't it's "
-    "we're I'll you've they'd 3D 1,000 42 x86_64 e-mail C++ #hashtag @user http://a.b/c?d=1"
-).split()
-PIECES = (
-    "猫", "東京タワー", "Москва", "ελληνικά", "עברית", "العربية", "हिन्दी", "🙂", "🐶🐱", "👩‍👩‍👧",
-    "🏳️‍🌈", "&amp;", "&lt;b&gt;bold&lt;/b&gt;", "&#39;quoted&#39;", "&amp;amp;", "&quot;x&quot;",
-    "Ã©", "â€™", "\u00a0", "\t", "\n", "   ", "\u200b", "ＡＢＣ", "ﬁ", "Å", "A\u030a",
-    "<start_of_text>", "<END_OF_TEXT>", "...", "!!!", "¿qué?", "½", "²", "Ⅻ",
-)  # fmt: skip
-
-
-def corpus(size: int = 1200, seed: int = 0) -> list[str]:
-    rng = random.Random(seed)
-    texts = ["", " ", "\t\n", "A", "a" * 300, "word " * 200, "🙂" * 100]
-    while len(texts) < size:
-        parts = [
-            rng.choice(WORDS if rng.random() < 0.7 else PIECES) for _ in range(rng.randint(1, 40))
-        ]
-        text = rng.choice((" ", "  ", "", "\t", " \n ")).join(parts)
-        if rng.random() < 0.3:
-            text = text.upper() if rng.random() < 0.5 else text.title()
-        texts.append(text)
-    return texts
+from tests.helpers import corpus
 
 
 @pytest.fixture(scope="module")

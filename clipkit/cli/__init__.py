@@ -25,6 +25,7 @@ from clipkit.cli import (  # noqa: E402, F401, I001
     search_cmd,
     zeroshot_cmd,
     audit_cmd,
+    export_cmd,
     models_cmd,
 )
 

@@ -172,6 +172,29 @@ class Encoder:
             features = self.model.encode_text(tokens)
         return F.normalize(features.float(), dim=-1)
 
+    def torch_free_tokenizer(self) -> dict[str, Any] | None:
+        """How ``models.tokenizer`` reproduces this model's tokenizer without torch: the BPE
+        vocabulary file, the text cleaner and the context; None when it cannot (a Hugging
+        Face or SentencePiece tokenizer, or open_clip's token-dropping reductions)."""
+        tokenizer: Any = self.tokenizer  # open_clip's tokenizers are untyped
+        if type(tokenizer) is not open_clip.SimpleTokenizer or tokenizer.reduction_fn is not None:
+            return None
+        cleaners = {
+            open_clip.tokenizer._clean_lower: "lower",
+            open_clip.tokenizer._clean_whitespace: "whitespace",
+            open_clip.tokenizer._clean_canonicalize: "canonicalize",
+        }
+        clean = cleaners.get(tokenizer.clean_fn)
+        special = ("<start_of_text>", "<end_of_text>")
+        if clean is None or tuple(tokenizer.encoder)[-2:] != special:
+            return None  # added special tokens shift the ids: not the plain CLIP vocabulary
+        return {
+            "kind": "clip-bpe",
+            "vocab_path": open_clip.tokenizer.default_bpe(),
+            "clean": clean,
+            "context_length": int(tokenizer.context_length),
+        }
+
     def checkpoint_meta(self, **extra: str) -> CheckpointMeta:
         """What a checkpoint of this model must record so that its path alone loads it."""
         return CheckpointMeta(

@@ -83,7 +83,7 @@ class ClipTokenizer:
             return [word]
         parts = [*word[:-1], word[-1] + "</w>"]
         while len(parts) > 1:
-            pairs = set(zip(parts, parts[1:]))
+            pairs = set(zip(parts, parts[1:], strict=False))
             best = min(pairs, key=lambda pair: self.ranks.get(pair, MERGES))
             if best not in self.ranks:
                 break
@@ -116,7 +116,8 @@ def _byte_symbols() -> dict[int, str]:
 
 @functools.lru_cache(maxsize=4)
 def _read_merges(path: Path) -> tuple[tuple[str, str], ...]:
-    lines = gzip.open(path).read().decode("utf-8").split("\n")[1 : MERGES + 1]
+    with gzip.open(path) as handle:
+        lines = handle.read().decode("utf-8").split("\n")[1 : MERGES + 1]
     return tuple((first, second) for first, second in (line.split() for line in lines))
 
 

@@ -1,0 +1,159 @@
+"""Exporting a model's two towers to ONNX, with what the torch-free runtime needs beside them.
+
+Uses torch's ``torch.export``-based exporter (the maintained one since PyTorch 2.9; the
+TorchScript one is deprecated). Each tower's graph ends with the L2 normalisation, so both
+runtimes return the same unit vectors. The folder is written beside its destination and
+renamed into place, so an interrupted export leaves no half model where a reader looks.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import shutil
+import tempfile
+import warnings
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+from clipkit import __version__
+from clipkit.errors import InputError
+from clipkit.infra.atomic import make_folder
+from clipkit.models.exported import (
+    IMAGE_FILE,
+    MANIFEST_FILE,
+    TEXT_FILE,
+    ExportManifest,
+    file_record,
+)
+from clipkit.models.openclip import Encoder
+
+OPSET = 18
+
+
+class _ImageTower(torch.nn.Module):
+    def __init__(self, model: Any) -> None:
+        super().__init__()
+        self.model = model  # an open_clip model (untyped)
+
+    def forward(self, pixels: torch.Tensor) -> torch.Tensor:
+        return F.normalize(self.model.encode_image(pixels).float(), dim=-1)
+
+
+class _TextTower(torch.nn.Module):
+    def __init__(self, model: Any) -> None:
+        super().__init__()
+        self.model = model  # an open_clip model (untyped)
+
+    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+        return F.normalize(self.model.encode_text(tokens).float(), dim=-1)
+
+
+def export_onnx(encoder: Encoder, out_dir: Path) -> ExportManifest:
+    """Write ``encoder``'s export to ``out_dir`` (replacing an export already there).
+
+    Raises:
+        InputError: a model whose tokenizer has no torch-free version, or an output folder
+            that cannot be written.
+    """
+    recipe = encoder.torch_free_tokenizer()
+    if recipe is None:
+        raise InputError(
+            f"{encoder.spec} uses a tokenizer ({type(encoder.tokenizer).__name__}) that clipkit "
+            "cannot run without torch, so it has no ONNX export.",
+            "Use --runtime torch with this model.",
+        )
+    out_dir = Path(out_dir).expanduser()
+    make_folder(out_dir.parent)
+    staging = None
+    try:
+        staging = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.export-", dir=out_dir.parent))
+        _write(encoder, recipe, staging)
+        manifest = _manifest(encoder, recipe, staging)
+        (staging / MANIFEST_FILE).write_text(manifest.to_json(), encoding="utf-8")
+        _publish(staging, out_dir)
+    except OSError as error:  # a full disk, a read-only cache: the machine, not a bug
+        raise InputError(
+            f"Cannot write the export to {out_dir}: {error.strerror or error}.",
+            "Free some space or choose a writable folder (-o, or CLIPKIT_ONNX_CACHE).",
+        ) from None
+    finally:
+        if staging is not None:
+            shutil.rmtree(staging, ignore_errors=True)
+    return manifest
+
+
+def _write(encoder: Encoder, recipe: dict, folder: Path) -> None:
+    model = encoder.model.float().eval()
+    height, width = encoder.image_size
+    pixels = torch.zeros(2, 3, height, width)
+    tokens = torch.zeros(2, recipe["context_length"], dtype=torch.long)
+    batch = torch.export.Dim("batch")
+    with torch.no_grad(), _quiet():
+        for tower, example, name, path in (
+            (_ImageTower(model), pixels, "pixels", folder / IMAGE_FILE),
+            (_TextTower(model), tokens, "tokens", folder / TEXT_FILE),
+        ):
+            torch.onnx.export(
+                tower,
+                (example,),
+                str(path),
+                input_names=[name],
+                output_names=["embeddings"],
+                dynamic_shapes=({0: batch},),
+                opset_version=OPSET,
+                dynamo=True,
+                external_data=False,
+            )
+    shutil.copyfile(recipe["vocab_path"], folder / Path(recipe["vocab_path"]).name)
+
+
+def _manifest(encoder: Encoder, recipe: dict, folder: Path) -> ExportManifest:
+    bias = getattr(encoder.model, "logit_bias", None)
+    vocab = Path(recipe["vocab_path"]).name
+    names = (IMAGE_FILE, TEXT_FILE, vocab)
+    return ExportManifest(
+        spec=encoder.spec,
+        arch=encoder.arch,
+        fingerprint=encoder.fingerprint,
+        embed_dim=int(encoder.model_config.get("embed_dim", 0)),
+        image_size=(int(encoder.image_size[0]), int(encoder.image_size[1])),
+        preprocess=dict(encoder.preprocess_config),
+        tokenizer={
+            "kind": recipe["kind"],
+            "vocab": vocab,
+            "clean": recipe["clean"],
+            "context_length": recipe["context_length"],
+        },
+        logit_scale=encoder.logit_scale,
+        logit_bias=float(bias.detach()) if bias is not None else None,
+        files={name: file_record(folder / name) for name in names},
+        clipkit_version=__version__,
+    )
+
+
+def _publish(staging: Path, out_dir: Path) -> None:
+    """Rename the finished folder into place; an earlier export there is replaced."""
+    if out_dir.exists() and not (out_dir / MANIFEST_FILE).is_file() and any(out_dir.iterdir()):
+        raise InputError(
+            f"{out_dir} exists and is not an ONNX export: clipkit will not replace it.",
+            "Choose another -o folder, or empty this one.",
+        )
+    old = None
+    if out_dir.exists():
+        old = out_dir.with_name(f".{out_dir.name}.replaced-{staging.name}")
+        out_dir.rename(old)
+    staging.rename(out_dir)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def _quiet():
+    """The exporter prints its progress and warns about things that do not concern users."""
+    with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
+        warnings.simplefilter("ignore")
+        yield
