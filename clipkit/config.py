@@ -5,6 +5,7 @@ from __future__ import annotations
 ENV_MODEL = "CLIPKIT_MODEL"
 ENV_DEBUG = "CLIPKIT_DEBUG"
 ENV_ONNX_CACHE = "CLIPKIT_ONNX_CACHE"  # where ONNX exports are cached (by model fingerprint)
+ENV_RUNTIME = "CLIPKIT_RUNTIME"  # auto, torch or onnx: what encodes
 
 # A good general-purpose pretrained model; needs its weights cached or the network.
 DEFAULT_MODEL_SPEC = "ViT-B-32:laion2b_s34b_b79k"

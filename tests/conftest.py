@@ -12,6 +12,10 @@ import pytest
 os.environ["HF_HUB_OFFLINE"] = "1"
 _HF_HOME = tempfile.TemporaryDirectory(prefix="clipkit-test-hf-")  # removed at exit
 os.environ["HF_HOME"] = _HF_HOME.name
+# ONNX exports go to a cache of the session's own, never the developer's.
+_ONNX_CACHE = tempfile.TemporaryDirectory(prefix="clipkit-test-onnx-")
+os.environ["CLIPKIT_ONNX_CACHE"] = _ONNX_CACHE.name
+os.environ.pop("CLIPKIT_RUNTIME", None)
 os.environ.pop("CLIPKIT_MODEL", None)
 os.environ.pop("CLIPKIT_DEBUG", None)
 

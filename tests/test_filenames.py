@@ -16,8 +16,8 @@ import pytest
 from clipkit.audit import AuditConfig, audit
 from clipkit.embed import EmbedConfig, embed
 from clipkit.inputs.filenames import as_text, os_path
+from clipkit.inputs.files import read_bytes
 from clipkit.inputs.pairs import read_pairs
-from clipkit.inputs.pipeline import read_bytes
 from clipkit.report.html import thumbnail_uri
 from clipkit.zeroshot import ZeroShotConfig, zeroshot
 from tests.helpers import TINY, make_images

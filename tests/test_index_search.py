@@ -379,8 +379,8 @@ def test_cli_index_and_errors(corpus, tmp_path):
 
 
 def test_flat_index_small_and_large_batches_agree(tmp_path, tiny_encoder):
-    # Fewer than SMALL_BATCH queries go through the scoring core, more through faiss.
-    from clipkit.index.build import SMALL_BATCH
+    # Fewer than SMALL_BATCH queries go through exact_topk (NumPy), more through faiss.
+    from clipkit.index.load import SMALL_BATCH
 
     stamp = store.ModelStamp(TINY, tiny_encoder.fingerprint, 32)
     points = clustered_embeddings(tmp_path / "emb", stamp, count=2000, clusters=10, dim=32)
@@ -591,3 +591,13 @@ def test_a_model_that_returns_nan_for_the_query_is_refused(tmp_path, tiny_encode
         search(SearchConfig(images=(query,), embeddings_dir=tmp_path / "emb", device="cpu"))
     found = search(SearchConfig(texts=("a dog",), embeddings_dir=tmp_path / "emb", device="cpu"))
     assert found.results[0].hits[0].text == "a photo of a dog"
+
+
+def test_exact_topk_breaks_ties_to_the_lower_row():
+    from clipkit.index.load import exact_topk
+
+    keys = np.array([[1, 0], [0, 1], [1, 0], [0.6, 0.8], [1, 0]], dtype=np.float32)
+    queries = np.array([[1, 0], [0, 1]], dtype=np.float32)
+    scores, rows = exact_topk(queries, keys, 4)
+    assert rows.tolist() == [[0, 2, 4, 3], [1, 3, 0, 2]]
+    np.testing.assert_allclose(scores, [[1, 1, 1, 0.6], [1, 0.8, 0, 0]])

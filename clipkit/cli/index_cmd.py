@@ -44,6 +44,13 @@ def index(
         float, typer.Option(min=0.0, max=1.0, help="Tune search until recall@10 reaches this.")
     ] = 0.95,
     update: Annotated[bool, typer.Option(help="Add rows new in EMB_DIR to the index.")] = False,
+    onnx_export: Annotated[
+        bool,
+        typer.Option(
+            "--onnx-export/--no-onnx-export",
+            help="Export the model to the ONNX cache when missing, so searches start fast.",
+        ),
+    ] = True,
 ) -> None:
     """Build a FAISS index (exact or approximate) with measured recall@10.
 
@@ -77,6 +84,11 @@ def index(
         ),
         markup=False,
     )
+    if onnx_export:
+        from clipkit.models.runtime import ensure_cached_export
+
+        _, note = ensure_cached_export(info.model, info.fingerprint)
+        stderr.print(note[0].upper() + note[1:] + ".", markup=False)
 
 
 def _parse_size(text: str) -> int:

@@ -8,7 +8,7 @@ from typing import Annotated
 
 import typer
 
-from clipkit.config import ENV_MODEL
+from clipkit.config import ENV_MODEL, ENV_RUNTIME
 
 
 class DocumentFormat(str, Enum):
@@ -31,6 +31,12 @@ class KindChoice(str, Enum):
     auto = "auto"
     image = "image"
     text = "text"
+
+
+class Runtime(str, Enum):
+    auto = "auto"
+    torch = "torch"
+    onnx = "onnx"
 
 
 class StorageDtype(str, Enum):
@@ -64,6 +70,15 @@ DeviceOption = Annotated[str, typer.Option("--device", help="auto, cpu, cuda, cu
 WorkersOption = Annotated[
     int | None,
     typer.Option(min=0, help="Image decode processes (default: one per core, at most 8)."),
+]
+RuntimeOption = Annotated[
+    Runtime,
+    typer.Option(
+        "--runtime",
+        envvar=ENV_RUNTIME,
+        help="What encodes: torch, onnx (a cached export, no torch), or auto (onnx when the "
+        "cache has this model's export and the device is the CPU).",
+    ),
 ]
 StrictOption = Annotated[
     bool, typer.Option("--strict", help="Exit 1 if any input was skipped (after the work).")

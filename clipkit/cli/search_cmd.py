@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -16,6 +17,8 @@ from clipkit.cli.options import (
     RecordedModelOption,
     RowsFormat,
     RowsFormatOption,
+    Runtime,
+    RuntimeOption,
     typed_text,
 )
 from clipkit.cli.render import print_rows
@@ -46,6 +49,7 @@ def search(
     html_out: Annotated[Path | None, typer.Option("--html", help="Write a gallery page.")] = None,
     model: RecordedModelOption = None,
     device: DeviceOption = "auto",
+    runtime: RuntimeOption = Runtime.auto,
 ) -> None:
     """Search an index or embeddings folder by text and/or image.
 
@@ -73,9 +77,18 @@ def search(
         k=k,
         model=model,
         device=device,
+        runtime=runtime.value,
     )
+    started = time.perf_counter()
     result = run_search(config)
     _render_search(result, output)
+    hits = sum(len(q.hits) for q in result.results)
+    stderr.print(
+        f"{hits} hits for {len(result.results)} queries from {result.source} with "
+        f"{result.model} on {result.runtime.runtime} ({result.runtime.reason}) in "
+        f"{time.perf_counter() - started:.2f} s",
+        markup=False,
+    )
     if html_out is not None:
         from clipkit.report.html import write_search_gallery
 

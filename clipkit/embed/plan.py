@@ -16,7 +16,8 @@ from typing import Protocol
 
 from clipkit.infra import distributed
 from clipkit.inputs.decode import DecodeError, decode_text, text_id
-from clipkit.inputs.pipeline import hash_files, read_bytes
+from clipkit.inputs.files import read_bytes
+from clipkit.inputs.pipeline import hash_files
 from clipkit.inputs.sources import Item
 from clipkit.inputs.stat_cache import file_stat, recorded_id
 from clipkit.store import FileStat

@@ -25,7 +25,8 @@ from clipkit.infra.locks import writer_lock
 from clipkit.infra.progress import ProgressCallback, ProgressReport, no_progress
 from clipkit.inputs.decode import DEFAULT_MAX_PIXELS, DecodeError, content_id, decode_text, text_id
 from clipkit.inputs.filenames import UriFrame, as_text, os_path
-from clipkit.inputs.pipeline import ImageDataset, default_workers, image_batches, read_bytes
+from clipkit.inputs.files import read_bytes
+from clipkit.inputs.pipeline import ImageDataset, default_workers, image_batches
 from clipkit.inputs.sources import Item, Kind, SourceOptions, discover
 from clipkit.inputs.stat_cache import file_stat, recorded_id
 from clipkit.inputs.tarshards import MEMBER_SEPARATOR, TAR_SUFFIX

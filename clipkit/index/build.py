@@ -13,16 +13,22 @@ import math
 import os
 import time
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import faiss
 import numpy as np
-import torch
 
-from clipkit import __version__, score, store
+from clipkit import store
 from clipkit.errors import InputError
+from clipkit.index.load import (
+    INDEX_FILE,
+    META_FILE,
+    ROWS_FILE,
+    IndexInfo,
+    load_index,
+)
 from clipkit.index.recall import (
     RECALL_K,
     QuerySet,
@@ -33,9 +39,8 @@ from clipkit.index.recall import (
     scan,
 )
 from clipkit.infra.atomic import atomic_paths, check_output, make_folder
-from clipkit.infra.locks import publishing, reading_published, writer_lock
+from clipkit.infra.locks import publishing, writer_lock
 
-INDEX_FILE, ROWS_FILE, META_FILE = "index.faiss", "rows.parquet", "index.json"
 NPROBE_STEPS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 2048, 4096)
 EF_STEPS = (16, 32, 64, 128, 256, 512, 1024, 2048)
 PQ_SUBQUANTIZERS = (8, 16, 32, 48, 64, 96, 128, 256)
@@ -53,32 +58,6 @@ class IndexConfig:
     target_recall: float = 0.95
     update: bool = False
     seed: int = 0
-
-
-@dataclass(frozen=True)
-class IndexInfo:
-    """The sidecar ``index.json``: what an index is, where it came from and how good it is."""
-
-    model: str
-    fingerprint: str
-    dim: int
-    kind: str
-    factory: str
-    params: dict[str, int]
-    rows: int
-    source: str
-    shards: list[dict[str, Any]]
-    build_seconds: float
-    recall_at_10: dict[str, float | None]
-    target_recall: float
-    metric: str = "inner_product"
-    clipkit_version: str = __version__
-    removed_rows: int = 0
-    extra: dict[str, Any] = field(default_factory=dict)
-    base: str | None = None  # the folder the rows' relative uris are relative to (the source's)
-
-    def as_dict(self) -> dict[str, Any]:
-        return asdict(self)
 
 
 @dataclass(frozen=True)
@@ -378,101 +357,3 @@ def _renumber(ivf: faiss.IndexIVF, new_number: np.ndarray) -> None:
 # stays near 65-85 queries/s up to at least 128 queries at 200k x 512 on two cores. From 256 on
 # faiss switches to sgemm too and the two run level (measured: benchmarks/RESULTS.md), so
 # faiss keeps those batches.
-SMALL_BATCH = 256
-
-
-@dataclass
-class LoadedIndex:
-    """An index ready to search: FAISS index (search parameters applied), row map, sidecar."""
-
-    index: faiss.Index
-    rows: dict[str, list[Any]]
-    info: IndexInfo
-    folder: Path
-
-    def __post_init__(self) -> None:
-        # A zero-copy view of an exact index's vectors; valid while self.index lives.
-        concrete = faiss.downcast_index(self.index)
-        self.vectors = None
-        if isinstance(concrete, faiss.IndexFlat) and concrete.ntotal:
-            flat = faiss.rev_swig_ptr(concrete.get_xb(), concrete.ntotal * concrete.d)
-            self.vectors = flat.reshape(concrete.ntotal, concrete.d)
-
-    def search(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-        """(Q, D) unit queries -> scores and row numbers (Q, min(k, rows)), best first."""
-        if k < 1:
-            raise InputError(f"k must be at least 1, got {k}.", "Ask for one or more results.")
-        k = min(k, self.index.ntotal)
-        queries = np.ascontiguousarray(queries, dtype=np.float32)
-        if self.vectors is not None and len(queries) < SMALL_BATCH:
-            scores, found = score.topk(torch.from_numpy(queries), self.vectors, k)
-            return scores.numpy(), found.numpy()
-        return self.index.search(queries, k)
-
-
-def load_index(folder: Path, *, check_source: bool = True) -> LoadedIndex:
-    """Open an index folder, checking that its parts agree and (optionally) its source.
-
-    Raises:
-        InputError: a missing or corrupt part, an empty index, or a changed source folder.
-    """
-    meta_path = folder / META_FILE
-    if not meta_path.is_file():
-        raise InputError(
-            f"{folder} is not a clipkit index (no {META_FILE}).",
-            "Build one with: clipkit index EMB_DIR -o INDEX_DIR",
-        )
-    with reading_published(folder, "The index", _REBUILD):  # not mid-way through an update
-        info, index, rows = _read_parts(folder)
-    if index.ntotal != len(rows.get("id", [])) or index.ntotal != info.rows:
-        raise InputError(
-            f"The parts of {folder} disagree: {index.ntotal} vectors, {len(rows.get('id', []))} "
-            f"mapped rows, {info.rows} recorded.",
-            _REBUILD,
-        )
-    if index.ntotal == 0:
-        raise InputError(f"The index in {folder} is empty.", _REBUILD)
-    if check_source:
-        _check_source(info)
-    for knob, value in info.params.items():
-        faiss.ParameterSpace().set_index_parameter(index, knob, value)
-    return LoadedIndex(index=index, rows=rows, info=info, folder=folder)
-
-
-def _read_parts(folder: Path) -> tuple[IndexInfo, faiss.Index, dict[str, list[Any]]]:
-    meta_path = folder / META_FILE
-    try:
-        info = IndexInfo(**json.loads(meta_path.read_text()))
-    except (OSError, ValueError, TypeError) as error:
-        raise InputError(f"{meta_path} is corrupt ({error}).", _REBUILD) from None
-    try:
-        index = faiss.read_index(str(folder / INDEX_FILE))
-    except RuntimeError:
-        raise InputError(f"{folder / INDEX_FILE} is missing or corrupt.", _REBUILD) from None
-    return info, index, store.read_row_map(folder / ROWS_FILE)
-
-
-def _check_source(info: IndexInfo) -> None:
-    """Refuse an index whose embeddings folder holds other shards than it was built from.
-
-    An index is self-contained: once its folder is moved, deleted or left on another machine
-    (no shards there), there is nothing to be stale against, and it is searched as it is.
-    """
-    source = Path(info.source)
-    now = store.shard_signature(source)
-    if not now:
-        return
-    if now != info.shards:
-        recorded = {s["name"] for s in info.shards}
-        current = {s["name"] for s in now}
-        changed = sum(1 for s in now if s["name"] in recorded and s not in info.shards)
-        raise InputError(
-            f"The embeddings in {source} changed since the index was built "
-            f"({len(current - recorded)} shards added, {len(recorded - current)} removed, "
-            f"{changed} modified).",
-            f"Bring the index up to date: clipkit index {source} -o <this index> --update "
-            "(or rebuild it).",
-        )
-
-
-_REBUILD = "Rebuild it: clipkit index EMB_DIR -o INDEX_DIR"

@@ -18,7 +18,7 @@ from clipkit.config import TABLE_SUFFIXES
 from clipkit.errors import InputError
 from clipkit.inputs.decode import IMAGE_SUFFIXES, DecodeError, decode_text
 from clipkit.inputs.filenames import as_text, table_path
-from clipkit.inputs.pipeline import read_bytes
+from clipkit.inputs.files import read_bytes
 from clipkit.inputs.sources import IMAGE_COLUMNS, TEXT_COLUMNS, find_column
 from clipkit.inputs.tarshards import (
     TAR_SUFFIX,

@@ -12,7 +12,6 @@ batches (see :mod:`clipkit.models.pixels`). Datasets keep their paths packed
 
 from __future__ import annotations
 
-import errno
 import gc
 import os
 import signal
@@ -28,12 +27,10 @@ from clipkit.inputs.decode import (
     DecodeError,
     content_id,
     decode_image,
-    require_regular_file,
 )
-from clipkit.inputs.filenames import URL_NOT_READ, is_url, os_path
+from clipkit.inputs.files import read_bytes
 from clipkit.inputs.packed import PackedStrings
 from clipkit.inputs.sources import Item
-from clipkit.inputs.tarshards import MEMBER_SEPARATOR, read_member, split_member_uri
 
 if TYPE_CHECKING:
     from clipkit.models.openclip import Encoder
@@ -66,37 +63,6 @@ class Batch:
     samples: list[Sample]
     pixels: torch.Tensor | None
     pixel_row: dict[int, int]  # position in ``samples`` -> row in ``pixels``
-
-
-def read_bytes(path: str, *, regular_only: bool = True) -> bytes:
-    """The bytes of a file (or ``SHARD.tar#MEMBER``), or a DecodeError naming why not.
-
-    ``path`` may be a name as :func:`clipkit.inputs.filenames.as_text` shows it. Only regular files
-    are read, unless ``regular_only`` is False (a query image the user names may come from a
-    pipe: ``--image <(curl …)``).
-    """
-    path = os_path(path)
-    if is_url(path) and not os.path.lexists(path):
-        raise DecodeError("read", URL_NOT_READ)
-    if MEMBER_SEPARATOR in path and split_member_uri(path) and not os.path.exists(path):
-        return read_member(path)
-    try:
-        # Non-blocking, so that opening a named pipe returns at once and fails the check below.
-        nonblocking = getattr(os, "O_NONBLOCK", 0) if regular_only else 0
-        descriptor = os.open(path, os.O_RDONLY | nonblocking)
-        with open(descriptor, "rb") as handle:
-            if regular_only:
-                require_regular_file(os.fstat(descriptor).st_mode)
-            return handle.read()
-    except IsADirectoryError:
-        raise DecodeError("read", "is a directory, not a file") from None
-    except FileNotFoundError:
-        raise DecodeError("read", "missing (or a broken symlink)") from None
-    except PermissionError:
-        raise DecodeError("read", "permission denied") from None
-    except OSError as error:
-        reason = errno.errorcode.get(error.errno or 0, "I/O error")
-        raise DecodeError("read", f"{reason}: {error.strerror}") from None
 
 
 class ImageDataset(Dataset):

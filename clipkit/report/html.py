@@ -14,7 +14,7 @@ from pathlib import Path
 from clipkit.audit.run import AuditResult, PairAudit
 from clipkit.infra.atomic import atomic_path
 from clipkit.inputs.decode import DecodeError, decode_image
-from clipkit.inputs.pipeline import read_bytes
+from clipkit.inputs.files import read_bytes
 from clipkit.report.plots import plot_confusion, plot_score_histogram
 from clipkit.search.run import SearchResult
 from clipkit.zeroshot.run import UNKNOWN, Prediction, ZeroShotResult

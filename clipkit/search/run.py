@@ -10,14 +10,13 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
 
-from clipkit import score, store
+from clipkit import store
 from clipkit.errors import InputError, UsageError
 from clipkit.inputs.decode import DecodeError, decode_image
 from clipkit.inputs.filenames import locate, reading_base
-from clipkit.inputs.pipeline import read_bytes
-from clipkit.models.openclip import Encoder, load_matching_model
+from clipkit.inputs.files import read_bytes
+from clipkit.models.runtime import RuntimeChoice, load_matching_encoder
 
 
 @dataclass(frozen=True)
@@ -34,6 +33,7 @@ class SearchConfig:
     k: int = 10
     model: str | None = None
     device: str = "auto"
+    runtime: str | None = None  # auto | torch | onnx; None: $CLIPKIT_RUNTIME, else auto
 
 
 @dataclass(frozen=True)
@@ -62,6 +62,7 @@ class SearchResult:
     results: tuple[QueryResult, ...]
     model: str
     source: str
+    runtime: RuntimeChoice = RuntimeChoice("torch", "")
 
 
 def search(config: SearchConfig) -> SearchResult:
@@ -86,11 +87,11 @@ def search(config: SearchConfig) -> SearchResult:
         raise UsageError("--queries cannot be combined with --image.", "Run them separately.")
     labels, weights = _labels_and_weights(config)
     if config.index_dir is not None:
-        from clipkit.index.build import load_index
+        from clipkit.index.load import load_index
 
         loaded = load_index(config.index_dir)
         stamp = store.ModelStamp(loaded.info.model, loaded.info.fingerprint, loaded.info.dim)
-        encoder = _encoder(config, stamp)
+        encoder, runtime = _encoder(config, stamp)
         vectors = _query_vectors(encoder, config, weights)
         scores, found = loaded.search(vectors, config.k)
         rows, source, recorded = loaded.rows, str(config.index_dir), loaded.info.base
@@ -100,7 +101,7 @@ def search(config: SearchConfig) -> SearchResult:
         recorded_stamp = store.read_stamp(emb_dir)
         if recorded_stamp is None:
             raise InputError(f"{emb_dir} holds no embeddings.", "Make them with clipkit embed.")
-        encoder = _encoder(config, recorded_stamp)
+        encoder, runtime = _encoder(config, recorded_stamp)
         vectors = _query_vectors(encoder, config, weights)
         scores, found, rows = _exact(emb_dir, config.kind, vectors, config.k)
         source, recorded = str(emb_dir), store.read_base(emb_dir)
@@ -123,7 +124,7 @@ def search(config: SearchConfig) -> SearchResult:
             if i >= 0  # FAISS pads with -1 when fewer than k rows are reachable
         )
         results.append(QueryResult(query=label, hits=hits))
-    return SearchResult(results=tuple(results), model=encoder.spec, source=source)
+    return SearchResult(results=tuple(results), model=encoder.spec, source=source, runtime=runtime)
 
 
 def _labels_and_weights(config: SearchConfig) -> tuple[list[str], list[float]]:
@@ -148,32 +149,51 @@ def _labels_and_weights(config: SearchConfig) -> tuple[list[str], list[float]]:
     return [label], weights
 
 
-def _encoder(config: SearchConfig, stamp: store.ModelStamp) -> Encoder:
-    return load_matching_model(
-        stamp.spec, stamp.fingerprint, spec=config.model, device=config.device
+def _encoder(config: SearchConfig, stamp: store.ModelStamp) -> tuple[Any, RuntimeChoice]:
+    return load_matching_encoder(
+        stamp.spec,
+        stamp.fingerprint,
+        spec=config.model,
+        device=config.device,
+        runtime=config.runtime,
     )
 
 
-def _query_vectors(encoder: Encoder, config: SearchConfig, weights: Sequence[float]) -> np.ndarray:
-    """(Q, D) unit-norm query vectors: one per text in batch mode, else one weighted sum."""
+def _query_vectors(encoder: Any, config: SearchConfig, weights: Sequence[float]) -> np.ndarray:
+    """(Q, D) unit-norm float32 query vectors: one per text in batch mode, else one weighted
+    sum. ``encoder`` is either runtime's: torch tensors and NumPy arrays both come back here
+    as NumPy."""
     parts = []
     if config.texts:
-        parts.append(encoder.encode_texts(list(config.texts)))
+        parts.append(_numpy(encoder.encode_texts(list(config.texts))))
     if config.images:
-        pixels = torch.stack([encoder.prepare_image(_open_image(p)) for p in config.images])
-        parts.append(encoder.encode_images(pixels))
-    vectors = torch.cat(parts).float().cpu()
-    if not bool(torch.isfinite(vectors).all()):
+        prepared = [encoder.prepare_image(_open_image(p)) for p in config.images]
+        if isinstance(prepared[0], np.ndarray):
+            pixels: Any = np.stack(prepared)
+        else:
+            import torch
+
+            pixels = torch.stack(prepared)
+        parts.append(_numpy(encoder.encode_images(pixels)))
+    vectors = np.concatenate(parts).astype(np.float32)
+    if not np.isfinite(vectors).all():
         raise InputError(
             f"{encoder.spec} returned a non-finite (NaN or inf) query embedding.",
             "Its weights are corrupt: use the checkpoint from before training diverged.",
         )
     if not config.batch:
-        vectors = (torch.tensor(weights).unsqueeze(1) * vectors).sum(0, keepdim=True)
-    norms = vectors.norm(dim=1, keepdim=True)
-    if bool((norms < 1e-6).any()):
+        vectors = (np.asarray(weights, dtype=np.float32)[:, None] * vectors).sum(0, keepdims=True)
+    norms = np.linalg.norm(vectors, axis=1, keepdims=True)
+    if (norms < 1e-6).any():
         raise InputError("The weighted query cancels out to nothing.", "Change the weights.")
-    return (vectors / norms).numpy()
+    return (vectors / norms).astype(np.float32)
+
+
+def _numpy(vectors: Any) -> np.ndarray:
+    """A torch tensor (on any device) or a NumPy array, as a NumPy array."""
+    if isinstance(vectors, np.ndarray):
+        return vectors
+    return vectors.detach().float().cpu().numpy()
 
 
 def _open_image(path: Path):
@@ -194,6 +214,10 @@ def _exact(emb_dir: Path, kind: str | None, queries: np.ndarray, k: int):
     pass-through values are read afterwards. Holding every row's strings cost about 0.3 GB
     per million rows (benchmarks/bench_exact_search_memory.py).
     """
+    import torch  # exact search streams through the scoring core
+
+    from clipkit import score
+
     shards = store.snapshot(emb_dir)
     id_blocks: list[np.ndarray] = []
 

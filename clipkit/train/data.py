@@ -18,9 +18,10 @@ from torch.utils.data import DataLoader, Dataset
 from clipkit.errors import InputError
 from clipkit.infra.distributed import World
 from clipkit.inputs.decode import DecodeError, decode_image
+from clipkit.inputs.files import read_bytes
 from clipkit.inputs.packed import PackedGroups, PackedStrings
 from clipkit.inputs.pairs import Pair, read_pairs
-from clipkit.inputs.pipeline import decode_worker_init, read_bytes, start_workers
+from clipkit.inputs.pipeline import decode_worker_init, start_workers
 
 Skip = tuple[str, str, str]  # (uri, stage, reason)
 

@@ -1,0 +1,119 @@
+"""Which runtime encodes for a command: torch (open_clip) or ONNX Runtime (a cached export).
+
+``auto`` takes the ONNX export of the recorded model's fingerprint when the cache holds a whole
+one and the command runs on the CPU: it starts in a fraction of the time, without torch.
+Otherwise torch, which needs no export. Every choice comes with the reason, for the command's
+summary line.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from clipkit.config import ENV_RUNTIME
+from clipkit.errors import ClipkitError, InputError, UsageError
+from clipkit.models.exported import MANIFEST_FILE, cached_export
+
+RUNTIMES = ("auto", "torch", "onnx")
+
+
+@dataclass(frozen=True)
+class RuntimeChoice:
+    """``runtime`` is ``torch`` or ``onnx``; ``reason`` says why, in a few words."""
+
+    runtime: str
+    reason: str
+
+
+def requested_runtime(runtime: str | None) -> str:
+    """The runtime asked for: the option, else ``$CLIPKIT_RUNTIME``, else ``auto``."""
+    chosen = (runtime or os.environ.get(ENV_RUNTIME) or "auto").strip().lower()
+    if chosen not in RUNTIMES:
+        raise UsageError(f"Unknown runtime {chosen!r}.", "Use auto, torch or onnx.")
+    return chosen
+
+
+def load_matching_encoder(
+    recorded_spec: str,
+    fingerprint: str,
+    *,
+    spec: str | None = None,
+    device: str = "auto",
+    runtime: str | None = None,
+) -> tuple[Any, RuntimeChoice]:
+    """The encoder of the model that made an artifact, on the runtime asked for.
+
+    Returns:
+        A torch ``Encoder`` or an ``OnnxEncoder`` (same methods; the ONNX one returns NumPy
+        arrays), and the choice with its reason.
+
+    Raises:
+        InputError: ``--runtime onnx`` without a usable export, and what ``load_matching_model``
+            raises.
+    """
+    request = requested_runtime(runtime)
+    if request != "torch":
+        encoder, why_not = _onnx(recorded_spec, fingerprint, spec, device, request)
+        if encoder is not None:
+            return encoder, RuntimeChoice("onnx", f"export in {encoder.folder}")
+        if request == "onnx":
+            raise InputError(
+                f"--runtime onnx cannot run here: {why_not}.",
+                f"Export the model first: clipkit export -m {recorded_spec} (or --runtime torch).",
+            )
+        reason = f"auto: {why_not}"
+    else:
+        reason = "asked for"
+    from clipkit.models.openclip import load_matching_model
+
+    encoder = load_matching_model(recorded_spec, fingerprint, spec=spec, device=device)
+    return encoder, RuntimeChoice("torch", reason)
+
+
+def _onnx(
+    recorded_spec: str, fingerprint: str, spec: str | None, device: str, request: str
+) -> tuple[Any, str]:
+    """The ONNX encoder, or None and why not."""
+    if spec is not None and spec != recorded_spec:
+        return None, f"-m {spec} is not the recorded model, and only torch can tell if it is"
+    if request == "auto" and device not in ("auto", "cpu"):
+        return None, f"--device {device} runs on torch unless --runtime onnx is asked for"
+    folder = cached_export(fingerprint)
+    if not (folder / MANIFEST_FILE).is_file():
+        return None, f"no ONNX export of fingerprint {fingerprint} in the cache"
+    from clipkit.models.onnx_encoder import load_onnx
+
+    try:
+        onnx_device = "cpu" if device == "auto" else device
+        return load_onnx(folder, fingerprint=fingerprint, device=onnx_device), ""
+    except InputError as error:
+        if request == "onnx":
+            raise
+        return None, f"the cached export is unusable ({error.message.rstrip('.')})"
+
+
+def ensure_cached_export(spec: str, fingerprint: str) -> tuple[Path | None, str]:
+    """Make sure the cache holds a whole export of the model with this fingerprint, so that
+    ``auto`` searches start without torch; returns its folder (None when there can be none)
+    and a note for the user. Never raises for a model that cannot be exported: the index it
+    serves is fine either way."""
+    folder = cached_export(fingerprint)
+    from clipkit.models.exported import read_export
+
+    try:
+        read_export(folder, fingerprint)
+        return folder, f"the ONNX export for fast search is in {folder}"
+    except InputError:
+        pass  # missing or damaged: export it (again)
+    from clipkit.models.onnx_export import export_onnx
+    from clipkit.models.openclip import load_matching_model
+
+    try:
+        encoder = load_matching_model(spec, fingerprint, device="cpu")
+        export_onnx(encoder, folder)
+    except ClipkitError as error:
+        return None, f"no ONNX export, so search will load torch ({error.message.rstrip('.')})"
+    return folder, f"exported the model to {folder} for fast search"

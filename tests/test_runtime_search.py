@@ -1,0 +1,162 @@
+"""``clipkit search --runtime``: the ONNX runtime answers from a cached export without importing
+torch, open_clip or torchvision, with the same hits as torch; ``auto`` picks it only when the
+cache holds the model's export, says which ran and why, and ``onnx`` without one is an error."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from clipkit.embed import EmbedConfig, embed
+from clipkit.index import IndexConfig, build_index
+from clipkit.models import load_model
+from clipkit.models.exported import cached_export
+from clipkit.models.onnx_export import export_onnx
+from tests.helpers import TINY, make_images
+
+HEAVY = ("torch", "open_clip", "torchvision")
+PROBE = """
+import sys
+from clipkit.cli import main
+sys.argv = ["clipkit", *sys.argv[1:]]
+try:
+    main()
+except SystemExit as done:
+    code = done.code
+print("LOADED=" + ",".join(m for m in {heavy!r} if m in sys.modules), file=sys.stderr)
+sys.exit(code)
+"""
+
+
+@pytest.fixture(scope="module")
+def project(tmp_path_factory):
+    """An index of 30 images made with clipkit-tiny, and a cache that holds its export."""
+    root = tmp_path_factory.mktemp("runtime")
+    make_images(root / "photos", 30)
+    (root / "photos" / "notes.txt").write_text("a red circle\n")
+    config = EmbedConfig(
+        sources=(str(root / "photos"),), out_dir=root / "emb", model=TINY, device="cpu", workers=0
+    )
+    embed(config)
+    build_index(IndexConfig(emb_dir=root / "emb", out_dir=root / "idx", kind="image"))
+    cache = root / "cache"
+    encoder = load_model(TINY, device="cpu")
+    os.environ["CLIPKIT_ONNX_CACHE"], previous = str(cache), os.environ["CLIPKIT_ONNX_CACHE"]
+    try:
+        export_onnx(encoder, cached_export(encoder.fingerprint))
+    finally:
+        os.environ["CLIPKIT_ONNX_CACHE"] = previous
+    return root, cache
+
+
+def _search(project, *args, cache=None, env=None):
+    root, default_cache = project
+    environment = {**os.environ, "CLIPKIT_ONNX_CACHE": str(cache or default_cache), **(env or {})}
+    command = [
+        sys.executable,
+        "-c",
+        PROBE.format(heavy=HEAVY),
+        "search",
+        "a red circle",
+        "--index",
+        str(root / "idx"),
+        "-k",
+        "10",
+        "--format",
+        "json",
+        *args,
+    ]
+    return subprocess.run(command, capture_output=True, text=True, env=environment, cwd=root)
+
+
+def _ids(done) -> list[str]:
+    return [hit["id"] for query in json.loads(done.stdout) for hit in query["hits"]]
+
+
+def test_onnx_answers_without_torch_and_as_torch_does(project):
+    onnx = _search(project, "--runtime", "onnx")
+    assert onnx.returncode == 0, onnx.stderr
+    assert "LOADED=\n" in onnx.stderr or onnx.stderr.rstrip().endswith("LOADED=")
+    assert "on onnx (export in" in onnx.stderr
+    torch = _search(project, "--runtime", "torch")
+    assert torch.returncode == 0, torch.stderr
+    assert "on torch (asked for)" in torch.stderr and "torch" in torch.stderr.split("LOADED=")[1]
+    assert len(_ids(onnx)) == 10 and _ids(onnx) == _ids(torch)
+    scores = [[h["score"] for q in json.loads(d.stdout) for h in q["hits"]] for d in (onnx, torch)]
+    assert scores[0] == pytest.approx(scores[1], abs=1e-5)
+
+
+def test_auto_takes_the_cached_export_and_says_so(project):
+    done = _search(project)
+    assert done.returncode == 0, done.stderr
+    assert "on onnx (export in" in done.stderr and "torch" not in done.stderr.split("LOADED=")[1]
+
+
+def test_auto_without_an_export_runs_torch_and_says_why(project, tmp_path):
+    done = _search(project, cache=tmp_path / "empty")
+    assert done.returncode == 0, done.stderr
+    assert "on torch (auto: no ONNX export of fingerprint" in " ".join(done.stderr.split())
+
+
+def test_onnx_without_an_export_is_an_error_with_a_hint(project, tmp_path):
+    done = _search(project, "--runtime", "onnx", cache=tmp_path / "empty")
+    assert done.returncode == 1
+    message = " ".join(done.stderr.split())
+    assert "Error: --runtime onnx cannot run here: no ONNX export" in message
+    assert f"Hint: Export the model first: clipkit export -m {TINY}" in message
+
+
+def test_the_runtime_comes_from_the_environment(project):
+    done = _search(project, env={"CLIPKIT_RUNTIME": "torch"})
+    assert done.returncode == 0 and "on torch (asked for)" in done.stderr
+    bad = _search(project, env={"CLIPKIT_RUNTIME": "tensorflow"})
+    assert bad.returncode == 2
+
+
+def test_a_damaged_cached_export_falls_back_under_auto_and_fails_under_onnx(project, tmp_path):
+    import shutil
+
+    _, cache = project
+    copy = tmp_path / "cache"
+    shutil.copytree(cache, copy)
+    (folder,) = copy.iterdir()
+    text = folder / "text.onnx"
+    text.write_bytes(text.read_bytes()[:1000])
+    auto = _search(project, cache=copy)
+    assert auto.returncode == 0 and "on torch (auto: the cached export is unusable" in " ".join(
+        auto.stderr.split()
+    )
+    onnx = _search(project, "--runtime", "onnx", cache=copy)
+    assert onnx.returncode == 1 and "truncated or damaged" in " ".join(onnx.stderr.split())
+
+
+def test_index_fills_the_cache_so_the_first_search_runs_on_onnx(project, tmp_path):
+    from typer.testing import CliRunner
+
+    from clipkit import cli
+
+    root, _ = project
+    cache = tmp_path / "cache"
+    env = {"CLIPKIT_ONNX_CACHE": str(cache)}
+    runner = CliRunner()
+    built = runner.invoke(
+        cli.app, ["index", str(root / "emb"), "-o", str(tmp_path / "idx")], env=env
+    )
+    assert built.exit_code == 0, built.output
+    assert "Exported the model to" in " ".join(built.stderr.split())
+    again = runner.invoke(
+        cli.app, ["index", str(root / "emb"), "-o", str(tmp_path / "idx2")], env=env
+    )
+    assert "The ONNX export for fast search is in" in " ".join(again.stderr.split())
+    done = _search(project, cache=cache)
+    assert done.returncode == 0 and "on onnx (export in" in done.stderr
+    skipped = runner.invoke(
+        cli.app,
+        ["index", str(root / "emb"), "-o", str(tmp_path / "idx3"), "--no-onnx-export"],
+        env={"CLIPKIT_ONNX_CACHE": str(tmp_path / "other")},
+    )
+    assert skipped.exit_code == 0 and not (tmp_path / "other").exists()
