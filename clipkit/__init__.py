@@ -31,7 +31,7 @@ _NAMES = {
     "TrainConfig": "clipkit.train.run",
     "ZeroShotConfig": "clipkit.zeroshot.run",
     "build_index": "clipkit.index.build",
-    "load_index": "clipkit.index.build",
+    "load_index": "clipkit.index.load",
     "load_model": "clipkit.models.openclip",
 }
 __all__ = ["__version__", *_SUBPACKAGES, *_NAMES]
