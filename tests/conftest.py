@@ -68,3 +68,10 @@ def finished_run(shapes):
         workers=0,
     )
     return config, train(config)
+
+
+@pytest.fixture(autouse=True)
+def empty_onnx_cache(tmp_path_factory, monkeypatch):
+    """Each test starts with an empty ONNX cache: which runtime ``auto`` picks never depends
+    on what an earlier test exported (a test that wants an export makes one)."""
+    monkeypatch.setenv("CLIPKIT_ONNX_CACHE", str(tmp_path_factory.mktemp("onnx-cache")))

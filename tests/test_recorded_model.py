@@ -66,7 +66,17 @@ def test_a_recorded_model_that_no_longer_loads_asks_for_m(project, tmp_path, mon
     store.pq.write_table(table.replace_schema_metadata(metadata), shard)
     monkeypatch.chdir(tmp_path)
     result = runner.invoke(
-        cli.app, ["search", "a dog", "--embeddings", str(project / "emb"), "--device", "cpu"]
+        cli.app,
+        [
+            "search",
+            "a dog",
+            "--embeddings",
+            str(project / "emb"),
+            "--device",
+            "cpu",
+            "--runtime",
+            "torch",
+        ],
     )
     said = " ".join(result.output.split())  # rich wraps long lines
     assert result.exit_code == 1
@@ -97,3 +107,22 @@ def test_a_recorded_model_that_no_longer_loads_asks_for_m(project, tmp_path, mon
         cli.app, ["zeroshot", str(project / "emb"), "--labels", "cat,dog", "--device", "cpu"]
     )
     assert moved.exit_code == 1 and "does not load" in moved.output
+
+
+def test_a_cached_export_answers_where_the_recorded_spec_no_longer_loads(
+    project, tmp_path, monkeypatch, tiny_encoder
+):
+    """The export is the same model by fingerprint: ``auto`` needs no spec that loads."""
+    from clipkit.models.exported import cached_export
+    from clipkit.models.onnx_export import export_onnx
+
+    monkeypatch.setenv("CLIPKIT_ONNX_CACHE", str(tmp_path / "cache"))
+    export_onnx(tiny_encoder, cached_export(tiny_encoder.fingerprint))
+    shard = store.list_shards(project / "emb")[0]
+    table = store.pq.read_table(shard)
+    metadata = {**table.schema.metadata, b"clipkit.model": b"run"}
+    store.pq.write_table(table.replace_schema_metadata(metadata), shard)
+    monkeypatch.chdir(tmp_path)
+    result = runner.invoke(cli.app, ["search", "a dog", "--embeddings", str(project / "emb")])
+    assert result.exit_code == 0, result.output
+    assert "on onnx (export in" in " ".join(result.stderr.split())
