@@ -68,6 +68,7 @@ def export_onnx(encoder: Encoder, out_dir: Path) -> ExportManifest:
         )
     out_dir = Path(out_dir).expanduser()
     make_folder(out_dir.parent)
+    _check_replaceable(out_dir)
     staging = None
     try:
         staging = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.export-", dir=out_dir.parent))
@@ -135,13 +136,20 @@ def _manifest(encoder: Encoder, recipe: dict, folder: Path) -> ExportManifest:
     )
 
 
-def _publish(staging: Path, out_dir: Path) -> None:
-    """Rename the finished folder into place; an earlier export there is replaced."""
-    if out_dir.exists() and not (out_dir / MANIFEST_FILE).is_file() and any(out_dir.iterdir()):
+def _check_replaceable(out_dir: Path) -> None:
+    """Before any work: only an export (or an empty folder) is ever replaced."""
+    if out_dir.is_file():
+        raise InputError(f"{out_dir} is a file, not a folder.", "Choose another -o folder.")
+    if out_dir.is_dir() and not (out_dir / MANIFEST_FILE).is_file() and any(out_dir.iterdir()):
         raise InputError(
             f"{out_dir} exists and is not an ONNX export: clipkit will not replace it.",
             "Choose another -o folder, or empty this one.",
         )
+
+
+def _publish(staging: Path, out_dir: Path) -> None:
+    """Rename the finished folder into place; an earlier export there is replaced."""
+    _check_replaceable(out_dir)  # again: the folder may have changed during the export
     old = None
     if out_dir.exists():
         old = out_dir.with_name(f".{out_dir.name}.replaced-{staging.name}")
