@@ -219,3 +219,9 @@ def test_broken_image_fixture_is_really_unreadable(tmp_path):
     _broken_images(tmp_path, 1)
     with pytest.raises(Exception):  # noqa: B017 - PIL raises its own UnidentifiedImageError
         Image.open(tmp_path / "broken00.png").load()
+
+
+def test_the_command_list_fits_80_columns_uncut():
+    result = runner.invoke(cli.app, ["--help"], terminal_width=80, env={"COLUMNS": "80"})
+    commands = result.stdout.split("Commands:", 1)[1]
+    assert "..." not in commands and "…" not in commands, commands

@@ -27,7 +27,7 @@ app = typer.Typer(
     rich_markup_mode=None,
 )
 models_app = typer.Typer(
-    help="List model architectures and pretrained weights, or inspect one model.",
+    help="List architectures and pretrained weights, or inspect one.",
     invoke_without_command=True,
 )
 app.add_typer(models_app, name="models")

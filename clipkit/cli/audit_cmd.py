@@ -66,7 +66,7 @@ def audit(
     text_column: Annotated[str | None, typer.Option(help="Table column of captions.")] = None,
     strict: StrictOption = False,
 ) -> None:
-    """Find mismatched image-caption pairs, with calibrated flags and suggested captions.
+    """Flag mismatched image-caption pairs and suggest captions.
 
     Example: clipkit audit pairs.csv -m runs/shapes --html audit.html --fpr 0.01
     """

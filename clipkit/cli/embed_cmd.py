@@ -60,7 +60,9 @@ def embed(
         typer.Option(help="Read every file again, even those with unchanged size and mtime."),
     ] = False,
 ) -> None:
-    """Encode image and text folders or tables to Parquet embeddings (resumable).
+    """Embed image and text folders, tables and shards to Parquet.
+
+    Resumable and incremental: what is already embedded is not read again.
 
     Example: clipkit embed photos/ captions.csv -o emb/ -m clipkit-tiny:random
     """

@@ -22,7 +22,7 @@ def export(
         typer.Option("--out", "-o", help="Export folder (default: the cache, by fingerprint)."),
     ] = None,
 ) -> None:
-    """Export a model to ONNX (image and text towers, tokenizer, preprocessing).
+    """Export a model to ONNX, for the runtime without torch.
 
     Example: clipkit export -m runs/shapes -o shapes-onnx/
     """

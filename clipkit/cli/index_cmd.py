@@ -52,7 +52,7 @@ def index(
         ),
     ] = True,
 ) -> None:
-    """Build a FAISS index (exact or approximate) with measured recall@10.
+    """Build a FAISS index, exact or approximate, recall measured.
 
     Example: clipkit index emb/ -o emb-index/
     """

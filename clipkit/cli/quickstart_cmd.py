@@ -36,7 +36,7 @@ def quickstart(
     device: DeviceOption = "auto",
     output: DocumentFormatOption = DocumentFormat.table,
 ) -> None:
-    """Every command end to end on generated data, offline, with HTML reports.
+    """Every command end to end on generated data, offline.
 
     Generates captioned shapes, trains a built-in model, then runs every other command on them.
 

@@ -78,7 +78,7 @@ def train(
     resume: Annotated[bool, typer.Option(help="Continue the run in --out exactly.")] = False,
     strict: StrictOption = False,
 ) -> None:
-    """Fine-tune a CLIP model with the bidirectional contrastive loss.
+    """Fine-tune CLIP with the bidirectional contrastive loss.
 
     Example: clipkit train pairs/ -o runs/shapes -m clipkit-tiny:random --epochs 5
     """

@@ -67,7 +67,7 @@ def zeroshot(
     include_hidden: IncludeHiddenOption = False,
     strict: StrictOption = False,
 ) -> None:
-    """Zero-shot classify images with prompt ensembles; metrics when labels are known.
+    """Label images by prompts; metrics when labels are known.
 
     Example: clipkit zeroshot photos/ --labels "cat,dog,car" --templates openai -k 3
     """
