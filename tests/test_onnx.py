@@ -222,7 +222,7 @@ def test_an_unusable_cache_folder_is_a_clear_error(exported, tmp_path, monkeypat
 def test_the_export_command_fills_the_cache_by_fingerprint(tmp_path, monkeypatch, exported):
     encoder, _ = exported
     monkeypatch.setenv("CLIPKIT_ONNX_CACHE", str(tmp_path / "cache"))
-    result = runner.invoke(cli.app, ["export", "-m", TINY])
+    result = runner.invoke(cli.app, ["export", TINY])
     assert result.exit_code == 0, result.output
     folder = cached_export(encoder.fingerprint)
     assert folder == tmp_path / "cache" / encoder.fingerprint

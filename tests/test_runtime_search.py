@@ -107,7 +107,7 @@ def test_onnx_without_an_export_is_an_error_with_a_hint(project, tmp_path):
     assert done.returncode == 1
     message = " ".join(done.stderr.split())
     assert "Error: --runtime onnx cannot run here: no ONNX export" in message
-    assert f"Hint: Export the model first: clipkit export -m {TINY}" in message
+    assert f"Hint: Export the model first: clipkit export {TINY}" in message
 
 
 def test_the_runtime_comes_from_the_environment(project):

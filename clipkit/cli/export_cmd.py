@@ -9,14 +9,20 @@ from typing import Annotated
 import typer
 
 from clipkit.cli.app import app, handles_errors, stderr
-from clipkit.cli.options import ModelOption
-from clipkit.config import DEFAULT_MODEL_SPEC
+from clipkit.config import DEFAULT_MODEL_SPEC, ENV_MODEL
 
 
 @app.command()
 @handles_errors
 def export(
-    model: ModelOption = DEFAULT_MODEL_SPEC,
+    model: Annotated[
+        str,
+        typer.Argument(
+            metavar="SPEC",
+            envvar=ENV_MODEL,
+            help="Model spec: ARCH[:TAG], hf-hub:org/repo, or a checkpoint or run folder.",
+        ),
+    ] = DEFAULT_MODEL_SPEC,
     out_dir: Annotated[
         Path | None,
         typer.Option("--out", "-o", help="Export folder (default: the cache, by fingerprint)."),
@@ -24,7 +30,7 @@ def export(
 ) -> None:
     """Export a model to ONNX, for the runtime without torch.
 
-    Example: clipkit export -m runs/shapes -o shapes-onnx/
+    Example: clipkit export runs/shapes -o shapes-onnx/
     """
     from clipkit.models.exported import cached_export
     from clipkit.models.onnx_export import export_onnx

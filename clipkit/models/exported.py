@@ -81,7 +81,7 @@ def read_export(folder: Path, fingerprint: str | None = None) -> ExportManifest:
         InputError: no export here, another model's, or a missing or damaged file.
     """
     manifest_path = folder / MANIFEST_FILE
-    rebuild = f"Export it again: clipkit export SPEC -o {folder}"
+    rebuild = f"Export it again: clipkit export SPEC -o {folder} (SPEC: the model's spec)"
     try:
         raw = json.loads(manifest_path.read_text(encoding="utf-8"))
         raw["image_size"] = tuple(raw["image_size"])

@@ -62,7 +62,7 @@ def load_matching_encoder(
         if request == "onnx":
             raise InputError(
                 f"--runtime onnx cannot run here: {why_not}.",
-                f"Export the model first: clipkit export -m {recorded_spec} (or --runtime torch).",
+                f"Export the model first: clipkit export {recorded_spec} (or --runtime torch).",
             )
         reason = f"auto: {why_not}"
     else:
