@@ -197,3 +197,9 @@ def corpus(size: int = 1200, seed: int = 0) -> list[str]:
             text = text.upper() if rng.random() < 0.5 else text.title()
         texts.append(text)
     return texts
+
+
+def embed_args(source, out, *extra: str, workers: int = 0) -> list[str]:
+    """``clipkit embed SOURCE -o OUT`` with the tiny model on the CPU, and ``extra`` options."""
+    command = ["embed", str(source), "-o", str(out), "-m", TINY, "--device", "cpu"]
+    return [*command, "--workers", str(workers), *extra]

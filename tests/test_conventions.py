@@ -11,7 +11,7 @@ from typer.testing import CliRunner
 
 from clipkit import cli
 from clipkit.errors import SkippedInputsError
-from tests.helpers import TINY, make_images
+from tests.helpers import TINY, embed_args, make_images
 
 runner = CliRunner()
 BULK = ("embed", "train", "zeroshot", "audit")
@@ -173,19 +173,7 @@ def test_a_python_caller_s_strict_embed_raises_after_writing(tmp_path):
 
 def test_strict_passes_when_nothing_is_skipped(tmp_path):
     make_images(tmp_path / "data", 3)
-    args = [
-        "embed",
-        str(tmp_path / "data"),
-        "-o",
-        str(tmp_path / "out"),
-        "-m",
-        TINY,
-        "--device",
-        "cpu",
-        "--workers",
-        "0",
-        "--strict",
-    ]
+    args = embed_args(str(tmp_path / "data"), str(tmp_path / "out"), "--strict")
     assert runner.invoke(cli.app, args).exit_code == 0
 
 

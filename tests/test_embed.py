@@ -25,7 +25,7 @@ from clipkit.errors import InputError
 from clipkit.inputs import pipeline
 from clipkit.inputs.decode import content_id
 from clipkit.inputs.sources import Kind
-from tests.helpers import TINY, embed_config, make_images, rows
+from tests.helpers import TINY, embed_args, embed_config, make_images, rows
 
 runner = CliRunner()
 
@@ -403,18 +403,7 @@ def test_resume_after_kill_gives_the_same_rows(tmp_path):
 def test_cli_embed_summary_strict_and_errors(tmp_path):
     make_images(tmp_path / "d", 2)
     (tmp_path / "d" / "bad.jpg").write_text("nope")
-    args = [
-        "embed",
-        str(tmp_path / "d"),
-        "-o",
-        str(tmp_path / "out"),
-        "-m",
-        TINY,
-        "--device",
-        "cpu",
-        "--workers",
-        "0",
-    ]
+    args = embed_args(str(tmp_path / "d"), str(tmp_path / "out"))
     result = runner.invoke(cli.app, args)
     assert result.exit_code == 0, result.output
     assert "Embedded 2, skipped 1, already present 0" in result.stderr

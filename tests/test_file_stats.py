@@ -15,7 +15,7 @@ from clipkit import cli
 from clipkit.embed import embed
 from clipkit.inputs import pipeline
 from clipkit.store import FILES_FILE, read_file_stats
-from tests.helpers import TINY, edit_image, embed_config, make_images, rows
+from tests.helpers import TINY, edit_image, embed_args, embed_config, make_images, rows
 
 
 @pytest.fixture()
@@ -100,18 +100,7 @@ def test_prune_keeps_the_cache_to_the_files_found(tmp_path, reads):
 
 def test_cli_rehash(tmp_path):
     make_images(tmp_path / "d", 1)
-    args = [
-        "embed",
-        str(tmp_path / "d"),
-        "-o",
-        str(tmp_path / "out"),
-        "-m",
-        TINY,
-        "--device",
-        "cpu",
-        "--workers",
-        "0",
-    ]
+    args = embed_args(str(tmp_path / "d"), str(tmp_path / "out"))
     runner = CliRunner()
     assert runner.invoke(cli.app, args).exit_code == 0
     again = runner.invoke(cli.app, [*args, "--rehash"])

@@ -20,7 +20,7 @@ from clipkit.errors import InputError
 from clipkit.index import IndexConfig, build_index
 from clipkit.infra.locks import LOCK_FILE, writer_lock
 from clipkit.train import TrainConfig, train
-from tests.helpers import TINY, make_images, rows
+from tests.helpers import TINY, embed_args, make_images, rows
 
 runner = CliRunner()
 
@@ -132,18 +132,7 @@ def test_a_lock_held_by_another_process_is_refused_until_it_is_killed(tmp_path):
     )
     try:
         assert holder.stdout.readline().strip() == "held"
-        args = [
-            "embed",
-            str(tmp_path / "a"),
-            "-o",
-            str(out),
-            "-m",
-            TINY,
-            "--device",
-            "cpu",
-            "--workers",
-            "0",
-        ]
+        args = embed_args(str(tmp_path / "a"), str(out))
         refused = runner.invoke(cli.app, args)
         assert refused.exit_code == 1
         message = " ".join(refused.output.split())

@@ -18,7 +18,15 @@ from clipkit import cli
 from clipkit.embed import embed
 from clipkit.inputs.decode import content_id
 from clipkit.inputs.sources import Kind
-from tests.helpers import TINY, clustered_embeddings, edit_image, embed_config, make_images, rows
+from tests.helpers import (
+    TINY,
+    clustered_embeddings,
+    edit_image,
+    embed_args,
+    embed_config,
+    make_images,
+    rows,
+)
 
 
 def _aliases(out: Path) -> set[tuple[str, str]]:
@@ -137,18 +145,7 @@ def test_a_deleted_shard_row_set_empties_and_removes_the_shard(tmp_path):
 
 def test_cli_reports_changes_and_prunes(tmp_path):
     images = make_images(tmp_path / "d", 2)
-    args = [
-        "embed",
-        str(tmp_path / "d"),
-        "-o",
-        str(tmp_path / "out"),
-        "-m",
-        TINY,
-        "--device",
-        "cpu",
-        "--workers",
-        "0",
-    ]
+    args = embed_args(str(tmp_path / "d"), str(tmp_path / "out"))
     runner = CliRunner()
     assert runner.invoke(cli.app, args).exit_code == 0
     edit_image(images[0], 0)

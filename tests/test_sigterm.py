@@ -15,7 +15,7 @@ import time
 from pathlib import Path
 
 from clipkit.train.state import STATE_FILE, load_state
-from tests.helpers import TINY, make_images, rows
+from tests.helpers import TINY, embed_args, make_images, rows
 
 ENV = {**os.environ, "PYTHONUNBUFFERED": "1"}
 
@@ -42,22 +42,7 @@ def _wait_for(path_test, what: str, process: subprocess.Popen, seconds: float = 
 def test_sigterm_to_the_group_keeps_embed_s_buffered_rows(tmp_path):
     data, out = tmp_path / "data", tmp_path / "out"
     make_images(data, 400, size=(24, 24))
-    args = [
-        "embed",
-        str(data),
-        "-o",
-        str(out),
-        "-m",
-        TINY,
-        "--device",
-        "cpu",
-        "--workers",
-        "1",
-        "--batch-size",
-        "4",
-        "--shard-rows",
-        "100",
-    ]
+    args = embed_args(str(data), str(out), "--batch-size", "4", "--shard-rows", "100", workers=1)
     process = _start(args, tmp_path / "log")
     _wait_for(lambda: (out / "part-00000.parquet").exists(), "the first shard", process)
     time.sleep(0.3)  # some rows of the second shard are now held in memory
@@ -144,20 +129,7 @@ def test_a_worker_stuck_in_a_read_does_not_keep_the_command_from_exiting(tmp_pat
     worker stuck in a read ignores SIGTERM, and the interpreter's exit joined it for ever."""
     data, out, stuck = tmp_path / "data", tmp_path / "out", tmp_path / "stuck"
     make_images(data, 8, size=(24, 24))
-    args = [
-        "embed",
-        str(data),
-        "-o",
-        str(out),
-        "-m",
-        TINY,
-        "--device",
-        "cpu",
-        "--workers",
-        "1",
-        "--batch-size",
-        "2",
-    ]
+    args = embed_args(str(data), str(out), "--batch-size", "2", workers=1)
     process = subprocess.Popen(
         [sys.executable, "-c", STUCK_EMBED, *args, str(stuck)],
         env=ENV,
