@@ -203,3 +203,11 @@ def embed_args(source, out, *extra: str, workers: int = 0) -> list[str]:
     """``clipkit embed SOURCE -o OUT`` with the tiny model on the CPU, and ``extra`` options."""
     command = ["embed", str(source), "-o", str(out), "-m", TINY, "--device", "cpu"]
     return [*command, "--workers", str(workers), *extra]
+
+
+def torchrun(*args: str, processes: int = 2) -> list[str]:
+    """The command line that runs ``args`` under torchrun, on this machine, in ``processes``."""
+    import sys
+
+    launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone"]
+    return [*launcher, "--nproc_per_node", str(processes), *args]

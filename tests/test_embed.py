@@ -25,7 +25,7 @@ from clipkit.errors import InputError
 from clipkit.inputs import pipeline
 from clipkit.inputs.decode import content_id
 from clipkit.inputs.sources import Kind
-from tests.helpers import TINY, embed_args, embed_config, make_images, rows
+from tests.helpers import TINY, embed_args, embed_config, make_images, rows, torchrun
 
 runner = CliRunner()
 
@@ -447,16 +447,7 @@ def test_two_gloo_processes_equal_a_single_process(tmp_path):
         check=True,
         capture_output=True,
     )
-    launcher = [
-        sys.executable,
-        "-m",
-        "torch.distributed.run",
-        "--standalone",
-        "--nproc_per_node",
-        "2",
-        "-m",
-        "clipkit",
-    ]
+    launcher = torchrun("-m", "clipkit")
     out = subprocess.run(
         [*launcher, *common, "-o", str(multi)], capture_output=True, text=True, timeout=300
     )

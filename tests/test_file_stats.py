@@ -15,7 +15,7 @@ from clipkit import cli
 from clipkit.embed import embed
 from clipkit.inputs import pipeline
 from clipkit.store import FILES_FILE, read_file_stats
-from tests.helpers import TINY, edit_image, embed_args, embed_config, make_images, rows
+from tests.helpers import edit_image, embed_args, embed_config, make_images, rows, torchrun
 
 
 @pytest.fixture()
@@ -148,29 +148,9 @@ def test_ranks_hash_only_the_files_the_cache_does_not_vouch_for(tmp_path, reads)
 
 def test_reruns_under_two_gloo_processes_use_the_cache(tmp_path):
     import subprocess
-    import sys
 
     images = make_images(tmp_path / "d", 6, size=(20, 20))
-    launcher = [
-        sys.executable,
-        "-m",
-        "torch.distributed.run",
-        "--standalone",
-        "--nproc_per_node",
-        "2",
-        "-m",
-        "clipkit",
-        "embed",
-        str(tmp_path / "d"),
-        "-o",
-        str(tmp_path / "out"),
-        "-m",
-        TINY,
-        "--device",
-        "cpu",
-        "--workers",
-        "0",
-    ]
+    launcher = torchrun("-m", "clipkit", *embed_args(tmp_path / "d", tmp_path / "out"))
 
     def run() -> str:
         done = subprocess.run(launcher, capture_output=True, text=True, timeout=300)

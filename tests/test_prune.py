@@ -26,6 +26,7 @@ from tests.helpers import (
     embed_config,
     make_images,
     rows,
+    torchrun,
 )
 
 
@@ -176,7 +177,6 @@ def test_prune_under_two_gloo_processes_sees_every_rank_s_inputs(tmp_path):
     # Rank 0 prunes after all ranks wrote their shards; it must know the inputs that the other
     # rank claimed, or it would drop their rows.
     import subprocess
-    import sys
 
     data = tmp_path / "data"
     images = make_images(data, 9, size=(20, 20))
@@ -185,16 +185,7 @@ def test_prune_under_two_gloo_processes_sees_every_rank_s_inputs(tmp_path):
     images[1].unlink()
     images[2].rename(data / "moved.png")
     make_images(data, 2, start=20)
-    launcher = [
-        sys.executable,
-        "-m",
-        "torch.distributed.run",
-        "--standalone",
-        "--nproc_per_node",
-        "2",
-        "-m",
-        "clipkit",
-    ]
+    launcher = torchrun("-m", "clipkit")
     done = subprocess.run(
         [
             *launcher,

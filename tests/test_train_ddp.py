@@ -14,6 +14,7 @@ import pytest
 import torch
 
 from clipkit.inputs.synthetic import write_captioned_shapes
+from tests.helpers import torchrun
 
 HELPER = Path(__file__).with_name("ddp_step.py")
 ROOT = Path(__file__).resolve().parents[1]
@@ -26,21 +27,9 @@ def _run(args, cwd=ROOT):
     return done
 
 
-def _torchrun(*args):
-    return [
-        sys.executable,
-        "-m",
-        "torch.distributed.run",
-        "--standalone",
-        "--nproc_per_node",
-        "2",
-        *args,
-    ]
-
-
 def test_two_processes_equal_one_on_the_global_batch(tmp_path):
     _run([sys.executable, str(HELPER), str(tmp_path / "one.pt")])
-    _run(_torchrun(str(HELPER), str(tmp_path / "two.pt")))
+    _run(torchrun(str(HELPER), str(tmp_path / "two.pt")))
     for mode in ("full", "cache"):
         _assert_same_step(
             torch.load(tmp_path / "one.pt", weights_only=True)[mode],
@@ -75,7 +64,7 @@ def test_clipkit_train_runs_under_torchrun(tmp_path):
         "cpu",
     ]
     _run([sys.executable, "-m", "clipkit", *options, "-o", str(tmp_path / "one")])
-    _run(_torchrun("-m", "clipkit", *options, "-o", str(tmp_path / "two")))
+    _run(torchrun("-m", "clipkit", *options, "-o", str(tmp_path / "two")))
 
     def losses(run):
         lines = (tmp_path / run / "metrics.jsonl").read_text().splitlines()
