@@ -179,11 +179,10 @@ class Encoder:
         tokenizer: Any = self.tokenizer  # open_clip's tokenizers are untyped
         if type(tokenizer) is not open_clip.SimpleTokenizer or tokenizer.reduction_fn is not None:
             return None
-        cleaners = {
-            open_clip.tokenizer._clean_lower: "lower",
-            open_clip.tokenizer._clean_whitespace: "whitespace",
-            open_clip.tokenizer._clean_canonicalize: "canonicalize",
-        }
+        # open_clip names its cleaners privately: a release that renames them makes the model
+        # refuse an export (no match), never tokenize differently.
+        names = ("lower", "whitespace", "canonicalize")
+        cleaners = {getattr(open_clip.tokenizer, f"_clean_{name}", None): name for name in names}
         clean = cleaners.get(tokenizer.clean_fn)
         special = ("<start_of_text>", "<end_of_text>")
         if clean is None or tuple(tokenizer.encoder)[-2:] != special:
