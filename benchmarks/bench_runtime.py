@@ -46,20 +46,27 @@ run._query_vectors = timed("query_encode", real_vectors)
 from clipkit.index import load as index_load
 index_load.LoadedIndex.search = timed("search", index_load.LoadedIndex.search)
 index_load.load_index = timed("index_load", index_load.load_index)
-run_search = run.search
+def report():
+    marks["total_in_process"] = time.perf_counter() - started
+    # VmHWM, not ru_maxrss: Linux keeps ru_maxrss across exec, so a child would report the
+    # benchmark's own peak; the high-water mark belongs to this process image.
+    hwm = next(l for l in open("/proc/self/status") if l.startswith("VmHWM:"))
+    marks["peak_rss_mb"] = int(hwm.split()[1]) / 1024
+    marks["torch_loaded"] = "torch" in sys.modules
+    print("FIGURES " + json.dumps(marks), file=sys.stderr)
+import os
+real_exit = os._exit
+def reported_exit(code):  # the CLI ends a search with os._exit, skipping the teardown
+    report()
+    sys.stderr.flush()
+    real_exit(code)
+os._exit = reported_exit
 sys.argv = ["clipkit", *sys.argv[1:]]
 try:
     clipkit.cli.main()
 except SystemExit as done:
-    code = done.code
-marks["total_in_process"] = time.perf_counter() - started
-# VmHWM, not ru_maxrss: Linux keeps ru_maxrss across exec, so a child would report the
-# benchmark's own peak; the high-water mark belongs to this process image.
-hwm = next(l for l in open("/proc/self/status") if l.startswith("VmHWM:"))
-marks["peak_rss_mb"] = int(hwm.split()[1]) / 1024
-marks["torch_loaded"] = "torch" in sys.modules
-print("FIGURES " + json.dumps(marks), file=sys.stderr)
-sys.exit(code)
+    report()
+    sys.exit(done.code)
 """
 
 
@@ -98,6 +105,9 @@ def build(folder: Path, model: str, rows: int) -> Path:
 
 def run_once(index: Path, runtime: str, query: list[str], cache: Path) -> dict:
     env = {**os.environ, "CLIPKIT_ONNX_CACHE": str(cache)}
+    # As a user's Python runs it: with bytecode cached (the warm-up run writes it). This
+    # workplace sets PYTHONDONTWRITEBYTECODE, which recompiles an editable install every run.
+    env.pop("PYTHONDONTWRITEBYTECODE", None)
     command = [
         sys.executable,
         "-c",

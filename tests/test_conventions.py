@@ -51,7 +51,7 @@ def test_every_format_option_is_one_of_the_shared_shapes():
     for name, command in _commands().items():
         option = _option(command, "--format")
         if option is not None:
-            choices = tuple(member.value for member in option.type_descriptor.annotation)
+            choices = tuple(option.type.choices)
             assert choices in shapes, name
 
 

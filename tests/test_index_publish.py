@@ -58,9 +58,9 @@ def changed_folder(tmp_path):
 
 
 def _assert_rows_match_vectors(loaded, vectors) -> None:
-    for row, item_id in enumerate(loaded.rows["id"]):
+    for row, item_id in enumerate(loaded.rows.column("id")):
         np.testing.assert_allclose(loaded.vectors[row], vectors[item_id], atol=1e-6)
-        assert loaded.rows["uri"][row] == f"/{item_id}.jpg"
+        assert loaded.rows.column("uri")[row] == f"/{item_id}.jpg"
 
 
 def _pause_after_replacing(name: str, monkeypatch) -> tuple[threading.Event, threading.Event]:
@@ -101,7 +101,7 @@ def test_a_reader_during_an_update_waits_and_sees_the_new_set_whole(changed_fold
     writer.join(30)
     reader.join(30)
     assert not failed and len(loaded) == 1
-    assert loaded[0].info.rows == ROWS and "0003" not in loaded[0].rows["id"]
+    assert loaded[0].info.rows == ROWS and "0003" not in loaded[0].rows.column("id")
     _assert_rows_match_vectors(loaded[0], vectors)
 
 
@@ -149,7 +149,7 @@ def test_a_publish_that_fails_before_its_first_rename_leaves_the_old_set_readabl
     # Nothing was replaced: the old set is whole, so it loads (stale, as it was), and updates.
     assert (idx / PUBLISH_FILE).read_text() == ""
     kept = load_index(idx, check_source=False)
-    assert kept.rows == before.rows and kept.info == before.info
+    assert kept.rows.to_lists() == before.rows.to_lists() and kept.info == before.info
     assert not [p for p in idx.iterdir() if p.name.endswith(".tmp")]
     build_index(IndexConfig(emb_dir=emb, out_dir=idx, update=True))
     assert load_index(idx).info.rows == ROWS

@@ -226,7 +226,7 @@ def test_update_adds_only_new_rows(tmp_path):
     )
     assert (first.added, updated.added, updated.removed, updated.info.rows) == (5, 3, 0, 8)
     loaded = load_index(tmp_path / "idx")
-    assert len(set(loaded.rows["id"])) == 8
+    assert len(set(loaded.rows.column("id"))) == 8
     again = build_index(
         IndexConfig(emb_dir=tmp_path / "emb", out_dir=tmp_path / "idx", update=True)
     )
@@ -594,7 +594,7 @@ def test_a_model_that_returns_nan_for_the_query_is_refused(tmp_path, tiny_encode
 
 
 def test_exact_topk_breaks_ties_to_the_lower_row():
-    from clipkit.index.load import exact_topk
+    from clipkit.index.exact import exact_topk
 
     keys = np.array([[1, 0], [0, 1], [1, 0], [0.6, 0.8], [1, 0]], dtype=np.float32)
     queries = np.array([[1, 0], [0, 1]], dtype=np.float32)

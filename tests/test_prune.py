@@ -234,12 +234,15 @@ def test_index_update_after_prune_drops_gone_rows_of_an_exact_index(tmp_path):
     loaded = load_index(tmp_path / "idx")  # its parts agree and its source is current
     fresh = build_index(IndexConfig(emb_dir=tmp_path / "emb", out_dir=tmp_path / "fresh"))
     expected = load_index(fresh.out_dir).rows
-    assert sorted(zip(loaded.rows["id"], loaded.rows["uri"], strict=True)) == sorted(
-        zip(expected["id"], expected["uri"], strict=True)
+    assert sorted(zip(loaded.rows.column("id"), loaded.rows.column("uri"), strict=True)) == sorted(
+        zip(expected.column("id"), expected.column("uri"), strict=True)
     )
     # Each remaining embedding finds its own row first: vectors and rows still line up.
     vectors = np.stack(
-        [np.asarray(rows(tmp_path / "emb")[i]["embedding"], np.float32) for i in loaded.rows["id"]]
+        [
+            np.asarray(rows(tmp_path / "emb")[i]["embedding"], np.float32)
+            for i in loaded.rows.column("id")
+        ]
     )
     _, found = loaded.search(vectors, 1)
     assert found[:, 0].tolist() == list(range(4))
@@ -268,7 +271,7 @@ def test_index_update_drops_gone_rows_of_an_ivf_index(
 
     def share_finding_themselves() -> float:
         loaded = load_index(tmp_path / "idx")  # its parts agree and its source is current
-        queries = np.stack([vector_of[item_id] for item_id in loaded.rows["id"]])
+        queries = np.stack([vector_of[item_id] for item_id in loaded.rows.column("id")])
         _, found = loaded.search(queries, 1)
         return float(np.mean(found[:, 0] == np.arange(len(queries))))
 

@@ -19,16 +19,24 @@ from clipkit.models.onnx_export import export_onnx
 from tests.helpers import TINY, make_images
 
 HEAVY = ("torch", "open_clip", "torchvision")
+# The CLI ends a search with os._exit (no teardown): the probe lists the modules just before.
 PROBE = """
-import sys
+import os, sys
 from clipkit.cli import main
+def listed():
+    print("LOADED=" + ",".join(m for m in {heavy!r} if m in sys.modules), file=sys.stderr)
+    sys.stderr.flush()
+real_exit = os._exit
+def listed_exit(code):
+    listed()
+    real_exit(code)
+os._exit = listed_exit
 sys.argv = ["clipkit", *sys.argv[1:]]
 try:
     main()
 except SystemExit as done:
-    code = done.code
-print("LOADED=" + ",".join(m for m in {heavy!r} if m in sys.modules), file=sys.stderr)
-sys.exit(code)
+    listed()
+    sys.exit(done.code)
 """
 
 

@@ -75,7 +75,7 @@ def test_an_index_built_while_embed_adds_a_shard_is_whole_and_stale(tmp_path, mo
     ]
     loaded = load_index(tmp_path / "idx", check_source=False)
     np.testing.assert_allclose(loaded.vectors, vectors, atol=1e-6)
-    assert loaded.rows["id"] == [f"{n:08x}" for n in range(12)]
+    assert loaded.rows.column("id") == [f"{n:08x}" for n in range(12)]
     with pytest.raises(InputError, match="1 shards added"):
         load_index(tmp_path / "idx")
     monkeypatch.undo()

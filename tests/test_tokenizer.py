@@ -60,3 +60,33 @@ def test_tokenizing_imports_no_torch(vocab):
     )
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert done.stdout.strip() == ""
+
+
+def test_text_that_skips_ftfy_is_text_ftfy_leaves_unchanged():
+    """``fix_text`` imports ftfy only for text it could change; on the rest it must be ftfy."""
+    import ftfy
+
+    from clipkit.models.tokenizer import _ASCII_PLAIN, fix_text
+
+    rng = np.random.default_rng(5)
+    alphabet = [chr(c) for c in range(128)] + ["&amp;", "&lt;b&gt;", "\x1b[31m", "é", "ﬁ", "“"]
+    # Mostly printable ASCII, so that many strings take the fast path and some do not.
+    weights = np.array([0.2 if c < 32 or c == 127 else 1.0 for c in range(128)] + [2.0] * 6)
+    texts = [
+        "".join(rng.choice(alphabet, size=rng.integers(0, 40), p=weights / weights.sum()))
+        for _ in range(3000)
+    ]
+    texts += ["a photo of a dog", "tab\tand\nnewline", "\r\n", "x &amp;amp; y", "a < b & c"]
+    skipping = sum(bool(_ASCII_PLAIN.fullmatch(text)) for text in texts)
+    assert 300 < skipping < len(texts) - 300  # both ways are taken often
+    assert [fix_text(text) for text in texts] == [ftfy.fix_text(text) for text in texts]
+
+
+def test_an_ascii_query_loads_the_tokenizer_without_ftfy(vocab):
+    code = (
+        "import sys\nfrom pathlib import Path\nfrom clipkit.models.tokenizer import ClipTokenizer\n"
+        f"t = ClipTokenizer(Path({str(vocab)!r}), 77)\nt(['an emoji of cloud'])\n"
+        "print('ftfy' in sys.modules, end=' ')\nt(['café &amp; bar'])\nprint('ftfy' in sys.modules)"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert done.stdout.strip() == "False True"

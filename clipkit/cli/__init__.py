@@ -8,11 +8,13 @@ share, ``render`` the shared renderers, and each ``*_cmd`` module one command.
 
 from __future__ import annotations
 
+import contextlib
+import os
 import signal
 import sys
 from typing import Any
 
-from clipkit.cli.app import app
+from clipkit.cli.app import app, quick_exit_requested
 
 __all__ = ["app", "main"]
 
@@ -37,9 +39,28 @@ def main() -> None:
     # its last step. Decode workers ignore SIGTERM (see pipeline.decode_worker_init).
     signal.signal(signal.SIGTERM, _stop_on_sigterm)
     try:
-        app()
+        app()  # Click ends every run, success included, with SystemExit
+    except SystemExit as done:
+        if quick_exit_requested():
+            _end_stuck_workers()
+            _exit_now(done.code)
+        raise
     finally:
         _end_stuck_workers()
+
+
+def _exit_now(code: int | str | None) -> None:
+    """End the process at once, as ``sys.exit(code)`` would report it (see
+    ``cli.app.exit_quickly_when_done``): what is buffered for stdout and stderr is written
+    first."""
+    if isinstance(code, str):
+        print(code, file=sys.stderr)
+        code = 1
+    for stream in (sys.stdout, sys.stderr):
+        # A closed pipe (| head) or stream: nothing more can be written to it
+        with contextlib.suppress(OSError, ValueError):
+            stream.flush()
+    os._exit(code or 0)
 
 
 def _end_stuck_workers() -> None:

@@ -81,6 +81,22 @@ def print_error(message: str, hint: str | None) -> None:
         stderr.print(Text.assemble(("Hint:", "bold"), " ", hint))
 
 
+_quick_exit = False
+
+
+def exit_quickly_when_done() -> None:
+    """Say that the running command leaves nothing to clean up (it wrote only to stdout and
+    stderr, its files atomically), so the console script may end the process without the
+    interpreter's teardown: ONNX Runtime's, FAISS's and Arrow's destructors and freeing every
+    module took 70 ms of a 0.55 s search. Tests that invoke the app directly are unaffected."""
+    global _quick_exit
+    _quick_exit = True
+
+
+def quick_exit_requested() -> bool:
+    return _quick_exit
+
+
 def _debug() -> bool:
     return os.environ.get(ENV_DEBUG, "").strip().lower() in ("1", "true", "yes")
 

@@ -10,7 +10,7 @@ import typer
 from rich.table import Column, Table
 from rich.text import Text
 
-from clipkit.cli.app import app, handles_errors, stderr, stdout
+from clipkit.cli.app import app, exit_quickly_when_done, handles_errors, stderr, stdout
 from clipkit.cli.options import (
     DeviceOption,
     KindChoice,
@@ -94,6 +94,7 @@ def search(
 
         write_search_gallery(result, html_out)
         stderr.print(f"Wrote {html_out}", markup=False)
+    exit_quickly_when_done()
 
 
 def _read_queries(path: Path) -> list[str]:

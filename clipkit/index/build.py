@@ -272,7 +272,7 @@ def _update(
             f"holds embeddings of {stamp.spec}.",
             "Build a new index for the new model (without --update).",
         )
-    rows = loaded.rows
+    rows = loaded.rows.to_lists()
     known = set(rows["id"])
     position_of = {item_id: position for position, item_id in enumerate(rows["id"])}
     current: set[str] = set()

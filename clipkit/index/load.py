@@ -15,6 +15,7 @@ import numpy as np
 
 from clipkit import __version__, store
 from clipkit.errors import InputError
+from clipkit.index.exact import exact_topk
 from clipkit.infra.locks import reading_published
 
 INDEX_FILE, ROWS_FILE, META_FILE = "index.faiss", "rows.parquet", "index.json"
@@ -54,7 +55,7 @@ class LoadedIndex:
     """An index ready to search: FAISS index (search parameters applied), row map, sidecar."""
 
     index: faiss.Index
-    rows: dict[str, list[Any]]
+    rows: store.RowMap
     info: IndexInfo
     folder: Path
 
@@ -91,9 +92,9 @@ def load_index(folder: Path, *, check_source: bool = True) -> LoadedIndex:
         )
     with reading_published(folder, "The index", _REBUILD):  # not mid-way through an update
         info, index, rows = _read_parts(folder)
-    if index.ntotal != len(rows.get("id", [])) or index.ntotal != info.rows:
+    if index.ntotal != len(rows) or index.ntotal != info.rows:
         raise InputError(
-            f"The parts of {folder} disagree: {index.ntotal} vectors, {len(rows.get('id', []))} "
+            f"The parts of {folder} disagree: {index.ntotal} vectors, {len(rows)} "
             f"mapped rows, {info.rows} recorded.",
             _REBUILD,
         )
@@ -106,7 +107,7 @@ def load_index(folder: Path, *, check_source: bool = True) -> LoadedIndex:
     return LoadedIndex(index=index, rows=rows, info=info, folder=folder)
 
 
-def _read_parts(folder: Path) -> tuple[IndexInfo, faiss.Index, dict[str, list[Any]]]:
+def _read_parts(folder: Path) -> tuple[IndexInfo, faiss.Index, store.RowMap]:
     meta_path = folder / META_FILE
     try:
         info = IndexInfo(**json.loads(meta_path.read_text()))
@@ -143,20 +144,3 @@ def _check_source(info: IndexInfo) -> None:
 
 
 _REBUILD = "Rebuild it: clipkit index EMB_DIR -o INDEX_DIR"
-
-
-def exact_topk(queries: np.ndarray, keys: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-    """Exact top-k by inner product, ties to the lower row (as ``score.topk``).
-
-    Args:
-        queries: (Q, D) float32.
-        keys: (N, D) float32, N >= k.
-
-    Returns:
-        Scores and row numbers, (Q, k) each, best first.
-    """
-    scores = queries @ keys.T
-    candidates = np.argpartition(-scores, k - 1, axis=1)[:, :k]
-    chosen = np.take_along_axis(scores, candidates, axis=1)
-    order = np.lexsort((candidates, -chosen), axis=1)
-    return np.take_along_axis(chosen, order, 1), np.take_along_axis(candidates, order, 1)

@@ -11,13 +11,15 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-from PIL import Image
+
+if TYPE_CHECKING:  # Pillow is imported where an image is resized: a text search never needs it
+    from PIL import Image
 
 RESIZE_MODES = ("shortest", "longest", "squash")
-_FILTERS = {"bicubic": Image.Resampling.BICUBIC, "bilinear": Image.Resampling.BILINEAR}
+INTERPOLATIONS = ("bicubic", "bilinear")
 
 
 @dataclass(frozen=True)
@@ -38,7 +40,7 @@ class Preprocess:
         height, width = (size, size) if isinstance(size, int) else size
         interpolation = config.get("interpolation") or "bicubic"
         resize_mode = config.get("resize_mode") or "shortest"
-        if interpolation not in _FILTERS:
+        if interpolation not in INTERPOLATIONS:
             interpolation = "bicubic"  # open_clip evaluates 'random' as bicubic
         if resize_mode not in RESIZE_MODES:
             raise ValueError(f"unknown resize mode {resize_mode!r}")
@@ -79,7 +81,9 @@ class Preprocess:
     def _resize(self, image: Image.Image, height: int, width: int) -> Image.Image:
         if image.size == (width, height):
             return image  # torchvision returns the image itself when the size already fits
-        return image.resize((width, height), _FILTERS[self.interpolation])
+        from PIL import Image
+
+        return image.resize((width, height), Image.Resampling[self.interpolation.upper()])
 
     def _shortest_edge(self, image: Image.Image, edge: int) -> Image.Image:
         """torchvision's ``Resize(int)``: the shorter side becomes ``edge``; the longer one is
@@ -107,6 +111,8 @@ def _crop_or_pad(image: Image.Image, height: int, width: int, fill: int) -> Imag
         top = (height - image_height) // 2 if height > image_height else 0
         padded_width = max(width, image_width)
         padded_height = max(height, image_height)
+        from PIL import Image
+
         canvas = Image.new(image.mode, (padded_width, padded_height), (fill,) * len(image.mode))
         canvas.paste(image, (left, top))
         image, image_width, image_height = canvas, padded_width, padded_height

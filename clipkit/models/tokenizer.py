@@ -4,7 +4,8 @@
 A port, not a wrapper: open_clip's module imports torch, which the ONNX runtime must not load.
 Only the vocabulary file (``bpe_simple_vocab_16e6.txt.gz``, 49,152 merges) is shared; an ONNX
 export carries its own copy. ``ftfy`` and ``regex`` (open_clip's own dependencies) clean and
-split the text exactly as open_clip does.
+split the text exactly as open_clip does; ``ftfy`` (80 ms to import) only for a text that it
+could change.
 """
 
 from __future__ import annotations
@@ -12,11 +13,11 @@ from __future__ import annotations
 import functools
 import gzip
 import html
+import re
 import string
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-import ftfy
 import numpy as np
 import regex
 
@@ -38,9 +39,11 @@ class ClipTokenizer:
         merges = _read_merges(vocab_path)
         byte_symbols = list(_byte_symbols().values())
         vocab = byte_symbols + [symbol + "</w>" for symbol in byte_symbols]
-        vocab += ["".join(merge) for merge in merges] + list(SPECIAL_TOKENS)
-        self.ids = {token: number for number, token in enumerate(vocab)}
-        self.ranks = {merge: rank for rank, merge in enumerate(merges)}
+        vocab += [merge.replace(" ", "") for merge in merges] + list(SPECIAL_TOKENS)
+        self.ids = dict(zip(vocab, range(len(vocab)), strict=True))
+        # Keyed by the rule's line, "first second" (no symbol holds a space: bytes_to_unicode
+        # maps it to "Ġ"): no tuple a rule, which halves the load time.
+        self.ranks = dict(zip(merges, range(len(merges)), strict=True))
         self.start_id, self.end_id = (self.ids[token] for token in SPECIAL_TOKENS)
         self.context_length = context_length
         self.clean: Callable[[str], str] = _CLEANERS[clean]
@@ -83,14 +86,14 @@ class ClipTokenizer:
             return [word]
         parts = [*word[:-1], word[-1] + "</w>"]
         while len(parts) > 1:
-            pairs = set(zip(parts, parts[1:], strict=False))
+            pairs = {f"{first} {second}" for first, second in zip(parts, parts[1:], strict=False)}
             best = min(pairs, key=lambda pair: self.ranks.get(pair, MERGES))
             if best not in self.ranks:
                 break
             merged: list[str] = []
             i = 0
             while i < len(parts):
-                if i < len(parts) - 1 and (parts[i], parts[i + 1]) == best:
+                if i < len(parts) - 1 and f"{parts[i]} {parts[i + 1]}" == best:
                     merged.append(parts[i] + parts[i + 1])
                     i += 2
                 else:
@@ -115,14 +118,39 @@ def _byte_symbols() -> dict[int, str]:
 
 
 @functools.lru_cache(maxsize=4)
-def _read_merges(path: Path) -> tuple[tuple[str, str], ...]:
+def _read_merges(path: Path) -> list[str]:
+    """The first MERGES merge rules (after the version line), each as its line "first second".
+
+    Raises:
+        ValueError: the file holds fewer.
+    """
+    # Only the first fifth of the file is used: decompressing the rest took 20 ms.
+    data = b""
     with gzip.open(path) as handle:
-        lines = handle.read().decode("utf-8").split("\n")[1 : MERGES + 1]
-    return tuple((first, second) for first, second in (line.split() for line in lines))
+        while data.count(b"\n") <= MERGES + 1 and (chunk := handle.read(1 << 18)):
+            data += chunk
+    lines = data.decode("utf-8", errors="replace").split("\n", MERGES + 1)[1 : MERGES + 1]
+    if len(lines) < MERGES or any(line.count(" ") != 1 for line in lines):
+        raise ValueError(f"{path} does not hold {MERGES} merge rules of two symbols each")
+    return lines
+
+
+# Text ftfy.fix_text returns unchanged: printable ASCII, tabs and newlines, and no "&" (its
+# fixes need an HTML entity, a terminal escape, a control character or a non-ASCII one).
+_ASCII_PLAIN = re.compile(r"[\t\n\x20-\x25\x27-\x7e]*")
+
+
+def fix_text(text: str) -> str:
+    """``ftfy.fix_text``, without importing ftfy for text it leaves as it is."""
+    if _ASCII_PLAIN.fullmatch(text):
+        return text
+    import ftfy
+
+    return ftfy.fix_text(text)
 
 
 def _basic_clean(text: str) -> str:
-    return html.unescape(html.unescape(ftfy.fix_text(text))).strip()
+    return html.unescape(html.unescape(fix_text(text))).strip()
 
 
 def _clean_lower(text: str) -> str:

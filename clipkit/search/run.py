@@ -4,7 +4,7 @@ embeddings folder (exact, no index needed)."""
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -13,9 +13,8 @@ import numpy as np
 
 from clipkit import store
 from clipkit.errors import InputError, UsageError
-from clipkit.inputs.decode import DecodeError, decode_image
+from clipkit.index.exact import exact_topk_stream
 from clipkit.inputs.filenames import locate, reading_base
-from clipkit.inputs.files import read_bytes
 from clipkit.models.runtime import RuntimeChoice, load_matching_encoder
 
 
@@ -94,7 +93,8 @@ def search(config: SearchConfig) -> SearchResult:
         encoder, runtime = _encoder(config, stamp)
         vectors = _query_vectors(encoder, config, weights)
         scores, found = loaded.search(vectors, config.k)
-        rows, source, recorded = loaded.rows, str(config.index_dir), loaded.info.base
+        found, rows = _hit_rows(found, loaded.rows.take)
+        source, recorded = str(config.index_dir), loaded.info.base
     else:
         emb_dir = config.embeddings_dir
         assert emb_dir is not None
@@ -197,6 +197,10 @@ def _numpy(vectors: Any) -> np.ndarray:
 
 
 def _open_image(path: Path):
+    # Pillow comes with these: imported for image queries only
+    from clipkit.inputs.decode import DecodeError, decode_image
+    from clipkit.inputs.files import read_bytes
+
     try:
         return decode_image(read_bytes(str(path), regular_only=False))
     except DecodeError as error:
@@ -204,6 +208,17 @@ def _open_image(path: Path):
             f"Query image {path} is unreadable: {error.reason}.",
             "Pass a readable JPEG, PNG, WebP, BMP, GIF or TIFF file.",
         ) from None
+
+
+def _hit_rows(
+    found: np.ndarray, fetch: Callable[[list[int]], dict[str, list[Any]]]
+) -> tuple[np.ndarray, dict[str, list[Any]]]:
+    """The rows that were hit, read once each: ``found`` (Q, k) row numbers (-1: none) become
+    positions in the returned columns (``fetch`` reads rows by number, in the order given)."""
+    # sorted(set()), not np.unique: np.unique imports numpy.ma, 30 ms of a 0.5 s search
+    hits = np.array(sorted(set(found[found >= 0].tolist())), dtype=np.int64)
+    rows = fetch(hits.tolist())
+    return np.where(found >= 0, np.searchsorted(hits, found), -1), rows
 
 
 def _exact(emb_dir: Path, kind: str | None, queries: np.ndarray, k: int):
@@ -214,10 +229,6 @@ def _exact(emb_dir: Path, kind: str | None, queries: np.ndarray, k: int):
     pass-through values are read afterwards. Holding every row's strings cost about 0.3 GB
     per million rows (benchmarks/bench_exact_search_memory.py).
     """
-    import torch  # exact search streams through the scoring core
-
-    from clipkit import score
-
     shards = store.snapshot(emb_dir)
     id_blocks: list[np.ndarray] = []
 
@@ -226,22 +237,24 @@ def _exact(emb_dir: Path, kind: str | None, queries: np.ndarray, k: int):
             id_blocks.append(ids)
             yield vectors
 
-    scores, found = score.topk_stream(torch.from_numpy(queries), blocks(), k)
+    scores, found = exact_topk_stream(queries, blocks(), k)
     if found.shape[1] == 0:
         what = f"{kind} embeddings" if kind else "embeddings"
         raise InputError(f"{emb_dir} holds no {what} to search.", "Check --kind, or embed first.")
     starts = np.cumsum([0] + [len(ids) for ids in id_blocks])
-    found_rows = found.numpy()
-    hits = np.unique(found_rows[found_rows >= 0])
-    hit_ids = []
-    for r in hits.tolist():
-        block = int(np.searchsorted(starts, r, side="right")) - 1
-        item_id = id_blocks[block][r - starts[block]]
-        hit_ids.append(item_id.decode("utf-8") if isinstance(item_id, bytes) else item_id)
-    read = store.read_rows_by_id(shards, hit_ids)
-    rows: dict[str, list[Any]] = {"id": hit_ids}
-    for n, item_id in enumerate(hit_ids):
-        for name, value in read[item_id].items():
-            rows.setdefault(name, [None] * len(hit_ids))[n] = value
-    positions = np.where(found_rows >= 0, np.searchsorted(hits, found_rows), -1)
-    return scores.numpy(), positions, rows
+
+    def fetch(numbers: list[int]) -> dict[str, list[Any]]:
+        hit_ids = []
+        for r in numbers:
+            block = int(np.searchsorted(starts, r, side="right")) - 1
+            item_id = id_blocks[block][r - starts[block]]
+            hit_ids.append(item_id.decode("utf-8") if isinstance(item_id, bytes) else item_id)
+        read = store.read_rows_by_id(shards, hit_ids)
+        rows: dict[str, list[Any]] = {"id": hit_ids}
+        for n, item_id in enumerate(hit_ids):
+            for name, value in read[item_id].items():
+                rows.setdefault(name, [None] * len(hit_ids))[n] = value
+        return rows
+
+    positions, rows = _hit_rows(found, fetch)
+    return scores, positions, rows

@@ -50,6 +50,7 @@ from clipkit.store.shards import (
 )
 from clipkit.store.tables import (
     InputTable,
+    RowMap,
     read_row_map,
     read_table,
     write_records,
@@ -67,6 +68,7 @@ __all__ = [
     "InputTable",
     "ModelStamp",
     "Pruned",
+    "RowMap",
     "Shard",
     "Shards",
     "VectorBlock",

@@ -22,7 +22,6 @@ from typing import Any
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from clipkit import __version__
@@ -266,6 +265,8 @@ def iter_ids_and_vectors(
     Raises:
         InputError: as :func:`iter_vectors`.
     """
+    import pyarrow.compute as pc  # here, not on top: an index search never needs it (40 ms)
+
     for path, batch in _iter_batches(source, ("id", "uri", "kind", "embedding"), batch_rows):
         kinds = batch.column("kind")
         if kind is None:
@@ -282,6 +283,8 @@ def iter_ids_and_vectors(
 def _id_array(ids: pa.Array) -> np.ndarray:
     """A string column as fixed-width bytes, straight from its buffers when every value has the
     same length (32 per row for clipkit's ids, against about 90 as Python strings)."""
+    import pyarrow.compute as pc  # here, not on top: an index search never needs it (40 ms)
+
     if pa.types.is_string(ids.type) and ids.null_count == 0 and len(ids):
         lengths = pc.min_max(pc.binary_length(ids))
         width = lengths["min"].as_py()
@@ -302,6 +305,8 @@ def read_rows_by_id(source: Shards, ids: Collection[str]) -> dict[str, dict[str,
     An exact search keeps only the ids of the rows it scans, then reads its hits' rows here,
     so its memory does not grow with every row's paths, texts and metadata.
     """
+    import pyarrow.compute as pc  # here, not on top: an index search never needs it (40 ms)
+
     wanted = pa.array(sorted(ids), pa.string())
     found: dict[str, dict[str, Any]] = {}
     stamp = None

@@ -1,0 +1,70 @@
+"""Exact top-k by inner product in NumPy, for the search paths that must not import torch.
+
+The same answers as the scoring core's ``score.topk`` / ``score.topk_stream`` (ties go to the
+lower row), tested against them; those stay the implementation for everything that already
+runs on torch (index recall, training, zero-shot on a GPU).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+import numpy as np
+
+# Keys scored at once: a (Q, CHUNK) float32 score block, 16 MB for 64 queries.
+CHUNK = 65_536
+
+
+def exact_topk(queries: np.ndarray, keys: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """Exact top-k by inner product, ties to the lower row.
+
+    Args:
+        queries: (Q, D) float32.
+        keys: (N, D) float32, N >= k >= 1.
+
+    Returns:
+        Scores and row numbers, (Q, k) each, best first.
+    """
+    scores = queries @ keys.T
+    candidates = np.argpartition(-scores, k - 1, axis=1)[:, :k]
+    chosen = np.take_along_axis(scores, candidates, axis=1)
+    # argpartition picks arbitrarily among the scores tied with the k-th best; the rows where
+    # such a tie crosses the cut are redone with a stable sort, which keeps the lower rows.
+    tied = (scores >= chosen.min(axis=1, keepdims=True)).sum(axis=1) > k
+    if tied.any():
+        stable = np.argsort(-scores[tied], axis=1, kind="stable")[:, :k]
+        candidates[tied] = stable
+        chosen[tied] = np.take_along_axis(scores[tied], stable, axis=1)
+    order = np.lexsort((candidates, -chosen), axis=1)
+    return np.take_along_axis(chosen, order, 1), np.take_along_axis(candidates, order, 1)
+
+
+def exact_topk_stream(
+    queries: np.ndarray, key_blocks: Iterable[np.ndarray], k: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """Exact top-k over keys that arrive in blocks (e.g. Parquet shards), in bounded memory.
+
+    Args:
+        queries: (Q, D) float32.
+        key_blocks: (N_i, D) float32 arrays; rows are numbered across blocks in arrival order.
+        k: results per query, >= 1.
+
+    Returns:
+        Scores (Q, min(k, N)) float32 and row numbers (Q, min(k, N)) int64, best first; ties
+        go to the lower row. (Q, 0) each when no key arrives.
+    """
+    queries = np.ascontiguousarray(queries, dtype=np.float32)
+    best_scores = np.empty((len(queries), 0), dtype=np.float32)
+    best_rows = np.empty((len(queries), 0), dtype=np.int64)
+    seen = 0
+    for block in key_blocks:
+        for start in range(0, len(block), CHUNK):
+            part = np.ascontiguousarray(block[start : start + CHUNK], dtype=np.float32)
+            scores, rows = exact_topk(queries, part, min(k, len(part)))
+            scores = np.concatenate([best_scores, scores], axis=1)
+            rows = np.concatenate([best_rows, rows + seen + start], axis=1)
+            order = np.lexsort((rows, -scores), axis=1)[:, :k]
+            best_scores = np.take_along_axis(scores, order, 1)
+            best_rows = np.take_along_axis(rows, order, 1)
+        seen += len(block)
+    return best_scores, best_rows
