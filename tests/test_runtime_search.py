@@ -1,6 +1,7 @@
-"""``clipkit search --runtime``: the ONNX runtime answers from a cached export without importing
-torch, open_clip or torchvision, with the same hits as torch; ``auto`` picks it only when the
-cache holds the model's export, says which ran and why, and ``onnx`` without one is an error."""
+"""``--runtime`` on search and zeroshot: the ONNX runtime answers from a cached export without
+importing torch, open_clip or torchvision, with the same hits (and labels) as torch; ``auto``
+picks it only when the cache holds the model's export, says which ran and why, and ``onnx``
+without one is an error."""
 
 from __future__ import annotations
 
@@ -61,24 +62,22 @@ def project(tmp_path_factory):
     return root, cache
 
 
-def _search(project, *args, cache=None, env=None):
+def _clipkit(project, *args, cache=None, env=None):
+    """``clipkit ARGS`` in a fresh interpreter; stderr ends with the heavy modules it loaded."""
     root, default_cache = project
     environment = {**os.environ, "CLIPKIT_ONNX_CACHE": str(cache or default_cache), **(env or {})}
-    command = [
-        sys.executable,
-        "-c",
-        PROBE.format(heavy=HEAVY),
-        "search",
-        "a red circle",
-        "--index",
-        str(root / "idx"),
-        "-k",
-        "10",
-        "--format",
-        "json",
-        *args,
-    ]
+    command = [sys.executable, "-c", PROBE.format(heavy=HEAVY), *args]
     return subprocess.run(command, capture_output=True, text=True, env=environment, cwd=root)
+
+
+def _search(project, *args, cache=None, env=None):
+    root, _ = project
+    query = ["search", "a red circle", "--index", str(root / "idx"), "-k", "10", "-f", "json"]
+    return _clipkit(project, *query, *args, cache=cache, env=env)
+
+
+def _loaded(done) -> str:
+    return done.stderr.split("LOADED=")[1].strip()
 
 
 def _ids(done) -> list[str]:
@@ -92,7 +91,7 @@ def test_onnx_answers_without_torch_and_as_torch_does(project):
     assert "on onnx (export in" in onnx.stderr
     torch = _search(project, "--runtime", "torch")
     assert torch.returncode == 0, torch.stderr
-    assert "on torch (asked for)" in torch.stderr and "torch" in torch.stderr.split("LOADED=")[1]
+    assert "on torch (asked for)" in torch.stderr and "torch" in _loaded(torch)
     assert len(_ids(onnx)) == 10 and _ids(onnx) == _ids(torch)
     scores = [[h["score"] for q in json.loads(d.stdout) for h in q["hits"]] for d in (onnx, torch)]
     assert scores[0] == pytest.approx(scores[1], abs=1e-5)
@@ -101,7 +100,7 @@ def test_onnx_answers_without_torch_and_as_torch_does(project):
 def test_auto_takes_the_cached_export_and_says_so(project):
     done = _search(project)
     assert done.returncode == 0, done.stderr
-    assert "on onnx (export in" in done.stderr and "torch" not in done.stderr.split("LOADED=")[1]
+    assert "on onnx (export in" in done.stderr and "torch" not in _loaded(done)
 
 
 def test_auto_without_an_export_runs_torch_and_says_why(project, tmp_path):
@@ -168,3 +167,41 @@ def test_index_fills_the_cache_so_the_first_search_runs_on_onnx(project, tmp_pat
         env={"CLIPKIT_ONNX_CACHE": str(tmp_path / "other")},
     )
     assert skipped.exit_code == 0 and not (tmp_path / "other").exists()
+
+
+def test_exact_search_of_an_embeddings_folder_runs_without_torch(project):
+    root, _ = project
+    query = ["search", "a red circle", "--embeddings", str(root / "emb"), "-k", "5", "-f", "json"]
+    onnx = _clipkit(project, *query, "--runtime", "onnx")
+    assert onnx.returncode == 0, onnx.stderr
+    assert _loaded(onnx) == ""
+    torch = _clipkit(project, *query, "--runtime", "torch")
+    assert len(_ids(onnx)) == 5 and _ids(onnx) == _ids(torch)
+
+
+def test_zeroshot_of_an_embeddings_folder_runs_without_torch_and_as_torch_does(project):
+    root, _ = project
+    command = ["zeroshot", str(root / "emb"), "--labels", "red,green,blue,circle", "-f", "json"]
+    onnx = _clipkit(project, *command, "--runtime", "onnx")
+    assert onnx.returncode == 0, onnx.stderr
+    assert _loaded(onnx) == ""
+    assert "on onnx (export in" in " ".join(onnx.stderr.split())
+    torch = _clipkit(project, *command, "--runtime", "torch")
+    assert torch.returncode == 0, torch.stderr
+    assert "torch" in _loaded(torch)
+    got, want = (json.loads(done.stdout)["predictions"] for done in (onnx, torch))
+    assert len(got) == 30 and [p["label"] for p in got] == [p["label"] for p in want]
+    assert [p["confidence"] for p in got] == pytest.approx(
+        [p["confidence"] for p in want], abs=1e-5
+    )
+
+
+def test_zeroshot_of_image_files_on_onnx_is_refused_with_a_hint(project):
+    root, _ = project
+    done = _clipkit(
+        project, "zeroshot", str(root / "photos"), "--labels", "a,b", "--runtime", "onnx"
+    )
+    assert done.returncode == 2
+    message = " ".join(done.stderr.split())
+    assert "Error: --runtime onnx classifies embeddings folders only" in message
+    assert "Hint: Embed the images first" in message

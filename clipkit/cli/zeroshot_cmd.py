@@ -9,13 +9,15 @@ import typer
 from rich.table import Column, Table
 from rich.text import Text
 
-from clipkit.cli.app import app, handles_errors, stderr, stdout
+from clipkit.cli.app import app, exit_quickly_when_done, handles_errors, stderr, stdout
 from clipkit.cli.options import (
     DeviceOption,
     IncludeHiddenOption,
     RecordedModelOption,
     RowsFormat,
     RowsFormatOption,
+    Runtime,
+    RuntimeOption,
     StrictOption,
     WorkersOption,
     typed_text,
@@ -66,6 +68,7 @@ def zeroshot(
     device: DeviceOption = "auto",
     include_hidden: IncludeHiddenOption = False,
     strict: StrictOption = False,
+    runtime: RuntimeOption = Runtime.auto,
 ) -> None:
     """Label images by prompts; metrics when labels are known.
 
@@ -99,6 +102,7 @@ def zeroshot(
         device=device,
         include_hidden=include_hidden,
         strict=strict,
+        runtime=runtime.value,
     )
     result = run_bulk(run_zeroshot, config, _summarise)
     _summarise(result)
@@ -113,6 +117,8 @@ def zeroshot(
 
         for path in write_zeroshot_report(result, html_out):
             stderr.print(f"Wrote {path}", markup=False)
+    if result.runtime.runtime == "onnx":
+        exit_quickly_when_done()  # everything is written; skip the teardown of a fast run
 
 
 def _summarise(result: Any) -> None:
@@ -120,7 +126,8 @@ def _summarise(result: Any) -> None:
     stderr.print(
         f"Classified {len(result.predictions)} images ({result.input_kind}) into "
         f"{len(result.labels)} labels with {result.prompts} prompts ({result.templates} "
-        f"templates), model {result.model}; skipped {len(result.failures)}.",
+        f"templates), model {result.model} on {result.runtime.runtime} "
+        f"({result.runtime.reason}); skipped {len(result.failures)}.",
         markup=False,
     )
     print_skipped(result.failures)

@@ -27,9 +27,16 @@ CPU, CUDA = "CPUExecutionProvider", "CUDAExecutionProvider"
 
 
 class OnnxEncoder:
-    """A model's ONNX export, ready to encode; ``device`` is ``cpu`` or ``cuda``."""
+    """A model's ONNX export, ready to encode; ``device`` is ``cpu`` or ``cuda``.
 
-    def __init__(self, folder: Path, manifest: ExportManifest, device: str = "cpu") -> None:
+    ``bulk``: many batches will run (embed). ONNX Runtime then pre-packs the weights of its
+    matrix products, which costs time when a tower loads (0.14 s for ViT-B-32's text tower)
+    and pays back over many batches; a search's one query does better without.
+    """
+
+    def __init__(
+        self, folder: Path, manifest: ExportManifest, device: str = "cpu", *, bulk: bool = False
+    ) -> None:
         self.folder = folder
         self.manifest = manifest
         self.spec = manifest.spec
@@ -40,6 +47,7 @@ class OnnxEncoder:
         self.logit_scale = manifest.logit_scale
         self.logit_bias = manifest.logit_bias
         self.device = device
+        self.bulk = bulk
         self.preprocess = Preprocess.from_config(manifest.preprocess)
         recipe = manifest.tokenizer
         if recipe.get("kind") != "clip-bpe":
@@ -88,7 +96,7 @@ class OnnxEncoder:
             path = self.folder / file
             try:
                 self._sessions[file] = ort.InferenceSession(
-                    str(path), _session_options(), providers=self._providers
+                    str(path), _session_options(self.bulk), providers=self._providers
                 )
             except Exception as error:  # onnxruntime raises its own types for a bad graph
                 raise InputError(
@@ -99,21 +107,26 @@ class OnnxEncoder:
         return self._sessions[file]
 
 
-def load_onnx(folder: Path, *, fingerprint: str | None = None, device: str = "cpu") -> OnnxEncoder:
-    """The export in ``folder``, checked (see ``exported.read_export``).
+def load_onnx(
+    folder: Path, *, fingerprint: str | None = None, device: str = "cpu", bulk: bool = False
+) -> OnnxEncoder:
+    """The export in ``folder``, checked (see ``exported.read_export``); ``bulk`` as in
+    :class:`OnnxEncoder`.
 
     Raises:
         InputError: no export, another model's, or a damaged one.
         DeviceError: ``cuda`` without onnxruntime-gpu.
     """
-    return OnnxEncoder(folder, read_export(folder, fingerprint), device)
+    return OnnxEncoder(folder, read_export(folder, fingerprint), device, bulk=bulk)
 
 
-def _session_options() -> ort.SessionOptions:
+def _session_options(bulk: bool) -> ort.SessionOptions:
     options = ort.SessionOptions()
-    # Without this, ONNX Runtime's threads spin for a while after each run, on every core, and
-    # slow down what the process does next (reading the hits' rows took 10 times as long).
-    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    if not bulk:
+        # Without this, ONNX Runtime's threads spin for a while after each run, on every core,
+        # and slow down what the process does next (reading the hits' rows took 10x as long).
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        options.add_session_config_entry("session.disable_prepacking", "1")
     return options
 
 

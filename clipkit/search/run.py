@@ -15,7 +15,7 @@ from clipkit import store
 from clipkit.errors import InputError, UsageError
 from clipkit.index.exact import exact_topk_stream
 from clipkit.inputs.filenames import locate, reading_base
-from clipkit.models.runtime import RuntimeChoice, load_matching_encoder
+from clipkit.models.runtime import RuntimeChoice, as_numpy, load_matching_encoder
 
 
 @dataclass(frozen=True)
@@ -165,7 +165,7 @@ def _query_vectors(encoder: Any, config: SearchConfig, weights: Sequence[float])
     as NumPy."""
     parts = []
     if config.texts:
-        parts.append(_numpy(encoder.encode_texts(list(config.texts))))
+        parts.append(as_numpy(encoder.encode_texts(list(config.texts))))
     if config.images:
         prepared = [encoder.prepare_image(_open_image(p)) for p in config.images]
         if isinstance(prepared[0], np.ndarray):
@@ -174,7 +174,7 @@ def _query_vectors(encoder: Any, config: SearchConfig, weights: Sequence[float])
             import torch
 
             pixels = torch.stack(prepared)
-        parts.append(_numpy(encoder.encode_images(pixels)))
+        parts.append(as_numpy(encoder.encode_images(pixels)))
     vectors = np.concatenate(parts).astype(np.float32)
     if not np.isfinite(vectors).all():
         raise InputError(
@@ -187,13 +187,6 @@ def _query_vectors(encoder: Any, config: SearchConfig, weights: Sequence[float])
     if (norms < 1e-6).any():
         raise InputError("The weighted query cancels out to nothing.", "Change the weights.")
     return (vectors / norms).astype(np.float32)
-
-
-def _numpy(vectors: Any) -> np.ndarray:
-    """A torch tensor (on any device) or a NumPy array, as a NumPy array."""
-    if isinstance(vectors, np.ndarray):
-        return vectors
-    return vectors.detach().float().cpu().numpy()
 
 
 def _open_image(path: Path):

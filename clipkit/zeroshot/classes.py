@@ -11,14 +11,15 @@ import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
-import torch
-import torch.nn.functional as F
+import numpy as np
 
 from clipkit.errors import InputError
 from clipkit.inputs.decode import IMAGE_SUFFIXES
 from clipkit.inputs.filenames import as_text
 from clipkit.inputs.tarshards import split_member_uri
+from clipkit.models.runtime import as_numpy
 
 SIMPLE_TEMPLATES = ("a photo of a {}.",)
 TEMPLATE_SETS = ("simple", "openai")
@@ -110,45 +111,50 @@ def read_class_tree(root: str | Path, *, include_hidden: bool = False) -> ClassT
 
 
 def class_embeddings(
-    encode_texts: Callable[[Sequence[str]], torch.Tensor],
+    encode_texts: Callable[[Sequence[str]], Any],
     prompts_per_class: Sequence[Sequence[str]],
-) -> torch.Tensor:
-    """Unit-norm class embeddings (C, D): the normalised mean of each class's prompt embeddings.
+) -> np.ndarray:
+    """Unit-norm class embeddings (C, D) float32: the normalised mean of each class's prompt
+    embeddings.
 
     Args:
-        encode_texts: texts -> unit-norm embeddings (B, D).
+        encode_texts: texts -> unit-norm embeddings (B, D), from either runtime.
         prompts_per_class: for each class, its filled-in prompts (at least one).
     """
     rows = []
     for prompts in prompts_per_class:
-        rows.append(F.normalize(encode_texts(list(prompts)).float().mean(dim=0), dim=-1))
-    return torch.stack(rows)
+        mean = as_numpy(encode_texts(list(prompts))).astype(np.float32).mean(axis=0)
+        rows.append(mean / np.linalg.norm(mean))
+    return np.stack(rows)
 
 
 def classify(
-    images: torch.Tensor, weights: torch.Tensor, scale: float, k: int, chunk: int = 4096
-) -> tuple[torch.Tensor, torch.Tensor]:
+    images: Any, weights: np.ndarray, scale: float, k: int, chunk: int = 4096
+) -> tuple[np.ndarray, np.ndarray]:
     """Top-k class probabilities: softmax over ``scale * images @ weights.T``.
 
     Args:
-        images: (N, D) unit-norm image embeddings.
+        images: (N, D) unit-norm image embeddings (NumPy, or a torch tensor).
         weights: (C, D) unit-norm class embeddings.
         scale: ``exp(logit_scale)`` of the model.
         k: how many classes to keep per image (at most C).
 
     Returns:
-        probabilities (N, k) and class indices (N, k), best first, on the CPU.
+        probabilities (N, k) float32 and class indices (N, k) int64, best first; a tie goes
+        to the class named first.
     """
-    parts_p, parts_i = [], []
+    images, weights = as_numpy(images), as_numpy(weights).astype(np.float32)
+    k = min(k, weights.shape[0])
+    parts_p, parts_i = [np.empty((0, k), np.float32)], [np.empty((0, k), np.int64)]
     for start in range(0, images.shape[0], chunk):
-        block = images[start : start + chunk].to(weights.device, torch.float32)
-        probabilities = (scale * block @ weights.T).softmax(dim=-1)
-        top = probabilities.topk(min(k, weights.shape[0]), dim=-1)
-        parts_p.append(top.values.cpu())
-        parts_i.append(top.indices.cpu())
-    if not parts_p:
-        return torch.empty(0, k), torch.empty(0, k, dtype=torch.long)
-    return torch.cat(parts_p), torch.cat(parts_i)
+        logits = scale * (images[start : start + chunk].astype(np.float32) @ weights.T)
+        logits -= logits.max(axis=1, keepdims=True)  # softmax without overflow
+        probabilities = np.exp(logits)
+        probabilities /= probabilities.sum(axis=1, keepdims=True)
+        best = np.argsort(-probabilities, axis=1, kind="stable")[:, :k]
+        parts_p.append(np.take_along_axis(probabilities, best, axis=1))
+        parts_i.append(best.astype(np.int64))
+    return np.concatenate(parts_p), np.concatenate(parts_i)
 
 
 def fill_templates(labels: Sequence[str], templates: Sequence[str]) -> list[list[str]]:

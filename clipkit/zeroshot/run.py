@@ -15,7 +15,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-import torch
+import numpy as np
 
 from clipkit import store
 from clipkit.config import DEFAULT_MODEL_SPEC
@@ -23,9 +23,13 @@ from clipkit.errors import InputError, SkippedInputsError, UsageError
 from clipkit.infra.progress import ProgressCallback, ProgressReport
 from clipkit.inputs.decode import DEFAULT_MAX_PIXELS, IMAGE_SUFFIXES
 from clipkit.inputs.filenames import as_text, locate, reading_base
-from clipkit.inputs.pipeline import default_workers, encode_image_files
 from clipkit.inputs.sources import Kind, SourceOptions, discover
-from clipkit.models.openclip import Encoder, load_matching_model, load_model
+from clipkit.models.runtime import (
+    RuntimeChoice,
+    as_numpy,
+    load_matching_encoder,
+    requested_runtime,
+)
 from clipkit.score.metrics import ClassificationMetrics, calibrate_threshold, classification_metrics
 from clipkit.store.reports import write_report
 from clipkit.zeroshot.classes import (
@@ -64,6 +68,7 @@ class ZeroShotConfig:
     include_hidden: bool = False
     max_pixels: int = DEFAULT_MAX_PIXELS
     strict: bool = False  # raise SkippedInputsError, after the work, if any image was skipped
+    runtime: str | None = None  # auto | torch | onnx; None: $CLIPKIT_RUNTIME, else auto
 
 
 @dataclass(frozen=True)
@@ -108,6 +113,7 @@ class ZeroShotResult:
     rejection: Rejection | None
     failures: tuple[tuple[str, str, str], ...]
     notes: tuple[str, ...] = ()
+    runtime: RuntimeChoice = RuntimeChoice("torch", "")
 
     @functools.cached_property  # sorted once: the CLI and reports ask several times
     def distribution(self) -> list[tuple[str, int]]:
@@ -146,7 +152,7 @@ class _Images:
     """Encoded images of one input, and their true labels when the input is a class tree."""
 
     kind: str
-    vectors: torch.Tensor  # (N, D), unit norm
+    vectors: np.ndarray  # (N, D) float32, unit norm
     uris: list[str]
     ids: list[str]
     truth: list[str] | None
@@ -180,7 +186,8 @@ def _zeroshot(config: ZeroShotConfig, progress: ProgressCallback | None) -> Zero
     templates = read_templates(config.templates)
     prompts = prompts_for(labels, templates)
     known = _list_images(*_calibration_input(config), config) if config.calibrate else None
-    encoder = _encoder(config, source if kind == "embeddings" else None)
+    image_files = kind != "embeddings" or (known is not None and known.rows is None)
+    encoder, runtime = _encoder(config, source if kind == "embeddings" else None, image_files)
     weights = class_embeddings(encoder.encode_texts, prompts)
     names = [label.name for label in labels]
 
@@ -215,14 +222,15 @@ def _zeroshot(config: ZeroShotConfig, progress: ProgressCallback | None) -> Zero
         rejection=rejection,
         failures=tuple(images.failures),
         notes=tuple(notes),
+        runtime=runtime,
     )
 
 
 def _predictions(
     names: Sequence[str],
     images: _Images,
-    probabilities: torch.Tensor,
-    indices: torch.Tensor,
+    probabilities: np.ndarray,
+    indices: np.ndarray,
     threshold: float | None,
     k: int,
     base: str | None,
@@ -337,14 +345,33 @@ def _labels(config: ZeroShotConfig, listing: _Listing | None) -> list[LabelSpec]
     return labels
 
 
-def _encoder(config: ZeroShotConfig, embeddings: Path | None) -> Encoder:
+def _encoder(
+    config: ZeroShotConfig, embeddings: Path | None, image_files: bool
+) -> tuple[Any, RuntimeChoice]:
+    """The model (the one that made ``embeddings``, if given), and the runtime that runs it.
+
+    Embeddings need only the text tower (for the prompts), which the ONNX runtime serves
+    without torch; image files are decoded by the torch pipeline for now, so they run on torch.
+    """
+    if image_files and requested_runtime(config.runtime) == "onnx":
+        raise UsageError(
+            "--runtime onnx classifies embeddings folders only, for now; image files run on torch.",
+            "Embed the images first (clipkit embed), or use --runtime torch.",
+        )
+    runtime = "torch" if image_files else config.runtime
     if embeddings is None:
-        return load_model(config.model or DEFAULT_MODEL_SPEC, device=config.device)
+        from clipkit.models.openclip import load_model
+
+        encoder = load_model(config.model or DEFAULT_MODEL_SPEC, device=config.device)
+        return encoder, RuntimeChoice("torch", "image files are decoded by the torch pipeline")
     stamp = store.read_stamp(embeddings)
     assert stamp is not None  # the folder has shards
-    return load_matching_model(
-        stamp.spec, stamp.fingerprint, spec=config.model, device=config.device
+    encoder, choice = load_matching_encoder(
+        stamp.spec, stamp.fingerprint, spec=config.model, device=config.device, runtime=runtime
     )
+    if image_files:
+        choice = RuntimeChoice("torch", "the calibration images are decoded by the torch pipeline")
+    return encoder, choice
 
 
 @dataclass(frozen=True)
@@ -409,7 +436,7 @@ def _calibration_input(config: ZeroShotConfig) -> tuple[Path, str]:
 
 
 def _encode(
-    encoder: Encoder,
+    encoder: Any,
     listing: _Listing,
     config: ZeroShotConfig,
     progress: ProgressCallback | None,
@@ -417,6 +444,8 @@ def _encode(
 ) -> _Images:
     if listing.rows is not None:
         return _embedded_images(encoder, listing)
+    from clipkit.inputs.pipeline import default_workers, encode_image_files  # torch
+
     paths, truth = listing.paths, listing.truth
     encoded = encode_image_files(
         encoder,
@@ -430,7 +459,7 @@ def _encode(
     )
     return _Images(
         listing.kind,
-        encoded.vectors,
+        as_numpy(encoded.vectors),
         [paths[r] for r in encoded.rows],
         encoded.ids,
         [truth[r] for r in encoded.rows] if truth else None,
@@ -438,7 +467,7 @@ def _encode(
     )
 
 
-def _embedded_images(encoder: Encoder, listing: _Listing) -> _Images:
+def _embedded_images(encoder: Any, listing: _Listing) -> _Images:
     stamp = store.read_stamp(listing.source)
     if stamp is None or stamp.fingerprint != encoder.fingerprint:
         raise InputError(
@@ -448,15 +477,13 @@ def _embedded_images(encoder: Encoder, listing: _Listing) -> _Images:
         )
     rows = listing.rows
     assert rows is not None
-    return _Images(
-        "embeddings", torch.from_numpy(rows.vectors), rows.uris, rows.ids, listing.truth, []
-    )
+    return _Images("embeddings", rows.vectors, rows.uris, rows.ids, listing.truth, [])
 
 
 def _threshold(
     config: ZeroShotConfig,
-    encoder: Encoder,
-    weights: torch.Tensor,
+    encoder: Any,
+    weights: np.ndarray,
     known: _Listing | None,
     progress: ProgressCallback | None,
 ) -> tuple[float | None, Rejection | None]:
@@ -475,7 +502,7 @@ def _threshold(
 
 
 def _metrics(
-    names: Sequence[str], images: _Images, indices: torch.Tensor
+    names: Sequence[str], images: _Images, indices: np.ndarray
 ) -> tuple[ClassificationMetrics | None, list[str]]:
     if images.truth is None:
         return None, []
