@@ -205,3 +205,29 @@ def test_zeroshot_of_image_files_on_onnx_is_refused_with_a_hint(project):
     message = " ".join(done.stderr.split())
     assert "Error: --runtime onnx classifies embeddings folders only" in message
     assert "Hint: Embed the images first" in message
+
+
+def test_audit_of_an_embeddings_folder_needs_no_open_clip_on_onnx(project, tmp_path):
+    """Audit scores with torch, but of the model it needs only the tokenizer: on the ONNX
+    runtime open_clip and torchvision stay unloaded, and the figures are torch's."""
+    for n, path in enumerate(make_images(tmp_path / "pairs", 12)):
+        path.with_suffix(".txt").write_text(f"a photo number {n} " + "word " * (n * 8))
+    embed(
+        EmbedConfig(
+            sources=(str(tmp_path / "pairs"),),
+            out_dir=tmp_path / "emb",
+            model=TINY,
+            device="cpu",
+            workers=0,
+        )
+    )
+    command = ["audit", str(tmp_path / "emb"), "-f", "json"]
+    onnx = _clipkit(project, *command, "--runtime", "onnx")
+    assert onnx.returncode == 0, onnx.stderr
+    assert _loaded(onnx) == "torch" and "on onnx (export in" in " ".join(onnx.stderr.split())
+    torch = _clipkit(project, *command, "--runtime", "torch")
+    assert torch.returncode == 0, torch.stderr
+    got, want = (json.loads(done.stdout) for done in (onnx, torch))
+    assert got["pairs"] == want["pairs"] and len(got["pairs"]) == 12
+    summaries = got["summary"], want["summary"]
+    assert summaries[0]["long_captions"] == summaries[1]["long_captions"] > 0  # tokenizers agree

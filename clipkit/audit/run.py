@@ -16,7 +16,7 @@ from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -27,10 +27,12 @@ from clipkit.errors import InputError, SkippedInputsError, UsageError
 from clipkit.infra.progress import ProgressCallback, ProgressReport
 from clipkit.inputs.filenames import as_text, locate, reading_base
 from clipkit.inputs.pairs import read_pairs
-from clipkit.inputs.pipeline import default_workers, encode_image_files
-from clipkit.models.openclip import Encoder, load_matching_model, load_model
+from clipkit.models.runtime import RuntimeChoice, load_matching_encoder, requested_runtime
 from clipkit.score import pair_statistics
 from clipkit.score.metrics import calibrate_threshold
+
+if TYPE_CHECKING:
+    from clipkit.models.openclip import Encoder
 
 LONG_CAPTION_MODES = ("truncate", "chunk")
 NULL_SAMPLES = 20_000  # shuffled pairs drawn for calibration (at least one per pair)
@@ -54,6 +56,7 @@ class AuditConfig:
     image_column: str | None = None
     text_column: str | None = None
     strict: bool = False  # raise SkippedInputsError, after the work, if any pair was skipped
+    runtime: str | None = None  # auto | torch | onnx; None: $CLIPKIT_RUNTIME, else auto
 
 
 @dataclass(frozen=True)
@@ -106,6 +109,7 @@ class AuditResult:
     long_caption_mode: str
     duplicate_images: tuple[tuple[tuple[str, ...], tuple[str, ...]], ...]  # (files, captions)
     duplicate_captions: tuple[tuple[str, tuple[str, ...]], ...]  # (caption, images)
+    runtime: RuntimeChoice = RuntimeChoice("torch", "")
 
     @functools.cached_property  # sorted once: the CLI and reports ask several times
     def flagged(self) -> list[PairAudit]:
@@ -119,6 +123,7 @@ class AuditResult:
         return {
             "source": self.source,
             "model": self.model,
+            "runtime": self.runtime.runtime,
             "pairs": len(self.pairs),
             "flagged": len(self.flagged),
             "skipped": len(self.failures),
@@ -191,9 +196,9 @@ def _audit(config: AuditConfig, progress: ProgressCallback | None) -> AuditResul
     _check_options(config)
     path = Path(config.data).expanduser()
     if path.is_dir() and store.list_shards(path):
-        kind, encoded, model = "embeddings", *_from_embeddings(config, path)
+        kind, encoded, model, runtime = "embeddings", *_from_embeddings(config, path)
     else:
-        kind, encoded, model = "pairs", *_from_pairs(config, path, progress)
+        kind, encoded, model, runtime = "pairs", *_from_pairs(config, path, progress)
     if len(encoded.images) < 2:
         raise InputError(
             f"{path} holds {len(encoded.images)} usable pair(s); auditing needs 2+.",
@@ -244,6 +249,7 @@ def _audit(config: AuditConfig, progress: ProgressCallback | None) -> AuditResul
         long_caption_mode=config.long_captions,
         duplicate_images=duplicate_images,
         duplicate_captions=duplicate_captions,
+        runtime=runtime,
     )
 
 
@@ -266,7 +272,7 @@ def _check_options(config: AuditConfig) -> None:
 
 def _from_pairs(
     config: AuditConfig, path: Path, progress: ProgressCallback | None
-) -> tuple[_Encoded, str]:
+) -> tuple[_Encoded, str, RuntimeChoice]:
     source = read_pairs(
         path,
         image_column=config.image_column,
@@ -279,6 +285,15 @@ def _from_pairs(
             f"{path} holds no usable image–caption pair ({len(failures)} skipped).",
             "Give each image a same-name .txt caption, or use a table.",
         )
+    if requested_runtime(config.runtime) == "onnx":
+        raise UsageError(
+            "--runtime onnx audits embeddings folders only, for now; image files run on torch.",
+            "Embed the pairs first (clipkit embed), or use --runtime torch.",
+        )
+    # open_clip, and the decode workers: image files only
+    from clipkit.inputs.pipeline import default_workers, encode_image_files
+    from clipkit.models.openclip import load_model
+
     encoder = load_model(config.model or DEFAULT_MODEL_SPEC, device=config.device)
     paths = list(dict.fromkeys(pair.image for pair in source.pairs))
     images = encode_image_files(
@@ -310,7 +325,7 @@ def _from_pairs(
         truncated=truncated,
         failures=failures,
     )
-    return encoded, encoder.spec
+    return encoded, encoder.spec, RuntimeChoice("torch", "image files are decoded on torch")
 
 
 def _encode_captions(
@@ -361,14 +376,17 @@ def _windows(encoder: Encoder, text: str) -> list[str]:
     return [*windows, " ".join(current)] if current else windows
 
 
-def _from_embeddings(config: AuditConfig, folder: Path) -> tuple[_Encoded, str]:
+def _from_embeddings(config: AuditConfig, folder: Path) -> tuple[_Encoded, str, RuntimeChoice]:
     """Pairs of an embeddings folder: each image with the text of its .txt sidecar (for a
     WebDataset member, the sample's .txt member), duplicates included: a copy of an image or a
     caption has no row of its own, only a line in ``_aliases.parquet``."""
     stamp = store.read_stamp(folder)
     assert stamp is not None
-    # Only the tokenizer is used (to count long captions): nothing is encoded, so the CPU will do.
-    encoder = load_matching_model(stamp.spec, stamp.fingerprint, spec=config.model, device="cpu")
+    # Only the tokenizer is used (to count long captions): nothing is encoded, so the CPU will
+    # do, and an ONNX export (no open_clip) loads in a fraction of the time.
+    encoder, runtime = load_matching_encoder(
+        stamp.spec, stamp.fingerprint, spec=config.model, device="cpu", runtime=config.runtime
+    )
     rows = store.with_aliases(store.read_vectors(folder), folder)
     row_of = {uri: n for n, uri in enumerate(rows.uris)}
     picked, failures = [], []
@@ -402,7 +420,7 @@ def _from_embeddings(config: AuditConfig, folder: Path) -> tuple[_Encoded, str]:
             "--long-captions chunk needs the captions' text encoded again.",
             "Audit the pair source itself (the folder or table), not embeddings.",
         )
-    return encoded, encoder.spec
+    return encoded, encoder.spec, runtime
 
 
 def _groups(keys: Sequence[str]) -> torch.Tensor:

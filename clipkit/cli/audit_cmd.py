@@ -17,6 +17,8 @@ from clipkit.cli.options import (
     RecordedModelOption,
     RowsFormat,
     RowsFormatOption,
+    Runtime,
+    RuntimeOption,
     StrictOption,
     WorkersOption,
 )
@@ -65,6 +67,7 @@ def audit(
     image_column: Annotated[str | None, typer.Option(help="Table column of image paths.")] = None,
     text_column: Annotated[str | None, typer.Option(help="Table column of captions.")] = None,
     strict: StrictOption = False,
+    runtime: RuntimeOption = Runtime.auto,
 ) -> None:
     """Flag mismatched image-caption pairs and suggest captions.
 
@@ -94,6 +97,7 @@ def audit(
         image_column=image_column,
         text_column=text_column,
         strict=strict,
+        runtime=runtime.value,
     )
     result = run_bulk(run_audit, config, _summarise)
     _summarise(result)
@@ -124,7 +128,8 @@ def _summarise(result: Any) -> None:
         f"{c.null_pairs} shuffled pairs pass)"
     )
     stderr.print(
-        f"Audited {len(result.pairs)} pairs with {result.model}: "
+        f"Audited {len(result.pairs)} pairs with {result.model} on {result.runtime.runtime} "
+        f"({result.runtime.reason}): "
         f"{len(result.flagged)} flagged, {len(result.failures)} skipped; "
         f"flag rule: {rule}.",
         markup=False,

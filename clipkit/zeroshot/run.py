@@ -136,6 +136,7 @@ class ZeroShotResult:
                     "notes",
                 )
             },
+            "runtime": self.runtime.runtime,
             "labels": list(self.labels),
             "distribution": dict(self.distribution),
             "metrics": self.metrics.as_dict() if self.metrics else None,
