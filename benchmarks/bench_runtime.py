@@ -1,13 +1,17 @@
-"""Benchmark ``clipkit search`` as a user runs it: a whole process, cold interpreter (warm page
-cache), ``--runtime torch`` against ``--runtime onnx``, alternating, on one index.
+"""Benchmark ``clipkit search`` (or ``zeroshot``, ``audit`` of an embeddings folder) as a user
+runs it: a whole process, cold interpreter (warm page cache, bytecode cached), ``--runtime
+torch`` against ``--runtime onnx``, alternating.
 
-The index holds ROWS random unit vectors stamped with the model's identity (search cost does
-not depend on what the vectors mean), built as ``clipkit index`` builds it; the model's ONNX
-export sits in a cache of the benchmark's own. Each run reports its wall time, peak RSS, and
-where the time went (imports, model load, query encoding, search, output), measured inside the
+The embeddings folder holds ROWS random unit vectors stamped with the model's identity (the
+cost does not depend on what the vectors mean), indexed as ``clipkit index`` does it; for
+``audit`` it holds PAIRS image rows each with its caption's text row. The model's ONNX export
+sits in a cache of the benchmark's own. Each run reports its wall time, peak RSS, and for a
+search where the time went (imports, model load, query encoding, search), measured inside the
 process. Writes JSON to benchmarks/results/.
 
     python benchmarks/bench_runtime.py --model clipkit-tiny:random --rows 100000 --repeats 5
+    python benchmarks/bench_runtime.py --command zeroshot --rows 10000
+    python benchmarks/bench_runtime.py --command audit --pairs 2000
 """
 
 from __future__ import annotations
@@ -31,8 +35,6 @@ started = time.perf_counter()
 marks = {}
 import clipkit.cli
 marks["cli_import"] = time.perf_counter() - started
-import clipkit.search.run as run
-real_encoder, real_vectors = run._encoder, run._query_vectors
 def timed(name, function):
     def wrapper(*args, **kwargs):
         t = time.perf_counter()
@@ -41,11 +43,13 @@ def timed(name, function):
         finally:
             marks[name] = marks.get(name, 0.0) + time.perf_counter() - t
     return wrapper
-run._encoder = timed("model_load", real_encoder)
-run._query_vectors = timed("query_encode", real_vectors)
-from clipkit.index import load as index_load
-index_load.LoadedIndex.search = timed("search", index_load.LoadedIndex.search)
-index_load.load_index = timed("index_load", index_load.load_index)
+if sys.argv[1] == "search":  # where a search's time goes
+    import clipkit.search.run as run
+    run._encoder = timed("model_load", run._encoder)
+    run._query_vectors = timed("query_encode", run._query_vectors)
+    from clipkit.index import load as index_load
+    index_load.LoadedIndex.search = timed("search", index_load.LoadedIndex.search)
+    index_load.load_index = timed("index_load", index_load.load_index)
 def report():
     marks["total_in_process"] = time.perf_counter() - started
     # VmHWM, not ru_maxrss: Linux keeps ru_maxrss across exec, so a child would report the
@@ -70,9 +74,10 @@ except SystemExit as done:
 """
 
 
-def build(folder: Path, model: str, rows: int) -> Path:
+def build(folder: Path, model: str, rows: int, pairs: int = 0) -> Path:
     """An embeddings folder of ``rows`` random unit vectors with the model's stamp, its index,
-    and the model's export in ``folder/cache``; returns the index folder."""
+    a folder of ``pairs`` image and caption rows (``folder/pairs``, when asked for), and the
+    model's export in ``folder/cache``; returns the index folder."""
     import numpy as np
 
     from clipkit import store
@@ -98,67 +103,66 @@ def build(folder: Path, model: str, rows: int) -> Path:
         }
         store.write_shard(store.shard_path(folder / "emb", shard), columns, block, stamp)
     build_index(IndexConfig(emb_dir=folder / "emb", out_dir=folder / "idx"))
+    if pairs:
+        images = rng.standard_normal((pairs, dim)).astype(np.float32)
+        texts = images + rng.standard_normal((pairs, dim)).astype(np.float32)
+        block = np.concatenate([images, texts])
+        block /= np.linalg.norm(block, axis=1, keepdims=True)
+        columns = {
+            "id": [f"{i:012x}" for i in range(2 * pairs)],
+            "uri": [f"img/{i}.jpg" for i in range(pairs)] + [f"img/{i}.txt" for i in range(pairs)],
+            "kind": ["image"] * pairs + ["text"] * pairs,
+            "text": [None] * pairs + [f"a photo of thing number {i}" for i in range(pairs)],
+        }
+        store.write_shard(store.shard_path(folder / "pairs", 0), columns, block, stamp)
     os.environ["CLIPKIT_ONNX_CACHE"] = str(folder / "cache")
     export_onnx(encoder, cached_export(encoder.fingerprint))
     return folder / "idx"
 
 
-def run_once(index: Path, runtime: str, query: list[str], cache: Path) -> dict:
+def run_once(arguments: list[str], runtime: str, cache: Path) -> dict:
+    """One ``clipkit ARGUMENTS --runtime RUNTIME`` process: its wall time and the probe's marks."""
     env = {**os.environ, "CLIPKIT_ONNX_CACHE": str(cache)}
     # As a user's Python runs it: with bytecode cached (the warm-up run writes it). This
     # workplace sets PYTHONDONTWRITEBYTECODE, which recompiles an editable install every run.
     env.pop("PYTHONDONTWRITEBYTECODE", None)
-    command = [
-        sys.executable,
-        "-c",
-        PROBE,
-        "search",
-        *query,
-        "--index",
-        str(index),
-        "-k",
-        "10",
-        "--runtime",
-        runtime,
-    ]
+    command = [sys.executable, "-c", PROBE, *arguments, "--runtime", runtime]
     started = time.perf_counter()
     done = subprocess.run(command, capture_output=True, text=True, env=env)
     wall = time.perf_counter() - started
     if done.returncode != 0:
-        raise SystemExit(f"search failed ({runtime}):\n{done.stderr}")
+        raise SystemExit(f"{arguments[0]} failed ({runtime}):\n{done.stderr}")
     line = next(x for x in done.stderr.splitlines() if x.startswith("FIGURES "))
     return {"wall_s": wall, **json.loads(line[len("FIGURES ") :])}
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--command", choices=("search", "zeroshot", "audit"), default="search")
     parser.add_argument("--model", default="clipkit-tiny:random")
     parser.add_argument("--rows", type=int, default=100_000)
+    parser.add_argument("--pairs", type=int, default=2_000, help="caption pairs, for audit")
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--image", action="store_true", help="an image query, not a text one")
     parser.add_argument("--json", type=Path, default=None)
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="bench-runtime-") as tmp:
         folder = Path(tmp)
-        index = build(folder, args.model, args.rows)
-        if args.image:
-            from PIL import Image
-
-            Image.new("RGB", (320, 240), (200, 40, 40)).save(folder / "query.png")
-            query = ["--image", str(folder / "query.png")]
-        else:
-            query = ["an emoji of cloud"]
+        index = build(folder, args.model, args.rows, args.pairs if args.command == "audit" else 0)
+        arguments = _arguments(args, folder, index)
         runs: dict[str, list[dict]] = {"torch": [], "onnx": []}
-        run_once(index, "torch", query, folder / "cache")  # warm the page cache
-        run_once(index, "onnx", query, folder / "cache")
+        for runtime in runs:  # warm the page cache, and write the bytecode
+            run_once(arguments, runtime, folder / "cache")
         for _ in range(args.repeats):
-            for runtime in ("torch", "onnx"):
-                runs[runtime].append(run_once(index, runtime, query, folder / "cache"))
+            for runtime in runs:
+                runs[runtime].append(run_once(arguments, runtime, folder / "cache"))
     summary = {}
-    print(
-        f"{args.model}, {args.rows:,} rows, {'image' if args.image else 'text'} query, "
-        f"{args.repeats} runs each"
-    )
+    what = {
+        "search": f"{args.rows:,} rows, {'image' if args.image else 'text'} query",
+        "zeroshot": f"{args.rows:,} image rows, 10 labels",
+        "audit": f"{args.pairs:,} pairs",
+    }[args.command]
+    print(f"clipkit {args.command}, {args.model}, {what}, {args.repeats} runs each")
     header = f"{'runtime':8} {'best s':>7} {'median s':>9} {'peak MB':>8} " + " ".join(
         f"{k:>12}" for k in ("cli_import", "model_load", "query_encode", "search")
     )
@@ -190,7 +194,8 @@ def main() -> None:
                 for k in ("cli_import", "model_load", "query_encode", "search")
             )
         )
-    name = f"bench_runtime_{args.model.split(':')[0]}_{'image' if args.image else 'text'}.json"
+    kind = ("image" if args.image else "text") if args.command == "search" else args.command
+    name = f"bench_runtime_{args.model.split(':')[0]}_{kind}.json"
     write_results(
         args.json or Path(__file__).parent / "results" / name,
         {
@@ -200,6 +205,24 @@ def main() -> None:
             "runs": runs,
         },
     )
+
+
+def _arguments(args: argparse.Namespace, folder: Path, index: Path) -> list[str]:
+    """The measured command line, without --runtime."""
+    if args.command == "zeroshot":
+        labels = "cat,dog,car,tree,house,boat,bird,flower,cloud,person"
+        predictions = str(folder / "predictions.parquet")
+        return ["zeroshot", str(folder / "emb"), "--labels", labels, "-o", predictions]
+    if args.command == "audit":
+        return ["audit", str(folder / "pairs"), "-o", str(folder / "audit.parquet")]
+    if args.image:
+        from PIL import Image
+
+        Image.new("RGB", (320, 240), (200, 40, 40)).save(folder / "query.png")
+        query = ["--image", str(folder / "query.png")]
+    else:
+        query = ["an emoji of cloud"]
+    return ["search", *query, "--index", str(index), "-k", "10"]
 
 
 if __name__ == "__main__":

@@ -187,6 +187,39 @@ def test_an_interrupted_export_leaves_nothing_to_load(exported, tmp_path, monkey
     assert not (tmp_path / "new").exists()
 
 
+def test_an_export_killed_mid_way_leaves_nothing_to_load_and_is_swept(exported, tmp_path):
+    """kill -9 while the towers are written: no export where a reader looks (so ``auto``
+    would run torch), and the next export removes the dead one's staging folder."""
+    import signal
+    import time
+
+    encoder, _ = exported
+    target = tmp_path / "target"
+    code = "import sys; from clipkit.cli import main; sys.argv[0] = 'clipkit'; main()"
+    process = subprocess.Popen(
+        [sys.executable, "-c", code, "export", TINY, "-o", str(target)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    deadline = time.monotonic() + 120
+    staging: list[Path] = []
+    while time.monotonic() < deadline and process.poll() is None:
+        staging = [p for p in tmp_path.glob(".target.export-*") if any(p.iterdir())]
+        if staging:
+            break
+        time.sleep(0.05)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    assert staging, "the export finished before it could be killed"
+    assert not target.exists()
+    with pytest.raises(InputError, match="holds no ONNX export"):
+        load_onnx(target)
+    alive = tmp_path / f".target.export-{os.getpid()}-live"  # a running export's: kept
+    alive.mkdir()
+    export_onnx(encoder, target)
+    assert sorted(p.name for p in tmp_path.iterdir()) == [alive.name, "target"]
+
+
 def test_export_refuses_a_folder_that_is_not_an_export(exported, tmp_path):
     encoder, _ = exported
     (tmp_path / "mine").mkdir()

@@ -13,6 +13,8 @@ from clipkit.cli.options import (
     IncludeHiddenOption,
     KindChoice,
     ModelOption,
+    Runtime,
+    RuntimeOption,
     StorageDtype,
     StrictOption,
     WorkersOption,
@@ -59,6 +61,7 @@ def embed(
         bool,
         typer.Option(help="Read every file again, even those with unchanged size and mtime."),
     ] = False,
+    runtime: RuntimeOption = Runtime.auto,
 ) -> None:
     """Embed image and text folders, tables and shards to Parquet.
 
@@ -88,6 +91,7 @@ def embed(
         shard_rows=shard_rows,
         prune=prune,
         rehash=rehash,
+        runtime=runtime.value,
     )
     result = run_bulk(run_embed, config, lambda failed: _report(failed, prune))
     if result.is_main:  # another rank of a torchrun job: rank 0 reports for all
@@ -114,7 +118,8 @@ def _report(result: Any, prune: bool) -> None:
     stderr.print(
         f"Embedded {result.embedded}, skipped {result.skipped}, already present "
         f"{result.already_present} in {result.seconds:.1f} s "
-        f"({result.items_per_second:.1f} items/s) -> {result.out_dir}"
+        f"({result.items_per_second:.1f} items/s) on {result.runtime.runtime} "
+        f"({result.runtime.reason}) -> {result.out_dir}"
         + (f"; {'; '.join(notes)}" if notes else ""),
         markup=False,
     )

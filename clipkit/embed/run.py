@@ -7,6 +7,7 @@ content found under another path is recorded as an alias instead of a second row
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import time
 from collections.abc import Collection, Sequence
@@ -15,7 +16,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
 
 from clipkit import store
 from clipkit.embed import plan as embed_plan
@@ -30,7 +30,7 @@ from clipkit.inputs.pipeline import ImageDataset, default_workers, image_batches
 from clipkit.inputs.sources import Item, Kind, SourceOptions, discover
 from clipkit.inputs.stat_cache import file_stat, recorded_id
 from clipkit.inputs.tarshards import MEMBER_SEPARATOR, TAR_SUFFIX
-from clipkit.models.openclip import Encoder, load_model
+from clipkit.models.runtime import RuntimeChoice, as_numpy, load_encoder
 
 NON_FINITE = "the model returned a non-finite embedding (NaN or inf): are its weights corrupt?"
 
@@ -56,6 +56,7 @@ class EmbedConfig:
     shard_rows: int = 50_000
     prune: bool = False  # make the folder mirror the sources: drop rows of vanished inputs
     rehash: bool = False  # read every file again, even those whose size and mtime are unchanged
+    runtime: str | None = None  # auto | torch | onnx; None: $CLIPKIT_RUNTIME, else auto
 
 
 @dataclass(frozen=True)
@@ -79,6 +80,7 @@ class EmbedResult:
     changed: int = 0  # inputs whose content differs from what their uri had when embedded
     pruned: int = 0  # rows removed by --prune (their content is no longer among the inputs)
     moved: int = 0  # rows whose uri --prune pointed at another input with the same content
+    runtime: RuntimeChoice = RuntimeChoice("torch", "")
 
     @property
     def skipped(self) -> int:
@@ -94,7 +96,7 @@ class _EmbedRun:
     """Mutable state of one run: what is known, what is buffered, what was counted."""
 
     out_dir: Path
-    encoder: Encoder
+    encoder: Any  # either runtime's: a torch Encoder or an OnnxEncoder
     known_ids: set[str]
     known_uris: dict[str, str]  # uri -> content id, as recorded in the folder (and this run)
     next_shard: int
@@ -152,10 +154,11 @@ class _EmbedRun:
         items: Sequence[Item],
         ids: Sequence[str],
         texts: Sequence[str | None],
-        vectors: torch.Tensor,
+        vectors: Any,
     ) -> None:
-        """Buffer rows (vectors: (B, D)); a non-finite embedding is a failure, never a row."""
-        matrix = vectors.detach().to("cpu", torch.float32).numpy()
+        """Buffer rows (vectors: (B, D), either runtime's); a non-finite embedding is a
+        failure, never a row."""
+        matrix: np.ndarray = as_numpy(vectors).astype(np.float32, copy=False)
         finite = np.isfinite(matrix).all(axis=1)
         if not finite.all():
             self._fail_non_finite(
@@ -257,7 +260,7 @@ def _embed(
         frame,
     )
     found = discover(config.sources, options)
-    encoder = load_model(config.model, device=device)
+    encoder, runtime = load_encoder(config.model, device=device, runtime=config.runtime, bulk=True)
     with writer_lock(config.out_dir, f"embed -o {config.out_dir}", active=world.is_main):
         run = _start_run(config, encoder, found.items, world, as_text(frame.base))
         if world.is_main:  # every rank found them; one lists them
@@ -284,7 +287,8 @@ def _embed(
             raise
         run.flush()
         _save_file_stats(config, run, world, recorded)
-        return _finish(config, run, world, encoder, found.ignored, time.perf_counter() - started)
+        result = _finish(config, run, world, encoder, found.ignored, time.perf_counter() - started)
+        return dataclasses.replace(result, runtime=runtime)
 
 
 def _uri_frame(out_dir: Path) -> UriFrame:
@@ -334,7 +338,7 @@ def _finish(
     config: EmbedConfig,
     run: _EmbedRun,
     world: distributed.World,
-    encoder: Encoder,
+    encoder: Any,
     ignored: int,
     seconds: float,
 ) -> EmbedResult:
@@ -397,7 +401,7 @@ def _prune(
 
 def _start_run(
     config: EmbedConfig,
-    encoder: Encoder,
+    encoder: Any,
     items: Sequence[Item],
     world: distributed.World,
     base: str,
@@ -483,7 +487,10 @@ def _embed_images(
     )
     done = 0
     report(ProgressReport("images", 0, len(items)))
-    for batch in image_batches(dataset, config.batch_size, workers, run.encoder.device.value):
+    batches = image_batches(
+        dataset, config.batch_size, workers, run.encoder.device.value, run.encoder.runtime
+    )
+    for batch in batches:
         fresh_items: list[Item] = []
         fresh_ids: list[str] = []
         keep: list[int] = []

@@ -1,14 +1,20 @@
-"""Device, precision, threads and seeds: each resolver returns the value and why it was chosen."""
+"""Device, precision, threads and seeds: each resolver returns the value and why it was chosen.
+
+torch is imported by the functions that ask it, not with the module: ``Resolved`` also
+describes where the ONNX runtime runs, which must not load torch.
+"""
 
 from __future__ import annotations
 
 import os
 import random
 from dataclasses import dataclass
-
-import torch
+from typing import TYPE_CHECKING
 
 from clipkit.errors import DeviceError
+
+if TYPE_CHECKING:
+    import torch
 
 
 @dataclass(frozen=True)
@@ -25,6 +31,8 @@ def resolve_device(request: str = "auto") -> Resolved:
     Raises:
         DeviceError: the device is unknown or not present on this machine.
     """
+    import torch
+
     request = (request or "auto").strip().lower()
     if request == "auto":
         if torch.cuda.is_available():
@@ -61,6 +69,8 @@ def resolve_precision(device: str, request: str = "auto") -> Resolved:
         device: a device string from :func:`resolve_device`.
         request: ``auto``, ``fp32``, ``fp16`` or ``bf16``.
     """
+    import torch
+
     request = (request or "auto").strip().lower()
     allowed = ("auto", "fp32", "fp16", "bf16")
     if request not in allowed:
@@ -82,11 +92,15 @@ def resolve_precision(device: str, request: str = "auto") -> Resolved:
 
 def autocast_dtype(precision: str) -> torch.dtype | None:
     """The autocast dtype for a precision name, or None for plain float32."""
+    import torch
+
     return {"fp16": torch.float16, "bf16": torch.bfloat16}.get(precision)
 
 
 def seed_everything(seed: int) -> None:
     """Seed Python, NumPy (when present) and torch for reproducible runs."""
+    import torch
+
     random.seed(seed)
     os.environ.setdefault("PYTHONHASHSEED", str(seed))
     try:
@@ -99,5 +113,7 @@ def seed_everything(seed: int) -> None:
 
 
 def _mps_available() -> bool:
+    import torch
+
     backend = getattr(torch.backends, "mps", None)
     return bool(backend and backend.is_available())

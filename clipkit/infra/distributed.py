@@ -2,7 +2,7 @@
 
 A command started by ``torchrun --nproc_per_node N`` (or multi-node torchrun) finds RANK,
 WORLD_SIZE and LOCAL_RANK in its environment; without them it is a world of one and nothing
-here touches ``torch.distributed``.
+here touches ``torch.distributed`` (or imports torch: the ONNX runtime embeds without it).
 """
 
 from __future__ import annotations
@@ -10,9 +10,6 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 from typing import Any
-
-import torch
-import torch.distributed as dist
 
 
 @dataclass(frozen=True)
@@ -52,6 +49,9 @@ def start(world: World, device: str) -> tuple[str, bool]:
     """
     if not world.distributed:
         return device, False
+    import torch
+    import torch.distributed as dist
+
     on_cuda = device.startswith("cuda") or (device == "auto" and torch.cuda.is_available())
     if on_cuda:
         torch.cuda.set_device(world.local_rank)
@@ -66,6 +66,8 @@ def gather(world: World, value: Any) -> list[Any]:
     """Every rank's ``value``, in rank order, on every rank (picklable values)."""
     if not world.distributed:
         return [value]
+    import torch.distributed as dist
+
     gathered: list[Any] = [None] * world.size
     dist.all_gather_object(gathered, value)
     return gathered
@@ -73,10 +75,16 @@ def gather(world: World, value: Any) -> list[Any]:
 
 def barrier(world: World) -> None:
     if world.distributed:
+        import torch.distributed as dist
+
         dist.barrier()
 
 
 def finish(world: World) -> None:
-    if world.distributed and dist.is_initialized():
+    if not world.distributed:
+        return
+    import torch.distributed as dist
+
+    if dist.is_initialized():
         dist.barrier()
         dist.destroy_process_group()

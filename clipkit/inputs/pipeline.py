@@ -8,6 +8,9 @@ model's threads then never wait on a preempted decoder (embed +21 % with clipkit
 Workers send uint8 pixels (``Encoder.prepare_image``); the model's side normalises whole
 batches (see :mod:`clipkit.models.pixels`). Datasets keep their paths packed
 (:mod:`clipkit.inputs.packed`), so forked workers share those pages instead of each copying them.
+
+The workers are torch's DataLoader for the torch runtime and :mod:`clipkit.inputs.workers` for
+the ONNX runtime, which must not import torch: this module imports it only for the former.
 """
 
 from __future__ import annotations
@@ -15,12 +18,12 @@ from __future__ import annotations
 import gc
 import os
 import signal
+import sys
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any, cast
 
-import torch
-from torch.utils.data import DataLoader, Dataset
+import numpy as np
 
 from clipkit.inputs.decode import (
     DEFAULT_MAX_PIXELS,
@@ -33,7 +36,7 @@ from clipkit.inputs.packed import PackedStrings
 from clipkit.inputs.sources import Item
 
 if TYPE_CHECKING:
-    from clipkit.models.openclip import Encoder
+    from torch.utils.data import DataLoader
 
 
 WORKER_NICENESS = 19  # added to the parent's niceness; Unix caps the sum at 19
@@ -57,15 +60,16 @@ class Sample:
 class Batch:
     """Samples in item order, and the pixels (B, 3, H, W) of those that decoded.
 
-    The pixels are whatever ``preprocess`` made: uint8 from ``Encoder.prepare_image``.
+    The pixels are whatever ``preprocess`` made: uint8 from ``prepare_image``, a torch tensor
+    (torch runtime) or a NumPy array (ONNX runtime).
     """
 
     samples: list[Sample]
-    pixels: torch.Tensor | None
+    pixels: Any
     pixel_row: dict[int, int]  # position in ``samples`` -> row in ``pixels``
 
 
-class ImageDataset(Dataset):
+class ImageDataset:
     """Items -> (Sample, pixels or None); already-embedded content is hashed, not decoded.
 
     With ``skip_repeats``, each worker also passes over content it decoded among its last
@@ -95,7 +99,7 @@ class ImageDataset(Dataset):
     def __len__(self) -> int:
         return len(self.paths)
 
-    def __getitem__(self, index: int) -> tuple[Sample, torch.Tensor | None]:
+    def __getitem__(self, index: int) -> tuple[Sample, Any]:
         try:
             data = read_bytes(self.paths[index])
         except DecodeError as error:
@@ -119,7 +123,7 @@ class ImageDataset(Dataset):
         return Sample(index, item_id), pixels
 
 
-class _HashDataset(Dataset):
+class _HashDataset:
     def __init__(self, paths: Sequence[str]) -> None:
         self.paths = PackedStrings(paths)
 
@@ -135,8 +139,10 @@ class _HashDataset(Dataset):
 
 def hash_files(paths: Sequence[str], workers: int) -> list[str | None]:
     """Content ids of files (None where unreadable), read by ``workers`` processes."""
+    from torch.utils.data import DataLoader, Dataset
+
     loader = DataLoader(
-        _HashDataset(paths),
+        cast(Dataset, _HashDataset(paths)),
         batch_size=64,
         num_workers=workers,
         collate_fn=list,
@@ -145,23 +151,52 @@ def hash_files(paths: Sequence[str], workers: int) -> list[str | None]:
     return [item_id for batch in start_workers(loader) for item_id in batch]
 
 
-def collate(samples: list[tuple[Sample, torch.Tensor | None]]) -> Batch:
+def collate(samples: list[tuple[Sample, Any]]) -> Batch:
     pixel_row: dict[int, int] = {}
-    tensors: list[torch.Tensor] = []
+    arrays: list[Any] = []
     for position, (_, pixels) in enumerate(samples):
         if pixels is not None:
-            pixel_row[position] = len(tensors)
-            tensors.append(pixels)
-    stacked = torch.stack(tensors) if tensors else None
+            pixel_row[position] = len(arrays)
+            arrays.append(pixels)
+    stacked: Any = None
+    if arrays and isinstance(arrays[0], np.ndarray):
+        stacked = np.stack(arrays)
+    elif arrays:
+        import torch
+
+        stacked = torch.stack(arrays)
     return Batch([sample for sample, _ in samples], stacked, pixel_row)
 
 
+# Batches in flight per decode worker of the ONNX runtime (DataLoader's prefetch_factor).
+PREFETCH = 4
+
+
 def image_batches(
-    dataset: ImageDataset, batch_size: int, workers: int, device: str
+    dataset: ImageDataset, batch_size: int, workers: int, device: str, runtime: str = "torch"
 ) -> Iterator[Batch]:
-    """Batches in item order, prepared by ``workers`` processes (0: in this process)."""
+    """Batches in item order, prepared by ``workers`` processes (0: in this process): torch's
+    DataLoader for the ``torch`` runtime, torch-free processes for ``onnx``."""
+    if runtime == "onnx":
+        from clipkit.inputs.workers import ordered_batches
+
+        numbers = [
+            range(s, min(s + batch_size, len(dataset))) for s in range(0, len(dataset), batch_size)
+        ]
+        yield from ordered_batches(
+            dataset,
+            collate,
+            numbers,
+            workers=workers,
+            ahead=PREFETCH * workers,
+            worker_init=decode_worker_init,
+        )
+        return
+    import torch
+    from torch.utils.data import DataLoader, Dataset
+
     loader = DataLoader(
-        dataset,
+        cast(Dataset, dataset),
         batch_size=batch_size,
         shuffle=False,
         num_workers=workers,
@@ -182,14 +217,14 @@ class EncodedImages:
     ``vectors[j]`` (float32, on the CPU) belongs to ``paths[rows[j]]`` with content id ``ids[j]``.
     """
 
-    vectors: torch.Tensor  # (N_ok, D)
+    vectors: np.ndarray  # (N_ok, D) float32
     rows: list[int]
     ids: list[str]
     failures: list[tuple[str, str, str]]  # (uri, stage, reason)
 
 
 def encode_image_files(
-    encoder: Encoder,
+    encoder: Any,
     paths: Sequence[str],
     *,
     batch_size: int = 64,
@@ -209,10 +244,13 @@ def encode_image_files(
         min_side=encoder.image_size[0],
         max_pixels=max_pixels,
     )
+    from clipkit.models.runtime import as_numpy
+
     parts, rows, ids, failures, done = [], [], [], [], 0
-    for batch in image_batches(dataset, batch_size, workers, encoder.device.value):
+    batches = image_batches(dataset, batch_size, workers, encoder.device.value, encoder.runtime)
+    for batch in batches:
         if batch.pixels is not None:
-            parts.append(encoder.encode_images(batch.pixels).cpu())
+            parts.append(as_numpy(encoder.encode_images(batch.pixels)))
         for position, sample in enumerate(batch.samples):
             if sample.error is not None:
                 failures.append((paths[sample.index], *sample.error))
@@ -222,7 +260,7 @@ def encode_image_files(
         done += len(batch.samples)
         if progress is not None:
             progress(done)
-    vectors = torch.cat(parts) if parts else torch.empty(0, encoder.embed_dim)
+    vectors = np.concatenate(parts) if parts else np.empty((0, encoder.embed_dim), np.float32)
     return EncodedImages(vectors, rows, ids, failures)
 
 
@@ -262,7 +300,9 @@ def decode_worker_init(_: int) -> None:
     data. Where decoding is the bottleneck (a GPU model) the workers still get every free core,
     and the main process, which feeds the accelerator, is never queued behind them.
     """
-    torch.set_num_threads(1)
+    torch = sys.modules.get("torch")  # the ONNX runtime's workers run without it
+    if torch is not None:
+        torch.set_num_threads(1)
     if hasattr(os, "nice"):  # not on Windows
         os.nice(WORKER_NICENESS)
     # A scheduler's SIGTERM goes to the whole process group: the main process turns it into an

@@ -6,6 +6,10 @@ the tokenizer's vocabulary, and ``clipkit-onnx.json``: the model's identity (spe
 fingerprint), its preprocessing, tokenizer, embedding size, ``logit_scale`` (and
 ``logit_bias``), and each file's size and hash. A folder is published whole, by a rename, so
 a reader never meets half an export.
+
+Beside the exports, ``specs.json`` remembers which fingerprint each exported spec loaded (with
+the size and time of a checkpoint's files), so that a command given a spec, not an artifact
+(``clipkit embed -m SPEC``), finds its export without loading the model to fingerprint it.
 """
 
 from __future__ import annotations
@@ -18,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from clipkit.config import ENV_ONNX_CACHE
-from clipkit.errors import InputError
+from clipkit.errors import ClipkitError, InputError
 
 MANIFEST_FILE = "clipkit-onnx.json"
 FORMAT_VERSION = 1
@@ -61,6 +65,70 @@ def cache_root() -> Path:
 def cached_export(fingerprint: str) -> Path:
     """The cache folder for the export of the model with this fingerprint (may not exist)."""
     return cache_root() / fingerprint
+
+
+SPECS_FILE = "specs.json"
+
+
+def remember_spec(spec: str, fingerprint: str) -> None:
+    """Record that ``spec`` (as artifacts record it) loads the model with this fingerprint.
+
+    Best effort: the cache works without it (a command then loads the model with torch), so a
+    failure to write is ignored.
+    """
+    known = _read_specs()
+    known[spec] = {"fingerprint": fingerprint, "files": _checkpoint_files(spec)}
+    path = cache_root() / SPECS_FILE
+    staging = path.with_name(f".{SPECS_FILE}.{os.getpid()}")
+    try:
+        staging.write_text(json.dumps(known, indent=2, sort_keys=True), encoding="utf-8")
+        os.replace(staging, path)
+    except OSError:
+        staging.unlink(missing_ok=True)
+
+
+def fingerprint_of_spec(spec: str) -> str | None:
+    """The fingerprint ``spec`` loaded when it was exported, if its checkpoint files are the
+    same now (None: never exported, or the checkpoint changed since)."""
+    from clipkit.models.specs import parse_spec
+
+    try:
+        spec = parse_spec(spec).recorded  # as the export recorded it: a path made absolute
+    except ClipkitError:
+        return None
+    known = _read_specs().get(spec)
+    if not isinstance(known, dict) or known.get("files") != _checkpoint_files(spec):
+        return None
+    fingerprint = known.get("fingerprint")
+    return fingerprint if isinstance(fingerprint, str) else None
+
+
+def _read_specs() -> dict[str, Any]:
+    try:
+        known = json.loads((cache_root() / SPECS_FILE).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+    return known if isinstance(known, dict) else {}
+
+
+def _checkpoint_files(spec: str) -> list[list[Any]] | None:
+    """(name, bytes, mtime) of the files a checkpoint spec reads (a file, or a run folder's
+    files); None for a spec that names no local files (an architecture, a tag, the hub)."""
+    from clipkit.models.specs import SpecKind, parse_spec
+
+    try:
+        parsed = parse_spec(spec)
+    except ClipkitError:
+        return None
+    if parsed.kind is not SpecKind.CHECKPOINT or parsed.path is None:
+        return None
+    root = Path(parsed.path)
+    paths = [root] if root.is_file() else sorted(p for p in root.rglob("*") if p.is_file())
+    files = []
+    for path in paths:
+        stat = path.stat()
+        files.append([str(path), stat.st_size, stat.st_mtime_ns])
+    return files
 
 
 def file_record(path: Path) -> dict[str, Any]:

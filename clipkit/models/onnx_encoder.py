@@ -16,6 +16,7 @@ import numpy as np
 import onnxruntime as ort
 
 from clipkit.errors import DeviceError, InputError
+from clipkit.infra.device import Resolved
 from clipkit.models.exported import IMAGE_FILE, TEXT_FILE, ExportManifest, read_export
 from clipkit.models.preprocess import Preprocess
 from clipkit.models.tokenizer import ClipTokenizer
@@ -34,6 +35,8 @@ class OnnxEncoder:
     and pays back over many batches; a search's one query does better without.
     """
 
+    runtime = "onnx"
+
     def __init__(
         self, folder: Path, manifest: ExportManifest, device: str = "cpu", *, bulk: bool = False
     ) -> None:
@@ -46,7 +49,7 @@ class OnnxEncoder:
         self.image_size = manifest.image_size
         self.logit_scale = manifest.logit_scale
         self.logit_bias = manifest.logit_bias
-        self.device = device
+        self.device = Resolved(device, "ONNX Runtime's " + ("CUDA" if device != "cpu" else "CPU"))
         self.bulk = bulk
         self.preprocess = Preprocess.from_config(manifest.preprocess)
         recipe = manifest.tokenizer

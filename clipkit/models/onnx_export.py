@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+import os
 import shutil
 import tempfile
 import warnings
@@ -27,7 +28,9 @@ from clipkit.models.exported import (
     MANIFEST_FILE,
     TEXT_FILE,
     ExportManifest,
+    cached_export,
     file_record,
+    remember_spec,
 )
 from clipkit.models.openclip import Encoder
 
@@ -71,11 +74,16 @@ def export_onnx(encoder: Encoder, out_dir: Path) -> ExportManifest:
     _check_replaceable(out_dir)
     staging = None
     try:
-        staging = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.export-", dir=out_dir.parent))
+        _sweep_abandoned(out_dir)
+        staging = Path(
+            tempfile.mkdtemp(prefix=f".{out_dir.name}.export-{os.getpid()}-", dir=out_dir.parent)
+        )
         _write(encoder, recipe, staging)
         manifest = _manifest(encoder, recipe, staging)
         (staging / MANIFEST_FILE).write_text(manifest.to_json(), encoding="utf-8")
         _publish(staging, out_dir)
+        if out_dir.resolve() == cached_export(encoder.fingerprint).resolve():
+            remember_spec(encoder.spec, encoder.fingerprint)  # embed -m SPEC finds it
     except OSError as error:  # a full disk, a read-only cache: the machine, not a bug
         raise InputError(
             f"Cannot write the export to {out_dir}: {error.strerror or error}.",
@@ -139,6 +147,27 @@ def _manifest(encoder: Encoder, recipe: dict, folder: Path) -> ExportManifest:
     )
 
 
+def _sweep_abandoned(out_dir: Path) -> None:
+    """Remove what exports to ``out_dir`` killed mid-way left beside it (their staging folder,
+    or the previous export they were replacing): each is named with its process id, and a
+    folder whose process is gone is nobody's. Another export running now keeps its own."""
+    for path in out_dir.parent.glob(f".{out_dir.name}.*-*"):
+        kind, _, rest = path.name[len(out_dir.name) + 2 :].partition("-")
+        pid = rest.partition("-")[0]
+        if kind in ("export", "replaced") and pid.isdigit() and not _alive(int(pid)):
+            shutil.rmtree(path, ignore_errors=True)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process: alive
+        return True
+    return True
+
+
 def _check_replaceable(out_dir: Path) -> None:
     """Before any work: only an export (or an empty folder) is ever replaced."""
     if out_dir.is_file():
@@ -155,7 +184,8 @@ def _publish(staging: Path, out_dir: Path) -> None:
     _check_replaceable(out_dir)  # again: the folder may have changed during the export
     old = None
     if out_dir.exists():
-        old = out_dir.with_name(f".{out_dir.name}.replaced-{staging.name}")
+        unique = staging.name.rsplit("-", 1)[1]
+        old = out_dir.with_name(f".{out_dir.name}.replaced-{os.getpid()}-{unique}")
         out_dir.rename(old)
     staging.rename(out_dir)
     if old is not None:

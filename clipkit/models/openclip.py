@@ -55,6 +55,8 @@ class Encoder:
     on ``self.device``. Weights stay in float32; on CUDA the forward runs under autocast.
     """
 
+    runtime = "torch"
+
     def __init__(
         self,
         model: torch.nn.Module,

@@ -17,7 +17,7 @@ import numpy as np
 
 from clipkit.config import ENV_RUNTIME
 from clipkit.errors import ClipkitError, InputError, UsageError
-from clipkit.models.exported import MANIFEST_FILE, cached_export
+from clipkit.models.exported import MANIFEST_FILE, cached_export, fingerprint_of_spec
 
 RUNTIMES = ("auto", "torch", "onnx")
 
@@ -83,8 +83,53 @@ def load_matching_encoder(
     return encoder, RuntimeChoice("torch", reason)
 
 
+def load_encoder(
+    spec: str, *, device: str = "auto", runtime: str | None = None, bulk: bool = False
+) -> tuple[Any, RuntimeChoice]:
+    """The model ``spec`` names, on the runtime asked for (for commands given a spec, not an
+    artifact: ``embed``). ``auto`` takes the cached export that ``clipkit export`` or
+    ``clipkit index`` made of this spec, on the CPU; ``bulk`` as in ``OnnxEncoder``.
+
+    Raises:
+        InputError: ``--runtime onnx`` without a usable export, and what ``load_model`` raises.
+    """
+    request = requested_runtime(runtime)
+    if request != "torch":
+        fingerprint = fingerprint_of_spec(spec)
+        if fingerprint is None:
+            encoder, why_not = None, f"{spec} has no ONNX export in the cache"
+        elif request == "auto" and device == "auto" and _gpu_present():
+            encoder, why_not = None, "a GPU is present, and torch runs the model on it"
+        else:
+            encoder, why_not = _onnx(spec, fingerprint, None, device, request, bulk=bulk)
+        if encoder is not None:
+            return encoder, RuntimeChoice("onnx", f"export in {encoder.folder}")
+        if request == "onnx":
+            raise InputError(
+                f"--runtime onnx cannot run here: {why_not}.",
+                f"Export the model first: clipkit export {spec} (or --runtime torch).",
+            )
+        reason = f"auto: {why_not}"
+    else:
+        reason = "asked for"
+    from clipkit.models.openclip import load_model
+
+    return load_model(spec, device=device), RuntimeChoice("torch", reason)
+
+
+def _gpu_present() -> bool:
+    """An NVIDIA driver is loaded (asked without torch, which would take seconds to tell)."""
+    return Path("/proc/driver/nvidia/version").exists()
+
+
 def _onnx(
-    recorded_spec: str, fingerprint: str, spec: str | None, device: str, request: str
+    recorded_spec: str,
+    fingerprint: str,
+    spec: str | None,
+    device: str,
+    request: str,
+    *,
+    bulk: bool = False,
 ) -> tuple[Any, str]:
     """The ONNX encoder, or None and why not."""
     if spec is not None and spec != recorded_spec:
@@ -98,7 +143,7 @@ def _onnx(
 
     try:
         onnx_device = "cpu" if device == "auto" else device
-        return load_onnx(folder, fingerprint=fingerprint, device=onnx_device), ""
+        return load_onnx(folder, fingerprint=fingerprint, device=onnx_device, bulk=bulk), ""
     except InputError as error:
         if request == "onnx":
             raise

@@ -81,7 +81,7 @@ def evaluate(
     encoded = pipeline.encode_image_files(
         encoder, [pair.image for pair in pairs], batch_size=batch_size, workers=workers
     )
-    image = encoded.vectors.to(encoder.device.value)
+    image = torch.from_numpy(encoded.vectors).to(encoder.device.value)
     text = _encode_texts(encoder, [pairs[i].captions[0] for i in encoded.rows], batch_size)
     loss = contrastive_loss(
         image, text, logit_scale.detach().float().to(image.device), weight=weight

@@ -1,7 +1,7 @@
-"""``--runtime`` on search and zeroshot: the ONNX runtime answers from a cached export without
-importing torch, open_clip or torchvision, with the same hits (and labels) as torch; ``auto``
-picks it only when the cache holds the model's export, says which ran and why, and ``onnx``
-without one is an error."""
+"""``--runtime`` on search, zeroshot, audit and embed: the ONNX runtime works from a cached
+export without importing torch, open_clip or torchvision (audit scores with torch), with the
+same hits, labels, figures and embeddings as torch; ``auto`` picks it only when the cache holds
+the model's export, says which ran and why, and ``onnx`` without one is an error."""
 
 from __future__ import annotations
 
@@ -17,7 +17,7 @@ from clipkit.index import IndexConfig, build_index
 from clipkit.models import load_model
 from clipkit.models.exported import cached_export
 from clipkit.models.onnx_export import export_onnx
-from tests.helpers import TINY, make_images
+from tests.helpers import TINY, make_images, rows
 
 HEAVY = ("torch", "open_clip", "torchvision")
 # The CLI ends a search with os._exit (no teardown): the probe lists the modules just before.
@@ -231,3 +231,74 @@ def test_audit_of_an_embeddings_folder_needs_no_open_clip_on_onnx(project, tmp_p
     assert got["pairs"] == want["pairs"] and len(got["pairs"]) == 12
     summaries = got["summary"], want["summary"]
     assert summaries[0]["long_captions"] == summaries[1]["long_captions"] > 0  # tokenizers agree
+
+
+def test_embed_on_onnx_runs_without_torch_and_makes_torch_s_folder(project, tmp_path):
+    """The same rows (cosine >= 0.99999), the same model stamp, and so the same index and
+    top-10 search results as the folder torch made."""
+    import numpy as np
+
+    from clipkit import store
+    from clipkit.search import SearchConfig, search
+
+    root, _ = project
+    out = tmp_path / "emb"
+    command = ["embed", str(root / "photos"), "-o", str(out), "-m", TINY, "--workers", "2"]
+    done = _clipkit(project, *command, "--runtime", "onnx")
+    assert done.returncode == 0, done.stderr
+    assert _loaded(done) == "" and "on onnx (export in" in " ".join(done.stderr.split())
+    ours, theirs = rows(out), rows(root / "emb")
+    assert sorted(ours) == sorted(theirs) and len(ours) == 31  # 30 images and the caption
+    cosines = [float(np.dot(ours[i]["embedding"], theirs[i]["embedding"])) for i in ours]
+    assert min(cosines) >= 0.99999
+    assert store.read_stamp(out) == store.read_stamp(root / "emb")
+    build_index(IndexConfig(emb_dir=out, out_dir=tmp_path / "idx", kind="image"))
+    hits = []
+    for index in (tmp_path / "idx", root / "idx"):
+        config = SearchConfig(texts=("a red circle",), index_dir=index, k=10, runtime="torch")
+        hits.append([hit.id for hit in search(config).results[0].hits])
+    assert len(hits[0]) == 10 and hits[0] == hits[1]
+
+
+def test_embed_on_onnx_without_an_export_of_the_spec_is_refused(project, tmp_path):
+    root, _ = project
+    command = ["embed", str(root / "photos"), "-o", str(tmp_path / "emb"), "-m", TINY]
+    done = _clipkit(project, *command, "--runtime", "onnx", cache=tmp_path / "empty")
+    assert done.returncode == 1
+    message = " ".join(done.stderr.split())
+    assert f"Error: --runtime onnx cannot run here: {TINY} has no ONNX export" in message
+    assert f"Hint: Export the model first: clipkit export {TINY}" in message
+    assert not (tmp_path / "emb").exists()
+
+
+def test_auto_embeds_on_onnx_on_the_cpu_and_on_torch_where_a_gpu_is(project, monkeypatch):
+    from clipkit.models import runtime
+
+    _, cache = project
+    monkeypatch.setenv("CLIPKIT_ONNX_CACHE", str(cache))
+    encoder, choice = runtime.load_encoder(TINY, runtime="auto", bulk=True)
+    assert choice.runtime == "onnx" and encoder.bulk
+    monkeypatch.setattr(runtime, "_gpu_present", lambda: True)
+    encoder, choice = runtime.load_encoder(TINY, runtime="auto")
+    assert choice == runtime.RuntimeChoice(
+        "torch", "auto: a GPU is present, and torch runs the model on it"
+    )
+    encoder, choice = runtime.load_encoder(TINY, runtime="onnx", device="cpu")
+    assert choice.runtime == "onnx"
+
+
+def test_a_checkpoint_spec_finds_its_export_until_the_checkpoint_changes(tmp_path, monkeypatch):
+    from clipkit.models.exported import fingerprint_of_spec, remember_spec
+
+    monkeypatch.setenv("CLIPKIT_ONNX_CACHE", str(tmp_path / "cache"))
+    (tmp_path / "cache").mkdir()
+    checkpoint = tmp_path / "model.safetensors"
+    checkpoint.write_bytes(b"weights")
+    remember_spec(str(checkpoint), "0123456789abcdef")
+    monkeypatch.chdir(tmp_path)  # the spec as a relative path names the same checkpoint
+    assert fingerprint_of_spec("model.safetensors") == "0123456789abcdef"
+    assert fingerprint_of_spec(f"ViT-B-32:{checkpoint}") is None  # another spec
+    checkpoint.write_bytes(b"retrained weights")
+    assert fingerprint_of_spec(str(checkpoint)) is None
+    (tmp_path / "cache" / "specs.json").write_text("{not json")
+    assert fingerprint_of_spec(str(checkpoint)) is None

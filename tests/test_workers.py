@@ -1,0 +1,114 @@
+"""The decode workers of the ONNX runtime (``clipkit.inputs.workers``), which run without torch:
+batches come back in order with a bounded number in flight, workers start as DataLoader's do
+(lowest priority, SIGTERM and Ctrl-C left to the main process, parent objects frozen across the
+fork), a worker that dies fails the run instead of hanging it, and an early stop ends them."""
+
+from __future__ import annotations
+
+import gc
+import multiprocessing
+import os
+import signal
+import time
+from concurrent.futures.process import BrokenProcessPool
+
+import numpy as np
+import pytest
+
+from clipkit.inputs import pipeline
+from clipkit.inputs.sources import Item
+from clipkit.inputs.workers import ordered_batches
+from tests.helpers import make_images
+
+
+class _Squares:
+    """Item i is i squared, and says which process made it."""
+
+    def __len__(self) -> int:
+        return 100
+
+    def __getitem__(self, index: int) -> tuple[int, int]:
+        return index * index, os.getpid()
+
+
+def _batches(size: int, count: int) -> list[range]:
+    return [range(s, min(s + size, count)) for s in range(0, count, size)]
+
+
+@pytest.mark.parametrize("workers", [0, 1, 3])
+def test_batches_come_back_in_order(workers):
+    made = list(ordered_batches(_Squares(), list, _batches(7, 100), workers=workers, ahead=4))
+    assert [value for batch in made for value, _ in batch] == [i * i for i in range(100)]
+    pids = {pid for batch in made for _, pid in batch}
+    assert (pids == {os.getpid()}) if workers == 0 else (os.getpid() not in pids)
+
+
+class _Slow:
+    """Records when each item is read, so that the test sees how far ahead the workers got."""
+
+    def __init__(self, log) -> None:
+        self.log = log
+
+    def __len__(self) -> int:
+        return 40
+
+    def __getitem__(self, index: int) -> int:
+        self.log.put(index)
+        return index
+
+
+def test_no_more_than_ahead_batches_are_in_flight():
+    log = multiprocessing.get_context("fork").Queue()
+    stream = ordered_batches(_Slow(log), list, _batches(1, 40), workers=2, ahead=3)
+    first = next(stream)
+    time.sleep(1.0)  # ample time for the workers to read everything, were they unbounded
+    read = []
+    while not log.empty():
+        read.append(log.get())
+    assert first == [0] and len(read) <= 4  # the one handed back and three in flight
+    assert list(stream) == [[i] for i in range(1, 40)]
+
+
+def _settings(_image) -> np.ndarray:
+    ignored = [signal.getsignal(s) == signal.SIG_IGN for s in (signal.SIGTERM, signal.SIGINT)]
+    return np.array([os.nice(0), *ignored, gc.get_freeze_count()])
+
+
+def test_workers_run_at_the_lowest_priority_and_leave_signals_to_the_main_process(tmp_path):
+    own_niceness = os.nice(0)
+    paths = make_images(tmp_path, 4)
+    items = [Item(uri=str(p), kind="image", path=str(p)) for p in paths]
+    dataset = pipeline.ImageDataset(
+        items, known_ids=frozenset(), preprocess=_settings, min_side=8, max_pixels=10**6
+    )
+    batches = pipeline.image_batches(dataset, 2, workers=2, device="cpu", runtime="onnx")
+    settings = np.concatenate([batch.pixels for batch in batches])
+    expected_nice = min(19, own_niceness + pipeline.WORKER_NICENESS)
+    assert settings[:, :3].tolist() == [[expected_nice, 1, 1]] * 4
+    assert (settings[:, 3] > 0).all()  # the parent's objects were frozen when they forked
+    assert os.nice(0) == own_niceness and gc.get_freeze_count() == 0
+
+
+class _Dies:
+    def __len__(self) -> int:
+        return 10
+
+    def __getitem__(self, index: int) -> int:
+        if index == 5:
+            os._exit(3)  # killed mid-batch: out of memory, say
+        return index
+
+
+def test_a_worker_that_dies_fails_the_run_instead_of_hanging_it():
+    with pytest.raises(BrokenProcessPool):
+        list(ordered_batches(_Dies(), list, _batches(1, 10), workers=2, ahead=2))
+
+
+def test_an_early_stop_ends_the_workers():
+    stream = ordered_batches(_Squares(), list, _batches(1, 100), workers=2, ahead=4)
+    next(stream)
+    stream.close()
+    deadline = time.monotonic() + 10
+    while multiprocessing.active_children() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert multiprocessing.active_children() == []
