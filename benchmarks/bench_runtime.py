@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import statistics
 import subprocess
 import sys
@@ -43,6 +44,9 @@ def timed(name, function):
         finally:
             marks[name] = marks.get(name, 0.0) + time.perf_counter() - t
     return wrapper
+if sys.argv[1] == "embed":  # the image phase alone: throughput without the start-up
+    import clipkit.embed.run as embed_run
+    embed_run._embed_images = timed("images", embed_run._embed_images)
 if sys.argv[1] == "search":  # where a search's time goes
     import clipkit.search.run as run
     run._encoder = timed("model_load", run._encoder)
@@ -127,6 +131,8 @@ def run_once(arguments: list[str], runtime: str, cache: Path) -> dict:
     # workplace sets PYTHONDONTWRITEBYTECODE, which recompiles an editable install every run.
     env.pop("PYTHONDONTWRITEBYTECODE", None)
     command = [sys.executable, "-c", PROBE, *arguments, "--runtime", runtime]
+    if arguments[0] == "embed":  # into an empty folder, so that every image is embedded
+        shutil.rmtree(arguments[arguments.index("-o") + 1], ignore_errors=True)
     started = time.perf_counter()
     done = subprocess.run(command, capture_output=True, text=True, env=env)
     wall = time.perf_counter() - started
@@ -138,17 +144,26 @@ def run_once(arguments: list[str], runtime: str, cache: Path) -> dict:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--command", choices=("search", "zeroshot", "audit"), default="search")
+    parser.add_argument(
+        "--command", choices=("search", "zeroshot", "audit", "embed"), default="search"
+    )
     parser.add_argument("--model", default="clipkit-tiny:random")
     parser.add_argument("--rows", type=int, default=100_000)
     parser.add_argument("--pairs", type=int, default=2_000, help="caption pairs, for audit")
+    parser.add_argument("--images", type=int, default=300, help="JPEGs (320 x 240), for embed")
+    parser.add_argument("--workers", type=int, default=2, help="decode workers, for embed")
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--image", action="store_true", help="an image query, not a text one")
     parser.add_argument("--json", type=Path, default=None)
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="bench-runtime-") as tmp:
         folder = Path(tmp)
-        index = build(folder, args.model, args.rows, args.pairs if args.command == "audit" else 0)
+        rows = 1_000 if args.command == "embed" else args.rows  # embed needs only the export
+        index = build(folder, args.model, rows, args.pairs if args.command == "audit" else 0)
+        if args.command == "embed":
+            from bench_embed import make_jpegs
+
+            make_jpegs(folder / "jpegs", args.images, (320, 240))
         arguments = _arguments(args, folder, index)
         runs: dict[str, list[dict]] = {"torch": [], "onnx": []}
         for runtime in runs:  # warm the page cache, and write the bytecode
@@ -161,24 +176,27 @@ def main() -> None:
         "search": f"{args.rows:,} rows, {'image' if args.image else 'text'} query",
         "zeroshot": f"{args.rows:,} image rows, 10 labels",
         "audit": f"{args.pairs:,} pairs",
+        "embed": f"{args.images} JPEGs of 320 x 240, {args.workers} decode workers",
     }[args.command]
     print(f"clipkit {args.command}, {args.model}, {what}, {args.repeats} runs each")
-    header = f"{'runtime':8} {'best s':>7} {'median s':>9} {'peak MB':>8} " + " ".join(
-        f"{k:>12}" for k in ("cli_import", "model_load", "query_encode", "search")
+    # A search's breakdown, embed's image throughput (the image phase alone, from the probe)
+    columns = {
+        "search": ("cli_import", "model_load", "query_encode", "search"),
+        "embed": ("images_per_s",),
+    }.get(args.command, ())
+    print(
+        f"{'runtime':8} {'best s':>7} {'median s':>9} {'peak MB':>8} "
+        + " ".join(f"{k:>12}" for k in columns)
     )
-    print(header)
     for runtime, figures in runs.items():
+        for f in figures:
+            if "images" in f:
+                f["images_per_s"] = args.images / f["images"]
         walls = [f["wall_s"] for f in figures]
+        keys = ("cli_import", "index_load", "model_load", "query_encode", "search", "images_per_s")
         medians = {
             key: statistics.median(f.get(key, 0.0) for f in figures)
-            for key in (
-                "cli_import",
-                "index_load",
-                "model_load",
-                "query_encode",
-                "search",
-                "peak_rss_mb",
-            )
+            for key in (*keys, "peak_rss_mb")
         }
         summary[runtime] = {
             "best_s": min(walls),
@@ -188,11 +206,7 @@ def main() -> None:
         }
         print(
             f"{runtime:8} {min(walls):7.2f} {statistics.median(walls):9.2f} "
-            f"{medians['peak_rss_mb']:8.0f} "
-            + " ".join(
-                f"{medians[k]:12.3f}"
-                for k in ("cli_import", "model_load", "query_encode", "search")
-            )
+            f"{medians['peak_rss_mb']:8.0f} " + " ".join(f"{medians[k]:12.3f}" for k in columns)
         )
     kind = ("image" if args.image else "text") if args.command == "search" else args.command
     name = f"bench_runtime_{args.model.split(':')[0]}_{kind}.json"
@@ -215,6 +229,18 @@ def _arguments(args: argparse.Namespace, folder: Path, index: Path) -> list[str]
         return ["zeroshot", str(folder / "emb"), "--labels", labels, "-o", predictions]
     if args.command == "audit":
         return ["audit", str(folder / "pairs"), "-o", str(folder / "audit.parquet")]
+    if args.command == "embed":  # a new folder each run (run_once removes it): all are embedded
+        out = str(folder / "embed-out")
+        return [
+            "embed",
+            str(folder / "jpegs"),
+            "-o",
+            out,
+            "-m",
+            args.model,
+            "--workers",
+            str(args.workers),
+        ]
     if args.image:
         from PIL import Image
 

@@ -308,7 +308,9 @@ def _from_pairs(
     failures += images.failures
     found = {
         paths[row]: (vector, images.ids[n])
-        for n, (row, vector) in enumerate(zip(images.rows, images.vectors, strict=True))
+        for n, (row, vector) in enumerate(
+            zip(images.rows, torch.from_numpy(images.vectors), strict=True)
+        )
     }
     rows = [(p.image, c) for p in source.pairs if p.image in found for c in p.captions]
     captions = [c for _, c in rows]
