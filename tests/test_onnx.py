@@ -18,6 +18,7 @@ from typer.testing import CliRunner
 
 from clipkit import cli
 from clipkit.errors import InputError
+from clipkit.inputs.synthetic import captioned_shapes
 from clipkit.models import load_model
 from clipkit.models.exported import IMAGE_FILE, MANIFEST_FILE, TEXT_FILE, cached_export
 from clipkit.models.onnx_encoder import load_onnx
@@ -261,3 +262,51 @@ def test_the_export_command_fills_the_cache_by_fingerprint(tmp_path, monkeypatch
     assert folder == tmp_path / "cache" / encoder.fingerprint
     assert f"Exported {TINY} (fingerprint {encoder.fingerprint}" in result.stderr
     assert load_onnx(folder, fingerprint=encoder.fingerprint).embed_dim == 128
+
+
+def test_int8_is_refused_where_it_changes_the_answers(exported, tmp_path):
+    """A random model's embeddings are near-random: int8 reorders its top-10s."""
+    encoder, _ = exported
+    with pytest.raises(InputError, match="int8 changes this model's answers too much") as caught:
+        export_onnx(encoder, tmp_path / "int8", "int8", captioned_shapes(256))
+    assert "top-10 images overlap fp32's by 0." in caught.value.message
+    assert caught.value.hint == "Export it in fp32 (the default)."
+    assert list(tmp_path.iterdir()) == []  # nothing published, no staging left
+
+
+def test_int8_where_it_agrees_replaces_the_towers_and_records_the_figures(
+    finished_run, tmp_path, monkeypatch
+):
+    """No model this machine can make meets the bar (the trained clipkit-tiny reaches a top-10
+    overlap of 0.96: its probe has many near-identical shapes, whose order int8 shuffles), so
+    the bar is lowered here to see what an offered int8 export is."""
+    from clipkit.models import onnx_int8
+
+    monkeypatch.setattr(onnx_int8, "MIN_OVERLAP", 0.9)
+    monkeypatch.setattr(onnx_int8, "MAX_RECALL_GAP", 0.05)
+    config, _ = finished_run
+    encoder = load_model(config.out, device="cpu")
+    fp32 = export_onnx(encoder, tmp_path / "fp32")
+    int8 = export_onnx(encoder, tmp_path / "int8", "int8", captioned_shapes(256))
+    agreement = int8.agreement
+    assert int8.precision == "int8" and agreement is not None
+    assert agreement["top10_overlap"] >= 0.9 and agreement["min_cosine_texts"] > 0.99
+    assert sorted(int8.files) == sorted(fp32.files)  # the same names, int8 content
+    assert sum(r["bytes"] for r in int8.files.values()) < 0.6 * sum(
+        r["bytes"] for r in fp32.files.values()
+    )
+    onnx = load_onnx(tmp_path / "int8", fingerprint=encoder.fingerprint)
+    cosines = (onnx.encode_texts(TEXTS) * encoder.encode_texts(TEXTS).numpy()).sum(1)
+    assert cosines.min() > 0.99  # close to torch's, not equal
+
+
+def test_an_unknown_precision_or_a_missing_probe_is_a_usage_error(exported, tmp_path):
+    encoder, _ = exported
+    with pytest.raises(InputError, match="Unknown ONNX precision 'fp16'"):
+        export_onnx(encoder, tmp_path / "x", "fp16")
+    with pytest.raises(InputError, match="needs a probe of image-caption pairs"):
+        export_onnx(encoder, tmp_path / "x", "int8")
+    images, captions = captioned_shapes(5)
+    with pytest.raises(InputError, match="needs more than 10 image-caption pairs"):
+        export_onnx(encoder, tmp_path / "x", "int8", (images, captions))
+    assert list(tmp_path.iterdir()) == []

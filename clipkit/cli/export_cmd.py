@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from enum import Enum
 from pathlib import Path
 from typing import Annotated
 
@@ -10,6 +11,13 @@ import typer
 
 from clipkit.cli.app import app, handles_errors, stderr
 from clipkit.config import DEFAULT_MODEL_SPEC, ENV_MODEL
+
+INT8_PROBE_PAIRS = 256  # generated captioned shapes that int8 must answer on as fp32 does
+
+
+class OnnxPrecision(str, Enum):
+    fp32 = "fp32"
+    int8 = "int8"
 
 
 @app.command()
@@ -27,6 +35,13 @@ def export(
         Path | None,
         typer.Option("--out", "-o", help="Export folder (default: the cache, by fingerprint)."),
     ] = None,
+    onnx_precision: Annotated[
+        OnnxPrecision,
+        typer.Option(
+            help="int8: weights a quarter of the size, offered where its answers (top-10 "
+            "overlap, recall@10) stay within 0.01 of fp32's, measured at export."
+        ),
+    ] = OnnxPrecision.fp32,
 ) -> None:
     """Export a model to ONNX, for the runtime without torch.
 
@@ -39,7 +54,12 @@ def export(
     started = time.perf_counter()
     encoder = load_model(model, device="cpu", precision="fp32")
     target = out_dir if out_dir is not None else cached_export(encoder.fingerprint)
-    manifest = export_onnx(encoder, target)
+    probe = None
+    if onnx_precision is OnnxPrecision.int8:
+        from clipkit.inputs.synthetic import captioned_shapes
+
+        probe = captioned_shapes(INT8_PROBE_PAIRS)
+    manifest = export_onnx(encoder, target, onnx_precision.value, probe)
     size = sum(record["bytes"] for record in manifest.files.values())
     stderr.print(
         f"Exported {manifest.spec} (fingerprint {manifest.fingerprint}, {manifest.embed_dim}-d, "
@@ -47,3 +67,11 @@ def export(
         f"{time.perf_counter() - started:.1f} s",
         markup=False,
     )
+    if manifest.agreement is not None:
+        a = manifest.agreement
+        stderr.print(
+            f"int8 against fp32 on {INT8_PROBE_PAIRS} generated captioned shapes: top-10 overlap "
+            f"{a['top10_overlap']:.3f}, recall@10 {a['recall_at_10_int8']:.3f} against "
+            f"{a['recall_at_10_fp32']:.3f}",
+            markup=False,
+        )

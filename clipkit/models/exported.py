@@ -43,7 +43,8 @@ class ExportManifest:
     tokenizer: dict[str, Any]  # kind, vocab (a file in the folder), clean, context_length
     logit_scale: float
     logit_bias: float | None
-    precision: str = "fp32"
+    precision: str = "fp32"  # or int8
+    agreement: dict[str, float] | None = None  # int8: how it answered against fp32, measured
     files: dict[str, dict[str, Any]] = field(default_factory=dict)  # name -> bytes, mtime, hash
     format: int = FORMAT_VERSION
     clipkit_version: str = ""

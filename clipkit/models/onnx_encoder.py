@@ -123,6 +123,27 @@ def load_onnx(
     return OnnxEncoder(folder, read_export(folder, fingerprint), device, bulk=bulk)
 
 
+def run_tower(path: Path, input_name: str, inputs: np.ndarray) -> np.ndarray:
+    """One tower's float32 output for one batch, on the CPU (to compare two exports)."""
+    session = ort.InferenceSession(str(path), providers=[CPU])
+    return np.asarray(session.run(None, {input_name: inputs})[0], dtype=np.float32)
+
+
+def quantize_int8(source: Path, target: Path) -> None:
+    """ONNX Runtime's dynamic int8 quantization of one tower: the weights of its matrix
+    products become int8 (a scale per output channel: closer to fp32 than one per tensor, on
+    clipkit-tiny), activations are quantized on the fly; weights beside the graph."""
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    quantize_dynamic(
+        source,
+        target,
+        weight_type=QuantType.QInt8,
+        per_channel=True,
+        use_external_data_format=True,
+    )
+
+
 def _session_options(bulk: bool) -> ort.SessionOptions:
     options = ort.SessionOptions()
     if not bulk:

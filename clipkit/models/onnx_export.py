@@ -14,6 +14,7 @@ import os
 import shutil
 import tempfile
 import warnings
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +22,7 @@ import torch
 import torch.nn.functional as F
 
 from clipkit import __version__
-from clipkit.errors import InputError
+from clipkit.errors import InputError, UsageError
 from clipkit.infra.atomic import make_folder
 from clipkit.models.exported import (
     IMAGE_FILE,
@@ -55,13 +56,34 @@ class _TextTower(torch.nn.Module):
         return F.normalize(self.model.encode_text(tokens).float(), dim=-1)
 
 
-def export_onnx(encoder: Encoder, out_dir: Path) -> ExportManifest:
+PRECISIONS = ("fp32", "int8")
+
+
+def export_onnx(
+    encoder: Encoder,
+    out_dir: Path,
+    precision: str = "fp32",
+    probe: tuple[Sequence[Any], Sequence[str]] | None = None,
+) -> ExportManifest:
     """Write ``encoder``'s export to ``out_dir`` (replacing an export already there).
 
+    ``precision`` ``int8`` quantizes the towers, where they then answer as fp32 does on
+    ``probe`` (images and their captions; see :mod:`clipkit.models.onnx_int8`).
+
     Raises:
-        InputError: a model whose tokenizer has no torch-free version, or an output folder
-            that cannot be written.
+        InputError: a model whose tokenizer has no torch-free version, int8 that changes the
+            model's answers, or an output folder that cannot be written.
     """
+    if precision not in PRECISIONS:
+        raise UsageError(
+            f"Unknown ONNX precision {precision!r}.",
+            "Use fp32 or int8 (fp16 is not offered yet: its agreement is unmeasured).",
+        )
+    if precision == "int8" and probe is None:
+        raise UsageError(
+            "An int8 export needs a probe of image-caption pairs to measure its agreement.",
+            "Pass probe=(images, captions); clipkit export generates captioned shapes.",
+        )
     recipe = encoder.torch_free_tokenizer()
     if recipe is None:
         raise InputError(
@@ -79,7 +101,11 @@ def export_onnx(encoder: Encoder, out_dir: Path) -> ExportManifest:
             tempfile.mkdtemp(prefix=f".{out_dir.name}.export-{os.getpid()}-", dir=out_dir.parent)
         )
         _write(encoder, recipe, staging)
-        manifest = _manifest(encoder, recipe, staging)
+        agreement = None
+        if precision == "int8":
+            assert probe is not None
+            agreement = _quantize(encoder, recipe, staging, probe)
+        manifest = _manifest(encoder, recipe, staging, precision, agreement)
         (staging / MANIFEST_FILE).write_text(manifest.to_json(), encoding="utf-8")
         _publish(staging, out_dir)
         if out_dir.resolve() == cached_export(encoder.fingerprint).resolve():
@@ -123,7 +149,27 @@ def _write(encoder: Encoder, recipe: dict, folder: Path) -> None:
     shutil.copyfile(recipe["vocab_path"], folder / Path(recipe["vocab_path"]).name)
 
 
-def _manifest(encoder: Encoder, recipe: dict, folder: Path) -> ExportManifest:
+def _quantize(
+    encoder: Encoder, recipe: dict, folder: Path, probe: tuple[Sequence[Any], Sequence[str]]
+) -> dict[str, float]:
+    from clipkit.models.onnx_int8 import quantize_export
+    from clipkit.models.preprocess import Preprocess
+    from clipkit.models.tokenizer import ClipTokenizer
+
+    tokenizer = ClipTokenizer(
+        Path(recipe["vocab_path"]), recipe["context_length"], clean=recipe["clean"]
+    )
+    preprocess = Preprocess.from_config(encoder.preprocess_config)
+    return quantize_export(folder, preprocess, tokenizer, probe)
+
+
+def _manifest(
+    encoder: Encoder,
+    recipe: dict,
+    folder: Path,
+    precision: str = "fp32",
+    agreement: dict[str, float] | None = None,
+) -> ExportManifest:
     bias = getattr(encoder.model, "logit_bias", None)
     vocab = Path(recipe["vocab_path"]).name
     names = sorted(path.name for path in folder.iterdir())  # graphs, their weights, the vocab
@@ -142,6 +188,8 @@ def _manifest(encoder: Encoder, recipe: dict, folder: Path) -> ExportManifest:
         },
         logit_scale=encoder.logit_scale,
         logit_bias=float(bias.detach()) if bias is not None else None,
+        precision=precision,
+        agreement=agreement,
         files={name: file_record(folder / name) for name in names},
         clipkit_version=__version__,
     )

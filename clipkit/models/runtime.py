@@ -68,7 +68,7 @@ def load_matching_encoder(
     if request != "torch":
         encoder, why_not = _onnx(recorded_spec, fingerprint, spec, device, request)
         if encoder is not None:
-            return encoder, RuntimeChoice("onnx", f"export in {encoder.folder}")
+            return encoder, RuntimeChoice("onnx", _export_reason(encoder))
         if request == "onnx":
             raise InputError(
                 f"--runtime onnx cannot run here: {why_not}.",
@@ -103,7 +103,7 @@ def load_encoder(
         else:
             encoder, why_not = _onnx(spec, fingerprint, None, device, request, bulk=bulk)
         if encoder is not None:
-            return encoder, RuntimeChoice("onnx", f"export in {encoder.folder}")
+            return encoder, RuntimeChoice("onnx", _export_reason(encoder))
         if request == "onnx":
             raise InputError(
                 f"--runtime onnx cannot run here: {why_not}.",
@@ -115,6 +115,11 @@ def load_encoder(
     from clipkit.models.openclip import load_model
 
     return load_model(spec, device=device), RuntimeChoice("torch", reason)
+
+
+def _export_reason(encoder: Any) -> str:
+    precision = encoder.manifest.precision
+    return f"export in {encoder.folder}" + ("" if precision == "fp32" else f", {precision}")
 
 
 def _gpu_present() -> bool:
