@@ -63,10 +63,11 @@ def report():
     marks["torch_loaded"] = "torch" in sys.modules
     print("FIGURES " + json.dumps(marks), file=sys.stderr)
 import os
-real_exit = os._exit
+real_exit, main_process = os._exit, os.getpid()
 def reported_exit(code):  # the CLI ends a search with os._exit, skipping the teardown
-    report()
-    sys.stderr.flush()
+    if os.getpid() == main_process:  # forked decode workers end with os._exit too
+        report()
+        sys.stderr.flush()
     real_exit(code)
 os._exit = reported_exit
 sys.argv = ["clipkit", *sys.argv[1:]]
@@ -138,8 +139,10 @@ def run_once(arguments: list[str], runtime: str, cache: Path) -> dict:
     wall = time.perf_counter() - started
     if done.returncode != 0:
         raise SystemExit(f"{arguments[0]} failed ({runtime}):\n{done.stderr}")
-    line = next(x for x in done.stderr.splitlines() if x.startswith("FIGURES "))
-    return {"wall_s": wall, **json.loads(line[len("FIGURES ") :])}
+    # The figures may share their line with what a progress bar left on stderr
+    start = done.stderr.index("FIGURES ") + len("FIGURES ")
+    figures, _ = json.JSONDecoder().raw_decode(done.stderr[start:])
+    return {"wall_s": wall, **figures}
 
 
 def main() -> None:

@@ -535,7 +535,8 @@ def _worker_settings(_image) -> torch.Tensor:
     return torch.tensor([os.nice(0), torch.get_num_threads(), int(ignores_sigterm)])
 
 
-def test_decode_workers_run_single_threaded_at_the_lowest_priority(tmp_path):
+@pytest.mark.parametrize("runtime", ["torch", "onnx"])  # DataLoader's workers, and ours
+def test_decode_workers_run_single_threaded_at_the_lowest_priority(tmp_path, runtime):
     # Workers that compete at full priority stall the model's lock-step threads (see pipeline).
     from clipkit.inputs.sources import Item
 
@@ -545,7 +546,7 @@ def test_decode_workers_run_single_threaded_at_the_lowest_priority(tmp_path):
     dataset = pipeline.ImageDataset(
         items, known_ids=frozenset(), preprocess=_worker_settings, min_side=8, max_pixels=10**6
     )
-    batches = list(pipeline.image_batches(dataset, batch_size=2, workers=2, device="cpu"))
+    batches = list(pipeline.image_batches(dataset, 2, workers=2, device="cpu", runtime=runtime))
     settings = torch.cat([batch.pixels for batch in batches])
     # ... and a scheduler's SIGTERM to the process group is left to the main process.
     expected = [min(19, own_niceness + pipeline.WORKER_NICENESS), 1, 1]

@@ -1,7 +1,7 @@
 """The decode workers of the ONNX runtime (``clipkit.inputs.workers``), which run without torch:
-batches come back in order with a bounded number in flight, workers start as DataLoader's do
-(lowest priority, SIGTERM and Ctrl-C left to the main process, parent objects frozen across the
-fork), a worker that dies fails the run instead of hanging it, and an early stop ends them."""
+batches come back in order with a bounded number in flight, Ctrl-C is left to the main process
+and its objects stay frozen across the fork, a worker that dies fails the run instead of hanging
+it, and an early stop ends them."""
 
 from __future__ import annotations
 
@@ -12,13 +12,9 @@ import signal
 import time
 from concurrent.futures.process import BrokenProcessPool
 
-import numpy as np
 import pytest
 
-from clipkit.inputs import pipeline
-from clipkit.inputs.sources import Item
 from clipkit.inputs.workers import ordered_batches
-from tests.helpers import make_images
 
 
 class _Squares:
@@ -69,24 +65,23 @@ def test_no_more_than_ahead_batches_are_in_flight():
     assert list(stream) == [[i] for i in range(1, 40)]
 
 
-def _settings(_image) -> np.ndarray:
-    ignored = [signal.getsignal(s) == signal.SIG_IGN for s in (signal.SIGTERM, signal.SIGINT)]
-    return np.array([os.nice(0), *ignored, gc.get_freeze_count()])
+class _Settings:
+    """Item i: the worker's Ctrl-C disposition and its count of frozen objects."""
+
+    def __len__(self) -> int:
+        return 4
+
+    def __getitem__(self, index: int) -> tuple[bool, int]:
+        return signal.getsignal(signal.SIGINT) == signal.SIG_IGN, gc.get_freeze_count()
 
 
-def test_workers_run_at_the_lowest_priority_and_leave_signals_to_the_main_process(tmp_path):
-    own_niceness = os.nice(0)
-    paths = make_images(tmp_path, 4)
-    items = [Item(uri=str(p), kind="image", path=str(p)) for p in paths]
-    dataset = pipeline.ImageDataset(
-        items, known_ids=frozenset(), preprocess=_settings, min_side=8, max_pixels=10**6
-    )
-    batches = pipeline.image_batches(dataset, 2, workers=2, device="cpu", runtime="onnx")
-    settings = np.concatenate([batch.pixels for batch in batches])
-    expected_nice = min(19, own_niceness + pipeline.WORKER_NICENESS)
-    assert settings[:, :3].tolist() == [[expected_nice, 1, 1]] * 4
-    assert (settings[:, 3] > 0).all()  # the parent's objects were frozen when they forked
-    assert os.nice(0) == own_niceness and gc.get_freeze_count() == 0
+def test_workers_leave_ctrl_c_to_the_main_process_and_share_its_pages():
+    """(Priority and SIGTERM: test_embed's test of both runtimes' decode workers.)"""
+    made = ordered_batches(_Settings(), list, _batches(1, 4), workers=2, ahead=2)
+    settings = [item for batch in made for item in batch]
+    assert all(ignores for ignores, _ in settings)
+    assert all(frozen > 0 for _, frozen in settings)  # frozen when they forked
+    assert gc.get_freeze_count() == 0  # and the main process unfroze its own
 
 
 class _Dies:

@@ -1,14 +1,16 @@
 """Which runtime encodes for a command: torch (open_clip) or ONNX Runtime (a cached export).
 
-``auto`` takes the ONNX export of the recorded model's fingerprint when the cache holds a whole
-one and the command runs on the CPU: it starts in a fraction of the time, without torch.
-Otherwise torch, which needs no export. Every choice comes with the reason, for the command's
-summary line.
+``auto`` takes the ONNX export of the model when the cache holds a whole one and the command
+runs on the CPU: it starts in a fraction of the time, without torch. The export is found by
+fingerprint: the one an artifact records (``load_matching_encoder``: search, zeroshot and audit
+of embeddings), or the one the cache remembers for a spec (``load_encoder``: embed). Otherwise
+torch, which needs no export. Every choice comes with the reason, for the summary line.
 """
 
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -65,22 +67,18 @@ def load_matching_encoder(
             raises.
     """
     request = requested_runtime(runtime)
-    if request != "torch":
-        encoder, why_not = _onnx(recorded_spec, fingerprint, spec, device, request)
-        if encoder is not None:
-            return encoder, RuntimeChoice("onnx", _export_reason(encoder))
-        if request == "onnx":
-            raise InputError(
-                f"--runtime onnx cannot run here: {why_not}.",
-                f"Export the model first: clipkit export {recorded_spec} (or --runtime torch).",
-            )
-        reason = f"auto: {why_not}"
-    else:
-        reason = "asked for"
-    from clipkit.models.openclip import load_matching_model
 
-    encoder = load_matching_model(recorded_spec, fingerprint, spec=spec, device=device)
-    return encoder, RuntimeChoice("torch", reason)
+    def on_torch() -> Any:
+        from clipkit.models.openclip import load_matching_model
+
+        return load_matching_model(recorded_spec, fingerprint, spec=spec, device=device)
+
+    return _choose(
+        request,
+        lambda: _onnx(recorded_spec, fingerprint, spec, device, request),
+        on_torch,
+        recorded_spec,
+    )
 
 
 def load_encoder(
@@ -94,27 +92,44 @@ def load_encoder(
         InputError: ``--runtime onnx`` without a usable export, and what ``load_model`` raises.
     """
     request = requested_runtime(runtime)
-    if request != "torch":
+
+    def on_onnx() -> tuple[Any, str]:
         fingerprint = fingerprint_of_spec(spec)
         if fingerprint is None:
-            encoder, why_not = None, f"{spec} has no ONNX export in the cache"
-        elif request == "auto" and device == "auto" and _gpu_present():
-            encoder, why_not = None, "a GPU is present, and torch runs the model on it"
-        else:
-            encoder, why_not = _onnx(spec, fingerprint, None, device, request, bulk=bulk)
-        if encoder is not None:
-            return encoder, RuntimeChoice("onnx", _export_reason(encoder))
-        if request == "onnx":
-            raise InputError(
-                f"--runtime onnx cannot run here: {why_not}.",
-                f"Export the model first: clipkit export {spec} (or --runtime torch).",
-            )
-        reason = f"auto: {why_not}"
-    else:
-        reason = "asked for"
-    from clipkit.models.openclip import load_model
+            return None, f"{spec} has no ONNX export in the cache"
+        if request == "auto" and device == "auto" and _gpu_present():
+            return None, "a GPU is present, and torch runs the model on it"
+        return _onnx(spec, fingerprint, None, device, request, bulk=bulk)
 
-    return load_model(spec, device=device), RuntimeChoice("torch", reason)
+    def on_torch() -> Any:
+        from clipkit.models.openclip import load_model
+
+        return load_model(spec, device=device)
+
+    return _choose(request, on_onnx, on_torch, spec)
+
+
+def _choose(
+    request: str,
+    on_onnx: Callable[[], tuple[Any, str]],
+    on_torch: Callable[[], Any],
+    spec: str,
+) -> tuple[Any, RuntimeChoice]:
+    """ONNX where asked for (or, under auto, where it can run), else torch, with the reason.
+
+    ``on_onnx`` gives the ONNX encoder, or None and why not.
+    """
+    if request == "torch":
+        return on_torch(), RuntimeChoice("torch", "asked for")
+    encoder, why_not = on_onnx()
+    if encoder is not None:
+        return encoder, RuntimeChoice("onnx", _export_reason(encoder))
+    if request == "onnx":
+        raise InputError(
+            f"--runtime onnx cannot run here: {why_not}.",
+            f"Export the model first: clipkit export {spec} (or --runtime torch).",
+        )
+    return on_torch(), RuntimeChoice("torch", f"auto: {why_not}")
 
 
 def _export_reason(encoder: Any) -> str:
