@@ -66,7 +66,15 @@ def test_ruff_is_clean():
 
 @pytest.mark.parametrize(
     "section",
-    ["Run it", "Embed", "Index and search", "Train", "Zero-shot", "Audit", "Export to ONNX"],
+    [
+        "Run it",
+        "Embed",
+        "Index and search",
+        "Train",
+        "Zero-shot",
+        "Audit",
+        "Export to ONNX, and the runtime without torch",
+    ],
 )
 def test_readme_examples_use_real_options(section):
     from typer.testing import CliRunner
