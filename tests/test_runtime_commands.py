@@ -196,15 +196,44 @@ def test_zeroshot_of_an_embeddings_folder_runs_without_torch_and_as_torch_does(p
     )
 
 
-def test_zeroshot_of_image_files_on_onnx_is_refused_with_a_hint(project):
+def test_zeroshot_of_image_files_on_onnx_runs_without_torch_and_as_torch_does(project):
     root, _ = project
-    done = _clipkit(
-        project, "zeroshot", str(root / "photos"), "--labels", "a,b", "--runtime", "onnx"
+    command = [
+        "zeroshot",
+        str(root / "photos"),
+        "--labels",
+        "red,green,blue",
+        "-m",
+        TINY,
+        "-f",
+        "json",
+    ]
+    onnx = _clipkit(project, *command, "--runtime", "onnx", "--workers", "2")
+    assert onnx.returncode == 0, onnx.stderr
+    assert _loaded(onnx) == "" and "on onnx (export in" in " ".join(onnx.stderr.split())
+    torch = _clipkit(project, *command, "--runtime", "torch", "--workers", "2")
+    got, want = (json.loads(done.stdout)["predictions"] for done in (onnx, torch))
+    assert len(got) == 30 and [p["label"] for p in got] == [p["label"] for p in want]
+    assert [p["confidence"] for p in got] == pytest.approx(
+        [p["confidence"] for p in want], abs=1e-5
     )
-    assert done.returncode == 2
-    message = " ".join(done.stderr.split())
-    assert "Error: --runtime onnx classifies embeddings folders only" in message
-    assert "Hint: Embed the images first" in message
+
+
+def test_audit_of_image_files_on_onnx_needs_no_open_clip(project, tmp_path):
+    for n, path in enumerate(make_images(tmp_path / "pairs", 12)):
+        path.with_suffix(".txt").write_text(f"a photo number {n} " + "word " * (n * 8))
+    command = ["audit", str(tmp_path / "pairs"), "-m", TINY, "-f", "json", "--workers", "2"]
+    onnx = _clipkit(project, *command, "--runtime", "onnx", "--long-captions", "chunk")
+    assert onnx.returncode == 0, onnx.stderr
+    assert _loaded(onnx) == "torch" and "on onnx (export in" in " ".join(onnx.stderr.split())
+    torch = _clipkit(project, *command, "--runtime", "torch", "--long-captions", "chunk")
+    got, want = (json.loads(done.stdout) for done in (onnx, torch))
+    assert [p["suggested_caption"] for p in got["pairs"]] == [
+        p["suggested_caption"] for p in want["pairs"]
+    ]
+    cosines = [[p["cosine"] for p in result["pairs"]] for result in (got, want)]
+    assert cosines[0] == pytest.approx(cosines[1], abs=1e-5)
+    assert got["summary"]["long_captions"] == want["summary"]["long_captions"] > 0
 
 
 def test_audit_of_an_embeddings_folder_needs_no_open_clip_on_onnx(project, tmp_path):

@@ -16,7 +16,7 @@ from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 import torch
@@ -27,12 +27,9 @@ from clipkit.errors import InputError, SkippedInputsError, UsageError
 from clipkit.infra.progress import ProgressCallback, ProgressReport
 from clipkit.inputs.filenames import as_text, locate, reading_base
 from clipkit.inputs.pairs import read_pairs
-from clipkit.models.runtime import RuntimeChoice, load_matching_encoder, requested_runtime
+from clipkit.models.runtime import RuntimeChoice, as_numpy, load_encoder, load_matching_encoder
 from clipkit.score import pair_statistics
 from clipkit.score.metrics import calibrate_threshold
-
-if TYPE_CHECKING:
-    from clipkit.models.openclip import Encoder
 
 LONG_CAPTION_MODES = ("truncate", "chunk")
 NULL_SAMPLES = 20_000  # shuffled pairs drawn for calibration (at least one per pair)
@@ -285,16 +282,14 @@ def _from_pairs(
             f"{path} holds no usable image–caption pair ({len(failures)} skipped).",
             "Give each image a same-name .txt caption, or use a table.",
         )
-    if requested_runtime(config.runtime) == "onnx":
-        raise UsageError(
-            "--runtime onnx audits embeddings folders only, for now; image files run on torch.",
-            "Embed the pairs first (clipkit embed), or use --runtime torch.",
-        )
-    # open_clip, and the decode workers: image files only
     from clipkit.inputs.pipeline import default_workers, encode_image_files
-    from clipkit.models.openclip import load_model
 
-    encoder = load_model(config.model or DEFAULT_MODEL_SPEC, device=config.device)
+    encoder, runtime = load_encoder(
+        config.model or DEFAULT_MODEL_SPEC,
+        device=config.device,
+        runtime=config.runtime,
+        bulk=True,
+    )
     paths = list(dict.fromkeys(pair.image for pair in source.pairs))
     images = encode_image_files(
         encoder,
@@ -327,11 +322,11 @@ def _from_pairs(
         truncated=truncated,
         failures=failures,
     )
-    return encoded, encoder.spec, RuntimeChoice("torch", "image files are decoded on torch")
+    return encoded, encoder.spec, runtime
 
 
 def _encode_captions(
-    encoder: Encoder,
+    encoder: Any,  # either runtime's
     captions: Sequence[str],
     config: AuditConfig,
     progress: ProgressCallback | None,
@@ -339,7 +334,8 @@ def _encode_captions(
     unique = list(dict.fromkeys(captions))
     parts = []
     for start in range(0, len(unique), config.batch_size):
-        parts.append(encoder.encode_texts(unique[start : start + config.batch_size]).cpu())
+        vectors = encoder.encode_texts(unique[start : start + config.batch_size])
+        parts.append(torch.from_numpy(as_numpy(vectors)))
         if progress:
             done = min(start + config.batch_size, len(unique))
             progress(ProgressReport("captions", done, len(unique)))
@@ -350,7 +346,7 @@ def _encode_captions(
 
 
 def _best_windows(
-    encoder: Encoder,
+    encoder: Any,  # either runtime's
     captions: Sequence[str],
     truncated: Sequence[bool],
     image_vectors: torch.Tensor,
@@ -361,12 +357,12 @@ def _best_windows(
     vectors = vectors.clone()
     for row, caption in enumerate(captions):
         if truncated[row]:
-            windows = encoder.encode_texts(_windows(encoder, caption)).cpu()
+            windows = torch.from_numpy(as_numpy(encoder.encode_texts(_windows(encoder, caption))))
             vectors[row] = windows[int((windows @ image_vectors[row]).argmax())]
     return vectors
 
 
-def _windows(encoder: Encoder, text: str) -> list[str]:
+def _windows(encoder: Any, text: str) -> list[str]:
     """Consecutive word windows of ``text``, each as long as fits the model's context."""
     windows: list[str] = []
     current: list[str] = []

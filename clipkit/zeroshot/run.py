@@ -27,8 +27,8 @@ from clipkit.inputs.sources import Kind, SourceOptions, discover
 from clipkit.models.runtime import (
     RuntimeChoice,
     as_numpy,
+    load_encoder,
     load_matching_encoder,
-    requested_runtime,
 )
 from clipkit.score.metrics import ClassificationMetrics, calibrate_threshold, classification_metrics
 from clipkit.store.reports import write_report
@@ -187,8 +187,7 @@ def _zeroshot(config: ZeroShotConfig, progress: ProgressCallback | None) -> Zero
     templates = read_templates(config.templates)
     prompts = prompts_for(labels, templates)
     known = _list_images(*_calibration_input(config), config) if config.calibrate else None
-    image_files = kind != "embeddings" or (known is not None and known.rows is None)
-    encoder, runtime = _encoder(config, source if kind == "embeddings" else None, image_files)
+    encoder, runtime = _encoder(config, source if kind == "embeddings" else None)
     weights = class_embeddings(encoder.encode_texts, prompts)
     names = [label.name for label in labels]
 
@@ -346,33 +345,20 @@ def _labels(config: ZeroShotConfig, listing: _Listing | None) -> list[LabelSpec]
     return labels
 
 
-def _encoder(
-    config: ZeroShotConfig, embeddings: Path | None, image_files: bool
-) -> tuple[Any, RuntimeChoice]:
-    """The model (the one that made ``embeddings``, if given), and the runtime that runs it.
-
-    Embeddings need only the text tower (for the prompts), which the ONNX runtime serves
-    without torch; image files are decoded by the torch pipeline for now, so they run on torch.
-    """
-    if image_files and requested_runtime(config.runtime) == "onnx":
-        raise UsageError(
-            "--runtime onnx classifies embeddings folders only, for now; image files run on torch.",
-            "Embed the images first (clipkit embed), or use --runtime torch.",
-        )
-    runtime = "torch" if image_files else config.runtime
+def _encoder(config: ZeroShotConfig, embeddings: Path | None) -> tuple[Any, RuntimeChoice]:
+    """The model (the one that made ``embeddings``, if given), on the runtime asked for."""
     if embeddings is None:
-        from clipkit.models.openclip import load_model
-
-        encoder = load_model(config.model or DEFAULT_MODEL_SPEC, device=config.device)
-        return encoder, RuntimeChoice("torch", "image files are decoded by the torch pipeline")
+        spec = config.model or DEFAULT_MODEL_SPEC
+        return load_encoder(spec, device=config.device, runtime=config.runtime, bulk=True)
     stamp = store.read_stamp(embeddings)
     assert stamp is not None  # the folder has shards
-    encoder, choice = load_matching_encoder(
-        stamp.spec, stamp.fingerprint, spec=config.model, device=config.device, runtime=runtime
+    return load_matching_encoder(
+        stamp.spec,
+        stamp.fingerprint,
+        spec=config.model,
+        device=config.device,
+        runtime=config.runtime,
     )
-    if image_files:
-        choice = RuntimeChoice("torch", "the calibration images are decoded by the torch pipeline")
-    return encoder, choice
 
 
 @dataclass(frozen=True)
@@ -445,7 +431,7 @@ def _encode(
 ) -> _Images:
     if listing.rows is not None:
         return _embedded_images(encoder, listing)
-    from clipkit.inputs.pipeline import default_workers, encode_image_files  # torch
+    from clipkit.inputs.pipeline import default_workers, encode_image_files
 
     paths, truth = listing.paths, listing.truth
     encoded = encode_image_files(
