@@ -53,6 +53,11 @@ def test_every_step_runs_and_leaves_its_artifacts(small_run):
     vectors = read_vectors(folder / "embeddings", "image")
     assert len(vectors.ids) == 40  # the validation images, embedded with the trained model
     assert read_stamp(folder / "embeddings").spec == str(model)
+    # The index step leaves the model's ONNX export in the cache, so the next search is fast
+    export = Path(result.steps[2].artifacts[-1])
+    manifest = json.loads((export / "clipkit-onnx.json").read_text())
+    assert manifest["fingerprint"] == read_stamp(folder / "embeddings").fingerprint
+    assert "exported to ONNX for fast search" in result.steps[2].summary
     reports = sorted(p.name for p in (folder / "reports").iterdir())
     assert reports == [
         "audit.csv",

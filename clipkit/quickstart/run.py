@@ -27,6 +27,7 @@ from clipkit.index.build import IndexConfig, build_index
 from clipkit.infra.atomic import atomic_path, make_folder
 from clipkit.infra.progress import ProgressCallback
 from clipkit.inputs import synthetic
+from clipkit.models.runtime import ensure_cached_export
 from clipkit.report.html import (
     OverviewCard,
     write_audit_report,
@@ -256,16 +257,20 @@ def _embed_and_index(
     index = build_index(
         IndexConfig(emb_dir=folder / "embeddings", out_dir=folder / "index", kind="image")
     )
+    # As `clipkit index` does: the model's ONNX export in the cache, so that a search of this
+    # index (the quickstart's own, and the user's next) starts without torch.
+    export, _ = ensure_cached_export(index.info.model, index.info.fingerprint)
     summary = (
         f"{embedded.embedded} rows embedded ({embedded.already_present} already there), "
         f"{index.info.rows} images indexed ({index.info.factory})"
+        + ("; model exported to ONNX for fast search" if export is not None else "")
     )
     return StepReport(
         "embed + index",
         summary,
         None,
         None,
-        (str(folder / "embeddings"), str(folder / "index")),
+        (str(folder / "embeddings"), str(folder / "index"), *([str(export)] if export else [])),
         embedded.embedded == 0,
     )
 
