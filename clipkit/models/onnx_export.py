@@ -9,6 +9,7 @@ renamed into place, so an interrupted export leaves no half model where a reader
 from __future__ import annotations
 
 import contextlib
+import glob
 import io
 import os
 import shutil
@@ -199,7 +200,7 @@ def _sweep_abandoned(out_dir: Path) -> None:
     """Remove what exports to ``out_dir`` killed mid-way left beside it (their staging folder,
     or the previous export they were replacing): each is named with its process id, and a
     folder whose process is gone is nobody's. Another export running now keeps its own."""
-    for path in out_dir.parent.glob(f".{out_dir.name}.*-*"):
+    for path in out_dir.parent.glob(f".{glob.escape(out_dir.name)}.*-*"):
         kind, _, rest = path.name[len(out_dir.name) + 2 :].partition("-")
         pid = rest.partition("-")[0]
         if kind in ("export", "replaced") and pid.isdigit() and not _alive(int(pid)):
