@@ -2,7 +2,8 @@
 group, ends ``clipkit embed`` and ``clipkit train`` like Ctrl-C: embed writes the embeddings it
 held in memory (up to ``--shard-rows`` of them used to be lost), train saves its last step, and
 both exit 130. Decode workers ignore it and leave the stop to the main process, which kills a
-worker stuck in a read once it is done, so that its exit never waits for one."""
+worker stuck in a read once it is done, so that its exit never waits for one: DataLoader's
+workers (torch runtime) and the torch-free ones (ONNX runtime) alike."""
 
 from __future__ import annotations
 
@@ -14,10 +15,38 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
+
 from clipkit.train.state import STATE_FILE, load_state
 from tests.helpers import TINY, embed_args, make_images, rows
 
 ENV = {**os.environ, "PYTHONUNBUFFERED": "1"}
+
+
+@pytest.fixture(params=["torch", "onnx"])
+def runtime(request) -> str:
+    """Each embed test on both runtimes; for ONNX, clipkit-tiny's export in ENV's cache."""
+    if request.param == "onnx":
+        request.getfixturevalue("tiny_export")
+    return request.param
+
+
+@pytest.fixture(scope="module")
+def tiny_export() -> None:
+    from clipkit.models import load_model
+    from clipkit.models.onnx_export import export_onnx
+
+    encoder = load_model(TINY, device="cpu")
+    export_onnx(encoder, Path(ENV["CLIPKIT_ONNX_CACHE"]) / encoder.fingerprint)
+    # what the cache's specs.json would say had `clipkit export` written it there
+    from clipkit.models import exported
+
+    previous = os.environ["CLIPKIT_ONNX_CACHE"]
+    os.environ["CLIPKIT_ONNX_CACHE"] = ENV["CLIPKIT_ONNX_CACHE"]
+    try:
+        exported.remember_spec(encoder.spec, encoder.fingerprint)
+    finally:
+        os.environ["CLIPKIT_ONNX_CACHE"] = previous
 
 
 def _start(args: list[str], log: Path) -> subprocess.Popen:
@@ -39,10 +68,11 @@ def _wait_for(path_test, what: str, process: subprocess.Popen, seconds: float = 
         time.sleep(0.01)
 
 
-def test_sigterm_to_the_group_keeps_embed_s_buffered_rows(tmp_path):
+def test_sigterm_to_the_group_keeps_embed_s_buffered_rows(tmp_path, runtime):
     data, out = tmp_path / "data", tmp_path / "out"
     make_images(data, 400, size=(24, 24))
-    args = embed_args(str(data), str(out), "--batch-size", "4", "--shard-rows", "100", workers=1)
+    extra = ("--batch-size", "4", "--shard-rows", "100", "--runtime", runtime)
+    args = embed_args(str(data), str(out), *extra, workers=1)
     process = _start(args, tmp_path / "log")
     _wait_for(lambda: (out / "part-00000.parquet").exists(), "the first shard", process)
     time.sleep(0.3)  # some rows of the second shard are now held in memory
@@ -124,12 +154,12 @@ main()
 """
 
 
-def test_a_worker_stuck_in_a_read_does_not_keep_the_command_from_exiting(tmp_path):
+def test_a_worker_stuck_in_a_read_does_not_keep_the_command_from_exiting(tmp_path, runtime):
     """SIGTERM to the main process alone (``timeout``, ``kill``): it stops in order, but a
     worker stuck in a read ignores SIGTERM, and the interpreter's exit joined it for ever."""
     data, out, stuck = tmp_path / "data", tmp_path / "out", tmp_path / "stuck"
     make_images(data, 8, size=(24, 24))
-    args = embed_args(str(data), str(out), "--batch-size", "2", workers=1)
+    args = embed_args(str(data), str(out), "--batch-size", "2", "--runtime", runtime, workers=1)
     process = subprocess.Popen(
         [sys.executable, "-c", STUCK_EMBED, *args, str(stuck)],
         env=ENV,

@@ -41,8 +41,10 @@ def main() -> None:
     try:
         app()  # Click ends every run, success included, with SystemExit
     except SystemExit as done:
-        if quick_exit_requested():
-            _end_stuck_workers()
+        # Killed mid-write, a worker of a ProcessPoolExecutor (the ONNX runtime's decoders)
+        # can leave its executor's thread waiting for the rest of a message, and the
+        # interpreter's exit joins that thread: after a kill, end without the teardown.
+        if _end_stuck_workers() or quick_exit_requested():
             _exit_now(done.code)
         raise
     finally:
@@ -63,14 +65,15 @@ def _exit_now(code: int | str | None) -> None:
     os._exit(code or 0)
 
 
-def _end_stuck_workers() -> None:
+def _end_stuck_workers() -> bool:
     """Kill decode workers still alive once the command is over: they are stuck in a read (a
-    hung network or FUSE mount). Everything is saved by now, and they ignore SIGTERM, so the
-    interpreter's exit, which joins its child processes, would otherwise wait for ever."""
+    hung network or FUSE mount), or still busy after Ctrl-C. Everything is saved by now, and
+    they ignore SIGTERM, so the interpreter's exit, which joins its child processes, would
+    otherwise wait for them. Returns whether any was killed."""
     multiprocessing = sys.modules.get("multiprocessing")  # no workers if it was never imported
     children = multiprocessing.active_children() if multiprocessing else []
     if not children:
-        return
+        return False
     # A DataLoader still referenced (by a traceback) watches SIGCHLD and would raise "worker
     # killed" here; the command is over, so the default disposition is right.
     if hasattr(signal, "SIGCHLD"):
@@ -78,6 +81,7 @@ def _end_stuck_workers() -> None:
     for child in children:
         child.kill()
         child.join(5)
+    return True
 
 
 def _stop_on_sigterm(signum: int, frame: Any) -> None:
