@@ -19,6 +19,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -147,7 +148,37 @@ def _write(encoder: Encoder, recipe: dict, folder: Path) -> None:
                 # with half the memory), and a model may pass protobuf's 2 GB limit.
                 external_data=True,
             )
+    rng = np.random.default_rng(0)
+    _fuse(folder, IMAGE_FILE, "pixels", rng.standard_normal((4, 3, height, width), np.float32))
+    _fuse(folder, TEXT_FILE, "tokens", rng.integers(1, 49_000, (4, recipe["context_length"])))
     shutil.copyfile(recipe["vocab_path"], folder / Path(recipe["vocab_path"]).name)
+
+
+# A fused tower is kept only where its embeddings are the plain graph's to this cosine per row.
+FUSED_AGREEMENT = 0.99999
+
+
+def _fuse(folder: Path, name: str, input_name: str, example: np.ndarray) -> bool:
+    """Replace tower ``name`` by its fused graph (see ``onnx_encoder.fuse_tower``) where that
+    gives the same embeddings on ``example``; returns whether it did."""
+    from clipkit.models.onnx_encoder import fuse_tower, run_tower
+
+    fused = folder / "fused"
+    fused.mkdir()
+    try:
+        fuse_tower(folder / name, fused / name)
+        before = run_tower(folder / name, input_name, example)
+        after = run_tower(fused / name, input_name, example)
+        same = float((before * after).sum(axis=1).min()) >= FUSED_AGREEMENT
+    except Exception:  # the optimizer does not know every graph: the plain one serves as well
+        same = False
+    if same:
+        for path in folder.glob(f"{glob.escape(name)}*"):
+            path.unlink()
+        for path in fused.iterdir():
+            path.rename(folder / path.name)
+    shutil.rmtree(fused)
+    return same
 
 
 def _quantize(
