@@ -14,9 +14,12 @@ the size and time of a checkpoint's files), so that a command given a spec, not 
 
 from __future__ import annotations
 
+import glob
 import hashlib
 import json
 import os
+import shutil
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -130,6 +133,17 @@ def _checkpoint_files(spec: str) -> list[list[Any]] | None:
         stat = path.stat()
         files.append([str(path), stat.st_size, stat.st_mtime_ns])
     return files
+
+
+def replace_towers(folder: Path, replacements: Path, names: Sequence[str]) -> None:
+    """Replace each tower in ``names`` (its graph and weights) in ``folder`` by the one in the
+    subfolder ``replacements`` (fused or quantized), then remove that subfolder."""
+    for name in names:
+        for path in folder.glob(f"{glob.escape(name)}*"):
+            path.unlink()
+    for path in replacements.iterdir():
+        path.rename(folder / path.name)
+    shutil.rmtree(replacements)
 
 
 def file_record(path: Path) -> dict[str, Any]:

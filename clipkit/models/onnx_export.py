@@ -34,6 +34,7 @@ from clipkit.models.exported import (
     cached_export,
     file_record,
     remember_spec,
+    replace_towers,
 )
 from clipkit.models.openclip import Encoder
 
@@ -173,11 +174,9 @@ def _fuse(folder: Path, name: str, input_name: str, example: np.ndarray) -> bool
     except Exception:  # the optimizer does not know every graph: the plain one serves as well
         same = False
     if same:
-        for path in folder.glob(f"{glob.escape(name)}*"):
-            path.unlink()
-        for path in fused.iterdir():
-            path.rename(folder / path.name)
-    shutil.rmtree(fused)
+        replace_towers(folder, fused, [name])
+    else:
+        shutil.rmtree(fused)
     return same
 
 

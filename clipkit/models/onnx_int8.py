@@ -14,7 +14,6 @@ A model that misses either is refused with the figures (the issue's bar: within 
 
 from __future__ import annotations
 
-import shutil
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -22,7 +21,7 @@ from typing import Any
 import numpy as np
 
 from clipkit.errors import InputError, UsageError
-from clipkit.models.exported import IMAGE_FILE, TEXT_FILE
+from clipkit.models.exported import IMAGE_FILE, TEXT_FILE, replace_towers
 
 MIN_OVERLAP = 0.99
 MAX_RECALL_GAP = 0.01
@@ -72,12 +71,7 @@ def quantize_export(
             f"{agreement['recall_gap']:.3f} (at most {MAX_RECALL_GAP}).",
             "Export it in fp32 (the default).",
         )
-    for name in (IMAGE_FILE, TEXT_FILE):
-        for path in folder.glob(f"{name}*"):
-            path.unlink()
-    for path in quantized.iterdir():
-        path.rename(folder / path.name)
-    shutil.rmtree(quantized)
+    replace_towers(folder, quantized, [IMAGE_FILE, TEXT_FILE])
     return agreement
 
 
