@@ -7,6 +7,8 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import os
+import signal
 import tarfile
 from pathlib import Path
 
@@ -129,6 +131,47 @@ def test_resume_continues_bit_for_bit(shapes, tmp_path):
     assert [r["loss"] for r in _metrics(tmp_path / "split")] == [
         r["loss"] for r in _metrics(tmp_path / "whole")
     ]
+    whole_weights = load_file(tmp_path / "whole" / "last.safetensors")
+    split_weights = load_file(tmp_path / "split" / "last.safetensors")
+    assert all(torch.equal(whole_weights[n], split_weights[n]) for n in whole_weights)
+
+
+@pytest.mark.parametrize("signals", [1, 2])
+def test_sigterm_right_after_the_optimizer_step_saves_a_consistent_step(
+    shapes, tmp_path, monkeypatch, signals
+):
+    """D1 of issue #24: SIGTERM raised at once (the CLI's handler), so it could land between
+    the optimizer's update and the step counter, and the checkpoint paired step N with step
+    N+1's weights. Now the loop takes it as Ctrl-C, and a second signal waits for the update
+    to be counted: the resumed run still ends bit for bit as the uninterrupted one."""
+    from clipkit.train.loop import StepLoop
+
+    options = {"steps": 6, "val_split": 0.0, "seed": 3}
+    train(_config(shapes, tmp_path / "whole", **options))
+
+    update = StepLoop._update
+    calls = []
+
+    def update_then_signal(self):
+        update(self)
+        calls.append(1)
+        if len(calls) == 3:  # the weights of step 3 are in place, the counter says 2
+            for _ in range(signals):
+                os.kill(os.getpid(), signal.SIGTERM)
+
+    def raise_at_once(signum, frame):  # what `clipkit` installs (cli.main)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(StepLoop, "_update", update_then_signal)
+    previous = signal.signal(signal.SIGTERM, raise_at_once)
+    try:
+        first = train(_config(shapes, tmp_path / "split", **options))
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    assert first.interrupted and first.steps_done == 3
+    monkeypatch.setattr(StepLoop, "_update", update)
+    rest = train(_config(shapes, tmp_path / "split", resume=True, **options))
+    assert rest.steps_done == 6 and not rest.interrupted
     whole_weights = load_file(tmp_path / "whole" / "last.safetensors")
     split_weights = load_file(tmp_path / "split" / "last.safetensors")
     assert all(torch.equal(whole_weights[n], split_weights[n]) for n in whole_weights)

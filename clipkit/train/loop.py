@@ -8,6 +8,7 @@ import contextlib
 import math
 import signal
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from types import FrameType
 from typing import Any
@@ -74,8 +75,12 @@ class StepLoop:
                 for pixels, captions, skips in start_workers(self._loader(state)):
                     if skips:
                         self.checkpointer.record_skips(skips)
-                    losses = self._step(pixels, captions, state.step)
-                    state.step += 1
+                    losses = self._gradients(pixels, captions, state.step)
+                    # A second Ctrl-C or SIGTERM waits for these two lines: weights updated
+                    # but not counted would be saved as the step before (see _StopFlag).
+                    with stop.held():
+                        self._update()
+                        state.step += 1
                     samples += self.session.config.batch_size
                     busy = time.perf_counter() - started - self.paused  # not evaluation
                     rate = samples / max(busy, 1e-9)
@@ -113,7 +118,8 @@ class StepLoop:
             generator=torch.Generator(),
         )
 
-    def _step(self, pixels: torch.Tensor, captions: list[str], step: int) -> StepLosses:
+    def _gradients(self, pixels: torch.Tensor, captions: list[str], step: int) -> StepLosses:
+        """The loss of one batch and its gradients; the weights are not touched yet."""
         session, config, optimizer = self.session, self.session.config, self.optimizer
         settings = session.settings
         for group in optimizer.param_groups:
@@ -139,6 +145,11 @@ class StepLoop:
             losses = full_batch_step(self.network, pixels, tokens, **common)
         if not math.isfinite(losses.loss):
             raise _NonFiniteLoss(losses.loss)  # before the optimizer touches the weights
+        return losses
+
+    def _update(self) -> None:
+        """The optimizer's step on the gradients of ``_gradients``."""
+        session, config, optimizer = self.session, self.session.config, self.optimizer
         if self.scaler is not None:
             self.scaler.unscale_(optimizer)
         if config.grad_clip:
@@ -151,7 +162,6 @@ class StepLoop:
             optimizer.step()
         with torch.no_grad():
             session.model.logit_scale.clamp_(0, MAX_LOGIT_SCALE)  # as open_clip: 1/t <= 100
-        return losses
 
     def _after_step(self, state: ResumeState, losses: StepLosses, rate: float) -> None:
         session, step = self.session, state.step
@@ -195,24 +205,43 @@ class StepLoop:
 
 
 class _StopFlag:
-    """Ctrl-C during the loop finishes the current step, then stops and saves; twice: at once."""
+    """Ctrl-C or SIGTERM during the loop finishes the current step, then stops and saves; a
+    second one stops at once, except inside ``held()``, which it lets finish first."""
+
+    SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
     def __init__(self) -> None:
         self.requested = False
-        self._previous: Any = None  # the SIGINT handler to restore
+        self._previous: dict[int, Any] = {}  # the handlers to restore
+        self._holding = False
+        self._stop_after_held = False
 
     def __enter__(self) -> _StopFlag:
         with contextlib.suppress(ValueError):  # not the main thread: keep default handling
-            self._previous = signal.signal(signal.SIGINT, self._handle)
+            for signum in self.SIGNALS:
+                self._previous[signum] = signal.signal(signum, self._handle)
         return self
 
     def __exit__(self, *exc: object) -> None:
-        if self._previous is not None:
-            signal.signal(signal.SIGINT, self._previous)
+        for signum, previous in self._previous.items():
+            signal.signal(signum, previous)
+
+    @contextlib.contextmanager
+    def held(self) -> Iterator[None]:
+        """What must happen together or not at all: a second signal waits for its end."""
+        self._holding = True
+        try:
+            yield
+        finally:
+            self._holding = False
+        if self._stop_after_held:
+            raise KeyboardInterrupt
 
     def _handle(self, signum: int, frame: FrameType | None) -> None:
         if self.requested:
-            raise KeyboardInterrupt
+            if not self._holding:
+                raise KeyboardInterrupt
+            self._stop_after_held = True
         self.requested = True
 
 
