@@ -417,9 +417,15 @@ def test_empty_index_and_missing_row_map(corpus, tmp_path):
 
 
 def _corrupt_copy(
-    source: Path, target: Path, *, null_row: int | None = None, nan_row: int | None = None
+    source: Path,
+    target: Path,
+    *,
+    null_row: int | None = None,
+    nan_row: int | None = None,
+    flipped_row: int | None = None,
 ) -> Path:
-    """A copy of an embeddings folder whose first shard has a null and/or a NaN embedding."""
+    """A copy of an embeddings folder whose first shard has a null, a NaN and/or a bit-flipped
+    embedding (the top bit of a float32's exponent: a value of about 1e37)."""
     import pyarrow as pa
     import pyarrow.parquet as pq
 
@@ -430,6 +436,10 @@ def _corrupt_copy(
     values = column.values.to_numpy(zero_copy_only=False).copy().reshape(len(column), -1)
     if nan_row is not None:
         values[nan_row, 3] = np.nan
+    if flipped_row is not None:
+        assert values.dtype == np.float32
+        values.view(np.uint32)[flipped_row, 3] ^= np.uint32(1 << 30)
+        assert np.isfinite(values[flipped_row]).all() and abs(values[flipped_row, 3]) > 1e30
     nulls = None if null_row is None else pa.array([i == null_row for i in range(len(column))])
     flat = pa.array(values.ravel(), column.type.value_type)
     broken = pa.FixedSizeListArray.from_arrays(flat, values.shape[1], mask=nulls)
@@ -439,16 +449,34 @@ def _corrupt_copy(
 
 
 @pytest.mark.parametrize(  # rows 0-2 are the corpus's texts, the rest its images
-    "damage", [{"nan_row": 4}, {"null_row": 3}, {"null_row": 0, "nan_row": 5}, {"nan_row": 2}]
+    "damage",
+    [
+        {"nan_row": 4},
+        {"null_row": 3},
+        {"null_row": 0, "nan_row": 5},
+        {"nan_row": 2},
+        {"flipped_row": 4},
+        {"flipped_row": 1},
+        {"null_row": 1, "nan_row": 2, "flipped_row": 0},
+    ],
 )
-def test_missing_or_non_finite_embeddings_are_refused_by_name(corpus, tmp_path, damage):
-    # A NaN row used to rank first in every search; a null one ended in an IndexError.
+def test_missing_non_finite_or_damaged_embeddings_are_refused_by_name(corpus, tmp_path, damage):
+    # A NaN row used to rank first in every search; a null one ended in an IndexError; a
+    # flipped bit (#24 D2) ranked first for every query with a score of 1.9e36.
     shard = _corrupt_copy(corpus / "emb", tmp_path / "emb", **damage)
-    bad_rows = sorted({damage.get("nan_row"), damage.get("null_row")} - {None})
+    bad_rows = sorted(damage.values())
     first_uri = next(store.iter_embeddings(corpus / "emb", ("uri",))).column("uri")[bad_rows[0]]
+    counts = [
+        f"1 {what}"
+        for key, what in (
+            ("null_row", "missing"),
+            ("nan_row", "not finite \\(NaN or inf\\)"),
+            ("flipped_row", "not of unit norm \\(a norm of [0-9.e+]+: a damaged file\\)"),
+        )
+        if key in damage
+    ]
     expected = (
-        f"holds {len(bad_rows)} embedding\\(s\\) that are missing or not finite "
-        f"\\(NaN or inf\\), the first for {re.escape(str(first_uri))}"
+        f"holds embeddings that are {', '.join(counts)}; the first for {re.escape(str(first_uri))}"
     )
     with pytest.raises(InputError, match=expected) as refused:
         build_index(IndexConfig(emb_dir=tmp_path / "emb", out_dir=tmp_path / "i"))
@@ -465,7 +493,7 @@ def test_missing_or_non_finite_embeddings_are_refused_by_name(corpus, tmp_path, 
         texts=("a photo of a dog",), embeddings_dir=tmp_path / "emb", kind="text", k=1, device="cpu"
     )
     if any(kinds[row] == "text" for row in bad_rows):
-        with pytest.raises(InputError, match="not finite"):
+        with pytest.raises(InputError, match="holds embeddings that are 1 "):
             search(text_search)
     else:
         assert search(text_search).results[0].hits[0].text == "a photo of a dog"

@@ -334,29 +334,52 @@ def _pick(values: list[Any], positions: list[int]) -> list[Any]:
     return [values[i] for i in positions]
 
 
+# How far from 1 a stored embedding's norm may be: float16 keeps each value to 1 part in 2,048,
+# so a unit vector stored in it has a norm within 5e-4 of 1 (float32: within 1e-6).
+NORM_TOLERANCE = 2e-3
+
+
 def _embedding_matrix(
     column: pa.FixedSizeListArray,
     keep: np.ndarray,
     path: Path,
     uris: Sequence[str] | Callable[[], Sequence[str]],
 ) -> np.ndarray:
-    """(kept, D) float32 of the ``keep`` rows of an ``embedding`` column; null or non-finite
-    ones are refused, naming the first one's uri (``uris``, or a function that lists them)."""
+    """(kept, D) float32 of the ``keep`` rows of an ``embedding`` column; null, non-finite or
+    not unit-norm ones are refused, naming the first one's uri (``uris``, or a function that
+    lists them)."""
     dim = column.type.list_size
     # Null rows keep their slots in the child array: take the values by position, not flatten().
     flat = column.values.slice(column.offset * dim, len(column) * dim)
     vectors = flat.to_numpy(zero_copy_only=False).reshape(-1, dim)[keep]
     vectors = vectors.astype(np.float32, copy=False)
-    bad = np.zeros(len(column), dtype=bool)
-    bad[keep] = ~np.isfinite(vectors).all(axis=1)
+    missing = np.zeros(len(column), dtype=bool)
     if column.null_count:
-        bad |= column.is_null().to_numpy(zero_copy_only=False) & keep
+        missing = column.is_null().to_numpy(zero_copy_only=False) & keep
+    norms = np.full(len(column), 1.0)
+    norms[keep] = np.sqrt(np.einsum("ij,ij->i", vectors, vectors, dtype=np.float64))
+    norms[missing] = 1.0
+    # A flipped bit (a value of 2.75e37) is finite, but ranks first for every query and makes
+    # zero-shot probabilities NaN: every clipkit embedding has unit norm, so that is checked.
+    not_finite = ~np.isfinite(norms)
+    off_norm = np.isfinite(norms) & (np.abs(norms - 1.0) > NORM_TOLERANCE)
+    bad = missing | not_finite | off_norm
     if bad.any():
         first = int(np.flatnonzero(bad)[0])
         uris = uris() if callable(uris) else uris
+        what = [
+            f"{int(rows.sum())} {name}"
+            for rows, name in (
+                (missing, "missing"),
+                (not_finite, "not finite (NaN or inf)"),
+                (off_norm, "not of unit norm"),
+            )
+            if rows.any()
+        ]
+        if off_norm.any():
+            what[-1] += f" (a norm of {norms[np.flatnonzero(off_norm)[0]]:.4g}: a damaged file)"
         raise InputError(
-            f"{path} holds {int(bad.sum())} embedding(s) that are missing or not finite "
-            f"(NaN or inf), the first for {uris[first]}.",
+            f"{path} holds embeddings that are {', '.join(what)}; the first for {uris[first]}.",
             f"Delete {path.name} and run the same `clipkit embed` command again: it embeds "
             "only what the folder lacks.",
         )
