@@ -1,11 +1,17 @@
 """An index's three files are replaced as one: a reader loading during an update waits and
-then sees the new set whole, and a set left half-replaced (a crash between the renames) is
-refused by name until a rebuild, never read as if its vectors and row map belonged together."""
+then sees the new set whole; a writer killed between its renames leaves a set that the next
+reader completes or recognises as whole by the recorded checksums; a set that is truly mixed
+is refused by name until a rebuild, never read as if its vectors and row map belonged
+together; damaged vectors are refused, never searched."""
 
 from __future__ import annotations
 
 import errno
+import json
 import os
+import signal
+import subprocess
+import sys
 import threading
 
 import numpy as np
@@ -161,3 +167,68 @@ def test_an_index_without_the_publish_file_still_loads(changed_folder):
     (idx / PUBLISH_FILE).unlink()  # as written by clipkit before the file existed
     loaded = load_index(idx)
     _assert_rows_match_vectors(loaded, vectors)
+
+
+@pytest.mark.parametrize("renamed", [0, 1, 2, 3])
+def test_a_writer_killed_inside_the_publish_window_leaves_a_whole_set(
+    changed_folder, tmp_path, renamed
+):
+    """#24 D4: `kill -9` of `index --update` after RENAMED of its three renames (3: before it
+    clears the marker). The index used to be refused until a full rebuild even where its files
+    were the old set, byte for byte; now it is the old set (0) or the new one, whole."""
+    emb, idx, vectors = changed_folder
+    before = load_index(idx, check_source=False).rows.column("id")
+    code = f"""
+import os, signal
+from pathlib import Path
+from clipkit.index.build import IndexConfig, build_index
+from clipkit.infra import locks
+real_replace, done = os.replace, []
+def replace(source, target):
+    if len(done) == {renamed}:
+        os.kill(os.getpid(), signal.SIGKILL)
+    real_replace(source, target)
+    done.append(target)
+os.replace = replace
+if {renamed} == 3:  # after the last rename, before the marker is cleared
+    real_mark = locks._mark
+    locks._mark = lambda handle, text: real_mark(handle, text) if text else None
+    os.replace = real_replace
+build_index(IndexConfig(emb_dir=Path({str(emb)!r}), out_dir=Path({str(idx)!r}), update=True))
+if {renamed} == 3:
+    os.kill(os.getpid(), signal.SIGKILL)
+"""
+    killed = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert killed.returncode == -signal.SIGKILL, killed.stderr
+    assert (idx / PUBLISH_FILE).read_text().startswith("publishing")
+    staged = [p for p in idx.iterdir() if p.name.endswith(".tmp")]
+    assert len(staged) == 3 - renamed
+    loaded = load_index(idx, check_source=False)  # completed or recognised, not refused
+    assert (idx / PUBLISH_FILE).read_text() == ""
+    _assert_rows_match_vectors(loaded, vectors)
+    if renamed == 0:
+        assert loaded.rows.column("id") == before  # the old set, whole
+    else:
+        assert "0003" not in loaded.rows.column("id") and loaded.info.rows == ROWS
+    build_index(IndexConfig(emb_dir=emb, out_dir=idx, update=True))
+    assert not [p for p in idx.iterdir() if p.name.endswith(".tmp")]  # #24 D9: cleaned
+    _assert_rows_match_vectors(load_index(idx), vectors)
+
+
+def test_a_flipped_byte_in_the_vectors_is_refused(changed_folder):
+    """#24 D3: a byte flipped in index.faiss's vector data gave cosine scores of 3.09."""
+    _, idx, _ = changed_folder
+    data = bytearray((idx / INDEX_FILE).read_bytes())
+    data[-4 * DIM + 3] ^= 0x40  # the exponent of the last row's first value
+    (idx / INDEX_FILE).write_bytes(bytes(data))
+    with pytest.raises(ClipkitError, match="index.faiss is damaged: its checksum is not"):
+        load_index(idx, check_source=False)
+    # An index made before the checksums were recorded: its scores give it away.
+    sidecar = json.loads((idx / "index.json").read_text())
+    (idx / "index.json").write_text(json.dumps({**sidecar, "files": {}}))
+    loaded = load_index(idx, check_source=False)
+    damaged = loaded.vectors[-1, 0]
+    assert abs(damaged) > 2
+    query = np.sign(damaged) * np.eye(DIM, dtype=np.float32)[:1]  # towards the damaged value
+    with pytest.raises(ClipkitError, match="gave a score of .*which unit vectors cannot have"):
+        loaded.search(query, 5)

@@ -312,7 +312,7 @@ def test_bad_indexes_and_queries(corpus, tmp_path):
     (broken / "index.faiss").write_bytes(b"garbage")
     cases = [
         (SearchConfig(texts=("x",), index_dir=tmp_path / "missing"), "not a clipkit index"),
-        (SearchConfig(texts=("x",), index_dir=broken), "missing or corrupt"),
+        (SearchConfig(texts=("x",), index_dir=broken), "index.faiss is damaged"),
         (SearchConfig(texts=("x",), index_dir=corpus / "index", k=0), "-k must be at least 1"),
         (SearchConfig(images=(tmp_path / "nope.png",), index_dir=corpus / "index"), "unreadable"),
         (SearchConfig(index_dir=corpus / "index"), "No query given"),
@@ -404,7 +404,8 @@ def test_empty_index_and_missing_row_map(corpus, tmp_path):
     faiss.write_index(faiss.IndexFlatIP(128), str(empty / "index.faiss"))
     store.write_row_map(empty / "rows.parquet", {"id": [], "uri": [], "kind": [], "text": []})
     info = json.loads((empty / "index.json").read_text())
-    (empty / "index.json").write_text(json.dumps({**info, "rows": 0}))
+    # as an index made before the sidecar recorded checksums (files: {}), read unchecked
+    (empty / "index.json").write_text(json.dumps({**info, "rows": 0, "files": {}}))
     with pytest.raises(InputError, match="is empty"):
         load_index(empty)
     no_rows = tmp_path / "no_rows"

@@ -13,7 +13,7 @@ import math
 import os
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -24,11 +24,11 @@ from clipkit import store
 from clipkit.errors import InputError
 from clipkit.index.load import (
     INDEX_FILE,
-    META_FILE,
     ROWS_FILE,
     IndexInfo,
     load_index,
 )
+from clipkit.index.parts import PARTS, file_record, remove_staged, repair, write_vectors
 from clipkit.index.recall import (
     RECALL_K,
     QuerySet,
@@ -86,6 +86,7 @@ def build_index(config: IndexConfig) -> IndexResult:
     kind = _resolve_kind(config, shards)
     command = f"index {'--update ' if config.update else ''}-o {config.out_dir}"
     with writer_lock(config.out_dir, command, create=not config.update):
+        _recover(config.out_dir)
         if config.update:
             return _update(config, shards, stamp, kind, started)
         return _build(config, shards, stamp, kind, started)
@@ -248,13 +249,23 @@ def _default_budget() -> int:
 
 
 def _write(out_dir: Path, index: faiss.Index, rows: dict[str, list[Any]], info: IndexInfo):
-    """Stage the three parts, then replace them together (see :mod:`clipkit.infra.locks`)."""
+    """Stage the three parts, then replace them together (see :mod:`clipkit.infra.locks`);
+    the sidecar records the others' checksums (see :mod:`clipkit.index.parts`)."""
     make_folder(out_dir)
-    parts = [out_dir / INDEX_FILE, out_dir / ROWS_FILE, out_dir / META_FILE]
-    with atomic_paths(parts, commit=lambda: publishing(out_dir)) as (vectors, row_map, sidecar):
-        faiss.write_index(index, str(vectors))
+    targets = [out_dir / name for name in PARTS]
+    with atomic_paths(targets, commit=lambda: publishing(out_dir)) as (vectors, row_map, sidecar):
+        files = {INDEX_FILE: write_vectors(index, vectors)}
         store.write_row_map(row_map, rows)
-        sidecar.write_text(json.dumps(info.as_dict(), indent=2))
+        files[ROWS_FILE] = file_record(row_map)
+        sidecar.write_text(json.dumps(replace(info, files=files).as_dict(), indent=2))
+
+
+def _recover(out_dir: Path) -> None:
+    """Before writing: repair a set a killed writer left half-replaced (see ``parts.repair``)
+    and delete the files it staged. The caller holds the writer lock."""
+    if out_dir.is_dir():
+        repair(out_dir)
+        remove_staged(out_dir)
 
 
 def _update(

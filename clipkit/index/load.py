@@ -16,9 +16,10 @@ import numpy as np
 from clipkit import __version__, store
 from clipkit.errors import InputError
 from clipkit.index.exact import exact_topk
-from clipkit.infra.locks import reading_published
+from clipkit.index.parts import INDEX_FILE, META_FILE, ROWS_FILE, read_vectors, repair
+from clipkit.infra.locks import HalfPublished, reading_published
 
-INDEX_FILE, ROWS_FILE, META_FILE = "index.faiss", "rows.parquet", "index.json"
+__all__ = ["INDEX_FILE", "META_FILE", "ROWS_FILE", "IndexInfo", "LoadedIndex", "load_index"]
 
 
 @dataclass(frozen=True)
@@ -42,12 +43,17 @@ class IndexInfo:
     removed_rows: int = 0
     extra: dict[str, Any] = field(default_factory=dict)
     base: str | None = None  # the folder the rows' relative uris are relative to (the source's)
+    # index.faiss and rows.parquet: {"bytes": …, "crc32": …} each (see index.parts); empty in
+    # an index made before clipkit recorded them, which is read unchecked.
+    files: dict[str, dict[str, int]] = field(default_factory=dict)
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
 
 
 SMALL_BATCH = 256
+SCORE_SLACK = 1e-3  # float32 rounding of a dot product of unit vectors
+QUANTIZED_SCORE_SLACK = 0.1  # PQ and SQ reconstruct vectors within a few percent of norm 1
 
 
 @dataclass
@@ -74,8 +80,24 @@ class LoadedIndex:
         k = min(k, self.index.ntotal)
         queries = np.ascontiguousarray(queries, dtype=np.float32)
         if self.vectors is not None and len(queries) < SMALL_BATCH:
-            return exact_topk(queries, self.vectors, k)
-        return self.index.search(queries, k)
+            scores, rows = exact_topk(queries, self.vectors, k)
+        else:
+            scores, rows = self.index.search(queries, k)
+        self._check_scores(scores, rows)
+        return scores, rows
+
+    def _check_scores(self, scores: np.ndarray, rows: np.ndarray) -> None:
+        """Unit vectors score in [-1, 1]: outside it (beyond rounding, or a quantizer's
+        error), the index's vectors are damaged, and its answers would be wrong."""
+        quantized = any(code in self.info.factory for code in ("PQ", "SQ"))
+        slack = QUANTIZED_SCORE_SLACK if quantized else SCORE_SLACK
+        found = np.abs(scores[rows >= 0])  # FAISS marks a missing result with row -1
+        if self.info.metric == "inner_product" and found.max(initial=0.0) > 1 + slack:
+            raise InputError(
+                f"The index in {self.folder} gave a score of {found.max():.4g}, "
+                "which unit vectors cannot have: its vectors are damaged.",
+                _REBUILD,
+            )
 
 
 def load_index(folder: Path, *, check_source: bool = True) -> LoadedIndex:
@@ -90,8 +112,16 @@ def load_index(folder: Path, *, check_source: bool = True) -> LoadedIndex:
             f"{folder} is not a clipkit index (no {META_FILE}).",
             "Build one with: clipkit index EMB_DIR -o INDEX_DIR",
         )
-    with reading_published(folder, "The index", _REBUILD):  # not mid-way through an update
-        info, index, rows = _read_parts(folder)
+    try:
+        with reading_published(folder, "The index", _REBUILD):  # not mid-way through an update
+            info, index, rows = _read_parts(folder)
+    except HalfPublished:
+        # Its writer stopped between renames: whole again if the checksums say which set
+        # is there (or the staged files complete the new one); else still refused.
+        if not repair(folder):
+            raise
+        with reading_published(folder, "The index", _REBUILD):
+            info, index, rows = _read_parts(folder)
     if index.ntotal != len(rows) or index.ntotal != info.rows:
         raise InputError(
             f"The parts of {folder} disagree: {index.ntotal} vectors, {len(rows)} "
@@ -113,11 +143,20 @@ def _read_parts(folder: Path) -> tuple[IndexInfo, faiss.Index, store.RowMap]:
         info = IndexInfo(**json.loads(meta_path.read_text()))
     except (OSError, ValueError, TypeError) as error:
         raise InputError(f"{meta_path} is corrupt ({error}).", _REBUILD) from None
-    try:
-        index = faiss.read_index(str(folder / INDEX_FILE))
-    except RuntimeError:
-        raise InputError(f"{folder / INDEX_FILE} is missing or corrupt.", _REBUILD) from None
+    index = read_vectors(folder / INDEX_FILE, info.files.get(INDEX_FILE), _REBUILD)
+    rows_record, rows_size = info.files.get(ROWS_FILE), _size(folder / ROWS_FILE)
+    if rows_record is not None and rows_size is not None and rows_size != rows_record["bytes"]:
+        raise InputError(
+            f"{folder / ROWS_FILE} is damaged: its size is not the one recorded.", _REBUILD
+        )
     return info, index, store.read_row_map(folder / ROWS_FILE)
+
+
+def _size(path: Path) -> int | None:
+    try:
+        return path.stat().st_size
+    except OSError:
+        return None
 
 
 def _check_source(info: IndexInfo) -> None:

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import IO
 
@@ -147,6 +147,26 @@ def reading_published(folder: Path, what: str, hint: str) -> Iterator[None]:
                 hint,
             )
         yield
+
+
+@contextlib.contextmanager
+def repairing(folder: Path) -> Iterator[Callable[[], None] | None]:
+    """Hold ``folder``'s publish lock exclusively, to repair a set a writer left half-replaced.
+
+    Yields the function that marks the set whole again, or None when it is not marked (never
+    was, or another process repaired it while this one waited for the lock). Holding the lock
+    means no writer is renaming: one that left the marker set has stopped.
+    """
+    try:
+        handle = open(folder / PUBLISH_FILE, "r+", encoding="utf-8")  # noqa: SIM115 - closed below
+    except OSError:
+        yield None
+        return
+    with handle:
+        if fcntl is not None:
+            with contextlib.suppress(OSError):
+                fcntl.flock(handle, fcntl.LOCK_EX)
+        yield (lambda: _mark(handle, "")) if handle.read().startswith(PUBLISHING) else None
 
 
 def _mark(handle: IO[str], text: str) -> None:
