@@ -262,7 +262,32 @@ def test_fingerprint_mismatch_is_refused(corpus, tmp_path, tiny_encoder):
         search(
             SearchConfig(texts=("x",), index_dir=corpus / "index", model=str(other), device="cpu")
         )
-    assert f"-m {TINY}" in info.value.hint
+    assert f"This data was made by {TINY} (fingerprint {tiny_encoder.fingerprint})" in str(
+        info.value.message
+    )
+    assert f"-m {other} is another model" in info.value.message
+    assert info.value.hint == f"Leave out -m to use {TINY}, or embed again with {other}."
+
+
+def test_a_recorded_spec_that_now_loads_other_weights_is_named_so(corpus, tmp_path, tiny_encoder):
+    """#24 D15: the hint said "Use -m clipkit-small:random" to a user who had passed exactly
+    that: the same spec loaded another model (here: a checkpoint replaced since)."""
+    from clipkit.models.checkpoints import write_checkpoint
+    from clipkit.models.openclip import load_matching_model, load_model
+
+    path = tmp_path / "model.safetensors"
+    write_checkpoint(path, tiny_encoder.model.state_dict(), tiny_encoder.checkpoint_meta())
+    recorded = load_model(str(path), device="cpu").fingerprint
+    state = {
+        k: v * 1.01 if v.is_floating_point() else v
+        for k, v in tiny_encoder.model.state_dict().items()
+    }
+    write_checkpoint(path, state, tiny_encoder.checkpoint_meta())  # retrained in place
+    for asked in (None, str(path)):
+        with pytest.raises(InputError) as info:
+            load_matching_model(str(path), recorded, spec=asked, device="cpu")
+        assert f"{path} now loads another model" in info.value.message
+        assert f"-m {path}" not in info.value.hint and f"fingerprint {recorded}" in info.value.hint
 
 
 def test_auto_choice_and_recorded_recall_on_clustered_data(tmp_path, tiny_encoder):

@@ -301,12 +301,27 @@ def load_matching_model(
             " for example the checkpoint where it lies now.",
         ) from None
     if encoder.fingerprint != recorded_fingerprint:
-        raise InputError(
-            f"The embeddings were made by {recorded_spec} (fingerprint {recorded_fingerprint}); "
-            f"{encoder.spec} has fingerprint {encoder.fingerprint}.",
-            f"Use -m {recorded_spec}, or re-embed with the new model.",
-        )
+        raise _other_model(recorded_spec, recorded_fingerprint, spec, encoder.fingerprint)
     return encoder
+
+
+def _other_model(
+    recorded_spec: str, recorded_fingerprint: str, spec: str | None, fingerprint: str
+) -> InputError:
+    """What was asked for, what made the data, and the way out: two cases, two messages."""
+    made = f"made by {recorded_spec} (fingerprint {recorded_fingerprint})"
+    if spec is None or spec == recorded_spec:
+        # The same name now loads other weights: a checkpoint replaced since, say.
+        return InputError(
+            f"This data was {made}, but {recorded_spec} now loads another model "
+            f"(fingerprint {fingerprint}): its weights changed since.",
+            f"Pass the model that made it with -m (any spec of fingerprint "
+            f"{recorded_fingerprint}), or embed again with this one.",
+        )
+    return InputError(
+        f"This data was {made}; -m {spec} is another model (fingerprint {fingerprint}).",
+        f"Leave out -m to use {recorded_spec}, or embed again with {spec}.",
+    )
 
 
 def openai_templates() -> tuple[str, ...]:
