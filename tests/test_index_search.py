@@ -655,3 +655,26 @@ def test_exact_topk_breaks_ties_to_the_lower_row():
     scores, rows = exact_topk(queries, keys, 4)
     assert rows.tolist() == [[0, 2, 4, 3], [1, 3, 0, 2]]
     np.testing.assert_allclose(scores, [[1, 1, 1, 0.6], [1, 0.8, 0, 0]])
+
+
+def test_control_characters_reach_the_html_page_as_their_codes(tmp_path):
+    """#24 D13: a NUL (or an escape sequence) in a caption was written raw into the page."""
+    from clipkit.report.html import write_search_gallery
+    from clipkit.search.run import QueryResult, SearchHit, SearchResult
+
+    hit = SearchHit(
+        rank=1,
+        score=0.5,
+        id="0" * 32,
+        uri="captions/a\x07.txt",
+        kind="text",
+        text="a red\x00 circle \x1b[31m<b>\u0085",
+        meta={"note\x0c": "tab\tand\nnewline stay \udcff"},
+    )
+    result = SearchResult((QueryResult("q\x00", (hit,)),), model="m\x01", source="s")
+    page = write_search_gallery(result, tmp_path / "g.html").read_bytes()
+    assert not any(byte < 0x20 and byte not in b"\t\n\r" for byte in page)
+    text = page.decode("utf-8")  # no lone surrogate either: the page is valid UTF-8
+    assert "a red\\x00 circle \\x1b[31m&lt;b&gt;\\x85" in text
+    assert "captions/a\\x07.txt" in text and "q\\x00" in text and "m\\x01" in text
+    assert "note\\x0c: tab\tand\nnewline stay \\udcff" in text

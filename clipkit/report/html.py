@@ -6,6 +6,7 @@ import base64
 import html
 import io
 import os
+import re
 from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -20,6 +21,18 @@ from clipkit.search.run import SearchResult
 from clipkit.zeroshot.run import UNKNOWN, Prediction, ZeroShotResult
 
 THUMBNAIL = 192
+
+# Control characters (NUL, escape sequences, C1) and lone surrogates (from undecodable file
+# names) are not text a page can hold: each is shown as its code, \x00 or \udcff.
+_UNPRINTABLE = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f\ud800-\udfff]")
+
+
+def _escape(text: str) -> str:
+    """``text`` as HTML text or attribute value: markup escaped, control characters shown."""
+    shown = _UNPRINTABLE.sub(lambda m: m.group().encode("unicode_escape").decode("ascii"), text)
+    return html.escape(shown)
+
+
 _STYLE = """
 body{font:14px system-ui,sans-serif;margin:24px;color:#222;background:#fafafa}
 h1{font-size:20px}h2{font-size:16px;margin-top:28px}
@@ -62,24 +75,22 @@ def write_search_gallery(result: SearchResult, path: Path) -> Path:
             if hit.kind == "image":
                 uri = thumbnail_uri(hit.path or hit.uri)
                 body = (
-                    f'<img src="{uri}" alt="{html.escape(hit.uri)}">'
+                    f'<img src="{uri}" alt="{_escape(hit.uri)}">'
                     if uri
                     else '<div class="text">image unreadable</div>'
                 )
             else:
-                body = f'<div class="text">{html.escape(hit.text or "")}</div>'
+                body = f'<div class="text">{_escape(hit.text or "")}</div>'
             passed = "".join(
-                f"<br>{html.escape(name)}: {html.escape(value)}" for name, value in hit.meta.items()
+                f"<br>{_escape(name)}: {_escape(value)}" for name, value in hit.meta.items()
             )
             cards.append(
                 f'<div class="card" data-rank="{hit.rank}">{body}<div class="meta">'
                 f'<span class="score">#{hit.rank} · {hit.score:.4f}</span><br>'
-                f"{html.escape(hit.uri)}{passed}</div></div>"
+                f"{_escape(hit.uri)}{passed}</div></div>"
             )
-        sections.append(
-            f'<h2>{html.escape(query.query)}</h2><div class="grid">{"".join(cards)}</div>'
-        )
-    intro = f"<p>model {html.escape(result.model)} · source {html.escape(result.source)}</p>"
+        sections.append(f'<h2>{_escape(query.query)}</h2><div class="grid">{"".join(cards)}</div>')
+    intro = f"<p>model {_escape(result.model)} · source {_escape(result.source)}</p>"
     return _write_page(path, "clipkit search", intro + "".join(sections))
 
 
@@ -107,7 +118,7 @@ def write_zeroshot_report(result: ZeroShotResult, path: Path) -> list[Path]:
     parts.append(_label_galleries(result))
     if result.failures:
         items = "".join(
-            f"<li>{html.escape(uri)}: {html.escape(stage)}: {html.escape(error)}</li>"
+            f"<li>{_escape(uri)}: {_escape(stage)}: {_escape(error)}</li>"
             for uri, stage, error in result.failures
         )
         parts.append(f"<h2>Skipped ({len(result.failures)})</h2><ul>{items}</ul>")
@@ -132,8 +143,8 @@ def _zeroshot_summary(result: ZeroShotResult) -> str:
             f"top-1 {m.top1:.1%} · top-{m.k} {m.topk:.1%} · "
             f"mean per-class recall {m.mean_per_class_recall:.1%}"
         )
-    notes = "".join(f"<p>{html.escape(note)}</p>" for note in result.notes)
-    return "<p>" + " · ".join(html.escape(fact) for fact in facts) + "</p>" + notes
+    notes = "".join(f"<p>{_escape(note)}</p>" for note in result.notes)
+    return "<p>" + " · ".join(_escape(fact) for fact in facts) + "</p>" + notes
 
 
 def _class_table(result: ZeroShotResult) -> str:
@@ -143,7 +154,7 @@ def _class_table(result: ZeroShotResult) -> str:
         return "–" if value is None else f"{value:.3f}"
 
     rows = "".join(
-        f"<tr><td>{html.escape(c.label)}</td><td>{c.support}</td><td>{c.predicted}</td>"
+        f"<tr><td>{_escape(c.label)}</td><td>{c.support}</td><td>{c.predicted}</td>"
         f"<td>{cell(c.precision)}</td><td>{cell(c.recall)}</td></tr>"
         for c in result.metrics.classes
     )
@@ -164,7 +175,7 @@ def _worst_confusions(result: ZeroShotResult) -> str:
         ]
         wrong.sort(key=lambda p: -p.confidence)
         sections.append(
-            f"<h3>{html.escape(labels[true])} → {html.escape(labels[predicted])} ({count})</h3>"
+            f"<h3>{_escape(labels[true])} → {_escape(labels[predicted])} ({count})</h3>"
             + _cards(wrong)
         )
     body = "".join(sections) or "<p>No confusions: every image got its true label.</p>"
@@ -180,7 +191,7 @@ def _label_galleries(result: ZeroShotResult) -> str:
         # unknown: the least confident first (the clearest rejections); labels: the most
         chosen.sort(key=lambda p: p.confidence if label == UNKNOWN else -p.confidence)
         if chosen:
-            sections.append(f"<h3>{html.escape(label)} ({count})</h3>" + _cards(chosen))
+            sections.append(f"<h3>{_escape(label)} ({count})</h3>" + _cards(chosen))
     hidden = max(len(result.distribution) - GALLERY_LABELS, 0)
     more = f"<p>{hidden} less frequent labels not shown.</p>" if hidden else ""
     return f"<h2>Predictions by label</h2>{''.join(sections)}{more}"
@@ -195,18 +206,18 @@ def _cards(predictions: Sequence[Prediction]) -> str:
 def _card(prediction: Prediction) -> str:
     uri = thumbnail_uri(prediction.path or prediction.uri)
     body = (
-        f'<img src="{uri}" alt="{html.escape(prediction.uri)}">'
+        f'<img src="{uri}" alt="{_escape(prediction.uri)}">'
         if uri
         else '<div class="text">image unavailable</div>'
     )
-    top = "<br>".join(f"{html.escape(label)} {p:.3f}" for label, p in prediction.top[:3])
+    top = "<br>".join(f"{_escape(label)} {p:.3f}" for label, p in prediction.top[:3])
     truth = ""
     if prediction.target is not None:
         mark = "" if prediction.target == prediction.top[0][0] else ' class="wrong"'
-        truth = f"<span{mark}>true: {html.escape(prediction.target)}</span><br>"
+        truth = f"<span{mark}>true: {_escape(prediction.target)}</span><br>"
     return (
         f'<div class="card">{body}<div class="meta">{truth}'
-        f'<span class="score">{top}</span><br>{html.escape(prediction.uri)}</div></div>'
+        f'<span class="score">{top}</span><br>{_escape(prediction.uri)}</div></div>'
     )
 
 
@@ -237,8 +248,8 @@ def write_audit_report(result: AuditResult, path: Path, *, top: int = 50) -> lis
     )
     flagged = result.flagged
     parts = [
-        "<p>" + " · ".join(html.escape(fact) for fact in facts) + "</p>",
-        f"<p>{html.escape(rule)} ({html.escape(c.method)}): {c.null_pass_rate:.2%} of "
+        "<p>" + " · ".join(_escape(fact) for fact in facts) + "</p>",
+        f"<p>{_escape(rule)} ({_escape(c.method)}): {c.null_pass_rate:.2%} of "
         f"{c.null_pairs} shuffled pairs pass as matched.</p>",
         '<table class="data"><tr><th>cosine</th><th>5%</th><th>25%</th><th>50%</th>'
         f"<th>75%</th><th>95%</th></tr>{rows}</table>",
@@ -249,7 +260,7 @@ def write_audit_report(result: AuditResult, path: Path, *, top: int = 50) -> lis
     ]
     if result.failures:
         items = "".join(
-            f"<li>{html.escape(uri)}: {html.escape(stage)}: {html.escape(error)}</li>"
+            f"<li>{_escape(uri)}: {_escape(stage)}: {_escape(error)}</li>"
             for uri, stage, error in result.failures
         )
         parts.append(f"<h2>Skipped ({len(result.failures)})</h2><ul>{items}</ul>")
@@ -259,27 +270,27 @@ def write_audit_report(result: AuditResult, path: Path, *, top: int = 50) -> lis
 def _audit_card(pair: PairAudit) -> str:
     uri = thumbnail_uri(pair.image_path or pair.image)
     body = (
-        f'<img src="{uri}" alt="{html.escape(pair.image)}">'
+        f'<img src="{uri}" alt="{_escape(pair.image)}">'
         if uri
         else '<div class="text">image unavailable</div>'
     )
-    suggestion = html.escape(pair.suggested_caption or "–")
+    suggestion = _escape(pair.suggested_caption or "–")
     return (
-        f'<div class="card">{body}<div class="meta"><b>caption:</b> {html.escape(pair.caption)}'
+        f'<div class="card">{body}<div class="meta"><b>caption:</b> {_escape(pair.caption)}'
         f"<br><b>suggested:</b> {suggestion}<br>"
         f'<span class="score">mismatch {pair.mismatch:.3f} · cosine {pair.cosine:.3f} · rank '
-        f"{pair.caption_rank}/{pair.image_rank}</span><br>{html.escape(pair.image)}</div></div>"
+        f"{pair.caption_rank}/{pair.image_rank}</span><br>{_escape(pair.image)}</div></div>"
     )
 
 
 def _duplicates_section(result: AuditResult, shown: int = 20) -> str:
     images = "".join(
-        f"<li>{', '.join(html.escape(f) for f in files)}: "
-        f"{' | '.join(html.escape(c) for c in captions)}</li>"
+        f"<li>{', '.join(_escape(f) for f in files)}: "
+        f"{' | '.join(_escape(c) for c in captions)}</li>"
         for files, captions in result.duplicate_images[:shown]
     )
     captions = "".join(
-        f"<li>{html.escape(caption)}: {len(found)} images</li>"
+        f"<li>{_escape(caption)}: {len(found)} images</li>"
         for caption, found in result.duplicate_captions[:shown]
     )
     return (
@@ -303,27 +314,27 @@ def write_overview(path: Path, title: str, cards: Sequence[OverviewCard]) -> Pat
     """A page of cards that links the other reports (the quickstart's ``index.html``)."""
     rendered = []
     for card in cards:
-        parts = [f"<h2>{html.escape(card.title)}</h2><p>{html.escape(card.text)}</p>"]
+        parts = [f"<h2>{_escape(card.title)}</h2><p>{_escape(card.text)}</p>"]
         for file in card.files:
             if file.suffix == ".html":
                 href = Path(os.path.relpath(file, path.parent)).as_posix()
-                parts.append(f'<p><a href="{html.escape(href)}">{html.escape(file.name)}</a></p>')
+                parts.append(f'<p><a href="{_escape(href)}">{_escape(file.name)}</a></p>')
             elif file.suffix == ".png" and file.is_file():
                 encoded = base64.b64encode(file.read_bytes()).decode("ascii")
                 parts.append(
                     f'<img class="figure" src="data:image/png;base64,{encoded}" '
-                    f'alt="{html.escape(file.name)}">'
+                    f'alt="{_escape(file.name)}">'
                 )
             else:
-                parts.append(f'<p class="meta">{html.escape(str(file))}</p>')
+                parts.append(f'<p class="meta">{_escape(str(file))}</p>')
         rendered.append(f'<div class="card wide">{"".join(parts)}</div>')
     return _write_page(path, title, f'<div class="grid">{"".join(rendered)}</div>')
 
 
 def _write_page(path: Path, title: str, body: str) -> Path:
     page = (
-        f'<!doctype html><html><head><meta charset="utf-8"><title>{html.escape(title)}</title>'
-        f"<style>{_STYLE}</style></head><body><h1>{html.escape(title)}</h1>{body}</body></html>"
+        f'<!doctype html><html><head><meta charset="utf-8"><title>{_escape(title)}</title>'
+        f"<style>{_STYLE}</style></head><body><h1>{_escape(title)}</h1>{body}</body></html>"
     )
     with atomic_path(path) as tmp:
         tmp.write_text(page, encoding="utf-8")
