@@ -115,3 +115,76 @@ def test_the_model_sees_the_same_pixels_as_from_a_file(shards, tmp_path):
         rtol=0,
         atol=1e-6,
     )
+
+
+def _four_samples(folder):
+    """A shard of 4 samples (png, json, txt each); returns it and each member's
+    (header offset, data offset, size), in order."""
+    import tarfile
+
+    shard = folder / "00000.tar"
+    write_tar_shard(shard, {f"{n:06d}": tar_sample(n, f"caption {n}") for n in range(4)})
+    with tarfile.open(shard) as archive:
+        places = [(m.offset, m.offset_data, m.size) for m in archive]
+    return shard, places
+
+
+@pytest.mark.parametrize(
+    "cut",
+    ["inside the third sample's image", "at a header", "inside a header", "the end marker"],
+)
+def test_a_truncated_shard_is_listed_and_what_precedes_the_cut_is_embedded(tmp_path, cut):
+    """#24 D5: a cut `.tar` was read partly with nothing reported (exit 0, an empty failures
+    table), where GNU tar reports an unexpected end of file."""
+    from clipkit.inputs.pairs import _shard_pairs
+
+    shard, places = _four_samples(tmp_path / "shards")
+    third_png = places[6]  # members: png, json, txt of each sample
+    length = {
+        "inside the third sample's image": third_png[1] + third_png[2] // 2,
+        "at a header": third_png[0],
+        "inside a header": third_png[0] + 100,
+        "the end marker": places[-1][1] + places[-1][2] + 512 - places[-1][2] % 512,
+    }[cut]
+    data = shard.read_bytes()
+    shard.write_bytes(data[:length])
+    result = embed(embed_config([shard.parent], tmp_path / "out"))
+    assert [(uri, stage) for uri, stage, _ in result.failures] == [(str(shard), "read")]
+    assert "tar shard is truncated" in result.failures[0][2]
+    kept = {row["uri"].rsplit("#", 1)[1] for row in rows(tmp_path / "out").values()}
+    whole_samples = 4 if cut == "the end marker" else 2
+    assert {m for m in kept if m.endswith(".png")} == {f"{n:06d}.png" for n in range(whole_samples)}
+    # train (and audit of pairs) read the same listing
+    pairs, skipped = _shard_pairs([shard])
+    assert len(pairs) == whole_samples and skipped[0][0] == str(shard)
+    assert "truncated" in skipped[0][2]
+
+
+def test_a_damaged_header_and_members_that_are_not_files_are_listed(tmp_path):
+    """#24 D5 and D10: a header overwritten mid-shard, and symlink, hard link and device
+    members, used to be passed over without a word."""
+    import tarfile
+
+    shard, places = _four_samples(tmp_path / "shards")
+    data = bytearray(shard.read_bytes())
+    data[places[9][0] : places[9][0] + 100] = b"\xff" * 100  # the fourth sample's png header
+    shard.write_bytes(bytes(data))
+    links = tmp_path / "shards" / "00001.tar"
+    with tarfile.open(links, "w") as archive:
+        for name, kind in (("s.png", tarfile.SYMTYPE), ("h.png", tarfile.LNKTYPE)):
+            info = tarfile.TarInfo(name)
+            info.type, info.linkname = kind, "/etc/passwd"
+            archive.addfile(info)
+        device = tarfile.TarInfo("d.png")
+        device.type = tarfile.CHRTYPE
+        archive.addfile(device)
+    result = embed(embed_config([shard.parent], tmp_path / "out"))
+    reasons = {uri: reason for uri, _, reason in result.failures}
+    assert (
+        reasons[str(shard)]
+        == f"tar shard is damaged (an unreadable member header at byte {places[9][0]})"
+    )
+    assert reasons[f"{links}#s.png"] == "a symbolic link (to /etc/passwd), not a file"
+    assert reasons[f"{links}#h.png"] == "a hard link (to /etc/passwd), not a file"
+    assert reasons[f"{links}#d.png"] == "a device, FIFO or other special member, not a file"
+    assert len(result.failures) == 4

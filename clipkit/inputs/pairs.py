@@ -24,7 +24,7 @@ from clipkit.inputs.tarshards import (
     TAR_SUFFIX,
     group_samples,
     image_member,
-    member_offsets,
+    list_shard,
     member_uri,
     read_member,
 )
@@ -164,11 +164,14 @@ def _shard_pairs(shards: list[Path]):
     pairs, skipped = [], []
     for shard in shards:
         try:
-            members = member_offsets(str(shard))
+            listing = list_shard(str(shard))
         except DecodeError as error:
             skipped.append((as_text(shard), "read", error.reason))
             continue
-        for key, parts in group_samples(members).items():
+        if listing.damage is not None:  # the samples before the damage are kept
+            skipped.append((as_text(shard), "read", listing.damage))
+        skipped.extend((member_uri(shard, m), "read", what) for m, what in listing.unsupported)
+        for key, parts in group_samples(listing.members).items():
             image = image_member(parts)
             uri = member_uri(shard, image or key)
             if image is None:

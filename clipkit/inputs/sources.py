@@ -23,7 +23,7 @@ from clipkit.inputs.tarshards import (
     TAR_SUFFIX,
     group_samples,
     image_member,
-    member_offsets,
+    list_shard,
     member_uri,
     read_member,
 )
@@ -174,14 +174,19 @@ def _tar_items(path: Path, options: SourceOptions, found: Discovery, *, explicit
     """The samples of a WebDataset shard: its image member and its ``.txt`` member (both
     optional), with the sample's ``.json`` member and each one's partner passed through."""
     try:
-        members = member_offsets(str(path))
+        listing = list_shard(str(path))
     except DecodeError as error:
         if explicit:
             raise InputError(f"{path} is {error.reason}.", "Check the file.") from None
         found.failures.append((options.uri(path), "read", error.reason))
         return
     shard_uri, shard = options.names(path)
-    for parts in group_samples(members).values():
+    # A damaged shard is listed as a failure; the samples before the damage are read.
+    if listing.damage is not None:
+        found.failures.append((options.uri(path), "read", listing.damage))
+    for member, what in listing.unsupported:
+        found.failures.append((member_uri(shard_uri, member), "read", what))
+    for parts in group_samples(listing.members).values():
         image = image_member(parts)
         caption, record = parts.get("txt"), parts.get("json")
         if image is None and caption is None:

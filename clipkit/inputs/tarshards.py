@@ -12,6 +12,7 @@ import functools
 import os
 import tarfile
 from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 
 from clipkit.inputs.decode import IMAGE_SUFFIXES, DecodeError, require_regular_file
@@ -23,8 +24,29 @@ IMAGE_EXTENSIONS = tuple(suffix.lstrip(".") for suffix in sorted(IMAGE_SUFFIXES)
 MEMBER_SEPARATOR = "#"
 
 
+@dataclass(frozen=True)
+class TarListing:
+    """What a shard holds: its regular files' (data offset, size) by member name; what stops
+    it being read to its end (``damage``: truncated, a damaged header), the members before
+    which stay; and the members that are not regular files (links, devices), with what each
+    is."""
+
+    members: dict[str, tuple[int, int]]
+    damage: str | None = None
+    unsupported: tuple[tuple[str, str], ...] = ()
+
+
 def member_offsets(shard: str) -> dict[str, tuple[int, int]]:
-    """Member name -> (data offset, size) for every regular file in a tar shard.
+    """Member name -> (data offset, size) for every whole regular file in a tar shard.
+
+    Raises:
+        DecodeError: the shard is missing or not a tar archive.
+    """
+    return list_shard(shard).members
+
+
+def list_shard(shard: str) -> TarListing:
+    """The shard's :class:`TarListing`.
 
     Raises:
         DecodeError: the shard is missing or not a tar archive.
@@ -41,18 +63,58 @@ def member_offsets(shard: str) -> dict[str, tuple[int, int]]:
 
 
 @functools.lru_cache(maxsize=64)
-def _listing(shard: str, size: int, mtime_ns: int) -> dict[str, tuple[int, int]]:
+def _listing(shard: str, size: int, mtime_ns: int) -> TarListing:
+    members: dict[str, tuple[int, int]] = {}
+    unsupported: list[tuple[str, str]] = []
+    damage = None
     try:
         with tarfile.open(shard, mode="r:") as archive:
-            return {
-                member.name: (member.offset_data, member.size)
-                for member in archive
-                if member.isfile()
-            }
+            # tarfile ends its iteration quietly at a truncated or damaged header after the
+            # first (a cut download read as a shorter shard): step through it, then look at
+            # what stopped it.
+            while True:
+                try:
+                    member = archive.next()
+                except tarfile.TarError as error:
+                    damage = (  # the previous member's data runs past the end of the file
+                        f"tar shard is truncated (it ends at byte {size})"
+                        if "unexpected end of data" in str(error)
+                        else f"tar shard is damaged ({error})"
+                    )
+                    break
+                if member is None:
+                    damage = _end_of(shard, archive.offset, size)
+                    break
+                if member.isfile():
+                    members[member.name] = (member.offset_data, member.size)
+                elif not member.isdir():
+                    unsupported.append((member.name, _not_a_file(member)))
     except FileNotFoundError:
         raise DecodeError("read", "tar shard is missing") from None
     except (tarfile.TarError, OSError) as error:
         raise DecodeError("read", f"not a readable tar shard: {error}") from None
+    whole = {name: at for name, at in members.items() if at[0] + at[1] <= size}
+    return TarListing(whole, damage, tuple(unsupported))
+
+
+def _end_of(shard: str, offset: int, size: int) -> str | None:
+    """Why iteration stopped at ``offset``: None at the end-of-archive marker (a zero block)."""
+    with open(shard, "rb") as handle:
+        handle.seek(offset)
+        block = handle.read(tarfile.BLOCKSIZE)
+    if len(block) < tarfile.BLOCKSIZE:
+        return f"tar shard is truncated (no end-of-archive marker; it ends at byte {size})"
+    if block.count(0) != len(block):
+        return f"tar shard is damaged (an unreadable member header at byte {offset})"
+    return None
+
+
+def _not_a_file(member: tarfile.TarInfo) -> str:
+    if member.issym():
+        return f"a symbolic link (to {member.linkname}), not a file"
+    if member.islnk():
+        return f"a hard link (to {member.linkname}), not a file"
+    return "a device, FIFO or other special member, not a file"
 
 
 def sample_key(member: str) -> tuple[str, str]:
