@@ -152,3 +152,51 @@ def test_urls_in_a_table_are_skipped_with_a_reason_and_file_urls_are_read(tmp_pa
     good, skipped = verify_images(pairs.pairs, image_size=8, workers=0)
     assert [pair.image for pair in good] == [str(local)]
     assert skipped == [("https://example.com/a.jpg", "read", URL_NOT_READ)]
+
+
+def test_unreadable_folders_and_unsupported_images_are_listed_not_passed_over(
+    tmp_path, monkeypatch
+):
+    """#24 D10: a subfolder without read permission and `.heic` photos were skipped without
+    a word, by embed and by train's folder pairs."""
+    import errno
+    import os
+
+    from clipkit.inputs.pairs import _folder_pairs
+
+    make_images(tmp_path / "photos", 2)
+    (tmp_path / "photos" / "img0000.txt").write_text("a caption")
+    (tmp_path / "photos" / "IMG_1234.HEIC").write_bytes(b"\x00\x00\x00\x18ftypheic")
+    private = tmp_path / "photos" / "private"
+    private.mkdir()
+    make_images(private, 1)
+    real_scandir = os.scandir
+
+    def scandir(path=".", *args):
+        if Path(path) == private:  # as chmod 000 does for anyone but root
+            raise PermissionError(errno.EACCES, "Permission denied", str(path))
+        return real_scandir(path, *args)
+
+    monkeypatch.setattr(os, "scandir", scandir)
+    found = discover([tmp_path / "photos"], SourceOptions())
+    assert sorted(found.failures) == [
+        (
+            str(tmp_path / "photos" / "IMG_1234.HEIC"),
+            "read",
+            ".heic images are not decoded by clipkit: convert them to JPEG or PNG",
+        ),
+        (str(private), "read", "folder not readable: Permission denied"),
+    ]
+    images = [item.uri for item in found.items if item.kind == "image"]
+    assert len(images) == 2 and all(str(private) not in uri for uri in images)
+    pairs, skipped = _folder_pairs(tmp_path / "photos", include_hidden=False)
+    assert len(pairs) == 1
+    assert {(uri, reason) for uri, _, reason in skipped} >= {
+        (
+            str(tmp_path / "photos" / "IMG_1234.HEIC"),
+            ".heic images are not decoded by clipkit: convert them to JPEG or PNG",
+        ),
+        (str(private), "folder not readable: Permission denied"),
+    }
+    with pytest.raises(InputError, match="heic images are not decoded"):
+        discover([tmp_path / "photos" / "IMG_1234.HEIC"], SourceOptions())

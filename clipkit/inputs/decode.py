@@ -16,6 +16,21 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 
 IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff"})
 TEXT_SUFFIXES = frozenset({".txt"})
+# Image formats people keep photos in that clipkit does not decode: listed as skipped, with
+# what to do, rather than passed over as if they were not images.
+UNSUPPORTED_IMAGE_SUFFIXES = frozenset({".heic", ".heif", ".avif", ".jxl"})
+
+
+def unsupported_image(suffix: str) -> str:
+    """Why an image of this (lower-case) suffix is skipped."""
+    return f"{suffix} images are not decoded by clipkit: convert them to JPEG or PNG"
+
+
+def unreadable_folder(error: OSError) -> str:
+    """Why ``os.walk`` could not list a folder: a skip to report, never a silent gap."""
+    return f"folder not readable: {error.strerror or error}"
+
+
 # Images above this many pixels are refused before decoding (a decompression bomb costs
 # memory before it costs time). 89.5 Mpx is Pillow's own warning threshold.
 DEFAULT_MAX_PIXELS = 89_478_485

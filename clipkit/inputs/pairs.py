@@ -16,7 +16,14 @@ from pathlib import Path
 
 from clipkit.config import TABLE_SUFFIXES
 from clipkit.errors import InputError
-from clipkit.inputs.decode import IMAGE_SUFFIXES, DecodeError, decode_text
+from clipkit.inputs.decode import (
+    IMAGE_SUFFIXES,
+    UNSUPPORTED_IMAGE_SUFFIXES,
+    DecodeError,
+    decode_text,
+    unreadable_folder,
+    unsupported_image,
+)
 from clipkit.inputs.filenames import as_text, table_path
 from clipkit.inputs.files import read_bytes
 from clipkit.inputs.sources import IMAGE_COLUMNS, TEXT_COLUMNS, find_column
@@ -82,14 +89,21 @@ def read_pairs(
 
 def _folder_pairs(root: Path, include_hidden: bool):
     pairs, skipped = [], []
-    for folder, subfolders, files in os.walk(root):
+
+    def unreadable(error: OSError) -> None:
+        skipped.append((as_text(error.filename), "read", unreadable_folder(error)))
+
+    for folder, subfolders, files in os.walk(root, onerror=unreadable):
         if not include_hidden:
             subfolders[:] = [name for name in subfolders if not name.startswith(".")]
         subfolders.sort()
         for name in sorted(files):
-            if (name.startswith(".") and not include_hidden) or (
-                Path(name).suffix.lower() not in IMAGE_SUFFIXES
-            ):
+            suffix = Path(name).suffix.lower()
+            if name.startswith(".") and not include_hidden:
+                continue
+            if suffix in UNSUPPORTED_IMAGE_SUFFIXES:
+                skipped.append((as_text(Path(folder) / name), "read", unsupported_image(suffix)))
+            if suffix not in IMAGE_SUFFIXES:
                 continue
             image = Path(folder) / name
             uri, sidecar = as_text(image), image.with_suffix(".txt")

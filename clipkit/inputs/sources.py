@@ -17,7 +17,15 @@ from typing import TYPE_CHECKING, Any
 
 from clipkit.config import TABLE_SUFFIXES
 from clipkit.errors import InputError
-from clipkit.inputs.decode import IMAGE_SUFFIXES, TEXT_SUFFIXES, DecodeError, decode_text
+from clipkit.inputs.decode import (
+    IMAGE_SUFFIXES,
+    TEXT_SUFFIXES,
+    UNSUPPORTED_IMAGE_SUFFIXES,
+    DecodeError,
+    decode_text,
+    unreadable_folder,
+    unsupported_image,
+)
 from clipkit.inputs.filenames import UriFrame, as_text, table_path
 from clipkit.inputs.tarshards import (
     TAR_SUFFIX,
@@ -135,7 +143,10 @@ def _wanted(kind: str, options: SourceOptions) -> bool:
 def _walk(root: Path, options: SourceOptions, found: Discovery) -> None:
     # Symlinked folders are not followed (no cycles); symlinked files are, and a broken one
     # becomes a read failure rather than vanishing silently.
-    for folder, subfolders, files in os.walk(root):
+    def unreadable(error: OSError) -> None:
+        found.failures.append((options.uri(error.filename), "read", unreadable_folder(error)))
+
+    for folder, subfolders, files in os.walk(root, onerror=unreadable):
         if not options.include_hidden:
             subfolders[:] = [name for name in subfolders if not name.startswith(".")]
         subfolders.sort()
@@ -160,6 +171,11 @@ def _file_items(path: Path, options: SourceOptions, found: Discovery, *, explici
             found.items.extend(_line_items(path, uri))
         else:
             found.items.append(Item(uri=uri, kind="text", path=readable))
+    elif suffix in UNSUPPORTED_IMAGE_SUFFIXES:
+        if explicit:
+            raise InputError(f"{path}: {unsupported_image(suffix)}.", "Convert it first.")
+        if _wanted("image", options):
+            found.failures.append((uri, "read", unsupported_image(suffix)))
     elif explicit:
         raise InputError(
             f"{path} is neither an image, a .txt file nor a table.",
