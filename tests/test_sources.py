@@ -3,6 +3,7 @@ Arrow columns (pass-through cells read per row, across the blocks a CSV reader m
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pyarrow as pa
@@ -200,3 +201,37 @@ def test_unreadable_folders_and_unsupported_images_are_listed_not_passed_over(
     }
     with pytest.raises(InputError, match="heic images are not decoded"):
         discover([tmp_path / "photos" / "IMG_1234.HEIC"], SourceOptions())
+
+
+@pytest.mark.parametrize(
+    ("column", "values", "kind"),
+    [
+        ("filepath", [b"img/t0.png"], "binary"),
+        ("caption", [b"a red circle"], "binary"),
+        ("caption", [[1, 2]], "list<element: int64>"),
+        ("filepath", [7], "int64"),
+    ],
+)
+def test_image_and_text_columns_of_another_type_are_refused_by_name(tmp_path, column, values, kind):
+    """#24 D11: a bytes path became `tables/b'img/t0.png'`, a bytes caption was embedded as
+    "b'a red circle'", a list caption as the text "[1, 2]", and trained on."""
+    import pyarrow.parquet as pq
+
+    from clipkit.inputs.pairs import read_pairs
+
+    columns = {"filepath": ["img/t0.png"], "caption": ["a red circle"], column: values}
+    pq.write_table(pa.table(columns), tmp_path / "t.parquet")
+    what = "image paths" if column == "filepath" else "texts"
+    expected = f"Column '{column}' of {tmp_path / 't.parquet'} holds {kind} values, not {what}"
+    with pytest.raises(InputError, match=re.escape(expected)) as refused:
+        discover([tmp_path / "t.parquet"], SourceOptions())
+    assert refused.value.hint == f"Store {what} as strings (UTF-8 text), or name another column."
+    with pytest.raises(InputError, match=re.escape(expected)):
+        read_pairs(tmp_path / "t.parquet")
+
+
+def test_numbers_a_csv_reader_guessed_in_a_caption_column_are_read_as_text(tmp_path):
+    table = tmp_path / "t.csv"
+    table.write_text("filepath,caption\nimgs/a.jpg,42\nimgs/b.jpg,7\n")
+    texts = [item.text for item in discover([table], SourceOptions()).items if item.kind == "text"]
+    assert texts == ["42", "7"]

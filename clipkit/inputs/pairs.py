@@ -149,7 +149,7 @@ def _table_pairs(path: Path, image_column: str | None, text_column: str | None):
         )
     grouped: dict[str, list[str]] = {}
     skipped = []
-    rows = zip(table.values(image_key), table.values(text_key), strict=True)
+    rows = zip(table.paths(image_key), table.texts(text_key), strict=True)
     for number, (image, caption) in enumerate(rows):
         if image in (None, ""):
             skipped.append((f"{path}#row={number}", "caption", "no image path"))

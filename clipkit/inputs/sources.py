@@ -326,8 +326,8 @@ def _table_items(path: Path, options: SourceOptions) -> list[Item]:
     # clip-retrieval's metadata does: a search hit then shows its partner.
     image_meta = passed + ((text_column,) if text_column else ())
     text_meta = passed + ((image_column,) if image_column else ())
-    images = table.values(image_column) if image_column and _wanted("image", options) else None
-    texts = table.values(text_column) if text_column and _wanted("text", options) else None
+    images = table.paths(image_column) if image_column and _wanted("image", options) else None
+    texts = table.texts(text_column) if text_column and _wanted("text", options) else None
     items, table_uri = [], options.uri(path)
     for number in range(table.rows):
         if images is not None and images[number] not in (None, ""):

@@ -38,6 +38,49 @@ class InputTable:
         """One column as Python values, row order."""
         return self._columns[name].to_pylist()
 
+    def paths(self, name: str) -> list[str | None]:
+        """An image column's values: strings only (a bytes or list cell used to become the
+        path ``b'img/t0.png'``).
+
+        Raises:
+            InputError: the column holds anything but strings, naming it and its type.
+        """
+        return self._strings(name, "image paths", numbers=False)
+
+    def texts(self, name: str) -> list[str | None]:
+        """A text column's values: strings, or numbers and booleans written as text (a CSV
+        reader reads a caption of "42" as a number).
+
+        Raises:
+            InputError: the column holds bytes, lists or other values that are not text
+                (a list caption used to be embedded, and trained on, as "[1, 2]").
+        """
+        return self._strings(name, "texts", numbers=True)
+
+    def _strings(self, name: str, what: str, *, numbers: bool) -> list[str | None]:
+        column = self._columns[name]
+        kind = column.type
+        if pa.types.is_dictionary(kind):
+            kind = kind.value_type
+        textual = (
+            pa.types.is_string(kind) or pa.types.is_large_string(kind) or pa.types.is_null(kind)
+        )
+        if hasattr(pa.types, "is_string_view"):
+            textual = textual or pa.types.is_string_view(kind)
+        readable = numbers and (
+            pa.types.is_integer(kind)
+            or pa.types.is_floating(kind)
+            or pa.types.is_decimal(kind)
+            or pa.types.is_boolean(kind)
+        )
+        if not (textual or readable):
+            raise InputError(
+                f"Column {name!r} of {self.path} holds {kind} values, not {what}.",
+                f"Store {what} as strings (UTF-8 text), or name another column.",
+            )
+        values = column.to_pylist()
+        return values if textual else [None if v is None else str(v) for v in values]
+
     def cell(self, name: str, row: int) -> Any:
         """One value as a Python object (None where null)."""
         return self._columns[name][row].as_py()
