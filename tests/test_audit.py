@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import random
+import re
 import shutil
 from pathlib import Path
 
@@ -373,3 +374,26 @@ def test_html_report_escapes_captions(planted_embeddings, tmp_path):
     assert "Tom &amp; Jerry &lt;b&gt;" in page
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert "http://" not in page and "https://" not in page
+
+
+def test_a_long_caption_is_cut_in_the_table_and_kept_whole_in_the_file(tmp_path, tiny_encoder):
+    """#24 D12 and D13: a 100 KB caption took 18,799 lines of the terminal table, and an
+    escape sequence in a caption reached the terminal raw."""
+    import pyarrow.parquet as pq
+
+    images, captions = _synthetic(20, tiny_encoder.embed_dim, noise=0.5, seed=6)
+    captions[[0, 1]] = captions[[1, 0]]  # pair 0 and 1 swapped: both flagged
+    long = "\x1b[2J" + "a very long caption " * 5_000  # 100,004 characters
+    texts = [long, "short"] + [f"caption {i}" for i in range(2, 20)]
+    _write_pairs(tmp_path / "emb", tiny_encoder, images, captions, texts)
+    out = tmp_path / "audit.parquet"
+    result = runner.invoke(
+        cli.app, ["audit", str(tmp_path / "emb"), "--device", "cpu", "-o", str(out)]
+    )
+    assert result.exit_code == 0, result.stderr
+    assert "\x1b" not in result.stdout and "\\x1b[2J" in result.stdout
+    folded = re.sub(r"[\s│┃]", "", result.stdout)  # the cells are folded over lines
+    assert "(99,707morecharacters)" in folded
+    assert len(result.stdout.splitlines()) < 100
+    stored = pq.read_table(out).to_pylist()
+    assert long in {row["caption"] for row in stored}

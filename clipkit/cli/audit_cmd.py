@@ -8,7 +8,6 @@ from typing import Annotated, Any
 
 import typer
 from rich.table import Column, Table
-from rich.text import Text
 
 from clipkit.cli.app import app, handles_errors, stderr, stdout
 from clipkit.cli.options import (
@@ -22,7 +21,7 @@ from clipkit.cli.options import (
     StrictOption,
     WorkersOption,
 )
-from clipkit.cli.render import print_rows, print_skipped, run_bulk
+from clipkit.cli.render import cell, path_cell, print_rows, print_skipped, run_bulk
 from clipkit.infra.atomic import check_output
 
 
@@ -185,9 +184,9 @@ def _render_flagged(result: Any, top: int) -> None:
             f"{p.mismatch:.3f}",
             f"{p.cosine:.3f}",
             f"{p.caption_rank}/{p.image_rank}",
-            Text(p.image),
-            Text(p.caption),
-            Text(p.suggested_caption or "–"),
+            path_cell(p.image),
+            cell(p.caption),
+            cell(p.suggested_caption or "–"),
         )
     stdout.print(table)
     if len(flagged) > top:

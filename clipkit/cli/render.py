@@ -12,13 +12,17 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any
 
 import typer
+from rich.text import Text
 
 from clipkit.cli.app import stderr
 from clipkit.cli.options import RowsFormat
 from clipkit.errors import SkippedInputsError
 from clipkit.infra.progress import ProgressCallback, ProgressReport
+from clipkit.infra.shown import clipped, printable
 
 SKIPPED_SHOWN = 20
+# Characters of a text shown in a table cell; files (--out, --html) keep the whole text.
+CELL_CHARS = 300
 # How each figure a service reports is shown beside its bar; others as "name value".
 FIGURE_FORMATS = {
     "loss": "loss {:.3f}",
@@ -27,6 +31,17 @@ FIGURE_FORMATS = {
     "val_loss": "val loss {:.3f}",
     "val_recall": "recall {:.1%}",
 }
+
+
+def cell(text: str | None) -> Text:
+    """A text for a table cell: control characters shown as codes, cut at CELL_CHARS."""
+    return Text(clipped(text or "", CELL_CHARS))
+
+
+def path_cell(path: str) -> Text:
+    """A path for a table cell: control characters shown as codes, never cut (it is what
+    the user opens next)."""
+    return Text(printable(path))
 
 
 def print_skipped(failures: Sequence[tuple[str, str, str]], listed_in: str | None = None) -> None:

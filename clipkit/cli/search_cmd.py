@@ -21,7 +21,7 @@ from clipkit.cli.options import (
     RuntimeOption,
     typed_text,
 )
-from clipkit.cli.render import print_rows
+from clipkit.cli.render import cell, path_cell, print_rows
 from clipkit.errors import ClipkitError
 from clipkit.infra.atomic import check_output
 
@@ -147,9 +147,9 @@ def _render_search(result: Any, output: RowsFormat) -> None:
             headers += ["metadata"] if meta_names else []
             table = Table(*headers, title=Text(q.query), title_justify="left")
             for hit in q.hits:
-                shown = (hit.text or "") if hit.kind == "text" else hit.path
-                meta = [Text("; ".join(f"{k}: {v}" for k, v in hit.meta.items()))]
+                shown = cell(hit.text) if hit.kind == "text" else path_cell(hit.path)
+                meta = [cell("; ".join(f"{k}: {v}" for k, v in hit.meta.items()))]
                 table.add_row(
-                    str(hit.rank), f"{hit.score:.4f}", Text(shown), *(meta if meta_names else [])
+                    str(hit.rank), f"{hit.score:.4f}", shown, *(meta if meta_names else [])
                 )
             stdout.print(table)

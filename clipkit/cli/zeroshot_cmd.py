@@ -22,7 +22,7 @@ from clipkit.cli.options import (
     WorkersOption,
     typed_text,
 )
-from clipkit.cli.render import print_rows, print_skipped, run_bulk
+from clipkit.cli.render import cell, path_cell, print_rows, print_skipped, run_bulk
 from clipkit.infra.atomic import check_output
 
 CONFUSION_TABLE_MAX = 20  # larger matrices are shown as a list of the worst confusions
@@ -163,7 +163,9 @@ def _render_tables(result: Any, *, show_predictions: bool) -> None:
         )
         for p in result.predictions:
             others = ", ".join(f"{label} {prob:.3f}" for label, prob in p.top)
-            table.add_row(Text(p.path or p.uri), Text(p.label), f"{p.confidence:.3f}", Text(others))
+            table.add_row(
+                path_cell(p.path or p.uri), cell(p.label), f"{p.confidence:.3f}", cell(others)
+            )
         stdout.print(table)
     total = max(len(result.predictions), 1)
     table = Table("label", "images", "share", title="Label distribution", title_justify="left")

@@ -6,7 +6,6 @@ import base64
 import html
 import io
 import os
-import re
 from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -14,6 +13,7 @@ from pathlib import Path
 
 from clipkit.audit.run import AuditResult, PairAudit
 from clipkit.infra.atomic import atomic_path
+from clipkit.infra.shown import printable
 from clipkit.inputs.decode import DecodeError, decode_image
 from clipkit.inputs.files import read_bytes
 from clipkit.report.plots import plot_confusion, plot_score_histogram
@@ -22,15 +22,10 @@ from clipkit.zeroshot.run import UNKNOWN, Prediction, ZeroShotResult
 
 THUMBNAIL = 192
 
-# Control characters (NUL, escape sequences, C1) and lone surrogates (from undecodable file
-# names) are not text a page can hold: each is shown as its code, \x00 or \udcff.
-_UNPRINTABLE = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f\ud800-\udfff]")
-
 
 def _escape(text: str) -> str:
     """``text`` as HTML text or attribute value: markup escaped, control characters shown."""
-    shown = _UNPRINTABLE.sub(lambda m: m.group().encode("unicode_escape").decode("ascii"), text)
-    return html.escape(shown)
+    return html.escape(printable(text))
 
 
 _STYLE = """
