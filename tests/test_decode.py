@@ -106,6 +106,16 @@ def test_decompression_bomb_is_refused_before_decoding():
         decode_image(data, max_pixels=10_000)
 
 
+def test_a_max_pixels_above_pillow_s_own_limit_is_the_limit(monkeypatch):
+    """#24 D14: --max-pixels above Pillow's limit (179 Mpx) still failed with Pillow's
+    message. Pillow's limit is lowered here so that a small image stands for a huge one."""
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 1_000)  # Pillow refuses above 2,000 px
+    data = _encode(Image.new("L", (300, 300)), "PNG")  # 90,000 px
+    assert decode_image(data, max_pixels=100_000).size == (300, 300)
+    with pytest.raises(DecodeError, match="300x300 exceeds the 50,000-pixel limit"):
+        decode_image(data, max_pixels=50_000)
+
+
 def test_text_decoding():
     assert decode_text(b"  hello\n") == ("hello", False)
     assert decode_text("\ufeffbom".encode()) == ("bom", False)

@@ -85,8 +85,12 @@ def decode_image(data: bytes, *, min_side: int | None = None, max_pixels: int = 
         raise DecodeError("read", "empty file")
     try:
         with warnings.catch_warnings():
-            # Pillow warns (and later raises) on huge images; we check the size ourselves.
+            # Pillow warns (and later raises) on huge images: its limit (179 Mpx) would
+            # override a higher --max-pixels with its own message. The size is checked here
+            # instead, from the header, before any pixel is decoded; this is clipkit's only
+            # Image.open.
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            Image.MAX_IMAGE_PIXELS = None
             image = Image.open(io.BytesIO(data))
             width, height = image.size
             if width * height > max_pixels:
