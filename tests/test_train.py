@@ -320,3 +320,58 @@ def test_non_numbers_in_optimiser_options_are_refused_before_training(
     with pytest.raises(InputError, match=message):
         train(_config(shapes, tmp_path / "run", **option))
     assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize(
+    ("name", "damage", "expected"),
+    [
+        (
+            "config.json",
+            b'{"batch_size": 8, ',
+            "config.json, the options of the run to resume, is damaged",
+        ),
+        (
+            "config.json",
+            b"\xff\xfe not utf-8",
+            "config.json, the options of the run to resume, is damaged",
+        ),
+        ("config.json", b"[1, 2]", "is damaged \\(not a JSON object\\)"),
+        (
+            "metrics.jsonl",
+            b"\xff\xfe not utf-8",
+            "Line 1 of .*metrics.jsonl, the run's log, is damaged",
+        ),
+    ],
+)
+def test_a_damaged_config_or_log_in_a_run_folder_is_named(shapes, tmp_path, name, damage, expected):
+    """#24 D8: "Unexpected JSONDecodeError … please report it", without the file's name."""
+    options = {"steps": 2, "val_split": 0.0}
+
+    def stop_at_step_1(report):
+        if report.stage == "train" and report.done == 1:
+            raise KeyboardInterrupt
+
+    train(_config(shapes, tmp_path / "run", **options), progress=stop_at_step_1)
+    path = tmp_path / "run" / name
+    if name == "metrics.jsonl":  # damage in the middle, not a torn last line
+        path.write_bytes(damage + b"\n" + path.read_bytes())
+    else:
+        path.write_bytes(damage)
+    with pytest.raises(InputError, match=expected) as refused:
+        train(_config(shapes, tmp_path / "run", resume=True, **options))
+    assert str(tmp_path / "run") in refused.value.message
+
+
+def test_a_torn_last_line_of_the_log_is_dropped_on_resume(shapes, tmp_path):
+    options = {"steps": 2, "val_split": 0.0}
+
+    def stop_at_step_1(report):
+        if report.stage == "train" and report.done == 1:
+            raise KeyboardInterrupt
+
+    train(_config(shapes, tmp_path / "run", **options), progress=stop_at_step_1)
+    log = tmp_path / "run" / "metrics.jsonl"
+    log.write_bytes(log.read_bytes() + b'{"kind": "step", "st')  # killed mid-write
+    result = train(_config(shapes, tmp_path / "run", resume=True, **options))
+    assert result.steps_done == 2
+    assert [r["step"] for r in _metrics(tmp_path / "run") if r["kind"] == "step"] == [1, 2]

@@ -64,7 +64,7 @@ def prepare_run_folder(out: Path, config: dict[str, Any], resume: bool) -> Resum
         if saved_config.exists():
             return None  # it stopped before its first checkpoint: start it again
         raise InputError(f"{out} holds no run to resume.", "Drop --resume to start a new run.")
-    previous = json.loads(saved_config.read_text())
+    previous = _read_config(saved_config)
     changed = sorted(
         key
         for key in set(previous) | set(config)
@@ -130,6 +130,27 @@ def restore_rng(saved: dict[str, Any]) -> None:
         torch.cuda.set_rng_state_all(saved["cuda"])
 
 
+def _read_config(path: Path) -> dict[str, Any]:
+    """A run's saved options (``config.json``).
+
+    Raises:
+        InputError: the file is unreadable, not UTF-8, not JSON or not an object: named.
+    """
+    try:
+        config = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, ValueError) as error:
+        config, why = None, str(error).splitlines()[0]
+    else:
+        why = "not a JSON object"
+    if not isinstance(config, dict):
+        raise InputError(
+            f"{path}, the options of the run to resume, is damaged ({why}).",
+            f"Restore it, or start a new run folder seeded with the weights: "
+            f"-m {path.parent / LAST_FILE}.",
+        )
+    return config
+
+
 class MetricsLog:
     """``metrics.jsonl``: one JSON object per logged step and per evaluation."""
 
@@ -137,25 +158,54 @@ class MetricsLog:
         self.path = path
         if resume_step is not None and path.exists():
             # Lines past the resumed step came from work that was lost: drop them.
-            kept = [line for line in path.read_text().splitlines() if _step(line) <= resume_step]
+            kept = [line for line, record in self._records() if _step(record) <= resume_step]
             with atomic_path(path) as tmp:
-                tmp.write_text("".join(line + "\n" for line in kept))
+                tmp.write_text("".join(line + "\n" for line in kept), encoding="utf-8")
         elif resume_step is None:
             path.write_text("")
 
     def write(self, record: dict[str, Any]) -> None:
-        with self.path.open("a") as handle:
+        with self.path.open("a", encoding="utf-8") as handle:
             handle.write(json.dumps(record) + "\n")
 
     def read(self) -> list[dict[str, Any]]:
-        return [json.loads(line) for line in self.path.read_text().splitlines() if line]
+        return [record for _, record in self._records()]
+
+    def _records(self) -> list[tuple[str, dict[str, Any]]]:
+        """Each line with its record. The last line may be torn (the run was killed while
+        writing it): it is dropped. Any other unreadable line is damage, and named.
+
+        Raises:
+            InputError: a line before the last is not UTF-8 JSON.
+        """
+        lines = self.path.read_bytes().split(b"\n")
+        records = []
+        for number, raw in enumerate(lines, start=1):
+            if not raw.strip():
+                continue
+            try:
+                line = raw.decode("utf-8")
+                record = json.loads(line)
+                if not isinstance(record, dict):
+                    raise ValueError("not a JSON object")
+            except ValueError as error:  # UnicodeDecodeError is one
+                if number >= len(lines) - 1:  # the last line (before the final newline)
+                    continue
+                raise InputError(
+                    f"Line {number} of {self.path}, the run's log, is damaged "
+                    f"({str(error).splitlines()[0]}).",
+                    "Delete that line (or the file: only the log is lost, the weights are in "
+                    f"{self.path.parent / STATE_FILE}) and run again.",
+                ) from None
+            records.append((line, record))
+        return records
 
 
-def _step(line: str) -> int:
+def _step(record: dict[str, Any]) -> int:
     try:
-        return int(json.loads(line).get("step", 0))
-    except (ValueError, AttributeError):
-        return 1 << 62  # unreadable lines (a torn write) go
+        return int(record.get("step", 0))
+    except (TypeError, ValueError):
+        return 1 << 62  # a record without a usable step number goes
 
 
 def write_json(path: Path, value: dict[str, Any]) -> None:
