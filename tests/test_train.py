@@ -375,3 +375,52 @@ def test_a_torn_last_line_of_the_log_is_dropped_on_resume(shapes, tmp_path):
     result = train(_config(shapes, tmp_path / "run", resume=True, **options))
     assert result.steps_done == 2
     assert [r["step"] for r in _metrics(tmp_path / "run") if r["kind"] == "step"] == [1, 2]
+
+
+def test_what_a_killed_run_was_saving_is_deleted_by_the_next_run(shapes, tmp_path):
+    """#24 D9: `kill -9` while the resume state is written left a 32 MiB `.state.pt.*.tmp`
+    (and a `.best.safetensors.*.tmp`) that stayed after a successful resume."""
+    import subprocess
+    import sys
+
+    config = _config(shapes, tmp_path / "run", steps=4, val_split=0.0, save_every=2)
+    code = f"""
+import os, signal, torch
+from clipkit.train import TrainConfig, train
+import clipkit.train.state as state
+def save_then_die(payload, path):
+    with open(path, "wb") as handle:
+        handle.write(b"half a state")  # the kill lands mid-write
+    os.kill(os.getpid(), signal.SIGKILL)
+state.torch.save = save_then_die
+train(TrainConfig(**{config.__dict__!r}))
+"""
+    killed = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert killed.returncode == -signal.SIGKILL, killed.stderr
+    run = tmp_path / "run"
+    left = [p.name for p in run.iterdir() if p.name.endswith(".tmp")]
+    assert len(left) == 1 and left[0].startswith(".state.pt.")
+    (run / "notes.tmp").write_text("the user's")  # not a staged file: kept
+    result = train(_config(shapes, run, steps=4, val_split=0.0, save_every=2, resume=True))
+    assert result.steps_done == 4 and not result.interrupted
+    assert sorted(p.name for p in run.iterdir() if p.name.endswith(".tmp")) == ["notes.tmp"]
+
+
+def test_embed_and_index_delete_what_killed_runs_were_writing(tmp_path):
+    from clipkit.embed import embed
+    from clipkit.index import IndexConfig, build_index
+    from tests.helpers import embed_config
+
+    make_images(tmp_path / "data", 3)
+    embed(embed_config([tmp_path / "data"], tmp_path / "emb"))
+    build_index(IndexConfig(emb_dir=tmp_path / "emb", out_dir=tmp_path / "idx"))
+    stale = [
+        tmp_path / "emb" / ".part-00001.parquet.k3j4h5g6.tmp",
+        tmp_path / "idx" / ".index.faiss.a1b2c3d4.tmp",
+        tmp_path / "idx" / ".rows.parquet.zz_9yy8x.tmp",
+    ]
+    for path in stale:
+        path.write_bytes(b"left by a kill")
+    embed(embed_config([tmp_path / "data"], tmp_path / "emb"))
+    build_index(IndexConfig(emb_dir=tmp_path / "emb", out_dir=tmp_path / "idx", update=True))
+    assert not any(path.exists() for path in stale)

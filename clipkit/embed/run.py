@@ -21,6 +21,7 @@ from clipkit import store
 from clipkit.embed import plan as embed_plan
 from clipkit.errors import InputError, SkippedInputsError, UsageError
 from clipkit.infra import distributed
+from clipkit.infra.atomic import remove_stale_temporaries
 from clipkit.infra.locks import writer_lock
 from clipkit.infra.progress import ProgressCallback, ProgressReport, no_progress
 from clipkit.inputs.decode import DEFAULT_MAX_PIXELS, DecodeError, content_id, decode_text, text_id
@@ -407,7 +408,7 @@ def _start_run(
     base: str,
 ) -> _EmbedRun:
     if world.is_main:  # the folder exists: writer_lock made it
-        store.remove_stale_temporaries(config.out_dir)
+        remove_stale_temporaries(config.out_dir)  # shards a killed run was writing
     distributed.barrier(world)
     existing = store.read_existing(config.out_dir)
     distributed.barrier(world)  # no rank writes a shard before every rank has read the folder

@@ -28,7 +28,7 @@ from clipkit.index.load import (
     IndexInfo,
     load_index,
 )
-from clipkit.index.parts import PARTS, file_record, remove_staged, repair, write_vectors
+from clipkit.index.parts import PARTS, file_record, repair, write_vectors
 from clipkit.index.recall import (
     RECALL_K,
     QuerySet,
@@ -38,7 +38,12 @@ from clipkit.index.recall import (
     query_sets,
     scan,
 )
-from clipkit.infra.atomic import atomic_paths, check_output, make_folder
+from clipkit.infra.atomic import (
+    atomic_paths,
+    check_output,
+    make_folder,
+    remove_stale_temporaries,
+)
 from clipkit.infra.locks import publishing, writer_lock
 
 NPROBE_STEPS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 2048, 4096)
@@ -265,7 +270,7 @@ def _recover(out_dir: Path) -> None:
     and delete the files it staged. The caller holds the writer lock."""
     if out_dir.is_dir():
         repair(out_dir)
-        remove_staged(out_dir)
+        remove_stale_temporaries(out_dir)
 
 
 def _update(

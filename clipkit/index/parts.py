@@ -107,15 +107,6 @@ def repair(folder: Path) -> bool:
         return True
 
 
-def remove_staged(folder: Path) -> list[Path]:
-    """Delete the staged files dead writers left (the caller holds the folder's writer lock,
-    so no live writer has any); returns them."""
-    leftovers = [path for name in PARTS for path in folder.glob(f".{name}.*.tmp")]
-    for path in leftovers:
-        path.unlink(missing_ok=True)
-    return leftovers
-
-
 def _staged_set(folder: Path) -> dict[str, Path] | None:
     """The newest staged sidecar whose recorded files are all there, staged or in place."""
     sidecars = sorted(

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import tempfile
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
@@ -97,6 +98,25 @@ def atomic_paths(
     except BaseException:
         _remove(tmps)
         raise
+
+
+# What _temporary names a staged file: ".TARGET." + mkstemp's 8 random characters + ".tmp".
+_STAGED = re.compile(r"\..+\.[a-z0-9_]{8}\.tmp")
+
+
+def remove_stale_temporaries(folder: Path) -> list[Path]:
+    """Delete the staged files that writers killed mid-write left in ``folder`` (a 32 MiB
+    ``.state.pt.*.tmp``, say); returns them. Only for a caller that holds the folder's writer
+    lock: then no live writer is staging anything there."""
+    try:
+        names = os.listdir(folder)
+    except OSError:
+        return []
+    stale = [folder / name for name in names if _STAGED.fullmatch(name)]
+    for path in stale:
+        with contextlib.suppress(OSError):
+            path.unlink()
+    return stale
 
 
 def _temporary(target: Path) -> Path:

@@ -132,14 +132,6 @@ def _unreadable(path: Path, error: Exception) -> InputError:
     )
 
 
-def remove_stale_temporaries(out_dir: Path) -> int:
-    """Delete temporary files a killed run left behind; returns how many."""
-    stale = list(out_dir.glob(".*.tmp")) if out_dir.is_dir() else []
-    for path in stale:
-        path.unlink(missing_ok=True)
-    return len(stale)
-
-
 def write_shard(
     path: Path,
     rows: Mapping[str, Sequence[Any]],

@@ -19,6 +19,7 @@ import torch
 from clipkit import store
 from clipkit.errors import SkippedInputsError, UsageError
 from clipkit.infra import distributed
+from clipkit.infra.atomic import remove_stale_temporaries
 from clipkit.infra.locks import writer_lock
 from clipkit.infra.progress import ProgressCallback, no_progress
 from clipkit.train.checkpointing import Checkpointer, wise_ft_name
@@ -87,6 +88,8 @@ def train(config: TrainConfig, progress: ProgressCallback | None = None) -> Trai
             session.out, f"train -o {session.out}", active=world.is_main, create=not config.resume
         )
         with lock:
+            if world.is_main:  # what a killed run was saving is of no use now
+                remove_stale_temporaries(session.out)
             result = _run(session)
     finally:
         if owns_group:
