@@ -72,3 +72,79 @@ def test_a_full_disk_is_a_clear_error_and_keeps_the_old_file(tmp_path):
         raise OSError(errno.ENOSPC, "No space left on device")
     assert target.read_text() == "old"
     assert [p.name for p in tmp_path.iterdir()] == ["out.txt"]
+
+
+def _full_disk(monkeypatch, free: int = 4096) -> None:
+    """Make every folder report ``free`` bytes left, as on a full disk."""
+    import shutil
+    from collections import namedtuple
+
+    usage = namedtuple("usage", "total used free")
+    monkeypatch.setattr(shutil, "disk_usage", lambda path: usage(10**9, 10**9 - free, free))
+
+
+def test_a_library_s_own_word_for_a_full_disk_becomes_a_clear_error(tmp_path, monkeypatch):
+    """#24 D6: torch.save said "unexpected pos 10728896 vs 10728784", safetensors raised
+    SafetensorError, both reported as internal errors ("please report it")."""
+    target = tmp_path / "state.pt"
+    target.write_text("old")
+    _full_disk(monkeypatch)
+    with pytest.raises(ClipkitError) as refused, atomic_path(target) as tmp:
+        tmp.write_bytes(b"partial")
+        raise RuntimeError(
+            "[enforce fail at inline_container.cc:603] . unexpected pos 10728896 vs 10728784"
+        )
+    assert refused.value.message == (
+        f"Cannot write {target}: No space left on device (4.0 KiB free on its disk)."
+    )
+    assert "Free some space" in refused.value.hint
+    assert target.read_text() == "old" and sorted(os.listdir(tmp_path)) == ["state.pt"]
+
+
+def test_a_library_error_with_space_left_is_not_called_a_full_disk(tmp_path, monkeypatch):
+    _full_disk(monkeypatch, free=50 * 2**30)
+    with pytest.raises(RuntimeError, match="a bug"), atomic_path(tmp_path / "x.pt") as tmp:
+        tmp.write_bytes(b"partial")
+        raise RuntimeError("a bug")
+    assert os.listdir(tmp_path) == []
+
+
+def test_train_on_a_full_disk_names_the_checkpoint_and_the_space_left(
+    shapes, tmp_path, monkeypatch
+):
+    import safetensors.torch
+
+    from clipkit.train import TrainConfig, train
+
+    def save_file(tensors, filename, metadata=None):
+        with open(filename, "wb") as handle:
+            handle.write(b"\0" * 1000)
+        raise safetensors.SafetensorError("Error while serializing: IoError(Os { code: 28 })")
+
+    monkeypatch.setattr(safetensors.torch, "save_file", save_file)
+    _full_disk(monkeypatch, free=0)
+    config = TrainConfig(
+        data=str(shapes / "data"),
+        out=str(tmp_path / "run"),
+        model="clipkit-tiny:random",
+        batch_size=16,
+        workers=0,
+        val_split=0.0,
+        steps=1,
+    )
+    with pytest.raises(
+        ClipkitError,
+        match="Cannot write .*last.safetensors: No space left on device \\(0 bytes free",
+    ):
+        train(config)
+
+
+@pytest.mark.skipif(not os.path.exists("/dev/full"), reason="needs Linux's /dev/full")
+def test_a_full_disk_while_the_log_is_appended_is_named():
+    from pathlib import Path
+
+    from clipkit.train.state import MetricsLog
+
+    log = MetricsLog(Path("/dev/full"), None)  # every write to it fails with ENOSPC
+    with pytest.raises(ClipkitError, match="Cannot write /dev/full: No space left on device"):
+        log.write({"step": 1})

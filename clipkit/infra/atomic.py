@@ -4,8 +4,10 @@ file writes (a temporary file beside the target, then a rename over it)."""
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import re
+import shutil
 import tempfile
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
@@ -87,17 +89,63 @@ def atomic_paths(
             for tmp, target in zip(tmps, paths, strict=True):
                 (rename or os.replace)(tmp, target)
     except OSError as error:  # a full disk, a quota, an I/O error: the machine, not a bug
-        _remove(tmps)
-        reason = error.strerror or str(error).splitlines()[0] or type(error).__name__
         where = paths[0] if len(paths) == 1 else paths[0].parent
-        raise ClipkitError(
-            f"Cannot write {where}: {reason}.",
-            "Free some space (or choose another folder) and run the command "
-            "again; files already written are kept.",
-        ) from None
+        failure = write_failure(where, error)
+        _remove(tmps)
+        raise failure from None
+    except Exception:
+        # torch.save, safetensors and FAISS report a full disk in their own words ("unexpected
+        # pos …", SafetensorError, "write error"): the free space tells what happened.
+        where = paths[0] if len(paths) == 1 else paths[0].parent
+        full = _disk_full(where)
+        _remove(tmps)
+        if full:
+            raise write_failure(where, OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))) from None
+        raise
     except BaseException:
         _remove(tmps)
         raise
+
+
+# Less than this left on a disk after a write failed: the disk is full (or over quota).
+FULL_DISK_BYTES = 1 << 20
+
+
+def write_failure(path: Path, error: OSError) -> ClipkitError:
+    """The error for a write the machine refused: the path, the reason, the space left."""
+    reason = error.strerror or str(error).splitlines()[0] or type(error).__name__
+    free = _free_bytes(path)
+    left = f" ({_size(free)} free on its disk)" if free is not None else ""
+    return ClipkitError(
+        f"Cannot write {path}: {reason}{left}.",
+        "Free some space (or choose another folder) and run the command again; files "
+        "already written are kept.",
+    )
+
+
+def _free_bytes(path: Path) -> int | None:
+    for folder in (path, *path.parents):
+        try:
+            return shutil.disk_usage(folder).free
+        except OSError:
+            continue
+    return None
+
+
+def _disk_full(path: Path) -> bool:
+    free = _free_bytes(path)
+    return free is not None and free < FULL_DISK_BYTES
+
+
+def _size(count: int) -> str:
+    if count < 1024:
+        return f"{count:,} bytes"
+    value, unit = count / 1024, "KiB"
+    for larger in ("MiB", "GiB", "TiB"):
+        if value < 1024:
+            break
+        value, unit = value / 1024, larger
+    return f"{value:.1f} {unit}"
 
 
 # What _temporary names a staged file: ".TARGET." + mkstemp's 8 random characters + ".tmp".

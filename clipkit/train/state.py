@@ -18,7 +18,7 @@ import numpy as np
 import torch
 
 from clipkit.errors import InputError, UnsafeCheckpointError
-from clipkit.infra.atomic import atomic_path, make_folder
+from clipkit.infra.atomic import atomic_path, make_folder, write_failure
 from clipkit.models.checkpoints import CheckpointMeta, write_checkpoint
 
 CONFIG_FILE, METRICS_FILE, STATE_FILE = "config.json", "metrics.jsonl", "state.pt"
@@ -165,8 +165,11 @@ class MetricsLog:
             path.write_text("")
 
     def write(self, record: dict[str, Any]) -> None:
-        with self.path.open("a", encoding="utf-8") as handle:
-            handle.write(json.dumps(record) + "\n")
+        try:
+            with self.path.open("a", encoding="utf-8") as handle:
+                handle.write(json.dumps(record) + "\n")
+        except OSError as error:  # a full disk: the machine, not a bug
+            raise write_failure(self.path, error) from None
 
     def read(self) -> list[dict[str, Any]]:
         return [record for _, record in self._records()]
