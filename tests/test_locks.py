@@ -160,3 +160,57 @@ def test_a_file_system_without_locks_lets_the_command_run(tmp_path, monkeypatch)
     monkeypatch.setattr(locks.fcntl, "flock", refuse)
     with writer_lock(tmp_path / "out", "embed") as folder:
         assert folder.is_dir()  # unguarded, as before locks existed, rather than refused
+
+
+_FORKS_THEN_DIES = """
+import multiprocessing, os, signal, sys, time
+from clipkit.infra.locks import writer_lock
+
+def worker(ready):
+    ready.set()
+    time.sleep(60)  # a decode worker that has not noticed its parent died yet
+
+with writer_lock(sys.argv[1], "embed -o here"):
+    ready = multiprocessing.get_context("fork").Event()
+    child = multiprocessing.get_context("fork").Process(target=worker, args=(ready,))
+    child.start()
+    ready.wait(30)
+    print(child.pid, flush=True)
+    os.kill(os.getpid(), signal.SIGKILL)
+"""
+
+
+def test_a_killed_command_s_orphaned_workers_do_not_hold_its_folder(tmp_path):
+    """#24 D7: after `kill -9` of embed, its decode workers (forked, so sharing the lock's
+    open file) held the folder for up to ~5 s, and a re-run was refused naming a dead pid."""
+    out = tmp_path / "out"
+    parent = subprocess.run(
+        [sys.executable, "-c", _FORKS_THEN_DIES, str(out)], capture_output=True, text=True
+    )
+    assert parent.returncode == -signal.SIGKILL, parent.stderr
+    orphan = int(parent.stdout.split()[0])
+    try:
+        os.kill(orphan, 0)  # still running
+        with writer_lock(out, "embed -o here"):  # not refused
+            pass
+    finally:
+        os.kill(orphan, signal.SIGKILL)
+
+
+def test_a_lock_whose_recorded_writer_has_ended_says_so(tmp_path):
+    import fcntl
+
+    out = tmp_path / "out"
+    out.mkdir()
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    with open(out / LOCK_FILE, "w") as handle:  # held here, recorded as the dead process's
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        handle.write(f"pid {dead.pid}: clipkit embed -o out\n")
+        handle.flush()
+        with pytest.raises(InputError) as refused, writer_lock(out, "index"):
+            pass
+    assert (
+        f"(pid {dead.pid}: clipkit embed -o out, which has ended: a process it started "
+        "still holds the folder)" in refused.value.message
+    )

@@ -33,6 +33,29 @@ LOCK_FILE = ".clipkit.lock"
 PUBLISH_FILE = ".clipkit.publish"
 PUBLISHING = "publishing"
 
+# The descriptors of the writer locks this process holds. A forked child (a decode worker)
+# shares each one's open file, and with it the lock: killed with -9, the command's orphaned
+# workers held its folder for seconds more. So a child lets go of them as it starts.
+_held: set[int] = set()
+
+
+def _let_go_in_child() -> None:
+    """After fork, in the child: point each held lock's descriptor at /dev/null. The lock
+    stays with the parent alone; the number stays open, so nothing else can take it and be
+    closed by the parent's file object if the child ever collects it."""
+    if not _held:
+        return
+    null = os.open(os.devnull, os.O_RDWR)
+    for fd in _held:
+        with contextlib.suppress(OSError):
+            os.dup2(null, fd)
+    os.close(null)
+    _held.clear()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_let_go_in_child)
+
 
 @contextlib.contextmanager
 def writer_lock(
@@ -68,7 +91,7 @@ def writer_lock(
             locked = True
         except BlockingIOError:
             handle.seek(0)
-            holder = handle.read().strip() or "another process"
+            holder = _holder(handle.read().strip())
             raise InputError(
                 f"{folder} is being written by another clipkit command ({holder}).",
                 "Wait for it to finish, or write to another folder. Two commands writing one "
@@ -81,7 +104,32 @@ def writer_lock(
             handle.truncate()
             handle.write(f"pid {os.getpid()}: clipkit {command}\n")
             handle.flush()
-        yield folder  # closing the handle releases the lock
+            _held.add(handle.fileno())
+        try:
+            yield folder  # closing the handle releases the lock
+        finally:
+            _held.discard(handle.fileno())
+
+
+def _holder(recorded: str) -> str:
+    """Who holds a lock, as its file records it ("pid N: clipkit COMMAND"), and whether that
+    process still runs (a process it started may hold the lock after it ended)."""
+    if not recorded:
+        return "another process"
+    pid = recorded.partition(":")[0].removeprefix("pid ").strip()
+    if pid.isdigit() and not _alive(int(pid)):
+        return f"{recorded}, which has ended: a process it started still holds the folder"
+    return recorded
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:  # another user's process: it exists
+        return True
+    return True
 
 
 class HalfPublished(InputError):
