@@ -19,7 +19,7 @@ from typer.testing import CliRunner
 
 from clipkit import cli, store
 from clipkit.embed import EmbedConfig, embed
-from clipkit.errors import InputError
+from clipkit.errors import InputError, UsageError
 from clipkit.index import IndexConfig, build_index, load_index
 from clipkit.search import SearchConfig, search
 from tests.helpers import TINY, clustered_embeddings, make_images
@@ -188,6 +188,8 @@ def test_html_gallery_escapes_captions_and_embeds_thumbnails(corpus, tmp_path):
             str(corpus / "emb"),
             "-k",
             "15",
+            "--kind",
+            "all",  # the captions too: a text query finds images by default
             "-f",
             "json",
             "--html",
@@ -509,7 +511,9 @@ def test_missing_non_finite_or_damaged_embeddings_are_refused_by_name(corpus, tm
     assert shard.name in refused.value.hint and "clipkit embed" in refused.value.hint
     assert not (tmp_path / "i" / "index.faiss").exists()
     with pytest.raises(InputError, match=expected):
-        search(SearchConfig(texts=("x",), embeddings_dir=tmp_path / "emb", device="cpu"))
+        search(
+            SearchConfig(texts=("x",), embeddings_dir=tmp_path / "emb", kind="all", device="cpu")
+        )
     cli_result = runner.invoke(cli.app, ["index", str(tmp_path / "emb"), "-o", str(tmp_path / "j")])
     assert cli_result.exit_code == 1 and "Error:" in cli_result.stderr
     assert "Traceback" not in cli_result.output
@@ -678,3 +682,34 @@ def test_control_characters_reach_the_html_page_as_their_codes(tmp_path):
     assert "a red\\x00 circle \\x1b[31m&lt;b&gt;\\x85" in text
     assert "captions/a\\x07.txt" in text and "q\\x00" in text and "m\\x01" in text
     assert "note\\x0c: tab\tand\nnewline stay \\udcff" in text
+
+
+def test_a_text_query_finds_images_unless_told_otherwise(corpus, tmp_path):
+    """#25 item 2: `search "a dog" --embeddings emb` returned caption rows, because it searched
+    both kinds. The default is the folder's images (its texts where it has none)."""
+    base = ["search", "a photo of a dog", "--embeddings", str(corpus / "emb"), "-k", "20"]
+    found = runner.invoke(cli.app, [*base, "-f", "json", "--device", "cpu"])
+    assert found.exit_code == 0, found.output
+    hits = json.loads(found.stdout)[0]["hits"]
+    assert len(hits) == 12 and {hit["kind"] for hit in hits} == {"image"}
+    assert "12 image hits for 1 queries" in " ".join(found.stderr.split())
+    for kind, expected in (("text", {"text"}), ("all", {"image", "text"})):
+        chosen = runner.invoke(cli.app, [*base, "--kind", kind, "-f", "json", "--device", "cpu"])
+        assert {hit["kind"] for hit in json.loads(chosen.stdout)[0]["hits"]} == expected
+    by_image = search(
+        SearchConfig(images=(corpus / "data" / "img0000.jpg",), embeddings_dir=corpus / "emb")
+    )
+    assert by_image.kind == "image" and {h.kind for h in by_image.results[0].hits} == {"image"}
+    texts_only = tmp_path / "texts"
+    embed(
+        EmbedConfig(
+            sources=(str(corpus / "data" / "dog.txt"), str(corpus / "data" / "cat.txt")),
+            out_dir=texts_only,
+            model=TINY,
+            device="cpu",
+            workers=0,
+        )
+    )
+    assert search(SearchConfig(texts=("a dog",), embeddings_dir=texts_only)).kind == "text"
+    with pytest.raises(UsageError, match="Unknown kind 'images'"):
+        search(SearchConfig(texts=("a dog",), embeddings_dir=texts_only, kind="images"))

@@ -33,6 +33,13 @@ class KindChoice(str, Enum):
     text = "text"
 
 
+class SearchKind(str, Enum):
+    auto = "auto"
+    image = "image"
+    text = "text"
+    all = "all"
+
+
 class Runtime(str, Enum):
     auto = "auto"
     torch = "torch"

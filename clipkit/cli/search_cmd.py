@@ -13,12 +13,12 @@ from rich.text import Text
 from clipkit.cli.app import app, exit_quickly_when_done, handles_errors, stderr, stdout
 from clipkit.cli.options import (
     DeviceOption,
-    KindChoice,
     RecordedModelOption,
     RowsFormat,
     RowsFormatOption,
     Runtime,
     RuntimeOption,
+    SearchKind,
     typed_text,
 )
 from clipkit.cli.render import cell, path_cell, print_rows
@@ -43,8 +43,12 @@ def search(
         Path | None, typer.Option(help="File with one text query per line (batch mode).")
     ] = None,
     kind: Annotated[
-        KindChoice, typer.Option(help="With --embeddings: search only images or texts.")
-    ] = KindChoice.auto,
+        SearchKind,
+        typer.Option(
+            help="With --embeddings: the rows to search (auto: images if any, else texts; "
+            "all: both). An index holds one kind."
+        ),
+    ] = SearchKind.auto,
     output: RowsFormatOption = RowsFormat.table,
     html_out: Annotated[Path | None, typer.Option("--html", help="Write a gallery page.")] = None,
     model: RecordedModelOption = None,
@@ -73,7 +77,7 @@ def search(
         batch=queries is not None,
         index_dir=index_dir,
         embeddings_dir=embeddings,
-        kind=None if kind is KindChoice.auto else kind.value,
+        kind=None if kind is SearchKind.auto else kind.value,
         k=k,
         model=model,
         device=device,
@@ -84,7 +88,7 @@ def search(
     _render_search(result, output)
     hits = sum(len(q.hits) for q in result.results)
     stderr.print(
-        f"{hits} hits for {len(result.results)} queries from {result.source} with "
+        f"{hits} {result.kind} hits for {len(result.results)} queries from {result.source} with "
         f"{result.model} on {result.runtime.runtime} ({result.runtime.reason}) in "
         f"{time.perf_counter() - started:.2f} s",
         markup=False,

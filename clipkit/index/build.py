@@ -240,12 +240,7 @@ def _resolve_kind(config: IndexConfig, shards: Sequence[store.Shard]) -> str:
         return config.kind
     if config.kind != "auto":
         raise InputError(f"Unknown kind {config.kind!r}.", "Use image, text or auto.")
-    kinds = {
-        k
-        for block in store.iter_embeddings(shards, ("kind",))
-        for k in block.column("kind").to_pylist()
-    }
-    return "image" if "image" in kinds else "text"
+    return store.default_kind(shards)
 
 
 def _default_budget() -> int:

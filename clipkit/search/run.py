@@ -17,6 +17,8 @@ from clipkit.index.exact import exact_topk_stream
 from clipkit.inputs.filenames import locate, reading_base
 from clipkit.models.runtime import RuntimeChoice, as_numpy, load_matching_encoder
 
+KINDS = ("image", "text", "all")
+
 
 @dataclass(frozen=True)
 class SearchConfig:
@@ -28,7 +30,9 @@ class SearchConfig:
     batch: bool = False  # each text is its own query (from --queries FILE)
     index_dir: Path | None = None
     embeddings_dir: Path | None = None
-    kind: str | None = None  # with embeddings_dir: restrict to image or text rows
+    # With embeddings_dir: "image", "text" or "all" rows; None: the folder's images if it has
+    # any, else its texts (so a text query finds pictures, not captions). An index holds one.
+    kind: str | None = None
     k: int = 10
     model: str | None = None
     device: str = "auto"
@@ -62,6 +66,7 @@ class SearchResult:
     model: str
     source: str
     runtime: RuntimeChoice = RuntimeChoice("torch", "")
+    kind: str = ""  # the rows searched: "image", "text" or "image and text"
 
 
 def search(config: SearchConfig) -> SearchResult:
@@ -84,6 +89,8 @@ def search(config: SearchConfig) -> SearchResult:
         raise UsageError("A text query is empty.", "Pass words to search for, or only --image.")
     if config.batch and config.images:
         raise UsageError("--queries cannot be combined with --image.", "Run them separately.")
+    if config.kind not in (None, *KINDS):
+        raise UsageError(f"Unknown kind {config.kind!r}.", f"Use {', '.join(KINDS)}.")
     labels, weights = _labels_and_weights(config)
     if config.index_dir is not None:
         from clipkit.index.load import load_index
@@ -94,16 +101,18 @@ def search(config: SearchConfig) -> SearchResult:
         vectors = _query_vectors(encoder, config, weights)
         scores, found = loaded.search(vectors, config.k)
         found, rows = _hit_rows(found, loaded.rows.take)
-        source, recorded = str(config.index_dir), loaded.info.base
+        source, recorded, searched = str(config.index_dir), loaded.info.base, loaded.info.kind
     else:
         emb_dir = config.embeddings_dir
         assert emb_dir is not None
         recorded_stamp = store.read_stamp(emb_dir)
         if recorded_stamp is None:
             raise InputError(f"{emb_dir} holds no embeddings.", "Make them with clipkit embed.")
+        searched = config.kind or store.default_kind(emb_dir)
         encoder, runtime = _encoder(config, recorded_stamp)
         vectors = _query_vectors(encoder, config, weights)
-        scores, found, rows = _exact(emb_dir, config.kind, vectors, config.k)
+        only = None if searched == "all" else searched
+        scores, found, rows = _exact(emb_dir, only, vectors, config.k)
         source, recorded = str(emb_dir), store.read_base(emb_dir)
     extra = [name for name in rows if name not in ("id", "uri", "kind", "text")]
     base = reading_base(recorded)
@@ -124,7 +133,13 @@ def search(config: SearchConfig) -> SearchResult:
             if i >= 0  # FAISS pads with -1 when fewer than k rows are reachable
         )
         results.append(QueryResult(query=label, hits=hits))
-    return SearchResult(results=tuple(results), model=encoder.spec, source=source, runtime=runtime)
+    return SearchResult(
+        results=tuple(results),
+        model=encoder.spec,
+        source=source,
+        runtime=runtime,
+        kind="image and text" if searched == "all" else searched,
+    )
 
 
 def _labels_and_weights(config: SearchConfig) -> tuple[list[str], list[float]]:

@@ -217,6 +217,16 @@ class VectorBlock:
             column.extend([None] * (before + added - len(column)))
 
 
+def default_kind(source: Shards) -> str:
+    """The rows a search or an index of this folder is over unless told: its images if it has
+    any (a text query finds pictures), else its texts. Reads the ``kind`` column only, and
+    stops at the first image."""
+    for batch in iter_embeddings(source, ("kind",)):
+        if "image" in batch.column("kind").to_pylist():
+            return "image"
+    return "text"
+
+
 def iter_vectors(
     source: Shards, kind: str | None = None, batch_rows: int = BATCH_ROWS, *, meta: bool = False
 ) -> Iterator[VectorBlock]:
