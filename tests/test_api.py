@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 import clipkit
-from tests.helpers import make_images
+from tests.helpers import TINY, make_images
 
 README = Path(__file__).resolve().parent.parent / "README.md"
 HEAVY = ("torch", "open_clip", "faiss", "pyarrow", "torchvision", "matplotlib")
@@ -86,3 +86,45 @@ def test_the_readme_example_runs(tmp_path, monkeypatch, capsys):
     printed = capsys.readouterr().out.splitlines()
     assert len(printed) == 5
     assert all((tmp_path / line.split()[2]).is_file() for line in printed)
+
+
+def test_paths_are_str_or_path_everywhere_and_wrong_types_fail_at_construction(tmp_path):
+    """#25 item 8: `SearchConfig(index_dir="index")` failed deep inside with `'str' / 'str'`."""
+    from clipkit.audit import AuditConfig
+    from clipkit.embed import EmbedConfig, embed
+    from clipkit.errors import UsageError
+    from clipkit.index import IndexConfig, build_index
+    from clipkit.search import SearchConfig, search
+    from clipkit.train import TrainConfig
+    from clipkit.zeroshot import ZeroShotConfig
+
+    make_images(tmp_path / "photos", 3)
+    folder = str(tmp_path)  # every path below as a plain str
+    embed(EmbedConfig(sources=f"{folder}/photos", out_dir=f"{folder}/emb", model=TINY, workers=0))
+    build_index(IndexConfig(emb_dir=f"{folder}/emb", out_dir=f"{folder}/index"))
+    config = SearchConfig(texts="a red square", index_dir=f"{folder}/index", k=2)
+    assert config.index_dir == tmp_path / "index" and config.texts == ("a red square",)
+    assert len(search(config).results[0].hits) == 2
+    assert SearchConfig(images=[f"{folder}/photos/img0000.jpg"]).images == (
+        tmp_path / "photos" / "img0000.jpg",
+    )
+    assert TrainConfig(data=tmp_path, out=tmp_path / "run", model=TINY).data == folder
+    assert AuditConfig(data=folder).data == tmp_path
+    assert ZeroShotConfig(images=folder, labels="a,b").images == tmp_path
+    cases = [
+        (lambda: SearchConfig(index_dir=3), "SearchConfig.index_dir must be a path, not int"),
+        (lambda: SearchConfig(k="10"), "SearchConfig.k must be an int, not str"),
+        (lambda: SearchConfig(k=True), "SearchConfig.k must be an int, not bool"),
+        (lambda: IndexConfig(emb_dir=None, out_dir=folder), "IndexConfig.emb_dir must be a path"),
+        (
+            lambda: TrainConfig(data=folder, out=folder, model=TINY, lr="1e-4"),
+            "TrainConfig.lr must be a number, not str",
+        ),
+        (
+            lambda: EmbedConfig(sources=[1], out_dir=folder, model=TINY),
+            "EmbedConfig.sources must be a tuple whose items are each a str, not list",
+        ),
+    ]
+    for make, message in cases:
+        with pytest.raises(UsageError, match=re.escape(message)):
+            make()

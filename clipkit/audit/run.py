@@ -24,6 +24,7 @@ import torch
 from clipkit import score, store
 from clipkit.config import DEFAULT_MODEL_SPEC
 from clipkit.errors import InputError, SkippedInputsError, UsageError
+from clipkit.infra.fields import check_config
 from clipkit.infra.progress import ProgressCallback, ProgressReport
 from clipkit.inputs.filenames import as_text, locate, reading_base
 from clipkit.inputs.pairs import read_pairs
@@ -54,6 +55,9 @@ class AuditConfig:
     text_column: str | None = None
     strict: bool = False  # raise SkippedInputsError, after the work, if any pair was skipped
     runtime: str | None = None  # auto | torch | onnx; None: $CLIPKIT_RUNTIME, else auto
+
+    def __post_init__(self) -> None:
+        check_config(self)  # str or Path for paths; a wrong type fails here, by name
 
 
 @dataclass(frozen=True)

@@ -22,6 +22,7 @@ from clipkit.embed import plan as embed_plan
 from clipkit.errors import InputError, SkippedInputsError, UsageError
 from clipkit.infra import distributed
 from clipkit.infra.atomic import remove_stale_temporaries
+from clipkit.infra.fields import check_config
 from clipkit.infra.locks import writer_lock
 from clipkit.infra.progress import ProgressCallback, ProgressReport, no_progress
 from clipkit.inputs.decode import DEFAULT_MAX_PIXELS, DecodeError, content_id, decode_text, text_id
@@ -58,6 +59,9 @@ class EmbedConfig:
     prune: bool = False  # make the folder mirror the sources: drop rows of vanished inputs
     rehash: bool = False  # read every file again, even those whose size and mtime are unchanged
     runtime: str | None = None  # auto | torch | onnx; None: $CLIPKIT_RUNTIME, else auto
+
+    def __post_init__(self) -> None:
+        check_config(self)  # str or Path for paths; a wrong type fails here, by name
 
 
 @dataclass(frozen=True)

@@ -44,6 +44,7 @@ from clipkit.infra.atomic import (
     make_folder,
     remove_stale_temporaries,
 )
+from clipkit.infra.fields import check_config
 from clipkit.infra.locks import publishing, writer_lock
 
 NPROBE_STEPS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 2048, 4096)
@@ -63,6 +64,9 @@ class IndexConfig:
     target_recall: float = 0.95
     update: bool = False
     seed: int = 0
+
+    def __post_init__(self) -> None:
+        check_config(self)  # str or Path for paths; a wrong type fails here, by name
 
 
 @dataclass(frozen=True)

@@ -25,6 +25,7 @@ from clipkit.embed.run import EmbedConfig, embed
 from clipkit.errors import InputError, StoppedError
 from clipkit.index.build import IndexConfig, build_index
 from clipkit.infra.atomic import atomic_path, make_folder
+from clipkit.infra.fields import check_config
 from clipkit.infra.progress import ProgressCallback
 from clipkit.inputs import synthetic
 from clipkit.models.runtime import ensure_cached_export
@@ -66,6 +67,9 @@ class QuickstartConfig:
     workers: int | None = None  # decode processes; None: one per core, at most 8
     device: str = "auto"
     seed: int = 0
+
+    def __post_init__(self) -> None:
+        check_config(self)  # str or Path for paths; a wrong type fails here, by name
 
 
 @dataclass(frozen=True)

@@ -14,6 +14,7 @@ import numpy as np
 from clipkit import store
 from clipkit.errors import InputError, UsageError
 from clipkit.index.exact import exact_topk_stream
+from clipkit.infra.fields import check_config
 from clipkit.inputs.filenames import locate, reading_base
 from clipkit.models.runtime import RuntimeChoice, as_numpy, load_matching_encoder
 
@@ -37,6 +38,9 @@ class SearchConfig:
     model: str | None = None
     device: str = "auto"
     runtime: str | None = None  # auto | torch | onnx; None: $CLIPKIT_RUNTIME, else auto
+
+    def __post_init__(self) -> None:
+        check_config(self)  # str or Path for paths; a wrong type fails here, by name
 
 
 @dataclass(frozen=True)

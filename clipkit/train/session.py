@@ -9,6 +9,7 @@ from typing import Any
 
 from clipkit.infra.device import seed_everything
 from clipkit.infra.distributed import World
+from clipkit.infra.fields import check_config
 from clipkit.infra.progress import ProgressCallback
 from clipkit.inputs.pipeline import default_workers
 from clipkit.models.openclip import Encoder, load_model
@@ -54,6 +55,9 @@ class TrainConfig:
     text_column: str | None = None
     resume: bool = False
     strict: bool = False  # raise SkippedInputsError, after the run, if any pair was skipped
+
+    def __post_init__(self) -> None:
+        check_config(self)  # str or Path for paths; a wrong type fails here, by name
 
 
 @dataclass(frozen=True)

@@ -20,6 +20,7 @@ import numpy as np
 from clipkit import store
 from clipkit.config import DEFAULT_MODEL_SPEC
 from clipkit.errors import InputError, SkippedInputsError, UsageError
+from clipkit.infra.fields import check_config
 from clipkit.infra.progress import ProgressCallback, ProgressReport
 from clipkit.inputs.decode import DEFAULT_MAX_PIXELS, IMAGE_SUFFIXES
 from clipkit.inputs.filenames import as_text, locate, reading_base
@@ -69,6 +70,9 @@ class ZeroShotConfig:
     max_pixels: int = DEFAULT_MAX_PIXELS
     strict: bool = False  # raise SkippedInputsError, after the work, if any image was skipped
     runtime: str | None = None  # auto | torch | onnx; None: $CLIPKIT_RUNTIME, else auto
+
+    def __post_init__(self) -> None:
+        check_config(self)  # str or Path for paths; a wrong type fails here, by name
 
 
 @dataclass(frozen=True)
