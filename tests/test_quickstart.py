@@ -194,25 +194,35 @@ def test_stopped_training_exits_130_and_says_how_to_go_on(tmp_path, monkeypatch)
     assert f"clipkit quickstart {folder}` again" in " ".join(result.stderr.split())
 
 
-def test_readme_steps_run_one_command_each(small_run, tmp_path, monkeypatch):
-    """The README's "same steps, one command each" work on a quickstart folder (training
-    aside: the run is there already, and the same options would only say it had finished)."""
+def test_readme_steps_run_one_command_each_as_printed(small_run, tmp_path, monkeypatch):
+    """#25 item 4: the README's "same steps, one command each" run as printed on a quickstart
+    folder, training included (it used to stop at once: the quickstart had made `run`), and
+    the quickstart's own run resumes from inside its folder (`data/train` there is the
+    `clipkit-quickstart/data/train` it was trained on)."""
     config, _ = small_run
     readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
     block = readme.split("### The same steps, one command each")[1].split("```bash\n")[1]
     lines = block.split("```")[0].replace("\\\n", " ").splitlines()
     assert lines[0] == "cd clipkit-quickstart"
-    assert lines[1].startswith("clipkit train data/train -o run -m clipkit-tiny:random")
     copy = tmp_path / "clipkit-quickstart"
     shutil.copytree(config.folder, copy)
+    recorded = json.loads((copy / "run" / "config.json").read_text())
     monkeypatch.chdir(copy)
-    for line in lines[2:]:
+    for line in lines[1:]:
         done = CliRunner().invoke(cli.app, shlex.split(line)[1:])
         assert done.exit_code == 0, (line, done.stderr)
-    for page in ("search", "zeroshot", "audit"):
-        assert (copy / "reports" / f"{page}.html").stat().st_mtime > Path(
-            config.folder, "reports", f"{page}.html"
-        ).stat().st_mtime
+    for page in ("my-search", "my-zeroshot", "my-audit"):
+        assert (copy / "reports" / f"{page}.html").is_file()
+    assert (copy / "my-run" / "last.safetensors").is_file()
+    again = [
+        "train", "data/train", "-o", "run", "-m", recorded["model"], "--val", "data/val",
+        "--eval-classes", "data/classes", "--epochs", str(recorded["epochs"]),
+        "--batch-size", str(recorded["batch_size"]), "--workers", "0", "--resume",
+    ]  # fmt: skip
+    monkeypatch.chdir(config.folder)  # the folder the quickstart trained in (a finished run)
+    resumed = CliRunner().invoke(cli.app, again)
+    assert "differ" not in resumed.output, resumed.output
+    assert resumed.exit_code == 0 and "already finished" in " ".join(resumed.output.split())
 
 
 # --- the reports in a real browser ------------------------------------------------------------

@@ -37,6 +37,7 @@ from clipkit.train.state import (
     ResumeState,
     load_state,
     prepare_run_folder,
+    resolved_paths,
     restore_rng,
 )
 from clipkit.train.step import param_groups
@@ -178,7 +179,7 @@ def _run(session: Session) -> TrainResult:
 def _prepare_folder(session: Session) -> ResumeState | None:
     """Create or check the run folder (main rank); every rank gets the state to resume from."""
     config, world = session.config, session.world
-    recorded: dict[str, Any] = dataclasses.asdict(config)
+    recorded: dict[str, Any] = resolved_paths(dataclasses.asdict(config))
     recorded["out"] = str(session.out)
     recorded["resolved"] = {k: v for k, v in session.settings.items() if k != "skipped"}
     saved = None

@@ -26,6 +26,23 @@ LAST_FILE, BEST_FILE = "last.safetensors", "best.safetensors"
 PLOT_FILE = "training.png"
 # Options that may differ on --resume: they change where and how fast, not what is computed.
 RESUMABLE_CHANGES = frozenset({"resume", "device", "workers", "out", "wise_ft", "strict"})
+# Options that may name a file or folder: recorded resolved, and compared so on --resume
+# (`data/train` from inside the quickstart folder is `clipkit-quickstart/data/train`).
+PATH_OPTIONS = ("data", "val", "eval_classes", "model")
+
+
+def resolved_paths(config: dict[str, Any]) -> dict[str, Any]:
+    """``config`` with each of PATH_OPTIONS that names an existing path made absolute."""
+    return {
+        key: _resolved(value) if key in PATH_OPTIONS else value for key, value in config.items()
+    }
+
+
+def _resolved(value: Any) -> Any:
+    if not isinstance(value, str) or not value:
+        return value
+    path = Path(value).expanduser()
+    return str(path.resolve()) if path.exists() else value
 
 
 @dataclass
@@ -68,7 +85,8 @@ def prepare_run_folder(out: Path, config: dict[str, Any], resume: bool) -> Resum
     changed = sorted(
         key
         for key in set(previous) | set(config)
-        if key not in RESUMABLE_CHANGES and previous.get(key) != config.get(key)
+        if key not in RESUMABLE_CHANGES
+        and resolved_paths(previous).get(key) != resolved_paths(config).get(key)
     )
     if changed:
         detail = ", ".join(f"{k}: {previous.get(k)!r} -> {config.get(k)!r}" for k in changed)
