@@ -127,3 +127,26 @@ def test_bad_options_are_errors_with_hints(tmp_path, extra, message, code):
     assert result.exit_code == code
     assert "Error:" in result.stderr and message in result.stderr.replace("\n", " ")
     assert "Hint:" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_a_short_run_says_so_before_training_with_what_to_change(shapes, tmp_path):
+    """#25 item 5: ten epochs of 180 pairs at batch 64 is 20 steps and trained to R@1 0.25,
+    with nothing said; the progress line now shows the epoch beside the step count."""
+    from clipkit.train.data import Schedule
+    from clipkit.train.run import short_run_note
+
+    note = short_run_note(Schedule(pairs=180, batch_size=64, total_steps=20))
+    assert note.startswith(
+        "this run takes only 20 optimiser steps (10 epochs of 2 steps: 180 pairs at batch 64)"
+    )
+    assert "use --epochs 100, or a smaller batch (--batch-size 32)" in note
+    assert short_run_note(Schedule(pairs=180, batch_size=32, total_steps=180)) == ""  # R@1 0.85
+    result = runner.invoke(
+        cli.app,
+        ["train", str(shapes / "data"), "-o", str(tmp_path / "run"), "-m", "clipkit-tiny:random",
+         "--epochs", "2", "--batch-size", "64", "--workers", "0", "--device", "cpu"],
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    said = " ".join(result.stderr.split())
+    assert "Note: this run takes only 4 optimiser steps (2 epochs of 2 steps" in said
+    assert said.index("Note:") < said.index("4/4 epoch 2")  # before training; steps and epoch

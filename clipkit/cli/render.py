@@ -25,6 +25,7 @@ SKIPPED_SHOWN = 20
 CELL_CHARS = 300
 # How each figure a service reports is shown beside its bar; others as "name value".
 FIGURE_FORMATS = {
+    "epoch": "epoch {:.0f}",
     "loss": "loss {:.3f}",
     "temperature": "t {:.4f}",
     "samples_per_s": "{:.1f} samples/s",
@@ -88,6 +89,9 @@ def progress_bar() -> Iterator[ProgressCallback]:
     with Progress(*columns, console=stderr, transient=False) as bar:
 
         def update(report: ProgressReport) -> None:
+            if report.note:
+                bar.console.print(f"Note: {report.note}", markup=False)
+                return
             now = time.perf_counter()
             if report.stage not in tasks:
                 tasks[report.stage] = bar.add_task(report.stage, total=report.total, figures="")

@@ -9,12 +9,17 @@ from dataclasses import dataclass, field
 
 @dataclass(frozen=True)
 class ProgressReport:
-    """``done`` of ``total`` in ``stage``, with the latest figures (``loss``, ...) where any."""
+    """``done`` of ``total`` in ``stage``, with the latest figures (``loss``, ...) where any.
+
+    A report with a ``note`` carries something the user should read before the work goes on
+    (a run too short to train well): the CLI prints it above its bars.
+    """
 
     stage: str
     done: int
     total: int
     figures: Mapping[str, float] = field(default_factory=dict)
+    note: str = ""
 
 
 ProgressCallback = Callable[[ProgressReport], None]

@@ -228,7 +228,13 @@ def _train(folder: Path, config: QuickstartConfig, progress: ProgressCallback | 
         seed=config.seed,
         resume=(run / "config.json").is_file(),
     )
-    report = (lambda r: progress(replace(r, stage=f"train ({r.stage})"))) if progress else None
+    # The quickstart's settings are its own: a short-run note would ask the user to change
+    # what they did not choose.
+    report = (
+        (lambda r: None if r.note else progress(replace(r, stage=f"train ({r.stage})")))
+        if progress
+        else None
+    )
     result = train(train_config, progress=report)
     if result.interrupted or result.best_checkpoint is None:
         raise StoppedError(

@@ -188,7 +188,12 @@ class StepLoop:
         if end_of_epoch or (save_every and step % save_every == 0):
             self.checkpointer.save(state)
         self.paused += time.perf_counter() - paused
-        figures = {"loss": losses.loss, "temperature": losses.temperature, "samples_per_s": rate}
+        figures = {
+            "epoch": (step - 1) // schedule.steps_per_epoch + 1,
+            "loss": losses.loss,
+            "temperature": losses.temperature,
+            "samples_per_s": rate,
+        }
         session.progress(ProgressReport("train", step, schedule.total_steps, figures))
 
     def _diverged(self, loss: float, state: ResumeState) -> DivergedError:
