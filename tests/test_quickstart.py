@@ -194,7 +194,14 @@ def test_stopped_training_exits_130_and_says_how_to_go_on(tmp_path, monkeypatch)
     assert f"clipkit quickstart {folder}` again" in " ".join(result.stderr.split())
 
 
-def test_readme_steps_run_one_command_each_as_printed(small_run, tmp_path, monkeypatch):
+@pytest.mark.parametrize(
+    "epochs",
+    [
+        pytest.param(("--epochs", "1"), id="one-epoch"),  # the suite's: the last --epochs wins
+        pytest.param((), id="verbatim", marks=pytest.mark.slow),  # 12 epochs: 55 s here
+    ],
+)
+def test_readme_steps_run_one_command_each_as_printed(small_run, tmp_path, monkeypatch, epochs):
     """#25 item 4: the README's "same steps, one command each" run as printed on a quickstart
     folder, training included (it used to stop at once: the quickstart had made `run`), and
     the quickstart's own run resumes from inside its folder (`data/train` there is the
@@ -209,7 +216,8 @@ def test_readme_steps_run_one_command_each_as_printed(small_run, tmp_path, monke
     recorded = json.loads((copy / "run" / "config.json").read_text())
     monkeypatch.chdir(copy)
     for line in lines[1:]:
-        done = CliRunner().invoke(cli.app, shlex.split(line)[1:])
+        extra = epochs if line.startswith("clipkit train") else ()
+        done = CliRunner().invoke(cli.app, [*shlex.split(line)[1:], *extra])
         assert done.exit_code == 0, (line, done.stderr)
     for page in ("my-search", "my-zeroshot", "my-audit"):
         assert (copy / "reports" / f"{page}.html").is_file()
