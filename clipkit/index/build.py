@@ -28,7 +28,7 @@ from clipkit.index.load import (
     IndexInfo,
     load_index,
 )
-from clipkit.index.parts import PARTS, file_record, repair, write_vectors
+from clipkit.index.parts import PARTS, checksum_record, repair, write_vectors
 from clipkit.index.recall import (
     RECALL_K,
     QuerySet,
@@ -260,7 +260,7 @@ def _write(out_dir: Path, index: faiss.Index, rows: dict[str, list[Any]], info: 
     with atomic_paths(targets, commit=lambda: publishing(out_dir)) as (vectors, row_map, sidecar):
         files = {INDEX_FILE: write_vectors(index, vectors)}
         store.write_row_map(row_map, rows)
-        files[ROWS_FILE] = file_record(row_map)
+        files[ROWS_FILE] = checksum_record(row_map)
         sidecar.write_text(json.dumps(replace(info, files=files).as_dict(), indent=2))
 
 

@@ -78,7 +78,7 @@ def read_vectors(path: Path, record: dict[str, int] | None, hint: str) -> faiss.
     return index
 
 
-def file_record(path: Path) -> dict[str, int]:
+def checksum_record(path: Path) -> dict[str, int]:
     """Size and CRC-32 of a file, as the sidecar records them."""
     crc, size = 0, 0
     with open(path, "rb") as handle:
@@ -144,7 +144,7 @@ def _matches(records: dict[str, Any] | None, paths: dict[str, Path]) -> bool:
         try:
             if not isinstance(expected, dict) or path.stat().st_size != expected.get("bytes"):
                 return False
-            if file_record(path) != expected:
+            if checksum_record(path) != expected:
                 return False
         except OSError:
             return False

@@ -115,7 +115,7 @@ def write_failure(path: Path, error: OSError) -> ClipkitError:
     """The error for a write the machine refused: the path, the reason, the space left."""
     reason = error.strerror or str(error).splitlines()[0] or type(error).__name__
     free = _free_bytes(path)
-    left = f" ({_size(free)} free on its disk)" if free is not None else ""
+    left = f" ({_readable_size(free)} free on its disk)" if free is not None else ""
     return ClipkitError(
         f"Cannot write {path}: {reason}{left}.",
         "Free some space (or choose another folder) and run the command again; files "
@@ -137,7 +137,7 @@ def _disk_full(path: Path) -> bool:
     return free is not None and free < FULL_DISK_BYTES
 
 
-def _size(count: int) -> str:
+def _readable_size(count: int) -> str:
     if count < 1024:
         return f"{count:,} bytes"
     value, unit = count / 1024, "KiB"

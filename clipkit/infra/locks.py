@@ -117,12 +117,14 @@ def _holder(recorded: str) -> str:
     if not recorded:
         return "another process"
     pid = recorded.partition(":")[0].removeprefix("pid ").strip()
-    if pid.isdigit() and not _alive(int(pid)):
+    if pid.isdigit() and not process_alive(int(pid)):
         return f"{recorded}, which has ended: a process it started still holds the folder"
     return recorded
 
 
-def _alive(pid: int) -> bool:
+def process_alive(pid: int) -> bool:
+    """Whether process ``pid`` exists (another user's counts): a pid a file recorded may be
+    of a process that has ended."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:

@@ -26,6 +26,7 @@ import torch.nn.functional as F
 from clipkit import __version__
 from clipkit.errors import InputError, UsageError
 from clipkit.infra.atomic import make_folder
+from clipkit.infra.locks import process_alive
 from clipkit.models.exported import (
     IMAGE_FILE,
     MANIFEST_FILE,
@@ -233,18 +234,8 @@ def _sweep_abandoned(out_dir: Path) -> None:
     for path in out_dir.parent.glob(f".{glob.escape(out_dir.name)}.*-*"):
         kind, _, rest = path.name[len(out_dir.name) + 2 :].partition("-")
         pid = rest.partition("-")[0]
-        if kind in ("export", "replaced") and pid.isdigit() and not _alive(int(pid)):
+        if kind in ("export", "replaced") and pid.isdigit() and not process_alive(int(pid)):
             shutil.rmtree(path, ignore_errors=True)
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # another user's process: alive
-        return True
-    return True
 
 
 def _check_replaceable(out_dir: Path) -> None:
