@@ -91,7 +91,9 @@ def test_embed_search_audit_and_zeroshot_take_names_that_are_not_utf8(bad_name_d
     for label in ("red", "blue"):
         make_images(classes / label, 2)
     _rename(classes / "blue" / "img0000.jpg", b"\xff.jpg")
-    result = zeroshot(ZeroShotConfig(images=classes, model=TINY, workers=0, device="cpu"))
+    result = zeroshot(
+        ZeroShotConfig(images=classes, class_tree=True, model=TINY, workers=0, device="cpu")
+    )
     assert len(result.predictions) == 4 and not result.failures
     assert str(classes / "blue" / "\\xff.jpg") in {p.uri for p in result.predictions}
     json.dumps(result.as_dict(), ensure_ascii=False).encode("utf-8")

@@ -227,7 +227,9 @@ def test_zeroshot_and_audit_reports_show_images_from_another_folder(
     monkeypatch.chdir(data)
     embed(embed_config(["tree"], Path("emb")))
     monkeypatch.chdir(work)
-    classified = zeroshot(ZeroShotConfig(images=data / "emb", device="cpu", workers=0))
+    classified = zeroshot(
+        ZeroShotConfig(images=data / "emb", class_tree=True, device="cpu", workers=0)
+    )
     assert classified.metrics is not None  # the class folders, read from the uris
     assert {p.path for p in classified.predictions} == {
         str(data / p.uri) for p in classified.predictions

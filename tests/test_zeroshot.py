@@ -186,7 +186,7 @@ def test_equals_open_clip_build_zero_shot_classifier(trained, colour_tree):
 
     from clipkit.models import load_model
 
-    result = zeroshot(_config(colour_tree, trained, templates="openai", k=4))
+    result = zeroshot(_config(colour_tree, trained, templates="openai", k=4, class_tree=True))
     encoder = load_model(trained, device="cpu")
     model = encoder.model
     labels = list(result.labels)
@@ -207,7 +207,7 @@ def test_equals_open_clip_build_zero_shot_classifier(trained, colour_tree):
 
 
 def test_trained_tiny_model_is_clearly_above_chance_on_a_class_tree(trained, colour_tree):
-    result = zeroshot(_config(colour_tree, trained))
+    result = zeroshot(_config(colour_tree, trained, class_tree=True))
     assert result.input_kind == "class tree" and result.labels == ("blue", "green", "red", "yellow")
     metrics = result.metrics
     assert metrics is not None and metrics.images == 48
@@ -235,14 +235,14 @@ def test_embeddings_folder_is_classified_without_re_encoding(
             device="cpu",
         )
     )
-    direct = zeroshot(_config(colour_tree, trained))
+    direct = zeroshot(_config(colour_tree, trained, class_tree=True))
 
     def no_encoding(*args, **kwargs):
         raise AssertionError("images were encoded again")
 
     monkeypatch.setattr(pipeline, "encode_image_files", no_encoding)
     # No --labels: the class folders in the stored uris name the labels, as for the tree itself.
-    from_embeddings = zeroshot(_config(tmp_path / "emb", None))
+    from_embeddings = zeroshot(_config(tmp_path / "emb", None, class_tree=True))
     assert from_embeddings.input_kind == "embeddings"
     assert from_embeddings.labels == direct.labels == ("blue", "green", "red", "yellow")
     assert from_embeddings.model == trained  # the model recorded in the embeddings
@@ -275,8 +275,8 @@ def test_embeddings_of_a_class_tree_score_copies_against_their_own_folder(tmp_pa
             device="cpu",
         )
     )
-    direct = zeroshot(_config(tmp_path / "tree", TINY))
-    stored = zeroshot(_config(tmp_path / "emb", None))
+    direct = zeroshot(_config(tmp_path / "tree", TINY, class_tree=True))
+    stored = zeroshot(_config(tmp_path / "emb", None, class_tree=True))
     assert len(stored.predictions) == 7
     targets = {Path(p.uri).name + "@" + p.target for p in stored.predictions}
     assert {"img0000.jpg@cat", "twin.jpg@dog"} <= targets
@@ -316,23 +316,48 @@ def test_copies_in_an_embeddings_folder_get_predictions_too(tmp_path):
 
 
 def test_class_tree_with_extra_labels_scores_against_the_folders(trained, colour_tree):
-    result = zeroshot(_config(colour_tree, trained, labels="red,green,blue,yellow,purple"))
+    result = zeroshot(
+        _config(colour_tree, trained, labels="red,green,blue,yellow,purple", class_tree=True)
+    )
     assert result.metrics is not None
     purple = result.metrics.classes[-1]
     assert purple.label == "purple" and purple.support == 0 and purple.recall is None
 
 
 def test_class_tree_with_labels_not_naming_the_folders_has_no_metrics(trained, colour_tree):
-    result = zeroshot(_config(colour_tree, trained, labels="warm,cold"))
+    result = zeroshot(_config(colour_tree, trained, labels="warm,cold", class_tree=True))
     assert result.metrics is None and "not among the labels" in result.notes[0]
     assert {p.label for p in result.predictions} <= {"warm", "cold"}
+
+
+def test_subfolders_are_no_truth_unless_the_labels_name_them_or_class_tree_says_so(
+    trained, colour_tree
+):
+    """Albums are not classes: labels that are not all subfolder names classify the images
+    with no ground truth at all; labels that all name subfolders (any case or spacing) score
+    against them, as --class-tree does."""
+    untagged = zeroshot(_config(colour_tree, trained, labels="warm,cold"))
+    assert untagged.input_kind == "folder" and len(untagged.predictions) == 48
+    assert untagged.metrics is None and untagged.notes == ()
+    assert all(p.target is None for p in untagged.predictions)
+    named = zeroshot(_config(colour_tree, trained, labels="Red, GREEN ,blue,yellow"))
+    assert named.input_kind == "class tree" and named.metrics is not None
+    assert {p.target for p in named.predictions} == {"red", "green", "blue", "yellow"}
+    some = zeroshot(_config(colour_tree, trained, labels="red,green,blue"))  # all name folders
+    assert some.input_kind == "class tree" and "yellow are not among the labels" in some.notes[0]
+
+
+def test_class_tree_that_is_no_tree_is_an_error(tmp_path):
+    Image.new("RGB", (32, 32)).save(tmp_path / "loose.png")
+    with pytest.raises(InputError, match="is not a class tree"):
+        zeroshot(_config(tmp_path, TINY, labels="a,b", class_tree=True))
 
 
 def test_folder_names_become_labels_with_spaces(tmp_path, tiny_encoder):
     for name in ("golden_retriever", "tabby-cat"):
         (tmp_path / name).mkdir()
         Image.new("RGB", (32, 32), (200, 100, 0)).save(tmp_path / name / "a.png")
-    result = zeroshot(_config(tmp_path, TINY))
+    result = zeroshot(_config(tmp_path, TINY, class_tree=True))
     assert result.labels == ("golden retriever", "tabby cat")
 
 
@@ -453,7 +478,7 @@ def test_open_set_rejection_on_a_planted_case(tmp_path, tiny_encoder):
 def test_predictions_files_in_every_format(trained, colour_tree, tmp_path):
     import pyarrow.parquet as pq
 
-    result = zeroshot(_config(colour_tree, trained, k=2))
+    result = zeroshot(_config(colour_tree, trained, k=2, class_tree=True))
     for suffix in (".csv", ".json", ".jsonl", ".parquet"):
         write_predictions(result, tmp_path / f"p{suffix}")
     table = pq.read_table(tmp_path / "p.parquet").to_pylist()
@@ -488,7 +513,7 @@ def test_html_report_escapes_labels_and_paths(tmp_path, tiny_encoder):
             Image.new("RGB", (32, 32), (i * 100, 50, 50)).save(
                 tmp_path / "tree" / name / f"{i}.png"
             )
-    result = zeroshot(_config(tmp_path / "tree", TINY))
+    result = zeroshot(_config(tmp_path / "tree", TINY, class_tree=True))
     written = write_zeroshot_report(result, tmp_path / "report.html")
     page = written[0].read_text()
     assert "<script>alert" not in page and "<b>bold</b>" not in page

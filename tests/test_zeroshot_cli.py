@@ -14,6 +14,7 @@ from typer.testing import CliRunner
 from clipkit import cli
 from clipkit.inputs.synthetic import write_class_tree
 from clipkit.zeroshot import run as zeroshot_module
+from tests.helpers import make_images
 
 runner = CliRunner()
 TINY = "clipkit-tiny:random"
@@ -71,20 +72,23 @@ def _tree(tmp_path: Path) -> Path:
     return tmp_path / "tree"
 
 
-def test_table_output_shows_predictions_distribution_metrics_and_confusion(tmp_path):
-    result = runner.invoke(
-        cli.app, ["zeroshot", str(_tree(tmp_path)), "-m", TINY, "--workers", "0", "--device", "cpu"]
-    )
+def test_table_output_shows_summary_distribution_metrics_and_confusion(tmp_path):
+    args = ["zeroshot", str(_tree(tmp_path)), "--class-tree", "-m", TINY, "--workers", "0"]
+    result = runner.invoke(cli.app, [*args, "--device", "cpu"])
     assert result.exit_code == 0, result.stderr
-    for title in ("Predictions", "Label distribution", "Per class", "Confusion matrix"):
+    for title in ("Label distribution", "Per class", "Confusion matrix"):
         assert title in result.stdout
+    assert "Predictions" not in result.stdout and "--show-rows" in result.stderr
+    rows = runner.invoke(cli.app, [*args, "--device", "cpu", "--show-rows"])
+    assert rows.exit_code == 0 and "Predictions" in rows.stdout and "red" in rows.stdout
+    assert "--show-rows" not in rows.stderr
     assert "Classified 12 images (class tree) into 4 labels with 4 prompts" in result.stderr
     assert "top-1" in result.stderr and "mean per-class recall" in result.stderr
 
 
 def test_json_and_csv_output(tmp_path):
     tree = _tree(tmp_path)
-    args = ["zeroshot", str(tree), "-m", TINY, "--workers", "0", "--device", "cpu", "-k", "2"]
+    args = ["zeroshot", str(tree), "--class-tree", "-m", TINY, "--workers", "0", "-k", "2"]
     as_json = runner.invoke(cli.app, [*args, "--format", "json"])
     assert as_json.exit_code == 0, as_json.stderr
     payload = json.loads(as_json.stdout)
@@ -103,6 +107,7 @@ def test_out_and_html_are_written_and_predictions_leave_stdout(tmp_path):
         [
             "zeroshot",
             str(tree),
+            "--class-tree",
             "-m",
             TINY,
             "--workers",
@@ -176,5 +181,42 @@ def test_labels_with_rich_markup_are_printed_literally(tmp_path):
 def test_errors_are_error_and_hint(tmp_path):
     Image.new("RGB", (32, 32)).save(tmp_path / "a.png")
     result = runner.invoke(cli.app, ["zeroshot", str(tmp_path), "-m", TINY])
-    assert result.exit_code == 1
+    assert result.exit_code == 2  # a usage error: nothing to classify into
     assert "Error: No labels given" in result.stderr and "Hint:" in result.stderr
+
+
+def _albums(tmp_path: Path) -> Path:
+    """A new user's photos: in album subfolders that are not classes."""
+    for album, start in (("2024-summer", 0), ("misc", 3), ("screenshots", 6)):
+        make_images(tmp_path / "photos" / album, 3, start=start)
+    return tmp_path / "photos"
+
+
+def test_albums_without_labels_are_a_usage_error_that_says_how_to_give_them(tmp_path):
+    photos = _albums(tmp_path)
+    result = runner.invoke(cli.app, ["zeroshot", str(photos), "-m", TINY, "--device", "cpu"])
+    assert result.exit_code == 2, result.stderr
+    said = " ".join(result.stderr.split())  # as one line, whatever the terminal's wrapping
+    assert "No labels given" in said and "(2024-summer, misc, screenshots)" in said
+    assert "--labels" in said and "--class-tree" in said
+    assert "accuracy" not in said and "top-1" not in said
+
+
+def test_albums_with_labels_have_no_invented_truth_in_any_output(tmp_path):
+    photos = _albums(tmp_path)
+    args = ["zeroshot", str(photos), "--labels", "cat,dog,beach", "-m", TINY, "--workers", "0"]
+    out, html = tmp_path / "p.csv", tmp_path / "r.html"
+    result = runner.invoke(
+        cli.app, [*args, "--device", "cpu", "--out", str(out), "--html", str(html)]
+    )
+    assert result.exit_code == 0, result.stderr
+    assert "Classified 9 images (folder)" in result.stderr and "top-1" not in result.stderr
+    assert "Per class" not in result.stdout and "Confusion" not in result.stdout
+    rows = list(csv.DictReader(out.open()))
+    assert len(rows) == 9 and all(row["target"] == "" for row in rows)
+    page = html.read_text()
+    assert "true:" not in page and "misc" in page  # the path is shown, never as a class
+    as_json = runner.invoke(cli.app, [*args, "--device", "cpu", "--format", "json"])
+    payload = json.loads(as_json.stdout)
+    assert payload["metrics"] is None
+    assert all(p["target"] is None for p in payload["predictions"])

@@ -37,6 +37,13 @@ def zeroshot(
     labels: Annotated[
         str | None, typer.Option(help='Comma-separated labels, e.g. "cat,dog,car".')
     ] = None,
+    class_tree: Annotated[
+        bool,
+        typer.Option(
+            "--class-tree",
+            help="Each subfolder of IMAGES is a class: labels and ground truth from the folders.",
+        ),
+    ] = False,
     labels_file: Annotated[
         Path | None,
         typer.Option(help="One label per line, or `label: prompt one | prompt two`."),
@@ -51,6 +58,9 @@ def zeroshot(
         typer.Option("--out", "-o", help="Predictions file: .csv/.json/.jsonl/.parquet"),
     ] = None,
     output: RowsFormatOption = RowsFormat.table,
+    show_rows: Annotated[
+        bool, typer.Option("--show-rows", help="Print each image's labels in the table too.")
+    ] = False,
     html_out: Annotated[
         Path | None, typer.Option("--html", help="HTML report (+ confusion PNG beside it).")
     ] = None,
@@ -73,6 +83,9 @@ def zeroshot(
     """Label images by prompts; metrics when labels are known.
 
     Example: clipkit zeroshot photos/ --labels "cat,dog,car" --templates openai -k 3
+
+    A folder of class subfolders (val/cat/*.jpg, val/dog/*.jpg) is scored against them with
+    --class-tree: clipkit zeroshot val/ --class-tree --html report.html
     """
     from clipkit.store.reports import report_format
     from clipkit.zeroshot.run import (
@@ -89,6 +102,7 @@ def zeroshot(
             check_output(path)  # before the work, not after it
     config = ZeroShotConfig(
         images=images,
+        class_tree=class_tree,
         labels=typed_text(labels),
         labels_file=labels_file,
         templates=templates,
@@ -107,7 +121,9 @@ def zeroshot(
     result = run_bulk(run_zeroshot, config, _summarise)
     _summarise(result)
     if output is RowsFormat.table:
-        _render_tables(result, show_predictions=out is None)
+        _render_tables(result, show_predictions=show_rows)
+        if not show_rows and out is None:
+            stderr.print("Each image's labels: --show-rows, or --out predictions.csv.")
     else:
         print_rows(output, prediction_rows(result), result.as_dict())
     for path in [write_predictions(result, out)] if out is not None else []:

@@ -330,6 +330,7 @@ def _zeroshot(
     result = zeroshot(
         ZeroShotConfig(
             images=folder / "data" / "classes",
+            class_tree=True,
             model=model,
             workers=config.workers,
             device=config.device,

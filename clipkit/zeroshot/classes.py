@@ -35,12 +35,14 @@ class LabelSpec:
 
 @dataclass(frozen=True)
 class ClassTree:
-    """Images with known labels: ``images[i]`` belongs to ``labels[targets[i]]``."""
+    """Images with known labels: ``images[i]`` belongs to ``labels[targets[i]]``, the label
+    of subfolder ``folders[targets[i]]``."""
 
     root: str
     labels: tuple[str, ...]
     images: tuple[str, ...]
     targets: tuple[int, ...]
+    folders: tuple[str, ...] = ()  # the subfolders' names as they are on disk
 
 
 def class_tree_of_uris(uris: Sequence[str]) -> ClassTree | None:
@@ -74,6 +76,7 @@ def class_tree_of_uris(uris: Sequence[str]) -> ClassTree | None:
         tuple(label_from_folder(name) for name in names),
         tuple(uris),
         tuple(position[folder] for folder in folders),
+        tuple(names),
     )
 
 
@@ -94,12 +97,13 @@ def read_class_tree(root: str | Path, *, include_hidden: bool = False) -> ClassT
     folders = sorted(
         p for p in root.iterdir() if p.is_dir() and (include_hidden or not p.name.startswith("."))
     )
-    labels, images, targets = [], [], []
+    labels, images, targets, names = [], [], [], []
     for folder in folders:
         found = _images_below(folder, include_hidden)
         if not found:
             continue
-        labels.append(label_from_folder(as_text(folder.name)))
+        names.append(as_text(folder.name))
+        labels.append(label_from_folder(names[-1]))
         images.extend(found)
         targets.extend([len(labels) - 1] * len(found))
     if len(labels) < 2:
@@ -107,7 +111,7 @@ def read_class_tree(root: str | Path, *, include_hidden: bool = False) -> ClassT
             f"{root} holds {len(labels)} class folder(s) with images; classification needs 2+.",
             "Lay images out as ROOT/<label>/<image>, one subfolder per class.",
         )
-    return ClassTree(as_text(root), tuple(labels), tuple(images), tuple(targets))
+    return ClassTree(as_text(root), tuple(labels), tuple(images), tuple(targets), tuple(names))
 
 
 def class_embeddings(

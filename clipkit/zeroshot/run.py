@@ -13,7 +13,7 @@ from collections import Counter
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import numpy as np
 
@@ -39,6 +39,7 @@ from clipkit.zeroshot.classes import (
     class_embeddings,
     class_tree_of_uris,
     classify,
+    label_from_folder,
     parse_labels,
     prompts_for,
     read_class_tree,
@@ -55,6 +56,7 @@ class ZeroShotConfig:
     """What to classify, into which labels, with which prompts and model."""
 
     images: Path  # a folder, a class-per-subfolder tree, or an embeddings folder
+    class_tree: bool = False  # score against the subfolders (implied when labels name them all)
     labels: str | None = None  # inline, comma-separated
     labels_file: Path | None = None
     templates: str = "simple"  # simple | openai | a file path
@@ -180,14 +182,13 @@ def _zeroshot(config: ZeroShotConfig, progress: ProgressCallback | None) -> Zero
     _check_options(config)
     source = _existing(config.images, "IMAGES")
     kind = _input_kind(source, config.include_hidden)
-    # Before loading the model: fail fast. A plain folder names no labels, so they are checked
-    # before it is walked; a tree's or an embeddings folder's come from its listing.
-    if kind == "folder":
-        labels = _labels(config, None)
-        listing = _list_images(source, kind, config)
-    else:
-        listing = _list_images(source, kind, config)
-        labels = _labels(config, listing)
+    given = _given_labels(config)
+    # Before loading the model: fail fast. Without labels a plain folder has nothing to classify
+    # into, so that is said before it is walked; a tree's subfolders are read first.
+    if kind == "folder" and given is None:
+        _no_labels(source, ())
+    listing = _as_class_tree_or_not(_list_images(source, kind, config), given, config.class_tree)
+    labels = _labels(config, given, listing)
     templates = read_templates(config.templates)
     prompts = prompts_for(labels, templates)
     known = _list_images(*_calibration_input(config), config) if config.calibrate else None
@@ -216,7 +217,7 @@ def _zeroshot(config: ZeroShotConfig, progress: ProgressCallback | None) -> Zero
     return ZeroShotResult(
         model=encoder.spec,
         source=as_text(source),
-        input_kind=kind,
+        input_kind=listing.kind,
         labels=tuple(names),
         prompts=sum(len(p) for p in prompts),
         templates=config.templates,
@@ -328,17 +329,67 @@ def _has_image(folder: Path) -> bool:
     return any(p.suffix.lower() in IMAGE_SUFFIXES for p in folder.rglob("*") if p.is_file())
 
 
-def _labels(config: ZeroShotConfig, listing: _Listing | None) -> list[LabelSpec]:
+def _given_labels(config: ZeroShotConfig) -> tuple[list[LabelSpec], str] | None:
+    """The labels the user gave and where (for messages), or None when none were given."""
     if config.labels is not None and config.labels_file is not None:
         raise UsageError("Give --labels or --labels-file, not both.", "Put all labels in one.")
     if config.labels is not None:
-        labels, where = parse_labels(config.labels), "--labels"
-    elif config.labels_file is not None:
-        labels, where = read_labels_file(config.labels_file), str(config.labels_file)
-    elif listing is not None and listing.tree_labels:
-        labels, where = [LabelSpec(name) for name in listing.tree_labels], listing.tree_origin
+        return parse_labels(config.labels), "--labels"
+    if config.labels_file is not None:
+        return read_labels_file(config.labels_file), str(config.labels_file)
+    return None
+
+
+def _as_class_tree_or_not(
+    listing: _Listing, given: tuple[list[LabelSpec], str] | None, class_tree: bool
+) -> _Listing:
+    """The listing with its subfolders as ground truth only when the user means them so.
+
+    Subfolders are often albums, not classes (``2024-summer/``, ``misc/``): they are the truth
+    with ``--class-tree``, or when every label given names one of them; otherwise the images
+    are classified with no truth, and no labels at all is a usage error.
+    """
+    if not listing.tree_labels:
+        if class_tree:
+            raise InputError(
+                f"--class-tree: {listing.source} is not a class tree (two or more subfolders "
+                "holding every image).",
+                "Lay images out as ROOT/<label>/<image>, or drop --class-tree.",
+            )
+        return listing
+    folders = {_folded(name) for name in listing.tree_labels}
+    if class_tree or (given and given[0] and all(_folded(x.name) in folders for x in given[0])):
+        return listing
+    if given is None:
+        _no_labels(listing.source, listing.tree_folders)
+    kind = "embeddings" if listing.kind == "embeddings" else "folder"
+    return _Listing(listing.source, kind, listing.paths, rows=listing.rows)
+
+
+def _folded(label: str) -> str:
+    return label_from_folder(label).casefold()
+
+
+def _no_labels(source: Path, folders: Sequence[str]) -> NoReturn:
+    hint = 'Pass --labels "cat,dog,car" or --labels-file FILE (one label per line)'
+    if folders:
+        shown = ", ".join(folders[:6]) + (" …" if len(folders) > 6 else "")
+        raise UsageError(
+            f"No labels given. The subfolders of {source} ({shown}) are taken as classes only "
+            "when you say so.",
+            hint + "; or --class-tree if each subfolder is a class with its images as truth.",
+        )
+    raise UsageError(f"No labels given to classify the images of {source} into.", hint + ".")
+
+
+def _labels(
+    config: ZeroShotConfig, given: tuple[list[LabelSpec], str] | None, listing: _Listing
+) -> list[LabelSpec]:
+    if given is not None:
+        labels, where = given
     else:
-        labels, where = [], "IMAGES is not a class-per-subfolder tree"
+        labels = [LabelSpec(name) for name in listing.tree_labels]
+        where = listing.tree_origin
     check_labels(labels, where)
     open_set = config.reject_threshold is not None or config.calibrate is not None
     if open_set and any(label.name.casefold() == UNKNOWN for label in labels):
@@ -376,6 +427,7 @@ class _Listing:
     truth: list[str] | None = None
     tree_labels: tuple[str, ...] = ()  # the class folders' labels, in folder order
     tree_origin: str = ""  # where those labels came from, for messages
+    tree_folders: tuple[str, ...] = ()  # the class folders' names on disk, in the same order
     rows: store.VectorBlock | None = None  # an embeddings folder's image rows, copies included
 
 
@@ -397,6 +449,7 @@ def _list_images(source: Path, kind: str, config: ZeroShotConfig) -> _Listing:
             [tree.labels[t] for t in tree.targets],
             tree.labels,
             f"class folders of {tree.root}, in the uris of {source}",
+            tree.folders,
             rows,
         )
     if kind == "class tree":
@@ -408,6 +461,7 @@ def _list_images(source: Path, kind: str, config: ZeroShotConfig) -> _Listing:
             [tree.labels[t] for t in tree.targets],
             tree.labels,
             f"subfolders of {source}",
+            tree_folders=tree.folders,
         )
     options = SourceOptions(kind=Kind.IMAGE, include_hidden=config.include_hidden)
     try:
