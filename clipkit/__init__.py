@@ -23,12 +23,12 @@ _SUBPACKAGES = (
     "zeroshot",
 )
 _NAMES = {
-    "AuditConfig": "clipkit.audit.run",
+    "AuditConfig": "clipkit.audit.config",
     "EmbedConfig": "clipkit.embed.run",
-    "IndexConfig": "clipkit.index.build",
+    "IndexConfig": "clipkit.index.config",
     "QuickstartConfig": "clipkit.quickstart.run",
     "SearchConfig": "clipkit.search.run",
-    "TrainConfig": "clipkit.train.run",
+    "TrainConfig": "clipkit.train.config",
     "ZeroShotConfig": "clipkit.zeroshot.run",
     "build_index": "clipkit.index.build",
     "load_index": "clipkit.index.load",

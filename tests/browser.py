@@ -69,3 +69,33 @@ def is_blank(screenshot: Path) -> bool:
         spread = ImageStat.Stat(grey).stddev[0]
         colours = grey.getcolors(maxcolors=1 << 16)
     return spread < 2.0 or (colours is not None and len(colours) < 4)
+
+
+def split_words(browser: Any, page_file: Path, selector: str, width: int = 1280) -> list[str]:
+    """The words inside ``selector`` elements that the page renders across two lines.
+
+    Each whitespace-separated word is wrapped in a Range; a word cut by the line breaker has
+    more than one client rectangle.
+    """
+    page = browser.new_page(viewport={"width": width, "height": 900})
+    page.goto(page_file.resolve().as_uri(), wait_until="load")
+    split = page.evaluate(
+        """selector => {
+        const split = [];
+        for (const element of document.querySelectorAll(selector)) {
+            const walker = document.createTreeWalker(element, NodeFilter.SHOW_TEXT);
+            for (let node = walker.nextNode(); node; node = walker.nextNode()) {
+                for (const match of node.data.matchAll(/\\S+/g)) {
+                    const range = document.createRange();
+                    range.setStart(node, match.index);
+                    range.setEnd(node, match.index + match[0].length);
+                    if (range.getClientRects().length > 1) split.push(match[0]);
+                }
+            }
+        }
+        return split;
+    }""",
+        selector,
+    )
+    page.close()
+    return list(split)

@@ -75,3 +75,25 @@ def empty_onnx_cache(tmp_path_factory, monkeypatch):
     """Each test starts with an empty ONNX cache: which runtime ``auto`` picks never depends
     on what an earlier test exported (a test that wants an export makes one)."""
     monkeypatch.setenv("CLIPKIT_ONNX_CACHE", str(tmp_path_factory.mktemp("onnx-cache")))
+
+
+@pytest.fixture(scope="session")
+def browser():
+    """Headless Chromium through Playwright, or a skip where neither is installed."""
+    from tests.browser import find_chromium
+
+    executable = find_chromium()
+    playwright_api = pytest.importorskip("playwright.sync_api")
+    if executable is None:
+        pytest.skip("no Chromium here (Debian: apt-get install chromium)")
+    with playwright_api.sync_playwright() as driver:
+        try:
+            launched = driver.chromium.launch(
+                executable_path=executable,
+                headless=True,
+                args=["--headless", "--no-sandbox", "--disable-gpu"],
+            )
+        except Exception as error:  # noqa: BLE001  (a browser that cannot start: skip)
+            pytest.skip(f"Chromium at {executable} does not start: {error}")
+        yield launched
+        launched.close()

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 
+import pytest
 import typer
 from typer.testing import CliRunner
 
@@ -213,3 +215,36 @@ def test_error_text_is_shown_as_written_not_as_markup():
     result = runner.invoke(_failing_command(error))
     assert "Error: Cannot read photos/[2024]/a.jpg." in result.stderr
     assert "Hint: Check [bold]this[/bold]." in result.stderr
+
+
+SUBCOMMANDS = [[name] for name in COMMANDS] + [["models", "info"]]
+
+
+@pytest.mark.parametrize("command", SUBCOMMANDS, ids=" ".join)
+def test_help_names_values_in_words_not_python_types(command):
+    """Typer's placeholders are type names (``--out <path>``, ``<list[Path]>``, ``{data}``);
+    the help says TEXT, PATH, INTEGER, FLOAT, SPEC or the choices instead."""
+    result = runner.invoke(cli.app, [*command, "--help"], terminal_width=100)
+    assert result.exit_code == 0, result.output
+    for python_name in ("<str>", "<path>", "<int", "<float", "<bool>", "list[", "Path]"):
+        assert python_name not in result.output, f"{python_name} in clipkit {command} --help"
+    assert not re.search(r"\{[a-z_]+\}", result.output)  # {data}: an argument in Typer's braces
+
+
+def test_help_placeholders_read_as_click_writes_them():
+    shown = runner.invoke(cli.app, ["embed", "--help"], terminal_width=100).output
+    assert "Usage: clipkit embed [OPTIONS] SOURCES..." in shown
+    assert "-o, --out PATH" in shown and "-m, --model SPEC" in shown
+    assert "--batch-size INTEGER" in shown and "--kind [auto|image|text]" in shown
+    assert "--include-hidden " in shown and "--include-hidden <" not in shown  # a flag: no value
+    search = runner.invoke(cli.app, ["search", "--help"], terminal_width=100).output
+    assert "Usage: clipkit search [OPTIONS] [QUERY]" in search
+
+
+def test_models_info_says_default_unless_a_device_was_asked_for():
+    shown = runner.invoke(cli.app, ["models", "info", "clipkit-tiny:random", "-f", "json"])
+    assert json.loads(shown.stdout)["device"] == "cpu (default)"
+    asked = runner.invoke(
+        cli.app, ["models", "info", "clipkit-tiny:random", "--device", "cpu", "-f", "json"]
+    )
+    assert json.loads(asked.stdout)["device"] == "cpu (requested)"

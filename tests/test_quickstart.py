@@ -19,7 +19,7 @@ from clipkit import cli
 from clipkit.errors import InputError
 from clipkit.quickstart.run import QUERIES, QuickstartConfig, _write_once, quickstart
 from clipkit.store import read_stamp, read_vectors
-from tests.browser import find_chromium, is_blank, render
+from tests.browser import is_blank, render
 
 STEPS = ["data", "train", "embed + index", "search", "zeroshot", "audit"]
 SMALL = {
@@ -234,25 +234,6 @@ def test_readme_steps_run_one_command_each_as_printed(small_run, tmp_path, monke
 
 
 # --- the reports in a real browser ------------------------------------------------------------
-
-
-@pytest.fixture(scope="module")
-def browser():
-    executable = find_chromium()
-    playwright_api = pytest.importorskip("playwright.sync_api")
-    if executable is None:
-        pytest.skip("no Chromium here (Debian: apt-get install chromium)")
-    with playwright_api.sync_playwright() as driver:
-        try:
-            launched = driver.chromium.launch(
-                executable_path=executable,
-                headless=True,
-                args=["--headless", "--no-sandbox", "--disable-gpu"],
-            )
-        except Exception as error:  # noqa: BLE001  (a browser that cannot start: skip)
-            pytest.skip(f"Chromium at {executable} does not start: {error}")
-        yield launched
-        launched.close()
 
 
 def _expected_cards(folder: Path, k: int) -> dict[str, int]:

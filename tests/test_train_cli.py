@@ -33,7 +33,17 @@ def _result(**changes):
     return train_module.TrainResult(**{**base, **changes})
 
 
-def test_options_reach_the_service(monkeypatch):
+@pytest.fixture
+def in_data_folder(tmp_path, monkeypatch):
+    """The paths the wiring tests name exist: the CLI checks them before the service runs."""
+    monkeypatch.chdir(tmp_path)
+    for table in ("pairs.csv", "val.csv"):
+        (tmp_path / table).write_text("image,caption\na.png,a cat\n")
+    (tmp_path / "classes").mkdir()
+    (tmp_path / "d").mkdir()
+
+
+def test_options_reach_the_service(monkeypatch, in_data_folder):
     seen = {}
 
     def fake_train(config, progress=None):
@@ -97,7 +107,7 @@ def test_options_reach_the_service(monkeypatch):
     assert "best: runs/x/best.safetensors" in result.stderr
 
 
-def test_interrupted_run_exits_130_and_says_how_to_resume(monkeypatch):
+def test_interrupted_run_exits_130_and_says_how_to_resume(monkeypatch, in_data_folder):
     monkeypatch.setattr(
         train_module, "train", lambda c, progress=None: _result(interrupted=True, steps_done=4)
     )

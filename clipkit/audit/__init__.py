@@ -7,5 +7,5 @@ from clipkit.infra.lazy import export_lazily
 
 __all__ = ["AuditConfig", "AuditResult", "Calibration", "PairAudit", "audit"]
 __getattr__, __dir__ = export_lazily(
-    __name__, dict.fromkeys(__all__, ".run"), callable_service=True
+    __name__, {**dict.fromkeys(__all__, ".run"), "AuditConfig": ".config"}, callable_service=True
 )

@@ -22,9 +22,9 @@ import numpy as np
 import torch
 
 from clipkit import score, store
+from clipkit.audit.config import AuditConfig, preflight
 from clipkit.config import DEFAULT_MODEL_SPEC
-from clipkit.errors import InputError, SkippedInputsError, UsageError
-from clipkit.infra.fields import check_config
+from clipkit.errors import InputError, SkippedInputsError
 from clipkit.infra.progress import ProgressCallback, ProgressReport
 from clipkit.inputs.filenames import as_text, locate, reading_base
 from clipkit.inputs.pairs import read_pairs
@@ -32,32 +32,9 @@ from clipkit.models.runtime import RuntimeChoice, as_numpy, load_encoder, load_m
 from clipkit.score import pair_statistics
 from clipkit.score.metrics import calibrate_threshold
 
-LONG_CAPTION_MODES = ("truncate", "chunk")
 NULL_SAMPLES = 20_000  # shuffled pairs drawn for calibration (at least one per pair)
 HISTOGRAM_BINS = 40
 RETRIEVAL_KS = (1, 5, 10)
-
-
-@dataclass(frozen=True)
-class AuditConfig:
-    data: Path  # pairs (folder with .txt sidecars, table, WebDataset) or an embeddings folder
-    model: str | None = None  # default: the embeddings' model, else DEFAULT_MODEL_SPEC
-    fpr: float = 0.01  # share of shuffled (unrelated) pairs allowed to pass as matched
-    threshold: float | None = None  # raw cosine threshold instead of calibration
-    long_captions: str = "truncate"
-    neighbours: int = 10  # CSLS neighbourhood size
-    seed: int = 0
-    batch_size: int = 64
-    workers: int | None = None
-    device: str = "auto"
-    include_hidden: bool = False
-    image_column: str | None = None
-    text_column: str | None = None
-    strict: bool = False  # raise SkippedInputsError, after the work, if any pair was skipped
-    runtime: str | None = None  # auto | torch | onnx; None: $CLIPKIT_RUNTIME, else auto
-
-    def __post_init__(self) -> None:
-        check_config(self)  # str or Path for paths; a wrong type fails here, by name
 
 
 @dataclass(frozen=True)
@@ -194,7 +171,7 @@ def audit(config: AuditConfig, progress: ProgressCallback | None = None) -> Audi
 
 
 def _audit(config: AuditConfig, progress: ProgressCallback | None) -> AuditResult:
-    _check_options(config)
+    preflight(config)
     path = Path(config.data).expanduser()
     if path.is_dir() and store.list_shards(path):
         kind, encoded, model, runtime = "embeddings", *_from_embeddings(config, path)
@@ -252,23 +229,6 @@ def _audit(config: AuditConfig, progress: ProgressCallback | None) -> AuditResul
         duplicate_captions=duplicate_captions,
         runtime=runtime,
     )
-
-
-def _check_options(config: AuditConfig) -> None:
-    if config.threshold is not None and not -1 <= config.threshold <= 1:
-        raise UsageError(
-            f"--threshold is a cosine in [-1, 1], got {config.threshold}.",
-            "Or leave it out to calibrate with --fpr.",
-        )
-    if not 0 < config.fpr < 1:
-        raise UsageError(f"--fpr must lie in (0, 1), got {config.fpr}.", "e.g. --fpr 0.01")
-    if config.long_captions not in LONG_CAPTION_MODES:
-        raise UsageError(
-            f"--long-captions must be one of {', '.join(LONG_CAPTION_MODES)}.",
-            "truncate: cut at the context; chunk: best context-sized window.",
-        )
-    if config.neighbours < 1:
-        raise UsageError("--neighbours must be at least 1.", "The default, 10, suits most data.")
 
 
 def _from_pairs(

@@ -12,10 +12,20 @@ from rich.console import Console
 from rich.text import Text
 
 from clipkit import __version__
+from clipkit.cli.metavars import Command, Group
 from clipkit.config import ENV_DEBUG
 from clipkit.errors import ClipkitError, StoppedError, UsageError
 
-app = typer.Typer(
+
+class _Typer(typer.Typer):
+    """Typer whose commands are :class:`Command`: help in plain words, no Python type names."""
+
+    def command(self, *args: Any, **kwargs: Any) -> Any:
+        kwargs.setdefault("cls", Command)
+        return super().command(*args, **kwargs)
+
+
+app = _Typer(
     name="clipkit",
     help="Embed, index, search, fine-tune, zero-shot classify and audit with CLIP models.",
     no_args_is_help=True,
@@ -26,7 +36,8 @@ app = typer.Typer(
     # tables cut long names with an ellipsis at 80 columns (--init-tempera…).
     rich_markup_mode=None,
 )
-models_app = typer.Typer(
+models_app = _Typer(
+    cls=Group,
     help="List architectures and pretrained weights, or inspect one.",
     invoke_without_command=True,
 )

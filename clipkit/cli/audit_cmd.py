@@ -72,8 +72,7 @@ def audit(
 
     Example: clipkit audit pairs.csv -m runs/shapes --html audit.html --fpr 0.01
     """
-    from clipkit.audit.run import AuditConfig
-    from clipkit.audit.run import audit as run_audit
+    from clipkit.audit.config import AuditConfig, preflight
     from clipkit.store.reports import report_format, write_report
 
     if out is not None:
@@ -98,6 +97,9 @@ def audit(
         strict=strict,
         runtime=runtime.value,
     )
+    preflight(config)  # before torch: a mistake here is reported in a blink
+    from clipkit.audit.run import audit as run_audit
+
     result = run_bulk(run_audit, config, _summarise)
     _summarise(result)
     rows = [p.as_dict() for p in result.pairs]

@@ -56,7 +56,7 @@ def index(
 
     Example: clipkit index emb/ -o emb-index/
     """
-    from clipkit.index.build import IndexConfig, build_index
+    from clipkit.index.config import IndexConfig, preflight
 
     config = IndexConfig(
         emb_dir=emb_dir,
@@ -68,6 +68,9 @@ def index(
         target_recall=target_recall,
         update=update,
     )
+    preflight(config)  # before faiss and torch: a mistyped folder is reported at once
+    from clipkit.index.build import build_index
+
     stderr.print("Building index…" if not update else "Updating index…")
     result = build_index(config)
     info = result.info

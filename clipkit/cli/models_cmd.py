@@ -9,7 +9,7 @@ import typer
 from rich.table import Table
 
 from clipkit.cli.app import handles_errors, models_app, stderr, stdout
-from clipkit.cli.options import DeviceOption, DocumentFormat, DocumentFormatOption
+from clipkit.cli.options import DocumentFormat, DocumentFormatOption
 
 
 @models_app.callback()
@@ -44,7 +44,10 @@ def models_list(
 @handles_errors
 def models_info(
     spec: Annotated[str, typer.Argument(help="Model spec to inspect.")],
-    device: DeviceOption = "cpu",
+    device: Annotated[
+        str | None,
+        typer.Option(metavar="DEVICE", help="auto, cpu, cuda, cuda:N or mps [default: cpu]."),
+    ] = None,
     output: DocumentFormatOption = DocumentFormat.table,
 ) -> None:
     """Show embedding size, image size, context length, parameters and fingerprint of a model."""

@@ -57,6 +57,7 @@ ModelOption = Annotated[
         "--model",
         "-m",
         envvar=ENV_MODEL,
+        metavar="SPEC",
         help="Model spec: ARCH[:TAG], ARCH:random, "
         "hf-hub:org/repo, or a checkpoint file or training-run folder.",
     ),
@@ -67,16 +68,21 @@ RecordedModelOption = Annotated[
         "--model",
         "-m",
         envvar=ENV_MODEL,
+        metavar="SPEC",
         help="Model spec (default: the one the embeddings or index record, else ViT-B-32).",
     ),
 ]
-DeviceOption = Annotated[str, typer.Option("--device", help="auto, cpu, cuda, cuda:N or mps.")]
+DeviceOption = Annotated[
+    str, typer.Option("--device", metavar="DEVICE", help="auto, cpu, cuda, cuda:N or mps.")
+]
 # One default for every command that decodes images: one process per core, at most 8
 # (pipeline.default_workers). Decoding is the usual bottleneck of embed, zeroshot and audit,
 # and train's workers decode and augment while the model steps, so all of them gain from cores.
 WorkersOption = Annotated[
     int | None,
-    typer.Option(min=0, help="Image decode processes (default: one per core, at most 8)."),
+    typer.Option(
+        min=0, metavar="N", help="Image decode processes (default: one per core, at most 8)."
+    ),
 ]
 RuntimeOption = Annotated[
     Runtime,

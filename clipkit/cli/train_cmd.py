@@ -82,8 +82,7 @@ def train(
 
     Example: clipkit train pairs/ -o runs/shapes -m clipkit-tiny:random --epochs 5
     """
-    from clipkit.train.run import train as run_train
-    from clipkit.train.session import TrainConfig
+    from clipkit.train.config import TrainConfig, preflight
 
     config = TrainConfig(
         data=data,
@@ -117,6 +116,9 @@ def train(
         resume=resume,
         strict=strict,
     )
+    preflight(config)  # before torch: a mistake here is reported in a blink
+    from clipkit.train.run import train as run_train
+
     result = run_bulk(run_train, config, _report)
     if not result.is_main:  # another rank of a torchrun job: rank 0 reports for all
         return

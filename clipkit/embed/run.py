@@ -33,6 +33,7 @@ from clipkit.inputs.sources import Item, Kind, SourceOptions, discover
 from clipkit.inputs.stat_cache import file_stat, recorded_id
 from clipkit.inputs.tarshards import MEMBER_SEPARATOR, TAR_SUFFIX
 from clipkit.models.runtime import RuntimeChoice, as_numpy, load_encoder
+from clipkit.models.specs import parse_spec
 
 NON_FINITE = "the model returned a non-finite embedding (NaN or inf): are its weights corrupt?"
 
@@ -237,6 +238,7 @@ def embed(config: EmbedConfig, progress: ProgressCallback | None = None) -> Embe
     """
     if config.batch_size < 1:
         raise UsageError("--batch-size must be at least 1.", "Try 64.")
+    parse_spec(config.model)  # its syntax before any heavy import
     world = distributed.current_world()
     device, owns_group = distributed.start(world, config.device)
     try:

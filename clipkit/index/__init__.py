@@ -11,6 +11,7 @@ __getattr__, __dir__ = export_lazily(
     __name__,
     {
         **dict.fromkeys(__all__, ".build"),
+        "IndexConfig": ".config",
         **dict.fromkeys(("IndexInfo", "LoadedIndex", "load_index"), ".load"),
     },
 )

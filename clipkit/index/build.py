@@ -22,6 +22,7 @@ import numpy as np
 
 from clipkit import store
 from clipkit.errors import InputError
+from clipkit.index.config import IndexConfig, preflight
 from clipkit.index.load import (
     INDEX_FILE,
     ROWS_FILE,
@@ -40,33 +41,15 @@ from clipkit.index.recall import (
 )
 from clipkit.infra.atomic import (
     atomic_paths,
-    check_output,
     make_folder,
     remove_stale_temporaries,
 )
-from clipkit.infra.fields import check_config
 from clipkit.infra.locks import publishing, writer_lock
 
 NPROBE_STEPS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 2048, 4096)
 EF_STEPS = (16, 32, 64, 128, 256, 512, 1024, 2048)
 PQ_SUBQUANTIZERS = (8, 16, 32, 48, 64, 96, 128, 256)
 PQ_MIN_ROWS = 256  # an 8-bit product quantiser trains 256 centroids per sub-vector
-
-
-@dataclass(frozen=True)
-class IndexConfig:
-    emb_dir: Path
-    out_dir: Path
-    kind: str = "auto"  # auto | image | text
-    index_type: str = "auto"  # auto | flat | hnsw | ivf | ivfpq
-    max_memory: int | None = None  # bytes for the index; None: half the machine's memory
-    flat_threshold: int = 100_000
-    target_recall: float = 0.95
-    update: bool = False
-    seed: int = 0
-
-    def __post_init__(self) -> None:
-        check_config(self)  # str or Path for paths; a wrong type fails here, by name
 
 
 @dataclass(frozen=True)
@@ -85,13 +68,11 @@ def build_index(config: IndexConfig) -> IndexResult:
         InputError: no embeddings, unknown type, an update of a missing or foreign index.
     """
     started = time.perf_counter()
-    check_output(config.out_dir, folder=True)  # before minutes of training and adding
+    preflight(config)
     shards = store.snapshot(config.emb_dir)  # every pass reads these, whatever embed adds
     stamp = store.read_stamp(shards)
-    if stamp is None:
-        raise InputError(
-            f"{config.emb_dir} holds no embeddings.", "Make them first with: clipkit embed …"
-        )
+    if stamp is None:  # the shards went between the check and the snapshot
+        raise store.no_embeddings(config.emb_dir)
     kind = _resolve_kind(config, shards)
     command = f"index {'--update ' if config.update else ''}-o {config.out_dir}"
     with writer_lock(config.out_dir, command, create=not config.update):

@@ -8,9 +8,8 @@ from __future__ import annotations
 import json
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import faiss
 import numpy as np
 
 from clipkit import __version__, store
@@ -18,6 +17,9 @@ from clipkit.errors import InputError
 from clipkit.index.exact import exact_topk
 from clipkit.index.parts import INDEX_FILE, META_FILE, ROWS_FILE, read_vectors, repair
 from clipkit.infra.locks import HalfPublished, reading_published
+
+if TYPE_CHECKING:
+    import faiss  # imported where it is used: a missing index is reported without it
 
 __all__ = ["INDEX_FILE", "META_FILE", "ROWS_FILE", "IndexInfo", "LoadedIndex", "load_index"]
 
@@ -66,6 +68,8 @@ class LoadedIndex:
     folder: Path
 
     def __post_init__(self) -> None:
+        import faiss
+
         # A zero-copy view of an exact index's vectors; valid while self.index lives.
         concrete = faiss.downcast_index(self.index)
         self.vectors = None
@@ -132,6 +136,8 @@ def load_index(folder: Path, *, check_source: bool = True) -> LoadedIndex:
         raise InputError(f"The index in {folder} is empty.", _REBUILD)
     if check_source:
         _check_source(info)
+    import faiss
+
     for knob, value in info.params.items():
         faiss.ParameterSpace().set_index_parameter(index, knob, value)
     return LoadedIndex(index=index, rows=rows, info=info, folder=folder)

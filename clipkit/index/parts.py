@@ -19,12 +19,13 @@ import json
 import os
 import zlib
 from pathlib import Path
-from typing import Any
-
-import faiss
+from typing import TYPE_CHECKING, Any
 
 from clipkit.errors import InputError
 from clipkit.infra.locks import repairing
+
+if TYPE_CHECKING:
+    import faiss  # imported where it is used: a missing index is reported without it
 
 INDEX_FILE, ROWS_FILE, META_FILE = "index.faiss", "rows.parquet", "index.json"
 # In the order a writer renames them: the sidecar, which records the others, last.
@@ -35,6 +36,8 @@ CHUNK = 1 << 20
 
 def write_vectors(index: faiss.Index, path: Path) -> dict[str, int]:
     """Write a FAISS index to ``path``; returns its record (bytes, crc32), made while writing."""
+    import faiss
+
     record = {"bytes": 0, "crc32": 0}
     with open(path, "wb") as handle:
 
@@ -53,6 +56,8 @@ def read_vectors(path: Path, record: dict[str, int] | None, hint: str) -> faiss.
     Raises:
         InputError: the file is missing, unreadable or not what was written.
     """
+    import faiss
+
     try:
         handle = open(path, "rb")  # noqa: SIM115 - closed below
     except OSError:

@@ -13,6 +13,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 from pathlib import Path
+from typing import NoReturn
 
 from clipkit.config import TABLE_SUFFIXES
 from clipkit.errors import InputError
@@ -75,15 +76,8 @@ def read_pairs(
         pairs, skipped = _folder_pairs(path, include_hidden)
     elif path.is_file() and path.suffix.lower() in TABLE_SUFFIXES:
         pairs, skipped = _table_pairs(path, image_column, text_column)
-    elif path.exists():
-        raise InputError(
-            f"{path} is neither a folder of captioned images nor a table.",
-            "Use a folder with same-name .txt captions beside each image, a "
-            ".csv/.tsv/.jsonl/.parquet table with image and caption columns, or WebDataset "
-            ".tar shards.",
-        )
     else:
-        raise InputError(f"Pair source {path} does not exist.", "Check the path.")
+        _source_error(path)
     return PairSet(as_text(path), tuple(pairs), tuple(skipped))
 
 
@@ -133,11 +127,41 @@ def _captions(data: bytes) -> tuple[str, ...]:
     return tuple(captions)
 
 
-def _table_pairs(path: Path, image_column: str | None, text_column: str | None):
-    from clipkit.store import read_table
+def check_pair_source(
+    source: str | Path, *, image_column: str | None = None, text_column: str | None = None
+) -> None:
+    """What :func:`read_pairs` would refuse at once, found by looking at no more than a path
+    and a table's header: a missing source, an unknown kind, a missing column.
 
-    table = read_table(path)
-    columns = table.columns
+    Commands call it before loading a model, so such a mistake is reported in a blink.
+
+    Raises:
+        InputError: as :func:`read_pairs` for these mistakes.
+    """
+    path = Path(source).expanduser()
+    if path.is_file() and path.suffix.lower() in TABLE_SUFFIXES:
+        from clipkit.store import table_columns
+
+        _pair_columns(table_columns(path), image_column, text_column, path)
+    elif not (path.is_dir() or _tar_shards(path)):
+        _source_error(path)
+
+
+def _source_error(path: Path) -> NoReturn:
+    if path.exists():
+        raise InputError(
+            f"{path} is neither a folder of captioned images nor a table.",
+            "Use a folder with same-name .txt captions beside each image, a "
+            ".csv/.tsv/.jsonl/.parquet table with image and caption columns, or WebDataset "
+            ".tar shards.",
+        )
+    raise InputError(f"Pair source {path} does not exist.", "Check the path.")
+
+
+def _pair_columns(
+    columns: list[str], image_column: str | None, text_column: str | None, path: Path
+) -> tuple[str, str]:
+    """The image and caption columns of a table: those named, else the usual names."""
     image_key = find_column(columns, image_column, IMAGE_COLUMNS, "--image-column", path)
     text_key = find_column(columns, text_column, TEXT_COLUMNS, "--text-column", path)
     missing = [name for name, key in (("image", image_key), ("caption", text_key)) if not key]
@@ -147,6 +171,14 @@ def _table_pairs(path: Path, image_column: str | None, text_column: str | None):
             f"(columns: {', '.join(columns) or 'none'}).",
             "Name them with --image-column and --text-column.",
         )
+    return image_key, text_key
+
+
+def _table_pairs(path: Path, image_column: str | None, text_column: str | None):
+    from clipkit.store import read_table
+
+    table = read_table(path)
+    image_key, text_key = _pair_columns(table.columns, image_column, text_column, path)
     grouped: dict[str, list[str]] = {}
     skipped = []
     rows = zip(table.paths(image_key), table.texts(text_key), strict=True)

@@ -331,9 +331,14 @@ def openai_templates() -> tuple[str, ...]:
     return tuple(template("{}") for template in OPENAI_IMAGENET_TEMPLATES)
 
 
-def describe_model(spec_text: str, *, device: str = "cpu") -> ModelInfo:
-    """Load a model and summarise its shape, size and identity."""
-    encoder = load_model(spec_text, device=device)
+def describe_model(spec_text: str, *, device: str | None = None) -> ModelInfo:
+    """Load a model and summarise its shape, size and identity.
+
+    Args:
+        device: where to load it; None loads it on the CPU, the default for inspecting.
+    """
+    encoder = load_model(spec_text, device=device or "cpu")
+    where = "default" if device is None else encoder.device.reason
     total = sum(p.numel() for p in encoder.model.parameters())
     vision = sum(p.numel() for p in encoder.model.visual.parameters())
     height, width = encoder.image_size
@@ -348,7 +353,7 @@ def describe_model(spec_text: str, *, device: str = "cpu") -> ModelInfo:
         vision_parameters=vision,
         text_parameters=total - vision,
         fingerprint=encoder.fingerprint,
-        device=f"{encoder.device.value} ({encoder.device.reason})",
+        device=f"{encoder.device.value} ({where})",
         precision=f"{encoder.precision.value} ({encoder.precision.reason})",
     )
 

@@ -35,7 +35,7 @@ h1{font-size:20px}h2{font-size:16px;margin-top:28px}
 .card{width:200px;background:#fff;border:1px solid #ddd;border-radius:6px;padding:6px}
 .card img{width:192px;height:192px;object-fit:contain;background:#eee;display:block}
 .text{height:192px;overflow:auto;background:#f3f3f3;padding:6px;box-sizing:border-box}
-.meta{font-size:12px;color:#555;word-break:break-all;margin-top:4px}
+.meta{font-size:12px;color:#555;overflow-wrap:anywhere;margin-top:4px}
 .score{font-weight:600;color:#111}
 table.data{border-collapse:collapse;background:#fff}
 table.data td,table.data th{border:1px solid #ddd;padding:3px 8px;text-align:right}

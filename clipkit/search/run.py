@@ -17,6 +17,7 @@ from clipkit.index.exact import exact_topk_stream
 from clipkit.infra.fields import check_config
 from clipkit.inputs.filenames import locate, reading_base
 from clipkit.models.runtime import RuntimeChoice, as_numpy, load_matching_encoder
+from clipkit.models.specs import parse_spec
 
 KINDS = ("image", "text", "all")
 
@@ -95,6 +96,8 @@ def search(config: SearchConfig) -> SearchResult:
         raise UsageError("--queries cannot be combined with --image.", "Run them separately.")
     if config.kind not in (None, *KINDS):
         raise UsageError(f"Unknown kind {config.kind!r}.", f"Use {', '.join(KINDS)}.")
+    if config.model is not None:
+        parse_spec(config.model)  # its syntax before any heavy import
     labels, weights = _labels_and_weights(config)
     if config.index_dir is not None:
         from clipkit.index.load import load_index
@@ -111,7 +114,7 @@ def search(config: SearchConfig) -> SearchResult:
         assert emb_dir is not None
         recorded_stamp = store.read_stamp(emb_dir)
         if recorded_stamp is None:
-            raise InputError(f"{emb_dir} holds no embeddings.", "Make them with clipkit embed.")
+            raise store.no_embeddings(emb_dir)
         searched = config.kind or store.default_kind(emb_dir)
         encoder, runtime = _encoder(config, recorded_stamp)
         vectors = _query_vectors(encoder, config, weights)

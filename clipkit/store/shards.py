@@ -62,6 +62,26 @@ def list_shards(folder: Path) -> list[Path]:
     return [path for _, path in sorted(found)]
 
 
+def no_embeddings(folder: Path) -> InputError:
+    """The error for a folder that holds no shards, saying which of the three it is: absent,
+    a file, or a folder without ``part-*.parquet``."""
+    folder = Path(folder)
+    if not folder.exists():
+        return InputError(
+            f"Embeddings folder {folder} does not exist.",
+            f"Check the path, or make it with: clipkit embed SOURCES -o {folder}",
+        )
+    if not folder.is_dir():
+        return InputError(
+            f"{folder} is a file, not an embeddings folder.",
+            "Pass the folder that clipkit embed wrote (its -o).",
+        )
+    return InputError(
+        f"{folder} holds no embeddings (no part-*.parquet shards).",
+        f"Make them first with: clipkit embed SOURCES -o {folder}",
+    )
+
+
 @dataclass(frozen=True)
 class Shard:
     """A shard as it was when a command began reading its folder (see :func:`snapshot`)."""

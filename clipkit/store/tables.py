@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import bisect
+import contextlib
 import functools
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -93,20 +94,50 @@ def read_table(path: Path) -> InputTable:
         InputError: the file cannot be parsed as its suffix says.
     """
     suffix = path.suffix.lower()
-    try:
+    with _naming_unreadable(path):
         if suffix == ".parquet":
             table = pq.read_table(path)
         elif suffix == ".jsonl":
             table = pa_json.read_json(path)
         else:
-            delimiter = "\t" if suffix == ".tsv" else ","
-            table = pa_csv.read_csv(path, parse_options=pa_csv.ParseOptions(delimiter=delimiter))
+            table = pa_csv.read_csv(path, parse_options=_csv_options(suffix))
+    return InputTable(path, table)
+
+
+def table_columns(path: Path) -> list[str]:
+    """A table's column names, from its header (CSV, TSV), schema (Parquet) or first block of
+    lines (JSONL): a check of the columns before any work reads no more than that.
+
+    Raises:
+        InputError: the file cannot be parsed as its suffix says.
+    """
+    suffix = path.suffix.lower()
+    with _naming_unreadable(path):
+        if suffix == ".parquet":
+            return list(pq.read_schema(path).names)
+        opened = (
+            pa_json.open_json(path)
+            if suffix == ".jsonl"
+            else pa_csv.open_csv(path, parse_options=_csv_options(suffix))
+        )
+        with opened as reader:
+            return list(reader.schema.names)
+
+
+def _csv_options(suffix: str) -> pa_csv.ParseOptions:
+    return pa_csv.ParseOptions(delimiter="\t" if suffix == ".tsv" else ",")
+
+
+@contextlib.contextmanager
+def _naming_unreadable(path: Path) -> Iterator[None]:
+    """Turn Arrow's and the OS's read errors into an InputError that names the table."""
+    try:
+        yield
     except (OSError, pa.ArrowException) as error:
         raise InputError(
             f"Cannot read table {path}: {str(error).splitlines()[0].rstrip('.')}.",
             "Check that the file is a valid CSV/TSV (with a header row), JSONL or Parquet table.",
         ) from None
-    return InputTable(path, table)
 
 
 # Rows in a row group of an index's row map: a search reads the groups of its hits only.

@@ -1,6 +1,7 @@
 """The ``train`` service: fine-tune or train a CLIP model on image-caption pairs.
 
-``run`` holds the service, ``session`` what a run fixes before its first step, ``loop`` the
+``config`` holds what a run is asked and the checks that need no model, ``run`` the
+service, ``session`` what a run fixes before its first step, ``loop`` the
 step loop, ``step`` one optimisation step (full batch or GradCache), ``evaluation`` the
 end-of-epoch evaluation, ``checkpointing`` what the run writes as it goes, ``state`` the run
 folder's files and resume, ``data`` the pair datasets and the batch order.
@@ -12,5 +13,5 @@ from clipkit.infra.lazy import export_lazily
 
 __all__ = ["TrainConfig", "TrainResult", "train"]
 __getattr__, __dir__ = export_lazily(
-    __name__, {**dict.fromkeys(__all__, ".run"), "TrainConfig": ".session"}, callable_service=True
+    __name__, {**dict.fromkeys(__all__, ".run"), "TrainConfig": ".config"}, callable_service=True
 )

@@ -53,8 +53,6 @@ def load_pairs(
         InputError: a missing column, fewer than 2 usable pairs, or a batch size larger than
             the training set (all before any training starts).
     """
-    if not 0.0 <= val_split < 1.0:
-        raise InputError(f"--val-split must be in [0, 1), got {val_split}.", "E.g. 0.1.")
     source = read_pairs(data, image_column=image_column, text_column=text_column)
     train, skipped = verify_images(source.pairs, image_size, workers)
     skipped = list(source.skipped) + skipped

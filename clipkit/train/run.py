@@ -17,16 +17,17 @@ from typing import Any
 import torch
 
 from clipkit import store
-from clipkit.errors import SkippedInputsError, UsageError
+from clipkit.errors import SkippedInputsError
 from clipkit.infra import distributed
 from clipkit.infra.atomic import remove_stale_temporaries
 from clipkit.infra.locks import writer_lock
 from clipkit.infra.progress import ProgressCallback, ProgressReport, no_progress
 from clipkit.train.checkpointing import Checkpointer, wise_ft_name
+from clipkit.train.config import TrainConfig, preflight
 from clipkit.train.data import Schedule, Skip
 from clipkit.train.evaluation import EpochEvaluation, Evaluation
 from clipkit.train.loop import LoopOutcome, StepLoop
-from clipkit.train.session import Session, TrainConfig, open_session
+from clipkit.train.session import Session, open_session
 from clipkit.train.state import (
     BEST_FILE,
     LAST_FILE,
@@ -78,7 +79,7 @@ def train(config: TrainConfig, progress: ProgressCallback | None = None) -> Trai
         DivergedError: the loss stopped being finite (the last good step is saved).
         SkippedInputsError: ``strict``, and pairs were skipped (after the run is saved).
     """
-    _check_options(config)
+    preflight(config)  # before the model and the pairs: mistakes are reported at once
     world = distributed.current_world()
     device, owns_group = distributed.start(world, config.device)
     try:
@@ -99,45 +100,6 @@ def train(config: TrainConfig, progress: ProgressCallback | None = None) -> Trai
         listed_in = str(Path(result.run_dir) / store.FAILURES_FILE)
         raise SkippedInputsError(len(result.skipped), listed_in, result)
     return result
-
-
-def _check_options(config: TrainConfig) -> None:
-    if config.epochs is not None and config.steps is not None:
-        raise UsageError("Give --epochs or --steps, not both.", "One sets the run's length.")
-    if (config.epochs is not None and config.epochs < 1) or (
-        config.steps is not None and config.steps < 1
-    ):
-        raise UsageError("--epochs and --steps must be at least 1.", "E.g. --epochs 10.")
-    if not 0.0 <= config.weight <= 1.0:
-        raise UsageError(f"--lambda must be in [0, 1], got {config.weight}.", "0.5 weighs both.")
-    if config.init_temperature is not None and not 0.01 <= config.init_temperature <= 10:
-        raise UsageError(
-            f"--init-temperature {config.init_temperature} is outside [0.01, 10].",
-            "CLIP starts at 0.07; 1/t is clamped at 100 during training.",
-        )
-    if config.lock_image and config.lock_text:
-        raise UsageError(
-            "--lock-image and --lock-text together leave nothing to train.",
-            "Lock at most one tower.",
-        )
-    if config.wise_ft is not None and not 0.0 <= config.wise_ft <= 1.0:
-        raise UsageError(
-            f"--wise-ft must be in [0, 1], got {config.wise_ft}.",
-            "0.5 averages the initial and fine-tuned weights.",
-        )
-    if config.micro_batch < 1:
-        raise UsageError("--micro-batch must be at least 1.", "E.g. --micro-batch 64.")
-    if config.lr is not None and not 0 < config.lr <= 1:  # also refuses NaN
-        raise UsageError(
-            f"--lr must be in (0, 1], got {config.lr}.",
-            "AdamW: about 5e-4 from scratch, 1e-5 when fine-tuning.",
-        )
-    for option, value in (
-        ("--weight-decay", config.weight_decay),
-        ("--grad-clip", config.grad_clip),
-    ):
-        if value is not None and not 0 <= value < math.inf:
-            raise UsageError(f"{option} must be a number >= 0, got {value}.", "E.g. 0.2 / 1.0.")
 
 
 def _run(session: Session) -> TrainResult:

@@ -9,55 +9,16 @@ from typing import Any
 
 from clipkit.infra.device import seed_everything
 from clipkit.infra.distributed import World
-from clipkit.infra.fields import check_config
 from clipkit.infra.progress import ProgressCallback
 from clipkit.inputs.pipeline import default_workers
 from clipkit.models.openclip import Encoder, load_model
 from clipkit.models.pixels import SplitTransform, split_transform
+from clipkit.train.config import TrainConfig
 from clipkit.train.data import Schedule, TrainPairs, load_pairs
 from clipkit.zeroshot.classes import ClassTree, read_class_tree
 
 SCRATCH_LR, FINETUNE_LR = 5e-4, 1e-5
 DEFAULT_EPOCHS = 10
-
-
-@dataclass(frozen=True)
-class TrainConfig:
-    """Everything ``clipkit train`` was asked to do (None: chosen from the data and model)."""
-
-    data: str
-    out: str
-    model: str
-    epochs: int | None = None
-    steps: int | None = None
-    batch_size: int = 64
-    lr: float | None = None
-    weight_decay: float = 0.2
-    warmup: int | None = None
-    grad_clip: float | None = None
-    weight: float = 0.5  # λ, the image→text share of the loss
-    init_temperature: float | None = None
-    learn_temperature: bool = True
-    val_split: float = 0.1
-    val: str | None = None
-    eval_classes: str | None = None
-    lock_image: bool = False
-    lock_text: bool = False
-    grad_cache: bool = False
-    micro_batch: int = 64
-    precision: str = "auto"
-    device: str = "auto"
-    seed: int = 0
-    workers: int | None = None  # decode processes; None: one per core, at most 8
-    save_every: int | None = None
-    wise_ft: float | None = None
-    image_column: str | None = None
-    text_column: str | None = None
-    resume: bool = False
-    strict: bool = False  # raise SkippedInputsError, after the run, if any pair was skipped
-
-    def __post_init__(self) -> None:
-        check_config(self)  # str or Path for paths; a wrong type fails here, by name
 
 
 @dataclass(frozen=True)

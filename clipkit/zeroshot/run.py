@@ -31,6 +31,7 @@ from clipkit.models.runtime import (
     load_encoder,
     load_matching_encoder,
 )
+from clipkit.models.specs import parse_spec
 from clipkit.score.metrics import ClassificationMetrics, calibrate_threshold, classification_metrics
 from clipkit.store.reports import write_report
 from clipkit.zeroshot.classes import (
@@ -286,6 +287,8 @@ def write_predictions(result: ZeroShotResult, path: Path) -> Path:
 
 
 def _check_options(config: ZeroShotConfig) -> None:
+    if config.model is not None:
+        parse_spec(config.model)  # its syntax before any heavy import
     if config.k < 1:
         raise UsageError(f"-k must be at least 1, got {config.k}.", "Ask for 1 or more labels.")
     if config.reject_threshold is not None and config.calibrate is not None:

@@ -1,0 +1,74 @@
+"""What ``clipkit audit`` is asked to do, and the checks that need no model (and no torch).
+
+``clipkit audit`` runs :func:`preflight` before it imports the scoring machinery, so a
+mistyped path, a missing column or an option out of range is reported at once.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from clipkit import store
+from clipkit.errors import UsageError
+from clipkit.infra.fields import check_config
+from clipkit.inputs.pairs import check_pair_source
+from clipkit.models.specs import parse_spec
+
+LONG_CAPTION_MODES = ("truncate", "chunk")
+
+
+@dataclass(frozen=True)
+class AuditConfig:
+    data: Path  # pairs (folder with .txt sidecars, table, WebDataset) or an embeddings folder
+    model: str | None = None  # default: the embeddings' model, else DEFAULT_MODEL_SPEC
+    fpr: float = 0.01  # share of shuffled (unrelated) pairs allowed to pass as matched
+    threshold: float | None = None  # raw cosine threshold instead of calibration
+    long_captions: str = "truncate"
+    neighbours: int = 10  # CSLS neighbourhood size
+    seed: int = 0
+    batch_size: int = 64
+    workers: int | None = None
+    device: str = "auto"
+    include_hidden: bool = False
+    image_column: str | None = None
+    text_column: str | None = None
+    strict: bool = False  # raise SkippedInputsError, after the work, if any pair was skipped
+    runtime: str | None = None  # auto | torch | onnx; None: $CLIPKIT_RUNTIME, else auto
+
+    def __post_init__(self) -> None:
+        check_config(self)  # str or Path for paths; a wrong type fails here, by name
+
+
+def preflight(config: AuditConfig) -> None:
+    """Refuse what is wrong before any heavy import: options, the model spec's syntax, the
+    pairs' path and a table's columns.
+
+    Raises:
+        UsageError: an option outside its range.
+        ModelSpecError: a model spec that cannot parse.
+        InputError: a path that does not exist or a table without its columns.
+    """
+    _check_options(config)
+    if config.model is not None:
+        parse_spec(config.model)
+    path = Path(config.data).expanduser()
+    if not (path.is_dir() and store.list_shards(path)):
+        check_pair_source(path, image_column=config.image_column, text_column=config.text_column)
+
+
+def _check_options(config: AuditConfig) -> None:
+    if config.threshold is not None and not -1 <= config.threshold <= 1:
+        raise UsageError(
+            f"--threshold is a cosine in [-1, 1], got {config.threshold}.",
+            "Or leave it out to calibrate with --fpr.",
+        )
+    if not 0 < config.fpr < 1:
+        raise UsageError(f"--fpr must lie in (0, 1), got {config.fpr}.", "e.g. --fpr 0.01")
+    if config.long_captions not in LONG_CAPTION_MODES:
+        raise UsageError(
+            f"--long-captions must be one of {', '.join(LONG_CAPTION_MODES)}.",
+            "truncate: cut at the context; chunk: best context-sized window.",
+        )
+    if config.neighbours < 1:
+        raise UsageError("--neighbours must be at least 1.", "The default, 10, suits most data.")
