@@ -64,7 +64,7 @@ def test_planted_swaps_are_flagged_and_suggest_each_others_captions(tmp_path, ti
         captions[[a, b]] = captions[[b, a]]
         texts[a], texts[b] = texts[b], texts[a]
     _write_pairs(tmp_path / "emb", tiny_encoder, images, captions, texts)
-    result = audit(AuditConfig(data=tmp_path / "emb", device="cpu"))
+    result = audit(AuditConfig(data=tmp_path / "emb", device="cpu", fpr=0.01))
     assert result.input_kind == "embeddings" and len(result.pairs) == 200
     for a, b in swaps:
         for mine, other in ((a, b), (b, a)):
@@ -185,7 +185,7 @@ def swapped_shapes(shapes, tmp_path_factory):
 def test_trained_model_ranks_planted_swaps_high(swapped_shapes, finished_run):
     folder, swapped = swapped_shapes
     model = str(Path(finished_run[1].run_dir) / "best.safetensors")
-    result = audit(AuditConfig(data=folder, model=model, workers=0, device="cpu"))
+    result = audit(AuditConfig(data=folder, model=model, workers=0, device="cpu", fpr=0.01))
     assert result.input_kind == "pairs" and len(result.pairs) == 200
     bad = [p.mismatch for p in result.pairs if Path(p.image).name in swapped]
     good = [p.mismatch for p in result.pairs if Path(p.image).name not in swapped]

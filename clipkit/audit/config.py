@@ -22,8 +22,10 @@ LONG_CAPTION_MODES = ("truncate", "chunk")
 class AuditConfig:
     data: Path  # pairs (folder with .txt sidecars, table, WebDataset) or an embeddings folder
     model: str | None = None  # default: the embeddings' model, else DEFAULT_MODEL_SPEC
-    fpr: float = 0.01  # share of shuffled (unrelated) pairs allowed to pass as matched
-    threshold: float | None = None  # raw cosine threshold instead of calibration
+    min_probability: float | None = None  # flag pairs at least this likely to be mismatched
+    fpr: float | None = None  # let this share of shuffled (unrelated) pairs pass (default 1 %)
+    threshold: float | None = None  # instead: flag cosine below this raw threshold
+    max_flags: int | None = None  # flag at most this many, the most suspicious first
     long_captions: str = "truncate"
     neighbours: int = 10  # CSLS neighbourhood size
     seed: int = 0
@@ -58,13 +60,31 @@ def preflight(config: AuditConfig) -> None:
 
 
 def _check_options(config: AuditConfig) -> None:
+    if config.threshold is not None and config.fpr is not None:
+        raise UsageError(
+            "Give --threshold or --fpr, not both.",
+            "--fpr calibrates a mismatch threshold; --threshold is a raw cosine.",
+        )
     if config.threshold is not None and not -1 <= config.threshold <= 1:
         raise UsageError(
             f"--threshold is a cosine in [-1, 1], got {config.threshold}.",
-            "Or leave it out to calibrate with --fpr.",
+            "Or leave it out to flag by probability (--min-probability).",
         )
-    if not 0 < config.fpr < 1:
+    if config.fpr is not None and not 0 < config.fpr < 1:
         raise UsageError(f"--fpr must lie in (0, 1), got {config.fpr}.", "e.g. --fpr 0.01")
+    rules = [config.threshold is not None, config.fpr is not None]
+    if config.min_probability is not None and any(rules):
+        raise UsageError(
+            "Give one of --min-probability, --fpr and --threshold.",
+            "Each is a flag rule; --fpr 0.01 is the default.",
+        )
+    if config.min_probability is not None and not 0 < config.min_probability <= 1:
+        raise UsageError(
+            f"--min-probability must lie in (0, 1], got {config.min_probability}.",
+            "e.g. 0.5 flags the pairs more likely mismatched than not.",
+        )
+    if config.max_flags is not None and config.max_flags < 0:
+        raise UsageError(f"--max-flags must be 0 or more, got {config.max_flags}.", "e.g. 50")
     if config.long_captions not in LONG_CAPTION_MODES:
         raise UsageError(
             f"--long-captions must be one of {', '.join(LONG_CAPTION_MODES)}.",

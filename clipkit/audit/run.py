@@ -23,6 +23,7 @@ import torch
 
 from clipkit import score, store
 from clipkit.audit.config import AuditConfig, preflight
+from clipkit.audit.mixture import estimate_mixture
 from clipkit.config import DEFAULT_MODEL_SPEC
 from clipkit.errors import InputError, SkippedInputsError
 from clipkit.infra.progress import ProgressCallback, ProgressReport
@@ -34,6 +35,10 @@ from clipkit.score.metrics import calibrate_threshold
 
 NULL_SAMPLES = 20_000  # shuffled pairs drawn for calibration (at least one per pair)
 HISTOGRAM_BINS = 40
+COMPARED_FPR = 0.01  # the share of shuffled pairs the raw-cosine comparison lets pass
+# Below this many pairs the share of mismatched ones rests on a handful of tail pairs (2 of
+# 50 swapped were estimated at 0): --min-probability falls back to the --fpr rule at 1 %.
+PROBABILITY_MIN_PAIRS = 100
 RETRIEVAL_KS = (1, 5, 10)
 
 
@@ -48,6 +53,7 @@ class PairAudit:
     image_rank: int  # images scoring higher than this one for this caption
     margin: float | None  # cosine minus the best other caption's (None: no other caption)
     mismatch: float  # CSLS deficit: higher is more suspicious
+    probability: float  # that the pair is mismatched (its local false discovery rate)
     flagged: bool
     suggested_caption: str | None
     suggested_caption_score: float | None
@@ -64,15 +70,37 @@ class PairAudit:
 class Calibration:
     """How the flag threshold was set and what the score distributions look like."""
 
-    statistic: str  # "mismatch" (calibrated) or "cosine" (--threshold)
-    threshold: float  # flagged: mismatch >= threshold, or cosine < threshold
+    statistic: str  # "probability" (default), "mismatch" (--fpr) or "cosine" (--threshold)
+    threshold: float  # flagged: probability >= it, mismatch >= it, or cosine < it
     method: str
     fpr: float | None
     null_pairs: int
-    null_pass_rate: float  # shuffled pairs that pass as matched under the threshold
-    cosine_at_fpr: float | None  # the raw-cosine threshold letting the same share pass
-    histogram: dict[str, list[float]]  # edges, matched, shuffled (of the statistic)
+    null_pass_rate: float  # shuffled pairs that pass as matched under the flag rule
+    cosine_at_fpr: float | None  # the raw-cosine threshold letting --fpr (or 1 %) pass
+    histogram: dict[str, list[float]]  # edges, matched, shuffled (of the mismatch or cosine)
     quantiles: dict[str, dict[str, float]]  # matched/shuffled cosine at 5/25/50/75/95 %
+    mismatched_share: float = 0.0  # π: the estimated share of mismatched pairs
+    mismatched_interval: tuple[float, float] = (0.0, 0.0)  # its 95 % bootstrap interval
+    max_flags: int | None = None  # the cap on flags, when one was given
+    capped: int = 0  # pairs the rule flagged beyond the cap, not flagged
+
+    def rule(self) -> str:
+        """The flag rule in words, with the share of shuffled (unrelated) pairs it lets pass."""
+        passing = f"{self.null_pass_rate:.2%} of {self.null_pairs} shuffled pairs pass"
+        if self.statistic == "probability":
+            return f"with probability ≥ {self.threshold:g} ({passing})"
+        if self.statistic == "mismatch":
+            return f"by mismatch ≥ {self.threshold:.4f} ({self.method}; {passing})"
+        return f"by cosine < {self.threshold:.4f} ({self.method}; {passing})"
+
+    def mismatched_pairs(self, pairs: int) -> tuple[int, int, int]:
+        """About how many of ``pairs`` pairs are mismatched: (estimate, low, high)."""
+        low, high = self.mismatched_interval
+        return (
+            round(self.mismatched_share * pairs),
+            math.floor(low * pairs),
+            math.ceil(high * pairs),
+        )
 
 
 @dataclass(frozen=True)
@@ -92,9 +120,24 @@ class AuditResult:
     @functools.cached_property  # sorted once: the CLI and reports ask several times
     def flagged(self) -> list[PairAudit]:
         """Flagged pairs, worst first."""
-        by_cosine = self.calibration.statistic == "cosine"
-        worst = sorted(self.pairs, key=lambda p: p.cosine if by_cosine else -p.mismatch)
+        rule = self.calibration.statistic
+        worst = sorted(
+            self.pairs, key=lambda p: suspicion(rule, p.cosine, p.mismatch, p.probability)
+        )
         return [p for p in worst if p.flagged]
+
+    def headline(self) -> str:
+        """In plain words: about how many pairs look mismatched, and how many were flagged."""
+        c = self.calibration
+        estimate, low, high = c.mismatched_pairs(len(self.pairs))
+        words = (
+            f"About {estimate} of {len(self.pairs)} pairs ({c.mismatched_share:.1%}; 95 % "
+            f"interval {low}–{high}) look mismatched; {len(self.flagged)} flagged "
+            f"{c.rule()}"
+        )
+        if c.capped:
+            words += f" (the {c.max_flags} most suspicious; {c.capped} more meet the rule)"
+        return words + "."
 
     def summary(self) -> dict[str, Any]:
         c = self.calibration
@@ -110,6 +153,9 @@ class AuditResult:
             "method": c.method,
             "fpr": c.fpr,
             "null_pass_rate": c.null_pass_rate,
+            "mismatched_share": c.mismatched_share,
+            "mismatched_interval": list(c.mismatched_interval),
+            "max_flags": c.max_flags,
             "long_captions": self.long_captions,
             **self.retrieval(),
         }
@@ -193,7 +239,9 @@ def _audit(config: AuditConfig, progress: ProgressCallback | None) -> AuditResul
     )
     mismatch = stats.row_neighbourhood + stats.column_neighbourhood - 2 * stats.scores
     null_cosine, null_mismatch = _null(encoded, stats, image_groups, caption_groups, config.seed)
-    calibration, flagged = _calibrate(config, stats.scores, mismatch, null_cosine, null_mismatch)
+    calibration, flagged, probability = _calibrate(
+        config, stats.scores, mismatch, null_cosine, null_mismatch
+    )
     pairs, base = [], reading_base(store.read_base(path)) if kind == "embeddings" else None
     for i in range(len(encoded.images)):
         best_b, best_a = int(stats.best_b[i]), int(stats.best_a[i])
@@ -206,6 +254,7 @@ def _audit(config: AuditConfig, progress: ProgressCallback | None) -> AuditResul
                 image_rank=int(stats.b_to_a_rank[i]),
                 margin=float(stats.scores[i] - stats.best_b_score[i]) if best_b >= 0 else None,
                 mismatch=float(mismatch[i]),
+                probability=float(probability[i]),
                 flagged=bool(flagged[i]),
                 suggested_caption=encoded.captions[best_b] if best_b >= 0 else None,
                 suggested_caption_score=float(stats.best_b_score[i]) if best_b >= 0 else None,
@@ -422,24 +471,40 @@ def _calibrate(
     mismatch: torch.Tensor,
     null_cosine: torch.Tensor,
     null_mismatch: torch.Tensor,
-) -> tuple[Calibration, torch.Tensor]:
+) -> tuple[Calibration, torch.Tensor, np.ndarray]:
+    """The flag rule, what it lets through, and each pair's probability of being mismatched."""
     if null_cosine.numel() == 0:
         raise InputError(
             "Every pair shares its image or caption with every other pair.",
             "Auditing needs pairs with different images and captions.",
         )
+    mixture = estimate_mixture(mismatch.numpy(), null_mismatch.numpy(), seed=config.seed)
+    probability = mixture.probabilities
     if config.threshold is not None:
         statistic, threshold, method = "cosine", config.threshold, "given raw cosine threshold"
         flagged = cosine < threshold
         passed = float((null_cosine >= threshold).float().mean())
-        matched, shuffled = cosine, null_cosine
-    else:
-        statistic, method = "mismatch", f"shuffled-caption null at fpr {config.fpr:g}"
+    elif config.min_probability is None or mismatch.numel() < PROBABILITY_MIN_PAIRS:
+        fpr = config.fpr if config.fpr is not None else COMPARED_FPR
+        statistic, method = "mismatch", f"shuffled-caption null at fpr {fpr:g}"
+        if config.min_probability is not None:
+            method += f" (fewer than {PROBABILITY_MIN_PAIRS} pairs: too few for probabilities)"
         # A shuffled pair passes as matched when its mismatch is below the threshold.
-        threshold = calibrate_threshold(null_mismatch.tolist(), config.fpr)
+        threshold = calibrate_threshold(null_mismatch.tolist(), fpr)
         flagged = mismatch >= threshold
         passed = float((null_mismatch < threshold).float().mean())
-        matched, shuffled = mismatch, null_mismatch
+    else:
+        statistic, threshold = "probability", config.min_probability
+        method = "mixture of matched and shuffled pairs (local false discovery rate)"
+        flagged = torch.from_numpy(probability >= threshold)
+        # The probability rises with the mismatch: the shuffled pairs that would pass are
+        # those below the least suspicious flagged pair's mismatch.
+        lowest = float(mismatch[flagged].min()) if bool(flagged.any()) else math.inf
+        passed = float((null_mismatch < lowest).float().mean())
+    flagged, capped = _capped(flagged, mismatch, probability, cosine, statistic, config.max_flags)
+    matched, shuffled = (
+        (cosine, null_cosine) if statistic == "cosine" else (mismatch, null_mismatch)
+    )
     edges = np.histogram_bin_edges(torch.cat([matched, shuffled]).numpy(), bins=HISTOGRAM_BINS)
     histogram = {
         "edges": edges.tolist(),
@@ -457,19 +522,58 @@ def _calibrate(
         )
         for name, values in (("matched", cosine), ("shuffled", null_cosine))
     }
+    compared_fpr = config.fpr if config.fpr is not None else COMPARED_FPR
     calibration = Calibration(
         statistic=statistic,
         threshold=float(threshold),
         method=method,
-        fpr=None if config.threshold is not None else config.fpr,
+        fpr=config.fpr,
         null_pairs=int(null_cosine.numel()),
         null_pass_rate=passed,
         # For comparison with CLIP-score filtering: flag cosine <= this, same share passes.
-        cosine_at_fpr=-calibrate_threshold((-null_cosine).tolist(), config.fpr),
+        cosine_at_fpr=-calibrate_threshold((-null_cosine).tolist(), compared_fpr),
         histogram=histogram,
         quantiles=quantiles,
+        mismatched_share=mixture.share,
+        mismatched_interval=mixture.interval,
+        max_flags=config.max_flags,
+        capped=capped,
     )
-    return calibration, flagged
+    return calibration, flagged, probability
+
+
+def suspicion(
+    statistic: str, cosine: float, mismatch: float, probability: float
+) -> tuple[float, float]:
+    """A pair's sort key, most suspicious first, under the rule that flags (``statistic``)."""
+    if statistic == "cosine":
+        return (cosine, -mismatch)
+    if statistic == "mismatch":
+        return (-mismatch, -probability)
+    return (-probability, -mismatch)
+
+
+def _capped(
+    flagged: torch.Tensor,
+    mismatch: torch.Tensor,
+    probability: np.ndarray,
+    cosine: torch.Tensor,
+    statistic: str,
+    max_flags: int | None,
+) -> tuple[torch.Tensor, int]:
+    """At most ``max_flags`` flags, the most suspicious under the rule; and how many were cut."""
+    count = int(flagged.sum())
+    if max_flags is None or count <= max_flags:
+        return flagged, 0
+    rows = torch.nonzero(flagged).squeeze(1).tolist()
+    rows.sort(
+        key=lambda r: suspicion(
+            statistic, float(cosine[r]), float(mismatch[r]), float(probability[r])
+        )
+    )
+    kept = torch.zeros_like(flagged)
+    kept[rows[:max_flags]] = True
+    return kept, count - max_flags
 
 
 def _duplicates(encoded: _Encoded, image_groups: torch.Tensor, caption_groups: torch.Tensor):

@@ -44,11 +44,19 @@ def audit(
     ] = None,
     output: RowsFormatOption = RowsFormat.table,
     html_out: Annotated[Path | None, typer.Option("--html", help="HTML report.")] = None,
+    min_probability: Annotated[
+        float | None,
+        typer.Option(help="Flag pairs at least this likely to be mismatched (e.g. 0.5)."),
+    ] = None,
+    max_flags: Annotated[
+        int | None, typer.Option(min=0, help="Flag at most N pairs, the most suspicious.")
+    ] = None,
     fpr: Annotated[
-        float, typer.Option(help="Share of shuffled (unrelated) pairs that may pass.")
-    ] = 0.01,
+        float | None,
+        typer.Option(help="Let this share of shuffled (unrelated) pairs pass [0.01]."),
+    ] = None,
     threshold: Annotated[
-        float | None, typer.Option(help="Flag cosine below this instead of calibrating.")
+        float | None, typer.Option(help="Instead: flag cosine below this raw threshold.")
     ] = None,
     top: Annotated[int, typer.Option(min=0, help="Flagged pairs shown in the table.")] = 20,
     fail_on_flags: Annotated[
@@ -70,7 +78,7 @@ def audit(
 ) -> None:
     """Flag mismatched image-caption pairs and suggest captions.
 
-    Example: clipkit audit pairs.csv -m runs/shapes --html audit.html --fpr 0.01
+    Example: clipkit audit pairs.csv -m runs/shapes --html audit.html --max-flags 50
     """
     from clipkit.audit.config import AuditConfig, preflight
     from clipkit.store.reports import report_format, write_report
@@ -83,6 +91,8 @@ def audit(
     config = AuditConfig(
         data=data,
         model=model,
+        min_probability=min_probability,
+        max_flags=max_flags,
         fpr=fpr,
         threshold=threshold,
         long_captions=long_captions.value,
@@ -121,20 +131,12 @@ def audit(
 
 def _summarise(result: Any) -> None:
     c = result.calibration
-    rule = (
-        f"mismatch ≥ {c.threshold:.4f} ({c.method}; {c.null_pass_rate:.2%} of "
-        f"{c.null_pairs} shuffled pairs pass)"
-        if c.statistic == "mismatch"
-        else f"cosine < {c.threshold:.4f} ({c.method}; {c.null_pass_rate:.2%} of "
-        f"{c.null_pairs} shuffled pairs pass)"
-    )
     stderr.print(
         f"Audited {len(result.pairs)} pairs with {result.model} on {result.runtime.runtime} "
-        f"({result.runtime.reason}): "
-        f"{len(result.flagged)} flagged, {len(result.failures)} skipped; "
-        f"flag rule: {rule}.",
+        f"({result.runtime.reason}); skipped {len(result.failures)}.",
         markup=False,
     )
+    stderr.print(result.headline(), markup=False)
     found = result.retrieval()
     stderr.print(
         "Retrieval over the pairs: "
@@ -172,6 +174,7 @@ def _summarise(result: Any) -> None:
 def _render_flagged(result: Any, top: int) -> None:
     flagged = result.flagged
     table = Table(
+        "probability",
         "mismatch",
         "cosine",
         "rank c/i",
@@ -183,6 +186,7 @@ def _render_flagged(result: Any, top: int) -> None:
     )
     for p in flagged[:top]:
         table.add_row(
+            f"{p.probability:.2f}",
             f"{p.mismatch:.3f}",
             f"{p.cosine:.3f}",
             f"{p.caption_rank}/{p.image_rank}",

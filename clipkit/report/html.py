@@ -220,15 +220,15 @@ def write_audit_report(result: AuditResult, path: Path, *, top: int = 50) -> lis
     """An HTML page with the flag rule, the score histogram (also a PNG beside it), the worst
     flagged pairs (thumbnail, caption, suggestion, scores) and the duplicates found."""
     c = result.calibration
+    statistic = c.statistic
+    line: float | None = c.threshold
+    if statistic == "probability":  # drawn over the mismatch: the least suspicious flag's
+        statistic = "mismatch"
+        line = min((p.mismatch for p in result.flagged), default=None)
     png = plot_score_histogram(
-        c.histogram, c.threshold, c.statistic, path.with_name(path.stem + ".histogram.png")
+        c.histogram, line, statistic, path.with_name(path.stem + ".histogram.png")
     )
     encoded = base64.b64encode(png.read_bytes()).decode("ascii")
-    rule = (
-        f"flagged when mismatch ≥ {c.threshold:.4f}"
-        if c.statistic == "mismatch"
-        else f"flagged when cosine < {c.threshold:.4f}"
-    )
     facts = [
         f"model {result.model}",
         f"source {result.source}",
@@ -244,8 +244,7 @@ def write_audit_report(result: AuditResult, path: Path, *, top: int = 50) -> lis
     flagged = result.flagged
     parts = [
         "<p>" + " · ".join(_escape(fact) for fact in facts) + "</p>",
-        f"<p>{_escape(rule)} ({_escape(c.method)}): {c.null_pass_rate:.2%} of "
-        f"{c.null_pairs} shuffled pairs pass as matched.</p>",
+        f"<p>{_escape(result.headline())}</p>",
         '<table class="data"><tr><th>cosine</th><th>5%</th><th>25%</th><th>50%</th>'
         f"<th>75%</th><th>95%</th></tr>{rows}</table>",
         f'<img src="data:image/png;base64,{encoded}" alt="score histogram" style="max-width:100%">',
@@ -273,7 +272,8 @@ def _audit_card(pair: PairAudit) -> str:
     return (
         f'<div class="card">{body}<div class="meta"><b>caption:</b> {_escape(pair.caption)}'
         f"<br><b>suggested:</b> {suggestion}<br>"
-        f'<span class="score">mismatch {pair.mismatch:.3f} · cosine {pair.cosine:.3f} · rank '
+        f'<span class="score">p(mismatched) {pair.probability:.2f} · mismatch '
+        f"{pair.mismatch:.3f} · cosine {pair.cosine:.3f} · rank "
         f"{pair.caption_rank}/{pair.image_rank}</span><br>{_escape(pair.image)}</div></div>"
     )
 

@@ -76,9 +76,10 @@ def plot_confusion(labels: Sequence[str], confusion: Sequence[Sequence[int]], pa
 
 
 def plot_score_histogram(
-    histogram: dict[str, list[float]], threshold: float, statistic: str, path: Path
+    histogram: dict[str, list[float]], threshold: float | None, statistic: str, path: Path
 ) -> Path:
-    """Matched pairs against shuffled pairs, as step histograms (densities), with the threshold."""
+    """Matched pairs against shuffled pairs, as step histograms (densities), with the
+    threshold (none drawn when it is None: nothing was flagged)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -99,7 +100,8 @@ def plot_score_histogram(
             alpha=0.5 if shuffled else 1.0,
             lw=1.5,
         )
-    axes.axvline(threshold, color="black", ls="--", lw=1, label=f"threshold {threshold:.3f}")
+    if threshold is not None:
+        axes.axvline(threshold, color="black", ls="--", lw=1, label=f"threshold {threshold:.3f}")
     axes.set(xlabel=statistic, ylabel="share of pairs", title=f"{statistic}: dataset vs shuffled")
     axes.legend()
     return _save(figure, path)
