@@ -397,3 +397,20 @@ def test_a_long_caption_is_cut_in_the_table_and_kept_whole_in_the_file(tmp_path,
     assert len(result.stdout.splitlines()) < 100
     stored = pq.read_table(out).to_pylist()
     assert long in {row["caption"] for row in stored}
+
+
+def test_audit_html_wraps_captions_between_words(tmp_path, tiny_encoder, browser):
+    """#25 item 9: the cards broke words mid-word (CSS word-break: break-all)."""
+    from clipkit.report.html import write_audit_report
+    from tests.browser import split_words
+
+    images, captions = _synthetic(20, tiny_encoder.embed_dim, noise=0.5, seed=6)
+    captions[[0, 1]] = captions[[1, 0]]
+    words = "a photograph of an extraordinarily beautiful mountain landscape under snow"
+    texts = [f"{words} number {i}" for i in range(20)]
+    _write_pairs(tmp_path / "emb", tiny_encoder, images, captions, texts)
+    result = audit(AuditConfig(data=tmp_path / "emb", device="cpu"))
+    assert result.flagged
+    page = write_audit_report(result, tmp_path / "audit.html")[0]
+    split = set(split_words(browser, page, ".meta"))
+    assert not split & set(words.split()), split
