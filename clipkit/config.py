@@ -6,6 +6,9 @@ ENV_MODEL = "CLIPKIT_MODEL"
 ENV_DEBUG = "CLIPKIT_DEBUG"
 ENV_ONNX_CACHE = "CLIPKIT_ONNX_CACHE"  # where ONNX exports are cached (by model fingerprint)
 ENV_RUNTIME = "CLIPKIT_RUNTIME"  # auto, torch or onnx: what encodes
+ENV_CONFIG = "CLIPKIT_CONFIG"  # the settings file (default ~/.config/clipkit/config.toml)
+# where `clipkit search --in DIR` keeps each folder's embeddings and index
+ENV_FOLDER_CACHE = "CLIPKIT_FOLDER_CACHE"
 
 # A good general-purpose pretrained model; needs its weights cached or the network.
 DEFAULT_MODEL_SPEC = "ViT-B-32:laion2b_s34b_b79k"

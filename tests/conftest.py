@@ -15,6 +15,10 @@ os.environ["HF_HOME"] = _HF_HOME.name
 # ONNX exports go to a cache of the session's own, never the developer's.
 _ONNX_CACHE = tempfile.TemporaryDirectory(prefix="clipkit-test-onnx-")
 os.environ["CLIPKIT_ONNX_CACHE"] = _ONNX_CACHE.name
+# No developer's settings file: an empty config folder of the session's own.
+_CONFIG_HOME = tempfile.TemporaryDirectory(prefix="clipkit-test-config-")
+os.environ["XDG_CONFIG_HOME"] = _CONFIG_HOME.name
+os.environ.pop("CLIPKIT_CONFIG", None)
 os.environ.pop("CLIPKIT_RUNTIME", None)
 os.environ.pop("CLIPKIT_MODEL", None)
 os.environ.pop("CLIPKIT_DEBUG", None)
@@ -75,6 +79,8 @@ def empty_onnx_cache(tmp_path_factory, monkeypatch):
     """Each test starts with an empty ONNX cache: which runtime ``auto`` picks never depends
     on what an earlier test exported (a test that wants an export makes one)."""
     monkeypatch.setenv("CLIPKIT_ONNX_CACHE", str(tmp_path_factory.mktemp("onnx-cache")))
+    # and so do the folder caches of `clipkit search --in`
+    monkeypatch.setenv("CLIPKIT_FOLDER_CACHE", str(tmp_path_factory.mktemp("folder-cache")))
 
 
 @pytest.fixture(scope="session")

@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from clipkit import store
+from clipkit.config import DEFAULT_MODEL_SPEC
 from clipkit.errors import UsageError
 from clipkit.infra.fields import check_config
 from clipkit.inputs.pairs import check_pair_source
@@ -21,7 +22,8 @@ LONG_CAPTION_MODES = ("truncate", "chunk")
 @dataclass(frozen=True)
 class AuditConfig:
     data: Path  # pairs (folder with .txt sidecars, table, WebDataset) or an embeddings folder
-    model: str | None = None  # default: the embeddings' model, else DEFAULT_MODEL_SPEC
+    model: str | None = None  # default: the embeddings' model, else default_model
+    default_model: str = DEFAULT_MODEL_SPEC  # for inputs no artifact records (images, tables)
     min_probability: float | None = None  # flag pairs at least this likely to be mismatched
     fpr: float | None = None  # let this share of shuffled (unrelated) pairs pass (default 1 %)
     threshold: float | None = None  # instead: flag cosine below this raw threshold

@@ -24,7 +24,6 @@ import torch
 from clipkit import score, store
 from clipkit.audit.config import AuditConfig, preflight
 from clipkit.audit.mixture import estimate_mixture
-from clipkit.config import DEFAULT_MODEL_SPEC
 from clipkit.errors import InputError, SkippedInputsError
 from clipkit.infra.progress import ProgressCallback, ProgressReport
 from clipkit.inputs.filenames import as_text, locate, reading_base
@@ -298,7 +297,7 @@ def _from_pairs(
     from clipkit.inputs.pipeline import default_workers, encode_image_files
 
     encoder, runtime = load_encoder(
-        config.model or DEFAULT_MODEL_SPEC,
+        config.model or config.default_model,
         device=config.device,
         runtime=config.runtime,
         bulk=True,

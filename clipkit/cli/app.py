@@ -12,13 +12,15 @@ from rich.console import Console
 from rich.text import Text
 
 from clipkit import __version__
-from clipkit.cli.metavars import Command, Group
+from clipkit.cli.metavars import Group
+from clipkit.cli.settings import Command
 from clipkit.config import ENV_DEBUG
 from clipkit.errors import ClipkitError, StoppedError, UsageError
 
 
 class _Typer(typer.Typer):
-    """Typer whose commands are :class:`Command`: help in plain words, no Python type names."""
+    """Typer whose commands are :class:`Command`: help in plain words, no Python type names,
+    and the settings file's defaults."""
 
     def command(self, *args: Any, **kwargs: Any) -> Any:
         kwargs.setdefault("cls", Command)

@@ -22,6 +22,7 @@ from clipkit.cli.options import (
     WorkersOption,
 )
 from clipkit.cli.render import cell, path_cell, print_rows, print_skipped, run_bulk
+from clipkit.cli.settings import fallback_model
 from clipkit.infra.atomic import check_output
 
 
@@ -91,6 +92,7 @@ def audit(
     config = AuditConfig(
         data=data,
         model=model,
+        default_model=fallback_model(None).value,
         min_probability=min_probability,
         max_flags=max_flags,
         fpr=fpr,

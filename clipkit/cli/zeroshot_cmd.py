@@ -23,6 +23,7 @@ from clipkit.cli.options import (
     typed_text,
 )
 from clipkit.cli.render import cell, path_cell, print_rows, print_skipped, run_bulk
+from clipkit.cli.settings import fallback_model
 from clipkit.infra.atomic import check_output
 
 CONFUSION_TABLE_MAX = 20  # larger matrices are shown as a list of the worst confusions
@@ -107,6 +108,7 @@ def zeroshot(
         labels_file=labels_file,
         templates=templates,
         model=model,
+        default_model=fallback_model(None).value,
         k=k,
         reject_threshold=reject_threshold,
         calibrate=calibrate,

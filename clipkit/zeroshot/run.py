@@ -61,7 +61,8 @@ class ZeroShotConfig:
     labels: str | None = None  # inline, comma-separated
     labels_file: Path | None = None
     templates: str = "simple"  # simple | openai | a file path
-    model: str | None = None  # default: the embeddings' model, else DEFAULT_MODEL_SPEC
+    model: str | None = None  # default: the embeddings' model, else default_model
+    default_model: str = DEFAULT_MODEL_SPEC  # for inputs no artifact records (images, tables)
     k: int = 5
     reject_threshold: float | None = None
     calibrate: Path | None = None  # known images to set the threshold from
@@ -406,7 +407,7 @@ def _labels(
 def _encoder(config: ZeroShotConfig, embeddings: Path | None) -> tuple[Any, RuntimeChoice]:
     """The model (the one that made ``embeddings``, if given), on the runtime asked for."""
     if embeddings is None:
-        spec = config.model or DEFAULT_MODEL_SPEC
+        spec = config.model or config.default_model
         return load_encoder(spec, device=config.device, runtime=config.runtime, bulk=True)
     stamp = store.read_stamp(embeddings)
     assert stamp is not None  # the folder has shards
