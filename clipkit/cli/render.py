@@ -86,9 +86,16 @@ def progress_bar() -> Iterator[ProgressCallback]:
     # A service reports a stage first when its first batch is done: the stage began when the
     # previous report came (or the bar opened), not then, or the rate would be near infinite.
     last_report = [time.perf_counter()]
-    with Progress(*columns, console=stderr, transient=False) as bar:
+    # Drawn from the first report on: a run with no work (a search whose folder is up to
+    # date, an embed of what is already embedded) shows no bar at all.
+    bar = Progress(*columns, console=stderr, transient=False)
+    shown = [False]
+    try:
 
         def update(report: ProgressReport) -> None:
+            if not shown[0]:
+                bar.start()
+                shown[0] = True
             if report.note:
                 bar.console.print(f"Note: {report.note}", markup=False)
                 return
@@ -104,6 +111,9 @@ def progress_bar() -> Iterator[ProgressCallback]:
             bar.update(tasks[report.stage], completed=report.done, total=report.total, figures=text)
 
         yield update
+    finally:
+        if shown[0]:
+            bar.stop()
 
 
 def run_bulk(

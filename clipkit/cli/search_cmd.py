@@ -21,7 +21,8 @@ from clipkit.cli.options import (
     SearchKind,
     typed_text,
 )
-from clipkit.cli.render import cell, path_cell, print_rows
+from clipkit.cli.render import cell, path_cell, print_rows, print_skipped, progress_bar
+from clipkit.cli.settings import Setting, fallback_model
 from clipkit.errors import ClipkitError
 from clipkit.infra.atomic import check_output
 
@@ -30,6 +31,15 @@ from clipkit.infra.atomic import check_output
 @handles_errors
 def search(
     query: Annotated[str | None, typer.Argument(help="Text query.")] = None,
+    folder: Annotated[
+        Path | None,
+        typer.Option(
+            "--in",
+            metavar="FOLDER",
+            help="Search the images of a folder: embedded and indexed in your cache on first "
+            "use, brought up to date before each search.",
+        ),
+    ] = None,
     index_dir: Annotated[Path | None, typer.Option("--index", help="Index folder.")] = None,
     embeddings: Annotated[
         Path | None, typer.Option(help="Search an embeddings folder exactly (no index).")
@@ -55,9 +65,9 @@ def search(
     device: DeviceOption = "auto",
     runtime: RuntimeOption = Runtime.auto,
 ) -> None:
-    """Search an index or embeddings folder by text and/or image.
+    """Search a folder of images, an index or an embeddings folder by text and/or image.
 
-    Example: clipkit search "a photo of a dog" --index emb-index/ -k 5
+    Example: clipkit search "a photo of a dog" --in photos/ -k 5
     """
     from clipkit.search.run import SearchConfig
     from clipkit.search.run import search as run_search
@@ -65,6 +75,8 @@ def search(
     if html_out is not None:
         check_output(html_out)
     query = typed_text(query)
+    # --in: the model given, else the settings file's, else the built-in default
+    model_setting = fallback_model(model)
     texts = [query] if query is not None else []
     if queries is not None:
         if query is not None:
@@ -77,6 +89,8 @@ def search(
         batch=queries is not None,
         index_dir=index_dir,
         embeddings_dir=embeddings,
+        folder=folder,
+        default_model=model_setting.value,
         kind=None if kind is SearchKind.auto else kind.value,
         k=k,
         model=model,
@@ -84,7 +98,10 @@ def search(
         runtime=runtime.value,
     )
     started = time.perf_counter()
-    result = run_search(config)
+    with progress_bar() as progress:  # drawn only when a folder's cache has work to do
+        result = run_search(config, progress)
+    if result.refresh is not None:
+        _report_refresh(result.refresh, model_setting)
     _render_search(result, output)
     hits = sum(len(q.hits) for q in result.results)
     stderr.print(
@@ -99,6 +116,25 @@ def search(
         write_search_gallery(result, html_out)
         stderr.print(f"Wrote {html_out}", markup=False)
     exit_quickly_when_done()
+
+
+def _report_refresh(refresh: Any, model: Setting) -> None:
+    """What bringing the folder's cache up to date did: nothing is said when nothing changed."""
+    if not refresh.updated:
+        return
+    from clipkit.store import FAILURES_FILE
+
+    print_skipped(refresh.failures, str(refresh.cache.emb_dir / FAILURES_FILE))
+    stderr.print(
+        f"Indexed {refresh.cache.folder} with {model.described('model')}: {refresh.embedded} "
+        f"images embedded, {refresh.pruned} rows of gone or edited images dropped, "
+        f"{len(refresh.failures)} skipped (cache: {refresh.cache.root}). "
+        + refresh.export_note[0].upper()
+        + refresh.export_note[1:]
+        + ".",
+        markup=False,
+        soft_wrap=True,
+    )
 
 
 def _read_queries(path: Path) -> list[str]:

@@ -60,6 +60,9 @@ class EmbedConfig:
     prune: bool = False  # make the folder mirror the sources: drop rows of vanished inputs
     rehash: bool = False  # read every file again, even those whose size and mtime are unchanged
     runtime: str | None = None  # auto | torch | onnx; None: $CLIPKIT_RUNTIME, else auto
+    # What a new output folder's uris are relative to (None: the working folder); a folder
+    # keeps the base its first run recorded.
+    base: Path | None = None
 
     def __post_init__(self) -> None:
         check_config(self)  # str or Path for paths; a wrong type fails here, by name
@@ -257,7 +260,7 @@ def _embed(
     config: EmbedConfig, world: distributed.World, device: str, report: ProgressCallback
 ) -> EmbedResult:
     started = time.perf_counter()
-    frame = _uri_frame(config.out_dir)
+    frame = uri_frame(config.out_dir, config.base)
     options = SourceOptions(
         config.kind,
         config.lines,
@@ -298,12 +301,16 @@ def _embed(
         return dataclasses.replace(result, runtime=runtime)
 
 
-def _uri_frame(out_dir: Path) -> UriFrame:
+def uri_frame(out_dir: Path, new_base: Path | None = None) -> UriFrame:
     """Uris relative to the folder's recorded base, so that a run from another folder names
     each file as the first run did; a new folder's base (or a folder's that no longer
-    exists, or one from before bases were recorded) is this run's working folder."""
+    exists, or one from before bases were recorded) is ``new_base``, else this run's working
+    folder."""
     here, recorded = os.getcwd(), store.read_base(out_dir)
-    base = os_path(recorded) if recorded is not None else here
+    if recorded is not None:
+        base = os_path(recorded)
+    else:
+        base = os.path.abspath(new_base) if new_base is not None else here
     return UriFrame(base=base if os.path.isdir(base) else here, cwd=here)
 
 

@@ -21,7 +21,15 @@ from clipkit.infra.locks import HalfPublished, reading_published
 if TYPE_CHECKING:
     import faiss  # imported where it is used: a missing index is reported without it
 
-__all__ = ["INDEX_FILE", "META_FILE", "ROWS_FILE", "IndexInfo", "LoadedIndex", "load_index"]
+__all__ = [
+    "INDEX_FILE",
+    "META_FILE",
+    "ROWS_FILE",
+    "IndexInfo",
+    "LoadedIndex",
+    "load_index",
+    "read_info",
+]
 
 
 @dataclass(frozen=True)
@@ -141,6 +149,15 @@ def load_index(folder: Path, *, check_source: bool = True) -> LoadedIndex:
     for knob, value in info.params.items():
         faiss.ParameterSpace().set_index_parameter(index, knob, value)
     return LoadedIndex(index=index, rows=rows, info=info, folder=folder)
+
+
+def read_info(folder: Path) -> IndexInfo | None:
+    """The sidecar of an index folder without opening the index (None: no readable sidecar),
+    for a caller that only asks whether an index is there and what it was built from."""
+    try:
+        return IndexInfo(**json.loads((folder / META_FILE).read_text()))
+    except (OSError, ValueError, TypeError):
+        return None
 
 
 def _read_parts(folder: Path) -> tuple[IndexInfo, faiss.Index, store.RowMap]:

@@ -81,7 +81,7 @@ def remember_spec(spec: str, fingerprint: str) -> None:
     failure to write is ignored.
     """
     known = _read_specs()
-    known[spec] = {"fingerprint": fingerprint, "files": _checkpoint_files(spec)}
+    known[spec] = {"fingerprint": fingerprint, "files": checkpoint_files(spec)}
     path = cache_root() / SPECS_FILE
     staging = path.with_name(f".{SPECS_FILE}.{os.getpid()}")
     try:
@@ -101,7 +101,7 @@ def fingerprint_of_spec(spec: str) -> str | None:
     except ClipkitError:
         return None
     known = _read_specs().get(spec)
-    if not isinstance(known, dict) or known.get("files") != _checkpoint_files(spec):
+    if not isinstance(known, dict) or known.get("files") != checkpoint_files(spec):
         return None
     fingerprint = known.get("fingerprint")
     return fingerprint if isinstance(fingerprint, str) else None
@@ -115,7 +115,7 @@ def _read_specs() -> dict[str, Any]:
     return known if isinstance(known, dict) else {}
 
 
-def _checkpoint_files(spec: str) -> list[list[Any]] | None:
+def checkpoint_files(spec: str) -> list[list[Any]] | None:
     """(name, bytes, mtime) of the files a checkpoint spec reads (a file, or a run folder's
     files); None for a spec that names no local files (an architecture, a tag, the hub)."""
     from clipkit.models.specs import SpecKind, parse_spec

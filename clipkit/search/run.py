@@ -12,12 +12,15 @@ from typing import Any
 import numpy as np
 
 from clipkit import store
+from clipkit.config import DEFAULT_MODEL_SPEC
 from clipkit.errors import InputError, UsageError
 from clipkit.index.exact import exact_topk_stream
 from clipkit.infra.fields import check_config
+from clipkit.infra.progress import ProgressCallback
 from clipkit.inputs.filenames import locate, reading_base
 from clipkit.models.runtime import RuntimeChoice, as_numpy, load_matching_encoder
 from clipkit.models.specs import parse_spec
+from clipkit.search.folder import FolderRefresh, refresh_folder
 
 KINDS = ("image", "text", "all")
 
@@ -32,6 +35,10 @@ class SearchConfig:
     batch: bool = False  # each text is its own query (from --queries FILE)
     index_dir: Path | None = None
     embeddings_dir: Path | None = None
+    # A folder of images, embedded and indexed in the user's cache and kept up to date
+    # (clipkit.search.folder); its model is ``model``, else ``default_model``.
+    folder: Path | None = None
+    default_model: str = DEFAULT_MODEL_SPEC
     # With embeddings_dir: "image", "text" or "all" rows; None: the folder's images if it has
     # any, else its texts (so a text query finds pictures, not captions). An index holds one.
     kind: str | None = None
@@ -72,10 +79,12 @@ class SearchResult:
     source: str
     runtime: RuntimeChoice = RuntimeChoice("torch", "")
     kind: str = ""  # the rows searched: "image", "text" or "image and text"
+    refresh: FolderRefresh | None = None  # with a folder: what bringing its cache up to date did
 
 
-def search(config: SearchConfig) -> SearchResult:
-    """Run the queries and return the top-k rows for each.
+def search(config: SearchConfig, progress: ProgressCallback | None = None) -> SearchResult:
+    """Run the queries and return the top-k rows for each. ``progress`` hears of the work of
+    bringing a folder's cache up to date, if there is any.
 
     Raises:
         InputError: no queries, bad weights or k, unreadable images, missing or mismatched
@@ -83,10 +92,12 @@ def search(config: SearchConfig) -> SearchResult:
     """
     if config.k < 1:
         raise UsageError(f"-k must be at least 1, got {config.k}.", "Ask for 1 or more results.")
-    if (config.index_dir is None) == (config.embeddings_dir is None):
+    given = [config.index_dir, config.embeddings_dir, config.folder]
+    if sum(where is not None for where in given) != 1:
         raise UsageError(
-            "Give exactly one of --index and --embeddings.",
-            "--index searches a FAISS index; --embeddings searches exactly.",
+            "Give exactly one of --in, --index and --embeddings.",
+            "--in searches a folder of images (indexed on first use); --index a FAISS index; "
+            "--embeddings an embeddings folder, exactly.",
         )
     if not config.texts and not config.images:
         raise UsageError("No query given.", 'Pass text ("a photo of a dog"), --image or --queries.')
@@ -99,16 +110,32 @@ def search(config: SearchConfig) -> SearchResult:
     if config.model is not None:
         parse_spec(config.model)  # its syntax before any heavy import
     labels, weights = _labels_and_weights(config)
-    if config.index_dir is not None:
+    refresh = None
+    if config.folder is not None:
+        if config.kind not in (None, "image"):
+            raise UsageError("--in searches images only.", "Drop --kind.")
+        refresh = refresh_folder(
+            config.folder,
+            config.model or config.default_model,
+            device=config.device,
+            runtime=config.runtime,
+            progress=progress,
+        )
+    index_dir = refresh.cache.index_dir if refresh is not None else config.index_dir
+    if index_dir is not None:
         from clipkit.index.load import load_index
 
-        loaded = load_index(config.index_dir)
+        loaded = load_index(index_dir)
         stamp = store.ModelStamp(loaded.info.model, loaded.info.fingerprint, loaded.info.dim)
         encoder, runtime = _encoder(config, stamp)
         vectors = _query_vectors(encoder, config, weights)
         scores, found = loaded.search(vectors, config.k)
         found, rows = _hit_rows(found, loaded.rows.take)
-        source, recorded, searched = str(config.index_dir), loaded.info.base, loaded.info.kind
+        source, recorded, searched = (
+            str(config.folder or index_dir),
+            loaded.info.base,
+            loaded.info.kind,
+        )
     else:
         emb_dir = config.embeddings_dir
         assert emb_dir is not None
@@ -146,6 +173,7 @@ def search(config: SearchConfig) -> SearchResult:
         source=source,
         runtime=runtime,
         kind="image and text" if searched == "all" else searched,
+        refresh=refresh,
     )
 
 
