@@ -70,7 +70,7 @@ def _check_options(config: AuditConfig) -> None:
     if config.threshold is not None and not -1 <= config.threshold <= 1:
         raise UsageError(
             f"--threshold is a cosine in [-1, 1], got {config.threshold}.",
-            "Or leave it out to flag by probability (--min-probability).",
+            "Or leave it out for the default rule (see --help).",
         )
     if config.fpr is not None and not 0 < config.fpr < 1:
         raise UsageError(f"--fpr must lie in (0, 1), got {config.fpr}.", "e.g. --fpr 0.01")

@@ -45,6 +45,17 @@ def audit(
     ] = None,
     output: RowsFormatOption = RowsFormat.table,
     html_out: Annotated[Path | None, typer.Option("--html", help="HTML report.")] = None,
+    write_clean: Annotated[
+        Path | None,
+        typer.Option(
+            help="The data without the flagged pairs, as a table (.csv/.tsv/.jsonl/.parquet): "
+            "a table keeps its columns; other sources give image and caption."
+        ),
+    ] = None,
+    write_flagged: Annotated[
+        Path | None,
+        typer.Option(help="The flagged pairs with scores and suggested captions, as a table."),
+    ] = None,
     min_probability: Annotated[
         float | None,
         typer.Option(help="Flag pairs at least this likely to be mismatched (e.g. 0.5)."),
@@ -89,6 +100,11 @@ def audit(
     for path in (out, html_out):
         if path is not None:
             check_output(path)  # before the work, not after it
+    from clipkit.audit.clean import check_table_output
+
+    for path, option in ((write_clean, "--write-clean"), (write_flagged, "--write-flagged")):
+        if path is not None:
+            check_table_output(path, option)
     config = AuditConfig(
         data=data,
         model=model,
@@ -122,6 +138,7 @@ def audit(
         _render_flagged(result, top)
     else:
         print_rows(output, rows, result.as_dict())
+    _write_tables(result, config, write_clean, write_flagged)
     if html_out is not None:
         from clipkit.report.html import write_audit_report
 
@@ -129,6 +146,31 @@ def audit(
             stderr.print(f"Wrote {path}", markup=False)
     if fail_on_flags and result.flagged:
         raise typer.Exit(1)
+
+
+def _write_tables(result: Any, config: Any, clean: Path | None, flagged: Path | None) -> None:
+    from clipkit.audit.clean import write_clean, write_flagged
+
+    if clean is not None:
+        written = write_clean(result, config, clean)
+        kept = (
+            f" ({written.unaudited} of them skipped by the audit, kept as they were)"
+            if written.unaudited
+            else ""
+        )
+        stderr.print(
+            f"Wrote {written.rows} rows without the {len(result.flagged)} flagged to "
+            f"{written.path}{kept}",
+            markup=False,
+            soft_wrap=True,
+        )
+    if flagged is not None:
+        written = write_flagged(result, config, flagged)
+        stderr.print(
+            f"Wrote {written.rows} flagged rows with suggestions to {written.path}",
+            markup=False,
+            soft_wrap=True,
+        )
 
 
 def _summarise(result: Any) -> None:

@@ -142,7 +142,7 @@ def check_pair_source(
     if path.is_file() and path.suffix.lower() in TABLE_SUFFIXES:
         from clipkit.store import table_columns
 
-        _pair_columns(table_columns(path), image_column, text_column, path)
+        pair_columns(table_columns(path), image_column, text_column, path)
     elif not (path.is_dir() or _tar_shards(path)):
         _source_error(path)
 
@@ -158,7 +158,7 @@ def _source_error(path: Path) -> NoReturn:
     raise InputError(f"Pair source {path} does not exist.", "Check the path.")
 
 
-def _pair_columns(
+def pair_columns(
     columns: list[str], image_column: str | None, text_column: str | None, path: Path
 ) -> tuple[str, str]:
     """The image and caption columns of a table: those named, else the usual names."""
@@ -178,7 +178,7 @@ def _table_pairs(path: Path, image_column: str | None, text_column: str | None):
     from clipkit.store import read_table
 
     table = read_table(path)
-    image_key, text_key = _pair_columns(table.columns, image_column, text_column, path)
+    image_key, text_key = pair_columns(table.columns, image_column, text_column, path)
     grouped: dict[str, list[str]] = {}
     skipped = []
     rows = zip(table.paths(image_key), table.texts(text_key), strict=True)

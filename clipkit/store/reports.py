@@ -12,11 +12,11 @@ from clipkit import store
 from clipkit.errors import InputError
 from clipkit.infra.atomic import atomic_path
 
-REPORT_SUFFIXES = (".csv", ".json", ".jsonl", ".parquet")
+REPORT_SUFFIXES = (".csv", ".tsv", ".json", ".jsonl", ".parquet")
 
 
 def report_format(path: Path) -> str:
-    """``csv``, ``json``, ``jsonl`` or ``parquet`` from a path's suffix.
+    """``csv``, ``tsv``, ``json``, ``jsonl`` or ``parquet`` from a path's suffix.
 
     Raises:
         InputError: any other suffix.
@@ -31,17 +31,27 @@ def report_format(path: Path) -> str:
 
 
 def write_report(
-    path: Path, rows: Sequence[dict[str, Any]], *, whole: Any = None, fmt: str | None = None
+    path: Path,
+    rows: Sequence[dict[str, Any]],
+    *,
+    whole: Any = None,
+    fmt: str | None = None,
+    columns: Sequence[str] | None = None,
 ) -> Path:
     """Write flat rows (same keys) as ``fmt`` (default: by suffix); JSON writes ``whole``
-    (a fuller document) when given, else the list of rows."""
+    (a fuller document) when given, else the list of rows. ``columns`` heads a CSV with no
+    rows (a table with nothing left keeps its header)."""
     fmt = fmt or report_format(path)
     if fmt == "parquet":
-        store.write_records(path, rows)
+        store.write_records(path, rows, columns)
         return path
     with atomic_path(path) as tmp, open(tmp, "w", encoding="utf-8", newline="") as handle:
-        if fmt == "csv":
-            writer = csv.DictWriter(handle, fieldnames=list(rows[0]) if rows else ["uri"])
+        if fmt in ("csv", "tsv"):
+            writer = csv.DictWriter(
+                handle,
+                fieldnames=list(rows[0]) if rows else list(columns or ["uri"]),
+                delimiter="\t" if fmt == "tsv" else ",",
+            )
             writer.writeheader()
             writer.writerows(rows)
         elif fmt == "json":

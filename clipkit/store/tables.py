@@ -151,10 +151,17 @@ def write_row_map(path: Path, rows: dict[str, list[Any]]) -> None:
     pq.write_table(table, path, row_group_size=ROW_MAP_GROUP, write_page_checksum=True)
 
 
-def write_records(path: Path, records: Sequence[dict[str, Any]]) -> None:
-    """Write flat dicts (one per row, same keys) as a Parquet table atomically."""
+def write_records(
+    path: Path, records: Sequence[dict[str, Any]], columns: Sequence[str] | None = None
+) -> None:
+    """Write flat dicts (one per row, same keys) as a Parquet table atomically; with no
+    records, a table of ``columns`` (strings) and no rows."""
+    if records or not columns:
+        table = pa.Table.from_pylist(list(records))
+    else:
+        table = pa.table({name: pa.array([], pa.string()) for name in columns})
     with atomic_path(path) as tmp:
-        pq.write_table(pa.Table.from_pylist(list(records)), tmp)
+        pq.write_table(table, tmp)
 
 
 class RowMap:
