@@ -21,6 +21,7 @@ from clipkit.cli.options import (
 )
 from clipkit.cli.render import print_skipped, run_bulk
 from clipkit.config import DEFAULT_MODEL_SPEC
+from clipkit.infra.atomic import check_output
 
 
 @app.command()
@@ -62,6 +63,13 @@ def embed(
         typer.Option(help="Read every file again, even those with unchanged size and mtime."),
     ] = False,
     runtime: RuntimeOption = Runtime.auto,
+    report_duplicates: Annotated[
+        Path | None,
+        typer.Option(
+            help="List the groups of identical content in the folder (one row per copy) to "
+            "a .csv/.tsv/.json/.jsonl/.parquet file."
+        ),
+    ] = None,
 ) -> None:
     """Embed image and text folders, tables and shards to Parquet.
 
@@ -72,6 +80,12 @@ def embed(
     from clipkit.embed.run import EmbedConfig
     from clipkit.embed.run import embed as run_embed
     from clipkit.inputs.sources import Kind
+
+    if report_duplicates is not None:
+        from clipkit.store.reports import report_format
+
+        report_format(report_duplicates)  # a suffix we cannot write fails before the work
+        check_output(report_duplicates)
 
     config = EmbedConfig(
         sources=tuple(sources),
@@ -96,6 +110,39 @@ def embed(
     result = run_bulk(run_embed, config, lambda failed: _report(failed, prune))
     if result.is_main:  # another rank of a torchrun job: rank 0 reports for all
         _report(result, prune)
+        if report_duplicates is not None:
+            _write_duplicates(out_dir, report_duplicates)
+
+
+def _write_duplicates(out_dir: Path, path: Path) -> None:
+    """One row per copy: its group (1 = the largest), the copies in it, kind, content id,
+    uri, and the path that opens from here."""
+    from clipkit import store
+    from clipkit.inputs.filenames import locate, reading_base
+    from clipkit.store.reports import write_report
+
+    groups = store.duplicate_groups(out_dir)
+    base = reading_base(store.read_base(out_dir))
+    rows = [
+        {
+            "group": number,
+            "copies": len(group.uris),
+            "kind": group.kind,
+            "id": group.id,
+            "uri": uri,
+            "path": locate(uri, base),
+        }
+        for number, group in enumerate(groups, start=1)
+        for uri in group.uris
+    ]
+    columns = ["group", "copies", "kind", "id", "uri", "path"]
+    write_report(path, rows, columns=columns)
+    extra = sum(len(group.uris) - 1 for group in groups)
+    stderr.print(
+        f"{len(groups)} groups of identical content ({extra} extra copies) listed in {path}",
+        markup=False,
+        soft_wrap=True,
+    )
 
 
 def _report(result: Any, prune: bool) -> None:

@@ -69,6 +69,38 @@ def read_existing(out_dir: Path) -> ExistingEmbeddings:
     return existing
 
 
+@dataclass(frozen=True)
+class DuplicateGroup:
+    """Identical content found under several uris: the row's uri first, then its aliases."""
+
+    id: str
+    kind: str
+    uris: tuple[str, ...]
+
+
+def duplicate_groups(out_dir: Path) -> list[DuplicateGroup]:
+    """Every content of the folder that has more than one uri, largest groups first.
+
+    Raises:
+        InputError: a shard or the aliases table is unreadable.
+    """
+    aliases: dict[str, list[str]] = {}
+    for uri, item_id in read_aliases(out_dir):
+        aliases.setdefault(item_id, []).append(uri)
+    groups = []
+    for shard in snapshot(out_dir):
+        parquet, _ = _open_shard(shard, None)
+        try:
+            columns = parquet.read(columns=["id", "uri", "kind"]).to_pydict()
+        except (OSError, pa.ArrowException) as error:
+            raise _unreadable(shard.path, error) from None
+        for item_id, uri, kind in zip(columns["id"], columns["uri"], columns["kind"], strict=True):
+            others = sorted(set(aliases.get(item_id, ())) - {uri})
+            if others:
+                groups.append(DuplicateGroup(item_id, kind, (uri, *others)))
+    return sorted(groups, key=lambda group: (-len(group.uris), group.uris))
+
+
 def read_file_stats(out_dir: Path) -> dict[str, FileStat]:
     """uri -> (size, mtime_ns, id) of the files that earlier runs read; a missing or damaged
     cache is an empty one (the files are then read and hashed again)."""
