@@ -24,6 +24,7 @@ import torch
 from clipkit import score, store
 from clipkit.audit.config import AuditConfig, preflight
 from clipkit.audit.mixture import estimate_mixture
+from clipkit.audit.pairing import stored_pairs
 from clipkit.errors import InputError, SkippedInputsError
 from clipkit.infra.progress import ProgressCallback, ProgressReport
 from clipkit.inputs.filenames import as_text, locate, reading_base
@@ -387,9 +388,8 @@ def _windows(encoder: Any, text: str) -> list[str]:
 
 
 def _from_embeddings(config: AuditConfig, folder: Path) -> tuple[_Encoded, str, RuntimeChoice]:
-    """Pairs of an embeddings folder: each image with the text of its .txt sidecar (for a
-    WebDataset member, the sample's .txt member), duplicates included: a copy of an image or a
-    caption has no row of its own, only a line in ``_aliases.parquet``."""
+    """Pairs of an embeddings folder (see :func:`stored_pairs`), duplicates included: a copy
+    of an image or a caption has no row of its own, only a line in ``_aliases.parquet``."""
     stamp = store.read_stamp(folder)
     assert stamp is not None
     # Only the tokenizer is used (to count long captions): nothing is encoded, so the CPU will
@@ -397,22 +397,14 @@ def _from_embeddings(config: AuditConfig, folder: Path) -> tuple[_Encoded, str, 
     encoder, runtime = load_matching_encoder(
         stamp.spec, stamp.fingerprint, spec=config.model, device="cpu", runtime=config.runtime
     )
-    rows = store.with_aliases(store.read_vectors(folder), folder)
-    row_of = {uri: n for n, uri in enumerate(rows.uris)}
-    picked, failures = [], []
-    for n, (uri, kind) in enumerate(zip(rows.uris, rows.kinds, strict=True)):
-        if kind == "image":
-            sidecar = str(Path(uri).with_suffix(".txt"))
-            caption = row_of.get(sidecar)
-            if caption is not None and rows.kinds[caption] == "text":
-                picked.append((n, caption))
-            else:
-                failures.append((uri, "caption", f"no text row for {Path(sidecar).name}"))
+    rows = store.with_aliases(store.read_vectors(folder, meta=True), folder)
+    picked, failures = stored_pairs(rows)
     if not picked:
         raise InputError(
-            f"{folder} holds no image row with a text row for its .txt sidecar.",
-            "Embed a folder of images with same-name .txt captions, or pass "
-            "the pair source itself.",
+            f"{folder} holds no image row with a caption: no text row for a .txt sidecar, "
+            "and no caption row that records its image.",
+            "Embed a folder of images with same-name .txt captions, or a table of image "
+            "paths and captions (before or after the folder), or pass the pair source itself.",
         )
     vectors = torch.from_numpy(rows.vectors)
     captions = [rows.texts[t] or "" for _, t in picked]

@@ -159,6 +159,11 @@ def _report(result: Any, prune: bool) -> None:
     if result.changed:
         kept = "" if prune else " (their old rows remain: --prune drops them)"
         notes.append(f"{result.changed} inputs changed since they were embedded{kept}")
+    if result.filled:
+        notes.append(
+            f"{result.filled} rows already present got this run's pass-through values "
+            "(captions, links)"
+        )
     if result.pruned or result.moved:
         moved = f", {result.moved} rows now name another copy" if result.moved else ""
         notes.append(f"pruned {result.pruned} rows of inputs no longer found{moved}")

@@ -12,7 +12,7 @@ cache, so nothing is counted twice.
 from __future__ import annotations
 
 from collections.abc import Collection, Mapping, Sequence
-from typing import Protocol
+from typing import Any, Protocol
 
 from clipkit.infra import distributed
 from clipkit.inputs.decode import DecodeError, decode_text, text_id
@@ -28,7 +28,7 @@ class Ledger(Protocol):
 
     def note(self, item_id: str, uri: str) -> None: ...
 
-    def seen(self, item_id: str, uri: str) -> bool: ...
+    def seen(self, item_id: str, uri: str, meta: Mapping[str, Any] | None = None) -> bool: ...
 
     aliases: list[tuple[str, str]]
 
@@ -93,7 +93,7 @@ def claim(
                 mine.append(item)
         elif item_id in ledger.known_ids:
             if world.is_main:
-                ledger.seen(item_id, item.uri)
+                ledger.seen(item_id, item.uri, item.meta)
         elif item_id in claimed:
             if world.is_main:
                 ledger.aliases.append((item_id, item.uri))

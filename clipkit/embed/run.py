@@ -10,7 +10,7 @@ from __future__ import annotations
 import dataclasses
 import os
 import time
-from collections.abc import Collection, Sequence
+from collections.abc import Collection, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -89,6 +89,7 @@ class EmbedResult:
     changed: int = 0  # inputs whose content differs from what their uri had when embedded
     pruned: int = 0  # rows removed by --prune (their content is no longer among the inputs)
     moved: int = 0  # rows whose uri --prune pointed at another input with the same content
+    filled: int = 0  # rows already present that got pass-through values (a table's, say)
     runtime: RuntimeChoice = RuntimeChoice("torch", "")
 
     @property
@@ -127,9 +128,18 @@ class _EmbedRun:
     truncated: int = 0
     replaced: int = 0
     shards_written: int = 0
+    # content id -> pass-through values for a row that exists already (see seen)
+    meta_of: dict[str, Mapping[str, str]] = field(default_factory=dict)
 
-    def is_new(self, item_id: str, uri: str, pending: Collection[str]) -> bool:
-        """True when this content must be embedded; else it is counted as present or an alias.
+    def is_new(
+        self,
+        item_id: str,
+        uri: str,
+        pending: Collection[str],
+        meta: Mapping[str, Any] | None = None,
+    ) -> bool:
+        """True when this content must be embedded; else it is counted as present or an alias
+        (and its pass-through values ``meta`` kept for its row).
 
         ``pending`` holds the ids of the batch being assembled, not yet in ``known_ids``.
         """
@@ -137,7 +147,7 @@ class _EmbedRun:
         if item_id in pending:
             self.aliases.append((item_id, uri))
             return False
-        return not self.seen(item_id, uri)
+        return not self.seen(item_id, uri, meta)
 
     def note(self, item_id: str, uri: str) -> None:
         """Record that this run found content ``item_id`` at ``uri``; count a changed file."""
@@ -147,10 +157,14 @@ class _EmbedRun:
         if self.known_uris.get(uri, item_id) != item_id:
             self.changed += 1
 
-    def seen(self, item_id: str, uri: str) -> bool:
-        """True (and counted) when this content is already embedded."""
+    def seen(self, item_id: str, uri: str, meta: Mapping[str, Any] | None = None) -> bool:
+        """True (and counted) when this content is already embedded; its row is then given
+        ``meta``'s pass-through values where it has none (a table embedded after the folder
+        it captions links each image to its caption), the first item's values winning."""
         if item_id not in self.known_ids:
             return False
+        if meta:
+            self.meta_of.setdefault(item_id, _StoredMeta(meta))
         if self.known_uris.get(uri) == item_id:
             self.already_present += 1
         else:  # a new path, or a path whose content became that of another file
@@ -339,7 +353,7 @@ def _skip_unchanged(
         now = file_stat(item.path or "")
         item_id = recorded_id(recorded, item.uri, now, run.known_ids)
         if item_id is not None:
-            run.is_new(item_id, item.uri, ())
+            run.is_new(item_id, item.uri, (), item.meta)
             run.file_stats[item.uri] = recorded[item.uri]
             continue
         if now is not None:
@@ -361,13 +375,14 @@ def _finish(
         world, (run.embedded, run.failures, run.truncated, run.replaced, run.shards_written)
     )
     failures = tuple(sorted(f for share in shares for f in share[1]))
-    pruned = store.Pruned(0, 0)
+    pruned, linked = store.Pruned(0, 0), 0
     if world.is_main:  # every rank's shards are written: gather waited for them
         store.write_failures(config.out_dir, failures)
         if config.prune:
             pruned = _prune(config, run, failures)
         elif run.aliases:
             store.add_aliases(config.out_dir, run.aliases)
+        linked = store.fill_meta(config.out_dir, run.meta_of) if run.meta_of else 0
     distributed.barrier(world)
     return EmbedResult(
         out_dir=config.out_dir,
@@ -387,6 +402,7 @@ def _finish(
         changed=run.changed,
         pruned=pruned.rows_removed,
         moved=pruned.rows_moved,
+        filled=linked,
     )
 
 
@@ -464,7 +480,7 @@ def _embed_texts(
                 run.failures.append((item.uri, error.stage, error.reason))
                 continue
             item_id = text_id(text)
-            if not run.is_new(item_id, item.uri, ids):
+            if not run.is_new(item_id, item.uri, ids, item.meta):
                 continue
             run.replaced += replaced
             batch.append(item)
@@ -525,7 +541,7 @@ def _embed_images(
                 # content gave a non-finite embedding.
                 run.failures.append((item.uri, "encode", NON_FINITE))
                 continue
-            if run.is_new(sample.item_id, item.uri, fresh_ids):
+            if run.is_new(sample.item_id, item.uri, fresh_ids, item.meta):
                 fresh_items.append(item)
                 fresh_ids.append(sample.item_id)
                 keep.append(position)
@@ -537,6 +553,29 @@ def _embed_images(
             )
         done += len(batch.samples)
         report(ProgressReport("images", done, len(items)))
+
+
+class _StoredMeta(Mapping[str, str]):
+    """An item's pass-through values as a row stores them (column names of ours, values as
+    text), read from the item's own view of its table row when asked for: a re-run over a
+    million rows already present holds a million small views, not a million dicts."""
+
+    __slots__ = ("_meta",)
+
+    def __init__(self, meta: Mapping[str, Any]) -> None:
+        self._meta = meta
+
+    def __getitem__(self, column: str) -> str:
+        value = self._meta[_source_name(column)]
+        if value is None:
+            raise KeyError(column)
+        return store.to_json(value)
+
+    def __iter__(self) -> Iterator[str]:
+        return (_column_name(name) for name in self._meta if self._meta[name] is not None)
+
+    def __len__(self) -> int:
+        return sum(1 for _ in self)
 
 
 def _column_name(source: str) -> str:

@@ -275,9 +275,15 @@ def _update(
     added = 0
     for block in store.iter_vectors(shards, info.kind, meta=True):
         current.update(block.ids)
-        for item_id, uri in zip(block.ids, block.uris, strict=True):
-            if item_id in position_of:  # `embed --prune` may have moved a row to another path
-                rows["uri"][position_of[item_id]] = uri
+        for row, (item_id, uri) in enumerate(zip(block.ids, block.uris, strict=True)):
+            position = position_of.get(item_id)
+            if position is not None:
+                # `embed --prune` may have moved a row to another path, and a later table run
+                # may have given it pass-through values (its caption, say)
+                rows["uri"][position] = uri
+                for name, values in block.meta.items():
+                    if values[row] is not None:
+                        rows.setdefault(name, [None] * len(rows["id"]))[position] = values[row]
         new = [i for i, item_id in enumerate(block.ids) if item_id not in known]
         if new:
             loaded.index.add(block.vectors[new])

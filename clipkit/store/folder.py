@@ -8,7 +8,7 @@ out of ``pyarrow.dataset`` discovery, so the folder reads as one dataset.
 
 from __future__ import annotations
 
-from collections.abc import Collection, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -249,6 +249,45 @@ def _rewrite_shard(path: Path, keep: list[bool], uris: list[str]) -> None:
         )
 
 
+def fill_meta(out_dir: Path, values: Mapping[str, Mapping[str, str]]) -> int:
+    """Give rows their pass-through values where they have none: ``values`` maps a content id
+    to column -> value (as stored: text). A value a row already holds is kept; a column a shard
+    lacks is added (empty for its other rows). Each shard that changes is rewritten atomically.
+
+    Returns:
+        The number of rows that gained a value.
+    """
+    filled = 0
+    for path in list_shards(out_dir):
+        ids = pq.read_table(path, columns=["id"]).column("id").to_pylist()
+        hits = [(n, values[item_id]) for n, item_id in enumerate(ids) if item_id in values]
+        if not hits:
+            continue
+        table = pq.read_table(path)
+        gained: set[int] = set()
+        for name in sorted({name for _, given in hits for name in given}):
+            index = table.schema.get_field_index(name)
+            column = table.column(index).to_pylist() if index >= 0 else [None] * len(ids)
+            changed = False
+            for n, given in hits:
+                if column[n] is None and given.get(name) is not None:
+                    column[n] = given[name]
+                    gained.add(n)
+                    changed = True
+            if not changed:
+                continue
+            array = pa.array(column, pa.string())
+            if index >= 0:
+                table = table.set_column(index, name, array)
+            else:
+                table = table.append_column(name, array)
+        if gained:
+            with atomic_path(path) as tmp:
+                pq.write_table(table, tmp, compression="zstd", row_group_size=ROW_GROUP_ROWS)
+            filled += len(gained)
+    return filled
+
+
 def with_aliases(rows: VectorBlock, folder: Path) -> VectorBlock:
     """``rows`` plus a row for each further path of their content that ``_aliases.parquet``
     lists (same id, kind, text and vector), all in uri order, as discovery orders a source.
@@ -272,4 +311,5 @@ def with_aliases(rows: VectorBlock, folder: Path) -> VectorBlock:
         kinds=[rows.kinds[n] for n in picked],
         texts=[rows.texts[n] for n in picked],
         vectors=rows.vectors[picked] if len(rows.vectors) else rows.vectors,
+        meta={name: [values[n] for n in picked] for name, values in rows.meta.items()},
     )

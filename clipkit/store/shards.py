@@ -408,16 +408,22 @@ def _embedding_matrix(
     return vectors
 
 
-def read_vectors(source: Shards, kind: str | None = None) -> VectorBlock:
-    """Every row of ``kind`` in an embeddings folder as one block (vectors: (N, D) float32)."""
-    blocks = list(iter_vectors(source, kind))
+def read_vectors(source: Shards, kind: str | None = None, *, meta: bool = False) -> VectorBlock:
+    """Every row of ``kind`` in an embeddings folder as one block (vectors: (N, D) float32),
+    with the pass-through columns when ``meta`` (None where a shard lacks one)."""
+    blocks = list(iter_vectors(source, kind, meta=meta))
     vectors = [b.vectors for b in blocks]
+    names = list(dict.fromkeys(name for b in blocks for name in b.meta))
     return VectorBlock(
         ids=[i for b in blocks for i in b.ids],
         uris=[u for b in blocks for u in b.uris],
         kinds=[k for b in blocks for k in b.kinds],
         texts=[t for b in blocks for t in b.texts],
         vectors=np.concatenate(vectors) if vectors else np.zeros((0, 0), np.float32),
+        meta={
+            name: [v for b in blocks for v in b.meta.get(name, [None] * len(b.ids))]
+            for name in names
+        },
     )
 
 
