@@ -21,6 +21,7 @@ from clipkit.audit.mixture import (
     estimate_mixture,
     grenander_density,
     null_cdf,
+    stable_lambda,
     storey_shares,
 )
 from clipkit.errors import UsageError
@@ -48,6 +49,21 @@ def test_storey_shares_follow_their_definition():
     p = np.array([0.01, 0.02, 0.3, 0.6, 0.9])
     expected = [(p > lam).sum() / (5 * (1 - lam)) for lam in LAMBDAS]
     assert storey_shares(p) == pytest.approx(expected)
+
+
+def test_the_smallest_lambda_no_larger_one_undercuts_is_chosen():
+    """500 evenly spread p (mismatched) and 500 matched ones. Matched pairs near 0: every
+    estimate is 0.5, so the first λ. Matched pairs spread over (0, 0.3): at λ = 0.25 the
+    estimate is (375 + 83) / 750 = 0.611, 0.111 above λ = 0.30's 350 / 700 = 0.5, with a
+    standard error of sqrt(350·(1/700 - 1/750)² + 108/750²) = 0.014: undercut; from 0.30
+    on every estimate is 0.5, so λ = 0.30."""
+    uniform = (np.arange(500) + 0.5) / 500
+    near_zero = np.concatenate([uniform, np.full(500, 0.001)])
+    assert LAMBDAS[stable_lambda(near_zero)] == pytest.approx(0.05)
+    spread = np.concatenate([uniform, uniform * 0.3])
+    assert storey_shares(spread)[LAMBDAS.tolist().index(0.25)] == pytest.approx(458 / 750)
+    assert LAMBDAS[stable_lambda(spread)] == pytest.approx(0.30)
+    assert storey_shares(spread)[stable_lambda(spread)] == pytest.approx(0.5)
 
 
 def test_grenander_density_is_the_slopes_of_the_least_concave_majorant():
@@ -116,17 +132,16 @@ def planted(tmp_path_factory, tiny_encoder):
     return folder, _planted(folder, tiny_encoder, 400, 40)
 
 
-def test_probability_rule_flags_swaps_and_says_how_many_look_mismatched(planted):
+def test_the_default_rule_flags_the_swaps_and_says_how_many_look_mismatched(planted):
     folder, swapped = planted
-    result = audit(AuditConfig(data=folder, device="cpu", min_probability=0.5))
+    result = audit(AuditConfig(data=folder, device="cpu"))  # no rule given: probability ≥ 0.5
     c = result.calibration
     assert c.statistic == "probability" and c.threshold == 0.5
     low, high = c.mismatched_interval
-    # The truth is 0.1; Storey's bootstrap choice of λ lands at 0.05 on this draw (the tail
-    # above λ = 0.75 holds few pairs): the estimate is low, as the issue's benchmark will tell.
-    assert 0 < low <= c.mismatched_share <= high
+    assert c.mismatched_share == pytest.approx(0.1, rel=0.3)  # 40 of 400 swapped
+    assert 0 < low <= 0.1 <= high
     flagged = {result.pairs.index(p) for p in result.flagged}
-    assert flagged and flagged <= swapped  # every flag a swap (this estimate's recall is low)
+    assert flagged == swapped  # the separation is perfect: every swap, and only swaps
     ranked = sorted(range(400), key=lambda i: -result.pairs[i].probability)
     assert set(ranked[:40]) == swapped  # the swaps are the 40 most likely
     estimate, _, _ = c.mismatched_pairs(400)
@@ -139,7 +154,7 @@ def test_probability_rule_flags_swaps_and_says_how_many_look_mismatched(planted)
 def test_max_flags_keeps_the_most_likely_and_counts_the_rest(planted):
     folder, _ = planted
     every = audit(AuditConfig(data=folder, device="cpu"))
-    assert len(every.flagged) == 40  # the default rule, --fpr 0.01, flags every swap
+    assert len(every.flagged) == 40  # the default rule, probability ≥ 0.5, flags every swap
     capped = audit(AuditConfig(data=folder, device="cpu", max_flags=5))
     assert len(capped.flagged) == 5 and capped.calibration.capped == len(every.flagged) - 5
     assert [p.image for p in capped.flagged] == [p.image for p in every.flagged[:5]]
@@ -164,11 +179,20 @@ def test_the_probability_reaches_every_output(planted, tmp_path):
     assert "p(mismatched)" in html.read_text() and "look mismatched" in html.read_text()
 
 
-def test_small_datasets_fall_back_to_the_shuffled_pair_rule(tmp_path, tiny_encoder):
+@pytest.mark.parametrize("options", [{}, {"min_probability": 0.5}], ids=["default", "given"])
+def test_small_datasets_fall_back_to_the_shuffled_pair_rule(tmp_path, tiny_encoder, options):
     _planted(tmp_path / "emb", tiny_encoder, 50, 2)
-    result = audit(AuditConfig(data=tmp_path / "emb", device="cpu", min_probability=0.5))
+    result = audit(AuditConfig(data=tmp_path / "emb", device="cpu", **options))
     assert result.calibration.statistic == "mismatch" and "too few" in result.calibration.method
     assert {result.pairs.index(p) for p in result.flagged} >= {0, 1}
+
+
+def test_the_shuffled_pair_rule_when_asked_for(planted):
+    folder, swapped = planted
+    result = audit(AuditConfig(data=folder, device="cpu", fpr=0.01))
+    c = result.calibration
+    assert c.statistic == "mismatch" and c.method == "shuffled-caption null at fpr 0.01"
+    assert {result.pairs.index(p) for p in result.flagged} >= swapped
 
 
 @pytest.mark.parametrize(

@@ -24,8 +24,9 @@ class AuditConfig:
     data: Path  # pairs (folder with .txt sidecars, table, WebDataset) or an embeddings folder
     model: str | None = None  # default: the embeddings' model, else default_model
     default_model: str = DEFAULT_MODEL_SPEC  # for inputs no artifact records (images, tables)
-    min_probability: float | None = None  # flag pairs at least this likely to be mismatched
-    fpr: float | None = None  # let this share of shuffled (unrelated) pairs pass (default 1 %)
+    # flag pairs at least this likely to be mismatched; None: 0.5 unless fpr or threshold
+    min_probability: float | None = None
+    fpr: float | None = None  # instead: let this share of shuffled (unrelated) pairs pass
     threshold: float | None = None  # instead: flag cosine below this raw threshold
     max_flags: int | None = None  # flag at most this many, the most suspicious first
     long_captions: str = "truncate"
@@ -78,7 +79,7 @@ def _check_options(config: AuditConfig) -> None:
     if config.min_probability is not None and any(rules):
         raise UsageError(
             "Give one of --min-probability, --fpr and --threshold.",
-            "Each is a flag rule; --fpr 0.01 is the default.",
+            "Each is a flag rule; --min-probability 0.5 is the default.",
         )
     if config.min_probability is not None and not 0 < config.min_probability <= 1:
         raise UsageError(

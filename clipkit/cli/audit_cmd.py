@@ -58,14 +58,20 @@ def audit(
     ] = None,
     min_probability: Annotated[
         float | None,
-        typer.Option(help="Flag pairs at least this likely to be mismatched (e.g. 0.5)."),
+        typer.Option(
+            help="Flag pairs at least this likely to be mismatched [default: 0.5; with fewer "
+            "than 100 pairs, --fpr 0.01]."
+        ),
     ] = None,
     max_flags: Annotated[
         int | None, typer.Option(min=0, help="Flag at most N pairs, the most suspicious.")
     ] = None,
     fpr: Annotated[
         float | None,
-        typer.Option(help="Let this share of shuffled (unrelated) pairs pass [0.01]."),
+        typer.Option(
+            help="Instead: flag by the shuffled-pair null, letting this share of unrelated "
+            "pairs pass (e.g. 0.01)."
+        ),
     ] = None,
     threshold: Annotated[
         float | None, typer.Option(help="Instead: flag cosine below this raw threshold.")

@@ -368,9 +368,11 @@ def _audit(
     found = sum(Path(pair.image).name in swapped for pair in flagged)
     precision = found / len(flagged) if flagged else 0.0
     chance = len(swapped) / len(result.pairs)  # precision of flags drawn at random
+    estimate, _, _ = result.calibration.mismatched_pairs(len(result.pairs))
     summary = (
-        f"{len(flagged)} of {len(result.pairs)} pairs flagged, {found} of them among "
-        f"the {len(swapped)} with swapped captions: precision {precision:.0%} (chance "
-        f"{chance:.0%}), recall {found / max(len(swapped), 1):.0%}"
+        f"about {estimate} of {len(result.pairs)} pairs look mismatched (truth "
+        f"{len(swapped)}); {len(flagged)} flagged, {found} of them among those with swapped "
+        f"captions: precision {precision:.0%} (chance {chance:.0%}), recall "
+        f"{found / max(len(swapped), 1):.0%}"
     )
     return StepReport("audit", summary, precision, chance, tuple(str(p) for p in pages))
