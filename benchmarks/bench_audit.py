@@ -143,8 +143,6 @@ def scale(root: Path, rows: int, dim: int) -> dict:
         str(folder),
         "--device",
         "cpu",
-        "--format",
-        "parquet",
         "--out",
         str(root / "audit.parquet"),
     ]

@@ -97,9 +97,16 @@ def main() -> None:
                 result = audit(AuditConfig(data=folder, model=str(models[epoch]), workers=2))
                 truth = np.array([p.image in swapped for p in result.pairs])
                 mismatch = np.array([p.mismatch for p in result.pairs])
-                probability = np.array([p.probability for p in result.pairs])
-                fpr_flags = np.array([p.flagged for p in result.pairs])
+                key = f"e{epoch}_s{swap}"
+                arrays[key + "_scores"] = captured["scores"]
+                arrays[key + "_null"] = captured["null"]
+                arrays[key + "_truth"] = truth
                 c = result.calibration
+                assert c.statistic == "probability"  # the default rule
+                by_fpr = audit(
+                    AuditConfig(data=folder, model=str(models[epoch]), workers=2, fpr=0.01)
+                )
+                fpr_flags = np.array([p.flagged for p in by_fpr.pairs])
                 row = {
                     "epochs": epoch,
                     "swap": swap,
@@ -109,14 +116,10 @@ def main() -> None:
                     "share": c.mismatched_share,
                     "interval": list(c.mismatched_interval),
                     "share_error": c.mismatched_share / truth.mean() - 1,
-                    "probability_rule": rates(probability >= 0.5, truth),
+                    "probability_rule": rates(np.array([p.flagged for p in result.pairs]), truth),
                     "fpr_rule": rates(fpr_flags, truth),
                 }
                 rows.append(row)
-                key = f"e{epoch}_s{swap}"
-                arrays[key + "_scores"] = captured["scores"]
-                arrays[key + "_null"] = captured["null"]
-                arrays[key + "_truth"] = truth
                 print_row(row)
     finally:
         shutil.rmtree(root, ignore_errors=True)
