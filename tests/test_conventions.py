@@ -68,7 +68,7 @@ def test_search_takes_the_model_from_the_environment(monkeypatch, tmp_path):
     """The README promises CLIPKIT_MODEL for every command with -m; search ignored it."""
     seen = []
 
-    def fake_search(config):
+    def fake_search(config, progress=None):
         seen.append(config)
         raise SkippedInputsError(0, None, None)  # any ClipkitError: stop after the wiring
 

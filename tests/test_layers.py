@@ -16,13 +16,15 @@ import pytest
 ROOT = Path(__file__).resolve().parent.parent / "clipkit"
 
 # Top to bottom. Why train sits above report and zeroshot: its evaluation is zero-shot
-# classification (zeroshot.classes) and it draws its training curves (report.plots).
+# classification (zeroshot.classes) and it draws its training curves (report.plots). Why
+# search sits above embed: `search --in DIR` embeds the folder's new images first.
 LAYERS: tuple[tuple[str, ...], ...] = (
     ("cli",),
     ("quickstart",),
     ("train",),
     ("report",),
-    ("audit", "embed", "search", "zeroshot"),
+    ("search",),
+    ("audit", "embed", "zeroshot"),
     ("index",),
     ("inputs",),
     ("models",),

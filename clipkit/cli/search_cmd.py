@@ -65,7 +65,7 @@ def search(
     device: DeviceOption = "auto",
     runtime: RuntimeOption = Runtime.auto,
 ) -> None:
-    """Search a folder of images, an index or an embeddings folder by text and/or image.
+    """Search a folder, an index or embeddings by text or image.
 
     Example: clipkit search "a photo of a dog" --in photos/ -k 5
     """
