@@ -129,13 +129,8 @@ def search(config: SearchConfig, progress: ProgressCallback | None = None) -> Se
         stamp = store.ModelStamp(loaded.info.model, loaded.info.fingerprint, loaded.info.dim)
         encoder, runtime = _encoder(config, stamp)
         vectors = _query_vectors(encoder, config, weights)
-        scores, found = loaded.search(vectors, config.k)
-        found, rows = _hit_rows(found, loaded.rows.take)
-        source, recorded, searched = (
-            str(config.folder or index_dir),
-            loaded.info.base,
-            loaded.info.kind,
-        )
+        results = search_index(loaded, vectors, config.k, labels)
+        source, searched = str(config.folder or index_dir), loaded.info.kind
     else:
         emb_dir = config.embeddings_dir
         assert emb_dir is not None
@@ -147,9 +142,51 @@ def search(config: SearchConfig, progress: ProgressCallback | None = None) -> Se
         vectors = _query_vectors(encoder, config, weights)
         only = None if searched == "all" else searched
         scores, found, rows = _exact(emb_dir, only, vectors, config.k)
-        source, recorded = str(emb_dir), store.read_base(emb_dir)
+        source = str(emb_dir)
+        results = _results(labels, scores, found, rows, store.read_base(emb_dir))
+    return SearchResult(
+        results=results,
+        model=encoder.spec,
+        source=source,
+        runtime=runtime,
+        kind="image and text" if searched == "all" else searched,
+        refresh=refresh,
+    )
+
+
+def search_index(
+    loaded: Any, vectors: np.ndarray, k: int, labels: Sequence[str]
+) -> tuple[QueryResult, ...]:
+    """The top-k rows of a loaded index (``clipkit.index.load.LoadedIndex``) for each of the
+    (Q, D) unit query ``vectors``, labelled by ``labels`` (Q,)."""
+    scores, found = loaded.search(vectors, k)
+    found, rows = _hit_rows(found, loaded.rows.take)
+    return _results(labels, scores, found, rows, loaded.info.base)
+
+
+def combine(parts: np.ndarray, weights: Sequence[float]) -> np.ndarray:
+    """(1, D) the unit-norm weighted sum of (P, D) query embeddings, one weight each.
+
+    Raises:
+        InputError: the weighted sum cancels out.
+    """
+    total = (np.asarray(weights, dtype=np.float32)[:, None] * parts).sum(0, keepdims=True)
+    norm = float(np.linalg.norm(total))
+    if norm < 1e-6:
+        raise InputError("The weighted query cancels out to nothing.", "Change the weights.")
+    return (total / norm).astype(np.float32)
+
+
+def _results(
+    labels: Sequence[str],
+    scores: np.ndarray,
+    found: np.ndarray,
+    rows: dict[str, list[Any]],
+    recorded_base: str | None,
+) -> tuple[QueryResult, ...]:
+    """Hits from (Q, k) scores and positions in ``rows`` (-1: none), paths opened from here."""
     extra = [name for name in rows if name not in ("id", "uri", "kind", "text")]
-    base = reading_base(recorded)
+    base = reading_base(recorded_base)
     results = []
     for label, row_scores, row_found in zip(labels, scores, found, strict=True):
         hits = tuple(
@@ -167,14 +204,7 @@ def search(config: SearchConfig, progress: ProgressCallback | None = None) -> Se
             if i >= 0  # FAISS pads with -1 when fewer than k rows are reachable
         )
         results.append(QueryResult(query=label, hits=hits))
-    return SearchResult(
-        results=tuple(results),
-        model=encoder.spec,
-        source=source,
-        runtime=runtime,
-        kind="image and text" if searched == "all" else searched,
-        refresh=refresh,
-    )
+    return tuple(results)
 
 
 def _labels_and_weights(config: SearchConfig) -> tuple[list[str], list[float]]:
@@ -232,11 +262,8 @@ def _query_vectors(encoder: Any, config: SearchConfig, weights: Sequence[float])
             "Its weights are corrupt: use the checkpoint from before training diverged.",
         )
     if not config.batch:
-        vectors = (np.asarray(weights, dtype=np.float32)[:, None] * vectors).sum(0, keepdims=True)
-    norms = np.linalg.norm(vectors, axis=1, keepdims=True)
-    if (norms < 1e-6).any():
-        raise InputError("The weighted query cancels out to nothing.", "Change the weights.")
-    return (vectors / norms).astype(np.float32)
+        return combine(vectors, weights)
+    return (vectors / np.linalg.norm(vectors, axis=1, keepdims=True)).astype(np.float32)
 
 
 def _open_image(path: Path):
