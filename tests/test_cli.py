@@ -19,7 +19,7 @@ from clipkit.errors import ClipkitError
 from clipkit.infra.progress import ProgressReport
 
 runner = CliRunner()
-HEAVY = ("torch", "open_clip", "faiss", "pyarrow")
+HEAVY = ("torch", "open_clip", "faiss", "pyarrow", "fastapi", "uvicorn")
 
 
 def test_importing_the_cli_imports_no_heavy_library():
@@ -37,6 +37,7 @@ COMMANDS = [
     "zeroshot",
     "audit",
     "export",
+    "serve",
     "models",
 ]
 

@@ -20,6 +20,7 @@ ROOT = Path(__file__).resolve().parent.parent / "clipkit"
 # search sits above embed: `search --in DIR` embeds the folder's new images first.
 LAYERS: tuple[tuple[str, ...], ...] = (
     ("cli",),
+    ("serve",),
     ("quickstart",),
     ("train",),
     ("report",),
@@ -45,6 +46,11 @@ HEAVY_HOMES = {
     "faiss": "index",
     "pyarrow": "store",
     "matplotlib": "report/plots.py",
+    "fastapi": "serve/app.py",
+    "starlette": "serve/app.py",
+    "pydantic": "serve/app.py",
+    "prometheus_client": "serve/app.py",
+    "uvicorn": "serve/server.py",
 }
 
 

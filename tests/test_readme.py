@@ -74,6 +74,7 @@ def test_ruff_is_clean():
         "Zero-shot",
         "Audit",
         "Export to ONNX, and the runtime without torch",
+        "Serve",
     ],
 )
 def test_readme_examples_use_real_options(section):

@@ -28,6 +28,7 @@ from clipkit.cli import (  # noqa: E402, F401, I001
     zeroshot_cmd,
     audit_cmd,
     export_cmd,
+    serve_cmd,
     models_cmd,
 )
 

@@ -6,6 +6,7 @@ No torch here: ``clipkit search`` on the ONNX runtime loads an index without it.
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -97,6 +98,20 @@ class LoadedIndex:
             scores, rows = self.index.search(queries, k)
         self._check_scores(scores, rows)
         return scores, rows
+
+    def vectors_at(self, rows: Sequence[int]) -> np.ndarray:
+        """(R, D) float32 the stored vectors of index rows (a quantized index gives back its
+        approximation), for queries by example ("more like this")."""
+        if self.vectors is not None:
+            return np.ascontiguousarray(self.vectors[list(rows)], dtype=np.float32)
+        import faiss
+
+        try:
+            ivf = faiss.extract_index_ivf(self.index)
+            ivf.make_direct_map()  # IVF lists hold no row -> list map until asked for one
+        except RuntimeError:
+            pass  # not an IVF index: HNSW and flat ones reconstruct as they are
+        return np.stack([self.index.reconstruct(int(row)) for row in rows]).astype(np.float32)
 
     def _check_scores(self, scores: np.ndarray, rows: np.ndarray) -> None:
         """Unit vectors score in [-1, 1]: outside it (beyond rounding, or a quantizer's

@@ -1,0 +1,55 @@
+"""``clipkit serve``: indexes behind an HTTP API, loaded once."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import typer
+
+from clipkit.cli.app import app, handles_errors, stderr
+from clipkit.cli.options import DeviceOption, RecordedModelOption, Runtime, RuntimeOption
+
+ENV_TOKEN = "CLIPKIT_TOKEN"
+
+
+@app.command()
+@handles_errors
+def serve(
+    index: Annotated[
+        list[str],
+        typer.Option("--index", metavar="[NAME=]DIR", help="Index folder to serve (repeatable)."),
+    ],
+    model: RecordedModelOption = None,
+    host: Annotated[str, typer.Option(help="Address to listen on.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="Port to listen on.")] = 8000,
+    token: Annotated[
+        str | None,
+        typer.Option(envvar=ENV_TOKEN, help="Require Authorization: Bearer TOKEN."),
+    ] = None,
+    device: DeviceOption = "auto",
+    runtime: RuntimeOption = Runtime.auto,
+    max_upload_mb: Annotated[
+        int, typer.Option("--max-upload-mb", min=1, help="Largest request body, in MB.")
+    ] = 20,
+) -> None:
+    """Serve indexes over HTTP: search by text, image or example.
+
+    Example: clipkit serve --index emb-index/ --port 8000
+    """
+    from clipkit.serve.config import ServeConfig, preflight
+
+    config = ServeConfig(
+        indexes=tuple(index),
+        model=model,
+        host=host,
+        port=port,
+        token=token,
+        device=device,
+        runtime=runtime.value,
+        max_upload=max_upload_mb * 2**20,
+    )
+    for warning in preflight(config):
+        stderr.print(f"Warning: {warning}", markup=False, soft_wrap=True)
+    from clipkit.serve.server import run
+
+    run(config, say=lambda text: stderr.print(text, markup=False, soft_wrap=True))

@@ -1,0 +1,94 @@
+"""What ``clipkit serve`` is asked to serve, and the checks that need no model."""
+
+from __future__ import annotations
+
+import ipaddress
+from dataclasses import dataclass
+from pathlib import Path
+
+from clipkit.errors import UsageError
+from clipkit.index.load import META_FILE
+from clipkit.infra.fields import check_config
+from clipkit.inputs.decode import DEFAULT_MAX_PIXELS
+from clipkit.models.specs import parse_spec
+
+MAX_K = 1000
+MAX_QUERY_CHARS = 1000
+MAX_QUERIES = 16  # query parts (texts, images, rows) in one request
+DEFAULT_UPLOAD_BYTES = 20 * 2**20
+THUMBNAIL_SIDE = 256
+
+
+@dataclass(frozen=True)
+class ServeConfig:
+    """Indexes to serve (``DIR`` or ``NAME=DIR``), the model, where to listen, the limits."""
+
+    indexes: tuple[str, ...]
+    model: str | None = None  # default: the model each index records
+    host: str = "127.0.0.1"
+    port: int = 8000
+    token: str | None = None  # every request needs "Authorization: Bearer TOKEN" when set
+    device: str = "auto"
+    runtime: str | None = None
+    max_upload: int = DEFAULT_UPLOAD_BYTES  # bytes of a request body
+    max_pixels: int = DEFAULT_MAX_PIXELS
+
+    def __post_init__(self) -> None:
+        check_config(self)
+
+
+def named_indexes(config: ServeConfig) -> dict[str, Path]:
+    """Index name -> folder: ``NAME=DIR`` as given, else the folder's name.
+
+    Raises:
+        UsageError: no index, a name used twice, or a folder that holds no index.
+    """
+    if not config.indexes:
+        raise UsageError("No index to serve.", "Pass --index DIR (or NAME=DIR), once per index.")
+    named: dict[str, Path] = {}
+    for given in config.indexes:
+        name, _, folder = given.rpartition("=") if "=" in given else ("", "", given)
+        path = Path(folder).expanduser()
+        name = name or path.resolve().name
+        if name in named:
+            raise UsageError(f"Two indexes are named {name!r}.", "Name them: --index NAME=DIR.")
+        if not (path / META_FILE).is_file():
+            raise UsageError(
+                f"{path} holds no index ({META_FILE} is missing).",
+                f"Build one: clipkit index EMB_DIR -o {path}",
+            )
+        named[name] = path
+    return named
+
+
+def preflight(config: ServeConfig) -> list[str]:
+    """Check what needs no model; return warnings to show (an open address without a token).
+
+    Raises:
+        UsageError: bad options or indexes.
+    """
+    if not 0 < config.port < 65536:
+        raise UsageError(f"--port must lie in 1-65535, got {config.port}.", "e.g. --port 8000")
+    if config.max_upload < 1:
+        raise UsageError("--max-upload must be positive.", "e.g. --max-upload 20MB")
+    if config.token is not None and len(config.token) < 8:
+        raise UsageError("The token is shorter than 8 characters.", "Use a long random string.")
+    if config.model is not None:
+        parse_spec(config.model)
+    named_indexes(config)
+    if config.token is None and not is_loopback(config.host):
+        return [
+            f"Serving on {config.host} without a token: anyone who can reach this address can "
+            "search the indexes and fetch their images. Pass --token (or set CLIPKIT_TOKEN), "
+            "or bind 127.0.0.1."
+        ]
+    return []
+
+
+def is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False

@@ -1,0 +1,265 @@
+"""What a running server holds: each index loaded once, each model once, thumbnails made once.
+
+No web framework here: ``app`` turns requests into these calls and their errors into answers.
+An index whose ``index.json`` changes on disk (``clipkit index --update`` publishes the three
+files together) is loaded again before the next request that uses it; if that load fails,
+the last good one keeps serving and the failure is kept for ``/api/indexes``.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import threading
+from collections import OrderedDict
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from clipkit.errors import ClipkitError, InputError
+from clipkit.index.load import META_FILE, LoadedIndex, load_index
+from clipkit.inputs.decode import DecodeError, decode_image
+from clipkit.inputs.filenames import locate, os_path, reading_base
+from clipkit.inputs.files import read_bytes
+from clipkit.models.runtime import RuntimeChoice, as_numpy, load_matching_encoder
+from clipkit.search.run import QueryResult, combine, search_index
+from clipkit.serve.config import THUMBNAIL_SIDE, ServeConfig, named_indexes
+
+THUMBNAILS_KEPT = 4096  # about 10 KB each
+
+
+class NotFound(ClipkitError):
+    """A name or id that the served indexes do not hold (answered 404)."""
+
+
+@dataclass
+class ServedIndex:
+    """One index as loaded, with what it was loaded from."""
+
+    name: str
+    folder: Path
+    loaded: LoadedIndex
+    stamp: tuple[int, int]  # (mtime_ns, size) of index.json when loaded
+    problem: str = ""  # why the latest reload failed (the previous load still serves)
+    _row_of: dict[str, int] | None = field(default=None, repr=False)
+
+    def row_of(self, item_id: str) -> int:
+        """The index row that holds content ``item_id``.
+
+        Raises:
+            NotFound: no row holds it.
+        """
+        if self._row_of is None:
+            self._row_of = {i: n for n, i in enumerate(self.loaded.rows.column("id"))}
+        row = self._row_of.get(item_id)
+        if row is None:
+            raise NotFound(f"No row {item_id!r} in index {self.name!r}.", "")
+        return row
+
+
+class Served:
+    """The indexes of a ``ServeConfig`` and their models, safe to call from many threads."""
+
+    def __init__(self, config: ServeConfig) -> None:
+        self.config = config
+        self._lock = threading.Lock()
+        self._encoders: dict[str, tuple[Any, RuntimeChoice]] = {}
+        self._thumbnails: OrderedDict[tuple[str, str], bytes] = OrderedDict()
+        self._indexes = {
+            name: self._load(name, folder) for name, folder in named_indexes(config).items()
+        }
+        for served in self._indexes.values():  # every model loaded before the first request
+            self.encoder(served)
+
+    @property
+    def names(self) -> list[str]:
+        return list(self._indexes)
+
+    def index(self, name: str) -> ServedIndex:
+        """The index called ``name``, loaded again first if it changed on disk.
+
+        Raises:
+            NotFound: no such index.
+        """
+        served = self._indexes.get(name)
+        if served is None:
+            raise NotFound(f"No index named {name!r}.", f"Served: {', '.join(self.names)}.")
+        if _stamp(served.folder) != served.stamp:
+            with self._lock:
+                served = self._indexes[name]
+                if _stamp(served.folder) != served.stamp:
+                    served = self._reload(served)
+        return served
+
+    def encoder(self, served: ServedIndex) -> tuple[Any, RuntimeChoice]:
+        """The model that made ``served`` (or ``--model``), loaded once per fingerprint."""
+        info = served.loaded.info
+        cached = self._encoders.get(info.fingerprint)
+        if cached is None:
+            cached = load_matching_encoder(
+                info.model,
+                info.fingerprint,
+                spec=self.config.model,
+                device=self.config.device,
+                runtime=self.config.runtime,
+            )
+            self._encoders[info.fingerprint] = cached
+        return cached
+
+    def search(
+        self,
+        name: str,
+        *,
+        texts: Sequence[str] = (),
+        images: Sequence[bytes] = (),
+        rows: Sequence[str] = (),
+        weights: Sequence[float] | None = None,
+        k: int = 10,
+    ) -> QueryResult:
+        """One weighted query (texts, image files' bytes, ids of indexed rows) against one
+        index; weights in that order, 1 each by default.
+
+        Raises:
+            InputError: no query part, weights that do not fit, an unreadable image.
+            NotFound: the index or a row id.
+        """
+        served = self.index(name)
+        parts = self.embed(served, texts, images)
+        if rows:
+            numbers = [served.row_of(item_id) for item_id in rows]
+            parts.append(served.loaded.vectors_at(numbers))
+        if not parts:
+            raise InputError("No query given.", "Pass q (text), images or rows.")
+        vectors = np.concatenate(parts)
+        weights = list(weights) if weights else [1.0] * len(vectors)
+        if len(weights) != len(vectors) or not any(w > 0 for w in weights):
+            raise InputError(
+                f"{len(weights)} weights for {len(vectors)} query parts.",
+                "One weight per part (texts, then images, then rows), at least one positive.",
+            )
+        label = " + ".join([*texts, *(f"image {i + 1}" for i in range(len(images))), *rows])
+        return search_index(served.loaded, combine(vectors, weights), k, [label])[0]
+
+    def embed(
+        self, served: ServedIndex, texts: Sequence[str], images: Sequence[bytes]
+    ) -> list[np.ndarray]:
+        """(n, D) unit embeddings of the texts, then (m, D) of the images, by ``served``'s
+        model (empty parts left out)."""
+        encoder, _ = self.encoder(served)
+        parts = []
+        if texts:
+            parts.append(as_numpy(encoder.encode_texts(list(texts))).astype(np.float32))
+        if images:
+            prepared = [encoder.prepare_image(self._decode(data)) for data in images]
+            if isinstance(prepared[0], np.ndarray):
+                pixels: Any = np.stack(prepared)
+            else:
+                import torch
+
+                pixels = torch.stack(prepared)
+            parts.append(as_numpy(encoder.encode_images(pixels)).astype(np.float32))
+        return parts
+
+    def thumbnail(self, name: str, item_id: str) -> bytes:
+        """A small JPEG of an indexed image, made once and kept (the most recent few thousand).
+
+        The file is the one the index row names; it must lie inside the folder the index's
+        uris are relative to, after symbolic links are followed.
+
+        Raises:
+            NotFound: no such index or row, not an image, a file outside that folder, or one
+                that cannot be read.
+        """
+        key = (name, item_id)
+        with self._lock:
+            if key in self._thumbnails:
+                self._thumbnails.move_to_end(key)
+                return self._thumbnails[key]
+        served = self.index(name)
+        row = served.loaded.rows.take([served.row_of(item_id)])
+        if row["kind"][0] != "image":
+            raise NotFound(f"Row {item_id!r} is not an image.", "")
+        path = _inside(row["uri"][0], served.loaded.info.base)
+        try:
+            image = decode_image(read_bytes(path), max_pixels=self.config.max_pixels)
+        except DecodeError as error:
+            raise NotFound(
+                f"The image of row {item_id!r} is unreadable: {error.reason}.", ""
+            ) from None
+        image.thumbnail((THUMBNAIL_SIDE, THUMBNAIL_SIDE))
+        buffer = io.BytesIO()
+        image.convert("RGB").save(buffer, format="JPEG", quality=85)
+        data = buffer.getvalue()
+        with self._lock:
+            self._thumbnails[key] = data
+            while len(self._thumbnails) > THUMBNAILS_KEPT:
+                self._thumbnails.popitem(last=False)
+        return data
+
+    def describe(self) -> list[dict[str, Any]]:
+        """Name, model, rows, kind, recall measured at build, and any reload problem."""
+        described = []
+        for name in self.names:
+            served = self.index(name)
+            info = served.loaded.info
+            described.append(
+                {
+                    "name": name,
+                    "model": info.model,
+                    "fingerprint": info.fingerprint,
+                    "rows": info.rows,
+                    "kind": info.kind,
+                    "factory": info.factory,
+                    "recall_at_10": info.recall_at_10,
+                    "runtime": self.encoder(served)[1].runtime,
+                    "problem": served.problem,
+                }
+            )
+        return described
+
+    def _decode(self, data: bytes) -> Any:
+        try:
+            return decode_image(data, max_pixels=self.config.max_pixels)
+        except DecodeError as error:
+            raise InputError(f"An uploaded image is unreadable: {error.reason}.", "") from None
+
+    def _load(self, name: str, folder: Path) -> ServedIndex:
+        stamp = _stamp(folder)
+        return ServedIndex(name, folder, load_index(folder, check_source=False), stamp)
+
+    def _reload(self, served: ServedIndex) -> ServedIndex:
+        try:
+            fresh = self._load(served.name, served.folder)
+            self.encoder(fresh)  # a new model (a rebuilt index) is loaded before it serves
+        except ClipkitError as error:
+            served.problem = error.message
+            served.stamp = _stamp(served.folder)  # tried once per change, not per request
+            return served
+        self._indexes[served.name] = fresh
+        with_name = [key for key in self._thumbnails if key[0] == served.name]
+        for key in with_name:  # the rows may name other files now
+            del self._thumbnails[key]
+        return fresh
+
+
+def _stamp(folder: Path) -> tuple[int, int]:
+    try:
+        info = (folder / META_FILE).stat()
+    except OSError:
+        return (0, 0)
+    return (info.st_mtime_ns, info.st_size)
+
+
+def _inside(uri: str, recorded_base: str | None) -> str:
+    """The real path of an index row's image, if it lies inside the index's base folder."""
+    base = reading_base(recorded_base)
+    if base is None:
+        raise NotFound("This index records no image folder.", "")
+    path = os.path.realpath(os_path(locate(uri, base)))
+    root = os.path.realpath(os_path(base))
+    if os.path.commonpath([path, root]) != root or not os.path.isfile(path):
+        raise NotFound("No such image.", "")
+    return path

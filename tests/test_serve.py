@@ -1,0 +1,362 @@
+"""``clipkit serve``'s API through FastAPI's test client on a tiny-model index: hits equal
+``clipkit search``'s, queries by example and upload, the token, limits (400/413/422, never a
+500), path traversal (404), metrics, thumbnails, and reloading an index changed on disk."""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import numpy as np
+import pytest
+from fastapi.testclient import TestClient
+from PIL import Image
+from typer.testing import CliRunner
+
+from clipkit import cli
+from clipkit.embed import EmbedConfig, embed
+from clipkit.errors import InputError, UsageError
+from clipkit.index import IndexConfig, build_index
+from clipkit.search import SearchConfig, search
+from clipkit.serve.app import create_app
+from clipkit.serve.config import ServeConfig, preflight
+from clipkit.serve.state import Served
+
+TINY = "clipkit-tiny:random"
+TOKEN = "a-long-enough-secret"
+JSON = {"content-type": "application/json"}
+COLOURS = [(220, 20, 20), (20, 200, 30), (20, 30, 220), (240, 220, 10), (150, 20, 160)]
+
+
+def _png(colour, size=48) -> bytes:
+    buffer = io.BytesIO()
+    image = Image.new("RGB", (size, size), colour)
+    image.putpixel((0, 0), (colour[2], colour[0], colour[1]))
+    image.save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def _build(root, monkeypatch_chdir=None):
+    photos = root / "photos"
+    photos.mkdir(parents=True)
+    for i, colour in enumerate(COLOURS):
+        (photos / f"{i}.png").write_bytes(_png(colour))
+    (root / "secret.png").write_bytes(_png((1, 2, 3)))
+    (photos / "link.png").symlink_to(root / "secret.png")  # points out of the image folder
+    embed(EmbedConfig(sources=(str(photos),), out_dir=root / "emb", model=TINY, workers=0,
+                      device="cpu", base=photos))  # fmt: skip
+    build_index(IndexConfig(root / "emb", root / "index"))
+    return root / "index"
+
+
+@pytest.fixture(scope="module")
+def index_dir(tmp_path_factory):
+    return _build(tmp_path_factory.mktemp("serve"))
+
+
+@pytest.fixture(scope="module")
+def served(index_dir):
+    return Served(ServeConfig(indexes=(f"shapes={index_dir}",), device="cpu", runtime="torch"))
+
+
+@pytest.fixture(scope="module")
+def client(served):
+    return TestClient(create_app(served), raise_server_exceptions=False)
+
+
+def _ids(payload):
+    return [hit["id"] for hit in payload["hits"]]
+
+
+def test_hits_equal_clipkit_search(client, index_dir):
+    answer = client.get("/api/search", params={"q": "a red square", "k": 3})
+    assert answer.status_code == 200, answer.text
+    expected = search(SearchConfig(texts=("a red square",), index_dir=index_dir, k=3))
+    hits = expected.results[0].hits
+    assert _ids(answer.json()) == [hit.id for hit in hits]
+    got = [hit["score"] for hit in answer.json()["hits"]]
+    assert got == pytest.approx([hit.score for hit in hits], abs=1e-5)
+    first = answer.json()["hits"][0]
+    assert set(first) == {"rank", "score", "id", "uri", "kind", "text", "meta"}  # no server path
+
+
+def test_more_like_this_and_an_uploaded_image_find_that_image(client):
+    every = client.get("/api/search", params={"q": "a shape", "k": 10}).json()["hits"]
+    blue = next(hit for hit in every if hit["uri"].endswith("2.png"))
+    by_row = client.post("/api/search", json={"rows": [blue["id"]], "k": 2})
+    assert by_row.status_code == 200, by_row.text
+    assert by_row.json()["hits"][0]["id"] == blue["id"]
+    assert by_row.json()["hits"][0]["score"] == pytest.approx(1.0, abs=1e-4)
+    upload = client.post(
+        "/api/search/images", files={"images": ("q.png", _png(COLOURS[2]), "image/png")}
+    )
+    assert upload.status_code == 200, upload.text
+    assert upload.json()["hits"][0]["id"] == blue["id"]
+    mixed = client.post(
+        "/api/search", json={"texts": ["a red square"], "rows": [blue["id"]], "weights": [0, 1]}
+    )
+    assert mixed.json()["hits"][0]["id"] == blue["id"]  # the text weighs nothing
+
+
+def test_embed_gives_unit_vectors_of_the_index_model(client, served, tiny_encoder):
+    answer = client.post("/api/embed", json={"texts": ["a red square", "a blue circle"]})
+    assert answer.status_code == 200, answer.text
+    vectors = np.array(answer.json()["vectors"])
+    assert vectors.shape == (2, tiny_encoder.embed_dim)
+    assert np.linalg.norm(vectors, axis=1) == pytest.approx([1, 1], abs=1e-5)
+    expected = tiny_encoder.encode_texts(["a red square", "a blue circle"]).numpy()
+    assert vectors == pytest.approx(expected, abs=1e-5)
+    assert answer.json()["fingerprint"] == tiny_encoder.fingerprint
+
+
+def test_indexes_health_and_openapi(client):
+    [described] = client.get("/api/indexes").json()
+    assert described["name"] == "shapes" and described["rows"] == 6 and described["model"] == TINY
+    assert described["recall_at_10"] and described["problem"] == ""
+    assert client.get("/api/health").json()["status"] == "ok"
+    paths = client.get("/openapi.json").json()["paths"]
+    assert {"/api/search", "/api/embed", "/api/indexes", "/metrics"} <= set(paths)
+
+
+def test_metrics_count_requests_by_route_and_status(client):
+    before = _count(client, "/api/search", "200")
+    client.get("/api/search", params={"q": "x"})
+    client.get("/api/search", params={"q": "y"})
+    client.get("/api/search", params={"k": "0", "q": "z"})
+    assert _count(client, "/api/search", "200") == before + 2
+    assert _count(client, "/api/search", "422") >= 1
+
+
+def _count(client, route, status):
+    text = client.get("/metrics").text
+    line = f'clipkit_requests_total{{route="{route}",status="{status}"}}'
+    found = [row for row in text.splitlines() if row.startswith(line)]
+    return float(found[0].split()[-1]) if found else 0.0
+
+
+@pytest.mark.parametrize(
+    ("request_args", "status"),
+    [
+        (("get", "/api/search", {"params": {"q": "x", "k": 0}}), 422),
+        (("get", "/api/search", {"params": {"q": "x", "k": 1001}}), 422),
+        (("get", "/api/search", {"params": {"q": "x" * 1001}}), 422),
+        (("get", "/api/search", {"params": {"q": ""}}), 422),
+        (("get", "/api/search", {}), 422),
+        (("get", "/api/search", {"params": {"q": "x", "k": "many"}}), 422),
+        (("get", "/api/search", {"params": {"q": "x", "index": "nope"}}), 404),
+        (("post", "/api/search", {"json": {}}), 422),
+        (("post", "/api/search", {"json": {"texts": ["a"], "weights": [1, 2]}}), 422),
+        (("post", "/api/search", {"json": {"texts": ["a"], "weights": [-1]}}), 422),
+        (("post", "/api/search", {"json": {"rows": ["no-such-row"]}}), 404),
+        (("post", "/api/search", {"content": b"{not json", "headers": JSON}), 422),
+        (("post", "/api/search", {"json": {"texts": ["a"] * 17}}), 422),
+        (("post", "/api/search/images", {"files": {"images": ("x.png", b"no", "image/png")}}), 422),
+        (("post", "/api/search/images", {"data": {"q": "a"}}), 422),
+        (("post", "/api/embed", {"json": {"texts": []}}), 422),
+        (("delete", "/api/search", {}), 405),
+    ],
+)  # fmt: skip
+def test_bad_input_is_a_4xx_json_error_never_a_500(client, request_args, status):
+    method, path, kwargs = request_args
+    answer = getattr(client, method)(path, **kwargs)
+    assert answer.status_code == status, answer.text
+    assert "error" in answer.json() and "Traceback" not in answer.text
+
+
+def test_an_oversized_body_and_a_decompression_bomb_are_refused(index_dir):
+    config = ServeConfig(
+        indexes=(str(index_dir),), device="cpu", runtime="torch", max_upload=4096,
+        max_pixels=1000,
+    )  # fmt: skip
+    small = TestClient(create_app(Served(config)), raise_server_exceptions=False)
+    big = small.post(
+        "/api/search/images", files={"images": ("big.png", b"\0" * 10_000, "image/png")}
+    )
+    assert big.status_code == 413, big.text
+    bomb = small.post(
+        "/api/search/images", files={"images": ("bomb.png", _png((9, 9, 9), size=100), "image/png")}
+    )  # 10,000 pixels where 1,000 are allowed
+    assert bomb.status_code == 422 and "pixel limit" in bomb.json()["error"], bomb.text
+
+
+def test_the_token_is_needed_everywhere_but_health(index_dir):
+    config = ServeConfig(indexes=(str(index_dir),), device="cpu", runtime="torch", token=TOKEN)
+    guarded = TestClient(create_app(Served(config)), raise_server_exceptions=False)
+    for path in ("/api/search?q=x", "/api/indexes", "/metrics", "/openapi.json", "/docs"):
+        assert guarded.get(path).status_code == 401, path
+        wrong = guarded.get(path, headers={"Authorization": "Bearer nope-nope-nope"})
+        assert wrong.status_code == 401, path
+    right = guarded.get("/api/search?q=x", headers={"Authorization": f"Bearer {TOKEN}"})
+    assert right.status_code == 200, right.text
+    guarded.cookies.set("clipkit_token", TOKEN)
+    assert guarded.get("/api/indexes").status_code == 200
+    guarded.cookies.clear()
+    assert guarded.get("/api/health").status_code == 200
+
+
+TRAVERSALS = [
+    "/api/thumbnail/shapes/../../../../etc/passwd",
+    "/api/thumbnail/shapes/..%2F..%2F..%2Fetc%2Fpasswd",
+    "/api/thumbnail/shapes/%2e%2e%2f%2e%2e%2fetc%2fpasswd",
+    "/api/thumbnail/shapes/%252e%252e%252fetc%252fpasswd",
+    "/api/thumbnail/shapes/..%5c..%5cwindows%5cwin.ini",
+    "/api/thumbnail/shapes/%2Fetc%2Fpasswd",
+    "/api/thumbnail/shapes//etc/passwd",
+    "/api/thumbnail/shapes/etc/passwd",
+    "/api/thumbnail/../shapes/x",
+    "/api/thumbnail/..%2Fshapes/x",
+    "/api/thumbnail/%2e%2e/x",
+    "/api/thumbnail/shapes/secret.png",
+    "/api/thumbnail/shapes/..%2Fsecret.png",
+    "/api/thumbnail/shapes/0.png",
+    "/api/thumbnail/shapes/%00",
+    "/api/thumbnail/shapes/photos%2F0.png",
+    "/api/thumbnail/%2Ftmp/x",
+    "/api/thumbnail/shapes/~root",
+    "/api/thumbnail/shapes/file:%2F%2F%2Fetc%2Fpasswd",
+    "/api/thumbnail/shapes/....%2F%2F....%2F%2Fetc%2Fpasswd",
+    "/api/thumbnail/shapes/%c0%ae%c0%ae%2fetc%2fpasswd",
+    "/api/thumbnail/C:%5cWindows%5cwin.ini/x",
+    "/../../etc/passwd",
+    "/api/../../etc/passwd",
+    "/static/../../etc/passwd",
+]
+
+
+@pytest.mark.parametrize("path", TRAVERSALS)
+def test_no_path_from_a_request_reaches_the_file_system(client, path):
+    answer = client.get(path)
+    assert answer.status_code == 404, (path, answer.status_code, answer.text[:200])
+    assert b"root:" not in answer.content
+
+
+def test_a_thumbnail_is_made_once_and_a_symlink_out_of_the_folder_is_refused(
+    client, served, monkeypatch
+):
+    hits = client.get("/api/search", params={"q": "a shape", "k": 10}).json()["hits"]
+    inside = next(hit for hit in hits if hit["uri"].endswith("0.png"))
+    first = client.get(f"/api/thumbnail/shapes/{inside['id']}")
+    assert first.status_code == 200 and first.headers["content-type"] == "image/jpeg"
+    assert max(Image.open(io.BytesIO(first.content)).size) <= 256
+    reads = []
+    import clipkit.serve.state as state
+
+    monkeypatch.setattr(state, "read_bytes", lambda path: reads.append(path) or b"")
+    again = client.get(f"/api/thumbnail/shapes/{inside['id']}")
+    assert again.content == first.content and reads == []
+    # link.png has the secret's content: its row names the link, which leads out of photos/
+    linked = [hit for hit in hits if hit["uri"].endswith("link.png")]
+    assert linked  # the link's own row, named by the link inside photos/
+    for hit in linked:
+        assert client.get(f"/api/thumbnail/shapes/{hit['id']}").status_code == 404
+
+
+def test_an_index_changed_on_disk_is_picked_up_and_a_damaged_one_keeps_serving(tmp_path):
+    index_dir = _build(tmp_path)
+    served = Served(ServeConfig(indexes=(str(index_dir),), device="cpu", runtime="torch"))
+    client = TestClient(create_app(served), raise_server_exceptions=False)
+    assert client.get("/api/indexes").json()[0]["rows"] == 6
+    (tmp_path / "photos" / "new.png").write_bytes(_png((5, 250, 250)))
+    embed(EmbedConfig(sources=(str(tmp_path / "photos"),), out_dir=tmp_path / "emb", model=TINY,
+                      workers=0, device="cpu"))  # fmt: skip
+    build_index(IndexConfig(tmp_path / "emb", index_dir, update=True))
+    assert client.get("/api/indexes").json()[0]["rows"] == 7
+    upload = client.post(
+        "/api/search/images", files={"images": ("q.png", _png((5, 250, 250)), "image/png")}
+    )
+    assert upload.json()["hits"][0]["uri"].endswith("new.png")
+
+    meta = index_dir / "index.json"
+    meta.write_text(meta.read_text()[:-20])  # damaged while serving
+    os.utime(meta, ns=(1, 1))
+    described = client.get("/api/indexes").json()[0]
+    assert described["rows"] == 7 and "corrupt" in described["problem"]
+    assert client.get("/api/search", params={"q": "x"}).status_code == 200
+
+
+def test_a_damaged_index_at_start_is_a_clear_error(tmp_path, index_dir):
+    broken = tmp_path / "broken"
+    shutil.copytree(index_dir, broken)
+    (broken / "index.faiss").write_bytes(b"garbage")
+    with pytest.raises(InputError, match="index"):
+        Served(ServeConfig(indexes=(str(broken),), device="cpu", runtime="torch"))
+
+
+def test_preflight_refuses_bad_options_and_warns_of_an_open_address(index_dir, tmp_path):
+    assert preflight(ServeConfig(indexes=(str(index_dir),))) == []
+    [warning] = preflight(ServeConfig(indexes=(str(index_dir),), host="0.0.0.0"))
+    assert "without a token" in warning and "--token" in warning
+    assert preflight(ServeConfig(indexes=(str(index_dir),), host="0.0.0.0", token=TOKEN)) == []
+    assert preflight(ServeConfig(indexes=(str(index_dir),), host="::1")) == []
+    for bad, message in [
+        ({"indexes": ()}, "No index"),
+        ({"indexes": (str(index_dir), f"index={index_dir}")}, "Two indexes"),
+        ({"indexes": (str(tmp_path),)}, "holds no index"),
+        ({"indexes": (str(index_dir),), "token": "short"}, "shorter than 8"),
+        ({"indexes": (str(index_dir),), "port": 0}, "--port"),
+    ]:
+        with pytest.raises(UsageError, match=message):
+            preflight(ServeConfig(**bad))
+
+
+def test_the_command_passes_its_options_and_warns(monkeypatch, index_dir):
+    seen = {}
+    monkeypatch.setattr(
+        "clipkit.serve.server.run", lambda config, say: seen.setdefault("c", config)
+    )
+    result = CliRunner().invoke(
+        cli.app, ["serve", "--index", f"mine={index_dir}", "--host", "0.0.0.0", "--port", "9000"]
+    )
+    assert result.exit_code == 0, result.output
+    config = seen["c"]
+    assert config.indexes == (f"mine={index_dir}",) and config.port == 9000
+    assert "Warning: Serving on 0.0.0.0 without a token" in " ".join(result.stderr.split())
+    missing = CliRunner().invoke(cli.app, ["serve", "--index", "nowhere"])
+    assert missing.exit_code == 2 and "holds no index" in missing.stderr
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def test_the_real_server_answers_and_stops_cleanly_on_sigterm(index_dir):
+    """The console script on a free loopback port: health, a search, then SIGTERM."""
+    port = _free_port()
+    script = Path(sys.executable).parent / "clipkit"
+    server = subprocess.Popen(
+        [str(script), "serve", "--index", str(index_dir), "--port", str(port), "--runtime",
+         "torch", "--device", "cpu"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    base = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                with urllib.request.urlopen(f"{base}/api/health", timeout=2) as answer:
+                    assert answer.status == 200
+                    break
+            except OSError:
+                assert server.poll() is None, server.communicate()[1]
+                assert time.monotonic() < deadline, "the server did not start in 60 s"
+                time.sleep(0.2)
+        with urllib.request.urlopen(f"{base}/api/search?q=a+red+square&k=2", timeout=10) as answer:
+            assert len(json.load(answer)["hits"]) == 2
+        server.send_signal(signal.SIGTERM)
+        _, errors = server.communicate(timeout=30)
+    finally:
+        if server.poll() is None:
+            server.kill()
+    assert server.returncode == 0, errors
+    assert "Listening on http://127.0.0.1:" in errors and "Traceback" not in errors
