@@ -130,3 +130,14 @@ def test_paths_are_str_or_path_everywhere_and_wrong_types_fail_at_construction(t
     for make, message in cases:
         with pytest.raises(UsageError, match=re.escape(message)):
             make()
+
+
+def test_an_enum_field_takes_its_value_and_refuses_others_by_name():
+    from clipkit.embed import EmbedConfig
+    from clipkit.errors import UsageError
+    from clipkit.inputs.sources import Kind
+
+    assert EmbedConfig(sources=("x",), out_dir="o", model="m", kind="image").kind is Kind.IMAGE
+    assert EmbedConfig(sources=("x",), out_dir="o", model="m", kind=Kind.TEXT).kind is Kind.TEXT
+    with pytest.raises(UsageError, match=r"EmbedConfig\.kind must be one of 'auto', 'image'"):
+        EmbedConfig(sources=("x",), out_dir="o", model="m", kind="imgae")

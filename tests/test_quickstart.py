@@ -173,6 +173,8 @@ def test_cli_prints_each_step_and_the_overview(small_run):
     table = CliRunner().invoke(cli.app, ["quickstart", str(config.folder), *options])
     assert table.exit_code == 0, table.stderr
     assert "index.html" in table.stdout and "train (reused)" in table.stdout
+    last = table.stdout.strip().splitlines()[-1]
+    assert last == f"Search it in your browser: clipkit serve --index {config.folder}/index"
     assert table.stderr.count("✓") == len(STEPS)
     as_json = CliRunner().invoke(
         cli.app, ["quickstart", str(config.folder), *options, "--format", "json"]

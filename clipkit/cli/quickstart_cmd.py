@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shlex
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -82,6 +83,8 @@ def quickstart(
     reports = [a for step in result.steps for a in step.artifacts if a.endswith(".html")]
     stdout.print("Reports: " + ", ".join(reports), markup=False)
     stdout.print(f"Done in {result.seconds:.0f} s. Open {result.overview}", markup=False)
+    index = shlex.quote(str(Path(result.folder) / "index"))
+    stdout.print(f"Search it in your browser: clipkit serve --index {index}", markup=False)
 
 
 def _announce(step: Any) -> None:

@@ -8,6 +8,7 @@ inside with ``'str' / 'str'``.
 from __future__ import annotations
 
 import dataclasses
+import enum
 import os
 import types
 import typing
@@ -23,7 +24,8 @@ def check_config(config: Any) -> None:
     A field annotated ``Path`` takes a ``str`` or any ``os.PathLike`` and holds a ``Path``;
     one annotated ``str`` takes a path too and holds its text; a ``tuple[...]`` of either
     takes a list, or one value alone. ``int``, ``float`` and ``bool`` fields must hold one
-    (a ``bool`` is not an ``int`` here). Other annotations are left to the service.
+    (a ``bool`` is not an ``int`` here). An enum field takes a member or its value. Other
+    annotations are left to the service.
 
     Raises:
         UsageError: a field holds a value of another type, naming the field and that type.
@@ -71,8 +73,15 @@ def _checked(value: Any, annotation: Any) -> Any:
             return value
         if option is float and isinstance(value, (int, float)) and not isinstance(value, bool):
             return value
+        if isinstance(option, type) and issubclass(option, enum.Enum):
+            if isinstance(value, option):
+                return value
+            try:
+                return option(value)  # EmbedConfig(kind="image") as Kind.IMAGE
+            except ValueError:
+                raise TypeError("one of " + ", ".join(repr(m.value) for m in option)) from None
         if option not in (Path, str, bool, int, float):
-            return value  # dicts, enums and the like: left to the service
+            return value  # dicts and the like: left to the service
     raise TypeError(" or ".join(_name(option) for option in wanted) or "None")
 
 

@@ -14,7 +14,7 @@ from typing import Annotated, Any
 
 from fastapi import FastAPI, File, Form, Query, Request, UploadFile
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse, Response
+from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 from pydantic import BaseModel, Field
@@ -23,10 +23,12 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from clipkit import __version__
 from clipkit.errors import ClipkitError
 from clipkit.serve.config import MAX_K, MAX_QUERIES, MAX_QUERY_CHARS
+from clipkit.serve.page import CSP, LOGIN, PAGE, SCRIPT, STYLE
 from clipkit.serve.state import NotFound, Served
 
 TOKEN_COOKIE = "clipkit_token"
-OPEN_PATHS = frozenset({"/api/health"})  # answered without the token: a liveness probe
+# Answered without the token: a liveness probe, the login form's target and its style.
+OPEN_PATHS = frozenset({"/api/health", "/api/login", "/page.css"})
 
 
 class SearchRequest(BaseModel):
@@ -76,7 +78,11 @@ def create_app(served: Served) -> FastAPI:
             and request.url.path not in OPEN_PATHS
             and not _authorised(request, token)
         ):
-            response: Response = _error(401, "A token is needed.", "Send Authorization: Bearer.")
+            response: Response = (
+                _page(LOGIN, 401)  # the page asks for the token; the API says it is needed
+                if request.url.path == "/"
+                else _error(401, "A token is needed.", "Send Authorization: Bearer.")
+            )
         else:
             response = await call_next(request)
         route = request.scope.get("route")
@@ -112,6 +118,30 @@ def create_app(served: Served) -> FastAPI:
 
     def pick(name: str | None) -> str:
         return name if name is not None else served.names[0]
+
+    @app.get("/", include_in_schema=False)
+    def page() -> Response:
+        return _page(PAGE)
+
+    @app.get("/page.js", include_in_schema=False)
+    def script() -> Response:
+        return Response(SCRIPT, media_type="text/javascript", headers=_NOSNIFF)
+
+    @app.get("/page.css", include_in_schema=False)
+    def style() -> Response:
+        return Response(STYLE, media_type="text/css", headers=_NOSNIFF)
+
+    @app.post("/api/login", include_in_schema=False)
+    def login(token: Annotated[str, Form(max_length=1000)] = "") -> Response:
+        """The page's sign-in form: the right token sets an HttpOnly, same-site cookie."""
+        expected = served.config.token
+        if expected is None:
+            return RedirectResponse("/", status_code=303)
+        if not hmac.compare_digest(token.encode(), expected.encode()):
+            return _page(LOGIN, 401)
+        response = RedirectResponse("/", status_code=303)
+        response.set_cookie(TOKEN_COOKIE, expected, httponly=True, samesite="strict", path="/")
+        return response
 
     @app.get("/api/health")
     def health() -> dict[str, Any]:
@@ -181,6 +211,14 @@ def _authorised(request: Request, token: str) -> bool:
     header = request.headers.get("authorization", "")
     given = header[7:] if header[:7].lower() == "bearer " else request.cookies.get(TOKEN_COOKIE)
     return given is not None and hmac.compare_digest(given.encode(), token.encode())
+
+
+_NOSNIFF = {"X-Content-Type-Options": "nosniff"}
+
+
+def _page(html: str, status: int = 200) -> HTMLResponse:
+    headers = {**_NOSNIFF, "Content-Security-Policy": CSP, "Referrer-Policy": "no-referrer"}
+    return HTMLResponse(html, status_code=status, headers=headers)
 
 
 def _error(status: int, message: str, hint: str | None = "") -> JSONResponse:
