@@ -26,6 +26,7 @@ from clipkit.inputs.filenames import locate, os_path, reading_base
 from clipkit.inputs.files import read_bytes
 from clipkit.models.runtime import RuntimeChoice, as_numpy, load_matching_encoder
 from clipkit.search.run import QueryResult, combine, search_index
+from clipkit.serve.batching import Batcher
 from clipkit.serve.config import THUMBNAIL_SIDE, ServeConfig, named_indexes
 
 THUMBNAILS_KEPT = 4096  # about 10 KB each
@@ -67,6 +68,7 @@ class Served:
         self.config = config
         self._lock = threading.Lock()
         self._encoders: dict[str, tuple[Any, RuntimeChoice]] = {}
+        self._text_batchers: dict[str, Batcher] = {}  # by fingerprint
         self._thumbnails: OrderedDict[tuple[str, str], bytes] = OrderedDict()
         self._indexes = {
             name: self._load(name, folder) for name, folder in named_indexes(config).items()
@@ -105,6 +107,10 @@ class Served:
                 spec=self.config.model,
                 device=self.config.device,
                 runtime=self.config.runtime,
+            )
+            encoder = cached[0]
+            self._text_batchers[info.fingerprint] = Batcher(
+                lambda texts: as_numpy(encoder.encode_texts(texts)).astype(np.float32)
             )
             self._encoders[info.fingerprint] = cached
         return cached
@@ -150,8 +156,8 @@ class Served:
         model (empty parts left out)."""
         encoder, _ = self.encoder(served)
         parts = []
-        if texts:
-            parts.append(as_numpy(encoder.encode_texts(list(texts))).astype(np.float32))
+        if texts:  # batched with other requests' texts (dynamic batching)
+            parts.append(self._text_batchers[served.loaded.info.fingerprint](list(texts)))
         if images:
             prepared = [encoder.prepare_image(self._decode(data)) for data in images]
             if isinstance(prepared[0], np.ndarray):
