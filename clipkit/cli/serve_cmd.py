@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from typing import Annotated
 
 import typer
@@ -10,6 +11,7 @@ from clipkit.cli.app import app, handles_errors, stderr
 from clipkit.cli.options import DeviceOption, RecordedModelOption, Runtime, RuntimeOption
 
 ENV_TOKEN = "CLIPKIT_TOKEN"
+SERIAL_MATH = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")
 
 
 @app.command()
@@ -36,6 +38,13 @@ def serve(
 
     Example: clipkit serve --index emb-index/ --port 8000
     """
+    # Requests run in parallel threads; math libraries that also start a thread per core
+    # for each matrix product oversubscribe the cores: on 2 cores, 32 concurrent searches
+    # answered 17 queries/s with their default threads and 190 with one each
+    # (benchmarks/bench_serve.py). Set before numpy, faiss and torch load; a value the user
+    # set is kept.
+    for variable in SERIAL_MATH:
+        os.environ.setdefault(variable, "1")
     from clipkit.serve.config import ServeConfig, preflight
 
     config = ServeConfig(
