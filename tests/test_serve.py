@@ -309,6 +309,9 @@ def test_preflight_refuses_bad_options_and_warns_of_an_open_address(index_dir, t
 
 
 def test_the_command_passes_its_options_and_warns(monkeypatch, index_dir):
+    for variable in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
+        monkeypatch.delenv(variable, raising=False)  # restored after the test
+    monkeypatch.setenv("MKL_NUM_THREADS", "3")  # the user's own value is kept
     seen = {}
     monkeypatch.setattr(
         "clipkit.serve.server.run", lambda config, say: seen.setdefault("c", config)
@@ -320,6 +323,9 @@ def test_the_command_passes_its_options_and_warns(monkeypatch, index_dir):
     config = seen["c"]
     assert config.indexes == (f"mine={index_dir}",) and config.port == 9000
     assert "Warning: Serving on 0.0.0.0 without a token" in " ".join(result.stderr.split())
+    # requests run in parallel: each one's math runs on one thread (benchmarks/bench_serve.py)
+    assert os.environ["OMP_NUM_THREADS"] == os.environ["OPENBLAS_NUM_THREADS"] == "1"
+    assert os.environ["MKL_NUM_THREADS"] == "3"
     missing = CliRunner().invoke(cli.app, ["serve", "--index", "nowhere"])
     assert missing.exit_code == 2 and "holds no index" in missing.stderr
 
