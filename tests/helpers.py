@@ -7,6 +7,7 @@ from __future__ import annotations
 import io
 import json
 import random
+import socket
 import tarfile
 from pathlib import Path
 
@@ -211,3 +212,10 @@ def torchrun(*args: str, processes: int = 2) -> list[str]:
 
     launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone"]
     return [*launcher, "--nproc_per_node", str(processes), *args]
+
+
+def free_port() -> int:
+    """A TCP port free on the loopback interface now (for a server a test starts)."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]

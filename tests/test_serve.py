@@ -9,7 +9,6 @@ import json
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -30,6 +29,7 @@ from clipkit.search import SearchConfig, search
 from clipkit.serve.app import create_app
 from clipkit.serve.config import ServeConfig, preflight
 from clipkit.serve.state import Served
+from tests.helpers import free_port
 
 TINY = "clipkit-tiny:random"
 TOKEN = "a-long-enough-secret"
@@ -330,15 +330,9 @@ def test_the_command_passes_its_options_and_warns(monkeypatch, index_dir):
     assert missing.exit_code == 2 and "holds no index" in missing.stderr
 
 
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
 def test_the_real_server_answers_and_stops_cleanly_on_sigterm(index_dir):
     """The console script on a free loopback port: health, a search, then SIGTERM."""
-    port = _free_port()
+    port = free_port()
     script = Path(sys.executable).parent / "clipkit"
     server = subprocess.Popen(
         [str(script), "serve", "--index", str(index_dir), "--port", str(port), "--runtime",

@@ -9,7 +9,6 @@ import csv
 import os
 import re
 import shutil
-import socket
 import threading
 import time
 from collections.abc import Iterator
@@ -25,6 +24,7 @@ from clipkit.index import IndexConfig, build_index
 from clipkit.serve.app import create_app
 from clipkit.serve.config import ServeConfig
 from clipkit.serve.state import Served
+from tests.helpers import free_port
 
 expect = pytest.importorskip("playwright.sync_api").expect
 TINY = "clipkit-tiny:random"
@@ -63,16 +63,10 @@ def hostile_index(tmp_path_factory) -> Path:
     return root / "index"
 
 
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
 @contextmanager
 def live(config: ServeConfig) -> Iterator[str]:
     """The real server (uvicorn) in a thread on a free loopback port; its base URL."""
-    port = _free_port()
+    port = free_port()
     server = uvicorn.Server(
         uvicorn.Config(create_app(Served(config)), host="127.0.0.1", port=port, log_level="warning")
     )

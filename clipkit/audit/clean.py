@@ -188,6 +188,5 @@ def _write(
 ) -> Written:
     from clipkit.store.reports import write_report
 
-    fmt = {".jsonl": "jsonl", ".parquet": "parquet", ".tsv": "tsv"}.get(path.suffix.lower(), "csv")
-    write_report(path, rows, fmt=fmt, columns=columns)
+    write_report(path, rows, columns=columns)  # the format by suffix, checked before the work
     return Written(path, len(rows), unaudited)

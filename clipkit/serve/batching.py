@@ -36,7 +36,6 @@ class Batcher:
         self._lock = threading.Lock()
         self._queued: list[tuple[str, Future[np.ndarray]]] = []
         self._leading = False
-        self.calls = 0  # model calls made (for tests and metrics)
 
     def __call__(self, items: Sequence[str]) -> np.ndarray:
         """(len(items), D) the encodings of ``items``, in order."""
@@ -60,7 +59,6 @@ class Batcher:
             part = batch[start : start + self._max_batch]
             try:
                 vectors = self._encode([item for item, _ in part])
-                self.calls += 1
             except BaseException as error:  # every waiting caller hears of it
                 for _, future in part:
                     future.set_exception(error)
