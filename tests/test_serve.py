@@ -9,6 +9,7 @@ import json
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -118,6 +119,31 @@ def test_embed_gives_unit_vectors_of_the_index_model(client, served, tiny_encode
     assert answer.json()["fingerprint"] == tiny_encoder.fingerprint
 
 
+def test_embed_takes_images_as_base64_and_gives_the_vectors_embed_stored(client, served):
+    """An image sent to /api/embed gets the vector ``clipkit embed`` stored for that file."""
+    import base64
+
+    blue = _png(COLOURS[2])  # the bytes of photos/2.png
+    answer = client.post(
+        "/api/embed",
+        json={
+            "texts": ["a blue square"],
+            "images": [base64.b64encode(blue).decode(),
+                       "data:image/png;base64," + base64.b64encode(_png(COLOURS[0])).decode()],
+        },
+    )  # fmt: skip
+    assert answer.status_code == 200, answer.text
+    assert answer.json()["kinds"] == ["text", "image", "image"]
+    vectors = np.array(answer.json()["vectors"])
+    index = served.index("shapes")
+    uris = index.loaded.rows.column("uri")
+    stored = {uri: index.loaded.vectors_at([n])[0] for n, uri in enumerate(uris)}
+    assert vectors[1] == pytest.approx(stored["2.png"], abs=1e-4)
+    assert vectors[2] == pytest.approx(stored["0.png"], abs=1e-4)
+    text_only = client.post("/api/embed", json={"texts": ["a blue square"]}).json()["vectors"]
+    assert vectors[0] == pytest.approx(np.array(text_only[0]), abs=1e-5)
+
+
 def test_indexes_health_and_openapi(client):
     [described] = client.get("/api/indexes").json()
     assert described["name"] == "shapes" and described["rows"] == 6 and described["model"] == TINY
@@ -162,6 +188,10 @@ def _count(client, route, status):
         (("post", "/api/search/images", {"files": {"images": ("x.png", b"no", "image/png")}}), 422),
         (("post", "/api/search/images", {"data": {"q": "a"}}), 422),
         (("post", "/api/embed", {"json": {"texts": []}}), 422),
+        (("post", "/api/embed", {"json": {"images": ["not base64!"]}}), 422),
+        (("post", "/api/embed", {"json": {"images": ["aGVsbG8="]}}), 422),  # not an image
+        (("post", "/api/embed", {"json": {"images": ["eA=="] * 65}}), 422),
+        (("post", "/api/embed", {"json": {"texts": ["a"], "index": "nope"}}), 404),
         (("delete", "/api/search", {}), 405),
     ],
 )  # fmt: skip
@@ -260,6 +290,52 @@ def test_a_thumbnail_is_made_once_and_a_symlink_out_of_the_folder_is_refused(
         assert client.get(f"/api/thumbnail/shapes/{hit['id']}").status_code == 404
 
 
+def test_concurrent_searches_share_index_calls_and_each_gets_its_own_hits(monkeypatch, index_dir):
+    """Eight requests at once over two indexes and two k: one index call per (index, k)
+    group at most, and every answer equal to the same search made alone."""
+    import threading
+
+    from clipkit.index.load import LoadedIndex
+    from clipkit.serve import state
+
+    monkeypatch.setattr(state, "SEARCH_WINDOW_S", 0.1)  # wide enough for all eight to join
+    served = Served(ServeConfig(indexes=(f"a={index_dir}", f"b={index_dir}"), device="cpu",
+                                runtime="torch"))  # fmt: skip
+    queries = [("a", "a red square", 2), ("b", "a green circle", 3), ("a", "yellow", 3),
+               ("b", "purple", 2), ("a", "blue", 2), ("b", "red", 3), ("a", "green", 3),
+               ("b", "a shape", 2)]  # fmt: skip
+    alone = [served.search(name, texts=[q], k=k) for name, q, k in queries]
+    sizes: list[int] = []
+    original = LoadedIndex.search
+
+    def counting(self, vectors, k):
+        sizes.append(len(vectors))
+        return original(self, vectors, k)
+
+    monkeypatch.setattr(LoadedIndex, "search", counting)
+    start = threading.Barrier(len(queries))
+    together: dict[int, object] = {}
+
+    def ask(n: int) -> None:
+        name, q, k = queries[n]
+        start.wait()
+        together[n] = served.search(name, texts=[q], k=k)
+
+    threads = [threading.Thread(target=ask, args=(n,)) for n in range(len(queries))]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert sum(sizes) == len(queries) and len(sizes) <= 4 and max(sizes) == 2
+    for n, expected in enumerate(alone):
+        got = together[n]
+        assert [h.id for h in got.hits] == [h.id for h in expected.hits]  # type: ignore[attr-defined]
+        assert [h.score for h in got.hits] == pytest.approx(
+            [h.score for h in expected.hits], abs=1e-5
+        )  # type: ignore[attr-defined]
+        assert got.query == expected.query  # type: ignore[attr-defined]
+
+
 def test_an_index_changed_on_disk_is_picked_up_and_a_damaged_one_keeps_serving(tmp_path):
     index_dir = _build(tmp_path)
     served = Served(ServeConfig(indexes=(str(index_dir),), device="cpu", runtime="torch"))
@@ -331,7 +407,8 @@ def test_the_command_passes_its_options_and_warns(monkeypatch, index_dir):
 
 
 def test_the_real_server_answers_and_stops_cleanly_on_sigterm(index_dir):
-    """The console script on a free loopback port: health, a search, then SIGTERM."""
+    """The console script on a free loopback port: health, a search, then SIGTERM while a
+    request is in flight: that request is answered, then the server exits 0."""
     port = free_port()
     script = Path(sys.executable).parent / "clipkit"
     server = subprocess.Popen(
@@ -353,7 +430,26 @@ def test_the_real_server_answers_and_stops_cleanly_on_sigterm(index_dir):
                 time.sleep(0.2)
         with urllib.request.urlopen(f"{base}/api/search?q=a+red+square&k=2", timeout=10) as answer:
             assert len(json.load(answer)["hits"]) == 2
-        server.send_signal(signal.SIGTERM)
+        # SIGTERM during a request: its headers and half its body sent, the rest after
+        body = json.dumps({"texts": ["a blue circle"], "k": 3}).encode()
+        with socket.create_connection(("127.0.0.1", port), timeout=30) as connection:
+            connection.sendall(
+                b"POST /api/search HTTP/1.1\r\nHost: localhost\r\n"
+                b"Content-Type: application/json\r\n"
+                + f"Content-Length: {len(body)}\r\n\r\n".encode()
+                + body[:10]
+            )
+            time.sleep(0.5)
+            server.send_signal(signal.SIGTERM)
+            time.sleep(1.0)
+            assert server.poll() is None  # still running: a request is in flight
+            connection.sendall(body[10:])
+            reply = b""
+            while chunk := connection.recv(65536):
+                reply += chunk
+        head, _, payload = reply.partition(b"\r\n\r\n")
+        assert head.startswith(b"HTTP/1.1 200"), reply
+        assert len(json.loads(payload)["hits"]) == 3  # the request finished
         _, errors = server.communicate(timeout=30)
     finally:
         if server.poll() is None:

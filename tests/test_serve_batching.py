@@ -29,7 +29,7 @@ def test_concurrent_callers_share_model_calls_and_get_their_own_rows():
 
     def caller(i: int) -> None:
         start.wait()
-        results[i] = batcher([f"query {i}", "x" * i])
+        results[i] = np.stack(batcher([f"query {i}", "x" * i]))
 
     threads = [threading.Thread(target=caller, args=(i,)) for i in range(8)]
     for thread in threads:
@@ -47,10 +47,10 @@ def test_concurrent_callers_share_model_calls_and_get_their_own_rows():
 def test_one_caller_pays_one_call_and_large_batches_are_split():
     calls = []
     batcher = Batcher(lambda items: calls.append(len(items)) or _fake(items), max_batch=4)
-    assert batcher(["a", "bb"]) == pytest.approx(_fake(["a", "bb"]))
+    assert np.stack(batcher(["a", "bb"])) == pytest.approx(_fake(["a", "bb"]))
     assert calls == [2]
     items = [str(i) * (i + 1) for i in range(10)]
-    assert batcher(items) == pytest.approx(_fake(items))
+    assert np.stack(batcher(items)) == pytest.approx(_fake(items))
     assert calls == [2, 4, 4, 2]
 
 
@@ -66,4 +66,4 @@ def test_a_failure_reaches_its_callers_and_the_next_batch_works():
     with pytest.raises(RuntimeError, match="fell over"):
         batcher(["a"])
     broken[0] = False
-    assert batcher(["abc"]) == pytest.approx(_fake(["abc"]))
+    assert np.stack(batcher(["abc"])) == pytest.approx(_fake(["abc"]))

@@ -213,3 +213,41 @@ def test_shards_hold_row_groups_of_one_read_batch_also_after_a_prune(tmp_path):
     assert store.prune(tmp_path, kept, ("image",)).rows_removed == 1
     assert pq.ParquetFile(shard).metadata.num_row_groups == 3
     np.testing.assert_array_equal(store.read_vectors(tmp_path).vectors, vectors[1:])
+
+
+def test_an_index_row_map_can_be_read_from_many_threads_at_once(tmp_path, monkeypatch):
+    """``clipkit serve`` reads hits' rows from request threads: pyarrow's reader of one file
+    is not thread-safe (concurrent reads failed with "ReadRangeCache did not find matching
+    cache entry" or crashed the process), so the map must serialise its reads."""
+    import threading
+
+    from clipkit.store import tables
+
+    monkeypatch.setattr(tables, "ROW_MAP_GROUP", 64)  # many row groups to read at once
+    count = 64 * 40
+    ids = [f"{n:08x}" for n in range(count)]
+    path = tmp_path / "rows.parquet"
+    tables.write_row_map(path, {"id": ids, "uri": [f"{i}.jpg" for i in ids]})
+    failures: list[BaseException] = []
+    for trial in range(10):
+        rows = tables.read_row_map(path)
+        start = threading.Barrier(8)
+
+        def read(seed: int, rows=rows, start=start) -> None:
+            rng = np.random.default_rng(seed)
+            start.wait()
+            try:
+                for _ in range(10):
+                    wanted = sorted(rng.integers(0, count, 8).tolist())
+                    got = rows.take(wanted)
+                    assert got["id"] == [ids[n] for n in wanted]
+                    assert got["uri"] == [f"{ids[n]}.jpg" for n in wanted]
+            except BaseException as error:  # noqa: BLE001 - reported below
+                failures.append(error)
+
+        threads = [threading.Thread(target=read, args=(8 * trial + n,)) for n in range(8)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+    assert failures == []

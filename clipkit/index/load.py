@@ -6,6 +6,7 @@ No torch here: ``clipkit search`` on the ONNX runtime loads an index without it.
 from __future__ import annotations
 
 import json
+import threading
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -85,6 +86,8 @@ class LoadedIndex:
         if isinstance(concrete, faiss.IndexFlat) and concrete.ntotal:
             flat = faiss.rev_swig_ptr(concrete.get_xb(), concrete.ntotal * concrete.d)
             self.vectors = flat.reshape(concrete.ntotal, concrete.d)
+        self._direct_map = threading.Lock()  # vectors_at may be called from many threads
+        self._direct_map_made = False
 
     def search(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
         """(Q, D) unit queries -> scores and row numbers (Q, min(k, rows)), best first."""
@@ -106,11 +109,14 @@ class LoadedIndex:
             return np.ascontiguousarray(self.vectors[list(rows)], dtype=np.float32)
         import faiss
 
-        try:
-            ivf = faiss.extract_index_ivf(self.index)
-            ivf.make_direct_map()  # IVF lists hold no row -> list map until asked for one
-        except RuntimeError:
-            pass  # not an IVF index: HNSW and flat ones reconstruct as they are
+        with self._direct_map:  # made once; rebuilding it under another reader would crash
+            if not self._direct_map_made:
+                try:
+                    ivf = faiss.extract_index_ivf(self.index)
+                    ivf.make_direct_map()  # IVF lists hold no row -> list map until asked
+                except RuntimeError:
+                    pass  # not an IVF index: HNSW and flat ones reconstruct as they are
+                self._direct_map_made = True
         return np.stack([self.index.reconstruct(int(row)) for row in rows]).astype(np.float32)
 
     def _check_scores(self, scores: np.ndarray, rows: np.ndarray) -> None:

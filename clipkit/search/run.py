@@ -160,6 +160,14 @@ def search_index(
     """The top-k rows of a loaded index (``clipkit.index.load.LoadedIndex``) for each of the
     (Q, D) unit query ``vectors``, labelled by ``labels`` (Q,)."""
     scores, found = loaded.search(vectors, k)
+    return index_hits(loaded, scores, found, labels)
+
+
+def index_hits(
+    loaded: Any, scores: np.ndarray, found: np.ndarray, labels: Sequence[str]
+) -> tuple[QueryResult, ...]:
+    """The hits of ``loaded.search``'s (Q, k) scores and row numbers (-1: none), one result
+    per label: the rows read from the index's table, paths opened from here."""
     found, rows = _hit_rows(found, loaded.rows.take)
     return _results(labels, scores, found, rows, loaded.info.base)
 

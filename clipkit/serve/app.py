@@ -8,21 +8,26 @@ traceback.
 
 from __future__ import annotations
 
+import base64
+import binascii
 import hmac
 import time
 from typing import Annotated, Any
 
+import numpy as np
 from fastapi import FastAPI, File, Form, Query, Request, UploadFile
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, model_validator
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from clipkit import __version__
 from clipkit.errors import ClipkitError
-from clipkit.serve.config import MAX_K, MAX_QUERIES, MAX_QUERY_CHARS
+from clipkit.search.run import QueryResult
+from clipkit.serve.config import MAX_EMBED_IMAGES, MAX_K, MAX_QUERIES, MAX_QUERY_CHARS
 from clipkit.serve.page import CSP, LOGIN, PAGE, SCRIPT, STYLE
 from clipkit.serve.state import NotFound, Served
 
@@ -46,10 +51,21 @@ class SearchRequest(BaseModel):
 
 
 class EmbedRequest(BaseModel):
+    """Texts and images (base64, or ``data:`` URLs) to embed with an index's model."""
+
     texts: list[Annotated[str, Field(min_length=1, max_length=MAX_QUERY_CHARS)]] = Field(
-        min_length=1, max_length=256
+        default_factory=list, max_length=256
+    )
+    images: list[Annotated[str, Field(min_length=1)]] = Field(
+        default_factory=list, max_length=MAX_EMBED_IMAGES
     )
     index: str | None = None
+
+    @model_validator(mode="after")
+    def _something(self) -> EmbedRequest:
+        if not self.texts and not self.images:
+            raise ValueError("give texts, images or both")
+        return self
 
 
 def create_app(served: Served) -> FastAPI:
@@ -69,27 +85,8 @@ def create_app(served: Served) -> FastAPI:
         buckets=(0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0),
     )  # fmt: skip
 
-    @app.middleware("http")
-    async def guard_and_count(request: Request, call_next: Any) -> Response:
-        started = time.perf_counter()
-        token = served.config.token
-        if (
-            token is not None
-            and request.url.path not in OPEN_PATHS
-            and not _authorised(request, token)
-        ):
-            response: Response = (
-                _page(LOGIN, 401)  # the page asks for the token; the API says it is needed
-                if request.url.path == "/"
-                else _error(401, "A token is needed.", "Send Authorization: Bearer.")
-            )
-        else:
-            response = await call_next(request)
-        route = request.scope.get("route")
-        name = getattr(route, "path", "unmatched")  # a template, never the path requested
-        requests.labels(name, str(response.status_code)).inc()
-        latency.labels(name).observe(time.perf_counter() - started)
-        return response
+    app.add_middleware(GuardAndCount, token=served.config.token, requests=requests,
+                       latency=latency)  # fmt: skip
 
     @app.exception_handler(NotFound)
     async def not_found(_: Request, error: NotFound) -> Response:
@@ -156,16 +153,15 @@ def create_app(served: Served) -> FastAPI:
         q: Annotated[str, Query(min_length=1, max_length=MAX_QUERY_CHARS)],
         k: Annotated[int, Query(ge=1, le=MAX_K)] = 10,
         index: str | None = None,
-    ) -> dict[str, Any]:
-        found = served.search(pick(index), texts=[q], k=k)
-        return {"query": found.query, "index": pick(index), "hits": _hits(found)}
+    ) -> Response:
+        return _found(served.search(pick(index), texts=[q], k=k), pick(index))
 
     @app.post("/api/search")
-    def search_post(body: SearchRequest) -> dict[str, Any]:
+    def search_post(body: SearchRequest) -> Response:
         found = served.search(
             pick(body.index), texts=body.texts, rows=body.rows, weights=body.weights, k=body.k
         )
-        return {"query": found.query, "index": pick(body.index), "hits": _hits(found)}
+        return _found(found, pick(body.index))
 
     @app.post("/api/search/images")
     def search_images(
@@ -174,7 +170,7 @@ def create_app(served: Served) -> FastAPI:
         weights: Annotated[str | None, Form(max_length=400)] = None,
         k: Annotated[int, Form(ge=1, le=MAX_K)] = 10,
         index: Annotated[str | None, Form()] = None,
-    ) -> dict[str, Any]:
+    ) -> Response:
         found = served.search(
             pick(index),
             texts=[q] if q else [],
@@ -182,16 +178,19 @@ def create_app(served: Served) -> FastAPI:
             weights=_weights(weights),
             k=k,
         )
-        return {"query": found.query, "index": pick(index), "hits": _hits(found)}
+        return _found(found, pick(index))
 
     @app.post("/api/embed")
     def embed(body: EmbedRequest) -> dict[str, Any]:
+        """Unit-norm vectors of the texts, then of the images, by the index's model."""
         index = served.index(pick(body.index))
-        (vectors,) = served.embed(index, body.texts, [])
+        images = [_base64_image(n, text) for n, text in enumerate(body.images)]
+        parts = served.embed(index, body.texts, images)
         return {
             "model": index.loaded.info.model,
             "fingerprint": index.loaded.info.fingerprint,
-            "vectors": vectors.tolist(),
+            "kinds": ["text"] * len(body.texts) + ["image"] * len(images),
+            "vectors": np.concatenate(parts).tolist(),
         }
 
     @app.get("/api/thumbnail/{index}/{row_id}")
@@ -204,6 +203,51 @@ def create_app(served: Served) -> FastAPI:
         return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
 
     return app
+
+
+class GuardAndCount:
+    """ASGI middleware: the token check, then request counts and latencies by route template
+    (never the path requested). Plain ASGI, as Starlette's ``BaseHTTPMiddleware`` costs a
+    task and a stream per request."""
+
+    def __init__(
+        self, app: ASGIApp, token: str | None, requests: Counter, latency: Histogram
+    ) -> None:
+        self.app = app
+        self.token = token
+        self.requests = requests
+        self.latency = latency
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = time.perf_counter()
+        status = [500]  # unless a response starts: an exception reaches the 500 handler
+
+        async def sending(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                status[0] = message["status"]
+            await send(message)
+
+        try:
+            if (
+                self.token is not None
+                and scope["path"] not in OPEN_PATHS
+                and not _authorised(Request(scope), self.token)
+            ):
+                refusal = (  # the page asks for the token; the API says it is needed
+                    _page(LOGIN, 401)
+                    if scope["path"] == "/"
+                    else _error(401, "A token is needed.", "Send Authorization: Bearer.")
+                )
+                await refusal(scope, receive, sending)
+            else:
+                await self.app(scope, receive, sending)
+        finally:
+            name = getattr(scope.get("route"), "path", "unmatched")
+            self.requests.labels(name, str(status[0])).inc()
+            self.latency.labels(name).observe(time.perf_counter() - started)
 
 
 def _authorised(request: Request, token: str) -> bool:
@@ -225,10 +269,25 @@ def _error(status: int, message: str, hint: str | None = "") -> JSONResponse:
     return JSONResponse({"error": message, "hint": hint or ""}, status_code=status)
 
 
-def _hits(found: Any) -> list[dict[str, Any]]:
-    """``clipkit search --format json``'s hit records, less ``path``: where a file lies on the
-    server is not the client's business (the uri names it within the index)."""
-    return [{k: v for k, v in hit.as_dict().items() if k != "path"} for hit in found.hits]
+def _found(found: QueryResult, index: str) -> JSONResponse:
+    """A search's answer: the query, the index and ``clipkit search --format json``'s hit
+    records less ``path`` (where a file lies on the server is not the client's business: the
+    uri names it within the index). Made here rather than by FastAPI's encoder, which costs
+    more than the search on a small index; hits hold only JSON types."""
+    hits = [{k: v for k, v in hit.as_dict().items() if k != "path"} for hit in found.hits]
+    return JSONResponse({"query": found.query, "index": index, "hits": hits})
+
+
+def _base64_image(number: int, text: str) -> bytes:
+    """The bytes of ``images[number]``: base64, optionally a ``data:...;base64,`` URL."""
+    if text.startswith("data:"):
+        text = text.partition(",")[2]
+    try:
+        return base64.b64decode(text, validate=True)
+    except binascii.Error:
+        raise ClipkitError(
+            f"images[{number}] is not base64.", "Send each image file's bytes in base64."
+        ) from None
 
 
 def _weights(text: str | None) -> list[float] | None:

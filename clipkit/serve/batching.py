@@ -1,10 +1,12 @@
-"""Dynamic batching: concurrent requests' texts encoded in one model call.
+"""Dynamic batching: concurrent requests' work done in one call.
 
 Request handlers run in a thread pool. The first thread to arrive with work becomes the
-leader: it waits a short window for others to add theirs, takes everything queued, encodes it
-as one batch and hands each caller its rows; threads that arrive meanwhile wait for their
-rows, and the first to arrive after the leader took the queue leads the next batch. A single
-request pays the window once; many pay one model call between them.
+leader: it waits a short window for others to add theirs, takes everything queued, runs it as
+one batch and hands each caller its results; threads that arrive meanwhile wait for theirs,
+and the first to arrive after the leader took the queue leads the next batch. A single request
+pays the window once; many pay one call between them. ``clipkit serve`` batches the text
+encoding (one model call) and the index search (one (Q, D) product, which reads the index's
+vectors once for all Q queries instead of once each).
 """
 
 from __future__ import annotations
@@ -13,33 +15,35 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future
+from typing import Generic, TypeVar
 
-import numpy as np
+Item = TypeVar("Item")
+Result = TypeVar("Result")
 
 WINDOW_S = 0.002  # a tiny model encodes a text in about 1 ms on two cores
 MAX_BATCH = 64
 
 
-class Batcher:
-    """Encodes lists of items through ``encode`` ((B,) items -> (B, D) array), batching
-    concurrent calls. Thread-safe; an encoding error reaches every caller of that batch."""
+class Batcher(Generic[Item, Result]):
+    """Runs lists of items through ``run`` ((B,) items -> (B,) results, in order), batching
+    concurrent calls. Thread-safe; an error in ``run`` reaches every caller of that batch."""
 
     def __init__(
         self,
-        encode: Callable[[list[str]], np.ndarray],
+        run: Callable[[list[Item]], Sequence[Result]],
         window_s: float = WINDOW_S,
         max_batch: int = MAX_BATCH,
     ) -> None:
-        self._encode = encode
+        self._run_batch = run
         self._window_s = window_s
         self._max_batch = max_batch
         self._lock = threading.Lock()
-        self._queued: list[tuple[str, Future[np.ndarray]]] = []
+        self._queued: list[tuple[Item, Future[Result]]] = []
         self._leading = False
 
-    def __call__(self, items: Sequence[str]) -> np.ndarray:
-        """(len(items), D) the encodings of ``items``, in order."""
-        futures: list[Future[np.ndarray]] = [Future() for _ in items]
+    def __call__(self, items: Sequence[Item]) -> list[Result]:
+        """The results of ``items``, in order."""
+        futures: list[Future[Result]] = [Future() for _ in items]
         with self._lock:
             self._queued.extend(zip(items, futures, strict=True))
             lead = not self._leading
@@ -52,16 +56,16 @@ class Batcher:
                     batch, self._queued = self._queued, []
                     self._leading = False
             self._run(batch)
-        return np.stack([future.result() for future in futures])
+        return [future.result() for future in futures]
 
-    def _run(self, batch: list[tuple[str, Future[np.ndarray]]]) -> None:
+    def _run(self, batch: list[tuple[Item, Future[Result]]]) -> None:
         for start in range(0, len(batch), self._max_batch):
             part = batch[start : start + self._max_batch]
             try:
-                vectors = self._encode([item for item, _ in part])
+                results = self._run_batch([item for item, _ in part])
             except BaseException as error:  # every waiting caller hears of it
                 for _, future in part:
                     future.set_exception(error)
                 continue
-            for (_, future), vector in zip(part, vectors, strict=True):
-                future.set_result(vector)
+            for (_, future), result in zip(part, results, strict=True):
+                future.set_result(result)

@@ -15,6 +15,7 @@ from clipkit.models.specs import parse_spec
 MAX_K = 1000
 MAX_QUERY_CHARS = 1000
 MAX_QUERIES = 16  # query parts (texts, images, rows) in one request
+MAX_EMBED_IMAGES = 64  # images in one /api/embed request
 DEFAULT_UPLOAD_BYTES = 20 * 2**20
 THUMBNAIL_SIDE = 256
 

@@ -25,11 +25,18 @@ from clipkit.inputs.decode import DecodeError, decode_image
 from clipkit.inputs.filenames import locate, os_path, reading_base
 from clipkit.inputs.files import read_bytes
 from clipkit.models.runtime import RuntimeChoice, as_numpy, load_matching_encoder
-from clipkit.search.run import QueryResult, combine, search_index
+from clipkit.search.run import QueryResult, combine, index_hits
 from clipkit.serve.batching import Batcher
 from clipkit.serve.config import THUMBNAIL_SIDE, ServeConfig, named_indexes
 
 THUMBNAILS_KEPT = 4096  # about 10 KB each
+# The requests of one encoding batch reach the search together: a short window catches them.
+SEARCH_WINDOW_S = 0.001
+
+# One query of a search batch: the index as loaded, a (D,) unit vector, k.
+SearchItem = tuple[LoadedIndex, np.ndarray, int]
+# Its answer: (k',) scores and (k',) row numbers (-1: none), as LoadedIndex.search gives.
+SearchAnswer = tuple[np.ndarray, np.ndarray]
 
 
 class NotFound(ClipkitError):
@@ -68,7 +75,8 @@ class Served:
         self.config = config
         self._lock = threading.Lock()
         self._encoders: dict[str, tuple[Any, RuntimeChoice]] = {}
-        self._text_batchers: dict[str, Batcher] = {}  # by fingerprint
+        self._text_batchers: dict[str, Batcher[str, np.ndarray]] = {}  # by fingerprint
+        self._search = Batcher[SearchItem, SearchAnswer](_search_batch, SEARCH_WINDOW_S)
         self._thumbnails: OrderedDict[tuple[str, str], bytes] = OrderedDict()
         self._indexes = {
             name: self._load(name, folder) for name, folder in named_indexes(config).items()
@@ -147,7 +155,9 @@ class Served:
                 "One weight per part (texts, then images, then rows), at least one positive.",
             )
         label = " + ".join([*texts, *(f"image {i + 1}" for i in range(len(images))), *rows])
-        return search_index(served.loaded, combine(vectors, weights), k, [label])[0]
+        loaded = served.loaded
+        ((scores, found),) = self._search([(loaded, combine(vectors, weights)[0], k)])
+        return index_hits(loaded, scores[None], found[None], [label])[0]
 
     def embed(
         self, served: ServedIndex, texts: Sequence[str], images: Sequence[bytes]
@@ -157,7 +167,8 @@ class Served:
         encoder, _ = self.encoder(served)
         parts = []
         if texts:  # batched with other requests' texts (dynamic batching)
-            parts.append(self._text_batchers[served.loaded.info.fingerprint](list(texts)))
+            batcher = self._text_batchers[served.loaded.info.fingerprint]
+            parts.append(np.stack(batcher(list(texts))))
         if images:
             prepared = [encoder.prepare_image(self._decode(data)) for data in images]
             if isinstance(prepared[0], np.ndarray):
@@ -249,6 +260,21 @@ class Served:
         for key in with_name:  # the rows may name other files now
             del self._thumbnails[key]
         return fresh
+
+
+def _search_batch(items: list[SearchItem]) -> list[SearchAnswer]:
+    """Each query's top-k, one ``search`` call for each index and k among the queries: the
+    index's vectors are read once for the group rather than once for each query."""
+    answers: list[SearchAnswer | None] = [None] * len(items)
+    groups: dict[tuple[int, int], list[int]] = {}
+    for n, (loaded, _, k) in enumerate(items):
+        groups.setdefault((id(loaded), k), []).append(n)
+    for members in groups.values():
+        loaded, _, k = items[members[0]]
+        scores, found = loaded.search(np.stack([items[n][1] for n in members]), k)
+        for n, row_scores, row_found in zip(members, scores, found, strict=True):
+            answers[n] = (row_scores, row_found)
+    return answers  # type: ignore[return-value]  # every position was filled
 
 
 def _stamp(folder: Path) -> tuple[int, int]:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import bisect
 import contextlib
 import functools
+import threading
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -170,7 +171,9 @@ class RowMap:
     A search reads only the row groups that hold its hits (``take``): reading and converting
     a 100,000-row map whole took longer than the search itself. ``column`` reads one column
     whole, for the paths that walk every row (an index update). The file stays open, so the
-    map is the one that was opened even if an update replaces the file meanwhile.
+    map is the one that was opened even if an update replaces the file meanwhile. Safe to
+    share between threads (``clipkit serve``): pyarrow's reader of one file is not, and
+    concurrent reads of it failed or crashed the process, so reads take a lock.
     """
 
     def __init__(self, path: Path, source: pq.ParquetFile) -> None:
@@ -181,13 +184,15 @@ class RowMap:
         for group in range(meta.num_row_groups):
             self._starts.append(self._starts[-1] + meta.row_group(group).num_rows)
         self._groups: dict[int, pa.Table] = {}
+        self._names = list(source.schema_arrow.names)
+        self._lock = threading.Lock()
 
     def __len__(self) -> int:
         return self._starts[-1]
 
     @property
     def names(self) -> list[str]:
-        return list(self._source.schema_arrow.names)
+        return list(self._names)
 
     def column(self, name: str) -> list[Any]:
         """Every row's value in column ``name``."""
@@ -204,18 +209,20 @@ class RowMap:
         for position in positions:
             group = bisect.bisect_right(self._starts, position) - 1
             if group not in self._groups:
-                self._groups[group] = self._read(functools.partial(self._read_group, group))
+                table = self._read(functools.partial(self._read_group, group))
+                self._groups.setdefault(group, table)
             # A one-row slice is zero-copy; Table.take would import pyarrow.compute (~40 ms)
             row = self._groups[group].slice(position - self._starts[group], 1)
             picked.append(row.to_pylist()[0])
-        return {name: [row[name] for row in picked] for name in self.names}
+        return {name: [row[name] for row in picked] for name in self._names}
 
     def _read_group(self, group: int) -> pa.Table:
         return self._source.read_row_group(group, use_threads=False)
 
     def _read(self, read: Callable[[], pa.Table]) -> pa.Table:
         try:
-            return read()
+            with self._lock:
+                return read()
         except (OSError, pa.ArrowException) as error:
             raise _unreadable(self.path, error) from None
 
