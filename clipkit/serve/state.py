@@ -118,7 +118,7 @@ class Served:
             )
             encoder = cached[0]
             self._text_batchers[info.fingerprint] = Batcher(
-                lambda texts: as_numpy(encoder.encode_texts(texts)).astype(np.float32)
+                lambda texts: list(as_numpy(encoder.encode_texts(texts)).astype(np.float32))
             )
             self._encoders[info.fingerprint] = cached
         return cached
