@@ -36,8 +36,9 @@ def test_exact_topk_breaks_a_tie_across_the_cut_to_the_lower_rows():
     np.testing.assert_allclose(scores, [[1] * 5, [1, 0, 0, 0, 0]])
 
 
-def test_exact_topk_equals_its_definition():
-    queries, keys = _unit(7, 24, seed=1), _unit(500, 24, seed=2)
+@pytest.mark.parametrize("count", [1, 7, 40])  # each way of computing the scores
+def test_exact_topk_equals_its_definition(count):
+    queries, keys = _unit(count, 24, seed=1), _unit(500, 24, seed=2)
     keys[400] = keys[17]  # a tie inside the top-k goes to the lower row
     scores, rows = exact_topk(queries, keys, 20)
     want_scores, want_rows = _definition(queries, keys, 20)

@@ -299,6 +299,7 @@ def test_concurrent_searches_share_index_calls_and_each_gets_its_own_hits(monkey
     from clipkit.serve import state
 
     monkeypatch.setattr(state, "SEARCH_WINDOW_S", 0.1)  # wide enough for all eight to join
+    monkeypatch.setattr(Served, "_others_busy", lambda self: True)  # even the first waits
     served = Served(ServeConfig(indexes=(f"a={index_dir}", f"b={index_dir}"), device="cpu",
                                 runtime="torch"))  # fmt: skip
     queries = [("a", "a red square", 2), ("b", "a green circle", 3), ("a", "yellow", 3),
@@ -334,6 +335,16 @@ def test_concurrent_searches_share_index_calls_and_each_gets_its_own_hits(monkey
             [h.score for h in expected.hits], abs=1e-5
         )  # type: ignore[attr-defined]
         assert got.query == expected.query  # type: ignore[attr-defined]
+
+
+def test_served_batches_wait_only_while_another_call_is_in_progress(served):
+    seen = []
+    with served._working():
+        seen.append(served._others_busy())
+        with served._working():
+            seen.append(served._others_busy())
+        seen.append(served._others_busy())
+    assert seen == [False, True, False] and not served._others_busy()
 
 
 def test_an_index_changed_on_disk_is_picked_up_and_a_damaged_one_keeps_serving(tmp_path):

@@ -67,3 +67,17 @@ def test_a_failure_reaches_its_callers_and_the_next_batch_works():
         batcher(["a"])
     broken[0] = False
     assert np.stack(batcher(["abc"])) == pytest.approx(_fake(["abc"]))
+
+
+def test_the_leader_waits_for_company_only_while_others_are_busy(monkeypatch):
+    from clipkit.serve import batching
+
+    sleeps: list[float] = []
+    monkeypatch.setattr(batching.time, "sleep", sleeps.append)
+    busy = [False]
+    batcher = Batcher(_fake, window_s=0.25, others_busy=lambda: busy[0])
+    assert np.stack(batcher(["a"])) == pytest.approx(_fake(["a"]))
+    assert sleeps == []  # a lone request runs at once
+    busy[0] = True
+    assert np.stack(batcher(["b"])) == pytest.approx(_fake(["b"]))
+    assert sleeps == [0.25]

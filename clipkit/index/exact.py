@@ -13,6 +13,8 @@ import numpy as np
 
 # Keys scored at once: a (Q, CHUNK) float32 score block, 16 MB for 64 queries.
 CHUNK = 65_536
+# Below this many queries, scores are computed keys-first (see _scores).
+FEW_QUERIES = 16
 
 
 def exact_topk(queries: np.ndarray, keys: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
@@ -25,8 +27,8 @@ def exact_topk(queries: np.ndarray, keys: np.ndarray, k: int) -> tuple[np.ndarra
     Returns:
         Scores and row numbers, (Q, k) each, best first.
     """
-    scores = queries @ keys.T
-    candidates = np.argpartition(-scores, k - 1, axis=1)[:, :k]
+    scores = _scores(queries, keys)
+    candidates = np.argpartition(scores, -k, axis=1)[:, -k:]  # no negated (Q, N) copy
     chosen = np.take_along_axis(scores, candidates, axis=1)
     # argpartition picks arbitrarily among the scores tied with the k-th best; the rows where
     # such a tie crosses the cut are redone with a stable sort, which keeps the lower rows.
@@ -37,6 +39,20 @@ def exact_topk(queries: np.ndarray, keys: np.ndarray, k: int) -> tuple[np.ndarra
         chosen[tied] = np.take_along_axis(scores[tied], stable, axis=1)
     order = np.lexsort((candidates, -chosen), axis=1)
     return np.take_along_axis(chosen, order, 1), np.take_along_axis(candidates, order, 1)
+
+
+def _scores(queries: np.ndarray, keys: np.ndarray) -> np.ndarray:
+    """(Q, N) inner products, computed the way OpenBLAS does fastest for this Q.
+
+    ``queries @ keys.T`` for a few queries is OpenBLAS's slow case: against 100,000 x 128
+    keys on one core, top-k of 2 queries took 9.8 ms and of 8 queries 16.3 ms; keys first
+    (``keys @ queries.T``, then a contiguous transpose) 4.8 and 11.3 ms. From about 16
+    queries on the transposed copy costs more than it saves. A lone query is a
+    matrix-vector product either way. ``clipkit serve`` batches concurrent queries into this.
+    """
+    if 1 < len(queries) < FEW_QUERIES:
+        return np.ascontiguousarray((keys @ queries.T).T)
+    return queries @ keys.T
 
 
 def exact_topk_stream(

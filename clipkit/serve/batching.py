@@ -3,10 +3,11 @@
 Request handlers run in a thread pool. The first thread to arrive with work becomes the
 leader: it waits a short window for others to add theirs, takes everything queued, runs it as
 one batch and hands each caller its results; threads that arrive meanwhile wait for theirs,
-and the first to arrive after the leader took the queue leads the next batch. A single request
-pays the window once; many pay one call between them. ``clipkit serve`` batches the text
-encoding (one model call) and the index search (one (Q, D) product, which reads the index's
-vectors once for all Q queries instead of once each).
+and the first to arrive after the leader took the queue leads the next batch. The leader
+waits only while ``others_busy()`` says other requests are in progress (they may bring
+work): a lone request does not pay the window, and many pay one call between them.
+``clipkit serve`` batches the text encoding (one model call) and the index search (one
+product of the index's vectors with all the queries: see ``clipkit.index.exact``).
 """
 
 from __future__ import annotations
@@ -33,8 +34,10 @@ class Batcher(Generic[Item, Result]):
         run: Callable[[list[Item]], Sequence[Result]],
         window_s: float = WINDOW_S,
         max_batch: int = MAX_BATCH,
+        others_busy: Callable[[], bool] = lambda: True,
     ) -> None:
         self._run_batch = run
+        self._others_busy = others_busy
         self._window_s = window_s
         self._max_batch = max_batch
         self._lock = threading.Lock()
@@ -50,7 +53,8 @@ class Batcher(Generic[Item, Result]):
             self._leading = True
         if lead:
             try:
-                time.sleep(self._window_s)
+                if self._others_busy():
+                    time.sleep(self._window_s)
             finally:  # whatever happens, the queue is taken and the next caller may lead
                 with self._lock:
                     batch, self._queued = self._queued, []

@@ -8,11 +8,12 @@ the last good one keeps serving and the failure is kept for ``/api/indexes``.
 
 from __future__ import annotations
 
+import contextlib
 import io
 import os
 import threading
 from collections import OrderedDict
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -76,7 +77,10 @@ class Served:
         self._lock = threading.Lock()
         self._encoders: dict[str, tuple[Any, RuntimeChoice]] = {}
         self._text_batchers: dict[str, Batcher[str, np.ndarray]] = {}  # by fingerprint
-        self._search = Batcher[SearchItem, SearchAnswer](_search_batch, SEARCH_WINDOW_S)
+        self._in_progress = 0  # search and embed calls now running (batchers wait if > 1)
+        self._search = Batcher[SearchItem, SearchAnswer](
+            _search_batch, SEARCH_WINDOW_S, others_busy=self._others_busy
+        )
         self._thumbnails: OrderedDict[tuple[str, str], bytes] = OrderedDict()
         self._indexes = {
             name: self._load(name, folder) for name, folder in named_indexes(config).items()
@@ -118,7 +122,8 @@ class Served:
             )
             encoder = cached[0]
             self._text_batchers[info.fingerprint] = Batcher(
-                lambda texts: list(as_numpy(encoder.encode_texts(texts)).astype(np.float32))
+                lambda texts: list(as_numpy(encoder.encode_texts(texts)).astype(np.float32)),
+                others_busy=self._others_busy,
             )
             self._encoders[info.fingerprint] = cached
         return cached
@@ -140,8 +145,20 @@ class Served:
             InputError: no query part, weights that do not fit, an unreadable image.
             NotFound: the index or a row id.
         """
+        with self._working():
+            return self._search_one(name, texts, images, rows, weights, k)
+
+    def _search_one(
+        self,
+        name: str,
+        texts: Sequence[str],
+        images: Sequence[bytes],
+        rows: Sequence[str],
+        weights: Sequence[float] | None,
+        k: int,
+    ) -> QueryResult:
         served = self.index(name)
-        parts = self.embed(served, texts, images)
+        parts = self._embed(served, texts, images)
         if rows:
             numbers = [served.row_of(item_id) for item_id in rows]
             parts.append(served.loaded.vectors_at(numbers))
@@ -164,6 +181,12 @@ class Served:
     ) -> list[np.ndarray]:
         """(n, D) unit embeddings of the texts, then (m, D) of the images, by ``served``'s
         model (empty parts left out)."""
+        with self._working():
+            return self._embed(served, texts, images)
+
+    def _embed(
+        self, served: ServedIndex, texts: Sequence[str], images: Sequence[bytes]
+    ) -> list[np.ndarray]:
         encoder, _ = self.encoder(served)
         parts = []
         if texts:  # batched with other requests' texts (dynamic batching)
@@ -236,6 +259,22 @@ class Served:
                 }
             )
         return described
+
+    @contextlib.contextmanager
+    def _working(self) -> Iterator[None]:
+        """Counts a search or embed call as in progress while it runs."""
+        with self._lock:
+            self._in_progress += 1
+        try:
+            yield
+        finally:
+            with self._lock:
+                self._in_progress -= 1
+
+    def _others_busy(self) -> bool:
+        """Whether a call other than the asking one is in progress (it may bring work to
+        batch): a lone request is not kept waiting for company."""
+        return self._in_progress > 1
 
     def _decode(self, data: bytes) -> Any:
         try:
