@@ -28,7 +28,7 @@ from clipkit.errors import InputError, UsageError
 from clipkit.index import IndexConfig, build_index
 from clipkit.search import SearchConfig, search
 from clipkit.serve.app import create_app
-from clipkit.serve.config import ServeConfig, preflight
+from clipkit.serve.config import ServeConfig, from_environment, preflight, to_environment
 from clipkit.serve.state import Served
 from tests.helpers import free_port
 
@@ -390,9 +390,13 @@ def test_preflight_refuses_bad_options_and_warns_of_an_open_address(index_dir, t
         ({"indexes": (str(tmp_path),)}, "holds no index"),
         ({"indexes": (str(index_dir),), "token": "short"}, "shorter than 8"),
         ({"indexes": (str(index_dir),), "port": 0}, "--port"),
+        ({"indexes": (str(index_dir),), "workers": 0}, "--workers"),
+        ({"indexes": (str(index_dir),), "workers": 65}, "--workers"),
     ]:
         with pytest.raises(UsageError, match=message):
             preflight(ServeConfig(**bad))
+    config = ServeConfig(indexes=(f"a={index_dir}",), token=TOKEN, workers=3, max_upload=9)
+    assert from_environment(to_environment(config)) == config  # what worker processes read
 
 
 def test_the_command_passes_its_options_and_warns(monkeypatch, index_dir):
@@ -404,11 +408,14 @@ def test_the_command_passes_its_options_and_warns(monkeypatch, index_dir):
         "clipkit.serve.server.run", lambda config, say: seen.setdefault("c", config)
     )
     result = CliRunner().invoke(
-        cli.app, ["serve", "--index", f"mine={index_dir}", "--host", "0.0.0.0", "--port", "9000"]
-    )
+        cli.app,
+        ["serve", "--index", f"mine={index_dir}", "--host", "0.0.0.0", "--port", "9000",
+         "--workers", "3"],
+    )  # fmt: skip
     assert result.exit_code == 0, result.output
     config = seen["c"]
     assert config.indexes == (f"mine={index_dir}",) and config.port == 9000
+    assert config.workers == 3
     assert "Warning: Serving on 0.0.0.0 without a token" in " ".join(result.stderr.split())
     # requests run in parallel: each one's math runs on one thread (benchmarks/bench_serve.py)
     assert os.environ["OMP_NUM_THREADS"] == os.environ["OPENBLAS_NUM_THREADS"] == "1"
@@ -417,28 +424,35 @@ def test_the_command_passes_its_options_and_warns(monkeypatch, index_dir):
     assert missing.exit_code == 2 and "holds no index" in missing.stderr
 
 
-def test_the_real_server_answers_and_stops_cleanly_on_sigterm(index_dir):
-    """The console script on a free loopback port: health, a search, then SIGTERM while a
-    request is in flight: that request is answered, then the server exits 0."""
+def _start(index_dir, *options: str) -> tuple[subprocess.Popen, int]:
+    """The console script serving ``index_dir`` on a free loopback port, once it answers."""
     port = free_port()
     script = Path(sys.executable).parent / "clipkit"
     server = subprocess.Popen(
         [str(script), "serve", "--index", str(index_dir), "--port", str(port), "--runtime",
-         "torch", "--device", "cpu"],
+         "torch", "--device", "cpu", *options],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
     )  # fmt: skip
+    deadline = time.monotonic() + 60
+    while True:
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/api/health", timeout=2):
+                return server, port
+        except OSError:
+            if server.poll() is not None:
+                raise AssertionError(server.communicate()[1]) from None
+            if time.monotonic() > deadline:
+                server.kill()
+                raise AssertionError("the server did not start in 60 s") from None
+            time.sleep(0.2)
+
+
+def test_the_real_server_answers_and_stops_cleanly_on_sigterm(index_dir):
+    """The console script on a free loopback port: health, a search, then SIGTERM while a
+    request is in flight: that request is answered, then the server exits 0."""
+    server, port = _start(index_dir)
     base = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                with urllib.request.urlopen(f"{base}/api/health", timeout=2) as answer:
-                    assert answer.status == 200
-                    break
-            except OSError:
-                assert server.poll() is None, server.communicate()[1]
-                assert time.monotonic() < deadline, "the server did not start in 60 s"
-                time.sleep(0.2)
         with urllib.request.urlopen(f"{base}/api/search?q=a+red+square&k=2", timeout=10) as answer:
             assert len(json.load(answer)["hits"]) == 2
         # SIGTERM during a request: its headers and half its body sent, the rest after
@@ -467,3 +481,30 @@ def test_the_real_server_answers_and_stops_cleanly_on_sigterm(index_dir):
             server.kill()
     assert server.returncode == 0, errors
     assert "Listening on http://127.0.0.1:" in errors and "Traceback" not in errors
+
+
+def test_worker_processes_share_the_port_and_sum_their_metrics(index_dir):
+    """--workers 2: two processes answer; /metrics (from whichever answers) counts every
+    request of both; SIGTERM stops them all, exit 0."""
+    server, port = _start(index_dir, "--workers", "2")
+    base = f"http://127.0.0.1:{port}"
+    try:
+        children = subprocess.run(
+            ["ps", "--ppid", str(server.pid), "-ww", "-o", "args="], capture_output=True, text=True
+        ).stdout
+        assert children.count("--multiprocessing-fork") == 2, children
+        for n in range(24):  # a new connection each: the kernel hands them to both
+            with urllib.request.urlopen(f"{base}/api/search?q=shape+{n}&k=2", timeout=10) as got:
+                assert len(json.load(got)["hits"]) == 2
+        with urllib.request.urlopen(f"{base}/metrics", timeout=10) as answer:
+            metrics = answer.read().decode()
+        line = 'clipkit_requests_total{route="/api/search",status="200"}'
+        [count] = [row.split()[-1] for row in metrics.splitlines() if row.startswith(line)]
+        assert float(count) == 24
+        server.send_signal(signal.SIGTERM)
+        _, errors = server.communicate(timeout=30)
+    finally:
+        if server.poll() is None:
+            server.kill()
+    assert server.returncode == 0, errors
+    assert "with 2 worker processes" in errors and "Traceback" not in errors

@@ -33,6 +33,13 @@ def serve(
     max_upload_mb: Annotated[
         int, typer.Option("--max-upload-mb", min=1, help="Largest request body, in MB.")
     ] = 20,
+    workers: Annotated[
+        int,
+        typer.Option(
+            min=1,
+            help="Server processes, each with its own copy of the indexes and models.",
+        ),
+    ] = 1,
 ) -> None:
     """Serve indexes over HTTP: search by text, image or example.
 
@@ -56,6 +63,7 @@ def serve(
         device=device,
         runtime=runtime.value,
         max_upload=max_upload_mb * 2**20,
+        workers=workers,
     )
     for warning in preflight(config):
         stderr.print(f"Warning: {warning}", markup=False, soft_wrap=True)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import base64
 import binascii
 import hmac
+import os
 import time
 from typing import Annotated, Any
 
@@ -18,7 +19,7 @@ import numpy as np
 from fastapi import FastAPI, File, Form, Query, Request, UploadFile
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
-from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest, multiprocess
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 from pydantic import BaseModel, Field, model_validator
 from starlette.exceptions import HTTPException as StarletteHTTPException
@@ -32,6 +33,9 @@ from clipkit.serve.page import CSP, LOGIN, PAGE, SCRIPT, STYLE
 from clipkit.serve.state import NotFound, Served
 
 TOKEN_COOKIE = "clipkit_token"
+# Set (by ``server``) when several worker processes serve: each writes its metrics there and
+# /metrics sums them (prometheus-client's multiprocess mode reads this variable).
+METRICS_FOLDER = "PROMETHEUS_MULTIPROC_DIR"
 # Answered without the token: a liveness probe, the login form's target and its style.
 OPEN_PATHS = frozenset({"/api/health", "/api/login", "/page.css"})
 
@@ -200,7 +204,7 @@ def create_app(served: Served) -> FastAPI:
 
     @app.get("/metrics")
     def metrics() -> Response:
-        return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
+        return Response(generate_latest(_metrics_of(registry)), media_type=CONTENT_TYPE_LATEST)
 
     return app
 
@@ -248,6 +252,16 @@ class GuardAndCount:
             name = getattr(scope.get("route"), "path", "unmatched")
             self.requests.labels(name, str(status[0])).inc()
             self.latency.labels(name).observe(time.perf_counter() - started)
+
+
+def _metrics_of(registry: CollectorRegistry) -> CollectorRegistry:
+    """This process's registry, or with worker processes, one that sums all of theirs."""
+    folder = os.environ.get(METRICS_FOLDER)
+    if not folder:
+        return registry
+    summed = CollectorRegistry()
+    multiprocess.MultiProcessCollector(summed, path=folder)
+    return summed
 
 
 def _authorised(request: Request, token: str) -> bool:

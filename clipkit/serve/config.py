@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import ipaddress
-from dataclasses import dataclass
+import json
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from clipkit.errors import UsageError
@@ -18,6 +19,7 @@ MAX_QUERIES = 16  # query parts (texts, images, rows) in one request
 MAX_EMBED_IMAGES = 64  # images in one /api/embed request
 DEFAULT_UPLOAD_BYTES = 20 * 2**20
 THUMBNAIL_SIDE = 256
+MAX_WORKERS = 64
 
 
 @dataclass(frozen=True)
@@ -33,6 +35,7 @@ class ServeConfig:
     runtime: str | None = None
     max_upload: int = DEFAULT_UPLOAD_BYTES  # bytes of a request body
     max_pixels: int = DEFAULT_MAX_PIXELS
+    workers: int = 1  # server processes, each with its own indexes and models
 
     def __post_init__(self) -> None:
         check_config(self)
@@ -72,6 +75,11 @@ def preflight(config: ServeConfig) -> list[str]:
         raise UsageError(f"--port must lie in 1-65535, got {config.port}.", "e.g. --port 8000")
     if config.max_upload < 1:
         raise UsageError("--max-upload must be positive.", "e.g. --max-upload 20MB")
+    if not 1 <= config.workers <= MAX_WORKERS:
+        raise UsageError(
+            f"--workers must lie in 1-{MAX_WORKERS}, got {config.workers}.",
+            "One process per core at most: each holds its own copy of the indexes and models.",
+        )
     if config.token is not None and len(config.token) < 8:
         raise UsageError("The token is shorter than 8 characters.", "Use a long random string.")
     if config.model is not None:
@@ -93,3 +101,13 @@ def is_loopback(host: str) -> bool:
         return ipaddress.ip_address(host).is_loopback
     except ValueError:
         return False
+
+
+def to_environment(config: ServeConfig) -> str:
+    """``config`` as text for an environment variable (worker processes read it back)."""
+    return json.dumps(asdict(config))
+
+
+def from_environment(text: str) -> ServeConfig:
+    fields = json.loads(text)
+    return ServeConfig(**{**fields, "indexes": tuple(fields["indexes"])})
