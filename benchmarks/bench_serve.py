@@ -7,7 +7,8 @@ depend on what they mean), with the model's ONNX export in a cache of the benchm
 ``clipkit index`` leaves it. The server is the real console script on a loopback port; a
 bounded load generator (threads with keep-alive connections, loopback only) sends a fixed
 number of ``GET /api/search?q=…&k=10`` at concurrency 1, 8 and 32: queries/s, p50/p99
-latency, errors, and the server's peak RSS. Writes JSON to benchmarks/results/.
+latency, errors, and the server's peak RSS; with one server process, then with two
+(``--workers``). Writes JSON to benchmarks/results/.
 
     python benchmarks/bench_serve.py --model clipkit-tiny:random --rows 100000
     python benchmarks/bench_serve.py --model ViT-B-32:random --rows 100000 --requests 100
@@ -32,6 +33,7 @@ from pathlib import Path
 from bench_runtime import build
 from common import machine, write_results
 
+LEVELS = (1, 8, 32)  # concurrent connections
 WORDS = ["red", "blue", "small", "large", "circle", "square", "dog", "cat", "beach", "car"]
 
 
@@ -124,11 +126,51 @@ def one_process_per_query(index_dir: Path, texts: list[str]) -> dict:
     return {"runs": len(times), "median_s": statistics.median(times)}
 
 
-def peak_rss_mb(pid: int) -> float:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmHWM:"):
-            return int(line.split()[1]) / 1024
-    return float("nan")
+def peak_rss_mb(pid: int, children: bool = False) -> float:
+    """Peak resident memory of a process (and, with ``children``, of its worker processes
+    too, each at its own peak)."""
+    pids = [pid]
+    if children:
+        listed = subprocess.run(
+            ["ps", "--ppid", str(pid), "-ww", "-o", "pid=,args="], capture_output=True, text=True
+        ).stdout
+        workers = [line for line in listed.splitlines() if "multiprocessing-fork" in line]
+        pids += [int(line.split()[0]) for line in workers]
+    total = 0.0
+    for one in pids:
+        for line in Path(f"/proc/{one}/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                total += int(line.split()[1]) / 1024
+    return total
+
+
+def serve_levels(index_dir: Path, texts: list[str], requests: int, workers: int) -> dict:
+    """Start the real server, send ``requests`` queries at each concurrency, stop it."""
+    port = free_port()
+    server = subprocess.Popen(
+        [sys.executable, "-m", "clipkit", "serve", "--index", str(index_dir), "--port",
+         str(port), "--workers", str(workers)],
+        stderr=subprocess.PIPE, text=True, env=os.environ.copy(),
+    )  # fmt: skip
+    try:
+        deadline = time.monotonic() + 300
+        while True:
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=1).close()
+                break
+            except OSError:
+                if server.poll() is not None or time.monotonic() > deadline:
+                    raise SystemExit(server.communicate()[1]) from None
+                time.sleep(0.2)
+        load(port, texts[-50:], 4)  # warm-up
+        levels = []
+        for n, concurrency in enumerate(LEVELS):
+            batch = texts[n * requests : (n + 1) * requests]
+            levels.append({"workers": workers, **load(port, batch, concurrency)})
+        return {"levels": levels, "peak_rss_mb": peak_rss_mb(server.pid, children=True)}
+    finally:
+        server.terminate()
+        server.wait(timeout=60)
 
 
 def main() -> None:
@@ -137,38 +179,19 @@ def main() -> None:
     parser.add_argument("--rows", type=int, default=100_000)
     parser.add_argument("--requests", type=int, default=400, help="per concurrency level")
     parser.add_argument("--processes", type=int, default=5, help="clipkit search runs")
+    parser.add_argument("--workers", default="1,2", help="server processes to try, in turn")
     args = parser.parse_args()
     results: dict = {"machine": machine(), "model": args.model, "rows": args.rows}
     with tempfile.TemporaryDirectory(prefix="bench-serve-") as tmp:
         index_dir = build(Path(tmp), args.model, args.rows)  # sets CLIPKIT_ONNX_CACHE
-        texts = queries(3 * args.requests + 50)
+        texts = queries(len(LEVELS) * args.requests + 50)
         results["raw"] = raw_work(index_dir, texts[: args.requests])
         results["process_per_query"] = one_process_per_query(index_dir, texts[: args.processes])
-        port = free_port()
-        server = subprocess.Popen(
-            [sys.executable, "-m", "clipkit", "serve", "--index", str(index_dir), "--port",
-             str(port)],
-            stderr=subprocess.PIPE, text=True, env=os.environ.copy(),
-        )  # fmt: skip
-        try:
-            deadline = time.monotonic() + 120
-            while True:
-                try:
-                    socket.create_connection(("127.0.0.1", port), timeout=1).close()
-                    break
-                except OSError:
-                    if server.poll() is not None or time.monotonic() > deadline:
-                        raise SystemExit(server.communicate()[1]) from None
-                    time.sleep(0.2)
-            load(port, texts[-50:], 4)  # warm-up
-            results["server"] = []
-            for n, concurrency in enumerate((1, 8, 32)):
-                batch = texts[n * args.requests : (n + 1) * args.requests]
-                results["server"].append(load(port, batch, concurrency))
-            results["server_peak_rss_mb"] = peak_rss_mb(server.pid)
-        finally:
-            server.terminate()
-            server.wait(timeout=30)
+        results["server"] = []
+        for workers in (int(n) for n in args.workers.split(",")):
+            served = serve_levels(index_dir, texts, args.requests, workers)
+            results["server"] += served["levels"]
+            results[f"server_peak_rss_mb_{workers}_workers"] = served["peak_rss_mb"]
     raw = results["raw"]["ms_per_query"]
     for row in results["server"]:
         row["overhead_vs_raw"] = (1000 / row["queries_per_s"]) / raw - 1
