@@ -95,3 +95,21 @@ def test_an_unreadable_row_map_is_named_with_its_remedy(tmp_path, damage):
     with pytest.raises(InputError) as caught:
         store.read_row_map(path)
     assert "row map" in str(caught.value.message) and "clipkit index" in caught.value.hint
+
+
+@pytest.mark.parametrize("parts", [2, 3, 7])
+def test_exact_topk_in_parallel_parts_equals_its_definition(monkeypatch, parts):
+    from clipkit.index import exact
+
+    monkeypatch.setattr(exact, "MIN_PART_ROWS", 10)  # split even this small set
+    queries, keys = _unit(5, 16, seed=3), _unit(300, 16, seed=4)
+    keys[250] = keys[10]  # a tie across parts goes to the lower row
+    keys[299] = keys[0]
+    queries[0] = keys[10]
+    scores, rows = exact.exact_topk_parallel(queries, keys, 12, parts)
+    want_scores, want_rows = _definition(queries, keys, 12)
+    assert rows.tolist() == want_rows.tolist()
+    assert rows[0, :2].tolist() == [10, 250]
+    np.testing.assert_allclose(scores, want_scores, atol=1e-6)
+    few_scores, few_rows = exact.exact_topk_parallel(queries, keys[:40], 12, parts)
+    assert few_rows.tolist() == _definition(queries, keys[:40], 12)[1].tolist()

@@ -7,7 +7,10 @@ runs on torch (index recall, training, zero-shot on a GPU).
 
 from __future__ import annotations
 
+import functools
+import itertools
 from collections.abc import Iterable
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
@@ -15,6 +18,8 @@ import numpy as np
 CHUNK = 65_536
 # Below this many queries, scores are computed keys-first (see _scores).
 FEW_QUERIES = 16
+# Fewer keys than this per thread are not worth a thread (exact_topk_parallel).
+MIN_PART_ROWS = 16_384
 
 
 def exact_topk(queries: np.ndarray, keys: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
@@ -70,17 +75,44 @@ def exact_topk_stream(
         go to the lower row. (Q, 0) each when no key arrives.
     """
     queries = np.ascontiguousarray(queries, dtype=np.float32)
-    best_scores = np.empty((len(queries), 0), dtype=np.float32)
-    best_rows = np.empty((len(queries), 0), dtype=np.int64)
+    best = (np.empty((len(queries), 0), np.float32), np.empty((len(queries), 0), np.int64))
     seen = 0
     for block in key_blocks:
         for start in range(0, len(block), CHUNK):
             part = np.ascontiguousarray(block[start : start + CHUNK], dtype=np.float32)
             scores, rows = exact_topk(queries, part, min(k, len(part)))
-            scores = np.concatenate([best_scores, scores], axis=1)
-            rows = np.concatenate([best_rows, rows + seen + start], axis=1)
-            order = np.lexsort((rows, -scores), axis=1)[:, :k]
-            best_scores = np.take_along_axis(scores, order, 1)
-            best_rows = np.take_along_axis(rows, order, 1)
+            best = _merge([best, (scores, rows + seen + start)], k)
         seen += len(block)
-    return best_scores, best_rows
+    return best
+
+
+def exact_topk_parallel(
+    queries: np.ndarray, keys: np.ndarray, k: int, parts: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """``exact_topk`` with the keys cut into ``parts`` runs of rows scored at once in
+    threads (NumPy lets go of the interpreter lock in the product and the partition), for
+    callers whose math libraries run one thread each (``clipkit serve``). Same answers."""
+    if parts < 2 or len(keys) < parts * MIN_PART_ROWS:
+        return exact_topk(queries, keys, k)
+    bounds = np.linspace(0, len(keys), parts + 1).astype(int).tolist()
+    pool = _pool(parts)
+    pending = [
+        (start, pool.submit(exact_topk, queries, keys[start:end], min(k, end - start)))
+        for start, end in itertools.pairwise(bounds)
+    ]
+    answers = [(start, *future.result()) for start, future in pending]
+    return _merge([(scores, rows + start) for start, scores, rows in answers], k)
+
+
+def _merge(parts: list[tuple[np.ndarray, np.ndarray]], k: int) -> tuple[np.ndarray, np.ndarray]:
+    """The best k of several (Q, k_i) top-k answers over disjoint rows, ties to the lower
+    row."""
+    scores = np.concatenate([part[0] for part in parts], axis=1)
+    rows = np.concatenate([part[1] for part in parts], axis=1)
+    order = np.lexsort((rows, -scores), axis=1)[:, :k]
+    return np.take_along_axis(scores, order, 1), np.take_along_axis(rows, order, 1)
+
+
+@functools.cache
+def _pool(threads: int) -> ThreadPoolExecutor:
+    return ThreadPoolExecutor(threads, thread_name_prefix="clipkit-topk")

@@ -16,7 +16,7 @@ import numpy as np
 
 from clipkit import __version__, store
 from clipkit.errors import InputError
-from clipkit.index.exact import exact_topk
+from clipkit.index.exact import exact_topk_parallel
 from clipkit.index.parts import INDEX_FILE, META_FILE, ROWS_FILE, read_vectors, repair
 from clipkit.infra.locks import HalfPublished, reading_published
 
@@ -89,14 +89,18 @@ class LoadedIndex:
         self._direct_map = threading.Lock()  # vectors_at may be called from many threads
         self._direct_map_made = False
 
-    def search(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-        """(Q, D) unit queries -> scores and row numbers (Q, min(k, rows)), best first."""
+    def search(self, queries: np.ndarray, k: int, parts: int = 1) -> tuple[np.ndarray, np.ndarray]:
+        """(Q, D) unit queries -> scores and row numbers (Q, min(k, rows)), best first.
+
+        ``parts``: threads that score an exact index's rows at once (for callers whose math
+        libraries run single-threaded, ``clipkit serve``); other indexes use FAISS's own.
+        """
         if k < 1:
             raise InputError(f"k must be at least 1, got {k}.", "Ask for one or more results.")
         k = min(k, self.index.ntotal)
         queries = np.ascontiguousarray(queries, dtype=np.float32)
         if self.vectors is not None and len(queries) < SMALL_BATCH:
-            scores, rows = exact_topk(queries, self.vectors, k)
+            scores, rows = exact_topk_parallel(queries, self.vectors, k, parts)
         else:
             scores, rows = self.index.search(queries, k)
         self._check_scores(scores, rows)

@@ -33,6 +33,9 @@ from clipkit.serve.config import THUMBNAIL_SIDE, ServeConfig, named_indexes
 THUMBNAILS_KEPT = 4096  # about 10 KB each
 # The requests of one encoding batch reach the search together: a short window catches them.
 SEARCH_WINDOW_S = 0.001
+# An exact index's rows are scored by this many threads at once: the math libraries run one
+# thread each in the server (see cli/serve_cmd.py), and a lone query would use one core.
+CORES = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 
 # One query of a search batch: the index as loaded, a (D,) unit vector, k.
 SearchItem = tuple[LoadedIndex, np.ndarray, int]
@@ -310,7 +313,7 @@ def _search_batch(items: list[SearchItem]) -> list[SearchAnswer]:
         groups.setdefault((id(loaded), k), []).append(n)
     for members in groups.values():
         loaded, _, k = items[members[0]]
-        scores, found = loaded.search(np.stack([items[n][1] for n in members]), k)
+        scores, found = loaded.search(np.stack([items[n][1] for n in members]), k, CORES)
         for n, row_scores, row_found in zip(members, scores, found, strict=True):
             answers[n] = (row_scores, row_found)
     return answers  # type: ignore[return-value]  # every position was filled
