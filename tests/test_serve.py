@@ -309,9 +309,9 @@ def test_concurrent_searches_share_index_calls_and_each_gets_its_own_hits(monkey
     sizes: list[int] = []
     original = LoadedIndex.search
 
-    def counting(self, vectors, k):
+    def counting(self, vectors, k, *more):
         sizes.append(len(vectors))
-        return original(self, vectors, k)
+        return original(self, vectors, k, *more)
 
     monkeypatch.setattr(LoadedIndex, "search", counting)
     start = threading.Barrier(len(queries))
