@@ -22,6 +22,7 @@ __all__ = [
     "pair_statistics",
     "rank_summary",
     "recall_at_k",
+    "sigmoid_loss",
     "similarity",
     "topk",
     "topk_stream",
@@ -30,7 +31,14 @@ __getattr__, __dir__ = export_lazily(
     __name__,
     {
         **dict.fromkeys(
-            ("MAX_SCALE", "contrastive_loss", "directional_losses", "loss_backend", "similarity"),
+            (
+                "MAX_SCALE",
+                "contrastive_loss",
+                "directional_losses",
+                "loss_backend",
+                "sigmoid_loss",
+                "similarity",
+            ),
             ".losses",
         ),
         **dict.fromkeys(("PairStatistics", "pair_statistics"), ".pair_stats"),

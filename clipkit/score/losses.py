@@ -1,9 +1,11 @@
-"""The contrastive loss and its backends, and similarity: the torch part of the scoring core.
+"""The contrastive losses (CLIP's InfoNCE, SigLIP's sigmoid) and their backends, and similarity:
+the torch part of the scoring core.
 
 The reference implementation in ``reference.py`` is the specification; the loss backend is
 chosen per call (fused Triton kernel for fp16/bf16 CUDA tensors when available, else the tiled
 autograd function) and can be forced for tests by setting ``clipkit.score.losses.LOSS_BACKEND``
-to ``"reference"``, ``"tiled"`` or ``"triton"``.
+to ``"reference"``, ``"tiled"`` or ``"triton"``. The sigmoid loss has a reference and a tiled
+backend (``"triton"`` runs the tiled one).
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ import torch
 from clipkit.errors import InputError
 from clipkit.score import reference
 from clipkit.score.tiled_loss import default_tile, logsumexps, tiled_contrastive_loss
+from clipkit.score.tiled_sigmoid import tiled_sigmoid_loss
 
 __all__ = [
     "LOSS_BACKEND",
@@ -22,6 +25,7 @@ __all__ = [
     "contrastive_loss",
     "directional_losses",
     "loss_backend",
+    "sigmoid_loss",
     "similarity",
 ]
 
@@ -93,14 +97,7 @@ def contrastive_loss(
     Returns:
         Scalar loss, differentiable in both feature tensors and ``logit_scale``.
     """
-    if image_features.shape != text_features.shape or image_features.ndim != 2:
-        raise InputError(
-            f"Image features {tuple(image_features.shape)} and text features "
-            f"{tuple(text_features.shape)} must both be (S, D).",
-            "Pass one image and one text embedding per pair.",
-        )
-    if image_features.shape[0] == 0:
-        raise InputError("The contrastive loss needs at least one pair.", "Use a batch of S >= 1.")
+    _check_pairs(image_features, text_features)
     if not 0.0 <= weight <= 1.0:
         raise InputError(f"λ must be in [0, 1], got {weight}.", "0.5 weighs both directions.")
     scale = logit_scale.clamp(max=math.log(MAX_SCALE)).exp()
@@ -112,6 +109,47 @@ def contrastive_loss(
 
         return triton_contrastive_loss(image_features, text_features, scale, weight)
     return tiled_contrastive_loss(image_features, text_features, scale, weight, tile)
+
+
+def sigmoid_loss(
+    image_features: torch.Tensor,
+    text_features: torch.Tensor,
+    logit_scale: torch.Tensor,
+    logit_bias: torch.Tensor,
+    *,
+    tile: int | None = None,
+) -> torch.Tensor:
+    """SigLIP's loss: ``-(1/S) Σ_i Σ_j log σ(y_ij z_ij)``, ``z_ij = t <a_i, b_j> + b``,
+    ``y`` = +1 for the S pairs and -1 for every other (image, text) combination.
+
+    Equals open_clip's ``SigLipLoss`` called with ``logit_scale.exp()`` and ``logit_bias``.
+
+    Args:
+        image_features: (S, D) image embeddings; row i pairs with ``text_features[i]``.
+        text_features: (S, D) text embeddings.
+        logit_scale: scalar ``log t``; clamped so that ``t <= 100``.
+        logit_bias: scalar b.
+        tile: tile edge (memory O(S·D + tile²)); by default 1024 on the CPU, 4096 on CUDA.
+
+    Returns:
+        Scalar loss, differentiable in both feature tensors, ``logit_scale`` and ``logit_bias``.
+    """
+    _check_pairs(image_features, text_features)
+    scale = logit_scale.clamp(max=math.log(MAX_SCALE)).exp()
+    if LOSS_BACKEND == "reference":
+        return reference.sigmoid_loss(image_features, text_features, scale, logit_bias)
+    return tiled_sigmoid_loss(image_features, text_features, scale, logit_bias, tile)
+
+
+def _check_pairs(image_features: torch.Tensor, text_features: torch.Tensor) -> None:
+    if image_features.shape != text_features.shape or image_features.ndim != 2:
+        raise InputError(
+            f"Image features {tuple(image_features.shape)} and text features "
+            f"{tuple(text_features.shape)} must both be (S, D).",
+            "Pass one image and one text embedding per pair.",
+        )
+    if image_features.shape[0] == 0:
+        raise InputError("The contrastive loss needs at least one pair.", "Use a batch of S >= 1.")
 
 
 @torch.no_grad()

@@ -33,6 +33,29 @@ def contrastive_loss(
     return weight * image_to_text + (1.0 - weight) * text_to_image
 
 
+def sigmoid_loss(
+    image_features: torch.Tensor,
+    text_features: torch.Tensor,
+    scale: torch.Tensor,
+    bias: torch.Tensor,
+) -> torch.Tensor:
+    """SigLIP's pairwise sigmoid loss with the full (S, S) logits matrix.
+
+    Args:
+        image_features: (S, D) image embeddings ``a_i``.
+        text_features: (S, D) text embeddings ``b_j``; pair i is (a_i, b_i).
+        scale: scalar t (already exponentiated and clamped).
+        bias: scalar b.
+
+    Returns:
+        Scalar ``-(1/S) Σ_i Σ_j log σ(y_ij (t <a_i, b_j> + b))``, ``y`` = +1 on the diagonal
+        and -1 elsewhere.
+    """
+    logits = scale * image_features @ text_features.T + bias
+    labels = 2 * torch.eye(len(logits), device=logits.device, dtype=logits.dtype) - 1
+    return -F.logsigmoid(labels * logits).sum() / len(logits)
+
+
 def topk(queries: torch.Tensor, keys: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Exact inner-product top-k over the full (Q, N) score matrix; ties go to the lower index.
 

@@ -76,7 +76,7 @@ def logsumexps(
     The diagonal is read from the same tiles as the sums, so that ``lse - L_ii`` is exactly 0
     where a row has a single entry, with no disagreement between two roundings of one dot.
     """
-    size, acc = a.shape[0], _accumulator(a)
+    size, acc = a.shape[0], accumulator(a)
     neg_inf = torch.full((size,), float("-inf"), device=a.device, dtype=acc)
     row_max, col_max = neg_inf.clone(), neg_inf.clone()
     row_sum = torch.zeros(size, device=a.device, dtype=acc)
@@ -96,7 +96,7 @@ def logsumexps(
     return row_max + row_sum.log(), col_max + col_sum.log(), diagonal
 
 
-def _accumulator(features: torch.Tensor) -> torch.dtype:
+def accumulator(features: torch.Tensor) -> torch.dtype:
     # float32 at least (bf16/fp16 inputs), float64 when the inputs are float64.
     return torch.promote_types(features.dtype, torch.float32)
 
@@ -112,7 +112,7 @@ def _merge(running_max: torch.Tensor, running_sum: torch.Tensor, logits: torch.T
 
 def _gradients(a, b, scale, row_lse, col_lse, weight: float, tile: int):
     """(dA (S,D), dB (S,D), d scale ()) of the loss, recomputing one tile of logits at a time."""
-    size, acc = a.shape[0], _accumulator(a)
+    size, acc = a.shape[0], accumulator(a)
     row_share, col_share = weight / size, (1.0 - weight) / size
     grad_a = torch.zeros_like(a, dtype=acc)
     grad_b = torch.zeros_like(b, dtype=acc)
