@@ -1,5 +1,6 @@
 """Training under torchrun on the CPU (gloo, 2 processes): the first step's loss and gradients
-equal one process on the same global batch, for the full-batch and the GradCache step, and
+equal one process on the same global batch, for the full-batch and the GradCache step, with
+CLIP's loss and SigLIP's (whose negatives include every rank's texts), and
 ``clipkit train`` itself runs unchanged with the same losses."""
 
 from __future__ import annotations
@@ -30,11 +31,12 @@ def _run(args, cwd=ROOT):
 def test_two_processes_equal_one_on_the_global_batch(tmp_path):
     _run([sys.executable, str(HELPER), str(tmp_path / "one.pt")])
     _run(torchrun(str(HELPER), str(tmp_path / "two.pt")))
-    for mode in ("full", "cache"):
-        _assert_same_step(
-            torch.load(tmp_path / "one.pt", weights_only=True)[mode],
-            torch.load(tmp_path / "two.pt", weights_only=True)[mode],
-        )
+    one = torch.load(tmp_path / "one.pt", weights_only=True)
+    two = torch.load(tmp_path / "two.pt", weights_only=True)
+    for objective in ("clip", "siglip"):
+        for mode in ("full", "cache"):
+            _assert_same_step(one[f"{objective}-{mode}"], two[f"{objective}-{mode}"])
+    assert "logit_bias" in one["siglip-full"]["grads"]  # SigLIP's bias learns, on every rank
 
 
 def _assert_same_step(one, two):

@@ -1,5 +1,6 @@
-"""One training step: λ and temperature reach the loss, GradCache equals the full-batch step,
-AdamW groups exclude what they should, and the warmup + cosine schedule by hand."""
+"""One training step: λ and temperature reach the loss, SigLIP's loss by its definition,
+GradCache equals the full-batch step (both losses), AdamW groups exclude what they should,
+and the warmup + cosine schedule by hand."""
 
 from __future__ import annotations
 
@@ -67,25 +68,52 @@ def test_lambda_and_temperature_reach_the_loss(model, batch, weight):
     assert losses.temperature == pytest.approx(0.05, rel=1e-6)
 
 
+def test_siglip_step_is_the_pairwise_sigmoid_loss_and_trains_the_bias(siglip_model, batch):
+    model = siglip_model
+    pixels, tokens = batch
+    with torch.no_grad():  # -(1/S) Σ_ij log σ(y_ij z_ij), straight from the definition
+        a = F.normalize(model.encode_image(pixels), dim=-1)
+        b = F.normalize(model.encode_text(tokens), dim=-1)
+        logits = model.logit_scale.exp() * a @ b.T + model.logit_bias
+        signs = 2 * torch.eye(len(a)) - 1
+        expected = -F.logsigmoid(signs * logits).sum() / len(a)
+    losses = full_batch_step(
+        model, pixels, tokens, objective="siglip", weight=0.5, world=World(),
+        autocast=contextlib.nullcontext(),
+    )  # fmt: skip
+    assert losses.loss == pytest.approx(float(expected), rel=1e-5)
+    assert losses.bias == pytest.approx(-3.0) and losses.image_to_text is None
+    assert losses.as_record().keys() == {"loss_siglip", "bias", "temperature"}
+    grads = _gradients(model)
+    assert float(grads["logit_bias"]) != 0.0 and "logit_scale" in grads
+
+
+@pytest.fixture
+def siglip_model():
+    from clipkit.models import load_model
+
+    encoder = load_model("clipkit-tiny:random", device="cpu")
+    encoder.add_logit_bias(-3.0)
+    with torch.no_grad():
+        encoder.model.logit_scale.fill_(math.log(4.0))
+    return encoder.model.train()
+
+
+@pytest.mark.parametrize("objective", ["clip", "siglip"])
 @pytest.mark.parametrize("micro_batch", [1, 4, 9])
-def test_grad_cache_step_equals_full_batch_step(model, batch, micro_batch):
+def test_grad_cache_step_equals_full_batch_step(model, siglip_model, batch, micro_batch, objective):
+    model = siglip_model if objective == "siglip" else model
     pixels, tokens = batch
     nothing = contextlib.nullcontext()
-    full = full_batch_step(model, pixels, tokens, weight=0.3, world=World(), autocast=nothing)
+    common = {"objective": objective, "weight": 0.3, "world": World(), "autocast": nothing}
+    full = full_batch_step(model, pixels, tokens, **common)
     expected = _gradients(model)
     model.zero_grad(set_to_none=True)
-    cached = grad_cache_step(
-        model,
-        pixels,
-        tokens,
-        weight=0.3,
-        world=World(),
-        micro_batch=micro_batch,
-        autocast=nothing,
-    )
+    cached = grad_cache_step(model, pixels, tokens, micro_batch=micro_batch, **common)
     actual = _gradients(model)
     assert cached.loss == pytest.approx(full.loss, rel=1e-6)
     assert actual.keys() == expected.keys() and "logit_scale" in actual
+    assert ("logit_bias" in actual) == (objective == "siglip")
     for name, grad in expected.items():
         torch.testing.assert_close(actual[name], grad, rtol=1e-4, atol=1e-6, msg=name)
 

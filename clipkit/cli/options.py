@@ -46,6 +46,11 @@ class Runtime(str, Enum):
     onnx = "onnx"
 
 
+class TrainLoss(str, Enum):
+    clip = "clip"
+    siglip = "siglip"
+
+
 class StorageDtype(str, Enum):
     float32 = "float32"
     float16 = "float16"

@@ -8,7 +8,13 @@ from typing import Annotated, Any
 import typer
 
 from clipkit.cli.app import app, handles_errors, stderr
-from clipkit.cli.options import DeviceOption, ModelOption, StrictOption, WorkersOption
+from clipkit.cli.options import (
+    DeviceOption,
+    ModelOption,
+    StrictOption,
+    TrainLoss,
+    WorkersOption,
+)
 from clipkit.cli.render import print_skipped, run_bulk
 from clipkit.config import DEFAULT_MODEL_SPEC
 
@@ -39,6 +45,13 @@ def train(
         int | None, typer.Option(min=0, help="Linear warmup steps [5% of the run].")
     ] = None,
     grad_clip: Annotated[float | None, typer.Option(min=0.0, help="Clip grad norm.")] = None,
+    loss: Annotated[
+        TrainLoss | None,
+        typer.Option(
+            help="clip: softmax InfoNCE both ways; siglip: a sigmoid per pair "
+            "[siglip for a model with a logit bias, else clip]."
+        ),
+    ] = None,
     weight: Annotated[
         float, typer.Option("--lambda", help="Weight λ of the image→text loss (0..1).")
     ] = 0.5,
@@ -95,6 +108,7 @@ def train(
         weight_decay=weight_decay,
         warmup=warmup,
         grad_clip=grad_clip,
+        loss=loss.value if loss is not None else None,
         weight=weight,
         init_temperature=init_temperature,
         learn_temperature=learn_temperature,

@@ -120,6 +120,19 @@ class Encoder:
         return float(self.model.logit_scale.detach().exp())
 
     @property
+    def logit_bias(self) -> float | None:
+        """SigLIP's ``b`` of ``σ(t·cos + b)``, or None for a model trained with softmax."""
+        bias = getattr(self.model, "logit_bias", None)
+        return None if bias is None else float(bias.detach())
+
+    def add_logit_bias(self, bias: float) -> None:
+        """Give the model SigLIP's learnable logit bias, recorded in its config so that its
+        checkpoints load with it (open_clip builds the parameter from ``init_logit_bias``)."""
+        device = self.model.logit_scale.device
+        self.model.logit_bias = torch.nn.Parameter(torch.tensor(float(bias), device=device))
+        self.model_config = {**self.model_config, "init_logit_bias": float(bias)}
+
+    @property
     def context_length(self) -> int:
         return int(open_clip.get_model_tokenize_cfg(self.model)["context_length"])
 

@@ -16,6 +16,8 @@ from clipkit.infra.fields import check_config
 from clipkit.inputs.pairs import check_pair_source
 from clipkit.models.specs import parse_spec
 
+LOSSES = ("clip", "siglip")
+
 
 @dataclass(frozen=True)
 class TrainConfig:
@@ -31,6 +33,7 @@ class TrainConfig:
     weight_decay: float = 0.2
     warmup: int | None = None
     grad_clip: float | None = None
+    loss: str | None = None  # "clip" or "siglip"; None: siglip when the model has a logit bias
     weight: float = 0.5  # λ, the image→text share of the loss
     init_temperature: float | None = None
     learn_temperature: bool = True
@@ -85,6 +88,13 @@ def _check_options(config: TrainConfig) -> None:
         config.steps is not None and config.steps < 1
     ):
         raise UsageError("--epochs and --steps must be at least 1.", "E.g. --epochs 10.")
+    if config.loss not in (None, *LOSSES):
+        raise UsageError(f"--loss must be one of {', '.join(LOSSES)}, got {config.loss!r}.", "")
+    if config.loss == "siglip" and config.weight != 0.5:
+        raise UsageError(
+            "--lambda weighs InfoNCE's two directions; SigLIP's loss has none.",
+            "Drop --lambda, or use --loss clip.",
+        )
     if not 0.0 <= config.weight <= 1.0:
         raise UsageError(f"--lambda must be in [0, 1], got {config.weight}.", "0.5 weighs both.")
     if config.init_temperature is not None and not 0.01 <= config.init_temperature <= 10:

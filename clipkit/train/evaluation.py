@@ -17,7 +17,7 @@ from clipkit.infra.progress import ProgressReport
 from clipkit.inputs import pipeline
 from clipkit.inputs.pairs import Pair
 from clipkit.models.openclip import Encoder
-from clipkit.score import contrastive_loss, pair_ranks, rank_summary, recall_at_k
+from clipkit.score import contrastive_loss, pair_ranks, rank_summary, recall_at_k, sigmoid_loss
 from clipkit.train.checkpointing import Checkpointer
 from clipkit.train.session import Session
 from clipkit.train.state import MetricsLog, ResumeState
@@ -73,19 +73,25 @@ def evaluate(
     *,
     weight: float,
     logit_scale: torch.Tensor,
+    objective: str = "clip",
+    logit_bias: torch.Tensor | None = None,
     classes: ClassTree | None = None,
     batch_size: int = 256,
     workers: int = 0,
 ) -> Evaluation:
-    """Metrics of ``encoder`` (in its current state) on validation pairs and a class tree."""
+    """Metrics of ``encoder`` (in its current state) on validation pairs and a class tree;
+    the loss is the training objective's (``"clip"`` or ``"siglip"``, which needs the bias)."""
     encoded = pipeline.encode_image_files(
         encoder, [pair.image for pair in pairs], batch_size=batch_size, workers=workers
     )
     image = torch.from_numpy(encoded.vectors).to(encoder.device.value)
     text = _encode_texts(encoder, [pairs[i].captions[0] for i in encoded.rows], batch_size)
-    loss = contrastive_loss(
-        image, text, logit_scale.detach().float().to(image.device), weight=weight
-    )
+    scale = logit_scale.detach().float().to(image.device)
+    if objective == "siglip":
+        assert logit_bias is not None, "SigLIP's loss needs the model's logit bias"
+        loss = sigmoid_loss(image, text, scale, logit_bias.detach().float().to(image.device))
+    else:
+        loss = contrastive_loss(image, text, scale, weight=weight)
     ranks = pair_ranks(image, text)
     i2t, t2i = (
         recall_at_k(ranks.image_to_text, RECALL_KS),
@@ -154,6 +160,8 @@ class EpochEvaluation:
             session.data.val,
             weight=session.config.weight,
             logit_scale=model.logit_scale,
+            objective=session.settings["loss"],
+            logit_bias=getattr(model, "logit_bias", None),
             classes=session.classes,
             workers=min(session.workers, 2),
         )

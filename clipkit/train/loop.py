@@ -132,6 +132,7 @@ class StepLoop:
             pixels = session.augment.normalize(pixels)
         tokens = session.encoder.tokenize(captions).to(session.device, non_blocking=True)
         common: dict[str, Any] = {
+            "objective": settings["loss"],
             "weight": config.weight,
             "world": session.world,
             "autocast": self.autocast,
@@ -173,9 +174,7 @@ class StepLoop:
                     "step": step,
                     "epoch": (step - 1) // schedule.steps_per_epoch,
                     "loss": losses.loss,
-                    "loss_image_to_text": losses.image_to_text,
-                    "loss_text_to_image": losses.text_to_image,
-                    "temperature": losses.temperature,
+                    **losses.as_record(),
                     "lr": self.optimizer.param_groups[0]["lr"],
                     "samples_per_s": rate,
                 }

@@ -142,6 +142,8 @@ def _run(session: Session) -> TrainResult:
     return _result(session, checkpointer, evaluations, state, outcome)
 
 
+SIGLIP_INIT_SCALE, SIGLIP_INIT_BIAS = 10.0, -10.0
+
 # Below this many optimiser steps a run rarely trains a model well: 20 steps (10 epochs of 180
 # pairs at batch 64) gave a new user R@1 0.25, where 180 steps (30 epochs at batch 32) gave 0.85.
 SHORT_RUN_STEPS = 100
@@ -184,12 +186,22 @@ def _prepare_folder(session: Session) -> ResumeState | None:
 
 
 def _prepare_model(session: Session) -> None:
-    """The start temperature, whether it learns, and which tower is locked."""
+    """SigLIP's bias where the loss needs one, the start temperature, whether it learns, and
+    which tower is locked."""
     model, config = session.model, session.config
     with torch.no_grad():
+        if session.settings["loss"] == "siglip" and session.encoder.logit_bias is None:
+            # SigLIP's start (Zhai et al. 2023): t = 10, b = -10, so that the many negative
+            # pairs start with a small loss and do not swamp the few positive ones.
+            session.encoder.add_logit_bias(SIGLIP_INIT_BIAS)
+            model.logit_scale.fill_(math.log(SIGLIP_INIT_SCALE))
         if config.init_temperature is not None:
             model.logit_scale.fill_(math.log(1.0 / config.init_temperature))
     model.logit_scale.requires_grad_(config.learn_temperature)
+    if getattr(model, "logit_bias", None) is not None:
+        # Only SigLIP's loss uses the bias: under CLIP's it would get no gradient (and
+        # DistributedDataParallel refuses parameters that get none).
+        model.logit_bias.requires_grad_(session.settings["loss"] == "siglip")
     for name, parameter in model.named_parameters():
         image_side = name.startswith("visual.")
         if (config.lock_image and image_side) or (

@@ -101,12 +101,15 @@ def _resolved_settings(
         lr_reason = (
             "default for training from scratch" if from_scratch else "default for fine-tuning"
         )
+    loss, loss_reason = _objective(config, encoder)
     warmup = config.warmup
     if warmup is None:
         warmup = max(1, round(0.05 * schedule.total_steps))
     return {
         "lr": lr,
         "lr_reason": lr_reason,
+        "loss": loss,
+        "loss_reason": loss_reason,
         "warmup": min(warmup, schedule.total_steps),
         "total_steps": schedule.total_steps,
         "steps_per_epoch": schedule.steps_per_epoch,
@@ -119,3 +122,13 @@ def _resolved_settings(
         "precision": encoder.precision.value,
         "world_size": world.size,
     }
+
+
+def _objective(config: TrainConfig, encoder: Encoder) -> tuple[str, str]:
+    """The loss to train with, and why: as given, else SigLIP's for a model trained with it
+    (one with a logit bias: softmax InfoNCE would leave the bias untrained and meaningless)."""
+    if config.loss is not None:
+        return config.loss, "given"
+    if encoder.logit_bias is not None:
+        return "siglip", "the model has a logit bias (SigLIP)"
+    return "clip", "the default"

@@ -1,9 +1,10 @@
 """One optimisation step: param groups, the learning-rate schedule, and the loss + backward.
 
 The model is called through its ``forward(images, tokens)`` (so a DistributedDataParallel
-wrapper sees every call) and returns unit-norm features and ``exp(logit_scale)``. Under
-torchrun, features are all-gathered with gradients (as open_clip's ``gather_with_grad``), so
-the loss sees the global batch on every rank.
+wrapper sees every call) and returns unit-norm features, ``exp(logit_scale)`` and, for a
+model with SigLIP's bias, ``logit_bias``. Under torchrun, features are all-gathered with
+gradients (as open_clip's ``gather_with_grad``), so the loss sees the global batch on every
+rank: InfoNCE's softmax and SigLIP's sigmoid alike score every rank's texts as negatives.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ import torch
 import torch.distributed as dist
 
 from clipkit.infra.distributed import World
-from clipkit.score import contrastive_loss, directional_losses
+from clipkit.score import contrastive_loss, directional_losses, sigmoid_loss
 
 # Substrings of parameter names that AdamW must not decay (besides every 1-D tensor):
 # biases, norm layers, the temperature and the embedding tables.
@@ -29,9 +30,21 @@ class StepLosses:
     """Loss values of one step (on the global batch)."""
 
     loss: float
-    image_to_text: float
-    text_to_image: float
     temperature: float
+    image_to_text: float | None = None  # InfoNCE's two directions (loss "clip")
+    text_to_image: float | None = None
+    bias: float | None = None  # SigLIP's b (loss "siglip")
+
+    def as_record(self) -> dict[str, float]:
+        """The ``metrics.jsonl`` fields: the loss under its objective's name, its parts."""
+        if self.bias is not None:
+            return {"loss_siglip": self.loss, "bias": self.bias, "temperature": self.temperature}
+        assert self.image_to_text is not None and self.text_to_image is not None
+        return {
+            "loss_image_to_text": self.image_to_text,
+            "loss_text_to_image": self.text_to_image,
+            "temperature": self.temperature,
+        }
 
 
 def decays(name: str, parameter: torch.Tensor) -> bool:
@@ -73,11 +86,29 @@ def gather_detached(world: World, features: torch.Tensor) -> torch.Tensor:
     return torch.cat(parts, dim=0)
 
 
+def objective_loss(
+    objective: str,
+    image: torch.Tensor,
+    text: torch.Tensor,
+    scale: torch.Tensor,
+    bias: torch.Tensor | None,
+    weight: float,
+) -> torch.Tensor:
+    """The training loss of (S, D) features: ``"clip"``, InfoNCE both ways weighted by λ, or
+    ``"siglip"``, the pairwise sigmoid loss (which needs the model's ``bias``). ``scale`` is
+    ``exp(logit_scale)``, as the model returns it."""
+    if objective == "siglip":
+        assert bias is not None, "a model trained with SigLIP's loss has a logit bias"
+        return sigmoid_loss(image, text, scale.float().log(), bias.float())
+    return contrastive_loss(image, text, scale.float().log(), weight=weight)
+
+
 def full_batch_step(
     model: torch.nn.Module,
     pixels: torch.Tensor,
     tokens: torch.Tensor,
     *,
+    objective: str = "clip",
     weight: float,
     world: World,
     autocast: contextlib.AbstractContextManager,
@@ -85,11 +116,11 @@ def full_batch_step(
 ) -> StepLosses:
     """Forward the whole local batch with autograd, loss on the global batch, backward."""
     with autocast:
-        image, text, scale = model(pixels, tokens)[:3]
+        image, text, scale, bias = _outputs(model(pixels, tokens))
     image, text = gather_with_grad(world, image), gather_with_grad(world, text)
-    loss = contrastive_loss(image, text, scale.float().log(), weight=weight)
+    loss = objective_loss(objective, image, text, scale, bias, weight)
     _backward(loss, scaler)
-    return _losses(loss, image, text, scale)
+    return _losses(objective, loss, image, text, scale, bias)
 
 
 def grad_cache_step(
@@ -97,6 +128,7 @@ def grad_cache_step(
     pixels: torch.Tensor,
     tokens: torch.Tensor,
     *,
+    objective: str = "clip",
     weight: float,
     world: World,
     micro_batch: int,
@@ -115,20 +147,22 @@ def grad_cache_step(
     with torch.no_grad(), autocast:
         for chunk in chunks:
             rng_states.append(_rng_state())
-            image, text, scale = model(pixels[chunk], tokens[chunk])[:3]
+            image, text, scale, bias = _outputs(model(pixels[chunk], tokens[chunk]))
             images.append(image.float())
             texts.append(text.float())
     end_state = _rng_state()
     image = gather_detached(world, torch.cat(images)).requires_grad_()
     text = gather_detached(world, torch.cat(texts)).requires_grad_()
     scale_leaf = scale.detach().float().requires_grad_()
-    loss = contrastive_loss(image, text, scale_leaf.log(), weight=weight)
+    bias_leaf = None if bias is None else bias.detach().float().requires_grad_()
+    loss = objective_loss(objective, image, text, scale_leaf, bias_leaf, weight)
     loss.backward()
     # DistributedDataParallel averages parameter gradients over ranks, while each rank's
     # features only reach its own parameters: scale them by W so the average is the sum.
     # The temperature's gradient is already the full one on every rank.
     local = slice(world.rank * len(pixels), (world.rank + 1) * len(pixels))
     assert image.grad is not None and text.grad is not None  # leaves that required grad
+    assert scale_leaf.grad is not None
     image_grad = image.grad[local] * world.size
     text_grad = text.grad[local] * world.size
     for number, chunk in enumerate(chunks):
@@ -138,15 +172,27 @@ def grad_cache_step(
         _set_rng_state(rng_states[number])
         with sync:
             with autocast:
-                image_part, text_part, scale_out = model(pixels[chunk], tokens[chunk])[:3]
+                image_part, text_part, scale_out, bias_out = _outputs(
+                    model(pixels[chunk], tokens[chunk])
+                )
             surrogate = (image_part.float() * image_grad[chunk]).sum() + (
                 text_part.float() * text_grad[chunk]
             ).sum()
-            if last:
+            if last:  # the temperature's (and the bias's) gradient, once
                 surrogate = surrogate + scale_out.float() * scale_leaf.grad
+                if bias_out is not None and bias_leaf is not None and bias_leaf.grad is not None:
+                    surrogate = surrogate + bias_out.float() * bias_leaf.grad
             _backward(surrogate, scaler)
     _set_rng_state(end_state)
-    return _losses(loss, image.detach(), text.detach(), scale_leaf.detach())
+    return _losses(objective, loss, image.detach(), text.detach(), scale_leaf, bias_leaf)
+
+
+def _outputs(
+    outputs: Sequence[torch.Tensor],
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    """(image, text, exp(logit_scale), logit_bias or None) of an open_clip forward."""
+    image, text, scale = outputs[:3]
+    return image, text, scale, outputs[3] if len(outputs) > 3 else None
 
 
 def _backward(value: torch.Tensor, scaler: torch.amp.GradScaler | None) -> None:
@@ -155,16 +201,19 @@ def _backward(value: torch.Tensor, scaler: torch.amp.GradScaler | None) -> None:
     (scaler.scale(value) if scaler is not None else value).backward()
 
 
-def _losses(loss, image, text, scale) -> StepLosses:
+def _losses(objective: str, loss, image, text, scale, bias) -> StepLosses:
+    temperature = 1.0 / float(scale.detach().float().clamp(max=100.0))
+    if objective == "siglip":
+        return StepLosses(float(loss.detach()), temperature, bias=float(bias.detach()))
     with torch.no_grad():
         image_to_text, text_to_image = directional_losses(
             image.detach(), text.detach(), scale.detach().float().log()
         )
     return StepLosses(
         loss=float(loss.detach()),
+        temperature=temperature,
         image_to_text=float(image_to_text),
         text_to_image=float(text_to_image),
-        temperature=1.0 / float(scale.detach().float().clamp(max=100.0)),
     )
 
 

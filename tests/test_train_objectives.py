@@ -1,0 +1,107 @@
+"""``clipkit train``'s objectives beyond InfoNCE (issue #27): SigLIP's loss end to end on the
+tiny architecture (its bias starts at -10 and learns, checkpoints load with it, a model with
+a bias defaults to it, resume is exact) and the options' bad values."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import pytest
+from safetensors.torch import load_file
+
+from clipkit.errors import UsageError
+from clipkit.models import load_model
+from clipkit.train import TrainConfig, train
+
+TINY = "clipkit-tiny:random"
+
+
+def _config(shapes, out, **options):
+    base = {"data": str(shapes / "data"), "out": str(out), "model": TINY, "batch_size": 16,
+            "workers": 0, "val_split": 0.1}  # fmt: skip
+    return TrainConfig(**{**base, **options})
+
+
+def _steps(run_dir):
+    lines = Path(run_dir, "metrics.jsonl").read_text().splitlines()
+    return [r for r in map(json.loads, lines) if r["kind"] == "step"]
+
+
+@pytest.fixture(scope="module")
+def siglip_run(shapes, tmp_path_factory):
+    out = tmp_path_factory.mktemp("siglip") / "run"
+    return train(_config(shapes, out, loss="siglip", epochs=2, lr=2e-3))
+
+
+def test_siglip_starts_at_t_10_b_minus_10_and_its_loss_falls(siglip_run):
+    steps = _steps(siglip_run.run_dir)
+    assert siglip_run.settings["loss"] == "siglip" and siglip_run.settings["loss_reason"] == "given"
+    first = steps[0]
+    assert {"loss_siglip", "bias", "temperature"} <= first.keys()
+    assert "loss_image_to_text" not in first
+    assert first["bias"] == pytest.approx(-10.0, abs=0.01)  # one AdamW step of lr 2e-3 away
+    assert first["temperature"] == pytest.approx(0.1, rel=0.01)
+    assert first["loss"] == first["loss_siglip"]
+    # With cosines near 0, z ~ -10 everywhere: the S pairs cost about softplus(10) ~ 10 each,
+    # the S² - S others softplus(-10) ~ 0; so the loss starts near 10 (lower as pairs align).
+    assert 3.0 < first["loss"] < 11.0
+    assert sum(r["loss"] for r in steps[-3:]) < sum(r["loss"] for r in steps[:3]) - 0.5
+    assert steps[-1]["bias"] != pytest.approx(-10.0, abs=0.01)  # the bias learns
+
+
+def test_a_siglip_checkpoint_loads_with_its_bias_and_fine_tunes_with_siglip(
+    siglip_run, shapes, tmp_path
+):
+    weights = load_file(siglip_run.last_checkpoint)
+    encoder = load_model(siglip_run.last_checkpoint, device="cpu")
+    assert encoder.logit_bias == pytest.approx(float(weights["logit_bias"]))
+    assert encoder.logit_scale == pytest.approx(math.exp(float(weights["logit_scale"])))
+    again = train(_config(shapes, tmp_path / "again", model=siglip_run.last_checkpoint, steps=2,
+                          val_split=0.0))  # fmt: skip
+    assert again.settings["loss"] == "siglip"
+    assert again.settings["loss_reason"] == "the model has a logit bias (SigLIP)"
+    forced = train(_config(shapes, tmp_path / "forced", model=siglip_run.last_checkpoint,
+                           steps=2, val_split=0.0, loss="clip"))  # fmt: skip
+    assert "loss_image_to_text" in _steps(forced.run_dir)[0]
+    bias_before = float(weights["logit_bias"])  # CLIP's loss leaves the bias alone
+    assert float(load_file(forced.last_checkpoint)["logit_bias"]) == bias_before
+
+
+def test_validation_loss_is_siglip_s(siglip_run):
+    evaluation = siglip_run.evaluations[-1]
+    assert evaluation.loss > 0 and math.isfinite(evaluation.loss)
+    # softmax InfoNCE over S validation pairs is near log S for a weak model; SigLIP's is not
+    # bounded by it: at t ~ 10 its first evaluation sits well above InfoNCE's log(20) ~ 3.
+    assert siglip_run.evaluations[0].loss > math.log(siglip_run.val_pairs) - 1
+
+
+def test_a_siglip_run_resumes_bit_for_bit(shapes, tmp_path):
+    options = {"steps": 6, "val_split": 0.0, "seed": 3, "loss": "siglip"}
+    train(_config(shapes, tmp_path / "whole", **options))
+
+    def stop_at_step_3(report):
+        if report.stage == "train" and report.done == 3:
+            raise KeyboardInterrupt
+
+    first = train(_config(shapes, tmp_path / "split", **options), progress=stop_at_step_3)
+    assert first.interrupted
+    train(_config(shapes, tmp_path / "split", resume=True, **options))
+    assert [r["loss"] for r in _steps(tmp_path / "split")] == [
+        r["loss"] for r in _steps(tmp_path / "whole")
+    ]
+    whole = load_file(tmp_path / "whole" / "last.safetensors")
+    split = load_file(tmp_path / "split" / "last.safetensors")
+    assert float(whole["logit_bias"]) == float(split["logit_bias"])
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [({"loss": "sigmoid"}, "--loss must be one of clip, siglip"),
+     ({"loss": "siglip", "weight": 0.3}, "--lambda weighs InfoNCE")],
+)  # fmt: skip
+def test_bad_objective_options_are_refused_before_training(shapes, tmp_path, options, message):
+    with pytest.raises(UsageError, match=message):
+        train(_config(shapes, tmp_path / "bad", **options))
+    assert not (tmp_path / "bad").exists()
