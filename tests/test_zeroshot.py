@@ -22,6 +22,7 @@ from clipkit.zeroshot.classes import (
     check_labels,
     class_embeddings,
     class_tree_of_uris,
+    classify,
     parse_labels,
     prompts_for,
     read_labels_file,
@@ -145,6 +146,22 @@ def test_prompt_ensemble_is_the_normalised_mean_of_normalised_prompt_embeddings(
     assert not np.allclose(got[0], single[0], atol=1e-4)  # ensembling changes the embedding
 
 
+def test_classify_by_hand_softmax_and_sigmoid():
+    images = np.array([[1.0, 0.0], [0.0, -1.0]], np.float32)
+    weights = np.array([[1.0, 0.0], [0.0, 1.0]], np.float32)
+    # image 0: logits (2, 0); softmax e^2/(e^2+1) = 0.8808; sigmoid of (2-1, 0-1): 0.7311, 0.2689
+    soft, order = classify(images, weights, 2.0, 2)
+    assert order.tolist() == [[0, 1], [0, 1]]
+    assert soft[0].tolist() == pytest.approx([0.880797, 0.119203], abs=1e-6)
+    sig, sig_order = classify(images, weights, 2.0, 2, bias=-1.0)
+    assert sig_order.tolist() == order.tolist()
+    assert sig[0].tolist() == pytest.approx([0.731059, 0.268941], abs=1e-6)
+    assert sig[1].tolist() == pytest.approx([0.268941, 0.047426], abs=1e-6)  # σ(-1), σ(-3)
+    with np.errstate(over="raise"):  # no overflow at the extremes
+        extreme, _ = classify(images, weights, 100.0, 2, bias=-10.0)
+    assert extreme[0].tolist() == pytest.approx([1.0, 4.54e-5], abs=1e-6)
+
+
 def test_metrics_on_a_hand_made_imbalanced_case():
     # 6 A, 3 B, 1 C. Top-1: A->A x4, A->B x2; B->B x2, B->C x1; C->C x1.
     labels = ["A", "B", "C", "D"]  # D: a label no image truly has
@@ -204,6 +221,46 @@ def test_equals_open_clip_build_zero_shot_classifier(trained, colour_tree):
         assert prediction.label == labels[int(expected.argmax())]
         for label, probability in prediction.top:
             assert probability == pytest.approx(float(expected[labels.index(label)]), abs=1e-5)
+
+
+def test_a_siglip_model_gives_each_label_its_own_sigmoid(trained, colour_tree, tmp_path):
+    """A model with a logit bias (trained with SigLIP's loss) reports σ(t·cos + b) per label,
+    against open_clip's classifier, and says so; the labels' order is the softmax's."""
+    from open_clip.zero_shot_classifier import build_zero_shot_classifier
+    from open_clip.zero_shot_metadata import OPENAI_IMAGENET_TEMPLATES
+
+    from clipkit.models import load_model
+    from clipkit.models.checkpoints import write_checkpoint
+
+    encoder = load_model(trained, device="cpu")
+    encoder.add_logit_bias(-4.0)
+    siglip = write_checkpoint(
+        tmp_path / "siglip.safetensors", encoder.model.state_dict(), encoder.checkpoint_meta()
+    )
+    options = {"templates": "openai", "k": 4, "class_tree": True}
+    result = zeroshot(_config(colour_tree, str(siglip), **options))
+    softmax = zeroshot(_config(colour_tree, trained, **options))
+    assert result.logit_bias == pytest.approx(-4.0) and softmax.logit_bias is None
+    assert "sigmoid" in result.probabilities and "softmax" in softmax.probabilities
+    assert result.as_dict()["logit_bias"] == pytest.approx(-4.0)
+    labels = list(result.labels)
+    model = encoder.model
+    with torch.no_grad():
+        classifier = build_zero_shot_classifier(
+            model, encoder.tokenizer, labels, OPENAI_IMAGENET_TEMPLATES, device="cpu"
+        )
+        pixels = torch.stack(
+            [encoder.preprocess(Image.open(p.uri).convert("RGB")) for p in result.predictions]
+        )
+        features = model.encode_image(pixels, normalize=True)
+        expected = torch.sigmoid(model.logit_scale.exp() * features @ classifier - 4.0)
+    for prediction, plain, want in zip(
+        result.predictions, softmax.predictions, expected, strict=True
+    ):
+        assert prediction.label == plain.label == labels[int(want.argmax())]
+        assert [label for label, _ in prediction.top] == [label for label, _ in plain.top]
+        for label, probability in prediction.top:
+            assert probability == pytest.approx(float(want[labels.index(label)]), abs=1e-5)
 
 
 def test_trained_tiny_model_is_clearly_above_chance_on_a_class_tree(trained, colour_tree):

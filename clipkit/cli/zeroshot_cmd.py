@@ -148,6 +148,8 @@ def _summarise(result: Any) -> None:
         f"({result.runtime.reason}); skipped {len(result.failures)}.",
         markup=False,
     )
+    if result.logit_bias is not None:
+        stderr.print(f"Probabilities: {result.probabilities}.", markup=False)
     print_skipped(result.failures)
     if (r := result.rejection) is not None:
         how = (

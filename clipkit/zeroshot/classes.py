@@ -133,15 +133,27 @@ def class_embeddings(
 
 
 def classify(
-    images: Any, weights: np.ndarray, scale: float, k: int, chunk: int = 4096
+    images: Any,
+    weights: np.ndarray,
+    scale: float,
+    k: int,
+    chunk: int = 4096,
+    bias: float | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Top-k class probabilities: softmax over ``scale * images @ weights.T``.
+    """Top-k class probabilities of ``logits = scale * images @ weights.T``.
+
+    A softmax over the classes (CLIP's, as open_clip's zero-shot classifier), or, for a model
+    trained with SigLIP's loss (one with a logit ``bias``), each class's own sigmoid
+    ``σ(logits + bias)``: the probability that the image matches that class's prompts, as
+    the model was trained to give it (the classes' probabilities need not sum to 1). The
+    order of the classes is the same either way.
 
     Args:
         images: (N, D) unit-norm image embeddings (NumPy, or a torch tensor).
         weights: (C, D) unit-norm class embeddings.
         scale: ``exp(logit_scale)`` of the model.
         k: how many classes to keep per image (at most C).
+        bias: the model's ``logit_bias`` (SigLIP), or None for the softmax.
 
     Returns:
         probabilities (N, k) float32 and class indices (N, k) int64, best first; a tie goes
@@ -152,13 +164,26 @@ def classify(
     parts_p, parts_i = [np.empty((0, k), np.float32)], [np.empty((0, k), np.int64)]
     for start in range(0, images.shape[0], chunk):
         logits = scale * (images[start : start + chunk].astype(np.float32) @ weights.T)
-        logits -= logits.max(axis=1, keepdims=True)  # softmax without overflow
-        probabilities = np.exp(logits)
-        probabilities /= probabilities.sum(axis=1, keepdims=True)
-        best = np.argsort(-probabilities, axis=1, kind="stable")[:, :k]
+        if bias is None:
+            logits -= logits.max(axis=1, keepdims=True)  # softmax without overflow
+            probabilities = np.exp(logits)
+            probabilities /= probabilities.sum(axis=1, keepdims=True)
+        else:
+            probabilities = sigmoid(logits + np.float32(bias))
+        best = np.argsort(-logits, axis=1, kind="stable")[:, :k]
         parts_p.append(np.take_along_axis(probabilities, best, axis=1))
         parts_i.append(best.astype(np.int64))
     return np.concatenate(parts_p), np.concatenate(parts_i)
+
+
+def sigmoid(x: np.ndarray) -> np.ndarray:
+    """σ(x) = 1 / (1 + e^-x), without overflow for large |x|."""
+    positive = x >= 0
+    out = np.empty_like(x)
+    out[positive] = 1.0 / (1.0 + np.exp(-x[positive]))
+    exp = np.exp(x[~positive])
+    out[~positive] = exp / (1.0 + exp)
+    return out
 
 
 def fill_templates(labels: Sequence[str], templates: Sequence[str]) -> list[list[str]]:

@@ -1,7 +1,9 @@
 """``clipkit zeroshot``: label images by their similarity to prompt-ensembled class embeddings.
 
 Probabilities are the softmax over the model's scaled similarities (``exp(logit_scale) * cos``,
-as in open_clip), so the result equals open_clip's ``build_zero_shot_classifier`` + argmax.
+as in open_clip), so the result equals open_clip's ``build_zero_shot_classifier`` + argmax; for
+a model trained with SigLIP's loss (it has a ``logit_bias``), each class's own sigmoid
+``σ(t·cos + b)``, as that model was trained to give them.
 With ground truth (a class tree) it adds metrics; with a threshold on the top probability
 (given, or calibrated on known images) low-confidence images become ``unknown``.
 """
@@ -122,6 +124,14 @@ class ZeroShotResult:
     failures: tuple[tuple[str, str, str], ...]
     notes: tuple[str, ...] = ()
     runtime: RuntimeChoice = RuntimeChoice("torch", "")
+    logit_bias: float | None = None  # SigLIP's b: probabilities are σ(t·cos + b) per class
+
+    @property
+    def probabilities(self) -> str:
+        """How the probabilities were computed, in words."""
+        if self.logit_bias is None:
+            return "softmax over the labels"
+        return "sigmoid σ(t·cos + b) of each label on its own (a SigLIP model's own)"
 
     @functools.cached_property  # sorted once: the CLI and reports ask several times
     def distribution(self) -> list[tuple[str, int]]:
@@ -141,6 +151,8 @@ class ZeroShotResult:
                     "prompts",
                     "templates",
                     "logit_scale",
+                    "logit_bias",
+                    "probabilities",
                     "notes",
                 )
             },
@@ -208,7 +220,8 @@ def _zeroshot(config: ZeroShotConfig, progress: ProgressCallback | None) -> Zero
             "Fix or remove the unreadable files.",
         )
     kept = min(max(config.k, METRICS_K), len(names))
-    probabilities, indices = classify(images.vectors, weights, encoder.logit_scale, kept)
+    bias = getattr(encoder, "logit_bias", None)
+    probabilities, indices = classify(images.vectors, weights, encoder.logit_scale, kept, bias=bias)
     threshold, rejection = _threshold(config, encoder, weights, known, progress)
     base = reading_base(store.read_base(source)) if kind == "embeddings" else None
     predictions = _predictions(names, images, probabilities, indices, threshold, config.k, base)
@@ -230,6 +243,7 @@ def _zeroshot(config: ZeroShotConfig, progress: ProgressCallback | None) -> Zero
         failures=tuple(images.failures),
         notes=tuple(notes),
         runtime=runtime,
+        logit_bias=bias,
     )
 
 
@@ -541,7 +555,8 @@ def _threshold(
     if known is None:
         return None, None
     images = _encode(encoder, known, config, progress, "calibration images")
-    probabilities, _ = classify(images.vectors, weights, encoder.logit_scale, 1)
+    bias = getattr(encoder, "logit_bias", None)
+    probabilities, _ = classify(images.vectors, weights, encoder.logit_scale, 1, bias=bias)
     confidences = probabilities[:, 0].tolist()
     threshold = calibrate_threshold(confidences, config.false_reject)
     realised = sum(c < threshold for c in confidences) / len(confidences)
