@@ -6,6 +6,7 @@ and ``--fail-on-flags`` sets the exit code."""
 from __future__ import annotations
 
 import json
+import math
 import random
 import re
 import shutil
@@ -197,6 +198,44 @@ def test_trained_model_ranks_planted_swaps_high(swapped_shapes, finished_run):
     )
     assert auroc(bad, good) >= 0.9 and auroc(bad, good) >= cosine - 0.01
     assert all(p.flagged for p in result.pairs if Path(p.image).name in swapped)
+
+
+def test_a_siglip_model_gives_each_pair_its_match_probability(
+    swapped_shapes, finished_run, tmp_path
+):
+    """σ(t·cos + b) with the checkpoint's own t and b, in the result, the summary and the
+    flagged table; a softmax model's pairs have none."""
+    from safetensors.torch import load_file
+
+    from clipkit.models import load_model
+    from clipkit.models.checkpoints import write_checkpoint
+
+    folder, _ = swapped_shapes
+    trained = str(Path(finished_run[1].run_dir) / "best.safetensors")
+    encoder = load_model(trained, device="cpu")
+    encoder.add_logit_bias(-3.5)
+    siglip = write_checkpoint(
+        tmp_path / "siglip.safetensors", encoder.model.state_dict(), encoder.checkpoint_meta()
+    )
+    weights = load_file(siglip)
+    t, b = math.exp(float(weights["logit_scale"])), float(weights["logit_bias"])
+    result = audit(AuditConfig(data=folder, model=str(siglip), workers=0, device="cpu"))
+    assert result.logit_bias == pytest.approx(-3.5)
+    for pair in result.pairs:
+        expected = 1 / (1 + math.exp(-(t * pair.cosine + b)))
+        assert pair.match_probability == pytest.approx(expected, abs=1e-5)
+    plain = audit(AuditConfig(data=folder, model=trained, workers=0, device="cpu"))
+    assert plain.logit_bias is None and all(p.match_probability is None for p in plain.pairs)
+    flagged = tmp_path / "flagged.csv"
+    shown = CliRunner().invoke(
+        cli.app,
+        ["audit", str(folder), "-m", str(siglip), "--workers", "0", "--device", "cpu",
+         "--write-flagged", str(flagged)],
+    )  # fmt: skip
+    assert shown.exit_code == 0, shown.output
+    assert "Match probability σ(t·cos + b), the SigLIP model's own" in shown.stderr
+    header = flagged.read_text().splitlines()[0].split(",")
+    assert header[-1] == "match_probability"
 
 
 def test_bad_images_are_skipped_and_listed(tmp_path):

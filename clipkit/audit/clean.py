@@ -88,17 +88,17 @@ def write_clean(result: Any, config: AuditConfig, path: Path) -> Written:
 def write_flagged(result: Any, config: AuditConfig, path: Path) -> Written:
     """The flagged pairs, worst first, with the audit's scores and suggestions: a table's
     own columns first (each flagged row of it), then the audit's."""
-    source = _table_source(result, config)
+    source, added = _table_source(result, config), _audit_columns(result)
     if source is None:
         rows = [
             {
                 "image": _relocated(p.image_path or p.image, path),
                 "caption": p.caption,
-                **_audit_values(p, path, set()),
+                **_audit_values(p, added, path, set()),
             }
             for p in result.flagged
         ]
-        return _write(path, rows, ["image", "caption", *AUDIT_COLUMNS])
+        return _write(path, rows, ["image", "caption", *added])
     table, image_key, text_key = source
     columns = table.columns
     values = {name: table.values(name) for name in columns}
@@ -108,12 +108,12 @@ def write_flagged(result: Any, config: AuditConfig, path: Path) -> Written:
     rows = [
         {
             **_table_row(values, number, image_key, table.path, path),
-            **_audit_values(p, path, set(columns)),
+            **_audit_values(p, added, path, set(columns)),
         }
         for p in result.flagged
         for number in numbers.get((p.image, p.caption), [])
     ]
-    named = [_free_name(name, set(columns)) for name in AUDIT_COLUMNS]
+    named = [_free_name(name, set(columns)) for name in added]
     return _write(path, rows, [*columns, *named])
 
 
@@ -171,8 +171,13 @@ def _relative_to(path: str, out: Path) -> str:
         return os.path.abspath(path)
 
 
-def _audit_values(pair: Any, out: Path, taken: set[str]) -> dict[str, Any]:
-    values = {name: getattr(pair, name) for name in AUDIT_COLUMNS}
+def _audit_columns(result: Any) -> tuple[str, ...]:
+    """The audit's columns; a SigLIP model's pairs have their match probability too."""
+    return AUDIT_COLUMNS + (("match_probability",) if result.logit_bias is not None else ())
+
+
+def _audit_values(pair: Any, columns: Sequence[str], out: Path, taken: set[str]) -> dict[str, Any]:
+    values = {name: getattr(pair, name) for name in columns}
     if values["suggested_image"]:
         values["suggested_image"] = _relocated(values["suggested_image"], out)
     return {_free_name(name, taken): value for name, value in values.items()}

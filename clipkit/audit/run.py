@@ -67,6 +67,9 @@ class PairAudit:
     suggested_image_score: float | None
     truncated: bool = False
     image_path: str = ""  # the image's uri as a path that opens from here (filenames.locate)
+    # A SigLIP model's own probability that image and caption match, σ(t·cos + b); None for
+    # a model trained with softmax (its scores are not probabilities of a pair on its own).
+    match_probability: float | None = None
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -122,6 +125,7 @@ class AuditResult:
     duplicate_images: tuple[tuple[tuple[str, ...], tuple[str, ...]], ...]  # (files, captions)
     duplicate_captions: tuple[tuple[str, tuple[str, ...]], ...]  # (caption, images)
     runtime: RuntimeChoice = RuntimeChoice("torch", "")
+    logit_bias: float | None = None  # a SigLIP model's b: pairs have a match_probability
 
     @functools.cached_property  # sorted once: the CLI and reports ask several times
     def flagged(self) -> list[PairAudit]:
@@ -208,6 +212,8 @@ class _Encoded:
     image_ids: list[str]
     truncated: list[bool]
     failures: list[tuple[str, str, str]]
+    scale: float = 1.0  # the model's exp(logit_scale)
+    bias: float | None = None  # and its logit_bias, when it was trained with SigLIP's loss
 
 
 def audit(config: AuditConfig, progress: ProgressCallback | None = None) -> AuditResult:
@@ -249,6 +255,11 @@ def _audit(config: AuditConfig, progress: ProgressCallback | None) -> AuditResul
         config, stats.scores, mismatch, null_cosine, null_mismatch
     )
     pairs, base = [], reading_base(store.read_base(path)) if kind == "embeddings" else None
+    matching = (
+        None
+        if encoded.bias is None
+        else torch.sigmoid(encoded.scale * stats.scores.float() + encoded.bias).tolist()
+    )
     for i in range(len(encoded.images)):
         best_b, best_a = int(stats.best_b[i]), int(stats.best_a[i])
         pairs.append(
@@ -268,6 +279,7 @@ def _audit(config: AuditConfig, progress: ProgressCallback | None) -> AuditResul
                 suggested_image_score=float(stats.best_a_score[i]) if best_a >= 0 else None,
                 truncated=encoded.truncated[i],
                 image_path=locate(encoded.images[i], base),
+                match_probability=None if matching is None else matching[i],
             )
         )
     duplicate_images, duplicate_captions = _duplicates(encoded, image_groups, caption_groups)
@@ -283,6 +295,7 @@ def _audit(config: AuditConfig, progress: ProgressCallback | None) -> AuditResul
         duplicate_images=duplicate_images,
         duplicate_captions=duplicate_captions,
         runtime=runtime,
+        logit_bias=encoded.bias,
     )
 
 
@@ -340,6 +353,8 @@ def _from_pairs(
         image_ids=[found[image][1] for image, _ in rows],
         truncated=truncated,
         failures=failures,
+        scale=encoder.logit_scale,
+        bias=getattr(encoder, "logit_bias", None),
     )
     return encoded, encoder.spec, runtime
 
@@ -422,6 +437,8 @@ def _from_embeddings(config: AuditConfig, folder: Path) -> tuple[_Encoded, str, 
         image_ids=[rows.ids[i] for i, _ in picked],
         truncated=encoder.truncated(captions),
         failures=failures,
+        scale=encoder.logit_scale,
+        bias=getattr(encoder, "logit_bias", None),
     )
     if config.long_captions == "chunk" and any(encoded.truncated):
         raise InputError(

@@ -198,6 +198,14 @@ def _summarise(result: Any) -> None:
         + ".",
         markup=False,
     )
+    if result.logit_bias is not None:
+        chances = sorted(p.match_probability for p in result.pairs)
+        unlikely = sum(chance < 0.5 for chance in chances)
+        stderr.print(
+            f"Match probability σ(t·cos + b), the SigLIP model's own: median "
+            f"{chances[len(chances) // 2]:.3f}; {unlikely} pairs below 0.5.",
+            markup=False,
+        )
     matched, shuffled = c.quantiles["matched"], c.quantiles["shuffled"]
     stderr.print(
         f"Cosine median: pairs {matched['50%']:.3f}, shuffled {shuffled['50%']:.3f}; "
