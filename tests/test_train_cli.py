@@ -160,3 +160,25 @@ def test_a_short_run_says_so_before_training_with_what_to_change(shapes, tmp_pat
     said = " ".join(result.stderr.split())
     assert "Note: this run takes only 4 optimiser steps (2 epochs of 2 steps" in said
     assert said.index("Note:") < said.index("4/4 epoch 2")  # before training; steps and epoch
+
+
+def test_the_loss_option_reaches_the_service_and_a_bad_one_is_a_usage_error(
+    monkeypatch, in_data_folder
+):
+    seen = {}
+
+    def fake_train(config, progress=None):
+        seen["config"] = config
+        return _result(settings={"lr": 5e-4, "lr_reason": "given", "loss": "siglip",
+                                 "loss_reason": "given"})  # fmt: skip
+
+    monkeypatch.setattr(train_module, "train", fake_train)
+    result = runner.invoke(cli.app, ["train", "pairs.csv", "-o", "runs/x", "--loss", "siglip"])
+    assert result.exit_code == 0, result.stderr
+    assert seen["config"].loss == "siglip"
+    assert "loss siglip (given)" in result.stderr
+    bad = runner.invoke(cli.app, ["train", "pairs.csv", "-o", "runs/y", "--loss", "sigmoid"])
+    assert bad.exit_code == 2 and "sigmoid" in bad.stderr
+    mixed = ["train", "pairs.csv", "-o", "runs/z", "--loss", "siglip", "--lambda", "0.3"]
+    refused = runner.invoke(cli.app, mixed)
+    assert refused.exit_code == 2 and "SigLIP's loss has none" in refused.stderr

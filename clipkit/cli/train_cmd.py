@@ -91,7 +91,7 @@ def train(
     resume: Annotated[bool, typer.Option(help="Continue the run in --out exactly.")] = False,
     strict: StrictOption = False,
 ) -> None:
-    """Fine-tune CLIP with the bidirectional contrastive loss.
+    """Fine-tune CLIP with its contrastive loss, or SigLIP's sigmoid loss.
 
     Example: clipkit train pairs/ -o runs/shapes -m clipkit-tiny:random --epochs 5
     """
@@ -162,7 +162,9 @@ def _report(result: Any) -> None:
     say(
         f"{verb} at step {result.steps_done}/{result.total_steps} on {result.train_pairs} pairs "
         f"({result.val_pairs} validation, {len(result.skipped)} skipped), lr {settings['lr']:g} "
-        f"({settings['lr_reason']}), {result.samples_per_second:.1f} samples/s -> {result.run_dir}"
+        f"({settings['lr_reason']}), "
+        + (f"loss {settings['loss']} ({settings['loss_reason']}), " if "loss" in settings else "")
+        + f"{result.samples_per_second:.1f} samples/s -> {result.run_dir}"
     )
     if result.interrupted:
         say("State saved; continue with the same command and --resume.")
