@@ -13,6 +13,7 @@ from safetensors.torch import load_file
 
 from clipkit.errors import UsageError
 from clipkit.models import load_model
+from clipkit.models.openclip import list_models
 from clipkit.train import TrainConfig, train
 
 TINY = "clipkit-tiny:random"
@@ -58,6 +59,8 @@ def test_a_siglip_checkpoint_loads_with_its_bias_and_fine_tunes_with_siglip(
     encoder = load_model(siglip_run.last_checkpoint, device="cpu")
     assert encoder.logit_bias == pytest.approx(float(weights["logit_bias"]))
     assert encoder.logit_scale == pytest.approx(math.exp(float(weights["logit_scale"])))
+    # its config (tiny + a bias) is registered under a private name, never offered as a model
+    assert all("@" not in row.spec for row in list_models("clipkit"))
     again = train(_config(shapes, tmp_path / "again", model=siglip_run.last_checkpoint, steps=2,
                           val_split=0.0))  # fmt: skip
     assert again.settings["loss"] == "siglip"

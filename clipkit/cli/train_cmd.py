@@ -91,7 +91,7 @@ def train(
     resume: Annotated[bool, typer.Option(help="Continue the run in --out exactly.")] = False,
     strict: StrictOption = False,
 ) -> None:
-    """Fine-tune CLIP with its contrastive loss, or SigLIP's sigmoid loss.
+    """Fine-tune a model with CLIP's contrastive loss or SigLIP's.
 
     Example: clipkit train pairs/ -o runs/shapes -m clipkit-tiny:random --epochs 5
     """

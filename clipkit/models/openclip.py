@@ -384,7 +384,8 @@ def list_models(name_filter: str | None = None, *, cached_only: bool = False) ->
             )
         )
     for arch in open_clip.list_models():
-        if arch not in tagged and arch not in BUILTIN_ARCHS:
+        # "ARCH@hash" names a checkpoint's own config (_register), not an architecture to offer
+        if arch not in tagged and arch not in BUILTIN_ARCHS and "@" not in arch:
             rows.append(ModelListing(f"{arch}:random", "open_clip architecture", False))
     if name_filter:
         needle = name_filter.lower()

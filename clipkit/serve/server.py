@@ -15,7 +15,6 @@ from collections.abc import Callable
 from typing import Any
 
 import uvicorn
-from fastapi import FastAPI
 
 from clipkit.serve.app import METRICS_FOLDER, create_app
 from clipkit.serve.config import ServeConfig, from_environment, to_environment
@@ -53,7 +52,8 @@ def run(config: ServeConfig, say: Callable[[str], None] = print) -> None:
         _uvicorn(config, f"{__name__}:worker_app", factory=True, workers=config.workers)
 
 
-def _uvicorn(config: ServeConfig, app: FastAPI | str, **more: Any) -> None:
+def _uvicorn(config: ServeConfig, app: Any, **more: Any) -> None:
+    """Serve ``app`` (the app, or the import string of a factory) until stopped."""
     uvicorn.run(
         app,
         host=config.host,
@@ -64,6 +64,6 @@ def _uvicorn(config: ServeConfig, app: FastAPI | str, **more: Any) -> None:
     )
 
 
-def worker_app() -> FastAPI:
+def worker_app() -> Any:
     """The app of one worker process, from the config its parent left in the environment."""
     return create_app(Served(from_environment(os.environ[CONFIG_VARIABLE])))

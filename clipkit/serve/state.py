@@ -37,8 +37,8 @@ SEARCH_WINDOW_S = 0.001
 # thread each in the server (see cli/serve_cmd.py), and a lone query would use one core.
 CORES = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 
-# One query of a search batch: the index as loaded, a (D,) unit vector, k.
-SearchItem = tuple[LoadedIndex, np.ndarray, int]
+# One query of a search batch: the index as loaded, a (D,) unit vector, k, scoring threads.
+SearchItem = tuple[LoadedIndex, np.ndarray, int, int]
 # Its answer: (k',) scores and (k',) row numbers (-1: none), as LoadedIndex.search gives.
 SearchAnswer = tuple[np.ndarray, np.ndarray]
 
@@ -81,7 +81,9 @@ class Served:
         self._encoders: dict[str, tuple[Any, RuntimeChoice]] = {}
         self._text_batchers: dict[str, Batcher[str, np.ndarray]] = {}  # by fingerprint
         self._in_progress = 0  # search and embed calls now running (batchers wait if > 1)
-        self._search = Batcher[SearchItem, SearchAnswer](
+        # threads scoring an exact index: the cores, shared among the worker processes
+        self._search_threads = max(1, CORES // config.workers)
+        self._search_batcher = Batcher[SearchItem, SearchAnswer](
             _search_batch, SEARCH_WINDOW_S, others_busy=self._others_busy
         )
         self._thumbnails: OrderedDict[tuple[str, str], bytes] = OrderedDict()
@@ -176,7 +178,8 @@ class Served:
             )
         label = " + ".join([*texts, *(f"image {i + 1}" for i in range(len(images))), *rows])
         loaded = served.loaded
-        ((scores, found),) = self._search([(loaded, combine(vectors, weights)[0], k)])
+        query = combine(vectors, weights)[0]
+        ((scores, found),) = self._search_batcher([(loaded, query, k, self._search_threads)])
         return index_hits(loaded, scores[None], found[None], [label])[0]
 
     def embed(
@@ -309,11 +312,11 @@ def _search_batch(items: list[SearchItem]) -> list[SearchAnswer]:
     index's vectors are read once for the group rather than once for each query."""
     answers: list[SearchAnswer | None] = [None] * len(items)
     groups: dict[tuple[int, int], list[int]] = {}
-    for n, (loaded, _, k) in enumerate(items):
+    for n, (loaded, _, k, _) in enumerate(items):
         groups.setdefault((id(loaded), k), []).append(n)
     for members in groups.values():
-        loaded, _, k = items[members[0]]
-        scores, found = loaded.search(np.stack([items[n][1] for n in members]), k, CORES)
+        loaded, _, k, threads = items[members[0]]
+        scores, found = loaded.search(np.stack([items[n][1] for n in members]), k, threads)
         for n, row_scores, row_found in zip(members, scores, found, strict=True):
             answers[n] = (row_scores, row_found)
     return answers  # type: ignore[return-value]  # every position was filled
