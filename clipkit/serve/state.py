@@ -81,6 +81,7 @@ class Served:
         self._encoders: dict[str, tuple[Any, RuntimeChoice]] = {}
         self._text_batchers: dict[str, Batcher[str, np.ndarray]] = {}  # by fingerprint
         self._in_progress = 0  # search and embed calls now running (batchers wait if > 1)
+        self._counting = threading.Lock()  # not _lock: a reload holds that for seconds
         # threads scoring an exact index: the cores, shared among the worker processes
         self._search_threads = max(1, CORES // config.workers)
         self._search_batcher = Batcher[SearchItem, SearchAnswer](
@@ -269,12 +270,12 @@ class Served:
     @contextlib.contextmanager
     def _working(self) -> Iterator[None]:
         """Counts a search or embed call as in progress while it runs."""
-        with self._lock:
+        with self._counting:
             self._in_progress += 1
         try:
             yield
         finally:
-            with self._lock:
+            with self._counting:
                 self._in_progress -= 1
 
     def _others_busy(self) -> bool:
