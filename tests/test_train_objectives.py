@@ -1,6 +1,7 @@
 """``clipkit train``'s objectives beyond InfoNCE (issue #27): SigLIP's loss end to end on the
 tiny architecture (its bias starts at -10 and learns, checkpoints load with it, a model with
-a bias defaults to it, resume is exact) and the options' bad values."""
+a bias defaults to it, resume is exact), FLIP's patch masking (the tokens the transformer
+sees, eval unmasked, the unmasked last epochs, GradCache) and the options' bad values."""
 
 from __future__ import annotations
 
@@ -108,3 +109,101 @@ def test_bad_objective_options_are_refused_before_training(shapes, tmp_path, opt
     with pytest.raises(UsageError, match=message):
         train(_config(shapes, tmp_path / "bad", **options))
     assert not (tmp_path / "bad").exists()
+
+
+def _tokens_seen(encoder, pixels) -> int:
+    """How many tokens the image transformer's first block receives."""
+    seen = []
+    block = encoder.model.visual.transformer.resblocks[0]
+    handle = block.register_forward_pre_hook(lambda _, args: seen.append(args[0].shape))
+    try:
+        encoder.model.visual(pixels)
+    finally:
+        handle.remove()
+    (shape,) = seen
+    return shape[1] if shape[0] == len(pixels) else shape[0]  # batch-first or not
+
+
+@pytest.mark.parametrize("ratio", [0.0, 0.3, 0.5, 0.75, 0.99])
+def test_masking_keeps_open_clip_s_share_of_patches_in_training_only(tiny_encoder, ratio):
+    """clipkit-tiny: 64 × 64 pixels in 8 × 8 patches, 64 patches and a class token. open_clip's
+    rule keeps max(1, floor(64 (1 - R))) patches: R 0.3 keeps 44 (ceil would keep 45)."""
+    import torch
+
+    from clipkit.models import load_model
+
+    encoder = load_model(TINY, device="cpu")
+    pixels = torch.randn(3, 3, 64, 64, generator=torch.Generator().manual_seed(0))
+    encoder.set_patch_dropout(ratio)
+    encoder.model.train()
+    kept = {0.0: 64, 0.3: 44, 0.5: 32, 0.75: 16, 0.99: 1}[ratio]
+    assert _tokens_seen(encoder, pixels) == 1 + kept
+    encoder.model.eval()
+    assert _tokens_seen(encoder, pixels) == 65  # evaluation sees every patch
+
+
+def test_a_masked_run_logs_its_ratio_and_ends_unmasked(shapes, tmp_path):
+    result = train(_config(shapes, tmp_path / "flip", epochs=3, mask_ratio=0.5,
+                           unmasked_epochs=1))  # fmt: skip
+    per_epoch = {}
+    for record in _steps(result.run_dir):
+        per_epoch.setdefault(record["epoch"], set()).add(record["mask_ratio"])
+    assert per_epoch == {0: {0.5}, 1: {0.5}, 2: {0.0}}
+    assert len(result.evaluations) == 3
+
+
+def test_mask_ratio_zero_changes_nothing(shapes, tmp_path):
+    plain = train(_config(shapes, tmp_path / "plain", steps=3, val_split=0.0, seed=2))
+    zero = train(_config(shapes, tmp_path / "zero", steps=3, val_split=0.0, seed=2,
+                         mask_ratio=0.0))  # fmt: skip
+    assert [r["loss"] for r in _steps(plain.run_dir)] == [r["loss"] for r in _steps(zero.run_dir)]
+
+
+def test_grad_cache_equals_the_full_batch_with_masking(tiny_encoder):
+    """GradCache replays each micro-batch with the random state of its cached pass, so the
+    same patches drop twice: with one micro-batch its gradient is the full batch's (a replay
+    drawing a new mask would give another). Several micro-batches draw their masks per
+    micro-batch, a different but equally valid sample."""
+    import contextlib
+
+    import torch
+
+    from clipkit.infra.distributed import World
+    from clipkit.models import load_model
+    from clipkit.train.step import full_batch_step, grad_cache_step
+
+    encoder = load_model(TINY, device="cpu")
+    encoder.set_patch_dropout(0.5)
+    model = encoder.model.train()
+    pixels = torch.randn(8, 3, 64, 64, generator=torch.Generator().manual_seed(1))
+    tokens = encoder.tokenize([f"shape {i}" for i in range(8)])
+    common = {"weight": 0.5, "world": World(), "autocast": contextlib.nullcontext()}
+    torch.manual_seed(7)
+    full = full_batch_step(model, pixels, tokens, **common)
+    expected = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+    model.zero_grad(set_to_none=True)
+    torch.manual_seed(7)
+    cached = grad_cache_step(model, pixels, tokens, micro_batch=8, **common)
+    assert cached.loss == pytest.approx(full.loss, rel=1e-6)
+    for name, grad in expected.items():
+        torch.testing.assert_close(model.get_parameter(name).grad, grad, rtol=1e-4, atol=1e-6)
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [({"mask_ratio": 1.0}, r"--mask-ratio must be in \[0, 1\)"),
+     ({"mask_ratio": -0.1}, r"--mask-ratio must be in \[0, 1\)"),
+     ({"unmasked_epochs": 1}, "no --mask-ratio was given"),
+     ({"mask_ratio": 0.5, "unmasked_epochs": -1}, "--unmasked-epochs must be >= 0")],
+)  # fmt: skip
+def test_bad_masking_options_are_refused_before_training(shapes, tmp_path, options, message):
+    with pytest.raises(UsageError, match=message):
+        train(_config(shapes, tmp_path / "bad", **options))
+    assert not (tmp_path / "bad").exists()
+
+
+def test_masking_needs_patches_and_a_masked_epoch(shapes, tmp_path):
+    with pytest.raises(UsageError, match="leaves none of the run's 2 epochs masked"):
+        train(_config(shapes, tmp_path / "all", epochs=2, mask_ratio=0.5, unmasked_epochs=2))
+    with pytest.raises(UsageError, match="ResNet"):
+        train(_config(shapes, tmp_path / "rn", model="RN50:random", steps=1, mask_ratio=0.5))

@@ -55,6 +55,13 @@ def train(
     weight: Annotated[
         float, typer.Option("--lambda", help="Weight λ of the image→text loss (0..1).")
     ] = 0.5,
+    mask_ratio: Annotated[
+        float,
+        typer.Option(help="Share of image patches dropped while training (FLIP, ViT only)."),
+    ] = 0.0,
+    unmasked_epochs: Annotated[
+        int, typer.Option(help="Last epochs trained with every patch (after --mask-ratio).")
+    ] = 0,
     init_temperature: Annotated[
         float | None, typer.Option(help="Start temperature t [the model's own].")
     ] = None,
@@ -110,6 +117,8 @@ def train(
         grad_clip=grad_clip,
         loss=loss.value if loss is not None else None,
         weight=weight,
+        mask_ratio=mask_ratio,
+        unmasked_epochs=unmasked_epochs,
         init_temperature=init_temperature,
         learn_temperature=learn_temperature,
         val_split=val_split,

@@ -125,6 +125,22 @@ class Encoder:
         bias = getattr(self.model, "logit_bias", None)
         return None if bias is None else float(bias.detach())
 
+    @property
+    def drops_patches(self) -> bool:
+        """Whether the image tower is a ViT whose patches can be dropped (FLIP), not a
+        ResNet or a timm tower."""
+        return hasattr(self.model.visual, "patch_dropout")
+
+    def set_patch_dropout(self, ratio: float) -> None:
+        """Drop this share of the image patches in training mode (FLIP; open_clip's
+        ``PatchDropout``: each image keeps ``max(1, int(patches·(1 - ratio)))`` random patches
+        and its class token); eval mode always sees every patch. 0 turns it off."""
+        assert self.drops_patches, "only ViT image towers have patches to drop"
+        visual = self.model.visual
+        visual.patch_dropout = (
+            open_clip.transformer.PatchDropout(ratio) if ratio > 0 else torch.nn.Identity()
+        )
+
     def add_logit_bias(self, bias: float) -> None:
         """Give the model SigLIP's learnable logit bias, recorded in its config so that its
         checkpoints load with it (open_clip builds the parameter from ``init_logit_bias``)."""

@@ -35,6 +35,8 @@ class TrainConfig:
     grad_clip: float | None = None
     loss: str | None = None  # "clip" or "siglip"; None: siglip when the model has a logit bias
     weight: float = 0.5  # λ, the image→text share of the loss
+    mask_ratio: float = 0.0  # FLIP: share of image patches dropped while training
+    unmasked_epochs: int = 0  # the last epochs train with every patch
     init_temperature: float | None = None
     learn_temperature: bool = True
     val_split: float = 0.1
@@ -94,6 +96,18 @@ def _check_options(config: TrainConfig) -> None:
         raise UsageError(
             "--lambda weighs InfoNCE's two directions; SigLIP's loss has none.",
             "Drop --lambda, or use --loss clip.",
+        )
+    if not 0.0 <= config.mask_ratio < 1.0:  # also refuses NaN
+        raise UsageError(
+            f"--mask-ratio must be in [0, 1), got {config.mask_ratio}.",
+            "FLIP drops 0.5 to 0.75 of the patches; 0 drops none.",
+        )
+    if config.unmasked_epochs < 0:
+        raise UsageError(f"--unmasked-epochs must be >= 0, got {config.unmasked_epochs}.", "")
+    if config.unmasked_epochs and not config.mask_ratio:
+        raise UsageError(
+            "--unmasked-epochs ends a masked run without masking; no --mask-ratio was given.",
+            "Add --mask-ratio 0.5, or drop --unmasked-epochs.",
         )
     if not 0.0 <= config.weight <= 1.0:
         raise UsageError(f"--lambda must be in [0, 1], got {config.weight}.", "0.5 weighs both.")

@@ -22,7 +22,7 @@ from clipkit.inputs.pipeline import decode_worker_init, start_workers
 from clipkit.train.checkpointing import Checkpointer
 from clipkit.train.data import PairDataset, SeededBatches, collate_pairs
 from clipkit.train.evaluation import EpochEvaluation
-from clipkit.train.session import Session
+from clipkit.train.session import Session, mask_ratio_at
 from clipkit.train.state import LAST_FILE, MetricsLog, ResumeState
 from clipkit.train.step import StepLosses, full_batch_step, grad_cache_step, learning_rate
 
@@ -63,6 +63,7 @@ class StepLoop:
             torch.autocast("cuda", dtype=dtype) if dtype else contextlib.nullcontext()
         )
         self.paused = 0.0  # seconds spent evaluating and checkpointing, not training
+        self.mask_ratio = 0.0  # the share of image patches the model drops now
 
     def run(self, state: ResumeState) -> LoopOutcome:
         """Train, then save the last completed step; raises DivergedError after saving when
@@ -127,6 +128,10 @@ class StepLoop:
                 step, settings["lr"], settings["warmup"], session.schedule.total_steps
             )
         optimizer.zero_grad(set_to_none=True)
+        ratio = mask_ratio_at(config, session.schedule, step)
+        if ratio != self.mask_ratio:  # FLIP: masked epochs, then unmasked ones
+            session.encoder.set_patch_dropout(ratio)
+            self.mask_ratio = ratio
         pixels = pixels.to(session.device, non_blocking=True)
         if pixels.dtype == torch.uint8:
             pixels = session.augment.normalize(pixels)
@@ -175,6 +180,7 @@ class StepLoop:
                     "epoch": (step - 1) // schedule.steps_per_epoch,
                     "loss": losses.loss,
                     **losses.as_record(),
+                    **({"mask_ratio": self.mask_ratio} if session.config.mask_ratio else {}),
                     "lr": self.optimizer.param_groups[0]["lr"],
                     "samples_per_s": rate,
                 }

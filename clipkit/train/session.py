@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from clipkit.errors import UsageError
 from clipkit.infra.device import seed_everything
 from clipkit.infra.distributed import World
 from clipkit.infra.progress import ProgressCallback
@@ -74,6 +75,7 @@ def open_session(
         len(data.train) // config.batch_size
     )
     schedule = Schedule(len(data.train), config.batch_size, steps)
+    _check_masking(config, encoder, schedule)
     return Session(
         config=config,
         world=world,
@@ -132,3 +134,26 @@ def _objective(config: TrainConfig, encoder: Encoder) -> tuple[str, str]:
     if encoder.logit_bias is not None:
         return "siglip", "the model has a logit bias (SigLIP)"
     return "clip", "the default"
+
+
+def _check_masking(config: TrainConfig, encoder: Encoder, schedule: Schedule) -> None:
+    """--mask-ratio needs a tower with patches, and --unmasked-epochs a masked epoch."""
+    if config.mask_ratio and not encoder.drops_patches:
+        raise UsageError(
+            f"--mask-ratio drops image patches, and the image tower of {encoder.spec} "
+            "(a ResNet or a timm model) has none.",
+            "Use a ViT model, or drop --mask-ratio.",
+        )
+    if config.unmasked_epochs >= schedule.epochs and config.mask_ratio:
+        raise UsageError(
+            f"--unmasked-epochs {config.unmasked_epochs} leaves none of the run's "
+            f"{schedule.epochs} epochs masked.",
+            f"Use at most --unmasked-epochs {schedule.epochs - 1}.",
+        )
+
+
+def mask_ratio_at(config: TrainConfig, schedule: Schedule, step: int) -> float:
+    """The share of patches dropped at ``step``: --mask-ratio, but 0 in the last
+    --unmasked-epochs epochs (FLIP's unmasked tuning)."""
+    masked_epochs = schedule.epochs - config.unmasked_epochs
+    return config.mask_ratio if schedule.epoch_of(step) < masked_epochs else 0.0
