@@ -1,0 +1,58 @@
+"""MoCo/ALBEF's building blocks: a FIFO queue of keys and the momentum (EMA) update.
+
+The queue holds the last K keys (image or text embeddings of earlier steps), the oldest
+overwritten first; the momentum encoder's parameters follow the trained ones,
+``θ_k ← M·θ_k + (1 - M)·θ_q``, with no gradient. Both are saved with a run for --resume.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+import torch
+
+
+class KeyQueue:
+    """A FIFO ring of at most ``size`` keys of dimension ``dim``."""
+
+    def __init__(self, size: int, dim: int, device: torch.device | str = "cpu") -> None:
+        self.keys = torch.zeros(size, dim, device=device)
+        self.position = 0  # where the next key goes
+        self.filled = 0  # how many rows hold keys
+
+    @property
+    def size(self) -> int:
+        return len(self.keys)
+
+    def enqueue(self, keys: torch.Tensor) -> None:
+        """Add (B, D) keys, overwriting the oldest once full; B > size keeps the last size."""
+        if not self.size:
+            return
+        keys = keys.detach()[-self.size :]
+        rows = (self.position + torch.arange(len(keys), device=self.keys.device)) % self.size
+        self.keys[rows] = keys.to(self.keys)
+        self.position = (self.position + len(keys)) % self.size
+        self.filled = min(self.size, self.filled + len(keys))
+
+    def current(self) -> torch.Tensor:
+        """(filled, D) the keys held, oldest first."""
+        if self.filled < self.size:
+            return self.keys[: self.filled]
+        return torch.cat([self.keys[self.position :], self.keys[: self.position]])
+
+    def state_dict(self) -> dict[str, torch.Tensor | int]:
+        return {"keys": self.keys.detach().cpu().clone(), "position": self.position,
+                "filled": self.filled}  # fmt: skip
+
+    def load_state_dict(self, state: dict) -> None:
+        self.keys.copy_(state["keys"])
+        self.position, self.filled = int(state["position"]), int(state["filled"])
+
+
+@torch.no_grad()
+def momentum_update(
+    targets: Iterable[torch.Tensor], sources: Iterable[torch.Tensor], momentum: float
+) -> None:
+    """``θ_k ← M·θ_k + (1 - M)·θ_q`` for each (target, source) pair of tensors, in place."""
+    for target, source in zip(targets, sources, strict=True):
+        target.mul_(momentum).add_(source.detach(), alpha=1.0 - momentum)
