@@ -354,7 +354,7 @@ def _from_pairs(
         truncated=truncated,
         failures=failures,
         scale=encoder.logit_scale,
-        bias=getattr(encoder, "logit_bias", None),
+        bias=encoder.logit_bias,
     )
     return encoded, encoder.spec, runtime
 
@@ -438,7 +438,7 @@ def _from_embeddings(config: AuditConfig, folder: Path) -> tuple[_Encoded, str, 
         truncated=encoder.truncated(captions),
         failures=failures,
         scale=encoder.logit_scale,
-        bias=getattr(encoder, "logit_bias", None),
+        bias=encoder.logit_bias,
     )
     if config.long_captions == "chunk" and any(encoded.truncated):
         raise InputError(

@@ -198,7 +198,7 @@ def _prepare_model(session: Session) -> None:
         if config.init_temperature is not None:
             model.logit_scale.fill_(math.log(1.0 / config.init_temperature))
     model.logit_scale.requires_grad_(config.learn_temperature)
-    if getattr(model, "logit_bias", None) is not None:
+    if session.encoder.logit_bias is not None:
         # Only SigLIP's loss uses the bias: under CLIP's it would get no gradient (and
         # DistributedDataParallel refuses parameters that get none).
         model.logit_bias.requires_grad_(session.settings["loss"] == "siglip")

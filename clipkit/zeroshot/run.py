@@ -220,7 +220,7 @@ def _zeroshot(config: ZeroShotConfig, progress: ProgressCallback | None) -> Zero
             "Fix or remove the unreadable files.",
         )
     kept = min(max(config.k, METRICS_K), len(names))
-    bias = getattr(encoder, "logit_bias", None)
+    bias = encoder.logit_bias  # SigLIP: each label its own sigmoid
     probabilities, indices = classify(images.vectors, weights, encoder.logit_scale, kept, bias=bias)
     threshold, rejection = _threshold(config, encoder, weights, known, progress)
     base = reading_base(store.read_base(source)) if kind == "embeddings" else None
@@ -555,7 +555,7 @@ def _threshold(
     if known is None:
         return None, None
     images = _encode(encoder, known, config, progress, "calibration images")
-    bias = getattr(encoder, "logit_bias", None)
+    bias = encoder.logit_bias  # SigLIP: each label its own sigmoid
     probabilities, _ = classify(images.vectors, weights, encoder.logit_scale, 1, bias=bias)
     confidences = probabilities[:, 0].tolist()
     threshold = calibrate_threshold(confidences, config.false_reject)
