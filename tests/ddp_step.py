@@ -16,6 +16,7 @@ from torch.nn.parallel import DistributedDataParallel
 
 from clipkit.infra import distributed
 from clipkit.models import load_model
+from clipkit.train.objective import Objective
 from clipkit.train.step import full_batch_step, grad_cache_step
 
 out = sys.argv[1]
@@ -34,7 +35,7 @@ for objective in ("clip", "siglip"):
         encoder.add_logit_bias(-3.0)  # before DistributedDataParallel sees the parameters
     tokens = encoder.tokenize([f"caption number {i}" for i in range(8)])
     network = DistributedDataParallel(model) if world.distributed else model
-    common = {"objective": objective, "weight": 0.3, "world": world,
+    common = {"objective": Objective(objective, 0.3), "world": world,
               "autocast": contextlib.nullcontext()}  # fmt: skip
     for mode in ("full", "cache"):
         model.zero_grad(set_to_none=True)

@@ -170,6 +170,7 @@ def test_grad_cache_equals_the_full_batch_with_masking(tiny_encoder):
 
     from clipkit.infra.distributed import World
     from clipkit.models import load_model
+    from clipkit.train.objective import Objective
     from clipkit.train.step import full_batch_step, grad_cache_step
 
     encoder = load_model(TINY, device="cpu")
@@ -177,7 +178,7 @@ def test_grad_cache_equals_the_full_batch_with_masking(tiny_encoder):
     model = encoder.model.train()
     pixels = torch.randn(8, 3, 64, 64, generator=torch.Generator().manual_seed(1))
     tokens = encoder.tokenize([f"shape {i}" for i in range(8)])
-    common = {"weight": 0.5, "world": World(), "autocast": contextlib.nullcontext()}
+    common = {"objective": Objective(), "world": World(), "autocast": contextlib.nullcontext()}
     torch.manual_seed(7)
     full = full_batch_step(model, pixels, tokens, **common)
     expected = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}

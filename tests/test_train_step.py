@@ -12,6 +12,7 @@ import torch
 import torch.nn.functional as F
 
 from clipkit.infra.distributed import World
+from clipkit.train.objective import Objective
 from clipkit.train.step import (
     decays,
     full_batch_step,
@@ -60,8 +61,9 @@ def test_lambda_and_temperature_reach_the_loss(model, batch, weight):
     pixels, tokens = batch
     expected, rows, cols = _independent_loss(model, pixels, tokens, weight)
     losses = full_batch_step(
-        model, pixels, tokens, weight=weight, world=World(), autocast=contextlib.nullcontext()
-    )
+        model, pixels, tokens, objective=Objective("clip", weight), world=World(),
+        autocast=contextlib.nullcontext(),
+    )  # fmt: skip
     assert losses.loss == pytest.approx(float(expected), rel=1e-5)
     assert losses.image_to_text == pytest.approx(float(rows), rel=1e-5)
     assert losses.text_to_image == pytest.approx(float(cols), rel=1e-5)
@@ -78,7 +80,7 @@ def test_siglip_step_is_the_pairwise_sigmoid_loss_and_trains_the_bias(siglip_mod
         signs = 2 * torch.eye(len(a)) - 1
         expected = -F.logsigmoid(signs * logits).sum() / len(a)
     losses = full_batch_step(
-        model, pixels, tokens, objective="siglip", weight=0.5, world=World(),
+        model, pixels, tokens, objective=Objective("siglip"), world=World(),
         autocast=contextlib.nullcontext(),
     )  # fmt: skip
     assert losses.loss == pytest.approx(float(expected), rel=1e-5)
@@ -105,7 +107,7 @@ def test_grad_cache_step_equals_full_batch_step(model, siglip_model, batch, micr
     model = siglip_model if objective == "siglip" else model
     pixels, tokens = batch
     nothing = contextlib.nullcontext()
-    common = {"objective": objective, "weight": 0.3, "world": World(), "autocast": nothing}
+    common = {"objective": Objective(objective, 0.3), "world": World(), "autocast": nothing}
     full = full_batch_step(model, pixels, tokens, **common)
     expected = _gradients(model)
     model.zero_grad(set_to_none=True)

@@ -51,6 +51,13 @@ class TrainLoss(str, Enum):
     siglip = "siglip"
 
 
+class ImageSSL(str, Enum):
+    simclr = "simclr"
+    simsiam = "simsiam"
+    byol = "byol"
+    swav = "swav"
+
+
 class StorageDtype(str, Enum):
     float32 = "float32"
     float16 = "float16"

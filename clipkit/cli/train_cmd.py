@@ -10,6 +10,7 @@ import typer
 from clipkit.cli.app import app, handles_errors, stderr
 from clipkit.cli.options import (
     DeviceOption,
+    ImageSSL,
     ModelOption,
     StrictOption,
     TrainLoss,
@@ -62,6 +63,18 @@ def train(
     unmasked_epochs: Annotated[
         int, typer.Option(help="Last epochs trained with every patch (after --mask-ratio).")
     ] = 0,
+    queue: Annotated[
+        int, typer.Option(min=0, help="Queued negatives per modality (MoCo/ALBEF) [none].")
+    ] = 0,
+    momentum: Annotated[
+        float | None, typer.Option(help="EMA of the momentum encoders (0..1) [0.995].")
+    ] = None,
+    image_ssl: Annotated[
+        ImageSSL | None, typer.Option(help="Image self-supervision on two views (SLIP).")
+    ] = None,
+    ssl_weight: Annotated[
+        float | None, typer.Option(help="W of loss + W·SSL loss [1.0 with --image-ssl].")
+    ] = None,
     init_temperature: Annotated[
         float | None, typer.Option(help="Start temperature t [the model's own].")
     ] = None,
@@ -119,6 +132,10 @@ def train(
         weight=weight,
         mask_ratio=mask_ratio,
         unmasked_epochs=unmasked_epochs,
+        queue=queue,
+        momentum=momentum,
+        image_ssl=image_ssl.value if image_ssl is not None else None,
+        ssl_weight=ssl_weight,
         init_temperature=init_temperature,
         learn_temperature=learn_temperature,
         val_split=val_split,

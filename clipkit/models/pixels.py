@@ -15,7 +15,17 @@ from dataclasses import dataclass
 
 import torch
 from PIL import Image
-from torchvision.transforms import Compose, Normalize, ToTensor
+from torchvision.transforms import (
+    ColorJitter,
+    Compose,
+    InterpolationMode,
+    Normalize,
+    RandomApply,
+    RandomGrayscale,
+    RandomHorizontalFlip,
+    RandomResizedCrop,
+    ToTensor,
+)
 from torchvision.transforms.functional import pil_to_tensor
 
 
@@ -80,3 +90,31 @@ def _converts_to_rgb(step: object) -> bool:
 def _channels(values: tuple[float, ...], device: torch.device) -> torch.Tensor:
     # Cached per device: a fresh host-to-GPU copy per batch would wait for the GPU each time.
     return torch.tensor(values, dtype=torch.float32, device=device).view(1, -1, 1, 1)
+
+
+def simclr_views(size: tuple[int, int]) -> Callable[[Image.Image], torch.Tensor]:
+    """SimCLR's augmentation (Chen et al. 2020), as SLIP uses it: a random resized crop of 8 to
+    100 % of the image, a horizontal flip, colour jitter (0.4, 0.4, 0.4, 0.1) with
+    probability 0.8 and grayscale with 0.2; RGB image -> uint8 pixels (3, H, W)."""
+    return Compose(
+        [
+            RandomResizedCrop(size, scale=(0.08, 1.0), interpolation=InterpolationMode.BICUBIC),
+            RandomHorizontalFlip(),
+            RandomApply([ColorJitter(0.4, 0.4, 0.4, 0.1)], p=0.8),
+            RandomGrayscale(p=0.2),
+            pil_to_tensor,
+        ]
+    )
+
+
+@dataclass(frozen=True)
+class WithViews:
+    """A training image and two more augmented views of it: uint8 (3, 3, H, W), the image's
+    own pixels first (``--image-ssl``). Picklable, for the decode workers."""
+
+    pixels: Callable[[Image.Image], torch.Tensor]
+    views: Callable[[Image.Image], torch.Tensor]
+
+    def __call__(self, image: Image.Image) -> torch.Tensor:
+        image = image.convert("RGB")
+        return torch.stack([self.pixels(image), self.views(image), self.views(image)])

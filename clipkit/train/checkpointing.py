@@ -1,6 +1,7 @@
 """What a training run writes into its folder while it runs: the last and best checkpoints,
-the state a resume continues from, the failures table and the WiSE-FT weights. Only the main
-rank writes; the other ranks' calls do nothing."""
+the state a resume continues from (with the objective's momentum encoders, queues and heads),
+the failures table and the WiSE-FT weights. Only the main rank writes; the other ranks' calls
+do nothing."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ from clipkit import store
 from clipkit.models.checkpoints import CheckpointMeta
 from clipkit.models.openclip import load_model
 from clipkit.train.data import Skip
+from clipkit.train.objective import Objective
 from clipkit.train.session import Session
 from clipkit.train.state import (
     BEST_FILE,
@@ -35,9 +37,11 @@ class Checkpointer:
         session: Session,
         optimizer: torch.optim.Optimizer,
         scaler: torch.amp.GradScaler | None,
+        objective: Objective | None = None,
     ) -> None:
         self.session = session
         self.optimizer = optimizer
+        self.objective = objective
         self.scaler = scaler
         self.skipped: list[Skip] = list(session.data.skipped)
         self.writes = session.world.is_main
@@ -53,8 +57,9 @@ class Checkpointer:
         if self.scaler is not None:
             state.scaler = self.scaler.state_dict()
         state.rng = capture_rng()
+        state.objective = self.objective.resume_state() if self.objective is not None else {}
         save_state(self.session.out, state)
-        state.model = {}
+        state.model, state.objective = {}, {}
 
     def save_best(self, state: ResumeState) -> None:
         if self.writes:

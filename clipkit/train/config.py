@@ -17,6 +17,8 @@ from clipkit.inputs.pairs import check_pair_source
 from clipkit.models.specs import parse_spec
 
 LOSSES = ("clip", "siglip")
+SSL_METHODS = ("simclr", "simsiam", "byol", "swav")  # as clipkit.train.ssl, without torch
+DEFAULT_MOMENTUM = 0.995  # ALBEF's; MoCo uses 0.999 over far longer runs
 
 
 @dataclass(frozen=True)
@@ -37,6 +39,10 @@ class TrainConfig:
     weight: float = 0.5  # λ, the image→text share of the loss
     mask_ratio: float = 0.0  # FLIP: share of image patches dropped while training
     unmasked_epochs: int = 0  # the last epochs train with every patch
+    queue: int = 0  # MoCo/ALBEF: queued keys of each modality; 0: none
+    momentum: float | None = None  # the momentum encoders' EMA factor; None: DEFAULT_MOMENTUM
+    image_ssl: str | None = None  # "simclr", "simsiam", "byol" or "swav"
+    ssl_weight: float | None = None  # W of L_image_text + W·L_ssl; None: 1.0
     init_temperature: float | None = None
     learn_temperature: bool = True
     val_split: float = 0.1
@@ -109,6 +115,7 @@ def _check_options(config: TrainConfig) -> None:
             "--unmasked-epochs ends a masked run without masking; no --mask-ratio was given.",
             "Add --mask-ratio 0.5, or drop --unmasked-epochs.",
         )
+    _check_queue_and_ssl(config)
     if not 0.0 <= config.weight <= 1.0:
         raise UsageError(f"--lambda must be in [0, 1], got {config.weight}.", "0.5 weighs both.")
     if config.init_temperature is not None and not 0.01 <= config.init_temperature <= 10:
@@ -141,3 +148,52 @@ def _check_options(config: TrainConfig) -> None:
             raise UsageError(f"{option} must be a number >= 0, got {value}.", "E.g. 0.2 / 1.0.")
     if not 0.0 <= config.val_split < 1.0:
         raise UsageError(f"--val-split must be in [0, 1), got {config.val_split}.", "E.g. 0.1.")
+
+
+def _check_queue_and_ssl(config: TrainConfig) -> None:
+    """--queue and --momentum, --image-ssl and --ssl-weight: ranges and combinations."""
+    if config.queue < 0:
+        raise UsageError(f"--queue must be >= 0, got {config.queue}.", "E.g. --queue 4096.")
+    if config.queue % config.batch_size:
+        below = config.queue // config.batch_size * config.batch_size
+        choices = " or ".join(str(k) for k in sorted({max(below, config.batch_size),
+                                                       below + config.batch_size}))  # fmt: skip
+        raise UsageError(
+            f"--queue {config.queue} is not a multiple of the batch size {config.batch_size}.",
+            f"Use --queue {choices}: each step replaces one batch of keys, so every key "
+            "then stays in the queue the same number of steps.",
+        )
+    if config.queue and config.loss == "siglip":
+        raise UsageError(
+            "--queue adds negatives to InfoNCE's softmax denominators; SigLIP's loss has none.",
+            "Use --loss clip with --queue.",
+        )
+    uses_momentum = bool(config.queue) or config.image_ssl == "byol"
+    if config.momentum is not None and not uses_momentum:
+        raise UsageError(
+            "--momentum sets the momentum encoders of --queue and --image-ssl byol; "
+            "neither was given.",
+            "Add --queue 4096, or drop --momentum.",
+        )
+    if config.momentum is not None and not 0.0 <= config.momentum <= 1.0:  # also NaN
+        raise UsageError(
+            f"--momentum must be in [0, 1], got {config.momentum}.",
+            f"{DEFAULT_MOMENTUM} (the default) moves the momentum encoders slowly; "
+            "0 copies the trained weights each step.",
+        )
+    if config.image_ssl not in (None, *SSL_METHODS):
+        raise UsageError(
+            f"--image-ssl must be one of {', '.join(SSL_METHODS)}, got {config.image_ssl!r}.",
+            "SLIP's choice is simclr.",
+        )
+    if config.ssl_weight is not None and config.image_ssl is None:
+        raise UsageError("--ssl-weight weighs --image-ssl's term; no --image-ssl was given.",
+                         "Add --image-ssl simclr, or drop --ssl-weight.")  # fmt: skip
+    if config.ssl_weight is not None and not 0 <= config.ssl_weight < math.inf:
+        raise UsageError(f"--ssl-weight must be a number >= 0, got {config.ssl_weight}.",
+                         "SLIP weighs its SimCLR term 1.0.")  # fmt: skip
+    if config.image_ssl and config.lock_image:
+        raise UsageError(
+            f"--image-ssl {config.image_ssl} trains the image tower, which --lock-image freezes.",
+            "Drop one of them.",
+        )

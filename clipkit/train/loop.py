@@ -19,12 +19,20 @@ from clipkit.errors import DivergedError
 from clipkit.infra.device import autocast_dtype
 from clipkit.infra.progress import ProgressReport
 from clipkit.inputs.pipeline import decode_worker_init, start_workers
+from clipkit.models.pixels import WithViews, simclr_views
 from clipkit.train.checkpointing import Checkpointer
 from clipkit.train.data import PairDataset, SeededBatches, collate_pairs
 from clipkit.train.evaluation import EpochEvaluation
+from clipkit.train.objective import Objective, Targets
 from clipkit.train.session import Session, mask_ratio_at
 from clipkit.train.state import LAST_FILE, MetricsLog, ResumeState
-from clipkit.train.step import StepLosses, full_batch_step, grad_cache_step, learning_rate
+from clipkit.train.step import (
+    StepLosses,
+    full_batch_step,
+    grad_cache_step,
+    learning_rate,
+    momentum_targets,
+)
 
 MAX_LOGIT_SCALE = math.log(100.0)
 
@@ -45,6 +53,7 @@ class StepLoop:
         self,
         session: Session,
         network: torch.nn.Module,
+        objective: Objective,
         optimizer: torch.optim.Optimizer,
         scaler: torch.amp.GradScaler | None,
         log: MetricsLog | None,
@@ -53,6 +62,7 @@ class StepLoop:
     ) -> None:
         self.session = session
         self.network = network  # the model, or its DistributedDataParallel wrapper
+        self.objective = objective
         self.optimizer = optimizer
         self.scaler = scaler
         self.log = log
@@ -64,6 +74,7 @@ class StepLoop:
         )
         self.paused = 0.0  # seconds spent evaluating and checkpointing, not training
         self.mask_ratio = 0.0  # the share of image patches the model drops now
+        self.targets = Targets()  # the momentum networks' outputs for the step in progress
 
     def run(self, state: ResumeState) -> LoopOutcome:
         """Train, then save the last completed step; raises DivergedError after saving when
@@ -107,8 +118,11 @@ class StepLoop:
         session, config = self.session, self.session.config
         batches = SeededBatches(session.schedule, config.seed, state.step, session.world)
         image_size = session.encoder.image_size[0]
+        transform: Any = session.augment.pixels
+        if self.objective.needs_views:  # the image, then its two views: (3, 3, H, W)
+            transform = WithViews(transform, simclr_views(session.encoder.image_size))
         return torch.utils.data.DataLoader(
-            PairDataset(session.data.train, session.augment.pixels, config.seed, image_size),
+            PairDataset(session.data.train, transform, config.seed, image_size),
             batch_sampler=batches,
             collate_fn=collate_pairs,
             num_workers=session.workers,
@@ -133,16 +147,19 @@ class StepLoop:
             session.encoder.set_patch_dropout(ratio)
             self.mask_ratio = ratio
         pixels = pixels.to(session.device, non_blocking=True)
-        if pixels.dtype == torch.uint8:
+        if pixels.dtype == torch.uint8:  # (normalize broadcasts over the views' axis too)
             pixels = session.augment.normalize(pixels)
+        views = None
+        if pixels.ndim == 5:  # (B, 3, 3, H, W): each image and its two views (--image-ssl)
+            pixels, views = pixels[:, 0], pixels[:, 1:]
         tokens = session.encoder.tokenize(captions).to(session.device, non_blocking=True)
-        common: dict[str, Any] = {
-            "objective": settings["loss"],
-            "weight": config.weight,
-            "world": session.world,
-            "autocast": self.autocast,
-            "scaler": self.scaler,
-        }
+        common: dict[str, Any] = {"world": session.world, "autocast": self.autocast}
+        micro_batch = config.micro_batch if config.grad_cache else None
+        self.targets = momentum_targets(
+            self.objective, pixels, tokens, views, micro_batch=micro_batch, **common
+        )
+        common.update(objective=self.objective, scaler=self.scaler, views=views,
+                      targets=self.targets)  # fmt: skip
         if config.grad_cache:
             losses = grad_cache_step(
                 self.network, pixels, tokens, micro_batch=config.micro_batch, **common
@@ -154,12 +171,14 @@ class StepLoop:
         return losses
 
     def _update(self) -> None:
-        """The optimizer's step on the gradients of ``_gradients``."""
+        """The optimizer's step on the gradients of ``_gradients``; then the momentum
+        networks follow and the step's keys are queued (``--queue``, BYOL)."""
         session, config, optimizer = self.session, self.session.config, self.optimizer
         if self.scaler is not None:
             self.scaler.unscale_(optimizer)
         if config.grad_clip:
             trainable = [p for p in session.model.parameters() if p.requires_grad]
+            trainable += self.objective.head_parameters()
             torch.nn.utils.clip_grad_norm_(trainable, config.grad_clip)
         if self.scaler is not None:
             self.scaler.step(optimizer)
@@ -168,6 +187,7 @@ class StepLoop:
             optimizer.step()
         with torch.no_grad():
             session.model.logit_scale.clamp_(0, MAX_LOGIT_SCALE)  # as open_clip: 1/t <= 100
+        self.objective.after_update(session.model, self.targets)
 
     def _after_step(self, state: ResumeState, losses: StepLosses, rate: float) -> None:
         session, step = self.session, state.step

@@ -7,6 +7,7 @@ overwritten first; the momentum encoder's parameters follow the trained ones,
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Iterable
 
 import torch
@@ -56,3 +57,29 @@ def momentum_update(
     """``θ_k ← M·θ_k + (1 - M)·θ_q`` for each (target, source) pair of tensors, in place."""
     for target, source in zip(targets, sources, strict=True):
         target.mul_(momentum).add_(source.detach(), alpha=1.0 - momentum)
+
+
+class MomentumCopy:
+    """A frozen copy of a module that follows it by EMA (MoCo's key encoder, BYOL's target).
+
+    Kept in eval mode, so it never drops patches or draws from the random streams; buffers
+    (a ResNet's batch-norm statistics) are copied, not averaged. Not an ``nn.Module``
+    attribute of anything that trains, so its weights reach neither the optimizer nor the
+    exported model, only the run's resume state.
+    """
+
+    def __init__(self, source: torch.nn.Module) -> None:
+        self.module = copy.deepcopy(source).eval().requires_grad_(False)
+
+    @torch.no_grad()
+    def follow(self, source: torch.nn.Module, momentum: float) -> None:
+        """``θ_k ← M·θ_k + (1 - M)·θ_q`` for every parameter; buffers copied."""
+        momentum_update(self.module.parameters(), source.parameters(), momentum)
+        for target, buffer in zip(self.module.buffers(), source.buffers(), strict=True):
+            target.copy_(buffer)
+
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        return {k: v.detach().cpu().clone() for k, v in self.module.state_dict().items()}
+
+    def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
+        self.module.load_state_dict(state)

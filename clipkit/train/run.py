@@ -27,7 +27,9 @@ from clipkit.train.config import TrainConfig, preflight
 from clipkit.train.data import Schedule, Skip
 from clipkit.train.evaluation import EpochEvaluation, Evaluation
 from clipkit.train.loop import LoopOutcome, StepLoop
+from clipkit.train.objective import MomentumQueue, Objective
 from clipkit.train.session import Session, open_session
+from clipkit.train.ssl import ImageSSL
 from clipkit.train.state import (
     BEST_FILE,
     LAST_FILE,
@@ -105,8 +107,11 @@ def train(config: TrainConfig, progress: ProgressCallback | None = None) -> Trai
 def _run(session: Session) -> TrainResult:
     saved = _prepare_folder(session)
     _prepare_model(session)
+    objective = _objective(session)
+    decay = session.config.weight_decay
+    heads = objective.ssl
     optimizer = torch.optim.AdamW(
-        param_groups(session.model, session.config.weight_decay),
+        param_groups(session.model, decay) + (param_groups(heads, decay) if heads else []),
         lr=session.settings["lr"],
         betas=(0.9, 0.98),
         eps=1e-6,
@@ -119,13 +124,15 @@ def _run(session: Session) -> TrainResult:
         optimizer.load_state_dict(saved.optimizer)
         if scaler is not None and saved.scaler:
             scaler.load_state_dict(saved.scaler)
+        if saved.objective:
+            objective.restore(saved.objective)
         restore_rng(saved.rng)
     log = None
     if session.world.is_main:
         log = MetricsLog(session.out / METRICS_FILE, state.step if saved else None)
     # A resumed (or finished) run reports every evaluation, not only the new ones.
     evaluations = _logged_evaluations(log) if saved and log is not None else []
-    checkpointer = Checkpointer(session, optimizer, scaler)
+    checkpointer = Checkpointer(session, optimizer, scaler, objective)
     if state.finished:
         return _result(session, checkpointer, evaluations, state, already_finished=True)
     if session.world.is_main and state.step == 0:
@@ -134,9 +141,8 @@ def _run(session: Session) -> TrainResult:
             session.progress(ProgressReport("train", 0, session.schedule.total_steps, note=note))
     evaluation = EpochEvaluation(session, log, checkpointer, evaluations)
     network = _wrap_ddp(session)
-    outcome = StepLoop(session, network, optimizer, scaler, log, evaluation, checkpointer).run(
-        state
-    )
+    loop = StepLoop(session, network, objective, optimizer, scaler, log, evaluation, checkpointer)
+    outcome = loop.run(state)
     if not outcome.interrupted:
         _finish(session, log, checkpointer)
     return _result(session, checkpointer, evaluations, state, outcome)
@@ -209,6 +215,24 @@ def _prepare_model(session: Session) -> None:
         ):
             parameter.requires_grad_(False)
     model.train()
+
+
+def _objective(session: Session) -> Objective:
+    """The loss and what it keeps beside the model: the queue's momentum copy of the model
+    (made after ``_prepare_model``, so it has the bias and the locks) and the SSL heads."""
+    config, settings, dim = session.config, session.settings, session.encoder.embed_dim
+    queue = None
+    if config.queue:
+        queue = MomentumQueue(session.model, config.queue, dim, settings["momentum"])
+    ssl = None
+    if config.image_ssl:
+        ssl = ImageSSL(config.image_ssl, dim).to(session.device).train()
+        if ssl.needs_target:
+            ssl.attach_target(session.model.visual)
+    return Objective(
+        settings["loss"], config.weight, queue=queue, ssl=ssl,
+        ssl_weight=settings["ssl_weight"] or 0.0, momentum=settings["momentum"] or 0.0,
+    )  # fmt: skip
 
 
 def _wrap_ddp(session: Session) -> torch.nn.Module:

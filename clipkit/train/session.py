@@ -14,7 +14,7 @@ from clipkit.infra.progress import ProgressCallback
 from clipkit.inputs.pipeline import default_workers
 from clipkit.models.openclip import Encoder, load_model
 from clipkit.models.pixels import SplitTransform, split_transform
-from clipkit.train.config import TrainConfig
+from clipkit.train.config import DEFAULT_MOMENTUM, TrainConfig
 from clipkit.train.data import Schedule, TrainPairs, load_pairs
 from clipkit.zeroshot.classes import ClassTree, read_class_tree
 
@@ -104,6 +104,7 @@ def _resolved_settings(
             "default for training from scratch" if from_scratch else "default for fine-tuning"
         )
     loss, loss_reason = _objective(config, encoder)
+    uses_momentum = bool(config.queue) or config.image_ssl == "byol"
     warmup = config.warmup
     if warmup is None:
         warmup = max(1, round(0.05 * schedule.total_steps))
@@ -112,6 +113,8 @@ def _resolved_settings(
         "lr_reason": lr_reason,
         "loss": loss,
         "loss_reason": loss_reason,
+        "momentum": _given_or(config.momentum, DEFAULT_MOMENTUM) if uses_momentum else None,
+        "ssl_weight": _given_or(config.ssl_weight, 1.0) if config.image_ssl else None,
         "warmup": min(warmup, schedule.total_steps),
         "total_steps": schedule.total_steps,
         "steps_per_epoch": schedule.steps_per_epoch,
@@ -126,12 +129,22 @@ def _resolved_settings(
     }
 
 
+def _given_or(value: float | None, default: float) -> float:
+    return default if value is None else value
+
+
 def _objective(config: TrainConfig, encoder: Encoder) -> tuple[str, str]:
     """The loss to train with, and why: as given, else SigLIP's for a model trained with it
     (one with a logit bias: softmax InfoNCE would leave the bias untrained and meaningless)."""
     if config.loss is not None:
         return config.loss, "given"
     if encoder.logit_bias is not None:
+        if config.queue:
+            raise UsageError(
+                f"{encoder.spec} was trained with SigLIP's loss, which clipkit would continue "
+                "with, and --queue adds negatives to InfoNCE's softmax denominators.",
+                "Add --loss clip to train it with InfoNCE and the queue, or drop --queue.",
+            )
         return "siglip", "the model has a logit bias (SigLIP)"
     return "clip", "the default"
 

@@ -56,6 +56,8 @@ class ResumeState:
     optimizer: dict[str, Any] = field(default_factory=dict)
     scaler: dict[str, Any] = field(default_factory=dict)
     rng: dict[str, Any] = field(default_factory=dict)
+    # The objective's own state: momentum encoders, key queues, SSL heads (not the model).
+    objective: dict[str, Any] = field(default_factory=dict)
 
 
 def prepare_run_folder(out: Path, config: dict[str, Any], resume: bool) -> ResumeState | None:
@@ -106,6 +108,7 @@ def save_state(out: Path, state: ResumeState) -> None:
         "optimizer": state.optimizer,
         "scaler": state.scaler,
         "rng": state.rng,
+        "objective": state.objective,
     }
     with atomic_path(out / STATE_FILE) as tmp:
         torch.save(payload, tmp)

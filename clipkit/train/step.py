@@ -11,14 +11,16 @@ from __future__ import annotations
 
 import contextlib
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.distributed as dist
 
 from clipkit.infra.distributed import World
-from clipkit.score import contrastive_loss, directional_losses, sigmoid_loss
+from clipkit.score import directional_losses
+from clipkit.train.objective import Features, LossParts, Objective, Targets
 
 # Substrings of parameter names that AdamW must not decay (besides every 1-D tensor):
 # biases, norm layers, the temperature and the embedding tables.
@@ -29,22 +31,30 @@ NO_DECAY_NAMES = ("bias", "norm", "ln_", ".ln", "bn", "logit_scale", "logit_bias
 class StepLosses:
     """Loss values of one step (on the global batch)."""
 
-    loss: float
+    loss: float  # what the step minimised
     temperature: float
-    image_to_text: float | None = None  # InfoNCE's two directions (loss "clip")
+    image_text: float  # the image-text part (InfoNCE, with the queue if any, or SigLIP's)
+    image_to_text: float | None = None  # InfoNCE's two directions in the batch (loss "clip")
     text_to_image: float | None = None
     bias: float | None = None  # SigLIP's b (loss "siglip")
+    queue_fill: float | None = None  # the share of the queue that holds keys (--queue)
+    ssl: float | None = None  # the image self-supervision term, before its weight
 
     def as_record(self) -> dict[str, float]:
-        """The ``metrics.jsonl`` fields: the loss under its objective's name, its parts."""
+        """The ``metrics.jsonl`` fields: the image-text loss under its objective's name, its
+        parts, and the other terms."""
+        record: dict[str, float] = {}
         if self.bias is not None:
-            return {"loss_siglip": self.loss, "bias": self.bias, "temperature": self.temperature}
-        assert self.image_to_text is not None and self.text_to_image is not None
-        return {
-            "loss_image_to_text": self.image_to_text,
-            "loss_text_to_image": self.text_to_image,
-            "temperature": self.temperature,
-        }
+            record.update(loss_siglip=self.image_text, bias=self.bias)
+        else:
+            assert self.image_to_text is not None and self.text_to_image is not None
+            record.update(loss_image_to_text=self.image_to_text,
+                          loss_text_to_image=self.text_to_image)  # fmt: skip
+        if self.queue_fill is not None:
+            record.update(loss_queue=self.image_text, queue_fill=self.queue_fill)
+        if self.ssl is not None:
+            record["loss_ssl"] = self.ssl
+        return record | {"temperature": self.temperature}
 
 
 def decays(name: str, parameter: torch.Tensor) -> bool:
@@ -86,21 +96,34 @@ def gather_detached(world: World, features: torch.Tensor) -> torch.Tensor:
     return torch.cat(parts, dim=0)
 
 
-def objective_loss(
-    objective: str,
-    image: torch.Tensor,
-    text: torch.Tensor,
-    scale: torch.Tensor,
-    bias: torch.Tensor | None,
-    weight: float,
-) -> torch.Tensor:
-    """The training loss of (S, D) features: ``"clip"``, InfoNCE both ways weighted by λ, or
-    ``"siglip"``, the pairwise sigmoid loss (which needs the model's ``bias``). ``scale`` is
-    ``exp(logit_scale)``, as the model returns it."""
-    if objective == "siglip":
-        assert bias is not None, "a model trained with SigLIP's loss has a logit bias"
-        return sigmoid_loss(image, text, scale.float().log(), bias.float())
-    return contrastive_loss(image, text, scale.float().log(), weight=weight)
+def momentum_targets(
+    objective: Objective,
+    pixels: torch.Tensor,
+    tokens: torch.Tensor,
+    views: torch.Tensor | None = None,
+    *,
+    world: World,
+    autocast: contextlib.AbstractContextManager,
+    micro_batch: int | None = None,
+) -> Targets:
+    """The momentum networks' outputs for the local batch (in micro-batches under GradCache),
+    gathered over ranks: the queue's keys and BYOL's targets; empty when neither is in use."""
+    if not objective.uses_momentum:
+        return Targets()
+    parts = []
+    with torch.no_grad(), autocast:
+        for chunk in _chunks(len(pixels), micro_batch or len(pixels)):
+            parts.append(objective.targets(pixels[chunk], _rows(views, chunk), tokens[chunk]))
+    keys = None
+    if parts[0].keys is not None:
+        image = torch.cat([part.keys[0] for part in parts if part.keys is not None])
+        text = torch.cat([part.keys[1] for part in parts if part.keys is not None])
+        keys = (gather_detached(world, image), gather_detached(world, text))
+    view_targets = None
+    if parts[0].views is not None:
+        local = torch.cat([part.views for part in parts if part.views is not None], dim=1)
+        view_targets = torch.stack([gather_detached(world, view) for view in local.float()])
+    return Targets(keys, view_targets)
 
 
 def full_batch_step(
@@ -108,19 +131,24 @@ def full_batch_step(
     pixels: torch.Tensor,
     tokens: torch.Tensor,
     *,
-    objective: str = "clip",
-    weight: float,
+    objective: Objective,
     world: World,
     autocast: contextlib.AbstractContextManager,
     scaler: torch.amp.GradScaler | None = None,
+    views: torch.Tensor | None = None,
+    targets: Targets | None = None,
 ) -> StepLosses:
-    """Forward the whole local batch with autograd, loss on the global batch, backward."""
+    """Forward the whole local batch with autograd, loss on the global batch, backward.
+
+    pixels (B, 3, H, W) and tokens (B, L) are this rank's pairs; views (B, 2, 3, H, W) their
+    images' two augmented views (``--image-ssl``); targets the momentum networks' outputs.
+    """
     with autocast:
-        image, text, scale, bias = _outputs(model(pixels, tokens))
-    image, text = gather_with_grad(world, image), gather_with_grad(world, text)
-    loss = objective_loss(objective, image, text, scale, bias, weight)
-    _backward(loss, scaler)
-    return _losses(objective, loss, image, text, scale, bias)
+        local = _forward(model, pixels, tokens, views)
+    features = _gathered(world, local, gather_with_grad)
+    parts = objective.loss(features, targets or Targets())
+    _backward(parts.loss, scaler)
+    return _losses(objective, parts, features)
 
 
 def grad_cache_step(
@@ -128,43 +156,52 @@ def grad_cache_step(
     pixels: torch.Tensor,
     tokens: torch.Tensor,
     *,
-    objective: str = "clip",
-    weight: float,
+    objective: Objective,
     world: World,
     micro_batch: int,
     autocast: contextlib.AbstractContextManager,
     scaler: torch.amp.GradScaler | None = None,
+    views: torch.Tensor | None = None,
+    targets: Targets | None = None,
 ) -> StepLosses:
     """GradCache (Gao et al. 2021): the full-batch gradient with one micro-batch's activations.
 
     1. Embed every micro-batch without a graph (saving the RNG state before each).
-    2. Compute the loss on the cached (global) features and its gradient for each feature.
+    2. Compute the loss on the cached (global) features and its gradient for each feature;
+       the SSL heads, which run on the features, get their gradients here.
     3. Re-run each micro-batch with a graph (same RNG state, so dropout matches) and
        back-propagate its cached feature gradients; parameter gradients accumulate.
+    Arguments as :func:`full_batch_step`.
     """
     chunks = _chunks(len(pixels), micro_batch)
-    rng_states, images, texts = [], [], []
+    rng_states, cached = [], []
     with torch.no_grad(), autocast:
         for chunk in chunks:
             rng_states.append(_rng_state())
-            image, text, scale, bias = _outputs(model(pixels[chunk], tokens[chunk]))
-            images.append(image.float())
-            texts.append(text.float())
+            cached.append(_forward(model, pixels[chunk], tokens[chunk], _rows(views, chunk)))
     end_state = _rng_state()
-    image = gather_detached(world, torch.cat(images)).requires_grad_()
-    text = gather_detached(world, torch.cat(texts)).requires_grad_()
-    scale_leaf = scale.detach().float().requires_grad_()
-    bias_leaf = None if bias is None else bias.detach().float().requires_grad_()
-    loss = objective_loss(objective, image, text, scale_leaf, bias_leaf, weight)
-    loss.backward()
+    local = Features(
+        image=torch.cat([part.image.float() for part in cached]),
+        text=torch.cat([part.text.float() for part in cached]),
+        scale=cached[-1].scale.detach().float(),
+        bias=None if cached[-1].bias is None else cached[-1].bias.detach().float(),
+        views=None
+        if views is None
+        else torch.cat([p.views.float() for p in cached if p.views is not None], dim=1),
+    )
+    leaves = _gathered(world, local, gather_detached)
+    for leaf in (leaves.image, leaves.text, leaves.scale, leaves.bias, leaves.views):
+        if leaf is not None:
+            leaf.requires_grad_()
+    parts = objective.loss(leaves, targets or Targets())
+    _backward(parts.loss, scaler)  # the leaves' gradients (scaled, under fp16), the heads'
     # DistributedDataParallel averages parameter gradients over ranks, while each rank's
     # features only reach its own parameters: scale them by W so the average is the sum.
     # The temperature's gradient is already the full one on every rank.
-    local = slice(world.rank * len(pixels), (world.rank + 1) * len(pixels))
-    assert image.grad is not None and text.grad is not None  # leaves that required grad
-    assert scale_leaf.grad is not None
-    image_grad = image.grad[local] * world.size
-    text_grad = text.grad[local] * world.size
+    mine = slice(world.rank * len(pixels), (world.rank + 1) * len(pixels))
+    image_grad = _grad(leaves.image)[mine] * world.size
+    text_grad = _grad(leaves.text)[mine] * world.size
+    views_grad = None if leaves.views is None else _grad(leaves.views)[:, mine] * world.size
     for number, chunk in enumerate(chunks):
         last = number == len(chunks) - 1
         # no_sync: a DistributedDataParallel's, which model is whenever the world is distributed
@@ -172,27 +209,57 @@ def grad_cache_step(
         _set_rng_state(rng_states[number])
         with sync:
             with autocast:
-                image_part, text_part, scale_out, bias_out = _outputs(
-                    model(pixels[chunk], tokens[chunk])
-                )
-            surrogate = (image_part.float() * image_grad[chunk]).sum() + (
-                text_part.float() * text_grad[chunk]
+                part = _forward(model, pixels[chunk], tokens[chunk], _rows(views, chunk))
+            surrogate = (part.image.float() * image_grad[chunk]).sum() + (
+                part.text.float() * text_grad[chunk]
             ).sum()
+            if views_grad is not None and part.views is not None:
+                surrogate = surrogate + (part.views.float() * views_grad[:, chunk]).sum()
             if last:  # the temperature's (and the bias's) gradient, once
-                surrogate = surrogate + scale_out.float() * scale_leaf.grad
-                if bias_out is not None and bias_leaf is not None and bias_leaf.grad is not None:
-                    surrogate = surrogate + bias_out.float() * bias_leaf.grad
-            _backward(surrogate, scaler)
+                surrogate = surrogate + part.scale.float() * _grad(leaves.scale)
+                if (
+                    part.bias is not None
+                    and leaves.bias is not None
+                    and leaves.bias.grad is not None
+                ):
+                    surrogate = surrogate + part.bias.float() * _grad(leaves.bias)
+            _backward(surrogate, None)  # the cached gradients are already scaled
     _set_rng_state(end_state)
-    return _losses(objective, loss, image.detach(), text.detach(), scale_leaf, bias_leaf)
+    return _losses(objective, parts, leaves)
 
 
-def _outputs(
-    outputs: Sequence[torch.Tensor],
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor | None]:
-    """(image, text, exp(logit_scale), logit_bias or None) of an open_clip forward."""
+def _forward(
+    model: torch.nn.Module, pixels: torch.Tensor, tokens: torch.Tensor, views: torch.Tensor | None
+) -> Features:
+    """This rank's features. The views go through the image tower in the same forward as the
+    batch (so a DistributedDataParallel wrapper sees one call), after the B images."""
+    images = pixels if views is None else torch.cat([pixels, views[:, 0], views[:, 1]])
+    outputs = model(images, tokens)
     image, text, scale = outputs[:3]
-    return image, text, scale, outputs[3] if len(outputs) > 3 else None
+    bias = outputs[3] if len(outputs) > 3 else None
+    if views is None:
+        return Features(image, text, scale, bias)
+    size = len(pixels)
+    return Features(image[:size], text, scale, bias, views=image[size:].unflatten(0, (2, size)))
+
+
+def _gathered(world: World, local: Features, gather: Callable) -> Features:
+    """The global batch's features, rows in rank order (the views' rows too)."""
+    views = local.views
+    if views is not None:
+        views = torch.stack([gather(world, view) for view in views.unbind()])
+    return Features(
+        gather(world, local.image), gather(world, local.text), local.scale, local.bias, views
+    )
+
+
+def _rows(views: torch.Tensor | None, chunk: slice) -> torch.Tensor | None:
+    return None if views is None else views[chunk]
+
+
+def _grad(leaf: torch.Tensor) -> torch.Tensor:
+    assert leaf.grad is not None, "a leaf that required grad, after backward"
+    return leaf.grad
 
 
 def _backward(value: torch.Tensor, scaler: torch.amp.GradScaler | None) -> None:
@@ -201,19 +268,24 @@ def _backward(value: torch.Tensor, scaler: torch.amp.GradScaler | None) -> None:
     (scaler.scale(value) if scaler is not None else value).backward()
 
 
-def _losses(objective: str, loss, image, text, scale, bias) -> StepLosses:
-    temperature = 1.0 / float(scale.detach().float().clamp(max=100.0))
-    if objective == "siglip":
-        return StepLosses(float(loss.detach()), temperature, bias=float(bias.detach()))
+def _losses(objective: Objective, parts: LossParts, features: Features) -> StepLosses:
+    scale = features.scale.detach().float()
+    common: dict[str, Any] = {
+        "loss": float(parts.loss.detach()),
+        "temperature": 1.0 / float(scale.clamp(max=100.0)),
+        "image_text": float(parts.image_text.detach()),
+        "queue_fill": objective.queue.fill if objective.queue is not None else None,
+        "ssl": None if parts.ssl is None else float(parts.ssl.detach()),
+    }
+    if objective.name == "siglip":
+        assert features.bias is not None
+        return StepLosses(**common, bias=float(features.bias.detach()))
     with torch.no_grad():
         image_to_text, text_to_image = directional_losses(
-            image.detach(), text.detach(), scale.detach().float().log()
+            features.image.detach(), features.text.detach(), scale.log()
         )
     return StepLosses(
-        loss=float(loss.detach()),
-        temperature=temperature,
-        image_to_text=float(image_to_text),
-        text_to_image=float(text_to_image),
+        **common, image_to_text=float(image_to_text), text_to_image=float(text_to_image)
     )
 
 
