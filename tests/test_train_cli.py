@@ -182,3 +182,27 @@ def test_the_loss_option_reaches_the_service_and_a_bad_one_is_a_usage_error(
     mixed = ["train", "pairs.csv", "-o", "runs/z", "--loss", "siglip", "--lambda", "0.3"]
     refused = runner.invoke(cli.app, mixed)
     assert refused.exit_code == 2 and "SigLIP's loss has none" in refused.stderr
+
+
+def test_the_objective_options_reach_the_service(monkeypatch, in_data_folder):
+    seen = {}
+
+    def fake_train(config, progress=None):
+        seen["config"] = config
+        return _result()
+
+    monkeypatch.setattr(train_module, "train", fake_train)
+    options = ["--mask-ratio", "0.5", "--unmasked-epochs", "1", "--queue", "128",
+               "--momentum", "0.99", "--image-ssl", "byol", "--ssl-weight", "0.5",
+               "--batch-size", "32"]  # fmt: skip
+    result = runner.invoke(cli.app, ["train", "pairs.csv", "-o", "runs/x", *options])
+    assert result.exit_code == 0, result.stderr
+    config = seen["config"]
+    assert (config.mask_ratio, config.unmasked_epochs) == (0.5, 1)
+    assert (config.queue, config.momentum) == (128, 0.99)
+    assert (config.image_ssl, config.ssl_weight) == ("byol", 0.5)
+    bad = runner.invoke(cli.app, ["train", "pairs.csv", "-o", "runs/y", "--image-ssl", "moco"])
+    assert bad.exit_code == 2 and "moco" in bad.stderr
+    uneven = ["train", "pairs.csv", "-o", "runs/z", "--queue", "100", "--batch-size", "32"]
+    refused = runner.invoke(cli.app, uneven)
+    assert refused.exit_code == 2 and "--queue 96 or 128" in " ".join(refused.stderr.split())

@@ -33,14 +33,25 @@ def test_two_processes_equal_one_on_the_global_batch(tmp_path):
     _run(torchrun(str(HELPER), str(tmp_path / "two.pt")))
     one = torch.load(tmp_path / "one.pt", weights_only=True)
     two = torch.load(tmp_path / "two.pt", weights_only=True)
-    for objective in ("clip", "siglip"):
+    objectives = ("clip", "siglip", "clip+queue+simclr", "clip+byol", "siglip+swav",
+                  "clip+simsiam")  # fmt: skip
+    for objective in objectives:
         for mode in ("full", "cache"):
             _assert_same_step(one[f"{objective}-{mode}"], two[f"{objective}-{mode}"])
+            # GradCache (micro-batches of 3) gives the full batch's gradient under torchrun too
+            _assert_same_step(one[f"{objective}-full"], two[f"{objective}-{mode}"])
     assert "logit_bias" in one["siglip-full"]["grads"]  # SigLIP's bias learns, on every rank
+    assert any(name.startswith("heads.") for name in one["clip+byol-full"]["grads"])
+    # Every rank's keys reach the queue: the gathered keys are the whole batch's, in order.
+    for one_keys, two_keys in zip(one["clip+queue+simclr-full"]["keys"],
+                                  two["clip+queue+simclr-full"]["keys"], strict=True):  # fmt: skip
+        assert one_keys.shape == (8, 128)  # the tiny model embeds in 128 dimensions
+        torch.testing.assert_close(two_keys, one_keys, rtol=1e-5, atol=1e-6)
 
 
 def _assert_same_step(one, two):
-    assert two["loss"] == pytest.approx(one["loss"], rel=1e-6)
+    assert two["loss"] == pytest.approx(one["loss"], rel=1e-5)
+    assert (two["ssl"] is None) == (one["ssl"] is None)
     assert two["grads"].keys() == one["grads"].keys()
     for name, grad in one["grads"].items():
         torch.testing.assert_close(two["grads"][name], grad, rtol=1e-4, atol=1e-6, msg=name)

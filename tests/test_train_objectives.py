@@ -71,6 +71,11 @@ def test_a_siglip_checkpoint_loads_with_its_bias_and_fine_tunes_with_siglip(
     assert "loss_image_to_text" in _steps(forced.run_dir)[0]
     bias_before = float(weights["logit_bias"])  # CLIP's loss leaves the bias alone
     assert float(load_file(forced.last_checkpoint)["logit_bias"]) == bias_before
+    # --queue extends InfoNCE: with a SigLIP model it needs --loss clip, said before training
+    queued = _config(shapes, tmp_path / "queued", model=siglip_run.last_checkpoint, queue=32)
+    with pytest.raises(UsageError, match="Add --loss clip"):
+        train(queued)
+    assert not (tmp_path / "queued").exists()
 
 
 def test_validation_loss_is_siglip_s(siglip_run):
