@@ -214,3 +214,23 @@ def test_each_image_comes_with_two_different_simclr_views(tiny):
     assert stacked.shape == (3, 3, 64, 64) and stacked.dtype == torch.uint8
     assert torch.equal(stacked[0], alone)
     assert not torch.equal(stacked[1], stacked[2])
+
+
+def test_the_training_plot_draws_each_logged_part(mixed_run):
+    from clipkit.report.plots import training_curves
+
+    out, _, _ = mixed_run
+    records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    panels = training_curves(records)
+    assert {"train", "validation", "InfoNCE with the queue", "image SSL (unweighted)"} == set(
+        panels["loss"]
+    )
+    steps, fills = panels["state"]["queue fill"]
+    assert steps == [1, 2, 3, 4, 5, 6] and fills[:3] == [0.0, 0.5, 1.0]
+    assert "temperature t" in panels["state"] and not panels["bias"]
+    assert (out / "training.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    siglip = [{"kind": "step", "step": 1, "loss": 9.0, "loss_siglip": 9.0, "bias": -10.0,
+               "mask_ratio": 0.5, "temperature": 0.1}]  # fmt: skip
+    panels = training_curves(siglip)
+    assert panels["bias"] == {"SigLIP bias b": ([1], [-10.0])}
+    assert panels["state"]["mask ratio"] == ([1], [0.5]) and "SigLIP" in panels["loss"]

@@ -8,36 +8,83 @@ from typing import Any
 
 from clipkit.infra.atomic import atomic_path
 
+Curve = tuple[list[float], list[float]]  # (steps, values)
+
+# The logged parts of the training loss and the objective's state, as metrics.jsonl names them.
+LOSS_PARTS = (
+    ("loss_siglip", "SigLIP"),
+    ("loss_queue", "InfoNCE with the queue"),
+    ("loss_ssl", "image SSL (unweighted)"),
+)
+STATE_CURVES = (
+    ("temperature", "temperature t"),
+    ("queue_fill", "queue fill"),
+    ("mask_ratio", "mask ratio"),
+)
+VALIDATION_CURVES = (
+    ("image_to_text_r5", "image→text R@5"),
+    ("text_to_image_r5", "text→image R@5"),
+    ("zeroshot_top1", "zero-shot top-1"),
+)
+
+
+def training_curves(records: Sequence[dict[str, Any]]) -> dict[str, dict[str, Curve]]:
+    """The curves of the training plot, by panel ("loss", "validation", "state", "bias"), from
+    ``metrics.jsonl`` records; a curve whose values were never logged is left out."""
+    steps = [r for r in records if r.get("kind") == "step"]
+    evals = [r for r in records if r.get("kind") == "eval"]
+
+    def curve(rows: Sequence[dict[str, Any]], key: str) -> Curve | None:
+        points = [(r["step"], r[key]) for r in rows if r.get(key) is not None]
+        return ([x for x, _ in points], [y for _, y in points]) if points else None
+
+    panels: dict[str, dict[str, Curve]] = {"loss": {}, "validation": {}, "state": {}, "bias": {}}
+    wanted = [("loss", steps, "loss", "train"), ("loss", evals, "loss", "validation")]
+    wanted += [("loss", steps, key, label) for key, label in LOSS_PARTS]
+    wanted += [("validation", evals, key, label) for key, label in VALIDATION_CURVES]
+    wanted += [("state", steps, key, label) for key, label in STATE_CURVES]
+    wanted += [("bias", steps, "bias", "SigLIP bias b")]
+    for panel, rows, key, label in wanted:
+        found = curve(rows, key)
+        if found is not None:
+            panels[panel][label] = found
+    return panels
+
 
 def plot_training(records: Sequence[dict[str, Any]], path: Path) -> Path:
-    """Training loss per step, validation loss and recall@5 per evaluation, as one PNG."""
+    """Training loss and its logged parts per step, validation recall per evaluation, and the
+    objective's state (temperature, queue fill, mask ratio, SigLIP's bias), as one PNG."""
     import matplotlib
 
     matplotlib.use("Agg")  # no display: render to a file only
     import matplotlib.pyplot as plt
 
-    steps = [r for r in records if r.get("kind") == "step"]
-    evals = [r for r in records if r.get("kind") == "eval"]
-    figure, (loss_axes, recall_axes) = plt.subplots(1, 2, figsize=(11, 4), dpi=100)
-    loss_axes.plot([r["step"] for r in steps], [r["loss"] for r in steps], label="train", lw=1)
-    if evals:
-        loss_axes.plot(
-            [r["step"] for r in evals], [r["loss"] for r in evals], "o-", label="validation"
-        )
-        for key, label in (
-            ("image_to_text_r5", "image→text R@5"),
-            ("text_to_image_r5", "text→image R@5"),
-            ("zeroshot_top1", "zero-shot top-1"),
-        ):
-            points = [(r["step"], r[key]) for r in evals if r.get(key) is not None]
-            if points:
-                recall_axes.plot(*zip(*points, strict=True), "o-", label=label)
+    panels = training_curves(records)
+    figure, (loss_axes, recall_axes, state_axes) = plt.subplots(1, 3, figsize=(15, 4), dpi=100)
+    for label, (xs, ys) in panels["loss"].items():
+        style = "o-" if label == "validation" else "-"
+        loss_axes.plot(xs, ys, style, label=label, lw=1 if style == "-" else 1.5)
+    if panels["validation"]:
+        for label, (xs, ys) in panels["validation"].items():
+            recall_axes.plot(xs, ys, "o-", label=label)
         recall_axes.set_ylim(0, 1)
         recall_axes.legend()
     else:
         recall_axes.text(0.5, 0.5, "no validation set", ha="center", va="center")
-    loss_axes.set(xlabel="step", ylabel="contrastive loss", title="Loss")
+    for label, (xs, ys) in panels["state"].items():
+        state_axes.plot(xs, ys, label=label, lw=1)
+    handles, labels = state_axes.get_legend_handles_labels()
+    if panels["bias"]:  # about -10: its own axis, so the shares in [0, 1] stay readable
+        bias_axes = state_axes.twinx()
+        ((xs, ys),) = panels["bias"].values()
+        line = bias_axes.plot(xs, ys, color="tab:red", lw=1, label="SigLIP bias b (right)")
+        bias_axes.set_ylabel("bias b")
+        handles, labels = handles + line, labels + ["SigLIP bias b (right)"]
+    if handles:
+        state_axes.legend(handles, labels)
+    loss_axes.set(xlabel="step", ylabel="loss", title="Loss")
     recall_axes.set(xlabel="step", title="Validation")
+    state_axes.set(xlabel="step", title="Objective")
     loss_axes.legend()
     return _save(figure, path)
 
