@@ -234,3 +234,15 @@ def test_the_training_plot_draws_each_logged_part(mixed_run):
     panels = training_curves(siglip)
     assert panels["bias"] == {"SigLIP bias b": ([1], [-10.0])}
     assert panels["state"]["mask ratio"] == ([1], [0.5]) and "SigLIP" in panels["loss"]
+
+
+def test_fine_tuning_with_ssl_trains_the_new_heads_at_the_from_scratch_rate(shapes, tmp_path):
+    out = tmp_path / "run"
+    train(_config(shapes, out, image_ssl="simsiam", lr=1e-5, steps=2, warmup=1, val_split=0.0))
+    groups = torch.load(out / "state.pt", weights_only=True)["optimizer"]["param_groups"]
+    assert len(groups) == 4  # the model's two (decayed, not), then the heads' two
+    model_lr = groups[0]["lr"]
+    assert "lr_scale" not in groups[0] and model_lr > 0
+    for heads in groups[2:]:
+        assert heads["lr_scale"] == pytest.approx(5e-4 / 1e-5)
+        assert heads["lr"] == pytest.approx(50 * model_lr)

@@ -138,7 +138,7 @@ class StepLoop:
         session, config, optimizer = self.session, self.session.config, self.optimizer
         settings = session.settings
         for group in optimizer.param_groups:
-            group["lr"] = learning_rate(
+            group["lr"] = group.get("lr_scale", 1.0) * learning_rate(
                 step, settings["lr"], settings["warmup"], session.schedule.total_steps
             )
         optimizer.zero_grad(set_to_none=True)

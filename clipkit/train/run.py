@@ -28,7 +28,7 @@ from clipkit.train.data import Schedule, Skip
 from clipkit.train.evaluation import EpochEvaluation, Evaluation
 from clipkit.train.loop import LoopOutcome, StepLoop
 from clipkit.train.objective import MomentumQueue, Objective
-from clipkit.train.session import Session, open_session
+from clipkit.train.session import SCRATCH_LR, Session, open_session
 from clipkit.train.ssl import ImageSSL
 from clipkit.train.state import (
     BEST_FILE,
@@ -108,11 +108,16 @@ def _run(session: Session) -> TrainResult:
     saved = _prepare_folder(session)
     _prepare_model(session)
     objective = _objective(session)
-    decay = session.config.weight_decay
-    heads = objective.ssl
+    decay, lr = session.config.weight_decay, session.settings["lr"]
+    groups = param_groups(session.model, decay)
+    if objective.ssl is not None:
+        # The heads start from random weights: a fine-tuning rate (1e-5) would leave them
+        # random, so they learn at least at the from-scratch rate.
+        for group in param_groups(objective.ssl, decay):
+            groups.append({**group, "lr_scale": max(1.0, SCRATCH_LR / lr)})
     optimizer = torch.optim.AdamW(
-        param_groups(session.model, decay) + (param_groups(heads, decay) if heads else []),
-        lr=session.settings["lr"],
+        groups,
+        lr=lr,
         betas=(0.9, 0.98),
         eps=1e-6,
     )
