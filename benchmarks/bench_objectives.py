@@ -108,8 +108,8 @@ def quality(sets: dict[str, tuple[Path, Path]], out: Path, epochs: int, seeds: i
     and seed; ``clipkit-tiny`` from scratch at batch 32 (the small batch the queue is for)."""
     rows = []
     for set_name, (pairs, classes) in sets.items():
-        for name in objectives:
-            for seed in range(seeds):
+        for seed in range(seeds):  # seed by seed: a stopped run still has whole seeds
+            for name in objectives:
                 run = out / f"{set_name}-{name.replace(' ', '')}-{seed}"
                 started = time.perf_counter()
                 result = train(
@@ -154,9 +154,23 @@ def summary(rows: list[dict]) -> list[dict]:
     return table
 
 
+def markdown(table: list[dict]) -> str:
+    """The RESULTS.md table: means over seeds, the min-max range of R@5 and zero-shot."""
+    lines = ["| set | objective | R@1 | R@5 (min-max) | R@10 | zero-shot top-1 (min-max) "
+             "| s per run |", "| --- | --- | --- | --- | --- | --- | --- |"]  # fmt: skip
+    for e in table:
+        r5, zs = e["r5_range"], e["zeroshot_top1_range"]
+        lines.append(
+            f"| {e['set']} | {e['objective']} | {e['r1']:.3f} | {e['r5']:.3f} "
+            f"({r5[0]:.3f}-{r5[1]:.3f}) | {e['r10']:.3f} | {e['zeroshot_top1']:.3f} "
+            f"({zs[0]:.2f}-{zs[1]:.2f}) | {e['seconds']:.0f} |"
+        )
+    return "\n".join(lines)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("part", choices=["speed", "quality"])
+    parser.add_argument("part", choices=["speed", "quality", "table"])
     parser.add_argument("--steps", type=int, default=20, help="speed: steps per run")
     parser.add_argument("--batch-size", type=int, default=64, help="speed: batch size")
     parser.add_argument("--rounds", type=int, default=2, help="speed: runs per ratio")
@@ -170,7 +184,9 @@ def main() -> None:
     results = json.loads(results_file.read_text()) if results_file.exists() else {}
     with tempfile.TemporaryDirectory(prefix="bench-objectives-") as tmp:
         root = Path(tmp)
-        if args.part == "speed":
+        if args.part == "table":  # the quality table of the last runs, as markdown
+            print(markdown(results["quality"]))
+        elif args.part == "speed":
             data = root / "data"
             write_captioned_shapes(data, args.batch_size * 4, seed=0, size=128)
             speed = masking_speed(data, root, args.steps, args.batch_size, args.rounds)
@@ -188,11 +204,7 @@ def main() -> None:
             table = summary(kept + rows)
             results.update(quality_machine=machine(), quality_runs=kept + rows,
                            quality=table)  # fmt: skip
-            for entry in table:
-                recalls = " ".join(f"R@{k} {entry[f'r{k}']:.3f}" for k in (1, 5, 10))
-                zeroshot = f"zero-shot {entry['zeroshot_top1']:.3f}"
-                print(f"{entry['set']:7} {entry['objective']:18} {recalls} {zeroshot} "
-                      f"{entry['seconds']:.0f} s")  # fmt: skip
+            print(markdown(table))
     write_results(results_file, results)
 
 
