@@ -119,6 +119,8 @@ def quality(sets: dict[str, tuple[Path, Path]], out: Path, epochs: int, seeds: i
                         eval_classes=str(classes), seed=seed, **OBJECTIVES[name],
                     )
                 )  # fmt: skip
+                if result.interrupted:  # Ctrl-C or SIGTERM: the run saved and stopped; so do we
+                    raise SystemExit(f"interrupted during {set_name} {name} seed {seed}")
                 last = result.evaluations[-1]
                 row = {"set": set_name, "objective": name, "seed": seed, "epochs": epochs,
                        "train_pairs": result.train_pairs, "steps": result.steps_done,
@@ -186,7 +188,8 @@ def main() -> None:
         root = Path(tmp)
         if args.part == "table":  # the quality table of the last runs, as markdown
             print(markdown(results["quality"]))
-        elif args.part == "speed":
+            return
+        if args.part == "speed":
             data = root / "data"
             write_captioned_shapes(data, args.batch_size * 4, seed=0, size=128)
             speed = masking_speed(data, root, args.steps, args.batch_size, args.rounds)
