@@ -219,3 +219,19 @@ def free_port() -> int:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         return probe.getsockname()[1]
+
+
+def train_config(shapes: Path, out: Path, **options):
+    """A quick ``clipkit train`` on the session's shapes: clipkit-tiny, batch 16, no decode
+    workers, 10 % validation; ``options`` override or add fields."""
+    from clipkit.train.config import TrainConfig
+
+    base = {"data": str(shapes / "data"), "out": str(out), "model": "clipkit-tiny:random",
+            "batch_size": 16, "workers": 0, "val_split": 0.1}  # fmt: skip
+    return TrainConfig(**{**base, **options})
+
+
+def logged_steps(run_dir) -> list[dict]:
+    """The ``kind: step`` records of a run's ``metrics.jsonl``."""
+    lines = Path(run_dir, "metrics.jsonl").read_text().splitlines()
+    return [record for record in map(json.loads, lines) if record["kind"] == "step"]

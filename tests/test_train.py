@@ -22,21 +22,9 @@ from clipkit.inputs.synthetic import write_captioned_shapes
 from clipkit.models import load_model
 from clipkit.train import TrainConfig, train
 from clipkit.train.state import STATE_FILE, load_state
-from tests.helpers import make_images
+from tests.helpers import make_images, train_config
 
 TINY = "clipkit-tiny:random"
-
-
-def _config(shapes, out, **options):
-    base = {
-        "data": str(shapes / "data"),
-        "out": str(out),
-        "model": TINY,
-        "batch_size": 16,
-        "workers": 0,
-        "val_split": 0.1,
-    }
-    return TrainConfig(**{**base, **options})
 
 
 def _metrics(run_dir):
@@ -118,15 +106,15 @@ def test_rerunning_a_finished_run_says_so(finished_run):
 
 def test_resume_continues_bit_for_bit(shapes, tmp_path):
     options = {"steps": 6, "val_split": 0.0, "seed": 3}
-    train(_config(shapes, tmp_path / "whole", **options))
+    train(train_config(shapes, tmp_path / "whole", **options))
 
     def stop_at_step_3(report):
         if report.stage == "train" and report.done == 3:
             raise KeyboardInterrupt
 
-    first = train(_config(shapes, tmp_path / "split", **options), progress=stop_at_step_3)
+    first = train(train_config(shapes, tmp_path / "split", **options), progress=stop_at_step_3)
     assert first.interrupted and first.steps_done == 3
-    rest = train(_config(shapes, tmp_path / "split", resume=True, **options))
+    rest = train(train_config(shapes, tmp_path / "split", resume=True, **options))
     assert rest.steps_done == 6 and not rest.interrupted
     assert [r["loss"] for r in _metrics(tmp_path / "split")] == [
         r["loss"] for r in _metrics(tmp_path / "whole")
@@ -147,7 +135,7 @@ def test_sigterm_right_after_the_optimizer_step_saves_a_consistent_step(
     from clipkit.train.loop import StepLoop
 
     options = {"steps": 6, "val_split": 0.0, "seed": 3}
-    train(_config(shapes, tmp_path / "whole", **options))
+    train(train_config(shapes, tmp_path / "whole", **options))
 
     update = StepLoop._update
     calls = []
@@ -165,12 +153,12 @@ def test_sigterm_right_after_the_optimizer_step_saves_a_consistent_step(
     monkeypatch.setattr(StepLoop, "_update", update_then_signal)
     previous = signal.signal(signal.SIGTERM, raise_at_once)
     try:
-        first = train(_config(shapes, tmp_path / "split", **options))
+        first = train(train_config(shapes, tmp_path / "split", **options))
     finally:
         signal.signal(signal.SIGTERM, previous)
     assert first.interrupted and first.steps_done == 3
     monkeypatch.setattr(StepLoop, "_update", update)
-    rest = train(_config(shapes, tmp_path / "split", resume=True, **options))
+    rest = train(train_config(shapes, tmp_path / "split", resume=True, **options))
     assert rest.steps_done == 6 and not rest.interrupted
     whole_weights = load_file(tmp_path / "whole" / "last.safetensors")
     split_weights = load_file(tmp_path / "split" / "last.safetensors")
@@ -178,17 +166,21 @@ def test_sigterm_right_after_the_optimizer_step_saves_a_consistent_step(
 
 
 def test_resume_refuses_changed_options_and_new_run_refuses_used_folder(shapes, tmp_path):
-    train(_config(shapes, tmp_path / "run", steps=1, val_split=0.0))
+    train(train_config(shapes, tmp_path / "run", steps=1, val_split=0.0))
     with pytest.raises(InputError, match="these differ: batch_size"):
-        train(_config(shapes, tmp_path / "run", steps=1, val_split=0.0, batch_size=8, resume=True))
+        train(
+            train_config(
+                shapes, tmp_path / "run", steps=1, val_split=0.0, batch_size=8, resume=True
+            )
+        )
     with pytest.raises(InputError, match="already holds a training run"):
-        train(_config(shapes, tmp_path / "run", steps=1, val_split=0.0))
+        train(train_config(shapes, tmp_path / "run", steps=1, val_split=0.0))
 
 
 @pytest.mark.parametrize("lock", ["image", "text"])
 def test_lock_flags_freeze_their_tower(shapes, tmp_path, lock):
     result = train(
-        _config(shapes, tmp_path / lock, steps=2, val_split=0.0, **{f"lock_{lock}": True})
+        train_config(shapes, tmp_path / lock, steps=2, val_split=0.0, **{f"lock_{lock}": True})
     )
     tuned = load_file(result.last_checkpoint)
     initial = load_model(TINY, device="cpu").model.state_dict()
@@ -201,7 +193,7 @@ def test_lock_flags_freeze_their_tower(shapes, tmp_path, lock):
 
 def test_temperature_options_reach_the_model(shapes, tmp_path):
     fixed = train(
-        _config(
+        train_config(
             shapes,
             tmp_path / "fixed",
             steps=2,
@@ -213,7 +205,7 @@ def test_temperature_options_reach_the_model(shapes, tmp_path):
     assert float(load_file(fixed.last_checkpoint)["logit_scale"]) == pytest.approx(math.log(20))
     assert [r["temperature"] for r in _metrics(fixed.run_dir)] == pytest.approx([0.05, 0.05])
     learned = train(
-        _config(
+        train_config(
             shapes, tmp_path / "learned", steps=2, val_split=0.0, init_temperature=0.05, lr=1e-2
         )
     )
@@ -221,7 +213,7 @@ def test_temperature_options_reach_the_model(shapes, tmp_path):
 
 
 def test_lambda_one_trains_on_the_image_to_text_direction_only(shapes, tmp_path):
-    result = train(_config(shapes, tmp_path / "i2t", steps=2, val_split=0.0, weight=1.0))
+    result = train(train_config(shapes, tmp_path / "i2t", steps=2, val_split=0.0, weight=1.0))
     for record in _metrics(result.run_dir):
         assert record["loss"] == pytest.approx(record["loss_image_to_text"], rel=1e-5)
         assert record["loss"] != pytest.approx(record["loss_text_to_image"], rel=1e-3)
@@ -234,7 +226,7 @@ def test_unreadable_images_and_empty_captions_are_skipped_and_listed(shapes, tmp
     (data / "broken.txt").write_text("a caption for a broken image")
     (data / "silent.png").write_bytes((data / "shape00000.png").read_bytes())
     (data / "silent.txt").write_text("   \n")
-    result = train(_config(shapes, tmp_path / "run", data=str(data), steps=1, val_split=0.0))
+    result = train(train_config(shapes, tmp_path / "run", data=str(data), steps=1, val_split=0.0))
     reasons = {Path(uri).name: stage for uri, stage, _ in result.skipped}
     assert reasons == {"broken.jpg": "decode", "silent.png": "caption"}
     import pyarrow.parquet as pq
@@ -247,13 +239,13 @@ def test_bad_datasets_fail_before_training(shapes, tmp_path):
     tiny = tmp_path / "one"
     write_captioned_shapes(tiny, 1)
     with pytest.raises(InputError, match="1 usable training pair"):
-        train(_config(shapes, tmp_path / "a", data=str(tiny), steps=1))
+        train(train_config(shapes, tmp_path / "a", data=str(tiny), steps=1))
     with pytest.raises(InputError, match="--batch-size 500 is larger than the 180"):
-        train(_config(shapes, tmp_path / "b", steps=1, batch_size=500))
+        train(train_config(shapes, tmp_path / "b", steps=1, batch_size=500))
     table = tmp_path / "pairs.csv"
     table.write_text("picture,description\nx.png,a caption\n")
     with pytest.raises(InputError, match="has no image column"):
-        train(_config(shapes, tmp_path / "c", data=str(table), steps=1))
+        train(train_config(shapes, tmp_path / "c", data=str(table), steps=1))
     for name in ("a", "b", "c"):
         assert not (tmp_path / name / STATE_FILE).exists()
 
@@ -268,7 +260,9 @@ def test_trains_on_webdataset_tar_shards(shapes, tmp_path):
                 archive.add(image.with_suffix(".txt"), arcname=f"{image.stem}.txt")
             archive.add(make_images(tmp_path / "lone", 1)[0], arcname="lonely.jpg")
     result = train(
-        _config(shapes, tmp_path / "run", data=str(shards), steps=2, batch_size=8, val_split=0.0)
+        train_config(
+            shapes, tmp_path / "run", data=str(shards), steps=2, batch_size=8, val_split=0.0
+        )
     )
     assert result.train_pairs == 20 and result.steps_done == 2
     assert [reason for _, _, reason in result.skipped] == ["sample has no txt member"] * 2
@@ -294,7 +288,7 @@ def test_a_diverging_run_stops_at_the_first_non_finite_loss_and_keeps_the_weight
 
     monkeypatch.setattr(loop_module, "full_batch_step", step_that_diverges)
     with pytest.raises(DivergedError) as stopped:
-        train(_config(shapes, tmp_path / "run", steps=10, val_split=0.0))
+        train(train_config(shapes, tmp_path / "run", steps=10, val_split=0.0))
     assert len(calls) == 3
     assert "loss became nan at step 3" in str(stopped.value) and "--lr" in stopped.value.hint
     assert str(tmp_path / "run" / "last.safetensors") in stopped.value.hint
@@ -318,7 +312,7 @@ def test_non_numbers_in_optimiser_options_are_refused_before_training(
 ):
     # The CLI's own range checks stop these too; the service must not rely on them.
     with pytest.raises(InputError, match=message):
-        train(_config(shapes, tmp_path / "run", **option))
+        train(train_config(shapes, tmp_path / "run", **option))
     assert not (tmp_path / "run").exists()
 
 
@@ -351,14 +345,14 @@ def test_a_damaged_config_or_log_in_a_run_folder_is_named(shapes, tmp_path, name
         if report.stage == "train" and report.done == 1:
             raise KeyboardInterrupt
 
-    train(_config(shapes, tmp_path / "run", **options), progress=stop_at_step_1)
+    train(train_config(shapes, tmp_path / "run", **options), progress=stop_at_step_1)
     path = tmp_path / "run" / name
     if name == "metrics.jsonl":  # damage in the middle, not a torn last line
         path.write_bytes(damage + b"\n" + path.read_bytes())
     else:
         path.write_bytes(damage)
     with pytest.raises(InputError, match=expected) as refused:
-        train(_config(shapes, tmp_path / "run", resume=True, **options))
+        train(train_config(shapes, tmp_path / "run", resume=True, **options))
     assert str(tmp_path / "run") in refused.value.message
 
 
@@ -369,10 +363,10 @@ def test_a_torn_last_line_of_the_log_is_dropped_on_resume(shapes, tmp_path):
         if report.stage == "train" and report.done == 1:
             raise KeyboardInterrupt
 
-    train(_config(shapes, tmp_path / "run", **options), progress=stop_at_step_1)
+    train(train_config(shapes, tmp_path / "run", **options), progress=stop_at_step_1)
     log = tmp_path / "run" / "metrics.jsonl"
     log.write_bytes(log.read_bytes() + b'{"kind": "step", "st')  # killed mid-write
-    result = train(_config(shapes, tmp_path / "run", resume=True, **options))
+    result = train(train_config(shapes, tmp_path / "run", resume=True, **options))
     assert result.steps_done == 2
     assert [r["step"] for r in _metrics(tmp_path / "run") if r["kind"] == "step"] == [1, 2]
 
@@ -383,7 +377,7 @@ def test_what_a_killed_run_was_saving_is_deleted_by_the_next_run(shapes, tmp_pat
     import subprocess
     import sys
 
-    config = _config(shapes, tmp_path / "run", steps=4, val_split=0.0, save_every=2)
+    config = train_config(shapes, tmp_path / "run", steps=4, val_split=0.0, save_every=2)
     code = f"""
 import os, signal, torch
 from clipkit.train import TrainConfig, train
@@ -401,7 +395,7 @@ train(TrainConfig(**{config.__dict__!r}))
     left = [p.name for p in run.iterdir() if p.name.endswith(".tmp")]
     assert len(left) == 1 and left[0].startswith(".state.pt.")
     (run / "notes.tmp").write_text("the user's")  # not a staged file: kept
-    result = train(_config(shapes, run, steps=4, val_split=0.0, save_every=2, resume=True))
+    result = train(train_config(shapes, run, steps=4, val_split=0.0, save_every=2, resume=True))
     assert result.steps_done == 4 and not result.interrupted
     assert sorted(p.name for p in run.iterdir() if p.name.endswith(".tmp")) == ["notes.tmp"]
 

@@ -5,9 +5,7 @@ sees, eval unmasked, the unmasked last epochs, GradCache) and the options' bad v
 
 from __future__ import annotations
 
-import json
 import math
-from pathlib import Path
 
 import pytest
 from safetensors.torch import load_file
@@ -15,30 +13,20 @@ from safetensors.torch import load_file
 from clipkit.errors import UsageError
 from clipkit.models import load_model
 from clipkit.models.openclip import list_models
-from clipkit.train import TrainConfig, train
+from clipkit.train import train
+from tests.helpers import logged_steps, train_config
 
 TINY = "clipkit-tiny:random"
-
-
-def _config(shapes, out, **options):
-    base = {"data": str(shapes / "data"), "out": str(out), "model": TINY, "batch_size": 16,
-            "workers": 0, "val_split": 0.1}  # fmt: skip
-    return TrainConfig(**{**base, **options})
-
-
-def _steps(run_dir):
-    lines = Path(run_dir, "metrics.jsonl").read_text().splitlines()
-    return [r for r in map(json.loads, lines) if r["kind"] == "step"]
 
 
 @pytest.fixture(scope="module")
 def siglip_run(shapes, tmp_path_factory):
     out = tmp_path_factory.mktemp("siglip") / "run"
-    return train(_config(shapes, out, loss="siglip", epochs=2, lr=2e-3))
+    return train(train_config(shapes, out, loss="siglip", epochs=2, lr=2e-3))
 
 
 def test_siglip_starts_at_t_10_b_minus_10_and_its_loss_falls(siglip_run):
-    steps = _steps(siglip_run.run_dir)
+    steps = logged_steps(siglip_run.run_dir)
     assert siglip_run.settings["loss"] == "siglip" and siglip_run.settings["loss_reason"] == "given"
     first = steps[0]
     assert {"loss_siglip", "bias", "temperature"} <= first.keys()
@@ -62,17 +50,17 @@ def test_a_siglip_checkpoint_loads_with_its_bias_and_fine_tunes_with_siglip(
     assert encoder.logit_scale == pytest.approx(math.exp(float(weights["logit_scale"])))
     # its config (tiny + a bias) is registered under a private name, never offered as a model
     assert all("@" not in row.spec for row in list_models("clipkit"))
-    again = train(_config(shapes, tmp_path / "again", model=siglip_run.last_checkpoint, steps=2,
-                          val_split=0.0))  # fmt: skip
+    again = train(train_config(shapes, tmp_path / "again", model=siglip_run.last_checkpoint,
+                               steps=2, val_split=0.0))  # fmt: skip
     assert again.settings["loss"] == "siglip"
     assert again.settings["loss_reason"] == "the model has a logit bias (SigLIP)"
-    forced = train(_config(shapes, tmp_path / "forced", model=siglip_run.last_checkpoint,
-                           steps=2, val_split=0.0, loss="clip"))  # fmt: skip
-    assert "loss_image_to_text" in _steps(forced.run_dir)[0]
+    forced = train(train_config(shapes, tmp_path / "forced", model=siglip_run.last_checkpoint,
+                                steps=2, val_split=0.0, loss="clip"))  # fmt: skip
+    assert "loss_image_to_text" in logged_steps(forced.run_dir)[0]
     bias_before = float(weights["logit_bias"])  # CLIP's loss leaves the bias alone
     assert float(load_file(forced.last_checkpoint)["logit_bias"]) == bias_before
     # --queue extends InfoNCE: with a SigLIP model it needs --loss clip, said before training
-    queued = _config(shapes, tmp_path / "queued", model=siglip_run.last_checkpoint, queue=32)
+    queued = train_config(shapes, tmp_path / "queued", model=siglip_run.last_checkpoint, queue=32)
     with pytest.raises(UsageError, match="Add --loss clip"):
         train(queued)
     assert not (tmp_path / "queued").exists()
@@ -88,17 +76,17 @@ def test_validation_loss_is_siglip_s(siglip_run):
 
 def test_a_siglip_run_resumes_bit_for_bit(shapes, tmp_path):
     options = {"steps": 6, "val_split": 0.0, "seed": 3, "loss": "siglip"}
-    train(_config(shapes, tmp_path / "whole", **options))
+    train(train_config(shapes, tmp_path / "whole", **options))
 
     def stop_at_step_3(report):
         if report.stage == "train" and report.done == 3:
             raise KeyboardInterrupt
 
-    first = train(_config(shapes, tmp_path / "split", **options), progress=stop_at_step_3)
+    first = train(train_config(shapes, tmp_path / "split", **options), progress=stop_at_step_3)
     assert first.interrupted
-    train(_config(shapes, tmp_path / "split", resume=True, **options))
-    assert [r["loss"] for r in _steps(tmp_path / "split")] == [
-        r["loss"] for r in _steps(tmp_path / "whole")
+    train(train_config(shapes, tmp_path / "split", resume=True, **options))
+    assert [r["loss"] for r in logged_steps(tmp_path / "split")] == [
+        r["loss"] for r in logged_steps(tmp_path / "whole")
     ]
     whole = load_file(tmp_path / "whole" / "last.safetensors")
     split = load_file(tmp_path / "split" / "last.safetensors")
@@ -112,7 +100,7 @@ def test_a_siglip_run_resumes_bit_for_bit(shapes, tmp_path):
 )  # fmt: skip
 def test_bad_objective_options_are_refused_before_training(shapes, tmp_path, options, message):
     with pytest.raises(UsageError, match=message):
-        train(_config(shapes, tmp_path / "bad", **options))
+        train(train_config(shapes, tmp_path / "bad", **options))
     assert not (tmp_path / "bad").exists()
 
 
@@ -148,20 +136,22 @@ def test_masking_keeps_open_clip_s_share_of_patches_in_training_only(tiny_encode
 
 
 def test_a_masked_run_logs_its_ratio_and_ends_unmasked(shapes, tmp_path):
-    result = train(_config(shapes, tmp_path / "flip", epochs=3, mask_ratio=0.5,
-                           unmasked_epochs=1))  # fmt: skip
+    result = train(train_config(shapes, tmp_path / "flip", epochs=3, mask_ratio=0.5,
+                                unmasked_epochs=1))  # fmt: skip
     per_epoch = {}
-    for record in _steps(result.run_dir):
+    for record in logged_steps(result.run_dir):
         per_epoch.setdefault(record["epoch"], set()).add(record["mask_ratio"])
     assert per_epoch == {0: {0.5}, 1: {0.5}, 2: {0.0}}
     assert len(result.evaluations) == 3
 
 
 def test_mask_ratio_zero_changes_nothing(shapes, tmp_path):
-    plain = train(_config(shapes, tmp_path / "plain", steps=3, val_split=0.0, seed=2))
-    zero = train(_config(shapes, tmp_path / "zero", steps=3, val_split=0.0, seed=2,
-                         mask_ratio=0.0))  # fmt: skip
-    assert [r["loss"] for r in _steps(plain.run_dir)] == [r["loss"] for r in _steps(zero.run_dir)]
+    plain = train(train_config(shapes, tmp_path / "plain", steps=3, val_split=0.0, seed=2))
+    zero = train(train_config(shapes, tmp_path / "zero", steps=3, val_split=0.0, seed=2,
+                              mask_ratio=0.0))  # fmt: skip
+    assert [r["loss"] for r in logged_steps(plain.run_dir)] == [
+        r["loss"] for r in logged_steps(zero.run_dir)
+    ]
 
 
 def test_grad_cache_equals_the_full_batch_with_masking(tiny_encoder):
@@ -204,12 +194,12 @@ def test_grad_cache_equals_the_full_batch_with_masking(tiny_encoder):
 )  # fmt: skip
 def test_bad_masking_options_are_refused_before_training(shapes, tmp_path, options, message):
     with pytest.raises(UsageError, match=message):
-        train(_config(shapes, tmp_path / "bad", **options))
+        train(train_config(shapes, tmp_path / "bad", **options))
     assert not (tmp_path / "bad").exists()
 
 
 def test_masking_needs_patches_and_a_masked_epoch(shapes, tmp_path):
     with pytest.raises(UsageError, match="leaves none of the run's 2 epochs masked"):
-        train(_config(shapes, tmp_path / "all", epochs=2, mask_ratio=0.5, unmasked_epochs=2))
+        train(train_config(shapes, tmp_path / "all", epochs=2, mask_ratio=0.5, unmasked_epochs=2))
     with pytest.raises(UsageError, match="ResNet"):
-        train(_config(shapes, tmp_path / "rn", model="RN50:random", steps=1, mask_ratio=0.5))
+        train(train_config(shapes, tmp_path / "rn", model="RN50:random", steps=1, mask_ratio=0.5))

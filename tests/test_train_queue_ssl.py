@@ -10,7 +10,6 @@ import contextlib
 import copy
 import json
 import math
-from pathlib import Path
 
 import pytest
 import torch
@@ -20,24 +19,14 @@ from safetensors.torch import load_file
 from clipkit.errors import UsageError
 from clipkit.infra.distributed import World
 from clipkit.models import load_model
-from clipkit.train import TrainConfig, train
+from clipkit.train import train
 from clipkit.train.objective import MomentumQueue, Objective
 from clipkit.train.ssl import ImageSSL
 from clipkit.train.step import full_batch_step, momentum_targets
+from tests.helpers import logged_steps, train_config
 
 TINY = "clipkit-tiny:random"
 NOTHING = contextlib.nullcontext()
-
-
-def _config(shapes, out, **options):
-    base = {"data": str(shapes / "data"), "out": str(out), "model": TINY, "batch_size": 16,
-            "workers": 0, "val_split": 0.1}  # fmt: skip
-    return TrainConfig(**{**base, **options})
-
-
-def _steps(run_dir):
-    lines = Path(run_dir, "metrics.jsonl").read_text().splitlines()
-    return [r for r in map(json.loads, lines) if r["kind"] == "step"]
 
 
 @pytest.fixture
@@ -132,13 +121,13 @@ def mixed_run(shapes, tmp_path_factory):
     options = {"steps": 6, "val_split": 0.1, "seed": 3, "queue": 32, "momentum": 0.9,
                "image_ssl": "byol", "ssl_weight": 0.5, "grad_cache": True,
                "micro_batch": 6}  # fmt: skip
-    return out, options, train(_config(shapes, out, **options))
+    return out, options, train(train_config(shapes, out, **options))
 
 
 def test_new_terms_are_logged_and_the_exported_model_is_a_plain_clip(mixed_run):
     out, _, result = mixed_run
     assert result.settings["momentum"] == 0.9 and result.settings["ssl_weight"] == 0.5
-    steps = _steps(out)
+    steps = logged_steps(out)
     assert [r["queue_fill"] for r in steps[:3]] == [0.0, 0.5, 1.0]  # 16 keys a step, K = 32
     for record in steps:
         assert record["loss"] == pytest.approx(record["loss_queue"] + 0.5 * record["loss_ssl"])
@@ -157,10 +146,12 @@ def test_queues_momentum_weights_and_heads_resume_bit_for_bit(mixed_run, shapes,
         if report.stage == "train" and report.done == 3:
             raise KeyboardInterrupt
 
-    first = train(_config(shapes, tmp_path / "split", **options), progress=stop_at_step_3)
+    first = train(train_config(shapes, tmp_path / "split", **options), progress=stop_at_step_3)
     assert first.interrupted
-    train(_config(shapes, tmp_path / "split", resume=True, **options))
-    assert [r["loss"] for r in _steps(tmp_path / "split")] == [r["loss"] for r in _steps(whole)]
+    train(train_config(shapes, tmp_path / "split", resume=True, **options))
+    assert [r["loss"] for r in logged_steps(tmp_path / "split")] == [
+        r["loss"] for r in logged_steps(whole)
+    ]
     expected = torch.load(whole / "state.pt", weights_only=True)["objective"]
     actual = torch.load(tmp_path / "split" / "state.pt", weights_only=True)["objective"]
     _assert_equal_trees(actual, expected)
@@ -194,7 +185,7 @@ def _assert_equal_trees(actual, expected, where="objective"):
 )  # fmt: skip
 def test_bad_queue_and_ssl_options_are_refused_before_training(shapes, tmp_path, options, message):
     with pytest.raises(UsageError, match=message):
-        train(_config(shapes, tmp_path / "run", epochs=1, **options))
+        train(train_config(shapes, tmp_path / "run", epochs=1, **options))
     assert not (tmp_path / "run").exists()  # refused before the run folder was made
 
 
@@ -238,7 +229,7 @@ def test_the_training_plot_draws_each_logged_part(mixed_run):
 
 def test_fine_tuning_with_ssl_trains_the_new_heads_at_the_from_scratch_rate(shapes, tmp_path):
     out = tmp_path / "run"
-    train(_config(shapes, out, image_ssl="simsiam", lr=1e-5, steps=2, warmup=1, val_split=0.0))
+    train(train_config(shapes, out, image_ssl="simsiam", lr=1e-5, steps=2, warmup=1, val_split=0.0))
     groups = torch.load(out / "state.pt", weights_only=True)["optimizer"]["param_groups"]
     assert len(groups) == 4  # the model's two (decayed, not), then the heads' two
     model_lr = groups[0]["lr"]
