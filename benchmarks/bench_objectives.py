@@ -5,15 +5,16 @@ data, same steps, same run (the goal: mask 0.5 at >= 1.6x the samples/s of mask 
 
 Quality: ``clipkit-tiny`` trained from scratch with each objective (clip; siglip; clip + mask
 0.5 with an unmasked last epoch; clip + queue 4096; clip + each image SSL term), same data,
-same steps, seeds 0-2, on two sets: the generated shapes, and the UCI handwritten digits
-(1,797 real 8x8 scans that scikit-learn ships inside its wheel: the one set of real images with
-known content that installs from a package registry without a download at run time; their
-captions are sentences made from the true digit, in three phrasings). Reported: validation
-recall@1/5/10 (the mean of image->text and text->image) and zero-shot top-1 on held-out images.
+same steps, seeds 0-2, on two sets: the generated shapes, and emoji: Noto's colour emoji
+(drawn by designers) captioned with their Unicode CLDR names (written by people, one per
+emoji), both from Debian packages (fonts-noto-color-emoji, unicode-data), so the set builds
+offline; zero-shot on held-out emoji whose name has one of a few words (flag, heart, ...).
+Reported: validation recall@1/5/10 (the mean of image->text and text->image) and zero-shot
+top-1 on held-out images.
 
     python benchmarks/bench_objectives.py speed --steps 15 --batch-size 64
     python benchmarks/bench_objectives.py quality --sets shapes --shapes 4800 --epochs 2
-    python benchmarks/bench_objectives.py quality --sets digits --epochs 6  # .[bench]: sklearn
+    python benchmarks/bench_objectives.py quality --sets emoji --epochs 6 --queue 1024  # apt
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from __future__ import annotations
 import argparse
 import json
 import random
+import re
 import shutil
 import statistics
 import tempfile
@@ -38,14 +40,17 @@ OBJECTIVES = {
     "clip": {},
     "siglip": {"loss": "siglip"},
     "clip + mask 0.5": {"mask_ratio": 0.5, "unmasked_epochs": 1},
-    "clip + queue 4096": {"queue": 4096},
+    "clip + queue": {"queue": 4096},  # --queue sets K; the row names it
     "clip + simclr": {"image_ssl": "simclr"},
     "clip + simsiam": {"image_ssl": "simsiam"},
     "clip + byol": {"image_ssl": "byol"},
     "clip + swav": {"image_ssl": "swav"},
 }
-DIGIT_NAMES = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine")
-DIGIT_CAPTIONS = ("a handwritten {}", "the digit {} written by hand", "a scan of a handwritten {}")
+# Debian's fonts-noto-color-emoji and unicode-data: the emoji and their names, offline
+EMOJI_FONT = Path("/usr/share/fonts/truetype/noto/NotoColorEmoji.ttf")
+EMOJI_TEST = Path("/usr/share/unicode/emoji/emoji-test.txt")
+# zero-shot labels: words of the names, each held-out emoji's name having exactly one
+EMOJI_CLASSES = ("flag", "face", "heart", "hand", "button", "woman", "man", "person")
 
 
 def masking_speed(data: Path, out: Path, steps: int, batch_size: int, rounds: int) -> list[dict]:
@@ -75,54 +80,78 @@ def write_shapes(root: Path, pairs: int) -> tuple[Path, Path]:
     return root / "pairs", root / "classes"
 
 
-def write_digits(root: Path, held_out: int = 300) -> tuple[Path, Path]:
-    """The UCI digits as 64x64 PNGs (dark ink on white, upscaled): captioned pairs, and the
-    last ``held_out`` scans as a class tree (``seven/...``) for zero-shot top-1."""
-    import numpy as np
-    from PIL import Image
-    from sklearn.datasets import load_digits  # the data ships in the wheel: no download
+def emoji_names() -> list[tuple[str, str]]:
+    """(emoji, name) of every fully-qualified emoji in Unicode's emoji-test.txt, without
+    the skin-tone variants (half the list, each a copy of another but for its colour)."""
+    emoji = []
+    for line in EMOJI_TEST.read_text(encoding="utf-8").splitlines():
+        if line.startswith("#") or "; fully-qualified" not in line:
+            continue
+        codes, comment = line.split(";", 1)[0], line.split("#", 1)[1]
+        name = comment.strip().split(" ", 2)[2]  # "😀 E1.0 grinning face"
+        if "skin tone" not in name:
+            emoji.append(("".join(chr(int(code, 16)) for code in codes.split()), name))
+    return emoji
 
-    digits = load_digits()
+
+def write_emoji(root: Path, per_class: int = 20) -> tuple[Path, Path]:
+    """Noto's colour emoji captioned with their Unicode (CLDR) names, written by people:
+    ``pairs/`` for training, and a held-out class tree of the emoji whose name has exactly
+    one of EMOJI_CLASSES (``flag/``, ``heart/``, ...), ``per_class`` each, for zero-shot."""
+    from PIL import Image, ImageDraw, ImageFont, ImageOps
+
+    font = ImageFont.truetype(str(EMOJI_FONT), 109)  # the one size its bitmaps come in
     rng = random.Random(0)
-    order = list(range(len(digits.target)))
-    rng.shuffle(order)
-    for position, index in enumerate(order):
-        ink = digits.images[index] / 16.0  # 0..16 -> 0..1
-        pixels = (255 * (1.0 - ink)).astype(np.uint8)
-        image = Image.fromarray(pixels, "L").resize((64, 64), Image.Resampling.BICUBIC)
-        name = DIGIT_NAMES[int(digits.target[index])]
-        if position < len(order) - held_out:
-            (root / "pairs").mkdir(parents=True, exist_ok=True)
-            image.convert("RGB").save(root / "pairs" / f"digit{position:05d}.png")
-            caption = rng.choice(DIGIT_CAPTIONS).format(name)
-            (root / "pairs" / f"digit{position:05d}.txt").write_text(caption + "\n")
-        else:
-            (root / "classes" / name).mkdir(parents=True, exist_ok=True)
-            image.convert("RGB").save(root / "classes" / name / f"digit{position:05d}.png")
+    emoji = emoji_names()
+    rng.shuffle(emoji)
+    held: dict[str, int] = {}
+    for number, (text, name) in enumerate(emoji):
+        canvas = Image.new("RGB", (160, 160), (255, 255, 255))
+        ImageDraw.Draw(canvas).text((10, 10), text, font=font, embedded_color=True)
+        box = ImageOps.invert(canvas).getbbox() or (0, 0, 160, 160)
+        side = max(box[2] - box[0], box[3] - box[1])
+        left, top = (box[0] + box[2] - side) // 2, (box[1] + box[3] - side) // 2
+        image = canvas.crop((left, top, left + side, top + side)).resize((64, 64), Image.LANCZOS)
+        words = set(re.findall(r"[a-z]+", name.lower()))
+        labels = [label for label in EMOJI_CLASSES if label in words]
+        if len(labels) == 1 and held.get(labels[0], 0) < per_class:
+            held[labels[0]] = held.get(labels[0], 0) + 1
+            (root / "classes" / labels[0]).mkdir(parents=True, exist_ok=True)
+            image.save(root / "classes" / labels[0] / f"emoji{number:05d}.png")
+            continue
+        (root / "pairs").mkdir(parents=True, exist_ok=True)
+        image.save(root / "pairs" / f"emoji{number:05d}.png")
+        (root / "pairs" / f"emoji{number:05d}.txt").write_text(name + "\n", encoding="utf-8")
     return root / "pairs", root / "classes"
 
 
 def quality(sets: dict[str, tuple[Path, Path]], out: Path, epochs: int, seeds: int,
-            objectives: list[str]) -> list[dict]:  # fmt: skip
+            objectives: list[str], queue: int) -> list[dict]:  # fmt: skip
     """Validation recall@1/5/10 and zero-shot top-1 after the last epoch, per set, objective
-    and seed; ``clipkit-tiny`` from scratch at batch 32 (the small batch the queue is for)."""
+    and seed; ``clipkit-tiny`` from scratch at batch 32 (the small batch the queue is for),
+    the queue ``queue`` keys long (it must stay below the training pairs: a longer queue
+    holds stale keys of the very images it scores)."""
     rows = []
     for set_name, (pairs, classes) in sets.items():
         for seed in range(seeds):  # seed by seed: a stopped run still has whole seeds
             for name in objectives:
+                options = {**OBJECTIVES[name]}
+                if "queue" in options:
+                    options["queue"] = queue
+                label = f"{name} {queue}" if "queue" in options else name
                 run = out / f"{set_name}-{name.replace(' ', '')}-{seed}"
                 started = time.perf_counter()
                 result = train(
                     TrainConfig(
                         data=str(pairs), out=str(run), model="clipkit-tiny:random",
                         epochs=epochs, batch_size=32, lr=2e-3, val_split=0.15,
-                        eval_classes=str(classes), seed=seed, **OBJECTIVES[name],
+                        eval_classes=str(classes), seed=seed, **options,
                     )
                 )  # fmt: skip
                 if result.interrupted:  # Ctrl-C or SIGTERM: the run saved and stopped; so do we
                     raise SystemExit(f"interrupted during {set_name} {name} seed {seed}")
                 last = result.evaluations[-1]
-                row = {"set": set_name, "objective": name, "seed": seed, "epochs": epochs,
+                row = {"set": set_name, "objective": label, "seed": seed, "epochs": epochs,
                        "train_pairs": result.train_pairs, "steps": result.steps_done,
                        "zeroshot_top1": last.zeroshot_top1,
                        "seconds": time.perf_counter() - started}  # fmt: skip
@@ -143,7 +172,7 @@ def summary(rows: list[dict]) -> list[dict]:
     table = []
     keys = sorted(
         {(r["set"], r["objective"]) for r in rows},
-        key=lambda k: (k[0], list(OBJECTIVES).index(k[1])),
+        key=lambda k: (k[0], list(OBJECTIVES).index(re.sub(r" \d+$", "", k[1]))),
     )
     for set_name, name in keys:
         group = [r for r in rows if (r["set"], r["objective"]) == (set_name, name)]
@@ -179,8 +208,9 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=6, help="quality: epochs per run")
     parser.add_argument("--seeds", type=int, default=3, help="quality: seeds 0..N-1")
     parser.add_argument("--shapes", type=int, default=1500, help="quality: generated pairs")
-    parser.add_argument("--sets", default="shapes,digits")
+    parser.add_argument("--sets", default="shapes,emoji")
     parser.add_argument("--objectives", default=",".join(OBJECTIVES))
+    parser.add_argument("--queue", type=int, default=4096, help="quality: the queue's K")
     args = parser.parse_args()
     results_file = Path(__file__).parent / "results" / "objectives.json"
     results = json.loads(results_file.read_text()) if results_file.exists() else {}
@@ -198,10 +228,10 @@ def main() -> None:
             print(json.dumps(speed, indent=2))
         else:
             makers = {"shapes": lambda: write_shapes(root / "shapes", args.shapes),
-                      "digits": lambda: write_digits(root / "digits")}  # fmt: skip
+                      "emoji": lambda: write_emoji(root / "emoji")}  # fmt: skip
             sets = {name: makers[name]() for name in args.sets.split(",")}
             objectives = args.objectives.split(",")
-            rows = quality(sets, root / "runs", args.epochs, args.seeds, objectives)
+            rows = quality(sets, root / "runs", args.epochs, args.seeds, objectives, args.queue)
             # a set measured again replaces its earlier rows; the other sets' rows stay
             kept = [r for r in results.get("quality_runs", []) if r["set"] not in sets]
             table = summary(kept + rows)
