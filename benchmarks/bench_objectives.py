@@ -126,14 +126,14 @@ def write_emoji(root: Path, per_class: int = 20) -> tuple[Path, Path]:
 
 
 def quality(sets: dict[str, tuple[Path, Path]], out: Path, epochs: int, seeds: int,
-            objectives: list[str], queue: int) -> list[dict]:  # fmt: skip
+            objectives: list[str], queue: int, first_seed: int = 0) -> list[dict]:  # fmt: skip
     """Validation recall@1/5/10 and zero-shot top-1 after the last epoch, per set, objective
     and seed; ``clipkit-tiny`` from scratch at batch 32 (the small batch the queue is for),
     the queue ``queue`` keys long (it must stay below the training pairs: a longer queue
     holds stale keys of the very images it scores)."""
     rows = []
     for set_name, (pairs, classes) in sets.items():
-        for seed in range(seeds):  # seed by seed: a stopped run still has whole seeds
+        for seed in range(first_seed, seeds):  # seed by seed: a stopped run keeps whole seeds
             for name in objectives:
                 options = {**OBJECTIVES[name]}
                 if "queue" in options:
@@ -207,6 +207,7 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=2, help="speed: runs per ratio")
     parser.add_argument("--epochs", type=int, default=6, help="quality: epochs per run")
     parser.add_argument("--seeds", type=int, default=3, help="quality: seeds 0..N-1")
+    parser.add_argument("--first-seed", type=int, default=0, help="quality: resume at seed")
     parser.add_argument("--shapes", type=int, default=1500, help="quality: generated pairs")
     parser.add_argument("--sets", default="shapes,emoji")
     parser.add_argument("--objectives", default=",".join(OBJECTIVES))
@@ -231,7 +232,8 @@ def main() -> None:
                       "emoji": lambda: write_emoji(root / "emoji")}  # fmt: skip
             sets = {name: makers[name]() for name in args.sets.split(",")}
             objectives = args.objectives.split(",")
-            rows = quality(sets, root / "runs", args.epochs, args.seeds, objectives, args.queue)
+            rows = quality(sets, root / "runs", args.epochs, args.seeds, objectives, args.queue,
+                           args.first_seed)  # fmt: skip
             # a set measured again replaces its earlier rows; the other sets' rows stay
             kept = [r for r in results.get("quality_runs", []) if r["set"] not in sets]
             table = summary(kept + rows)
