@@ -235,3 +235,15 @@ def logged_steps(run_dir) -> list[dict]:
     """The ``kind: step`` records of a run's ``metrics.jsonl``."""
     lines = Path(run_dir, "metrics.jsonl").read_text().splitlines()
     return [record for record in map(json.loads, lines) if record["kind"] == "step"]
+
+
+def interrupt_and_resume(shapes: Path, out: Path, stop_at: int = 3, **options) -> None:
+    """Train into ``out``, interrupted (as by Ctrl-C) after step ``stop_at``, then resume it."""
+    from clipkit.train import train
+
+    def stop(report):
+        if report.stage == "train" and report.done == stop_at:
+            raise KeyboardInterrupt
+
+    assert train(train_config(shapes, out, **options), progress=stop).interrupted
+    train(train_config(shapes, out, resume=True, **options))

@@ -14,7 +14,7 @@ from clipkit.errors import UsageError
 from clipkit.models import load_model
 from clipkit.models.openclip import list_models
 from clipkit.train import train
-from tests.helpers import logged_steps, train_config
+from tests.helpers import interrupt_and_resume, logged_steps, train_config
 
 TINY = "clipkit-tiny:random"
 
@@ -78,13 +78,7 @@ def test_a_siglip_run_resumes_bit_for_bit(shapes, tmp_path):
     options = {"steps": 6, "val_split": 0.0, "seed": 3, "loss": "siglip"}
     train(train_config(shapes, tmp_path / "whole", **options))
 
-    def stop_at_step_3(report):
-        if report.stage == "train" and report.done == 3:
-            raise KeyboardInterrupt
-
-    first = train(train_config(shapes, tmp_path / "split", **options), progress=stop_at_step_3)
-    assert first.interrupted
-    train(train_config(shapes, tmp_path / "split", resume=True, **options))
+    interrupt_and_resume(shapes, tmp_path / "split", **options)
     assert [r["loss"] for r in logged_steps(tmp_path / "split")] == [
         r["loss"] for r in logged_steps(tmp_path / "whole")
     ]

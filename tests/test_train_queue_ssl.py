@@ -23,7 +23,7 @@ from clipkit.train import train
 from clipkit.train.objective import MomentumQueue, Objective
 from clipkit.train.ssl import ImageSSL
 from clipkit.train.step import full_batch_step, momentum_targets
-from tests.helpers import logged_steps, train_config
+from tests.helpers import interrupt_and_resume, logged_steps, train_config
 
 TINY = "clipkit-tiny:random"
 NOTHING = contextlib.nullcontext()
@@ -142,13 +142,7 @@ def test_new_terms_are_logged_and_the_exported_model_is_a_plain_clip(mixed_run):
 def test_queues_momentum_weights_and_heads_resume_bit_for_bit(mixed_run, shapes, tmp_path):
     whole, options, _ = mixed_run
 
-    def stop_at_step_3(report):
-        if report.stage == "train" and report.done == 3:
-            raise KeyboardInterrupt
-
-    first = train(train_config(shapes, tmp_path / "split", **options), progress=stop_at_step_3)
-    assert first.interrupted
-    train(train_config(shapes, tmp_path / "split", resume=True, **options))
+    interrupt_and_resume(shapes, tmp_path / "split", **options)
     assert [r["loss"] for r in logged_steps(tmp_path / "split")] == [
         r["loss"] for r in logged_steps(whole)
     ]
