@@ -2,17 +2,33 @@
 # made (and clipkit installed into it) on first use, and again when pyproject.toml changes.
 #   make quickstart   install clipkit, then run the offline quickstart
 #   make test         install clipkit with what the tests need, then run the default suite
+# and what CI adds:
+#   make test-all     the default suite plus the end-to-end tests (real processes, servers,
+#                     torchrun, the browser)
+#   make lint         ruff check, ruff format --check and mypy
 
 PYTHON ?= python3
 VENV ?= .venv
+# One test process per core; the tests that share an expensive fixture (a trained run, an
+# ONNX export) carry one xdist group, so that each fixture is built once, on one worker.
+PYTEST = $(VENV)/bin/python -m pytest -n auto --dist loadgroup
+LINTED = clipkit tests benchmarks examples
 
-.PHONY: quickstart test
+.PHONY: quickstart test test-all lint
 
 quickstart: $(VENV)/.installed
 	$(VENV)/bin/clipkit quickstart
 
 test: $(VENV)/.installed-dev
-	$(VENV)/bin/python -m pytest
+	$(PYTEST)
+
+test-all: $(VENV)/.installed-dev
+	$(PYTEST) -m "not slow and not gpu"
+
+lint: $(VENV)/.installed-dev
+	$(VENV)/bin/ruff check $(LINTED)
+	$(VENV)/bin/ruff format --check $(LINTED)
+	$(VENV)/bin/mypy
 
 $(VENV)/bin/python:
 	$(PYTHON) -m venv $(VENV)

@@ -1,11 +1,26 @@
-"""Shared fixtures: no network, an empty model cache, the GPU marker, and a tiny encoder."""
+"""Shared fixtures: no network, empty caches, the GPU marker, the tiny encoder, and the costly
+things built once per test process (a trained run, an ONNX export) with the xdist groups that
+keep the tests sharing one on one worker."""
 
 from __future__ import annotations
 
 import os
 import tempfile
+from pathlib import Path
 
 import pytest
+
+from tests.helpers import TINY, install_export
+
+# Tests write many small files and fsync every publish (2 s of a one-step training run on a
+# disk): on a RAM disk, where there is one, fsync costs nothing. Set before pytest and the
+# fixtures below pick their temporary folders.
+if "TMPDIR" not in os.environ and os.access("/dev/shm", os.W_OK):
+    os.environ["TMPDIR"] = "/dev/shm"
+    tempfile.tempdir = None
+# Under pytest-xdist each core runs a worker: torch's own threads would fight over the cores.
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 # Set before anything imports huggingface_hub, which reads these once at import time: tests
 # must never touch the network nor a developer's real cache.
@@ -23,12 +38,25 @@ os.environ.pop("CLIPKIT_RUNTIME", None)
 os.environ.pop("CLIPKIT_MODEL", None)
 os.environ.pop("CLIPKIT_DEBUG", None)
 
-TINY = "clipkit-tiny:random"
+
+# Session fixtures that take tens of seconds to build. Under pytest-xdist (make test: -n auto
+# --dist loadgroup) every test that uses one runs in one group on one worker, so each is built
+# once per run; every other test runs with the rest of its module, so that a module's fixtures
+# are built once too (a module split over workers builds them on each).
+COSTLY = ("finished_run", "tiny_export")
 
 
+@pytest.hookimpl(tryfirst=True)  # before xdist's own hook reads the groups
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    for item in items:
+        costly = [name for name in COSTLY if name in getattr(item, "fixturenames", ())]
+        group = costly[0] if costly else item.nodeid.split("::")[0]
+        if item.get_closest_marker("xdist_group") is None:
+            item.add_marker(pytest.mark.xdist_group(group))
     import torch
 
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        torch.set_num_threads(1)
     if torch.cuda.is_available():
         return
     skip = pytest.mark.skip(reason="needs CUDA (run on the device machine with -m gpu)")
@@ -72,6 +100,27 @@ def finished_run(shapes):
         workers=0,
     )
     return config, train(config)
+
+
+@pytest.fixture(scope="session")
+def tiny_export(tmp_path_factory):
+    """clipkit-tiny (seeded random weights) exported to ONNX once per test process (about
+    20 s): (torch encoder, export folder). Tests read it; one that needs it in its ONNX cache
+    takes ``cached_tiny_export``."""
+    from clipkit.models import load_model
+    from clipkit.models.onnx_export import export_onnx
+
+    encoder = load_model(TINY, device="cpu")
+    folder = tmp_path_factory.mktemp("onnx-export") / "tiny"
+    export_onnx(encoder, folder)
+    return encoder, folder
+
+
+@pytest.fixture
+def cached_tiny_export(tiny_export) -> Path:
+    """The test's own ONNX cache holding clipkit-tiny's export, as ``clipkit export -m
+    clipkit-tiny:random`` leaves it (the export folder by fingerprint, and ``specs.json``)."""
+    return install_export(*tiny_export)
 
 
 @pytest.fixture(autouse=True)

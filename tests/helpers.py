@@ -69,6 +69,20 @@ def tar_sample(n: int, caption: str | None = None) -> dict[str, bytes]:
     return members
 
 
+def install_export(encoder, export: Path) -> Path:
+    """Copy ``export`` (of ``encoder``) into the ONNX cache ``$CLIPKIT_ONNX_CACHE`` names now,
+    as ``clipkit export -m SPEC`` leaves it: the folder by fingerprint, and the spec in
+    ``specs.json``. Returns the cached folder."""
+    import shutil
+
+    from clipkit.models.exported import cached_export, remember_spec
+
+    target = cached_export(encoder.fingerprint)
+    shutil.copytree(export, target)
+    remember_spec(encoder.spec, encoder.fingerprint)
+    return target
+
+
 def rows(out: Path) -> dict[str, dict]:
     """All rows of an embeddings folder, by id, read with plain pyarrow.dataset."""
     table = ds.dataset(str(out), format="parquet").to_table()
@@ -226,7 +240,7 @@ def train_config(shapes: Path, out: Path, **options):
     workers, 10 % validation; ``options`` override or add fields."""
     from clipkit.train.config import TrainConfig
 
-    base = {"data": str(shapes / "data"), "out": str(out), "model": "clipkit-tiny:random",
+    base = {"data": str(shapes / "data"), "out": str(out), "model": TINY,
             "batch_size": 16, "workers": 0, "val_split": 0.1}  # fmt: skip
     return TrainConfig(**{**base, **options})
 

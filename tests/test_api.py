@@ -35,12 +35,14 @@ def _loaded_after(code: str) -> list[str]:
     return done.stdout.split()
 
 
+@pytest.mark.e2e
 def test_importing_the_services_loads_no_heavy_library():
     names = ", ".join((*SERVICES, "index", "models"))
     assert _loaded_after(f"from clipkit import {names}") == []
     assert _loaded_after("import clipkit.cli") == []
 
 
+@pytest.mark.e2e
 def test_using_a_name_loads_what_it_needs():
     # The embed service reads Parquet; torch only comes with a torch model (it may run on ONNX)
     assert _loaded_after("from clipkit import EmbedConfig") == ["pyarrow"]
@@ -88,6 +90,26 @@ def test_the_readme_example_runs(tmp_path, monkeypatch, capsys):
     printed = capsys.readouterr().out.splitlines()
     assert len(printed) == 5
     assert all((tmp_path / line.split()[2]).is_file() for line in printed)
+
+
+@pytest.mark.e2e
+def test_the_readme_example_passes_mypy(tmp_path):
+    """The public names are visible to type checkers (``py.typed``, and each package's
+    ``TYPE_CHECKING`` imports): mypy, as ``make lint`` configures it, finds no error in the
+    README's example, and sees the types of what it calls."""
+    code = re.search(r"## Python API.*?```python\n(.*?)```", README.read_text(), re.S).group(1)
+    example = tmp_path / "example.py"
+    example.write_text(code + "reveal_type(result)\nreveal_type(embed)\n")
+    mypy = Path(sys.executable).parent / "mypy"
+    done = subprocess.run(
+        [str(mypy), "--config-file", str(README.parent / "pyproject.toml"), str(example)],
+        capture_output=True,
+        text=True,
+        cwd=README.parent,
+    )
+    assert done.returncode == 0, done.stdout
+    assert 'Revealed type is "clipkit.search.run.SearchResult"' in done.stdout
+    assert 'Revealed type is "def (config: clipkit.embed.run.EmbedConfig' in done.stdout
 
 
 def test_paths_are_str_or_path_everywhere_and_wrong_types_fail_at_construction(tmp_path):

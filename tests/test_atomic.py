@@ -10,6 +10,7 @@ import pytest
 
 from clipkit.errors import ClipkitError, InputError
 from clipkit.infra.atomic import atomic_path, check_output, make_folder
+from tests.helpers import TINY
 
 
 def test_success_replaces_the_target_with_ordinary_permissions(tmp_path):
@@ -126,7 +127,7 @@ def test_train_on_a_full_disk_names_the_checkpoint_and_the_space_left(
     config = TrainConfig(
         data=str(shapes / "data"),
         out=str(tmp_path / "run"),
-        model="clipkit-tiny:random",
+        model=TINY,
         batch_size=16,
         workers=0,
         val_split=0.0,

@@ -14,8 +14,8 @@ from PIL import Image
 from typer.testing import CliRunner
 
 from clipkit import cli
+from tests.helpers import TINY
 
-TINY = "clipkit-tiny:random"
 runner = CliRunner()
 COLOURS = [(230, 20, 20), (20, 200, 30), (20, 30, 220), (240, 220, 10), (150, 20, 160), (0, 0, 0)]
 

@@ -9,12 +9,13 @@ import torch
 
 from clipkit.errors import InputError, UnsafeCheckpointError
 from clipkit.models.checkpoints import CheckpointMeta, read_checkpoint, write_checkpoint
+from tests.helpers import TINY
 
 META = CheckpointMeta(
     arch="clipkit-tiny",
     model_config={"embed_dim": 4, "vision_cfg": {"layers": 1}, "text_cfg": {"layers": 1}},
     preprocess={"size": 64, "mean": [0.5, 0.5, 0.5]},
-    source="clipkit-tiny:random",
+    source=TINY,
     extra={"step": "12"},
 )
 

@@ -17,11 +17,13 @@ from clipkit.cli.app import handles_errors
 from clipkit.cli.options import ModelOption
 from clipkit.errors import ClipkitError
 from clipkit.infra.progress import ProgressReport
+from tests.helpers import TINY
 
 runner = CliRunner()
 HEAVY = ("torch", "open_clip", "faiss", "pyarrow", "fastapi", "uvicorn")
 
 
+@pytest.mark.e2e
 def test_importing_the_cli_imports_no_heavy_library():
     code = f"import sys, clipkit.cli; print(','.join(m for m in {HEAVY!r} if m in sys.modules))"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
@@ -48,6 +50,7 @@ def _listed_commands(help_text: str) -> list[str]:
     return [line.split()[0] for line in section if line.startswith("  ") and line.split()]
 
 
+@pytest.mark.e2e
 def test_help_lists_every_command_in_workflow_order_without_heavy_imports():
     code = (
         "import sys; from clipkit.cli import main; sys.argv = ['clipkit', '--help']\n"
@@ -66,6 +69,7 @@ def test_the_command_list_check_can_fail():
     ]
 
 
+@pytest.mark.e2e
 def test_version_via_module_entry_point():
     out = subprocess.run(
         [sys.executable, "-m", "clipkit", "--version"], capture_output=True, text=True, check=True
@@ -74,7 +78,7 @@ def test_version_via_module_entry_point():
 
 
 def test_models_info_json():
-    result = runner.invoke(cli.app, ["models", "info", "clipkit-tiny:random", "--format", "json"])
+    result = runner.invoke(cli.app, ["models", "info", TINY, "--format", "json"])
     assert result.exit_code == 0, result.output
     info = json.loads(result.stdout)
     assert info["embed_dim"] == 128 and info["context_length"] == 32
@@ -85,7 +89,7 @@ def test_models_list_with_filter_json():
     result = runner.invoke(cli.app, ["models", "--filter", "clipkit", "--format", "json"])
     assert result.exit_code == 0, result.output
     specs = {row["spec"] for row in json.loads(result.stdout)}
-    assert specs == {"clipkit-tiny:random", "clipkit-small:random"}
+    assert specs == {TINY, "clipkit-small:random"}
 
 
 def test_model_spec_from_environment(monkeypatch):
@@ -95,10 +99,10 @@ def test_model_spec_from_environment(monkeypatch):
     def probe(model: ModelOption = "default") -> None:
         seen["model"] = model
 
-    monkeypatch.setenv("CLIPKIT_MODEL", "clipkit-tiny:random")
+    monkeypatch.setenv("CLIPKIT_MODEL", TINY)
     try:
         assert runner.invoke(cli.app, ["probe-model"]).exit_code == 0
-        assert seen["model"] == "clipkit-tiny:random"
+        assert seen["model"] == TINY
     finally:
         cli.app.registered_commands.pop()
 
@@ -166,6 +170,7 @@ def test_debug_mode_reraises(monkeypatch):
     assert result.exit_code == 1 and result.exception is error
 
 
+@pytest.mark.e2e
 def test_debug_traceback_shows_no_locals(monkeypatch):
     code = (
         "import typer\nfrom clipkit import cli\n"
@@ -243,9 +248,7 @@ def test_help_placeholders_read_as_click_writes_them():
 
 
 def test_models_info_says_default_unless_a_device_was_asked_for():
-    shown = runner.invoke(cli.app, ["models", "info", "clipkit-tiny:random", "-f", "json"])
+    shown = runner.invoke(cli.app, ["models", "info", TINY, "-f", "json"])
     assert json.loads(shown.stdout)["device"] == "cpu (default)"
-    asked = runner.invoke(
-        cli.app, ["models", "info", "clipkit-tiny:random", "--device", "cpu", "-f", "json"]
-    )
+    asked = runner.invoke(cli.app, ["models", "info", TINY, "--device", "cpu", "-f", "json"])
     assert json.loads(asked.stdout)["device"] == "cpu (requested)"

@@ -75,9 +75,9 @@ def test_search_takes_the_model_from_the_environment(monkeypatch, tmp_path):
         raise SkippedInputsError(0, None, None)  # any ClipkitError: stop after the wiring
 
     monkeypatch.setattr("clipkit.search.run.search", fake_search)
-    monkeypatch.setenv("CLIPKIT_MODEL", "clipkit-tiny:random")
+    monkeypatch.setenv("CLIPKIT_MODEL", TINY)
     runner.invoke(cli.app, ["search", "a dog", "--embeddings", str(tmp_path)])
-    assert seen[0].model == "clipkit-tiny:random"
+    assert seen[0].model == TINY
 
 
 @pytest.mark.parametrize(

@@ -67,6 +67,7 @@ def workdir(tmp_path_factory) -> Path:
     return root
 
 
+@pytest.mark.e2e
 @pytest.mark.parametrize(("args", "code", "message"), CASES, ids=[" ".join(c[0]) for c in CASES])
 def test_error_comes_before_any_heavy_import(workdir, args, code, message):
     done = subprocess.run(

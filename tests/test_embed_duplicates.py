@@ -11,8 +11,8 @@ from PIL import Image
 from typer.testing import CliRunner
 
 from clipkit import cli
+from tests.helpers import TINY
 
-TINY = "clipkit-tiny:random"
 runner = CliRunner()
 
 

@@ -8,11 +8,14 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from tests.helpers import make_images
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
 
 
+@pytest.mark.e2e
 def test_embed_and_search_example(tmp_path):
     make_images(tmp_path / "photos", 6)
     out = subprocess.run(
@@ -49,6 +52,7 @@ def test_every_example_is_short_and_documented():
         assert source.startswith('"""') and "python examples/" in source, script.name
 
 
+@pytest.mark.e2e
 def test_finetune_csv_example(shapes, tmp_path):
     table = tmp_path / "pairs.csv"
     with table.open("w", newline="") as handle:
@@ -64,6 +68,7 @@ def test_finetune_csv_example(shapes, tmp_path):
     assert (tmp_path / "run" / "best.safetensors").is_file()
 
 
+@pytest.mark.e2e
 def test_audit_and_clean_example(shapes, finished_run, tmp_path):
     data = tmp_path / "data"
     shutil.copytree(shapes / "data", data)
@@ -92,6 +97,7 @@ def test_audit_and_clean_example(shapes, finished_run, tmp_path):
     assert f"{len(flagged)} flagged" in stdout
 
 
+@pytest.mark.e2e
 def test_zeroshot_folder_example(shapes, finished_run, tmp_path):
     model = str(Path(finished_run[1].run_dir) / "best.safetensors")
     out = tmp_path / "predictions.csv"

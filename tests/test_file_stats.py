@@ -122,6 +122,7 @@ def test_pruning_texts_keeps_the_image_cache(tmp_path, reads):
     assert len(read_file_stats(tmp_path / "out")) == 2
 
 
+@pytest.mark.e2e
 def test_ranks_hash_only_the_files_the_cache_does_not_vouch_for(tmp_path, reads):
     """``embed_plan.image_ids``, the torchrun path's hashing, with a world of one."""
     from clipkit.embed import plan as embed_plan
@@ -146,6 +147,7 @@ def test_ranks_hash_only_the_files_the_cache_does_not_vouch_for(tmp_path, reads)
     }
 
 
+@pytest.mark.e2e
 def test_reruns_under_two_gloo_processes_use_the_cache(tmp_path):
     import subprocess
 

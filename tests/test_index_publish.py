@@ -169,6 +169,7 @@ def test_an_index_without_the_publish_file_still_loads(changed_folder):
     _assert_rows_match_vectors(loaded, vectors)
 
 
+@pytest.mark.e2e
 @pytest.mark.parametrize("renamed", [0, 1, 2, 3])
 def test_a_writer_killed_inside_the_publish_window_leaves_a_whole_set(
     changed_folder, tmp_path, renamed

@@ -395,7 +395,7 @@ def test_empty_embeddings_and_wrong_kind(tmp_path, corpus):
         build_index(IndexConfig(emb_dir=images_only, out_dir=tmp_path / "i2", kind="text"))
 
 
-def test_cli_index_and_errors(corpus, tmp_path):
+def test_cli_index_and_errors(corpus, tmp_path, cached_tiny_export):
     result = runner.invoke(cli.app, ["index", str(corpus / "emb"), "-o", str(tmp_path / "i")])
     assert result.exit_code == 0, result.output
     assert "Index Flat (exact) of 12 image rows" in result.stderr

@@ -124,6 +124,7 @@ with writer_lock(sys.argv[1], "embed -o elsewhere"):
 """
 
 
+@pytest.mark.e2e
 def test_a_lock_held_by_another_process_is_refused_until_it_is_killed(tmp_path):
     make_images(tmp_path / "a", 2)
     out = tmp_path / "out"
@@ -180,6 +181,7 @@ with writer_lock(sys.argv[1], "embed -o here"):
 """
 
 
+@pytest.mark.e2e
 def test_a_killed_command_s_orphaned_workers_do_not_hold_its_folder(tmp_path):
     """#24 D7: after `kill -9` of embed, its decode workers (forked, so sharing the lock's
     open file) held the folder for up to ~5 s, and a re-run was refused naming a dead pid."""
@@ -197,6 +199,7 @@ def test_a_killed_command_s_orphaned_workers_do_not_hold_its_folder(tmp_path):
         os.kill(orphan, signal.SIGKILL)
 
 
+@pytest.mark.e2e
 def test_a_lock_whose_recorded_writer_has_ended_says_so(tmp_path):
     import fcntl
 

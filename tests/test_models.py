@@ -16,8 +16,8 @@ from clipkit.errors import ModelSpecError, UnsafeCheckpointError, WeightsUnavail
 from clipkit.models import describe_model, downloads, list_models, load_model
 from clipkit.models import openclip as models
 from clipkit.models.checkpoints import write_checkpoint
+from tests.helpers import TINY
 
-TINY = "clipkit-tiny:random"
 TEXTS = ["a small red triangle", "a large blue circle on a grey background", ""]
 
 
@@ -154,7 +154,7 @@ def test_bare_arch_resolves_to_its_default_tag():
     )
     with pytest.raises(ModelSpecError, match="no pretrained weights") as info:
         load_model("clipkit-tiny", device="cpu")
-    assert "clipkit-tiny:random" in info.value.hint
+    assert TINY in info.value.hint
 
 
 def test_missing_pretrained_weights_offline_fail_with_the_ways_out():
@@ -217,7 +217,7 @@ def test_pretrained_tag_loads_from_a_populated_cache(monkeypatch, tiny_encoder):
 
 def test_list_models_filters_and_includes_builtins():
     rows = list_models("clipkit")
-    assert {row.spec for row in rows} >= {"clipkit-tiny:random", "clipkit-small:random"}
+    assert {row.spec for row in rows} >= {TINY, "clipkit-small:random"}
     assert all("clipkit" in row.spec.lower() for row in rows)
     everything = list_models()
     assert any(row.spec == "ViT-B-32:laion2b_s34b_b79k" for row in everything)
@@ -247,6 +247,7 @@ print(openclip._registry.name)
 """
 
 
+@pytest.mark.e2e
 def test_the_config_registry_folder_is_removed_when_the_process_ends(tmp_path):
     """open_clip reads configs only from files: clipkit's folder for them used to stay in /tmp
     after every process that loaded a checkpoint with its own config."""
@@ -285,6 +286,6 @@ def test_loading_a_model_leaves_the_root_logger_alone(monkeypatch, caplog):
     monkeypatch.setattr(open_clip, "create_model", create)
     before = logging.getLogger().level
     with caplog.at_level(logging.WARNING):
-        load_model("clipkit-tiny:random", device="cpu")
+        load_model(TINY, device="cpu")
     assert seen_levels == [before] and logging.getLogger().level == before
     assert "not open_clip's" in caplog.text

@@ -93,6 +93,7 @@ def test_an_unknown_resize_mode_is_refused():
         Preprocess.from_config({"size": 64, "mean": 0.5, "std": 0.5, "resize_mode": "stretch"})
 
 
+@pytest.mark.e2e
 def test_preprocessing_imports_no_torch():
     code = (
         "import sys\nfrom PIL import Image\nfrom clipkit.models.preprocess import Preprocess\n"

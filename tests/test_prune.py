@@ -173,6 +173,7 @@ def test_prune_sees_already_present_images_read_by_workers(tmp_path, workers):
     assert len(rows(tmp_path / "out")) == 3
 
 
+@pytest.mark.e2e
 def test_prune_under_two_gloo_processes_sees_every_rank_s_inputs(tmp_path):
     # Rank 0 prunes after all ranks wrote their shards; it must know the inputs that the other
     # rank claimed, or it would drop their rows.

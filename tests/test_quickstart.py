@@ -154,6 +154,7 @@ def test_overview_links_every_report_and_nothing_remote(small_run):
         assert "url(" not in text
 
 
+@pytest.mark.e2e
 def test_cli_prints_each_step_and_the_overview(small_run):
     config, _ = small_run
     options = [
@@ -225,6 +226,7 @@ def test_readme_steps_run_verbatim_in_bash_with_the_venv_on_path(small_run, tmp_
         assert (tmp_path / "clipkit-quickstart" / "reports" / f"{page}.html").is_file()
 
 
+@pytest.mark.e2e  # every README step as printed, training included
 @pytest.mark.parametrize(
     "epochs",
     [pytest.param(("--epochs", "1"), id="one-epoch")],  # the last --epochs wins
@@ -282,6 +284,7 @@ def _expected_cards(folder: Path, k: int) -> dict[str, int]:
     }
 
 
+@pytest.mark.e2e
 def test_reports_render_in_chromium(small_run, browser, tmp_path):
     config, _ = small_run
     folder = Path(config.folder)
@@ -295,6 +298,7 @@ def test_reports_render_in_chromium(small_run, browser, tmp_path):
         assert not is_blank(shown.screenshot), name
 
 
+@pytest.mark.e2e
 def test_the_browser_check_catches_broken_pages(browser, tmp_path):
     broken = tmp_path / "broken.html"
     broken.write_text(

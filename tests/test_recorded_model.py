@@ -110,14 +110,9 @@ def test_a_recorded_model_that_no_longer_loads_asks_for_m(project, tmp_path, mon
 
 
 def test_a_cached_export_answers_where_the_recorded_spec_no_longer_loads(
-    project, tmp_path, monkeypatch, tiny_encoder
+    project, tmp_path, monkeypatch, cached_tiny_export
 ):
     """The export is the same model by fingerprint: ``auto`` needs no spec that loads."""
-    from clipkit.models.exported import cached_export
-    from clipkit.models.onnx_export import export_onnx
-
-    monkeypatch.setenv("CLIPKIT_ONNX_CACHE", str(tmp_path / "cache"))
-    export_onnx(tiny_encoder, cached_export(tiny_encoder.fingerprint))
     shard = store.list_shards(project / "emb")[0]
     table = store.pq.read_table(shard)
     metadata = {**table.schema.metadata, b"clipkit.model": b"run"}

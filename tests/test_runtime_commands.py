@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 
@@ -14,10 +15,7 @@ import pytest
 
 from clipkit.embed import EmbedConfig, embed
 from clipkit.index import IndexConfig, build_index
-from clipkit.models import load_model
-from clipkit.models.exported import cached_export
-from clipkit.models.onnx_export import export_onnx
-from tests.helpers import TINY, make_images, rows
+from tests.helpers import TINY, install_export, make_images, rows
 
 HEAVY = ("torch", "open_clip", "torchvision")
 # The CLI ends a search with os._exit (no teardown): the probe lists the modules just before.
@@ -42,7 +40,7 @@ except SystemExit as done:
 
 
 @pytest.fixture(scope="module")
-def project(tmp_path_factory):
+def project(tmp_path_factory, tiny_export):
     """An index of 30 images made with clipkit-tiny, and a cache that holds its export."""
     root = tmp_path_factory.mktemp("runtime")
     make_images(root / "photos", 30)
@@ -53,10 +51,10 @@ def project(tmp_path_factory):
     embed(config)
     build_index(IndexConfig(emb_dir=root / "emb", out_dir=root / "idx", kind="image"))
     cache = root / "cache"
-    encoder = load_model(TINY, device="cpu")
+    encoder, exported = tiny_export
     os.environ["CLIPKIT_ONNX_CACHE"], previous = str(cache), os.environ["CLIPKIT_ONNX_CACHE"]
     try:
-        export_onnx(encoder, cached_export(encoder.fingerprint))
+        install_export(encoder, exported)
     finally:
         os.environ["CLIPKIT_ONNX_CACHE"] = previous
     return root, cache
@@ -84,6 +82,7 @@ def _ids(done) -> list[str]:
     return [hit["id"] for query in json.loads(done.stdout) for hit in query["hits"]]
 
 
+@pytest.mark.e2e
 def test_onnx_answers_without_torch_and_as_torch_does(project):
     onnx = _search(project, "--runtime", "onnx")
     assert onnx.returncode == 0, onnx.stderr
@@ -97,18 +96,21 @@ def test_onnx_answers_without_torch_and_as_torch_does(project):
     assert scores[0] == pytest.approx(scores[1], abs=1e-5)
 
 
+@pytest.mark.e2e
 def test_auto_takes_the_cached_export_and_says_so(project):
     done = _search(project)
     assert done.returncode == 0, done.stderr
     assert "on onnx (export in" in done.stderr and "torch" not in _loaded(done)
 
 
+@pytest.mark.e2e
 def test_auto_without_an_export_runs_torch_and_says_why(project, tmp_path):
     done = _search(project, cache=tmp_path / "empty")
     assert done.returncode == 0, done.stderr
     assert "on torch (auto: no ONNX export of fingerprint" in " ".join(done.stderr.split())
 
 
+@pytest.mark.e2e
 def test_onnx_without_an_export_is_an_error_with_a_hint(project, tmp_path):
     done = _search(project, "--runtime", "onnx", cache=tmp_path / "empty")
     assert done.returncode == 1
@@ -117,6 +119,7 @@ def test_onnx_without_an_export_is_an_error_with_a_hint(project, tmp_path):
     assert f"Hint: Export the model first: clipkit export {TINY}" in message
 
 
+@pytest.mark.e2e
 def test_the_runtime_comes_from_the_environment(project):
     done = _search(project, env={"CLIPKIT_RUNTIME": "torch"})
     assert done.returncode == 0 and "on torch (asked for)" in done.stderr
@@ -124,9 +127,8 @@ def test_the_runtime_comes_from_the_environment(project):
     assert bad.returncode == 2
 
 
+@pytest.mark.e2e
 def test_a_damaged_cached_export_falls_back_under_auto_and_fails_under_onnx(project, tmp_path):
-    import shutil
-
     _, cache = project
     copy = tmp_path / "cache"
     shutil.copytree(cache, copy)
@@ -141,6 +143,7 @@ def test_a_damaged_cached_export_falls_back_under_auto_and_fails_under_onnx(proj
     assert onnx.returncode == 1 and "truncated or damaged" in " ".join(onnx.stderr.split())
 
 
+@pytest.mark.e2e
 def test_index_fills_the_cache_so_the_first_search_runs_on_onnx(project, tmp_path):
     from typer.testing import CliRunner
 
@@ -169,6 +172,7 @@ def test_index_fills_the_cache_so_the_first_search_runs_on_onnx(project, tmp_pat
     assert skipped.exit_code == 0 and not (tmp_path / "other").exists()
 
 
+@pytest.mark.e2e
 def test_exact_search_of_an_embeddings_folder_runs_without_torch(project):
     root, _ = project
     query = ["search", "a red circle", "--embeddings", str(root / "emb"), "-k", "5", "-f", "json"]
@@ -179,6 +183,7 @@ def test_exact_search_of_an_embeddings_folder_runs_without_torch(project):
     assert len(_ids(onnx)) == 5 and _ids(onnx) == _ids(torch)
 
 
+@pytest.mark.e2e
 def test_zeroshot_of_an_embeddings_folder_runs_without_torch_and_as_torch_does(project):
     root, _ = project
     command = ["zeroshot", str(root / "emb"), "--labels", "red,green,blue,circle", "-f", "json"]
@@ -196,6 +201,7 @@ def test_zeroshot_of_an_embeddings_folder_runs_without_torch_and_as_torch_does(p
     )
 
 
+@pytest.mark.e2e
 def test_zeroshot_of_image_files_on_onnx_runs_without_torch_and_as_torch_does(project):
     root, _ = project
     command = [
@@ -219,6 +225,7 @@ def test_zeroshot_of_image_files_on_onnx_runs_without_torch_and_as_torch_does(pr
     )
 
 
+@pytest.mark.e2e
 def test_audit_of_image_files_on_onnx_needs_no_open_clip(project, tmp_path):
     for n, path in enumerate(make_images(tmp_path / "pairs", 12)):
         path.with_suffix(".txt").write_text(f"a photo number {n} " + "word " * (n * 8))
@@ -236,6 +243,7 @@ def test_audit_of_image_files_on_onnx_needs_no_open_clip(project, tmp_path):
     assert got["summary"]["long_captions"] == want["summary"]["long_captions"] > 0
 
 
+@pytest.mark.e2e
 def test_audit_of_an_embeddings_folder_needs_no_open_clip_on_onnx(project, tmp_path):
     """Audit scores with torch, but of the model it needs only the tokenizer: on the ONNX
     runtime open_clip and torchvision stay unloaded, and the figures are torch's."""
@@ -262,6 +270,7 @@ def test_audit_of_an_embeddings_folder_needs_no_open_clip_on_onnx(project, tmp_p
     assert summaries[0]["long_captions"] == summaries[1]["long_captions"] > 0  # tokenizers agree
 
 
+@pytest.mark.e2e
 def test_embed_on_onnx_runs_without_torch_and_makes_torch_s_folder(project, tmp_path):
     """The same rows (cosine >= 0.99999), the same model stamp, and so the same index and
     top-10 search results as the folder torch made."""
@@ -289,6 +298,7 @@ def test_embed_on_onnx_runs_without_torch_and_makes_torch_s_folder(project, tmp_
     assert len(hits[0]) == 10 and hits[0] == hits[1]
 
 
+@pytest.mark.e2e
 def test_embed_on_onnx_without_an_export_of_the_spec_is_refused(project, tmp_path):
     root, _ = project
     command = ["embed", str(root / "photos"), "-o", str(tmp_path / "emb"), "-m", TINY]

@@ -48,6 +48,7 @@ INTERPRETED_CHECK = textwrap.dedent(
 )
 
 
+@pytest.mark.e2e
 def test_triton_kernels_match_the_reference_in_the_interpreter():
     env = {**os.environ, "TRITON_INTERPRET": "1"}
     out = subprocess.run(

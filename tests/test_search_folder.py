@@ -13,9 +13,13 @@ from typer.testing import CliRunner
 from clipkit import cli
 from clipkit.search import SearchConfig, search
 from clipkit.search.folder import folder_cache
+from tests.helpers import TINY
+
+# Each test's ONNX cache holds clipkit-tiny's export, as after a first `clipkit index`: the
+# refresh would otherwise export it again in every test (20 s each).
+pytestmark = pytest.mark.usefixtures("cached_tiny_export")
 
 runner = CliRunner()
-TINY = "clipkit-tiny:random"
 COLOURS = {
     "red.png": (220, 30, 30),
     "green.png": (30, 200, 40),

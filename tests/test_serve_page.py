@@ -24,10 +24,9 @@ from clipkit.index import IndexConfig, build_index
 from clipkit.serve.app import create_app
 from clipkit.serve.config import ServeConfig
 from clipkit.serve.state import Served
-from tests.helpers import free_port
+from tests.helpers import TINY, free_port
 
 expect = pytest.importorskip("playwright.sync_api").expect
-TINY = "clipkit-tiny:random"
 TOKEN = "a-long-enough-secret"
 HOSTILE = [
     '<img src=x onerror="alert(1)">',
@@ -113,6 +112,7 @@ def _loaded_images(page) -> bool:
     return page.evaluate("Array.from(document.images).every(i => i.complete && i.naturalWidth > 0)")
 
 
+@pytest.mark.e2e
 def test_the_page_searches_shows_thumbnails_and_runs_no_caption(browser, hostile_index, tmp_path):
     config = ServeConfig(indexes=(f"shapes={hostile_index}",), device="cpu", runtime="torch")
     with live(config) as base:
@@ -153,6 +153,7 @@ def test_the_page_searches_shows_thumbnails_and_runs_no_caption(browser, hostile
         page.close()
 
 
+@pytest.mark.e2e
 def test_with_a_token_the_login_form_lets_the_page_in(browser, hostile_index):
     config = ServeConfig(indexes=(str(hostile_index),), device="cpu", runtime="torch", token=TOKEN)
     with live(config) as base:

@@ -10,9 +10,9 @@ from typer.testing import CliRunner
 from clipkit import cli
 from clipkit.cli import settings
 from clipkit.store import read_stamp
+from tests.helpers import TINY
 
 runner = CliRunner()
-TINY = "clipkit-tiny:random"
 SMALL = "clipkit-small:random"
 
 

@@ -20,40 +20,27 @@ import pytest
 from clipkit.train.state import STATE_FILE, load_state
 from tests.helpers import TINY, embed_args, make_images, rows
 
-ENV = {**os.environ, "PYTHONUNBUFFERED": "1"}
+pytestmark = pytest.mark.e2e  # every test runs clipkit in processes of its own
+
+
+def _env() -> dict[str, str]:
+    """This test's environment (its own ONNX cache) for the processes it starts."""
+    return {**os.environ, "PYTHONUNBUFFERED": "1"}
 
 
 @pytest.fixture(params=["torch", "onnx"])
 def runtime(request) -> str:
-    """Each embed test on both runtimes; for ONNX, clipkit-tiny's export in ENV's cache."""
+    """Each embed test on both runtimes; for ONNX, clipkit-tiny's export in the test's cache."""
     if request.param == "onnx":
-        request.getfixturevalue("tiny_export")
+        request.getfixturevalue("cached_tiny_export")
     return request.param
-
-
-@pytest.fixture(scope="module")
-def tiny_export() -> None:
-    from clipkit.models import load_model
-    from clipkit.models.onnx_export import export_onnx
-
-    encoder = load_model(TINY, device="cpu")
-    export_onnx(encoder, Path(ENV["CLIPKIT_ONNX_CACHE"]) / encoder.fingerprint)
-    # what the cache's specs.json would say had `clipkit export` written it there
-    from clipkit.models import exported
-
-    previous = os.environ["CLIPKIT_ONNX_CACHE"]
-    os.environ["CLIPKIT_ONNX_CACHE"] = ENV["CLIPKIT_ONNX_CACHE"]
-    try:
-        exported.remember_spec(encoder.spec, encoder.fingerprint)
-    finally:
-        os.environ["CLIPKIT_ONNX_CACHE"] = previous
 
 
 def _start(args: list[str], log: Path) -> subprocess.Popen:
     # A session of its own, so that the signal can go to the whole group like a scheduler's.
     return subprocess.Popen(
         [sys.executable, "-m", "clipkit", *args],
-        env=ENV,
+        env=_env(),
         stdout=subprocess.DEVNULL,
         stderr=log.open("w"),
         start_new_session=True,
@@ -61,6 +48,8 @@ def _start(args: list[str], log: Path) -> subprocess.Popen:
 
 
 def _wait_for(path_test, what: str, process: subprocess.Popen, seconds: float = 120) -> None:
+    """Wait for a file the process writes (checked every 10 ms): no test result depends on
+    when it appears, only on its appearing."""
     deadline = time.monotonic() + seconds
     while not path_test():
         assert process.poll() is None, f"finished before {what}"
@@ -68,25 +57,63 @@ def _wait_for(path_test, what: str, process: subprocess.Popen, seconds: float = 
         time.sleep(0.01)
 
 
+# clipkit embed whose encoder stops before its batch number HOLD_AT (argv[-2]) and says so in
+# a marker file (argv[-1]): every earlier batch's rows are in shards or held in memory.
+HELD_EMBED = """
+import sys, time
+from clipkit.embed import run as embed_run
+real_load, hold_at, marker = embed_run.load_encoder, int(sys.argv[-2]), sys.argv[-1]
+
+class Held:
+    def __init__(self, encoder):
+        self._encoder, self._batches = encoder, 0
+
+    def __getattr__(self, name):
+        return getattr(self._encoder, name)
+
+    def encode_images(self, pixels):
+        self._batches += 1
+        if self._batches == hold_at:
+            open(marker, "w").close()
+            time.sleep(3600)  # until SIGTERM, which the CLI turns into KeyboardInterrupt
+        return self._encoder.encode_images(pixels)
+
+def load_encoder(*args, **kwargs):
+    encoder, runtime = real_load(*args, **kwargs)
+    return Held(encoder), runtime
+
+embed_run.load_encoder = load_encoder
+sys.argv = ["clipkit", *sys.argv[1:-2]]
+from clipkit.cli import main
+main()
+"""
+
+
 def test_sigterm_to_the_group_keeps_embed_s_buffered_rows(tmp_path, runtime):
-    data, out = tmp_path / "data", tmp_path / "out"
+    """400 images in batches of 4, shards of 100: held before batch 31, 120 rows are embedded,
+    100 in the first shard and 20 in memory, and SIGTERM must keep all 120."""
+    data, out, held = tmp_path / "data", tmp_path / "out", tmp_path / "held"
     make_images(data, 400, size=(24, 24))
     extra = ("--batch-size", "4", "--shard-rows", "100", "--runtime", runtime)
     args = embed_args(str(data), str(out), *extra, workers=1)
-    process = _start(args, tmp_path / "log")
-    _wait_for(lambda: (out / "part-00000.parquet").exists(), "the first shard", process)
-    time.sleep(0.3)  # some rows of the second shard are now held in memory
+    process = subprocess.Popen(
+        [sys.executable, "-c", HELD_EMBED, *args, "31", str(held)],
+        env=_env(),
+        stdout=subprocess.DEVNULL,
+        stderr=(tmp_path / "log").open("w"),
+        start_new_session=True,
+    )
+    _wait_for(held.exists, "the hold before batch 31", process)
     os.killpg(process.pid, signal.SIGTERM)
     assert process.wait(timeout=60) == 130, (tmp_path / "log").read_text()[-2000:]
     assert "Interrupted." in (tmp_path / "log").read_text()
-    kept = len(rows(out))
-    assert 100 < kept < 400, "the rows held past the first shard were written"
+    assert len(rows(out)) == 120, "the 20 rows held past the first shard were written"
     resumed = subprocess.run(
-        [sys.executable, "-m", "clipkit", *args], env=ENV, capture_output=True, text=True
+        [sys.executable, "-m", "clipkit", *args], env=_env(), capture_output=True, text=True
     )
     assert resumed.returncode == 0, resumed.stderr
     assert len(rows(out)) == 400
-    assert f"already present {kept}" in " ".join(resumed.stderr.split())
+    assert "already present 120" in " ".join(resumed.stderr.split())
 
 
 def test_sigterm_to_the_group_saves_train_s_last_step(shapes, tmp_path):
@@ -162,14 +189,13 @@ def test_a_worker_stuck_in_a_read_does_not_keep_the_command_from_exiting(tmp_pat
     args = embed_args(str(data), str(out), "--batch-size", "2", "--runtime", runtime, workers=1)
     process = subprocess.Popen(
         [sys.executable, "-c", STUCK_EMBED, *args, str(stuck)],
-        env=ENV,
+        env=_env(),
         stdout=subprocess.DEVNULL,
         stderr=(tmp_path / "log").open("w"),
         start_new_session=True,
     )
     try:
         _wait_for(stuck.exists, "a stuck worker", process)
-        time.sleep(0.5)
         process.send_signal(signal.SIGTERM)
         assert process.wait(timeout=60) == 130, (tmp_path / "log").read_text()[-2000:]
     finally:

@@ -8,6 +8,7 @@ import pytest
 
 from clipkit.errors import ModelSpecError
 from clipkit.models.specs import SpecKind, parse_spec
+from tests.helpers import TINY
 
 
 @pytest.mark.parametrize(
@@ -17,7 +18,7 @@ from clipkit.models.specs import SpecKind, parse_spec
         ("ViT-B-32:laion2b_s34b_b79k", SpecKind.PRETRAINED, "ViT-B-32", "laion2b_s34b_b79k"),
         ("  ViT-B-32:openai ", SpecKind.PRETRAINED, "ViT-B-32", "openai"),
         ("ViT-B/32:openai", SpecKind.PRETRAINED, "ViT-B/32", "openai"),
-        ("clipkit-tiny:random", SpecKind.RANDOM, "clipkit-tiny", None),
+        (TINY, SpecKind.RANDOM, "clipkit-tiny", None),
     ],
 )
 def test_architecture_forms(text, kind, arch, tag):
@@ -78,5 +79,5 @@ def test_artifacts_record_checkpoint_paths_absolute(monkeypatch, tmp_path):
     assert parse_spec("run").recorded == str(tmp_path / "run")
     assert parse_spec("./w/../m.pt").recorded == str(tmp_path / "m.pt")
     assert parse_spec("ViT-B-32:ck/e.pt").recorded == f"ViT-B-32:{tmp_path / 'ck' / 'e.pt'}"
-    for text in ("ViT-B-32:openai", "clipkit-tiny:random", "hf-hub:a/b", "/abs/m.safetensors"):
+    for text in ("ViT-B-32:openai", TINY, "hf-hub:a/b", "/abs/m.safetensors"):
         assert parse_spec(text).recorded == text

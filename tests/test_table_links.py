@@ -15,8 +15,8 @@ from clipkit import cli, store
 from clipkit.audit import AuditConfig, audit
 from clipkit.embed import EmbedConfig, embed
 from clipkit.search import SearchConfig, search
+from tests.helpers import TINY
 
-TINY = "clipkit-tiny:random"
 COLOURS = {
     "red": (220, 20, 20),
     "green": (20, 200, 30),

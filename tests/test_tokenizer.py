@@ -62,6 +62,7 @@ def _in_a_fresh_interpreter(vocab: Path, code: str) -> str:
     return done.stdout.strip()
 
 
+@pytest.mark.e2e
 def test_tokenizing_imports_no_torch(vocab):
     code = "t(['a dog'])\nprint(' '.join(m for m in ('torch', 'open_clip') if m in sys.modules))"
     assert _in_a_fresh_interpreter(vocab, code) == ""
@@ -87,6 +88,7 @@ def test_text_that_skips_ftfy_is_text_ftfy_leaves_unchanged():
     assert [fix_text(text) for text in texts] == [ftfy.fix_text(text) for text in texts]
 
 
+@pytest.mark.e2e
 def test_an_ascii_query_loads_the_tokenizer_without_ftfy(vocab):
     code = (
         "t(['an emoji of cloud'])\nprint('ftfy' in sys.modules, end=' ')\n"

@@ -22,9 +22,7 @@ from clipkit.inputs.synthetic import write_captioned_shapes
 from clipkit.models import load_model
 from clipkit.train import TrainConfig, train
 from clipkit.train.state import STATE_FILE, load_state
-from tests.helpers import make_images, train_config
-
-TINY = "clipkit-tiny:random"
+from tests.helpers import TINY, make_images, train_config
 
 
 def _metrics(run_dir):
@@ -371,6 +369,7 @@ def test_a_torn_last_line_of_the_log_is_dropped_on_resume(shapes, tmp_path):
     assert [r["step"] for r in _metrics(tmp_path / "run") if r["kind"] == "step"] == [1, 2]
 
 
+@pytest.mark.e2e
 def test_what_a_killed_run_was_saving_is_deleted_by_the_next_run(shapes, tmp_path):
     """#24 D9: `kill -9` while the resume state is written left a 32 MiB `.state.pt.*.tmp`
     (and a `.best.safetensors.*.tmp`) that stayed after a successful resume."""

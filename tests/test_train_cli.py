@@ -10,6 +10,7 @@ from clipkit import cli
 from clipkit.inputs.synthetic import write_captioned_shapes
 from clipkit.train import run as train_module
 from clipkit.train.evaluation import Evaluation
+from tests.helpers import TINY
 
 runner = CliRunner()
 
@@ -59,7 +60,7 @@ def test_options_reach_the_service(monkeypatch, in_data_folder):
             "-o",
             "runs/x",
             "-m",
-            "clipkit-tiny:random",
+            TINY,
             "--steps",
             "7",
             "--batch-size",
@@ -111,7 +112,7 @@ def test_interrupted_run_exits_130_and_says_how_to_resume(monkeypatch, in_data_f
     monkeypatch.setattr(
         train_module, "train", lambda c, progress=None: _result(interrupted=True, steps_done=4)
     )
-    result = runner.invoke(cli.app, ["train", "d", "-o", "r", "-m", "clipkit-tiny:random"])
+    result = runner.invoke(cli.app, ["train", "d", "-o", "r", "-m", TINY])
     assert result.exit_code == 130
     assert "Stopped at step 4/10" in result.stderr and "--resume" in result.stderr
 
@@ -132,7 +133,7 @@ def test_interrupted_run_exits_130_and_says_how_to_resume(monkeypatch, in_data_f
 )
 def test_bad_options_are_errors_with_hints(tmp_path, extra, message, code):
     write_captioned_shapes(tmp_path / "data", 10)
-    options = ["-o", str(tmp_path / "r"), "-m", "clipkit-tiny:random", "--val-split", "0"]
+    options = ["-o", str(tmp_path / "r"), "-m", TINY, "--val-split", "0"]
     result = runner.invoke(cli.app, ["train", str(tmp_path / "data"), *options, *extra])
     assert result.exit_code == code
     assert "Error:" in result.stderr and message in result.stderr.replace("\n", " ")
@@ -153,7 +154,7 @@ def test_a_short_run_says_so_before_training_with_what_to_change(shapes, tmp_pat
     assert short_run_note(Schedule(pairs=180, batch_size=32, total_steps=180)) == ""  # R@1 0.85
     result = runner.invoke(
         cli.app,
-        ["train", str(shapes / "data"), "-o", str(tmp_path / "run"), "-m", "clipkit-tiny:random",
+        ["train", str(shapes / "data"), "-o", str(tmp_path / "run"), "-m", TINY,
          "--epochs", "2", "--batch-size", "64", "--workers", "0", "--device", "cpu"],
     )  # fmt: skip
     assert result.exit_code == 0, result.output

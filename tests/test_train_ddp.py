@@ -15,7 +15,7 @@ import pytest
 import torch
 
 from clipkit.inputs.synthetic import write_captioned_shapes
-from tests.helpers import torchrun
+from tests.helpers import TINY, torchrun
 
 HELPER = Path(__file__).with_name("ddp_step.py")
 ROOT = Path(__file__).resolve().parents[1]
@@ -28,6 +28,7 @@ def _run(args, cwd=ROOT):
     return done
 
 
+@pytest.mark.e2e
 def test_two_processes_equal_one_on_the_global_batch(tmp_path):
     _run([sys.executable, str(HELPER), str(tmp_path / "one.pt")])
     _run(torchrun(str(HELPER), str(tmp_path / "two.pt")))
@@ -53,8 +54,14 @@ def _assert_same_step(one, two):
     assert two["loss"] == pytest.approx(one["loss"], rel=1e-5)
     assert (two["ssl"] is None) == (one["ssl"] is None)
     assert two["grads"].keys() == one["grads"].keys()
+    # float32 sums err in proportion to the terms summed, not to the result: a gradient that is
+    # zero by construction (a bias before BatchNorm in the SSL heads) comes out as noise of the
+    # step's scale (2.8e-6 here, where the largest gradient is about 3), in both runs alike.
+    atol = 1e-5 * max(float(grad.abs().max()) for grad in one["grads"].values())
     for name, grad in one["grads"].items():
-        torch.testing.assert_close(two["grads"][name], grad, rtol=1e-4, atol=1e-6, msg=name)
+        torch.testing.assert_close(
+            two["grads"][name], grad, rtol=1e-4, atol=atol, msg=lambda m, n=name: f"{n}: {m}"
+        )
 
 
 @pytest.mark.slow  # three more interpreter start-ups (~35 s on two cores)
@@ -64,7 +71,7 @@ def test_clipkit_train_runs_under_torchrun(tmp_path):
         "train",
         str(tmp_path / "data"),
         "-m",
-        "clipkit-tiny:random",
+        TINY,
         "--steps",
         "2",
         "--batch-size",

@@ -14,9 +14,7 @@ from clipkit.errors import UsageError
 from clipkit.models import load_model
 from clipkit.models.openclip import list_models
 from clipkit.train import train
-from tests.helpers import interrupt_and_resume, logged_steps, train_config
-
-TINY = "clipkit-tiny:random"
+from tests.helpers import TINY, interrupt_and_resume, logged_steps, train_config
 
 
 @pytest.fixture(scope="module")

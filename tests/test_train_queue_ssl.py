@@ -23,9 +23,8 @@ from clipkit.train import train
 from clipkit.train.objective import MomentumQueue, Objective
 from clipkit.train.ssl import ImageSSL
 from clipkit.train.step import full_batch_step, momentum_targets
-from tests.helpers import interrupt_and_resume, logged_steps, train_config
+from tests.helpers import TINY, interrupt_and_resume, logged_steps, train_config
 
-TINY = "clipkit-tiny:random"
 NOTHING = contextlib.nullcontext()
 
 
@@ -202,7 +201,7 @@ def test_each_image_comes_with_two_different_simclr_views(tiny):
 
 
 def test_the_training_plot_draws_each_logged_part(mixed_run):
-    from clipkit.report.plots import training_curves
+    from clipkit.plots import training_curves
 
     out, _, _ = mixed_run
     records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]

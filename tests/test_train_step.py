@@ -20,6 +20,7 @@ from clipkit.train.step import (
     learning_rate,
     param_groups,
 )
+from tests.helpers import TINY
 
 CAPTIONS = [f"a {c} {s}" for c in ("red", "green", "blue") for s in ("square", "circle", "star")]
 
@@ -35,7 +36,7 @@ def batch(tiny_encoder):
 def model(tiny_encoder):
     from clipkit.models import load_model
 
-    model = load_model("clipkit-tiny:random", device="cpu").model.train()
+    model = load_model(TINY, device="cpu").model.train()
     with torch.no_grad():
         model.logit_scale.fill_(math.log(1 / 0.05))
     return model
@@ -94,7 +95,7 @@ def test_siglip_step_is_the_pairwise_sigmoid_loss_and_trains_the_bias(siglip_mod
 def siglip_model():
     from clipkit.models import load_model
 
-    encoder = load_model("clipkit-tiny:random", device="cpu")
+    encoder = load_model(TINY, device="cpu")
     encoder.add_logit_bias(-3.0)
     with torch.no_grad():
         encoder.model.logit_scale.fill_(math.log(4.0))

@@ -24,7 +24,7 @@ from clipkit.inputs.filenames import UriFrame, locate, reading_base
 from clipkit.report import write_audit_report, write_search_gallery, write_zeroshot_report
 from clipkit.search import SearchConfig, search
 from clipkit.zeroshot import ZeroShotConfig, zeroshot
-from tests.helpers import embed_config, make_images, rows, tar_sample, write_tar_shard
+from tests.helpers import TINY, embed_config, make_images, rows, tar_sample, write_tar_shard
 
 runner = CliRunner()
 
@@ -265,7 +265,7 @@ def test_the_newest_shard_that_records_a_base_names_it(tmp_path):
 
     def write(number: int, base: str | None) -> None:
         columns = {"id": [f"{number:032x}"], "uri": ["a.jpg"], "kind": ["image"], "text": [None]}
-        stamp = store.ModelStamp("clipkit-tiny:random", "fp", 4)
+        stamp = store.ModelStamp(TINY, "fp", 4)
         store.write_shard(
             store.shard_path(tmp_path, number),
             columns,

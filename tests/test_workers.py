@@ -9,7 +9,6 @@ import gc
 import multiprocessing
 import os
 import signal
-import time
 from concurrent.futures.process import BrokenProcessPool
 
 import pytest
@@ -39,30 +38,27 @@ def test_batches_come_back_in_order(workers):
     assert (pids == {os.getpid()}) if workers == 0 else (os.getpid() not in pids)
 
 
-class _Slow:
-    """Records when each item is read, so that the test sees how far ahead the workers got."""
+def test_no_more_than_ahead_batches_are_in_flight(monkeypatch):
+    """Every batch handed to the workers is counted against those handed back: with ahead=3
+    the consumer holds one batch while at most three more are read, and never a fourth. (The
+    count is taken as each batch is submitted, in this process, so it cannot miss a read.)"""
+    from clipkit.inputs import workers
 
-    def __init__(self, log) -> None:
-        self.log = log
+    submitted, handed_back, in_flight = [0], [0], []
 
-    def __len__(self) -> int:
-        return 40
+    class CountingPool(workers.ProcessPoolExecutor):
+        def submit(self, *args, **kwargs):
+            submitted[0] += 1
+            in_flight.append(submitted[0] - handed_back[0])
+            return super().submit(*args, **kwargs)
 
-    def __getitem__(self, index: int) -> int:
-        self.log.put(index)
-        return index
-
-
-def test_no_more_than_ahead_batches_are_in_flight():
-    log = multiprocessing.get_context("fork").Queue()
-    stream = ordered_batches(_Slow(log), list, _batches(1, 40), workers=2, ahead=3)
-    first = next(stream)
-    time.sleep(1.0)  # ample time for the workers to read everything, were they unbounded
-    read = []
-    while not log.empty():
-        read.append(log.get())
-    assert first == [0] and len(read) <= 4  # the one handed back and three in flight
-    assert list(stream) == [[i] for i in range(1, 40)]
+    monkeypatch.setattr(workers, "ProcessPoolExecutor", CountingPool)
+    made = []
+    for batch in ordered_batches(_Squares(), list, _batches(1, 40), workers=2, ahead=3):
+        made.append(batch[0][0])
+        handed_back[0] += 1
+    assert made == [i * i for i in range(40)]
+    assert max(in_flight) == 3 and len(in_flight) == 40
 
 
 class _Settings:
@@ -102,8 +98,9 @@ def test_a_worker_that_dies_fails_the_run_instead_of_hanging_it():
 def test_an_early_stop_ends_the_workers():
     stream = ordered_batches(_Squares(), list, _batches(1, 100), workers=2, ahead=4)
     next(stream)
+    workers = multiprocessing.active_children()
+    assert len(workers) == 2
     stream.close()
-    deadline = time.monotonic() + 10
-    while multiprocessing.active_children() and time.monotonic() < deadline:
-        time.sleep(0.05)
+    for worker in workers:  # each exits by itself once told to stop; a worker left running hangs
+        worker.join()  # here until pytest-timeout fails the test with this stack
     assert multiprocessing.active_children() == []

@@ -15,14 +15,13 @@ from PIL import Image
 
 from clipkit import store
 from clipkit.errors import InputError
+from clipkit.inputs.classes import class_tree_of_uris
 from clipkit.inputs.synthetic import write_class_tree
 from clipkit.score.metrics import calibrate_threshold, classification_metrics
+from clipkit.score.zeroshot import class_embeddings, classify
 from clipkit.zeroshot.classes import (
     LabelSpec,
     check_labels,
-    class_embeddings,
-    class_tree_of_uris,
-    classify,
     parse_labels,
     prompts_for,
     read_labels_file,

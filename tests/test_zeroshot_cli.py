@@ -14,10 +14,9 @@ from typer.testing import CliRunner
 from clipkit import cli
 from clipkit.inputs.synthetic import write_class_tree
 from clipkit.zeroshot import run as zeroshot_module
-from tests.helpers import make_images
+from tests.helpers import TINY, make_images
 
 runner = CliRunner()
-TINY = "clipkit-tiny:random"
 
 
 def test_options_reach_the_service(monkeypatch, tmp_path):
@@ -135,7 +134,8 @@ def test_bad_out_suffix_fails_before_any_work(tmp_path):
     assert "Hint:" in result.stderr
 
 
-def test_outputs_in_the_way_fail_before_any_work(tmp_path):
+def test_outputs_in_the_way_fail_before_any_work(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # short relative paths: a long one is wrapped mid-word at 80
     (tmp_path / "a_file").write_text("mine")
     for option, target, problem in (
         ("--out", "a_file/p.csv", "a_file is a file, not a folder"),
@@ -143,15 +143,7 @@ def test_outputs_in_the_way_fail_before_any_work(tmp_path):
         ("--html", ".", "is a folder, not a file name"),
     ):
         result = runner.invoke(
-            cli.app,
-            [
-                "zeroshot",
-                str(tmp_path / "no-such-data"),
-                "--labels",
-                "a,b",
-                option,
-                str(tmp_path / target),
-            ],
+            cli.app, ["zeroshot", "no-such-data", "--labels", "a,b", option, target]
         )
         message = " ".join(result.stderr.split())
         assert result.exit_code == 1 and problem in message

@@ -31,8 +31,9 @@ from clipkit.errors import InputError, SkippedInputsError
 from clipkit.infra.progress import ProgressCallback, ProgressReport
 from clipkit.inputs.filenames import as_text, locate, reading_base
 from clipkit.inputs.pairs import read_pairs
-from clipkit.models.runtime import RuntimeChoice, as_numpy, load_encoder, load_matching_encoder
+from clipkit.models.runtime import RuntimeChoice, load_encoder, load_matching_encoder
 from clipkit.score import pair_statistics
+from clipkit.score.arrays import as_numpy
 from clipkit.score.metrics import calibrate_threshold
 
 NULL_SAMPLES = 20_000  # shuffled pairs drawn for calibration (at least one per pair)

@@ -1,4 +1,4 @@
-"""The Typer app, the consoles, and the one place where errors become ``Error:``/``Hint:``."""
+"""The Typer app, and the one place where errors become ``Error:``/``Hint:`` and exit codes."""
 
 from __future__ import annotations
 
@@ -8,10 +8,9 @@ from collections.abc import Callable
 from typing import Annotated, Any, TypeVar
 
 import typer
-from rich.console import Console
-from rich.text import Text
 
 from clipkit import __version__
+from clipkit.cli.console import print_error, stderr
 from clipkit.cli.metavars import Group
 from clipkit.cli.settings import Command
 from clipkit.config import ENV_DEBUG
@@ -44,9 +43,6 @@ models_app = _Typer(
     invoke_without_command=True,
 )
 app.add_typer(models_app, name="models")
-
-stdout = Console(highlight=False, soft_wrap=True)
-stderr = Console(stderr=True, highlight=False)
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -84,14 +80,6 @@ def handles_errors(command: F) -> F:
             raise typer.Exit(1) from None
 
     return wrapper  # type: ignore[return-value]
-
-
-def print_error(message: str, hint: str | None) -> None:
-    """``Error: message`` and ``Hint: hint`` on stderr."""
-    # Text, not markup: a message quotes paths and input, and "[...]" in them is not a style.
-    stderr.print(Text.assemble(("Error:", "bold red"), " ", message))
-    if hint:
-        stderr.print(Text.assemble(("Hint:", "bold"), " ", hint))
 
 
 _quick_exit = False

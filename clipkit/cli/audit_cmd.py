@@ -9,7 +9,8 @@ from typing import Annotated, Any
 import typer
 from rich.table import Column, Table
 
-from clipkit.cli.app import app, handles_errors, stderr, stdout
+from clipkit.cli.app import app, handles_errors
+from clipkit.cli.console import stderr, stdout
 from clipkit.cli.options import (
     DeviceOption,
     IncludeHiddenOption,

@@ -7,7 +7,8 @@ from typing import Annotated, Any
 
 import typer
 
-from clipkit.cli.app import app, handles_errors, stderr
+from clipkit.cli.app import app, handles_errors
+from clipkit.cli.console import stderr
 from clipkit.cli.options import (
     DeviceOption,
     IncludeHiddenOption,

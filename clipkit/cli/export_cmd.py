@@ -9,7 +9,8 @@ from typing import Annotated
 
 import typer
 
-from clipkit.cli.app import app, handles_errors, stderr
+from clipkit.cli.app import app, handles_errors
+from clipkit.cli.console import stderr
 from clipkit.config import DEFAULT_MODEL_SPEC, ENV_MODEL
 
 INT8_PROBE_PAIRS = 256  # generated captioned shapes that int8 must answer on as fp32 does

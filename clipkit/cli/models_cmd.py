@@ -8,7 +8,8 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
-from clipkit.cli.app import handles_errors, models_app, stderr, stdout
+from clipkit.cli.app import handles_errors, models_app
+from clipkit.cli.console import stderr, stdout
 from clipkit.cli.options import DocumentFormat, DocumentFormatOption
 
 

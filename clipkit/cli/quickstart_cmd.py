@@ -11,7 +11,8 @@ import typer
 from rich.table import Table
 from rich.text import Text
 
-from clipkit.cli.app import app, handles_errors, stderr, stdout
+from clipkit.cli.app import app, handles_errors
+from clipkit.cli.console import stderr, stdout
 from clipkit.cli.options import (
     DeviceOption,
     DocumentFormat,

@@ -14,7 +14,7 @@ from typing import Any
 import typer
 from rich.text import Text
 
-from clipkit.cli.app import stderr
+from clipkit.cli.console import stderr
 from clipkit.cli.options import RowsFormat
 from clipkit.errors import SkippedInputsError
 from clipkit.infra.progress import ProgressCallback, ProgressReport

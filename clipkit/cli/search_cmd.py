@@ -10,7 +10,8 @@ import typer
 from rich.table import Column, Table
 from rich.text import Text
 
-from clipkit.cli.app import app, exit_quickly_when_done, handles_errors, stderr, stdout
+from clipkit.cli.app import app, exit_quickly_when_done, handles_errors
+from clipkit.cli.console import stderr, stdout
 from clipkit.cli.options import (
     DeviceOption,
     RecordedModelOption,

@@ -24,6 +24,7 @@ from typing import Any
 import typer
 
 from clipkit.cli import metavars
+from clipkit.cli.console import print_error, stderr
 from clipkit.config import DEFAULT_MODEL_SPEC, ENV_CONFIG, ENV_MODEL
 from clipkit.errors import UsageError
 
@@ -144,8 +145,6 @@ class Command(metavars.Command):
         return context
 
     def invoke(self, ctx: Any) -> Any:
-        from clipkit.cli.app import print_error, stderr
-
         problem = ctx.meta.get(_PROBLEM)
         if problem is not None:
             print_error(problem.message, problem.hint)

@@ -3,9 +3,12 @@ a run across torchrun ranks that equals a single-process run (``plan``)."""
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from clipkit.infra.lazy import export_lazily
 
+if TYPE_CHECKING:  # what type checkers and editors see; at run time, imported on first use
+    from clipkit.embed.run import EmbedConfig, EmbedResult, embed
+
 __all__ = ["EmbedConfig", "EmbedResult", "embed"]
-__getattr__, __dir__ = export_lazily(
-    __name__, dict.fromkeys(__all__, ".run"), callable_service=True
-)
+__getattr__, __dir__ = export_lazily(__name__, callable_service=True)

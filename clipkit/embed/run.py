@@ -32,8 +32,9 @@ from clipkit.inputs.pipeline import ImageDataset, default_workers, image_batches
 from clipkit.inputs.sources import Item, Kind, SourceOptions, discover
 from clipkit.inputs.stat_cache import file_stat, recorded_id
 from clipkit.inputs.tarshards import MEMBER_SEPARATOR, TAR_SUFFIX
-from clipkit.models.runtime import RuntimeChoice, as_numpy, load_encoder
+from clipkit.models.runtime import RuntimeChoice, load_encoder
 from clipkit.models.specs import parse_spec
+from clipkit.score.arrays import as_numpy
 
 NON_FINITE = "the model returned a non-finite embedding (NaN or inf): are its weights corrupt?"
 

@@ -4,14 +4,14 @@ package that imports faiss."""
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from clipkit.infra.lazy import export_lazily
 
+if TYPE_CHECKING:  # what type checkers and editors see; at run time, imported on first use
+    from clipkit.index.build import IndexResult, build_index
+    from clipkit.index.config import IndexConfig
+    from clipkit.index.load import IndexInfo, LoadedIndex, load_index
+
 __all__ = ["IndexConfig", "IndexInfo", "IndexResult", "LoadedIndex", "build_index", "load_index"]
-__getattr__, __dir__ = export_lazily(
-    __name__,
-    {
-        **dict.fromkeys(__all__, ".build"),
-        "IndexConfig": ".config",
-        **dict.fromkeys(("IndexInfo", "LoadedIndex", "load_index"), ".load"),
-    },
-)
+__getattr__, __dir__ = export_lazily(__name__)

@@ -244,7 +244,7 @@ def encode_image_files(
         min_side=encoder.image_size[0],
         max_pixels=max_pixels,
     )
-    from clipkit.models.runtime import as_numpy
+    from clipkit.score.arrays import as_numpy
 
     parts, rows, ids, failures, done = [], [], [], [], 0
     batches = image_batches(dataset, batch_size, workers, encoder.device.value, encoder.runtime)

@@ -6,7 +6,25 @@ preprocessing (``tokenizer``, ``preprocess``), and the choice between runtimes (
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from clipkit.infra.lazy import export_lazily
+
+if TYPE_CHECKING:  # what type checkers and editors see; at run time, imported on first use
+    from clipkit.models.onnx_encoder import OnnxEncoder, load_onnx
+    from clipkit.models.onnx_export import export_onnx
+    from clipkit.models.openclip import (
+        Encoder,
+        ModelInfo,
+        ModelListing,
+        describe_model,
+        fingerprint,
+        list_models,
+        load_matching_model,
+        load_model,
+    )
+    from clipkit.models.runtime import load_matching_encoder
+    from clipkit.models.specs import ModelSpec, parse_spec
 
 __all__ = [
     "Encoder",
@@ -24,15 +42,4 @@ __all__ = [
     "load_onnx",
     "parse_spec",
 ]
-__getattr__, __dir__ = export_lazily(
-    __name__,
-    {
-        **dict.fromkeys(__all__, ".openclip"),
-        "ModelSpec": ".specs",
-        "parse_spec": ".specs",
-        "OnnxEncoder": ".onnx_encoder",
-        "load_onnx": ".onnx_encoder",
-        "export_onnx": ".onnx_export",
-        "load_matching_encoder": ".runtime",
-    },
-)
+__getattr__, __dir__ = export_lazily(__name__)

@@ -88,6 +88,10 @@ def export_onnx(
             "An int8 export needs a probe of image-caption pairs to measure its agreement.",
             "Pass probe=(images, captions); clipkit export generates captioned shapes.",
         )
+    if probe is not None and precision == "int8":
+        from clipkit.models.onnx_int8 import check_probe
+
+        check_probe(probe)  # in a blink, not after the export's 20 s
     recipe = encoder.torch_free_tokenizer()
     if recipe is None:
         raise InputError(

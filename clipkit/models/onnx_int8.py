@@ -47,17 +47,12 @@ def quantize_export(
     """
     from clipkit.models.onnx_encoder import quantize_int8
 
+    check_probe(probe)
     quantized = folder / "int8"
     quantized.mkdir()
     for name in (IMAGE_FILE, TEXT_FILE):
         quantize_int8(folder / name, quantized / name)
     images, captions = probe
-    if len(images) != len(captions) or len(images) <= K:
-        raise UsageError(
-            f"The int8 probe needs more than {K} image-caption pairs, one caption each; got "
-            f"{len(images)} images and {len(captions)} captions.",
-            "Pass a benchmark set of matching pairs.",
-        )
     pixels = preprocess.normalize(np.stack([preprocess.pixels(image) for image in images]))
     tokens = tokenizer(list(captions))
     reference = _embed(folder, pixels, tokens)
@@ -73,6 +68,21 @@ def quantize_export(
         )
     replace_towers(folder, quantized, [IMAGE_FILE, TEXT_FILE])
     return agreement
+
+
+def check_probe(probe: tuple[Sequence[Any], Sequence[str]]) -> None:
+    """Refuse a probe that cannot measure top-10 agreement (before any export work).
+
+    Raises:
+        UsageError: fewer than K+1 pairs, or not one caption per image.
+    """
+    images, captions = probe
+    if len(images) != len(captions) or len(images) <= K:
+        raise UsageError(
+            f"The int8 probe needs more than {K} image-caption pairs, one caption each; got "
+            f"{len(images)} images and {len(captions)} captions.",
+            "Pass a benchmark set of matching pairs.",
+        )
 
 
 def _embed(folder: Path, pixels: np.ndarray, tokens: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

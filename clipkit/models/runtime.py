@@ -15,8 +15,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 from clipkit.config import ENV_RUNTIME
 from clipkit.errors import ClipkitError, InputError, UsageError
 from clipkit.models.exported import MANIFEST_FILE, cached_export, fingerprint_of_spec
@@ -30,14 +28,6 @@ class RuntimeChoice:
 
     runtime: str
     reason: str
-
-
-def as_numpy(vectors: Any) -> np.ndarray:
-    """Embeddings from either runtime as a NumPy array: a torch tensor (on any device) is
-    copied to the CPU as float32; a NumPy array (the ONNX runtime's) is returned as it is."""
-    if isinstance(vectors, np.ndarray):
-        return vectors
-    return vectors.detach().float().cpu().numpy()
 
 
 def requested_runtime(runtime: str | None) -> str:

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from clipkit.infra.lazy import export_lazily
 
+if TYPE_CHECKING:  # what type checkers and editors see; at run time, imported on first use
+    from clipkit.quickstart.run import QuickstartConfig, QuickstartResult, StepReport, quickstart
+
 __all__ = ["QuickstartConfig", "QuickstartResult", "StepReport", "quickstart"]
-__getattr__, __dir__ = export_lazily(
-    __name__, dict.fromkeys(__all__, ".run"), callable_service=True
-)
+__getattr__, __dir__ = export_lazily(__name__, callable_service=True)

@@ -16,7 +16,7 @@ from clipkit.infra.atomic import atomic_path
 from clipkit.infra.shown import printable
 from clipkit.inputs.decode import DecodeError, decode_image
 from clipkit.inputs.files import read_bytes
-from clipkit.report.plots import plot_confusion, plot_score_histogram
+from clipkit.plots import plot_confusion, plot_score_histogram
 from clipkit.search.run import SearchResult
 from clipkit.zeroshot.run import UNKNOWN, Prediction, ZeroShotResult
 

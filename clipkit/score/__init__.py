@@ -9,7 +9,28 @@ and ``pair_stats`` run on torch. The loss backend is forced for tests through
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from clipkit.infra.lazy import export_lazily
+
+if TYPE_CHECKING:  # what type checkers and editors see; at run time, imported on first use
+    from clipkit.score.losses import (
+        MAX_SCALE,
+        contrastive_loss,
+        directional_losses,
+        loss_backend,
+        sigmoid_loss,
+        similarity,
+    )
+    from clipkit.score.pair_stats import PairStatistics, pair_statistics
+    from clipkit.score.retrieval import (
+        PairRanks,
+        pair_ranks,
+        rank_summary,
+        recall_at_k,
+        topk,
+        topk_stream,
+    )
 
 __all__ = [
     "MAX_SCALE",
@@ -27,24 +48,4 @@ __all__ = [
     "topk",
     "topk_stream",
 ]
-__getattr__, __dir__ = export_lazily(
-    __name__,
-    {
-        **dict.fromkeys(
-            (
-                "MAX_SCALE",
-                "contrastive_loss",
-                "directional_losses",
-                "loss_backend",
-                "sigmoid_loss",
-                "similarity",
-            ),
-            ".losses",
-        ),
-        **dict.fromkeys(("PairStatistics", "pair_statistics"), ".pair_stats"),
-        **dict.fromkeys(
-            ("PairRanks", "pair_ranks", "rank_summary", "recall_at_k", "topk", "topk_stream"),
-            ".retrieval",
-        ),
-    },
-)
+__getattr__, __dir__ = export_lazily(__name__)

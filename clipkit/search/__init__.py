@@ -3,9 +3,12 @@ folder (exact search, no index needed)."""
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from clipkit.infra.lazy import export_lazily
 
+if TYPE_CHECKING:  # what type checkers and editors see; at run time, imported on first use
+    from clipkit.search.run import QueryResult, SearchConfig, SearchHit, SearchResult, search
+
 __all__ = ["QueryResult", "SearchConfig", "SearchHit", "SearchResult", "search"]
-__getattr__, __dir__ = export_lazily(
-    __name__, dict.fromkeys(__all__, ".run"), callable_service=True
-)
+__getattr__, __dir__ = export_lazily(__name__, callable_service=True)

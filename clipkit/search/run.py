@@ -18,8 +18,9 @@ from clipkit.index.exact import exact_topk_stream
 from clipkit.infra.fields import check_config
 from clipkit.infra.progress import ProgressCallback
 from clipkit.inputs.filenames import locate, reading_base
-from clipkit.models.runtime import RuntimeChoice, as_numpy, load_matching_encoder
+from clipkit.models.runtime import RuntimeChoice, load_matching_encoder
 from clipkit.models.specs import parse_spec
+from clipkit.score.arrays import as_numpy
 from clipkit.search.folder import FolderRefresh, refresh_folder
 
 KINDS = ("image", "text", "all")

@@ -25,7 +25,8 @@ from clipkit.index.load import META_FILE, LoadedIndex, load_index
 from clipkit.inputs.decode import DecodeError, decode_image
 from clipkit.inputs.filenames import locate, os_path, reading_base
 from clipkit.inputs.files import read_bytes
-from clipkit.models.runtime import RuntimeChoice, as_numpy, load_matching_encoder
+from clipkit.models.runtime import RuntimeChoice, load_matching_encoder
+from clipkit.score.arrays import as_numpy
 from clipkit.search.run import QueryResult, combine, index_hits
 from clipkit.serve.batching import Batcher
 from clipkit.serve.config import THUMBNAIL_SIDE, ServeConfig, named_indexes

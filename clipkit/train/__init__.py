@@ -9,9 +9,13 @@ folder's files and resume, ``data`` the pair datasets and the batch order.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from clipkit.infra.lazy import export_lazily
 
+if TYPE_CHECKING:  # what type checkers and editors see; at run time, imported on first use
+    from clipkit.train.config import TrainConfig
+    from clipkit.train.run import TrainResult, train
+
 __all__ = ["TrainConfig", "TrainResult", "train"]
-__getattr__, __dir__ = export_lazily(
-    __name__, {**dict.fromkeys(__all__, ".run"), "TrainConfig": ".config"}, callable_service=True
-)
+__getattr__, __dir__ = export_lazily(__name__, callable_service=True)

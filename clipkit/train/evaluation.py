@@ -15,19 +15,14 @@ import torch
 from clipkit.infra import distributed
 from clipkit.infra.progress import ProgressReport
 from clipkit.inputs import pipeline
+from clipkit.inputs.classes import ClassTree
 from clipkit.inputs.pairs import Pair
 from clipkit.models.openclip import Encoder
 from clipkit.score import contrastive_loss, pair_ranks, rank_summary, recall_at_k, sigmoid_loss
+from clipkit.score.zeroshot import SIMPLE_TEMPLATES, class_embeddings, classify, fill_templates
 from clipkit.train.checkpointing import Checkpointer
 from clipkit.train.session import Session
 from clipkit.train.state import MetricsLog, ResumeState
-from clipkit.zeroshot.classes import (
-    SIMPLE_TEMPLATES,
-    ClassTree,
-    class_embeddings,
-    classify,
-    fill_templates,
-)
 
 RECALL_KS = (1, 5, 10)
 

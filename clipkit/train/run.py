@@ -257,7 +257,7 @@ def _finish(session: Session, log: MetricsLog | None, checkpointer: Checkpointer
     """After the last step: the training curves, and the WiSE-FT weights if asked for."""
     if log is None:  # not the main rank
         return
-    from clipkit.report.plots import plot_training
+    from clipkit.plots import plot_training
 
     plot_training(log.read(), session.out / PLOT_FILE)
     if session.config.wise_ft is not None:

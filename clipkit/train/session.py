@@ -11,12 +11,12 @@ from clipkit.errors import UsageError
 from clipkit.infra.device import seed_everything
 from clipkit.infra.distributed import World
 from clipkit.infra.progress import ProgressCallback
+from clipkit.inputs.classes import ClassTree, read_class_tree
 from clipkit.inputs.pipeline import default_workers
 from clipkit.models.openclip import Encoder, load_model
 from clipkit.models.pixels import SplitTransform, split_transform
 from clipkit.train.config import DEFAULT_MOMENTUM, TrainConfig
 from clipkit.train.data import Schedule, TrainPairs, load_pairs
-from clipkit.zeroshot.classes import ClassTree, read_class_tree
 
 SCRATCH_LR, FINETUNE_LR = 5e-4, 1e-5
 DEFAULT_EPOCHS = 10

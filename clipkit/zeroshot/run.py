@@ -24,28 +24,25 @@ from clipkit.config import DEFAULT_MODEL_SPEC
 from clipkit.errors import InputError, SkippedInputsError, UsageError
 from clipkit.infra.fields import check_config
 from clipkit.infra.progress import ProgressCallback, ProgressReport
+from clipkit.inputs.classes import class_tree_of_uris, label_from_folder, read_class_tree
 from clipkit.inputs.decode import DEFAULT_MAX_PIXELS, IMAGE_SUFFIXES
 from clipkit.inputs.filenames import as_text, locate, reading_base
 from clipkit.inputs.sources import Kind, SourceOptions, discover
 from clipkit.models.runtime import (
     RuntimeChoice,
-    as_numpy,
     load_encoder,
     load_matching_encoder,
 )
 from clipkit.models.specs import parse_spec
+from clipkit.score.arrays import as_numpy
 from clipkit.score.metrics import ClassificationMetrics, calibrate_threshold, classification_metrics
+from clipkit.score.zeroshot import class_embeddings, classify
 from clipkit.store.reports import write_report
 from clipkit.zeroshot.classes import (
     LabelSpec,
     check_labels,
-    class_embeddings,
-    class_tree_of_uris,
-    classify,
-    label_from_folder,
     parse_labels,
     prompts_for,
-    read_class_tree,
     read_labels_file,
     read_templates,
 )

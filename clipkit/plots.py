@@ -1,4 +1,6 @@
-"""PNG charts (matplotlib, headless): the only module that imports matplotlib."""
+"""PNG charts (matplotlib, headless): training curves, confusion matrices and score histograms.
+The only module that imports matplotlib; below the services, so that ``train`` draws its
+curves and ``report`` its pages' charts from the same code."""
 
 from __future__ import annotations
 
