@@ -480,6 +480,10 @@ def test_the_real_server_answers_and_stops_cleanly_on_sigterm(index_dir):
             assert connection.recv(64).startswith(b"HTTP/1.1 100 Continue"), "no 100 Continue"
             server.send_signal(signal.SIGTERM)
             _wait_until_refused(port, server)  # shutting down, and so no longer listening
+            # A server that does not wait for its requests exits in 0.1 s from here; this one
+            # must wait (up to GRACE_S, 10 s) for the body it has not had yet.
+            with pytest.raises(subprocess.TimeoutExpired):
+                server.wait(timeout=2)
             connection.sendall(body)
             reply = b""
             while chunk := connection.recv(65536):
