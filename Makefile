@@ -11,7 +11,7 @@ PYTHON ?= python3
 VENV ?= .venv
 # One test process per core; the tests that share an expensive fixture (a trained run, an
 # ONNX export) carry one xdist group, so that each fixture is built once, on one worker.
-PYTEST = $(VENV)/bin/python -m pytest -n auto --dist loadgroup
+PYTEST = $(VENV)/bin/python -m pytest -n auto --dist loadgroup --durations=10
 LINTED = clipkit tests benchmarks examples
 
 .PHONY: quickstart test test-all lint

@@ -12,12 +12,6 @@ import pytest
 
 from tests.helpers import TINY, install_export
 
-# Tests write many small files and fsync every publish (2 s of a one-step training run on a
-# disk): on a RAM disk, where there is one, fsync costs nothing. Set before pytest and the
-# fixtures below pick their temporary folders.
-if "TMPDIR" not in os.environ and os.access("/dev/shm", os.W_OK):
-    os.environ["TMPDIR"] = "/dev/shm"
-    tempfile.tempdir = None
 # Under pytest-xdist each core runs a worker: torch's own threads would fight over the cores.
 if os.environ.get("PYTEST_XDIST_WORKER"):
     os.environ.setdefault("OMP_NUM_THREADS", "1")
@@ -85,6 +79,16 @@ def shapes(tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
+def few_shapes(tmp_path_factory):
+    """48 captioned shapes in ``data``: for training runs that need several epochs, not data."""
+    from clipkit.inputs.synthetic import write_captioned_shapes
+
+    root = tmp_path_factory.mktemp("few-shapes")
+    write_captioned_shapes(root / "data", 48, seed=1)
+    return root
+
+
+@pytest.fixture(scope="session")
 def finished_run(shapes):
     """A tiny model trained for 4 epochs on ``shapes`` (about 20 s): (config, TrainResult)."""
     from clipkit.train import TrainConfig, train
@@ -121,6 +125,15 @@ def cached_tiny_export(tiny_export) -> Path:
     """The test's own ONNX cache holding clipkit-tiny's export, as ``clipkit export -m
     clipkit-tiny:random`` leaves it (the export folder by fingerprint, and ``specs.json``)."""
     return install_export(*tiny_export)
+
+
+@pytest.fixture(autouse=True)
+def no_training_plot(monkeypatch):
+    """A training run inside a test draws no curves (a second of matplotlib each, in 50-odd
+    runs). The runs whose curves tests look at are built by session and module fixtures
+    (``finished_run``, the quickstart's, test_train_queue_ssl's), which pytest sets up before
+    this fixture: they draw theirs."""
+    monkeypatch.setattr("clipkit.plots.plot_training", lambda records, path: path)
 
 
 @pytest.fixture(autouse=True)

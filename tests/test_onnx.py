@@ -163,6 +163,7 @@ def test_a_folder_without_an_export_is_refused(tmp_path):
         load_onnx(tmp_path)
 
 
+@pytest.mark.e2e  # a whole export of its own (20 s)
 def test_an_interrupted_export_leaves_nothing_to_load(exported, tmp_path, monkeypatch):
     """The export stops after the image tower: the destination never holds half a model, and
     an earlier export there is kept whole."""
@@ -253,6 +254,7 @@ def test_an_unusable_cache_folder_is_a_clear_error(exported, tmp_path, monkeypat
         export_onnx(encoder, tmp_path / "ro")
 
 
+@pytest.mark.e2e  # a whole export of its own (20 s)
 def test_the_export_command_fills_the_cache_by_fingerprint(tmp_path, monkeypatch, exported):
     encoder, _ = exported
     monkeypatch.setenv("CLIPKIT_ONNX_CACHE", str(tmp_path / "cache"))

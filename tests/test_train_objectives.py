@@ -127,8 +127,8 @@ def test_masking_keeps_open_clip_s_share_of_patches_in_training_only(tiny_encode
     assert _tokens_seen(encoder, pixels) == 65  # evaluation sees every patch
 
 
-def test_a_masked_run_logs_its_ratio_and_ends_unmasked(shapes, tmp_path):
-    result = train(train_config(shapes, tmp_path / "flip", epochs=3, mask_ratio=0.5,
+def test_a_masked_run_logs_its_ratio_and_ends_unmasked(few_shapes, tmp_path):
+    result = train(train_config(few_shapes, tmp_path / "flip", epochs=3, mask_ratio=0.5,
                                 unmasked_epochs=1))  # fmt: skip
     per_epoch = {}
     for record in logged_steps(result.run_dir):
