@@ -174,7 +174,8 @@ def test_unreadable_folders_and_unsupported_images_are_listed_not_passed_over(
     real_scandir = os.scandir
 
     def scandir(path=".", *args):
-        if Path(path) == private:  # as chmod 000 does for anyone but root
+        # as chmod 000 does for anyone but root (rmtree, cleaning tmp_path, passes a descriptor)
+        if not isinstance(path, int) and Path(path) == private:
             raise PermissionError(errno.EACCES, "Permission denied", str(path))
         return real_scandir(path, *args)
 
