@@ -6,15 +6,19 @@
 #   make test-all     the default suite plus the end-to-end tests (real processes, servers,
 #                     torchrun, the browser)
 #   make lint         ruff check, ruff format --check and mypy
+# and for the docs:
+#   make docs         regenerate the command reference (README's table, docs/commands.md)
 
 PYTHON ?= python3
 VENV ?= .venv
 # One test process per core; the tests that share an expensive fixture (a trained run, an
 # ONNX export) carry one xdist group, so that each fixture is built once, on one worker.
 PYTEST = $(VENV)/bin/python -m pytest -n auto --dist loadgroup --durations=10
-LINTED = clipkit tests benchmarks examples
+LINTED = clipkit tests benchmarks examples docs
+# Files whose cog blocks are generated from the commands' --help (docs/reference.py).
+COGGED = README.md docs/commands.md
 
-.PHONY: quickstart test test-all lint
+.PHONY: quickstart test test-all lint docs
 
 quickstart: $(VENV)/.installed
 	$(VENV)/bin/clipkit quickstart
@@ -29,6 +33,9 @@ lint: $(VENV)/.installed-dev
 	$(VENV)/bin/ruff check $(LINTED)
 	$(VENV)/bin/ruff format --check $(LINTED)
 	$(VENV)/bin/mypy
+
+docs: $(VENV)/.installed-dev
+	$(VENV)/bin/cog -r -I docs $(COGGED)
 
 $(VENV)/bin/python:
 	$(PYTHON) -m venv $(VENV)

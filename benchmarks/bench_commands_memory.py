@@ -37,7 +37,7 @@ def main() -> None:
     data, emb, idx, run = (str(work / name) for name in ("data", "emb", "idx", "run"))
     commands: list[tuple[str, list[str]]] = [
         ("models info", ["models", "info", MODEL]),
-        ("export", ["export", MODEL]),
+        ("export", ["export", "-m", MODEL]),
         ("embed (torch)", ["embed", data, "-o", emb + "-torch", "-m", MODEL, "--runtime", "torch"]),
         ("embed (onnx)", ["embed", data, "-o", emb, "-m", MODEL, "--runtime", "onnx"]),
         ("index", ["index", emb, "-o", idx]),

@@ -8,7 +8,7 @@ depend on what they mean), with the model's ONNX export in a cache of the benchm
 bounded load generator (threads with keep-alive connections, loopback only) sends a fixed
 number of ``GET /api/search?q=…&k=10`` at concurrency 1, 8 and 32: queries/s, p50/p99
 latency, errors, and the server's peak RSS; with one server process, then with two
-(``--workers``); medians over ``--rounds`` rounds, each against its own raw work. Writes
+(``--processes``); medians over ``--rounds`` rounds, each against its own raw work. Writes
 JSON to benchmarks/results/.
 
     python benchmarks/bench_serve.py --model clipkit-tiny:random --rows 100000
@@ -156,7 +156,7 @@ def serve_levels(index_dir: Path, texts: list[str], requests: int, workers: int)
     port = free_port()
     server = subprocess.Popen(
         [sys.executable, "-m", "clipkit", "serve", "--index", str(index_dir), "--port",
-         str(port), "--workers", str(workers)],
+         str(port), "--processes", str(workers)],
         stderr=subprocess.PIPE, text=True, env=os.environ.copy(),
     )  # fmt: skip
     try:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Literal, get_args
+
 ENV_MODEL = "CLIPKIT_MODEL"
 ENV_DEBUG = "CLIPKIT_DEBUG"
 ENV_ONNX_CACHE = "CLIPKIT_ONNX_CACHE"  # where ONNX exports are cached (by model fingerprint)
@@ -24,3 +26,26 @@ WEIGHTS_TIMEOUT_S = 20.0
 CHECKPOINT_SUFFIXES = (".safetensors", ".pt", ".pth", ".bin")
 # Input tables that sources, pairs and the store read (CSV, TSV, JSON lines, Parquet).
 TABLE_SUFFIXES = frozenset({".csv", ".tsv", ".jsonl", ".parquet"})
+# Files of rows that commands write (predictions, audit reports, duplicates): format by suffix.
+REPORT_SUFFIXES = (".csv", ".tsv", ".json", ".jsonl", ".parquet")
+
+# The names a user types, each defined once: CLI choices, the settings file and the config
+# dataclasses take them from here (typer shows a Literal's values as the option's choices).
+Runtime = Literal["auto", "torch", "onnx"]  # what encodes
+RUNTIMES: tuple[Runtime, ...] = get_args(Runtime)
+
+# One --precision vocabulary; each command takes the part that applies to what it makes.
+ComputePrecision = Literal["auto", "fp32", "fp16", "bf16"]  # train: autocast on CUDA
+COMPUTE_PRECISIONS: tuple[ComputePrecision, ...] = get_args(ComputePrecision)
+StoredPrecision = Literal["fp32", "fp16"]  # embed: the vectors as written to Parquet
+STORED_PRECISIONS: tuple[StoredPrecision, ...] = get_args(StoredPrecision)
+ExportPrecision = Literal["fp32", "int8"]  # export: the ONNX towers' weights
+EXPORT_PRECISIONS: tuple[ExportPrecision, ...] = get_args(ExportPrecision)
+
+Loss = Literal["clip", "siglip"]  # train: softmax InfoNCE both ways, or a sigmoid per pair
+LOSSES: tuple[Loss, ...] = get_args(Loss)
+ImageSSL = Literal["simclr", "simsiam", "byol", "swav"]  # train: image self-supervision
+IMAGE_SSL_METHODS: tuple[ImageSSL, ...] = get_args(ImageSSL)
+
+# Recall@k as training's evaluation and audit report it.
+RECALL_KS = (1, 5, 10)

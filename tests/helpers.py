@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import io
 import json
+import os
 import random
 import socket
 import tarfile
@@ -215,8 +216,10 @@ def corpus(size: int = 1200, seed: int = 0) -> list[str]:
 
 
 def embed_args(source, out, *extra: str, workers: int = 0) -> list[str]:
-    """``clipkit embed SOURCE -o OUT`` with the tiny model on the CPU, and ``extra`` options."""
-    command = ["embed", str(source), "-o", str(out), "-m", TINY, "--device", "cpu"]
+    """``clipkit embed SOURCE... -o OUT`` with the tiny model on the CPU, and ``extra`` options
+    (``source``: one path, or a list of them)."""
+    sources = [source] if isinstance(source, (str, os.PathLike)) else source
+    command = ["embed", *map(str, sources), "-o", str(out), "-m", TINY, "--device", "cpu"]
     return [*command, "--workers", str(workers), *extra]
 
 

@@ -1,15 +1,20 @@
 """Conventions every command shares: --strict on bulk commands (and the services' ``strict``),
-one skipped-input list, one --workers default, one --format per output shape, CLIPKIT_MODEL
-wherever -m is taken, exit 2 for usage errors, and --help readable at 80 columns."""
+one skipped-input list, one --workers default, one --format per output shape wherever a result
+is printed, -o/--out by one rule, -m wherever a model is named, one --precision, on/off flags
+as pairs, defaults in one notation, paths typed as paths, CLIPKIT_MODEL wherever -m is taken,
+exit 2 for usage errors, and --help readable at 80 columns."""
 
 from __future__ import annotations
+
+import inspect
+import re
 
 import pytest
 import typer
 from PIL import Image
 from typer.testing import CliRunner
 
-from clipkit import cli
+from clipkit import cli, config
 from clipkit.errors import SkippedInputsError
 from tests.helpers import TINY, embed_args, make_images
 
@@ -39,9 +44,7 @@ def test_bulk_commands_take_strict():
 
 
 def test_every_workers_option_has_one_default():
-    # serve's --workers are whole server processes, each loading the models (default 1)
     options = [(name, _option(c, "--workers")) for name, c in _commands().items()]
-    options = [(name, option) for name, option in options if name != "serve"]
     defaults = {(o.default, o.help) for _, o in options if o is not None}
     assert len([o for _, o in options if o is not None]) >= 5  # embed ... quickstart
     assert len(defaults) == 1, defaults
@@ -55,6 +58,136 @@ def test_every_format_option_is_one_of_the_shared_shapes():
         if option is not None:
             choices = tuple(option.type.choices)
             assert choices in shapes, name
+
+
+FOLDER_OUT = {"train", "embed", "index", "export"}  # make a run, embeddings, an index, an export
+ROWS_OUT = {"zeroshot", "audit"}  # make one file of rows
+
+
+def test_out_is_where_the_command_writes_what_it_makes():
+    outs = {name: _option(c, "--out") for name, c in _commands().items()}
+    outs = {name: option for name, option in outs.items() if option is not None}
+    assert set(outs) == FOLDER_OUT | ROWS_OUT
+    for name, option in outs.items():
+        assert sorted(option.opts) == ["--out", "-o"] and option.type.name == "path", name
+        if name in FOLDER_OUT:
+            assert "folder" in option.help.lower(), name
+        else:
+            assert "/".join(config.REPORT_SUFFIXES) in option.help, name
+
+
+@pytest.mark.parametrize("name", sorted(FOLDER_OUT | ROWS_OUT))
+def test_an_out_of_the_other_kind_is_refused_before_the_work(name, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    for n, image in enumerate(make_images(tmp_path / "data", 2)):
+        image.with_suffix(".txt").write_text(f"caption {n}")
+    (tmp_path / "a-file").write_text("x")
+    (tmp_path / "a-folder").mkdir()
+    model = ["-m", TINY, "--workers", "0"]
+    args = {
+        "train": ["train", "data", "-o", "a-file", *model],
+        "embed": ["embed", "data", "-o", "a-file", *model],
+        "index": ["index", "data", "-o", "a-file"],
+        "export": ["export", "-m", TINY, "-o", "a-file"],
+        "zeroshot": ["zeroshot", "data", "--labels", "a,b", "-o", "a-folder", *model],
+        "audit": ["audit", "data", "-o", "a-folder", *model],
+    }[name]
+    result = runner.invoke(cli.app, args)
+    assert result.exit_code == 1 and "Traceback" not in result.output, result.output
+    message = " ".join(result.stderr.split())
+    if name in FOLDER_OUT:
+        assert "Error: a-file is a file, not a folder." in message
+    else:
+        assert "Error: Cannot tell the format of a-folder from its suffix." in message
+
+
+# Commands whose result is their artifact: progress and a summary go to stderr, stdout stays empty.
+ARTIFACT_COMMANDS = ("train_cmd", "embed_cmd", "index_cmd", "export_cmd", "serve_cmd")
+
+
+def test_every_command_that_prints_a_result_takes_format_and_the_others_print_nothing():
+    with_format = {name for name, c in _commands().items() if _option(c, "--format")}
+    assert with_format == {"quickstart", "search", "zeroshot", "audit", "models", "models info"}
+    for module in ARTIFACT_COMMANDS:
+        source = inspect.getsource(getattr(cli, module))
+        assert not re.search(r"\bstdout\b|typer\.echo|print_rows", source), module
+    for module in ("quickstart_cmd", "search_cmd", "zeroshot_cmd", "audit_cmd", "models_cmd"):
+        assert re.search(
+            r"\bstdout\b|typer\.echo|print_rows", inspect.getsource(getattr(cli, module))
+        )
+
+
+def test_a_model_is_named_with_m_everywhere():
+    """``models info SPEC`` inspects the spec it is given; every other command takes -m."""
+    for name, command in _commands().items():
+        arguments = [p for p in command.params if p.param_type_name == "argument"]
+        named = [p for p in arguments if p.metavar == "SPEC" or p.name in ("model", "spec")]
+        assert named == [] or name == "models info", name
+    assert _option(_commands()["export"], "-m") is not None
+
+
+def test_one_precision_option_and_vocabulary():
+    vocabulary = {*config.COMPUTE_PRECISIONS, *config.STORED_PRECISIONS, *config.EXPORT_PRECISIONS}
+    assert vocabulary == {"auto", "fp32", "fp16", "bf16", "int8"}
+    with_precision = set()
+    for name, command in _commands().items():
+        for param in command.params:
+            opts = [*getattr(param, "opts", ()), *getattr(param, "secondary_opts", ())]
+            if any("precision" in opt or "dtype" in opt for opt in opts):
+                assert opts == ["--precision"], (name, opts)
+                assert set(param.type.choices) <= vocabulary, name
+                with_precision.add(name)
+    assert with_precision == {"train", "embed", "export"}
+
+
+def _flags():
+    for name, command in _commands().items():
+        for param in command.params:
+            if getattr(param, "is_flag", False) and param.name not in ("help", "version"):
+                yield name, param
+
+
+def test_every_on_off_flag_comes_as_a_pair():
+    flags = list(_flags())
+    assert len(flags) >= 20
+    assert [(name, p.opts) for name, p in flags if not p.secondary_opts] == []
+
+
+def test_defaults_are_shown_in_one_notation():
+    """click's ``[default: …]``: a value, or a description in parentheses (show_default),
+    never a default written into the help text."""
+    for name, command in _commands().items():
+        for param in command.params:
+            help_text = getattr(param, "help", None) or ""
+            assert not re.search(r"default|\[[^\]]*\]\.?$", help_text, re.IGNORECASE), (
+                name,
+                param.name,
+                help_text,
+            )
+            if param.default is None and isinstance(param.show_default, str):
+                assert param.show_default and not param.show_default.startswith("(")
+
+
+def test_a_default_description_shows_in_the_help():
+    result = runner.invoke(cli.app, ["train", "--help"], terminal_width=200)
+    assert "[default: (10); x>=1]" in result.stdout  # --epochs: chosen when left out
+
+
+# Values that are not paths; every other parameter of every command is typed as a path.
+NOT_PATHS = {
+    "model", "spec", "query", "labels", "templates", "weights", "host", "token", "device",
+    "image_column", "text_column", "max_memory", "filter",
+    "index",  # serve --index [NAME=]DIR: a name for the route, then the folder
+}  # fmt: skip
+
+
+def test_paths_are_typed_as_paths():
+    for name, command in _commands().items():
+        for param in command.params:
+            if param.type.name in ("text", "str"):
+                assert param.name in NOT_PATHS, (name, param.name)
+            if param.name in ("out", "out_dir", "data", "sources", "images", "folder"):
+                assert param.type.name == "path", (name, param.name)
 
 
 def test_every_model_option_reads_clipkit_model():

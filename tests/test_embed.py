@@ -63,7 +63,7 @@ def test_embeddings_equal_the_encoder_and_are_unit_norm(tmp_path, tiny_encoder):
 
 def test_schema_metadata_and_float16_storage(tmp_path, tiny_encoder):
     make_images(tmp_path / "imgs", 2)
-    embed(embed_config([tmp_path / "imgs"], tmp_path / "out", float16=True))
+    embed(embed_config([tmp_path / "imgs"], tmp_path / "out", precision="fp16"))
     schema = pq.read_schema(tmp_path / "out" / "part-00000.parquet")
     meta = {k.decode(): v.decode() for k, v in schema.metadata.items()}
     assert meta["clipkit.model"] == TINY
@@ -431,29 +431,19 @@ def test_two_gloo_processes_equal_a_single_process(tmp_path):
     (data / "broken.jpg").write_text("not an image")
     for n in range(5):
         (data / f"t{n}.txt").write_text(f"caption number {n % 4}")  # t4 repeats t0
-    common = [
-        "embed",
-        str(data),
-        "-m",
-        TINY,
-        "--device",
-        "cpu",
-        "--workers",
-        "1",
-        "--batch-size",
-        "4",
-        "--shard-rows",
-        "5",
-    ]
     single, multi = tmp_path / "single", tmp_path / "multi"
+    sizes = ("--batch-size", "4", "--shard-rows", "5")
     subprocess.run(
-        [sys.executable, "-m", "clipkit", *common, "-o", str(single)],
+        [sys.executable, "-m", "clipkit", *embed_args(data, single, *sizes, workers=1)],
         check=True,
         capture_output=True,
     )
     launcher = torchrun("-m", "clipkit")
     out = subprocess.run(
-        [*launcher, *common, "-o", str(multi)], capture_output=True, text=True, timeout=300
+        [*launcher, *embed_args(data, multi, *sizes, workers=1)],
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
     assert out.returncode == 0, out.stderr[-3000:]
     assert out.stderr.count("Embedded 27, skipped 1") == 1  # rank 0 alone reports

@@ -11,13 +11,13 @@ from PIL import Image
 from typer.testing import CliRunner
 
 from clipkit import cli
-from tests.helpers import TINY
+from tests.helpers import embed_args
 
 runner = CliRunner()
 
 
-def _embed(*arguments):
-    result = runner.invoke(cli.app, ["embed", *arguments, "-m", TINY, "--workers", "0"])
+def _embed(sources, out, report):
+    result = runner.invoke(cli.app, embed_args(sources, out, "--report-duplicates", str(report)))
     assert result.exit_code == 0, result.output
     return result
 
@@ -34,7 +34,7 @@ def test_groups_of_identical_images_and_texts_are_listed(tmp_path):
     (photos / "note3.txt").write_text("other words")
     dups = tmp_path / "dups.csv"
     emb = tmp_path / "emb"
-    result = _embed(str(photos), "-o", str(emb), "--report-duplicates", str(dups))
+    result = _embed(photos, emb, dups)
     assert "2 groups of identical content (3 extra copies)" in " ".join(result.stderr.split())
 
     with dups.open(newline="") as handle:
@@ -53,7 +53,7 @@ def test_groups_of_identical_images_and_texts_are_listed(tmp_path):
     # a later run adds a copy: the folder's groups, not only the run's, are listed
     shutil.copy(photos / "unique.png", photos / "unique-copy.png")
     again = tmp_path / "again.jsonl"
-    _embed(str(photos), "-o", str(emb), "--report-duplicates", str(again))
+    _embed(photos, emb, again)
     listed = [json.loads(line) for line in again.read_text().splitlines()]
     assert [row["copies"] for row in listed] == [3, 3, 3, 2, 2, 2, 2]
 
@@ -62,8 +62,7 @@ def test_no_duplicates_writes_a_header_only(tmp_path):
     (tmp_path / "a.txt").write_text("one")
     (tmp_path / "b.txt").write_text("two")
     dups = tmp_path / "dups.csv"
-    _embed(str(tmp_path / "a.txt"), str(tmp_path / "b.txt"), "-o", str(tmp_path / "emb"),
-           "--report-duplicates", str(dups))  # fmt: skip
+    _embed([tmp_path / "a.txt", tmp_path / "b.txt"], tmp_path / "emb", dups)
     assert dups.read_text().splitlines() == ["group,copies,kind,id,uri,path"]
 
 
@@ -71,9 +70,10 @@ def test_a_report_we_cannot_write_fails_before_the_work(tmp_path):
     (tmp_path / "a.txt").write_text("one")
     result = runner.invoke(
         cli.app,
-        ["embed", str(tmp_path / "a.txt"), "-o", str(tmp_path / "emb"), "-m", TINY,
-         "--report-duplicates", str(tmp_path / "dups.xlsx")],
-    )  # fmt: skip
+        embed_args(
+            tmp_path / "a.txt", tmp_path / "emb", "--report-duplicates", str(tmp_path / "dups.xlsx")
+        ),
+    )
     assert result.exit_code == 1
     assert "Cannot tell the format" in result.stderr
     assert not (tmp_path / "emb").exists()

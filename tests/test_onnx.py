@@ -199,7 +199,7 @@ def test_an_export_killed_mid_way_leaves_nothing_to_load_and_is_swept(exported, 
     target = tmp_path / "target"
     code = "import sys; from clipkit.cli import main; sys.argv[0] = 'clipkit'; main()"
     process = subprocess.Popen(
-        [sys.executable, "-c", code, "export", TINY, "-o", str(target)],
+        [sys.executable, "-c", code, "export", "-m", TINY, "-o", str(target)],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
@@ -258,7 +258,7 @@ def test_an_unusable_cache_folder_is_a_clear_error(exported, tmp_path, monkeypat
 def test_the_export_command_fills_the_cache_by_fingerprint(tmp_path, monkeypatch, exported):
     encoder, _ = exported
     monkeypatch.setenv("CLIPKIT_ONNX_CACHE", str(tmp_path / "cache"))
-    result = runner.invoke(cli.app, ["export", TINY])
+    result = runner.invoke(cli.app, ["export", "-m", TINY])
     assert result.exit_code == 0, result.output
     folder = cached_export(encoder.fingerprint)
     assert folder == tmp_path / "cache" / encoder.fingerprint

@@ -190,21 +190,9 @@ def test_prune_under_two_gloo_processes_sees_every_rank_s_inputs(tmp_path):
     done = subprocess.run(
         [
             *launcher,
-            "embed",
-            str(data),
-            "-o",
-            str(tmp_path / "out"),
-            "-m",
-            TINY,
-            "--device",
-            "cpu",
-            "--workers",
-            "0",
-            "--batch-size",
-            "2",
-            "--shard-rows",
-            "4",
-            "--prune",
+            *embed_args(
+                data, tmp_path / "out", "--batch-size", "2", "--shard-rows", "4", "--prune"
+            ),
         ],
         capture_output=True,
         text=True,

@@ -1,5 +1,6 @@
 """The README's promises: the two set-up commands each work on a fresh machine, CI runs the
-README's lint and full-suite commands on a fresh environment, and the examples use real options."""
+README's lint and full-suite commands on a fresh environment, the examples use real options, and
+the command reference is generated from the commands."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
+COGGED = [str(ROOT / "README.md"), str(ROOT / "docs" / "commands.md")]  # make docs writes them
 
 
 def _bash_blocks(section: str) -> list[str]:
@@ -89,3 +91,21 @@ def test_readme_examples_use_real_options(section):
         used = set(re.findall(r"(?<![\w-])(--[a-z][a-z-]+)", command))
         missing = sorted(option for option in used if option not in help_text)
         assert not missing, f"README runs `{command}` with options clipkit {name} lacks"
+
+
+def test_the_command_reference_is_what_the_commands_print():
+    """README's command table and docs/commands.md are cog blocks made from --help: a command
+    or option changed without ``make docs`` fails here."""
+    from cogapp import Cog
+
+    status = Cog().main(["cog", "--check", "-I", str(ROOT / "docs"), *COGGED])
+    assert status == 0, "The command reference is stale: run `make docs`."
+
+
+def test_the_reference_check_sees_a_stale_page(tmp_path):
+    from cogapp import Cog
+
+    stale = tmp_path / "commands.md"
+    page = (ROOT / "docs" / "commands.md").read_text()
+    stale.write_text(page.replace("--batch-size", "--batch-rows", 1))
+    assert Cog().main(["cog", "--check", "-I", str(ROOT / "docs"), str(stale)]) != 0

@@ -74,6 +74,11 @@ def _search(project, *args, cache=None, env=None):
     return _clipkit(project, *query, *args, cache=cache, env=env)
 
 
+def _said(done) -> str:
+    """stderr with its line breaks undone (rich wraps long paths at the pipe's 80 columns)."""
+    return " ".join(done.stderr.split())
+
+
 def _loaded(done) -> str:
     return done.stderr.split("LOADED=")[1].strip()
 
@@ -86,11 +91,11 @@ def _ids(done) -> list[str]:
 def test_onnx_answers_without_torch_and_as_torch_does(project):
     onnx = _search(project, "--runtime", "onnx")
     assert onnx.returncode == 0, onnx.stderr
-    assert "LOADED=\n" in onnx.stderr or onnx.stderr.rstrip().endswith("LOADED=")
-    assert "on onnx (export in" in onnx.stderr
+    assert "LOADED=\n" in _said(onnx) or onnx.stderr.rstrip().endswith("LOADED=")
+    assert "on onnx (export in" in _said(onnx)
     torch = _search(project, "--runtime", "torch")
     assert torch.returncode == 0, torch.stderr
-    assert "on torch (asked for)" in torch.stderr and "torch" in _loaded(torch)
+    assert "on torch (asked for)" in _said(torch) and "torch" in _loaded(torch)
     assert len(_ids(onnx)) == 10 and _ids(onnx) == _ids(torch)
     scores = [[h["score"] for q in json.loads(d.stdout) for h in q["hits"]] for d in (onnx, torch)]
     assert scores[0] == pytest.approx(scores[1], abs=1e-5)
@@ -100,29 +105,29 @@ def test_onnx_answers_without_torch_and_as_torch_does(project):
 def test_auto_takes_the_cached_export_and_says_so(project):
     done = _search(project)
     assert done.returncode == 0, done.stderr
-    assert "on onnx (export in" in done.stderr and "torch" not in _loaded(done)
+    assert "on onnx (export in" in _said(done) and "torch" not in _loaded(done)
 
 
 @pytest.mark.e2e
 def test_auto_without_an_export_runs_torch_and_says_why(project, tmp_path):
     done = _search(project, cache=tmp_path / "empty")
     assert done.returncode == 0, done.stderr
-    assert "on torch (auto: no ONNX export of fingerprint" in " ".join(done.stderr.split())
+    assert "on torch (auto: no ONNX export of fingerprint" in _said(done)
 
 
 @pytest.mark.e2e
 def test_onnx_without_an_export_is_an_error_with_a_hint(project, tmp_path):
     done = _search(project, "--runtime", "onnx", cache=tmp_path / "empty")
     assert done.returncode == 1
-    message = " ".join(done.stderr.split())
+    message = _said(done)
     assert "Error: --runtime onnx cannot run here: no ONNX export" in message
-    assert f"Hint: Export the model first: clipkit export {TINY}" in message
+    assert f"Hint: Export the model first: clipkit export -m {TINY}" in message
 
 
 @pytest.mark.e2e
 def test_the_runtime_comes_from_the_environment(project):
     done = _search(project, env={"CLIPKIT_RUNTIME": "torch"})
-    assert done.returncode == 0 and "on torch (asked for)" in done.stderr
+    assert done.returncode == 0 and "on torch (asked for)" in _said(done)
     bad = _search(project, env={"CLIPKIT_RUNTIME": "tensorflow"})
     assert bad.returncode == 2
 
@@ -140,7 +145,7 @@ def test_a_damaged_cached_export_falls_back_under_auto_and_fails_under_onnx(proj
         auto.stderr.split()
     )
     onnx = _search(project, "--runtime", "onnx", cache=copy)
-    assert onnx.returncode == 1 and "truncated or damaged" in " ".join(onnx.stderr.split())
+    assert onnx.returncode == 1 and "truncated or damaged" in _said(onnx)
 
 
 @pytest.mark.e2e
@@ -163,7 +168,7 @@ def test_index_fills_the_cache_so_the_first_search_runs_on_onnx(project, tmp_pat
     )
     assert "The ONNX export for fast search is in" in " ".join(again.stderr.split())
     done = _search(project, cache=cache)
-    assert done.returncode == 0 and "on onnx (export in" in done.stderr
+    assert done.returncode == 0 and "on onnx (export in" in _said(done)
     skipped = runner.invoke(
         cli.app,
         ["index", str(root / "emb"), "-o", str(tmp_path / "idx3"), "--no-onnx-export"],
@@ -190,7 +195,7 @@ def test_zeroshot_of_an_embeddings_folder_runs_without_torch_and_as_torch_does(p
     onnx = _clipkit(project, *command, "--runtime", "onnx")
     assert onnx.returncode == 0, onnx.stderr
     assert _loaded(onnx) == ""
-    assert "on onnx (export in" in " ".join(onnx.stderr.split())
+    assert "on onnx (export in" in _said(onnx)
     torch = _clipkit(project, *command, "--runtime", "torch")
     assert torch.returncode == 0, torch.stderr
     assert "torch" in _loaded(torch)
@@ -216,7 +221,7 @@ def test_zeroshot_of_image_files_on_onnx_runs_without_torch_and_as_torch_does(pr
     ]
     onnx = _clipkit(project, *command, "--runtime", "onnx", "--workers", "2")
     assert onnx.returncode == 0, onnx.stderr
-    assert _loaded(onnx) == "" and "on onnx (export in" in " ".join(onnx.stderr.split())
+    assert _loaded(onnx) == "" and "on onnx (export in" in _said(onnx)
     torch = _clipkit(project, *command, "--runtime", "torch", "--workers", "2")
     got, want = (json.loads(done.stdout)["predictions"] for done in (onnx, torch))
     assert len(got) == 30 and [p["label"] for p in got] == [p["label"] for p in want]
@@ -232,7 +237,7 @@ def test_audit_of_image_files_on_onnx_needs_no_open_clip(project, tmp_path):
     command = ["audit", str(tmp_path / "pairs"), "-m", TINY, "-f", "json", "--workers", "2"]
     onnx = _clipkit(project, *command, "--runtime", "onnx", "--long-captions", "chunk")
     assert onnx.returncode == 0, onnx.stderr
-    assert _loaded(onnx) == "torch" and "on onnx (export in" in " ".join(onnx.stderr.split())
+    assert _loaded(onnx) == "torch" and "on onnx (export in" in _said(onnx)
     torch = _clipkit(project, *command, "--runtime", "torch", "--long-captions", "chunk")
     got, want = (json.loads(done.stdout) for done in (onnx, torch))
     assert [p["suggested_caption"] for p in got["pairs"]] == [
@@ -261,7 +266,7 @@ def test_audit_of_an_embeddings_folder_needs_no_open_clip_on_onnx(project, tmp_p
     command = ["audit", str(tmp_path / "emb"), "-f", "json"]
     onnx = _clipkit(project, *command, "--runtime", "onnx")
     assert onnx.returncode == 0, onnx.stderr
-    assert _loaded(onnx) == "torch" and "on onnx (export in" in " ".join(onnx.stderr.split())
+    assert _loaded(onnx) == "torch" and "on onnx (export in" in _said(onnx)
     torch = _clipkit(project, *command, "--runtime", "torch")
     assert torch.returncode == 0, torch.stderr
     got, want = (json.loads(done.stdout) for done in (onnx, torch))
@@ -284,7 +289,7 @@ def test_embed_on_onnx_runs_without_torch_and_makes_torch_s_folder(project, tmp_
     command = ["embed", str(root / "photos"), "-o", str(out), "-m", TINY, "--workers", "2"]
     done = _clipkit(project, *command, "--runtime", "onnx")
     assert done.returncode == 0, done.stderr
-    assert _loaded(done) == "" and "on onnx (export in" in " ".join(done.stderr.split())
+    assert _loaded(done) == "" and "on onnx (export in" in _said(done)
     ours, theirs = rows(out), rows(root / "emb")
     assert sorted(ours) == sorted(theirs) and len(ours) == 31  # 30 images and the caption
     cosines = [float(np.dot(ours[i]["embedding"], theirs[i]["embedding"])) for i in ours]
@@ -304,9 +309,9 @@ def test_embed_on_onnx_without_an_export_of_the_spec_is_refused(project, tmp_pat
     command = ["embed", str(root / "photos"), "-o", str(tmp_path / "emb"), "-m", TINY]
     done = _clipkit(project, *command, "--runtime", "onnx", cache=tmp_path / "empty")
     assert done.returncode == 1
-    message = " ".join(done.stderr.split())
+    message = _said(done)
     assert f"Error: --runtime onnx cannot run here: {TINY} has no ONNX export" in message
-    assert f"Hint: Export the model first: clipkit export {TINY}" in message
+    assert f"Hint: Export the model first: clipkit export -m {TINY}" in message
     assert not (tmp_path / "emb").exists()
 
 

@@ -389,12 +389,12 @@ def test_preflight_refuses_bad_options_and_warns_of_an_open_address(index_dir, t
         ({"indexes": (str(tmp_path),)}, "holds no index"),
         ({"indexes": (str(index_dir),), "token": "short"}, "shorter than 8"),
         ({"indexes": (str(index_dir),), "port": 0}, "--port"),
-        ({"indexes": (str(index_dir),), "workers": 0}, "--workers"),
-        ({"indexes": (str(index_dir),), "workers": 65}, "--workers"),
+        ({"indexes": (str(index_dir),), "processes": 0}, "--processes"),
+        ({"indexes": (str(index_dir),), "processes": 65}, "--processes"),
     ]:
         with pytest.raises(UsageError, match=message):
             preflight(ServeConfig(**bad))
-    config = ServeConfig(indexes=(f"a={index_dir}",), token=TOKEN, workers=3, max_upload=9)
+    config = ServeConfig(indexes=(f"a={index_dir}",), token=TOKEN, processes=3, max_upload=9)
     assert from_environment(to_environment(config)) == config  # what worker processes read
 
 
@@ -409,12 +409,12 @@ def test_the_command_passes_its_options_and_warns(monkeypatch, index_dir):
     result = CliRunner().invoke(
         cli.app,
         ["serve", "--index", f"mine={index_dir}", "--host", "0.0.0.0", "--port", "9000",
-         "--workers", "3"],
+         "--processes", "3"],
     )  # fmt: skip
     assert result.exit_code == 0, result.output
     config = seen["c"]
     assert config.indexes == (f"mine={index_dir}",) and config.port == 9000
-    assert config.workers == 3
+    assert config.processes == 3
     assert "Warning: Serving on 0.0.0.0 without a token" in " ".join(result.stderr.split())
     # requests run in parallel: each one's math runs on one thread (benchmarks/bench_serve.py)
     assert os.environ["OMP_NUM_THREADS"] == os.environ["OPENBLAS_NUM_THREADS"] == "1"
@@ -501,9 +501,9 @@ def test_the_real_server_answers_and_stops_cleanly_on_sigterm(index_dir):
 
 @pytest.mark.e2e
 def test_worker_processes_share_the_port_and_sum_their_metrics(index_dir):
-    """--workers 2: two processes answer; /metrics (from whichever answers) counts every
+    """--processes 2: two processes answer; /metrics (from whichever answers) counts every
     request of both; SIGTERM stops them all, exit 0."""
-    server, port = _start(index_dir, "--workers", "2")
+    server, port = _start(index_dir, "--processes", "2")
     base = f"http://127.0.0.1:{port}"
     try:
         children = subprocess.run(
@@ -524,4 +524,4 @@ def test_worker_processes_share_the_port_and_sum_their_metrics(index_dir):
         if server.poll() is None:
             server.kill()
     assert server.returncode == 0, errors
-    assert "with 2 worker processes" in errors and "Traceback" not in errors
+    assert "with 2 processes" in errors and "Traceback" not in errors

@@ -100,7 +100,8 @@ def test_options_reach_the_service(monkeypatch, in_data_folder):
     assert (config.lr, config.weight, config.init_temperature) == (1e-4, 0.7, 0.05)
     assert not config.learn_temperature and config.lock_image and not config.lock_text
     assert config.grad_cache and config.micro_batch == 8 and config.resume
-    assert (config.val, config.eval_classes, config.wise_ft) == ("val.csv", "classes/", 0.5)
+    # typed as paths: "classes/" names the folder "classes"
+    assert (config.val, config.eval_classes, config.wise_ft) == ("val.csv", "classes", 0.5)
     assert (config.grad_clip, config.seed) == (1.0, 4)
     assert "zero-shot top-1 75.0%" in result.stderr
     assert "R@1/5/10 10/50/80%" in result.stderr

@@ -24,9 +24,16 @@ import numpy as np
 import torch
 
 from clipkit import score, store
-from clipkit.audit.config import AuditConfig, preflight
+from clipkit.audit.config import (
+    COMPARED_FPR,
+    DEFAULT_MIN_PROBABILITY,
+    PROBABILITY_MIN_PAIRS,
+    AuditConfig,
+    preflight,
+)
 from clipkit.audit.mixture import estimate_mixture
 from clipkit.audit.pairing import stored_pairs
+from clipkit.config import RECALL_KS
 from clipkit.errors import InputError, SkippedInputsError
 from clipkit.infra.progress import ProgressCallback, ProgressReport
 from clipkit.inputs.filenames import as_text, locate, reading_base
@@ -38,15 +45,6 @@ from clipkit.score.metrics import calibrate_threshold
 
 NULL_SAMPLES = 20_000  # shuffled pairs drawn for calibration (at least one per pair)
 HISTOGRAM_BINS = 40
-COMPARED_FPR = 0.01  # the share of shuffled pairs the raw-cosine comparison lets pass
-# The default rule: flag the pairs more likely mismatched than not. On bench_audit_grid.py's
-# models and swap rates it flagged with precision 0.99-1.00 and recall 0.93-1.00, where the
-# shuffled-pair rule at 1 % flagged up to 5x as many pairs (precision 0.17-0.94).
-DEFAULT_MIN_PROBABILITY = 0.5
-# Below this many pairs the share of mismatched ones rests on a handful of tail pairs (2 of
-# 50 swapped were estimated at 0): the probability rule falls back to the --fpr rule at 1 %.
-PROBABILITY_MIN_PAIRS = 100
-RETRIEVAL_KS = (1, 5, 10)
 
 
 @dataclass(frozen=True)
@@ -180,7 +178,7 @@ class AuditResult:
         image_ranks = [p.image_rank for p in self.pairs]
         for direction, ranks in (("image_to_text", caption_ranks), ("text_to_image", image_ranks)):
             ranked = torch.tensor(ranks)
-            for k, share in score.recall_at_k(ranked, RETRIEVAL_KS).items():
+            for k, share in score.recall_at_k(ranked, RECALL_KS).items():
                 figures[f"{direction}_r{k}"] = share
             figures[f"{direction}_mean_rank"] = score.rank_summary(ranked)["mean_rank"]
         return figures

@@ -2,22 +2,27 @@
 
 from __future__ import annotations
 
-from enum import Enum
 from pathlib import Path
 from typing import Annotated, Any
 
 import typer
 from rich.table import Column, Table
 
+from clipkit.audit.config import (
+    COMPARED_FPR,
+    DEFAULT_MIN_PROBABILITY,
+    PROBABILITY_MIN_PAIRS,
+    LongCaptions,
+)
 from clipkit.cli.app import app, handles_errors
 from clipkit.cli.console import stderr, stdout
 from clipkit.cli.options import (
+    ROWS_FILE,
     DeviceOption,
     IncludeHiddenOption,
     RecordedModelOption,
     RowsFormat,
     RowsFormatOption,
-    Runtime,
     RuntimeOption,
     StrictOption,
     WorkersOption,
@@ -25,11 +30,6 @@ from clipkit.cli.options import (
 from clipkit.cli.render import cell, path_cell, print_rows, print_skipped, run_bulk
 from clipkit.cli.settings import fallback_model
 from clipkit.infra.atomic import check_output
-
-
-class LongCaptions(str, Enum):
-    truncate = "truncate"
-    chunk = "chunk"
 
 
 @app.command()
@@ -42,7 +42,7 @@ def audit(
     model: RecordedModelOption = None,
     out: Annotated[
         Path | None,
-        typer.Option("--out", "-o", help="Per-pair report: .csv/.json/.jsonl/.parquet"),
+        typer.Option("--out", "-o", help=f"Per-pair report file: {ROWS_FILE}."),
     ] = None,
     output: RowsFormatOption = RowsFormat.table,
     html_out: Annotated[Path | None, typer.Option("--html", help="HTML report.")] = None,
@@ -60,8 +60,9 @@ def audit(
     min_probability: Annotated[
         float | None,
         typer.Option(
-            help="Flag pairs at least this likely to be mismatched [default: 0.5; with fewer "
-            "than 100 pairs, --fpr 0.01]."
+            help="Flag pairs at least this likely to be mismatched.",
+            show_default=f"{DEFAULT_MIN_PROBABILITY}; with fewer than {PROBABILITY_MIN_PAIRS} "
+            f"pairs, --fpr {COMPARED_FPR}",
         ),
     ] = None,
     max_flags: Annotated[
@@ -83,7 +84,7 @@ def audit(
     ] = False,
     long_captions: Annotated[
         LongCaptions, typer.Option(help="truncate at the context, or chunk (best window).")
-    ] = LongCaptions.truncate,
+    ] = "truncate",
     neighbours: Annotated[int, typer.Option(min=1, help="CSLS neighbourhood size.")] = 10,
     seed: Annotated[int, typer.Option(help="Seed of the caption shuffles.")] = 0,
     batch_size: Annotated[int, typer.Option(min=1, help="Items per model call.")] = 64,
@@ -93,7 +94,7 @@ def audit(
     image_column: Annotated[str | None, typer.Option(help="Table column of image paths.")] = None,
     text_column: Annotated[str | None, typer.Option(help="Table column of captions.")] = None,
     strict: StrictOption = False,
-    runtime: RuntimeOption = Runtime.auto,
+    runtime: RuntimeOption = "auto",
 ) -> None:
     """Flag mismatched image-caption pairs and suggest captions.
 
@@ -120,7 +121,7 @@ def audit(
         max_flags=max_flags,
         fpr=fpr,
         threshold=threshold,
-        long_captions=long_captions.value,
+        long_captions=long_captions,
         neighbours=neighbours,
         seed=seed,
         batch_size=batch_size,
@@ -130,7 +131,7 @@ def audit(
         image_column=image_column,
         text_column=text_column,
         strict=strict,
-        runtime=runtime.value,
+        runtime=runtime,
     )
     preflight(config)  # before torch: a mistake here is reported in a blink
     from clipkit.audit.run import audit as run_audit

@@ -10,18 +10,17 @@ import typer
 from clipkit.cli.app import app, handles_errors
 from clipkit.cli.console import stderr
 from clipkit.cli.options import (
+    ROWS_FILE,
     DeviceOption,
     IncludeHiddenOption,
     KindChoice,
     ModelOption,
-    Runtime,
     RuntimeOption,
-    StorageDtype,
     StrictOption,
     WorkersOption,
 )
 from clipkit.cli.render import print_skipped, run_bulk
-from clipkit.config import DEFAULT_MODEL_SPEC
+from clipkit.config import DEFAULT_MODEL_SPEC, StoredPrecision
 from clipkit.infra.atomic import check_output
 
 
@@ -29,7 +28,7 @@ from clipkit.infra.atomic import check_output
 @handles_errors
 def embed(
     sources: Annotated[
-        list[str],
+        list[Path],
         typer.Argument(
             help="Folders, images, .txt files, CSV/TSV/JSONL/Parquet tables or WebDataset .tar "
             "shards."
@@ -43,9 +42,9 @@ def embed(
     batch_size: Annotated[int, typer.Option(min=1, help="Items per model call.")] = 64,
     workers: WorkersOption = None,
     device: DeviceOption = "auto",
-    dtype: Annotated[StorageDtype, typer.Option(help="Stored embedding precision.")] = (
-        StorageDtype.float32
-    ),
+    precision: Annotated[
+        StoredPrecision, typer.Option(help="Stored embedding precision (fp16 halves the folder).")
+    ] = "fp32",
     lines: Annotated[bool, typer.Option(help="A .txt SOURCE holds one text per line.")] = False,
     include_hidden: IncludeHiddenOption = False,
     image_column: Annotated[str | None, typer.Option(help="Table column of image paths.")] = None,
@@ -63,12 +62,12 @@ def embed(
         bool,
         typer.Option(help="Read every file again, even those with unchanged size and mtime."),
     ] = False,
-    runtime: RuntimeOption = Runtime.auto,
+    runtime: RuntimeOption = "auto",
     report_duplicates: Annotated[
         Path | None,
         typer.Option(
             help="List the groups of identical content in the folder (one row per copy) to "
-            "a .csv/.tsv/.json/.jsonl/.parquet file."
+            f"a file: {ROWS_FILE}."
         ),
     ] = None,
 ) -> None:
@@ -89,14 +88,14 @@ def embed(
         check_output(report_duplicates)
 
     config = EmbedConfig(
-        sources=tuple(sources),
+        sources=tuple(str(source) for source in sources),
         out_dir=out_dir,
         model=model,
         kind=Kind(kind.value),
         batch_size=batch_size,
         workers=workers,
         device=device,
-        float16=dtype is StorageDtype.float16,
+        precision=precision,
         strict=strict,
         lines=lines,
         include_hidden=include_hidden,
@@ -106,7 +105,7 @@ def embed(
         shard_rows=shard_rows,
         prune=prune,
         rehash=rehash,
-        runtime=runtime.value,
+        runtime=runtime,
     )
     result = run_bulk(run_embed, config, lambda failed: _report(failed, prune))
     if result.is_main:  # another rank of a torchrun job: rank 0 reports for all

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import time
-from enum import Enum
 from pathlib import Path
 from typing import Annotated
 
@@ -11,42 +10,33 @@ import typer
 
 from clipkit.cli.app import app, handles_errors
 from clipkit.cli.console import stderr
-from clipkit.config import DEFAULT_MODEL_SPEC, ENV_MODEL
+from clipkit.cli.options import ModelOption
+from clipkit.config import DEFAULT_MODEL_SPEC, ExportPrecision
 
 INT8_PROBE_PAIRS = 256  # generated captioned shapes that int8 must answer on as fp32 does
-
-
-class OnnxPrecision(str, Enum):
-    fp32 = "fp32"
-    int8 = "int8"
 
 
 @app.command()
 @handles_errors
 def export(
-    model: Annotated[
-        str,
-        typer.Argument(
-            metavar="SPEC",
-            envvar=ENV_MODEL,
-            help="Model spec: ARCH[:TAG], hf-hub:org/repo, or a checkpoint or run folder.",
-        ),
-    ] = DEFAULT_MODEL_SPEC,
+    model: ModelOption = DEFAULT_MODEL_SPEC,
     out_dir: Annotated[
         Path | None,
-        typer.Option("--out", "-o", help="Export folder (default: the cache, by fingerprint)."),
-    ] = None,
-    onnx_precision: Annotated[
-        OnnxPrecision,
         typer.Option(
-            help="int8: weights a quarter of the size, offered where its answers (top-10 "
-            "overlap, recall@10) stay within 0.01 of fp32's, measured at export."
+            "--out", "-o", help="Export folder.", show_default="the cache, by fingerprint"
         ),
-    ] = OnnxPrecision.fp32,
+    ] = None,
+    precision: Annotated[
+        ExportPrecision,
+        typer.Option(
+            help="The graphs' weights. int8: a quarter of the size, offered where its answers "
+            "(top-10 overlap, recall@10) stay within 0.01 of fp32's, measured at export."
+        ),
+    ] = "fp32",
 ) -> None:
     """Export a model to ONNX, for the runtime without torch.
 
-    Example: clipkit export runs/shapes -o shapes-onnx/
+    Example: clipkit export -m runs/shapes -o shapes-onnx/
     """
     from clipkit.models.exported import cached_export
     from clipkit.models.onnx_export import export_onnx
@@ -56,11 +46,11 @@ def export(
     encoder = load_model(model, device="cpu", precision="fp32")
     target = out_dir if out_dir is not None else cached_export(encoder.fingerprint)
     probe = None
-    if onnx_precision is OnnxPrecision.int8:
+    if precision == "int8":
         from clipkit.inputs.synthetic import captioned_shapes
 
         probe = captioned_shapes(INT8_PROBE_PAIRS)
-    manifest = export_onnx(encoder, target, onnx_precision.value, probe)
+    manifest = export_onnx(encoder, target, precision, probe)
     size = sum(record["bytes"] for record in manifest.files.values())
     stderr.print(
         f"Exported {manifest.spec} (fingerprint {manifest.fingerprint}, {manifest.embed_dim}-d, "

@@ -27,7 +27,7 @@ class IndexType(str, Enum):
 def index(
     emb_dir: Annotated[Path, typer.Argument(help="Embeddings folder made by clipkit embed.")],
     out_dir: Annotated[
-        Path | None, typer.Option("--out", "-o", help="Index folder (default: EMB_DIR/index).")
+        Path | None, typer.Option("--out", "-o", help="Index folder.", show_default="EMB_DIR/index")
     ] = None,
     kind: Annotated[
         KindChoice, typer.Option(help="Rows to index (auto: images if any, else texts).")

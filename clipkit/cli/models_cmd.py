@@ -21,7 +21,7 @@ def models_list(
         str | None, typer.Option("--filter", help="Only rows whose name contains this text.")
     ] = None,
     cached: Annotated[
-        bool, typer.Option("--cached", help="Only weights in the local cache.")
+        bool, typer.Option("--cached/--all", help="Only weights in the local cache.")
     ] = False,
     output: DocumentFormatOption = DocumentFormat.table,
 ) -> None:
@@ -47,7 +47,7 @@ def models_info(
     spec: Annotated[str, typer.Argument(help="Model spec to inspect.")],
     device: Annotated[
         str | None,
-        typer.Option(metavar="DEVICE", help="auto, cpu, cuda, cuda:N or mps [default: cpu]."),
+        typer.Option(metavar="DEVICE", help="auto, cpu, cuda, cuda:N or mps.", show_default="cpu"),
     ] = None,
     output: DocumentFormatOption = DocumentFormat.table,
 ) -> None:

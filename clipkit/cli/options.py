@@ -8,7 +8,7 @@ from typing import Annotated
 
 import typer
 
-from clipkit.config import ENV_MODEL, ENV_RUNTIME
+from clipkit.config import ENV_MODEL, ENV_RUNTIME, REPORT_SUFFIXES, Runtime
 
 
 class DocumentFormat(str, Enum):
@@ -40,29 +40,6 @@ class SearchKind(str, Enum):
     all = "all"
 
 
-class Runtime(str, Enum):
-    auto = "auto"
-    torch = "torch"
-    onnx = "onnx"
-
-
-class TrainLoss(str, Enum):
-    clip = "clip"
-    siglip = "siglip"
-
-
-class ImageSSL(str, Enum):
-    simclr = "simclr"
-    simsiam = "simsiam"
-    byol = "byol"
-    swav = "swav"
-
-
-class StorageDtype(str, Enum):
-    float32 = "float32"
-    float16 = "float16"
-
-
 ModelOption = Annotated[
     str,
     typer.Option(
@@ -81,7 +58,8 @@ RecordedModelOption = Annotated[
         "-m",
         envvar=ENV_MODEL,
         metavar="SPEC",
-        help="Model spec (default: the one the embeddings or index record, else ViT-B-32).",
+        help="Model spec.",
+        show_default="the one the embeddings or index record, else ViT-B-32",
     ),
 ]
 DeviceOption = Annotated[
@@ -93,7 +71,10 @@ DeviceOption = Annotated[
 WorkersOption = Annotated[
     int | None,
     typer.Option(
-        min=0, metavar="N", help="Image decode processes (default: one per core, at most 8)."
+        min=0,
+        metavar="N",
+        help="Image decode processes.",
+        show_default="one per core, at most 8",
     ),
 ]
 RuntimeOption = Annotated[
@@ -105,15 +86,23 @@ RuntimeOption = Annotated[
         "cache has this model's export and the device is the CPU).",
     ),
 ]
+# -o/--out is where a command writes what it makes: a folder where it makes one (a run,
+# embeddings, an index, an export), else one file of rows whose suffix picks the format.
+ROWS_FILE = "/".join(REPORT_SUFFIXES) + " (the suffix picks the format)"
+
 StrictOption = Annotated[
-    bool, typer.Option("--strict", help="Exit 1 if any input was skipped (after the work).")
+    bool,
+    typer.Option("--strict/--no-strict", help="Exit 1 if any input was skipped (after the work)."),
 ]
 RowsFormatOption = Annotated[RowsFormat, typer.Option("--format", "-f", help="stdout format.")]
 DocumentFormatOption = Annotated[
     DocumentFormat, typer.Option("--format", "-f", help="stdout format.")
 ]
 IncludeHiddenOption = Annotated[
-    bool, typer.Option("--include-hidden", help="Also read hidden files and folders.")
+    bool,
+    typer.Option(
+        "--include-hidden/--no-include-hidden", help="Also read hidden files and folders."
+    ),
 ]
 
 

@@ -17,7 +17,6 @@ from clipkit.cli.options import (
     RecordedModelOption,
     RowsFormat,
     RowsFormatOption,
-    Runtime,
     RuntimeOption,
     SearchKind,
     typed_text,
@@ -64,7 +63,7 @@ def search(
     html_out: Annotated[Path | None, typer.Option("--html", help="Write a gallery page.")] = None,
     model: RecordedModelOption = None,
     device: DeviceOption = "auto",
-    runtime: RuntimeOption = Runtime.auto,
+    runtime: RuntimeOption = "auto",
 ) -> None:
     """Search a folder, an index or embeddings by text or image.
 
@@ -96,7 +95,7 @@ def search(
         k=k,
         model=model,
         device=device,
-        runtime=runtime.value,
+        runtime=runtime,
     )
     started = time.perf_counter()
     with progress_bar() as progress:  # drawn only when a folder's cache has work to do

@@ -9,7 +9,7 @@ import typer
 
 from clipkit.cli.app import app, handles_errors
 from clipkit.cli.console import stderr
-from clipkit.cli.options import DeviceOption, RecordedModelOption, Runtime, RuntimeOption
+from clipkit.cli.options import DeviceOption, RecordedModelOption, RuntimeOption
 
 ENV_TOKEN = "CLIPKIT_TOKEN"
 SERIAL_MATH = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")
@@ -30,11 +30,11 @@ def serve(
         typer.Option(envvar=ENV_TOKEN, help="Require Authorization: Bearer TOKEN."),
     ] = None,
     device: DeviceOption = "auto",
-    runtime: RuntimeOption = Runtime.auto,
+    runtime: RuntimeOption = "auto",
     max_upload_mb: Annotated[
         int, typer.Option("--max-upload-mb", min=1, help="Largest request body, in MB.")
     ] = 20,
-    workers: Annotated[
+    processes: Annotated[
         int,
         typer.Option(
             min=1,
@@ -62,9 +62,9 @@ def serve(
         port=port,
         token=token,
         device=device,
-        runtime=runtime.value,
+        runtime=runtime,
         max_upload=max_upload_mb * 2**20,
-        workers=workers,
+        processes=processes,
     )
     for warning in preflight(config):
         stderr.print(f"Warning: {warning}", markup=False, soft_wrap=True)

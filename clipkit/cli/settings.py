@@ -25,7 +25,7 @@ import typer
 
 from clipkit.cli import metavars
 from clipkit.cli.console import print_error, stderr
-from clipkit.config import DEFAULT_MODEL_SPEC, ENV_CONFIG, ENV_MODEL
+from clipkit.config import DEFAULT_MODEL_SPEC, ENV_CONFIG, ENV_MODEL, RUNTIMES
 from clipkit.errors import UsageError
 
 if sys.version_info >= (3, 11):
@@ -33,7 +33,6 @@ if sys.version_info >= (3, 11):
 else:  # the same module, as a package
     import tomli as tomllib
 
-RUNTIMES = ("auto", "torch", "onnx")
 KEYS = ("model", "runtime", "device")
 
 

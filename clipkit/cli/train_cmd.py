@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import fields
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -9,23 +10,28 @@ import typer
 
 from clipkit.cli.app import app, handles_errors
 from clipkit.cli.console import stderr
-from clipkit.cli.options import (
-    DeviceOption,
-    ImageSSL,
-    ModelOption,
-    StrictOption,
-    TrainLoss,
-    WorkersOption,
-)
+from clipkit.cli.options import DeviceOption, ModelOption, StrictOption, WorkersOption
 from clipkit.cli.render import print_skipped, run_bulk
-from clipkit.config import DEFAULT_MODEL_SPEC
+from clipkit.config import DEFAULT_MODEL_SPEC, ComputePrecision, ImageSSL, Loss
+from clipkit.train.config import (
+    DEFAULT_EPOCHS,
+    DEFAULT_MOMENTUM,
+    DEFAULT_SSL_WEIGHT,
+    FINETUNE_LR,
+    SCRATCH_LR,
+    WARMUP_SHARE,
+    TrainConfig,
+)
+
+# Each option's default is the config's: one value, in TrainConfig.
+DEFAULT: dict[str, Any] = {field.name: field.default for field in fields(TrainConfig)}
 
 
 @app.command()
 @handles_errors
 def train(
     data: Annotated[
-        str,
+        Path,
         typer.Argument(
             help="Folder of images with .txt captions, a CSV/TSV/JSONL/Parquet "
             "table, or WebDataset .tar shards (a .tar or a folder of them)."
@@ -33,72 +39,105 @@ def train(
     ],
     out: Annotated[Path, typer.Option("--out", "-o", help="Run folder (checkpoints, logs).")],
     model: ModelOption = DEFAULT_MODEL_SPEC,
-    epochs: Annotated[int | None, typer.Option(min=1, help="Passes over the data [10].")] = None,
+    epochs: Annotated[
+        int | None,
+        typer.Option(min=1, help="Passes over the data.", show_default=str(DEFAULT_EPOCHS)),
+    ] = None,
     steps: Annotated[
         int | None, typer.Option(min=1, help="Optimiser steps (not --epochs).")
     ] = None,
-    batch_size: Annotated[int, typer.Option(min=2, help="Global contrastive batch.")] = 64,
+    batch_size: Annotated[
+        int,
+        typer.Option(min=2, help="Global contrastive batch."),
+    ] = DEFAULT["batch_size"],
     lr: Annotated[
         float | None,
-        typer.Option(min=0.0, help="Peak learning rate [5e-4 from scratch, 1e-5 fine-tuning]."),
+        typer.Option(
+            min=0.0,
+            help="Peak learning rate.",
+            show_default=f"{SCRATCH_LR:g} from scratch, {FINETUNE_LR:g} fine-tuning",
+        ),
     ] = None,
-    weight_decay: Annotated[float, typer.Option(min=0.0, help="AdamW decay (matrices).")] = 0.2,
+    weight_decay: Annotated[
+        float,
+        typer.Option(min=0.0, help="AdamW decay (matrices)."),
+    ] = DEFAULT["weight_decay"],
     warmup: Annotated[
-        int | None, typer.Option(min=0, help="Linear warmup steps [5% of the run].")
+        int | None,
+        typer.Option(
+            min=0, help="Linear warmup steps.", show_default=f"{WARMUP_SHARE:.0%} of the run"
+        ),
     ] = None,
     grad_clip: Annotated[float | None, typer.Option(min=0.0, help="Clip grad norm.")] = None,
     loss: Annotated[
-        TrainLoss | None,
+        Loss | None,
         typer.Option(
-            help="clip: softmax InfoNCE both ways; siglip: a sigmoid per pair "
-            "[siglip for a model with a logit bias, else clip]."
+            help="clip: softmax InfoNCE both ways; siglip: a sigmoid per pair.",
+            show_default="siglip for a model with a logit bias, else clip",
         ),
     ] = None,
     weight: Annotated[
         float, typer.Option("--lambda", help="Weight λ of the image→text loss (0..1).")
-    ] = 0.5,
+    ] = DEFAULT["weight"],
     mask_ratio: Annotated[
         float,
         typer.Option(help="Share of image patches dropped while training (FLIP, ViT only)."),
-    ] = 0.0,
+    ] = DEFAULT["mask_ratio"],
     unmasked_epochs: Annotated[
         int, typer.Option(help="Last epochs trained with every patch (after --mask-ratio).")
-    ] = 0,
+    ] = DEFAULT["unmasked_epochs"],
     queue: Annotated[
-        int, typer.Option(min=0, help="Queued negatives per modality (MoCo/ALBEF) [none].")
-    ] = 0,
+        int, typer.Option(min=0, help="Queued negatives per modality (MoCo/ALBEF); 0: none.")
+    ] = DEFAULT["queue"],
     momentum: Annotated[
-        float | None, typer.Option(help="EMA of the momentum encoders (0..1) [0.995].")
+        float | None,
+        typer.Option(
+            help="EMA of the momentum encoders (0..1).", show_default=str(DEFAULT_MOMENTUM)
+        ),
     ] = None,
     image_ssl: Annotated[
         ImageSSL | None, typer.Option(help="Image self-supervision on two views (SLIP).")
     ] = None,
     ssl_weight: Annotated[
-        float | None, typer.Option(help="W of loss + W·SSL loss [1.0 with --image-ssl].")
+        float | None,
+        typer.Option(
+            help="W of loss + W·SSL loss.", show_default=f"{DEFAULT_SSL_WEIGHT} with --image-ssl"
+        ),
     ] = None,
     init_temperature: Annotated[
-        float | None, typer.Option(help="Start temperature t [the model's own].")
+        float | None, typer.Option(help="Start temperature t.", show_default="the model's own")
     ] = None,
     learn_temperature: Annotated[
         bool,
         typer.Option("--learn-temperature/--fixed-temperature", help="Train the temperature."),
-    ] = True,
-    val_split: Annotated[float, typer.Option(help="Share of images held out.")] = 0.1,
-    val: Annotated[str | None, typer.Option(help="Validation pairs (instead of a split).")] = None,
+    ] = DEFAULT["learn_temperature"],
+    val_split: Annotated[
+        float,
+        typer.Option(help="Share of images held out."),
+    ] = DEFAULT["val_split"],
+    val: Annotated[Path | None, typer.Option(help="Validation pairs (instead of a split).")] = None,
     eval_classes: Annotated[
-        str | None, typer.Option(help="Class-per-subfolder images: report zero-shot top-1.")
+        Path | None, typer.Option(help="Class-per-subfolder images: report zero-shot top-1.")
     ] = None,
-    lock_image: Annotated[bool, typer.Option(help="Freeze the image tower (LiT).")] = False,
-    lock_text: Annotated[bool, typer.Option(help="Freeze the text tower.")] = False,
+    lock_image: Annotated[
+        bool,
+        typer.Option(help="Freeze the image tower (LiT)."),
+    ] = DEFAULT["lock_image"],
+    lock_text: Annotated[bool, typer.Option(help="Freeze the text tower.")] = DEFAULT["lock_text"],
     grad_cache: Annotated[
         bool, typer.Option(help="GradCache: batches larger than memory, same gradient.")
-    ] = False,
+    ] = DEFAULT["grad_cache"],
     micro_batch: Annotated[
         int, typer.Option(min=1, help="Pairs per forward pass with --grad-cache.")
-    ] = 64,
-    precision: Annotated[str, typer.Option(help="auto, fp32, bf16 or fp16 (CUDA).")] = "auto",
-    device: DeviceOption = "auto",
-    seed: Annotated[int, typer.Option(help="Seed for order, captions and augmentation.")] = 0,
+    ] = DEFAULT["micro_batch"],
+    precision: Annotated[
+        ComputePrecision, typer.Option(help="Compute precision: bf16 and fp16 autocast on CUDA.")
+    ] = DEFAULT["precision"],
+    device: DeviceOption = DEFAULT["device"],
+    seed: Annotated[
+        int,
+        typer.Option(help="Seed for order, captions and augmentation."),
+    ] = DEFAULT["seed"],
     workers: WorkersOption = None,
     save_every: Annotated[
         int | None, typer.Option(min=1, help="Also checkpoint every N steps.")
@@ -109,54 +148,20 @@ def train(
     ] = None,
     image_column: Annotated[str | None, typer.Option(help="Table column of image paths.")] = None,
     text_column: Annotated[str | None, typer.Option(help="Table column of captions.")] = None,
-    resume: Annotated[bool, typer.Option(help="Continue the run in --out exactly.")] = False,
-    strict: StrictOption = False,
+    resume: Annotated[
+        bool,
+        typer.Option(help="Continue the run in --out exactly."),
+    ] = DEFAULT["resume"],
+    strict: StrictOption = DEFAULT["strict"],
 ) -> None:
     """Fine-tune a model with CLIP's contrastive loss or SigLIP's.
 
     Example: clipkit train pairs/ -o runs/shapes -m clipkit-tiny:random --epochs 5
     """
-    from clipkit.train.config import TrainConfig, preflight
+    given = dict(locals())  # the parameters, named as TrainConfig's fields
+    from clipkit.train.config import preflight
 
-    config = TrainConfig(
-        data=data,
-        out=str(out),
-        model=model,
-        epochs=epochs,
-        steps=steps,
-        batch_size=batch_size,
-        lr=lr,
-        weight_decay=weight_decay,
-        warmup=warmup,
-        grad_clip=grad_clip,
-        loss=loss.value if loss is not None else None,
-        weight=weight,
-        mask_ratio=mask_ratio,
-        unmasked_epochs=unmasked_epochs,
-        queue=queue,
-        momentum=momentum,
-        image_ssl=image_ssl.value if image_ssl is not None else None,
-        ssl_weight=ssl_weight,
-        init_temperature=init_temperature,
-        learn_temperature=learn_temperature,
-        val_split=val_split,
-        val=val,
-        eval_classes=eval_classes,
-        lock_image=lock_image,
-        lock_text=lock_text,
-        grad_cache=grad_cache,
-        micro_batch=micro_batch,
-        precision=precision,
-        device=device,
-        seed=seed,
-        workers=workers,
-        save_every=save_every,
-        wise_ft=wise_ft,
-        image_column=image_column,
-        text_column=text_column,
-        resume=resume,
-        strict=strict,
-    )
+    config = TrainConfig(**{field.name: given[field.name] for field in fields(TrainConfig)})
     preflight(config)  # before torch: a mistake here is reported in a blink
     from clipkit.train.run import train as run_train
 

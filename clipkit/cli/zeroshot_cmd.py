@@ -12,12 +12,12 @@ from rich.text import Text
 from clipkit.cli.app import app, exit_quickly_when_done, handles_errors
 from clipkit.cli.console import stderr, stdout
 from clipkit.cli.options import (
+    ROWS_FILE,
     DeviceOption,
     IncludeHiddenOption,
     RecordedModelOption,
     RowsFormat,
     RowsFormatOption,
-    Runtime,
     RuntimeOption,
     StrictOption,
     WorkersOption,
@@ -42,7 +42,7 @@ def zeroshot(
     class_tree: Annotated[
         bool,
         typer.Option(
-            "--class-tree",
+            "--class-tree/--no-class-tree",
             help="Each subfolder of IMAGES is a class: labels and ground truth from the folders.",
         ),
     ] = False,
@@ -57,11 +57,14 @@ def zeroshot(
     k: Annotated[int, typer.Option("-k", min=1, help="Labels shown per image.")] = 5,
     out: Annotated[
         Path | None,
-        typer.Option("--out", "-o", help="Predictions file: .csv/.json/.jsonl/.parquet"),
+        typer.Option("--out", "-o", help=f"Predictions file: {ROWS_FILE}."),
     ] = None,
     output: RowsFormatOption = RowsFormat.table,
     show_rows: Annotated[
-        bool, typer.Option("--show-rows", help="Print each image's labels in the table too.")
+        bool,
+        typer.Option(
+            "--show-rows/--no-show-rows", help="Print each image's labels in the table too."
+        ),
     ] = False,
     html_out: Annotated[
         Path | None, typer.Option("--html", help="HTML report (+ confusion PNG beside it).")
@@ -80,7 +83,7 @@ def zeroshot(
     device: DeviceOption = "auto",
     include_hidden: IncludeHiddenOption = False,
     strict: StrictOption = False,
-    runtime: RuntimeOption = Runtime.auto,
+    runtime: RuntimeOption = "auto",
 ) -> None:
     """Label images by prompts; metrics when labels are known.
 
@@ -119,7 +122,7 @@ def zeroshot(
         device=device,
         include_hidden=include_hidden,
         strict=strict,
-        runtime=runtime.value,
+        runtime=runtime,
     )
     result = run_bulk(run_zeroshot, config, _summarise)
     _summarise(result)

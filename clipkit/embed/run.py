@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 
 from clipkit import store
+from clipkit.config import Runtime, StoredPrecision
 from clipkit.embed import plan as embed_plan
 from clipkit.errors import InputError, SkippedInputsError, UsageError
 from clipkit.infra import distributed
@@ -50,7 +51,7 @@ class EmbedConfig:
     batch_size: int = 64
     workers: int | None = None
     device: str = "auto"
-    float16: bool = False
+    precision: StoredPrecision = "fp32"  # of the vectors written; fp16 halves the folder
     strict: bool = False  # raise SkippedInputsError, after the work, if any input was skipped
     lines: bool = False
     include_hidden: bool = False
@@ -60,7 +61,7 @@ class EmbedConfig:
     shard_rows: int = 50_000
     prune: bool = False  # make the folder mirror the sources: drop rows of vanished inputs
     rehash: bool = False  # read every file again, even those whose size and mtime are unchanged
-    runtime: str | None = None  # auto | torch | onnx; None: $CLIPKIT_RUNTIME, else auto
+    runtime: Runtime | None = None  # None: $CLIPKIT_RUNTIME, else auto
     # What a new output folder's uris are relative to (None: the working folder); a folder
     # keeps the base its first run recorded.
     base: Path | None = None
@@ -459,7 +460,7 @@ def _start_run(
         next_shard=max(existing.shard_numbers, default=-1) + 1 + world.rank,
         shard_step=world.size,
         shard_rows=max(1, config.shard_rows),
-        float16=config.float16,
+        float16=config.precision == "fp16",
         meta_columns=[_column_name(name) for name in meta_names],
         base=base,
     )

@@ -11,6 +11,7 @@ import random
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+from clipkit.config import COMPUTE_PRECISIONS
 from clipkit.errors import DeviceError
 
 if TYPE_CHECKING:
@@ -72,9 +73,10 @@ def resolve_precision(device: str, request: str = "auto") -> Resolved:
     import torch
 
     request = (request or "auto").strip().lower()
-    allowed = ("auto", "fp32", "fp16", "bf16")
-    if request not in allowed:
-        raise DeviceError(f"Unknown precision {request!r}.", f"Use one of: {', '.join(allowed)}.")
+    if request not in COMPUTE_PRECISIONS:
+        raise DeviceError(
+            f"Unknown precision {request!r}.", f"Use one of: {', '.join(COMPUTE_PRECISIONS)}."
+        )
     on_cuda = device.startswith("cuda")
     if request == "auto":
         if not on_cuda:

@@ -86,7 +86,7 @@ def write_captioned_shapes(
 
 def captioned_shapes(count: int, *, seed: int = 0, size: int = 96) -> tuple[list, list[str]]:
     """``count`` generated images (PIL, RGB) and their captions, in memory: a probe of
-    matching pairs (``clipkit export --onnx-precision int8`` measures its agreement on it)."""
+    matching pairs (``clipkit export --precision int8`` measures its agreement on it)."""
     rng = random.Random(seed)
     samples = [random_sample(rng) for _ in range(count)]
     return [draw_sample(sample, rng, size) for sample in samples], [s.caption for s in samples]

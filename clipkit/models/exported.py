@@ -24,7 +24,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from clipkit.config import ENV_ONNX_CACHE
+from clipkit.config import ENV_ONNX_CACHE, ExportPrecision
 from clipkit.errors import ClipkitError, InputError
 
 MANIFEST_FILE = "clipkit-onnx.json"
@@ -46,7 +46,7 @@ class ExportManifest:
     tokenizer: dict[str, Any]  # kind, vocab (a file in the folder), clean, context_length
     logit_scale: float
     logit_bias: float | None
-    precision: str = "fp32"  # or int8
+    precision: ExportPrecision = "fp32"
     agreement: dict[str, float] | None = None  # int8: how it answered against fp32, measured
     files: dict[str, dict[str, Any]] = field(default_factory=dict)  # name -> bytes, mtime, hash
     format: int = FORMAT_VERSION
@@ -164,7 +164,7 @@ def read_export(folder: Path, fingerprint: str | None = None) -> ExportManifest:
         InputError: no export here, another model's, or a missing or damaged file.
     """
     manifest_path = folder / MANIFEST_FILE
-    rebuild = f"Export it again: clipkit export SPEC -o {folder} (SPEC: the model's spec)"
+    rebuild = f"Export it again: clipkit export -m SPEC -o {folder} (SPEC: the model's spec)"
     try:
         raw = json.loads(manifest_path.read_text(encoding="utf-8"))
         raw["image_size"] = tuple(raw["image_size"])

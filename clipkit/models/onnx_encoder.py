@@ -108,7 +108,7 @@ class OnnxEncoder:
                 raise InputError(
                     f"{path} cannot be loaded as an ONNX model "
                     f"({str(error).splitlines()[0][:200]}).",
-                    f"Export it again: clipkit export {self.spec} -o {self.folder}",
+                    f"Export it again: clipkit export -m {self.spec} -o {self.folder}",
                 ) from None
         return self._sessions[file]
 

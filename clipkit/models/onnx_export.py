@@ -24,8 +24,9 @@ import torch
 import torch.nn.functional as F
 
 from clipkit import __version__
+from clipkit.config import EXPORT_PRECISIONS, ExportPrecision
 from clipkit.errors import InputError, UsageError
-from clipkit.infra.atomic import make_folder
+from clipkit.infra.atomic import check_output, make_folder
 from clipkit.infra.locks import process_alive
 from clipkit.models.exported import (
     IMAGE_FILE,
@@ -60,13 +61,10 @@ class _TextTower(torch.nn.Module):
         return F.normalize(self.model.encode_text(tokens).float(), dim=-1)
 
 
-PRECISIONS = ("fp32", "int8")
-
-
 def export_onnx(
     encoder: Encoder,
     out_dir: Path,
-    precision: str = "fp32",
+    precision: ExportPrecision = "fp32",
     probe: tuple[Sequence[Any], Sequence[str]] | None = None,
 ) -> ExportManifest:
     """Write ``encoder``'s export to ``out_dir`` (replacing an export already there).
@@ -78,7 +76,7 @@ def export_onnx(
         InputError: a model whose tokenizer has no torch-free version, int8 that changes the
             model's answers, or an output folder that cannot be written.
     """
-    if precision not in PRECISIONS:
+    if precision not in EXPORT_PRECISIONS:
         raise UsageError(
             f"Unknown ONNX precision {precision!r}.",
             "Use fp32 or int8 (fp16 is not offered yet: its agreement is unmeasured).",
@@ -203,7 +201,7 @@ def _manifest(
     encoder: Encoder,
     recipe: dict,
     folder: Path,
-    precision: str = "fp32",
+    precision: ExportPrecision = "fp32",
     agreement: dict[str, float] | None = None,
 ) -> ExportManifest:
     bias = getattr(encoder.model, "logit_bias", None)
@@ -244,8 +242,7 @@ def _sweep_abandoned(out_dir: Path) -> None:
 
 def _check_replaceable(out_dir: Path) -> None:
     """Before any work: only an export (or an empty folder) is ever replaced."""
-    if out_dir.is_file():
-        raise InputError(f"{out_dir} is a file, not a folder.", "Choose another -o folder.")
+    check_output(out_dir, folder=True)
     if out_dir.is_dir() and not (out_dir / MANIFEST_FILE).is_file() and any(out_dir.iterdir()):
         raise InputError(
             f"{out_dir} exists and is not an ONNX export: clipkit will not replace it.",

@@ -15,11 +15,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from clipkit.config import ENV_RUNTIME
+from clipkit.config import ENV_RUNTIME, RUNTIMES
 from clipkit.errors import ClipkitError, InputError, UsageError
 from clipkit.models.exported import MANIFEST_FILE, cached_export, fingerprint_of_spec
-
-RUNTIMES = ("auto", "torch", "onnx")
 
 
 @dataclass(frozen=True)
@@ -117,7 +115,7 @@ def _choose(
     if request == "onnx":
         raise InputError(
             f"--runtime onnx cannot run here: {why_not}.",
-            f"Export the model first: clipkit export {spec} (or --runtime torch).",
+            f"Export the model first: clipkit export -m {spec} (or --runtime torch).",
         )
     return on_torch(), RuntimeChoice("torch", f"auto: {why_not}")
 

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from clipkit.config import RECALL_KS
 from clipkit.errors import InputError
 from clipkit.score.groups import group_lines
 
@@ -247,7 +248,7 @@ def pair_ranks(a: torch.Tensor, b: torch.Tensor, *, tile: int = 4096) -> PairRan
     return PairRanks(image_to_text=row_rank, text_to_image=col_rank, scores=diagonal)
 
 
-def recall_at_k(ranks: torch.Tensor, ks: Iterable[int] = (1, 5, 10)) -> dict[int, float]:
+def recall_at_k(ranks: torch.Tensor, ks: Iterable[int] = RECALL_KS) -> dict[int, float]:
     """Share of pairs whose partner is among the top k (rank < k), for each k."""
     if ranks.numel() == 0:
         raise InputError("Recall needs at least one pair.", "Pass a non-empty set of pairs.")

@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from clipkit import store
-from clipkit.config import ENV_FOLDER_CACHE
+from clipkit.config import ENV_FOLDER_CACHE, Runtime
 from clipkit.errors import InputError
 from clipkit.index.load import read_info
 from clipkit.infra.atomic import atomic_path, make_folder
@@ -98,7 +98,7 @@ def refresh_folder(
     model: str,
     *,
     device: str = "auto",
-    runtime: str | None = None,
+    runtime: Runtime | None = None,
     workers: int | None = None,
     progress: ProgressCallback | None = None,
 ) -> FolderRefresh:
@@ -163,7 +163,7 @@ def _embed(
     cache: FolderCache,
     model: str,
     device: str,
-    runtime: str | None,
+    runtime: Runtime | None,
     workers: int | None,
     report: ProgressCallback,
 ) -> Any:

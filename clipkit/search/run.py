@@ -12,7 +12,7 @@ from typing import Any
 import numpy as np
 
 from clipkit import store
-from clipkit.config import DEFAULT_MODEL_SPEC
+from clipkit.config import DEFAULT_MODEL_SPEC, Runtime
 from clipkit.errors import InputError, UsageError
 from clipkit.index.exact import exact_topk_stream
 from clipkit.infra.fields import check_config
@@ -46,7 +46,7 @@ class SearchConfig:
     k: int = 10
     model: str | None = None
     device: str = "auto"
-    runtime: str | None = None  # auto | torch | onnx; None: $CLIPKIT_RUNTIME, else auto
+    runtime: Runtime | None = None  # None: $CLIPKIT_RUNTIME, else auto
 
     def __post_init__(self) -> None:
         check_config(self)  # str or Path for paths; a wrong type fails here, by name

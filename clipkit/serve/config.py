@@ -7,6 +7,7 @@ import json
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from clipkit.config import Runtime
 from clipkit.errors import UsageError
 from clipkit.index.load import META_FILE
 from clipkit.infra.fields import check_config
@@ -19,7 +20,7 @@ MAX_QUERIES = 16  # query parts (texts, images, rows) in one request
 MAX_EMBED_IMAGES = 64  # images in one /api/embed request
 DEFAULT_UPLOAD_BYTES = 20 * 2**20
 THUMBNAIL_SIDE = 256
-MAX_WORKERS = 64
+MAX_PROCESSES = 64
 
 
 @dataclass(frozen=True)
@@ -32,10 +33,10 @@ class ServeConfig:
     port: int = 8000
     token: str | None = None  # every request needs "Authorization: Bearer TOKEN" when set
     device: str = "auto"
-    runtime: str | None = None
+    runtime: Runtime | None = None  # None: $CLIPKIT_RUNTIME, else auto
     max_upload: int = DEFAULT_UPLOAD_BYTES  # bytes of a request body
     max_pixels: int = DEFAULT_MAX_PIXELS
-    workers: int = 1  # server processes, each with its own indexes and models
+    processes: int = 1  # server processes, each with its own indexes and models
 
     def __post_init__(self) -> None:
         check_config(self)
@@ -75,9 +76,9 @@ def preflight(config: ServeConfig) -> list[str]:
         raise UsageError(f"--port must lie in 1-65535, got {config.port}.", "e.g. --port 8000")
     if config.max_upload < 1:
         raise UsageError("--max-upload must be positive.", "e.g. --max-upload 20MB")
-    if not 1 <= config.workers <= MAX_WORKERS:
+    if not 1 <= config.processes <= MAX_PROCESSES:
         raise UsageError(
-            f"--workers must lie in 1-{MAX_WORKERS}, got {config.workers}.",
+            f"--processes must lie in 1-{MAX_PROCESSES}, got {config.processes}.",
             "One process per core at most: each holds its own copy of the indexes and models.",
         )
     if config.token is not None and len(config.token) < 8:

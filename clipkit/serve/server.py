@@ -1,6 +1,6 @@
 """Run the API under uvicorn until Ctrl-C or SIGTERM (in-flight requests finish first).
 
-With ``--workers N`` > 1, uvicorn starts N processes that share the listening socket; each
+With ``--processes N`` > 1, uvicorn starts N processes that share the listening socket; each
 loads its own indexes and models (memory x N) from the config the parent passes in the
 environment, so Python's one-thread-at-a-time lock no longer limits the server to about one
 core. Metrics are then summed over the processes (prometheus-client's multiprocess mode).
@@ -30,13 +30,13 @@ def run(config: ServeConfig, say: Callable[[str], None] = print) -> None:
     Raises:
         ClipkitError: an index or model that cannot be loaded (before anything listens).
     """
-    served = Served(config)  # with workers too: a bad index or model stops us here
+    served = Served(config)  # with processes too: a bad index or model stops us here
     for described in served.describe():
         say(
             f"Serving {described['name']}: {described['rows']} {described['kind']} rows, "
             f"{described['model']} on {described['runtime']}"
         )
-    if config.workers == 1:
+    if config.processes == 1:
         say(f"Listening on http://{config.host}:{config.port} (API docs at /docs)")
         _uvicorn(config, create_app(served))
         return
@@ -46,10 +46,10 @@ def run(config: ServeConfig, say: Callable[[str], None] = print) -> None:
         os.environ[CONFIG_VARIABLE] = to_environment(config)
         os.environ[METRICS_FOLDER] = metrics
         say(
-            f"Listening on http://{config.host}:{config.port} with {config.workers} worker "
+            f"Listening on http://{config.host}:{config.port} with {config.processes} "
             "processes (API docs at /docs)"
         )
-        _uvicorn(config, f"{__name__}:worker_app", factory=True, workers=config.workers)
+        _uvicorn(config, f"{__name__}:worker_app", factory=True, workers=config.processes)
 
 
 def _uvicorn(config: ServeConfig, app: Any, **more: Any) -> None:

@@ -84,7 +84,7 @@ class Served:
         self._in_progress = 0  # search and embed calls now running (batchers wait if > 1)
         self._counting = threading.Lock()  # not _lock: a reload holds that for seconds
         # threads scoring an exact index: the cores, shared among the worker processes
-        self._search_threads = max(1, CORES // config.workers)
+        self._search_threads = max(1, CORES // config.processes)
         self._search_batcher = Batcher[SearchItem, SearchAnswer](
             _search_batch, SEARCH_WINDOW_S, others_busy=self._others_busy
         )

@@ -9,10 +9,9 @@ from pathlib import Path
 from typing import Any
 
 from clipkit import store
+from clipkit.config import REPORT_SUFFIXES
 from clipkit.errors import InputError
 from clipkit.infra.atomic import atomic_path
-
-REPORT_SUFFIXES = (".csv", ".tsv", ".json", ".jsonl", ".parquet")
 
 
 def report_format(path: Path) -> str:

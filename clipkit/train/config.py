@@ -2,7 +2,9 @@
 
 Light on purpose (no torch): ``clipkit train`` runs :func:`preflight` before it imports the
 training machinery, so a mistyped path, a missing column, an option out of range or a spec
-that cannot parse is reported in a fraction of a second instead of after torch's 5 s.
+that cannot parse is reported in a fraction of a second instead of after torch's 5 s. The CLI
+imports this module to build ``clipkit --help`` (its defaults are the options' defaults), so
+even NumPy and Pillow wait until :func:`preflight` reads the data.
 """
 
 from __future__ import annotations
@@ -11,14 +13,18 @@ import math
 from dataclasses import dataclass
 from pathlib import Path
 
+from clipkit.config import IMAGE_SSL_METHODS, LOSSES, ComputePrecision, ImageSSL, Loss
 from clipkit.errors import InputError, UsageError
+from clipkit.infra.atomic import check_output
 from clipkit.infra.fields import check_config
-from clipkit.inputs.pairs import check_pair_source
 from clipkit.models.specs import parse_spec
 
-LOSSES = ("clip", "siglip")
-SSL_METHODS = ("simclr", "simsiam", "byol", "swav")  # as clipkit.train.ssl, without torch
+# Defaults chosen from the data and model when an option is left out (the CLI's help shows them).
+DEFAULT_EPOCHS = 10
+SCRATCH_LR, FINETUNE_LR = 5e-4, 1e-5  # AdamW's peak rate from random weights, and fine-tuning
+WARMUP_SHARE = 0.05  # of the run's steps, linear
 DEFAULT_MOMENTUM = 0.995  # ALBEF's; MoCo uses 0.999 over far longer runs
+DEFAULT_SSL_WEIGHT = 1.0  # SLIP's weight of its SimCLR term
 
 
 @dataclass(frozen=True)
@@ -35,13 +41,13 @@ class TrainConfig:
     weight_decay: float = 0.2
     warmup: int | None = None
     grad_clip: float | None = None
-    loss: str | None = None  # "clip" or "siglip"; None: siglip when the model has a logit bias
+    loss: Loss | None = None  # None: siglip when the model has a logit bias, else clip
     weight: float = 0.5  # λ, the image→text share of the loss
     mask_ratio: float = 0.0  # FLIP: share of image patches dropped while training
     unmasked_epochs: int = 0  # the last epochs train with every patch
     queue: int = 0  # MoCo/ALBEF: queued keys of each modality; 0: none
     momentum: float | None = None  # the momentum encoders' EMA factor; None: DEFAULT_MOMENTUM
-    image_ssl: str | None = None  # "simclr", "simsiam", "byol" or "swav"
+    image_ssl: ImageSSL | None = None
     ssl_weight: float | None = None  # W of L_image_text + W·L_ssl; None: 1.0
     init_temperature: float | None = None
     learn_temperature: bool = True
@@ -52,7 +58,7 @@ class TrainConfig:
     lock_text: bool = False
     grad_cache: bool = False
     micro_batch: int = 64
-    precision: str = "auto"
+    precision: ComputePrecision = "auto"
     device: str = "auto"
     seed: int = 0
     workers: int | None = None  # decode processes; None: one per core, at most 8
@@ -73,10 +79,14 @@ def preflight(config: TrainConfig) -> None:
 
     Raises:
         UsageError: options that contradict each other or lie outside their range.
+        InputError: an output folder that is a file.
         ModelSpecError: a model spec that cannot parse.
         InputError: a path that does not exist or a table without its columns.
     """
+    from clipkit.inputs.pairs import check_pair_source  # NumPy and Pillow: see the docstring
+
     _check_options(config)
+    check_output(config.out, folder=True)
     parse_spec(config.model)
     columns = {"image_column": config.image_column, "text_column": config.text_column}
     check_pair_source(config.data, **columns)
@@ -138,7 +148,7 @@ def _check_options(config: TrainConfig) -> None:
     if config.lr is not None and not 0 < config.lr <= 1:  # also refuses NaN
         raise UsageError(
             f"--lr must be in (0, 1], got {config.lr}.",
-            "AdamW: about 5e-4 from scratch, 1e-5 when fine-tuning.",
+            f"AdamW: about {SCRATCH_LR:g} from scratch, {FINETUNE_LR:g} when fine-tuning.",
         )
     for option, value in (
         ("--weight-decay", config.weight_decay),
@@ -181,9 +191,9 @@ def _check_queue_and_ssl(config: TrainConfig) -> None:
             f"{DEFAULT_MOMENTUM} (the default) moves the momentum encoders slowly; "
             "0 copies the trained weights each step.",
         )
-    if config.image_ssl not in (None, *SSL_METHODS):
+    if config.image_ssl not in (None, *IMAGE_SSL_METHODS):
         raise UsageError(
-            f"--image-ssl must be one of {', '.join(SSL_METHODS)}, got {config.image_ssl!r}.",
+            f"--image-ssl must be one of {', '.join(IMAGE_SSL_METHODS)}, got {config.image_ssl!r}.",
             "SLIP's choice is simclr.",
         )
     if config.ssl_weight is not None and config.image_ssl is None:
@@ -191,7 +201,7 @@ def _check_queue_and_ssl(config: TrainConfig) -> None:
                          "Add --image-ssl simclr, or drop --ssl-weight.")  # fmt: skip
     if config.ssl_weight is not None and not 0 <= config.ssl_weight < math.inf:
         raise UsageError(f"--ssl-weight must be a number >= 0, got {config.ssl_weight}.",
-                         "SLIP weighs its SimCLR term 1.0.")  # fmt: skip
+                         f"SLIP weighs its SimCLR term {DEFAULT_SSL_WEIGHT}.")  # fmt: skip
     if config.image_ssl and config.lock_image:
         raise UsageError(
             f"--image-ssl {config.image_ssl} trains the image tower, which --lock-image freezes.",

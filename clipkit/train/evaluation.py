@@ -12,6 +12,7 @@ from typing import Any
 
 import torch
 
+from clipkit.config import RECALL_KS
 from clipkit.infra import distributed
 from clipkit.infra.progress import ProgressReport
 from clipkit.inputs import pipeline
@@ -23,8 +24,6 @@ from clipkit.score.zeroshot import SIMPLE_TEMPLATES, class_embeddings, classify,
 from clipkit.train.checkpointing import Checkpointer
 from clipkit.train.session import Session
 from clipkit.train.state import MetricsLog, ResumeState
-
-RECALL_KS = (1, 5, 10)
 
 
 @dataclass(frozen=True)

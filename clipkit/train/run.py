@@ -23,12 +23,12 @@ from clipkit.infra.atomic import remove_stale_temporaries
 from clipkit.infra.locks import writer_lock
 from clipkit.infra.progress import ProgressCallback, ProgressReport, no_progress
 from clipkit.train.checkpointing import Checkpointer, wise_ft_name
-from clipkit.train.config import TrainConfig, preflight
+from clipkit.train.config import SCRATCH_LR, TrainConfig, preflight
 from clipkit.train.data import Schedule, Skip
 from clipkit.train.evaluation import EpochEvaluation, Evaluation
 from clipkit.train.loop import LoopOutcome, StepLoop
 from clipkit.train.objective import MomentumQueue, Objective
-from clipkit.train.session import SCRATCH_LR, Session, open_session
+from clipkit.train.session import Session, open_session
 from clipkit.train.ssl import ImageSSL
 from clipkit.train.state import (
     BEST_FILE,

@@ -15,11 +15,16 @@ from clipkit.inputs.classes import ClassTree, read_class_tree
 from clipkit.inputs.pipeline import default_workers
 from clipkit.models.openclip import Encoder, load_model
 from clipkit.models.pixels import SplitTransform, split_transform
-from clipkit.train.config import DEFAULT_MOMENTUM, TrainConfig
+from clipkit.train.config import (
+    DEFAULT_EPOCHS,
+    DEFAULT_MOMENTUM,
+    DEFAULT_SSL_WEIGHT,
+    FINETUNE_LR,
+    SCRATCH_LR,
+    WARMUP_SHARE,
+    TrainConfig,
+)
 from clipkit.train.data import Schedule, TrainPairs, load_pairs
-
-SCRATCH_LR, FINETUNE_LR = 5e-4, 1e-5
-DEFAULT_EPOCHS = 10
 
 
 @dataclass(frozen=True)
@@ -107,14 +112,16 @@ def _resolved_settings(
     uses_momentum = bool(config.queue) or config.image_ssl == "byol"
     warmup = config.warmup
     if warmup is None:
-        warmup = max(1, round(0.05 * schedule.total_steps))
+        warmup = max(1, round(WARMUP_SHARE * schedule.total_steps))
     return {
         "lr": lr,
         "lr_reason": lr_reason,
         "loss": loss,
         "loss_reason": loss_reason,
         "momentum": _given_or(config.momentum, DEFAULT_MOMENTUM) if uses_momentum else None,
-        "ssl_weight": _given_or(config.ssl_weight, 1.0) if config.image_ssl else None,
+        "ssl_weight": _given_or(config.ssl_weight, DEFAULT_SSL_WEIGHT)
+        if config.image_ssl
+        else None,
         "warmup": min(warmup, schedule.total_steps),
         "total_steps": schedule.total_steps,
         "steps_per_epoch": schedule.steps_per_epoch,

@@ -13,8 +13,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from clipkit.config import IMAGE_SSL_METHODS
 from clipkit.score.ssl_losses import byol_loss, nt_xent, simsiam_loss, swav_loss
-from clipkit.train.config import SSL_METHODS
 from clipkit.train.momentum import MomentumCopy
 
 HIDDEN, PROJECTED, PREDICTOR_HIDDEN = 1024, 256, 256  # small-scale versions of SLIP's 4096/256
@@ -40,7 +40,7 @@ class ImageSSL(nn.Module):
 
     def __init__(self, method: str, dim: int) -> None:
         super().__init__()
-        assert method in SSL_METHODS, method
+        assert method in IMAGE_SSL_METHODS, method
         self.method = method
         self.projector = _mlp(dim, HIDDEN, PROJECTED)
         self.predictor = (

@@ -20,7 +20,7 @@ from typing import Any, NoReturn
 import numpy as np
 
 from clipkit import store
-from clipkit.config import DEFAULT_MODEL_SPEC
+from clipkit.config import DEFAULT_MODEL_SPEC, Runtime
 from clipkit.errors import InputError, SkippedInputsError, UsageError
 from clipkit.infra.fields import check_config
 from clipkit.infra.progress import ProgressCallback, ProgressReport
@@ -72,7 +72,7 @@ class ZeroShotConfig:
     include_hidden: bool = False
     max_pixels: int = DEFAULT_MAX_PIXELS
     strict: bool = False  # raise SkippedInputsError, after the work, if any image was skipped
-    runtime: str | None = None  # auto | torch | onnx; None: $CLIPKIT_RUNTIME, else auto
+    runtime: Runtime | None = None  # None: $CLIPKIT_RUNTIME, else auto
 
     def __post_init__(self) -> None:
         check_config(self)  # str or Path for paths; a wrong type fails here, by name
