@@ -35,17 +35,17 @@ os.environ.pop("CLIPKIT_DEBUG", None)
 
 # Session fixtures that take tens of seconds to build. Under pytest-xdist (make test: -n auto
 # --dist loadgroup) every test that uses one runs in one group on one worker, so each is built
-# once per run; every other test runs with the rest of its module, so that a module's fixtures
-# are built once too (a module split over workers builds them on each).
+# once per run. Tests that share a module-scoped fixture run together too (a fixture split over
+# workers is built on each); every other test goes to whichever worker is free.
 COSTLY = ("finished_run", "tiny_export")
 
 
 @pytest.hookimpl(tryfirst=True)  # before xdist's own hook reads the groups
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    groups = _shared_fixture_groups(items)
     for item in items:
-        costly = [name for name in COSTLY if name in getattr(item, "fixturenames", ())]
-        group = costly[0] if costly else item.nodeid.split("::")[0]
-        if item.get_closest_marker("xdist_group") is None:
+        group = groups.get(item.nodeid)
+        if group is not None and item.get_closest_marker("xdist_group") is None:
             item.add_marker(pytest.mark.xdist_group(group))
     import torch
 
@@ -57,6 +57,42 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     for item in items:
         if item.get_closest_marker("gpu"):
             item.add_marker(skip)
+
+
+def _shared_fixture_groups(items: list[pytest.Item]) -> dict[str, str]:
+    """Each test's xdist group: its COSTLY session fixture, else the tests of its module
+    linked by the module-scoped fixtures they share (connected components); none without."""
+    groups: dict[str, str] = {}
+    parent: dict[str, str] = {}  # union-find over "module::fixture" names
+
+    def root(name: str) -> str:
+        while parent.setdefault(name, name) != name:
+            name = parent[name]
+        return name
+
+    shared: dict[str, list[str]] = {}
+    for item in items:
+        names = getattr(item, "fixturenames", ())
+        costly = [name for name in COSTLY if name in names]
+        if costly:
+            groups[item.nodeid] = costly[0]
+            continue
+        definitions = getattr(item, "_fixtureinfo", None)
+        module = item.nodeid.split("::")[0]
+        scoped = [
+            f"{module}::{name}"
+            for name in names
+            if definitions is not None
+            and (found := definitions.name2fixturedefs.get(name))
+            and found[-1].scope == "module"
+        ]
+        for name in scoped[1:]:
+            parent[root(name)] = root(scoped[0])
+        if scoped:
+            shared[item.nodeid] = scoped
+    for nodeid, scoped in shared.items():
+        groups[nodeid] = root(scoped[0])
+    return groups
 
 
 @pytest.fixture(scope="session")
@@ -125,6 +161,17 @@ def cached_tiny_export(tiny_export) -> Path:
     """The test's own ONNX cache holding clipkit-tiny's export, as ``clipkit export -m
     clipkit-tiny:random`` leaves it (the export folder by fingerprint, and ``specs.json``)."""
     return install_export(*tiny_export)
+
+
+@pytest.fixture(autouse=True, scope="session")
+def no_fsync():
+    """Files are written and renamed as always, but not flushed to the disk first: what fsync
+    buys (the file whole after a power cut) no test can observe, and it costs 40 ms a file
+    here, in every checkpoint, shard and index the suite writes. Processes a test starts
+    still flush."""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr("clipkit.infra.atomic._fsync", lambda path: None)
+        yield
 
 
 @pytest.fixture(autouse=True)

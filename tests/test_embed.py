@@ -3,6 +3,7 @@ a crash, incremental runs, duplicates, model mismatch, and agreement with the En
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import signal
@@ -574,3 +575,28 @@ def test_a_full_disk_stops_embed_with_a_clear_error_and_the_rerun_resumes(tmp_pa
     resumed = embed(cfg)
     assert (resumed.embedded, resumed.already_present) == (4, 2)
     assert len(rows(tmp_path / "out")) == 6
+
+
+def test_a_checkpoint_spec_is_parsed_once_per_embed(tmp_path, tiny_encoder, monkeypatch):
+    """The spec is parsed by embed and handed down as a ModelSpec: the export lookup, the
+    checkpoint's file list and the loader each parsed it again before."""
+    from clipkit.embed import run as embed_run
+    from clipkit.models import specs
+    from clipkit.models.checkpoints import write_checkpoint
+
+    checkpoint = tmp_path / "tuned.safetensors"
+    write_checkpoint(checkpoint, tiny_encoder.model.state_dict(), tiny_encoder.checkpoint_meta())
+    (tmp_path / "data").mkdir()
+    (tmp_path / "data" / "caption.txt").write_text("a photo of a dog")
+    parsed = []
+
+    def counted(text):
+        parsed.append(text)
+        return real(text)
+
+    real = specs.parse_spec
+    monkeypatch.setattr(specs, "parse_spec", counted)
+    monkeypatch.setattr(embed_run, "parse_spec", counted)
+    config = embed_config([tmp_path / "data"], tmp_path / "out", runtime="auto")
+    result = embed(dataclasses.replace(config, model=str(checkpoint)))
+    assert result.embedded == 1 and parsed == [str(checkpoint)]

@@ -39,7 +39,7 @@ LAYER_OF = {package: depth for depth, names in enumerate(LAYERS) for package in 
 HEAVY_HOMES = {
     "typer": "cli",
     "rich": "cli",
-    "open_clip": "models/openclip.py",
+    "open_clip": "models/openclip",
     "onnxruntime": "models/onnx_encoder.py",
     "faiss": "index",
     "pyarrow": "store",

@@ -14,8 +14,9 @@ from safetensors.torch import save_file
 
 from clipkit.errors import ModelSpecError, UnsafeCheckpointError, WeightsUnavailableError
 from clipkit.models import describe_model, downloads, list_models, load_model
-from clipkit.models import openclip as models
 from clipkit.models.checkpoints import write_checkpoint
+from clipkit.models.openclip import loaders as models
+from clipkit.models.specs import parse_spec
 from tests.helpers import TINY
 
 TEXTS = ["a small red triangle", "a large blue circle on a grey background", ""]
@@ -146,10 +147,10 @@ def test_unknown_tag_lists_the_known_ones():
 
 
 def test_bare_arch_resolves_to_its_default_tag():
-    spec = models.parse_spec("ViT-B-32")
+    spec = parse_spec("ViT-B-32")
     assert models._default_tag("ViT-B-32", spec) == "laion2b_s34b_b79k"
     assert (
-        models._default_tag("RN101", models.parse_spec("RN101"))
+        models._default_tag("RN101", parse_spec("RN101"))
         == (open_clip.list_pretrained_tags_by_model("RN101")[0])
     )
     with pytest.raises(ModelSpecError, match="no pretrained weights") as info:
@@ -235,7 +236,8 @@ def test_describe_model_counts_parameters(tiny_encoder):
 _REGISTERING = """
 import dataclasses, sys
 from pathlib import Path
-from clipkit.models import load_model, openclip
+from clipkit.models import load_model
+from clipkit.models.openclip import loaders as openclip
 from clipkit.models.checkpoints import write_checkpoint
 tiny = load_model("clipkit-tiny:random", device="cpu")
 meta = tiny.checkpoint_meta()

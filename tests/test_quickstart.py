@@ -35,10 +35,27 @@ SMALL = {
 
 
 @pytest.fixture(scope="module")
-def small_run(tmp_path_factory):
+def small_run_cache(tmp_path_factory):
+    """The ONNX cache that the small run's index step fills with its model's export."""
+    return tmp_path_factory.mktemp("quickstart-onnx-cache")
+
+
+@pytest.fixture(scope="module")
+def small_run(tmp_path_factory, small_run_cache):
     folder = tmp_path_factory.mktemp("quickstart")
     config = QuickstartConfig(folder=folder, **SMALL)
-    return config, quickstart(config)
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("CLIPKIT_ONNX_CACHE", str(small_run_cache))
+        return config, quickstart(config)
+
+
+@pytest.fixture(autouse=True)
+def small_run_s_cache(request, monkeypatch):
+    """A test of the small run sees the export it left (each test has an empty cache, and an
+    index step finding none would export the model again: 20 s)."""
+    if "small_run" in request.fixturenames:
+        cache = request.getfixturevalue("small_run_cache")
+        monkeypatch.setenv("CLIPKIT_ONNX_CACHE", str(cache))
 
 
 def test_every_step_runs_and_leaves_its_artifacts(small_run):

@@ -102,9 +102,19 @@ def test_rerunning_a_finished_run_says_so(finished_run):
     assert again.evaluations == first.evaluations
 
 
-def test_resume_continues_bit_for_bit(shapes, tmp_path):
-    options = {"steps": 6, "val_split": 0.0, "seed": 3}
-    train(train_config(shapes, tmp_path / "whole", **options))
+SIX_STEPS = {"steps": 6, "val_split": 0.0, "seed": 3}
+
+
+@pytest.fixture(scope="module")
+def six_steps(shapes, tmp_path_factory):
+    """The uninterrupted run that interrupted-and-resumed runs must equal bit for bit."""
+    out = tmp_path_factory.mktemp("six-steps") / "whole"
+    train(train_config(shapes, out, **SIX_STEPS))
+    return out
+
+
+def test_resume_continues_bit_for_bit(shapes, tmp_path, six_steps):
+    options = SIX_STEPS
 
     def stop_at_step_3(report):
         if report.stage == "train" and report.done == 3:
@@ -115,16 +125,16 @@ def test_resume_continues_bit_for_bit(shapes, tmp_path):
     rest = train(train_config(shapes, tmp_path / "split", resume=True, **options))
     assert rest.steps_done == 6 and not rest.interrupted
     assert [r["loss"] for r in _metrics(tmp_path / "split")] == [
-        r["loss"] for r in _metrics(tmp_path / "whole")
+        r["loss"] for r in _metrics(six_steps)
     ]
-    whole_weights = load_file(tmp_path / "whole" / "last.safetensors")
+    whole_weights = load_file(six_steps / "last.safetensors")
     split_weights = load_file(tmp_path / "split" / "last.safetensors")
     assert all(torch.equal(whole_weights[n], split_weights[n]) for n in whole_weights)
 
 
 @pytest.mark.parametrize("signals", [1, 2])
 def test_sigterm_right_after_the_optimizer_step_saves_a_consistent_step(
-    shapes, tmp_path, monkeypatch, signals
+    shapes, tmp_path, monkeypatch, signals, six_steps
 ):
     """D1 of issue #24: SIGTERM raised at once (the CLI's handler), so it could land between
     the optimizer's update and the step counter, and the checkpoint paired step N with step
@@ -132,8 +142,7 @@ def test_sigterm_right_after_the_optimizer_step_saves_a_consistent_step(
     to be counted: the resumed run still ends bit for bit as the uninterrupted one."""
     from clipkit.train.loop import StepLoop
 
-    options = {"steps": 6, "val_split": 0.0, "seed": 3}
-    train(train_config(shapes, tmp_path / "whole", **options))
+    options = SIX_STEPS
 
     update = StepLoop._update
     calls = []
@@ -158,7 +167,7 @@ def test_sigterm_right_after_the_optimizer_step_saves_a_consistent_step(
     monkeypatch.setattr(StepLoop, "_update", update)
     rest = train(train_config(shapes, tmp_path / "split", resume=True, **options))
     assert rest.steps_done == 6 and not rest.interrupted
-    whole_weights = load_file(tmp_path / "whole" / "last.safetensors")
+    whole_weights = load_file(six_steps / "last.safetensors")
     split_weights = load_file(tmp_path / "split" / "last.safetensors")
     assert all(torch.equal(whole_weights[n], split_weights[n]) for n in whole_weights)
 

@@ -1,5 +1,6 @@
-"""The ``embed`` service: images and texts to Parquet embedding shards (``run``), and the split of
-a run across torchrun ranks that equals a single-process run (``plan``)."""
+"""The ``embed`` service: images and texts to Parquet embedding shards (``run``), the rows
+buffered and written shard by shard (``shards``), and the split of a run across torchrun ranks
+that equals a single-process run (``plan``)."""
 
 from __future__ import annotations
 

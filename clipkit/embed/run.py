@@ -10,7 +10,7 @@ from __future__ import annotations
 import dataclasses
 import os
 import time
-from collections.abc import Collection, Iterator, Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -20,6 +20,7 @@ import numpy as np
 from clipkit import store
 from clipkit.config import Runtime, StoredPrecision
 from clipkit.embed import plan as embed_plan
+from clipkit.embed.shards import ShardWriter, StoredMeta, column_name
 from clipkit.errors import InputError, SkippedInputsError, UsageError
 from clipkit.infra import distributed
 from clipkit.infra.atomic import remove_stale_temporaries
@@ -34,7 +35,7 @@ from clipkit.inputs.sources import Item, Kind, SourceOptions, discover
 from clipkit.inputs.stat_cache import file_stat, recorded_id
 from clipkit.inputs.tarshards import MEMBER_SEPARATOR, TAR_SUFFIX
 from clipkit.models.runtime import RuntimeChoice, load_encoder
-from clipkit.models.specs import parse_spec
+from clipkit.models.specs import ModelSpec, parse_spec
 from clipkit.score.arrays import as_numpy
 
 NON_FINITE = "the model returned a non-finite embedding (NaN or inf): are its weights corrupt?"
@@ -107,29 +108,20 @@ class EmbedResult:
 class _EmbedRun:
     """Mutable state of one run: what is known, what is buffered, what was counted."""
 
-    out_dir: Path
     encoder: Any  # either runtime's: a torch Encoder or an OnnxEncoder
     known_ids: set[str]
     known_uris: dict[str, str]  # uri -> content id, as recorded in the folder (and this run)
-    next_shard: int
-    shard_step: int
-    shard_rows: int
-    float16: bool
-    meta_columns: list[str]
-    base: str  # the folder this run's relative uris are relative to (recorded in each shard)
+    shards: ShardWriter
     current: dict[str, str] = field(default_factory=dict)  # uri -> content id found this run
     file_stats: dict[str, store.FileStat] = field(default_factory=dict)  # files read this run
     pending_stats: dict[str, tuple[int, int]] = field(default_factory=dict)  # before the read
     changed: int = 0
-    rows: dict[str, list[Any]] = field(default_factory=dict)
-    vectors: list[np.ndarray] = field(default_factory=list)
     embedded: int = 0
     already_present: int = 0
     aliases: list[tuple[str, str]] = field(default_factory=list)
     failures: list[tuple[str, str, str]] = field(default_factory=list)
     truncated: int = 0
     replaced: int = 0
-    shards_written: int = 0
     # content id -> pass-through values for a row that exists already (see seen)
     meta_of: dict[str, Mapping[str, str]] = field(default_factory=dict)
 
@@ -166,7 +158,7 @@ class _EmbedRun:
         if item_id not in self.known_ids:
             return False
         if meta:
-            self.meta_of.setdefault(item_id, _StoredMeta(meta))
+            self.meta_of.setdefault(item_id, StoredMeta(meta))
         if self.known_uris.get(uri) == item_id:
             self.already_present += 1
         else:  # a new path, or a path whose content became that of another file
@@ -197,20 +189,11 @@ class _EmbedRun:
             ids = [item_id for item_id, ok in zip(ids, finite, strict=True) if ok]
             texts = [text for text, ok in zip(texts, finite, strict=True) if ok]
             matrix = matrix[finite]
-        for item, item_id, text in zip(items, ids, texts, strict=True):
-            self._column("id").append(item_id)
-            self._column("uri").append(item.uri)
-            self._column("kind").append(item.kind)
-            self._column("text").append(text)
-            for name in self.meta_columns:
-                value = (item.meta or {}).get(_source_name(name))
-                self._column(name).append(None if value is None else store.to_json(value))
+        self.shards.add(items, ids, texts, matrix)
+        for item, item_id in zip(items, ids, strict=True):
             self.known_ids.add(item_id)
             self.known_uris[item.uri] = item_id
-        self.vectors.append(matrix)
         self.embedded += len(items)
-        while sum(len(v) for v in self.vectors) >= self.shard_rows:
-            self.flush(self.shard_rows)
 
     def _fail_non_finite(self, failed: Sequence[tuple[str, str]]) -> None:
         """List (uri, id) pairs whose embedding was not finite, and the aliases of those ids.
@@ -223,26 +206,6 @@ class _EmbedRun:
         self.aliases = [(item_id, uri) for item_id, uri in self.aliases if item_id not in dropped]
         for uri in [uri for uri, _ in failed] + orphans:
             self.failures.append((uri, "encode", NON_FINITE))
-
-    def flush(self, limit: int | None = None) -> None:
-        """Write up to ``limit`` buffered rows (all by default) as the next shard."""
-        if not self.vectors:
-            return
-        buffered = np.concatenate(self.vectors)
-        take = len(buffered) if limit is None else min(limit, len(buffered))
-        stamp = store.ModelStamp(
-            self.encoder.spec, self.encoder.fingerprint, self.encoder.embed_dim
-        )
-        path = store.shard_path(self.out_dir, self.next_shard)
-        shard = {name: values[:take] for name, values in self.rows.items()}
-        store.write_shard(path, shard, buffered[:take], stamp, float16=self.float16, base=self.base)
-        self.next_shard += self.shard_step
-        self.shards_written += 1
-        self.rows = {name: values[take:] for name, values in self.rows.items()}
-        self.vectors = [buffered[take:]] if take < len(buffered) else []
-
-    def _column(self, name: str) -> list[Any]:
-        return self.rows.setdefault(name, [])
 
 
 def embed(config: EmbedConfig, progress: ProgressCallback | None = None) -> EmbedResult:
@@ -257,12 +220,12 @@ def embed(config: EmbedConfig, progress: ProgressCallback | None = None) -> Embe
     """
     if config.batch_size < 1:
         raise UsageError("--batch-size must be at least 1.", "Try 64.")
-    parse_spec(config.model)  # its syntax before any heavy import
+    spec = parse_spec(config.model)  # its syntax before any heavy import; parsed once
     world = distributed.current_world()
     device, owns_group = distributed.start(world, config.device)
     try:
         shown = (progress or no_progress) if world.is_main else no_progress
-        result = _embed(config, world, device, shown)
+        result = _embed(config, spec, world, device, shown)
         if config.strict and result.skipped and world.is_main:
             listed_in = str(config.out_dir / store.FAILURES_FILE)
             raise SkippedInputsError(result.skipped, listed_in, result)
@@ -273,7 +236,11 @@ def embed(config: EmbedConfig, progress: ProgressCallback | None = None) -> Embe
 
 
 def _embed(
-    config: EmbedConfig, world: distributed.World, device: str, report: ProgressCallback
+    config: EmbedConfig,
+    spec: ModelSpec,
+    world: distributed.World,
+    device: str,
+    report: ProgressCallback,
 ) -> EmbedResult:
     started = time.perf_counter()
     frame = uri_frame(config.out_dir, config.base)
@@ -286,7 +253,7 @@ def _embed(
         frame,
     )
     found = discover(config.sources, options)
-    encoder, runtime = load_encoder(config.model, device=device, runtime=config.runtime, bulk=True)
+    encoder, runtime = load_encoder(spec, device=device, runtime=config.runtime, bulk=True)
     with writer_lock(config.out_dir, f"embed -o {config.out_dir}", active=world.is_main):
         run = _start_run(config, encoder, found.items, world, as_text(frame.base))
         if world.is_main:  # every rank found them; one lists them
@@ -308,10 +275,10 @@ def _embed(
             _embed_texts(run, texts, config.batch_size, report)
             _embed_images(run, images, config, workers, report)
         except KeyboardInterrupt:
-            run.flush()  # keep every finished embedding: the next run resumes after them
+            run.shards.flush()  # keep every finished embedding: the next run resumes after them
             _save_file_stats(config, run, world, recorded)
             raise
-        run.flush()
+        run.shards.flush()
         _save_file_stats(config, run, world, recorded)
         result = _finish(config, run, world, encoder, found.ignored, time.perf_counter() - started)
         return dataclasses.replace(result, runtime=runtime)
@@ -374,7 +341,7 @@ def _finish(
 ) -> EmbedResult:
     """Combine the ranks' counts; the main rank writes failures and aliases."""
     shares = distributed.gather(
-        world, (run.embedded, run.failures, run.truncated, run.replaced, run.shards_written)
+        world, (run.embedded, run.failures, run.truncated, run.replaced, run.shards.written)
     )
     failures = tuple(sorted(f for share in shares for f in share[1]))
     pruned, linked = store.Pruned(0, 0), 0
@@ -451,18 +418,19 @@ def _start_run(
             f"Use a new output folder, or -m {existing.stamp.spec} to add to this one.",
         )
     meta_names = sorted({name for item in items for name in item.meta or ()})
-    return _EmbedRun(
+    shards = ShardWriter(
         out_dir=config.out_dir,
-        encoder=encoder,
-        known_ids=existing.ids,
-        known_uris=existing.uris,
+        stamp=store.ModelStamp(encoder.spec, encoder.fingerprint, encoder.embed_dim),
         # Ranks number their shards base + rank, base + rank + world, ...: never the same file.
         next_shard=max(existing.shard_numbers, default=-1) + 1 + world.rank,
         shard_step=world.size,
         shard_rows=max(1, config.shard_rows),
         float16=config.precision == "fp16",
-        meta_columns=[_column_name(name) for name in meta_names],
+        meta_columns=[column_name(name) for name in meta_names],
         base=base,
+    )
+    return _EmbedRun(
+        encoder=encoder, known_ids=existing.ids, known_uris=existing.uris, shards=shards
     )
 
 
@@ -555,40 +523,6 @@ def _embed_images(
             )
         done += len(batch.samples)
         report(ProgressReport("images", done, len(items)))
-
-
-class _StoredMeta(Mapping[str, str]):
-    """An item's pass-through values as a row stores them (column names of ours, values as
-    text), read from the item's own view of its table row when asked for: a re-run over a
-    million rows already present holds a million small views, not a million dicts."""
-
-    __slots__ = ("_meta",)
-
-    def __init__(self, meta: Mapping[str, Any]) -> None:
-        self._meta = meta
-
-    def __getitem__(self, column: str) -> str:
-        value = self._meta[_source_name(column)]
-        if value is None:
-            raise KeyError(column)
-        return store.to_json(value)
-
-    def __iter__(self) -> Iterator[str]:
-        return (_column_name(name) for name in self._meta if self._meta[name] is not None)
-
-    def __len__(self) -> int:
-        return sum(1 for _ in self)
-
-
-def _column_name(source: str) -> str:
-    # Pass-through columns keep their names unless they collide with clipkit's own.
-    return f"source_{source}" if source in store.CORE_COLUMNS else source
-
-
-def _source_name(column: str) -> str:
-    prefix = "source_"
-    inner = column[len(prefix) :] if column.startswith(prefix) else None
-    return inner if inner in store.CORE_COLUMNS else column
 
 
 __all__ = ["EmbedConfig", "EmbedResult", "content_id", "embed"]

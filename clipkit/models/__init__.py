@@ -1,8 +1,9 @@
-"""Models: spec strings (``specs``), the open_clip encoder (``openclip``), checkpoints, weight
-downloads and the pixel normalisation that runs where the model runs (``pixels``); and the
-runtime without torch: ONNX export (``onnx_export``), exports on disk and their cache
-(``exported``), the ONNX Runtime encoder (``onnx_encoder``) with its NumPy tokenizer and
-preprocessing (``tokenizer``, ``preprocess``), and the choice between runtimes (``runtime``)."""
+"""Models: spec strings (``specs``), the open_clip encoder and its loaders (``openclip``),
+checkpoints, weight downloads and the pixel normalisation that runs where the model runs
+(``pixels``); and the runtime without torch: ONNX export (``onnx_export``), exports on disk
+and their cache (``exported``), the ONNX Runtime encoder (``onnx_encoder``) with its NumPy
+tokenizer and preprocessing (``tokenizer``, ``preprocess``), and the choice between runtimes
+(``runtime``)."""
 
 from __future__ import annotations
 

@@ -26,6 +26,7 @@ from typing import Any
 
 from clipkit.config import ENV_ONNX_CACHE, ExportPrecision
 from clipkit.errors import ClipkitError, InputError
+from clipkit.models.specs import ModelSpec, SpecKind, as_spec
 
 MANIFEST_FILE = "clipkit-onnx.json"
 FORMAT_VERSION = 1
@@ -91,17 +92,15 @@ def remember_spec(spec: str, fingerprint: str) -> None:
         staging.unlink(missing_ok=True)
 
 
-def fingerprint_of_spec(spec: str) -> str | None:
+def fingerprint_of_spec(spec: str | ModelSpec) -> str | None:
     """The fingerprint ``spec`` loaded when it was exported, if its checkpoint files are the
     same now (None: never exported, or the checkpoint changed since)."""
-    from clipkit.models.specs import parse_spec
-
     try:
-        spec = parse_spec(spec).recorded  # as the export recorded it: a path made absolute
+        parsed = as_spec(spec)
     except ClipkitError:
         return None
-    known = _read_specs().get(spec)
-    if not isinstance(known, dict) or known.get("files") != checkpoint_files(spec):
+    known = _read_specs().get(parsed.recorded)  # as the export recorded it: a path made absolute
+    if not isinstance(known, dict) or known.get("files") != checkpoint_files(parsed):
         return None
     fingerprint = known.get("fingerprint")
     return fingerprint if isinstance(fingerprint, str) else None
@@ -115,18 +114,16 @@ def _read_specs() -> dict[str, Any]:
     return known if isinstance(known, dict) else {}
 
 
-def checkpoint_files(spec: str) -> list[list[Any]] | None:
+def checkpoint_files(spec: str | ModelSpec) -> list[list[Any]] | None:
     """(name, bytes, mtime) of the files a checkpoint spec reads (a file, or a run folder's
     files); None for a spec that names no local files (an architecture, a tag, the hub)."""
-    from clipkit.models.specs import SpecKind, parse_spec
-
     try:
-        parsed = parse_spec(spec)
+        parsed = as_spec(spec)
     except ClipkitError:
         return None
     if parsed.kind is not SpecKind.CHECKPOINT or parsed.path is None:
         return None
-    root = Path(parsed.path)
+    root = Path(os.path.abspath(parsed.path))  # as recorded: a relative spec names the same files
     paths = [root] if root.is_file() else sorted(p for p in root.rglob("*") if p.is_file())
     files = []
     for path in paths:

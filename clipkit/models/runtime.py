@@ -18,6 +18,7 @@ from typing import Any
 from clipkit.config import ENV_RUNTIME, RUNTIMES
 from clipkit.errors import ClipkitError, InputError, UsageError
 from clipkit.models.exported import MANIFEST_FILE, cached_export, fingerprint_of_spec
+from clipkit.models.specs import ModelSpec, as_spec
 
 
 @dataclass(frozen=True)
@@ -70,7 +71,11 @@ def load_matching_encoder(
 
 
 def load_encoder(
-    spec: str, *, device: str = "auto", runtime: str | None = None, bulk: bool = False
+    spec: str | ModelSpec,
+    *,
+    device: str = "auto",
+    runtime: str | None = None,
+    bulk: bool = False,
 ) -> tuple[Any, RuntimeChoice]:
     """The model ``spec`` names, on the runtime asked for (for commands given a spec, not an
     artifact: ``embed``). ``auto`` takes the cached export that ``clipkit export`` or
@@ -80,21 +85,22 @@ def load_encoder(
         InputError: ``--runtime onnx`` without a usable export, and what ``load_model`` raises.
     """
     request = requested_runtime(runtime)
+    parsed = as_spec(spec)
 
     def on_onnx() -> tuple[Any, str]:
-        fingerprint = fingerprint_of_spec(spec)
+        fingerprint = fingerprint_of_spec(parsed)
         if fingerprint is None:
-            return None, f"{spec} has no ONNX export in the cache"
+            return None, f"{parsed.text} has no ONNX export in the cache"
         if request == "auto" and device == "auto" and _gpu_present():
             return None, "a GPU is present, and torch runs the model on it"
-        return _onnx(spec, fingerprint, None, device, request, bulk=bulk)
+        return _onnx(parsed.text, fingerprint, None, device, request, bulk=bulk)
 
     def on_torch() -> Any:
         from clipkit.models.openclip import load_model
 
-        return load_model(spec, device=device)
+        return load_model(parsed, device=device)
 
-    return _choose(request, on_onnx, on_torch, spec)
+    return _choose(request, on_onnx, on_torch, parsed.text)
 
 
 def _choose(

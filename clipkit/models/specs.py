@@ -47,6 +47,16 @@ class ModelSpec:
         return f"{self.arch}:{path}" if self.arch else path
 
 
+def as_spec(spec: str | ModelSpec) -> ModelSpec:
+    """``spec`` parsed, unless a caller parsed it already: a command parses its spec once and
+    hands the :class:`ModelSpec` down.
+
+    Raises:
+        ModelSpecError: a string that cannot be a spec.
+    """
+    return spec if isinstance(spec, ModelSpec) else parse_spec(spec)
+
+
 def parse_spec(text: str) -> ModelSpec:
     """Parse a model spec string (syntax only: whether the model exists is checked on load).
 
