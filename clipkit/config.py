@@ -29,6 +29,9 @@ TABLE_SUFFIXES = frozenset({".csv", ".tsv", ".jsonl", ".parquet"})
 # Files of rows that commands write (predictions, audit reports, duplicates): format by suffix.
 REPORT_SUFFIXES = (".csv", ".tsv", ".json", ".jsonl", ".parquet")
 
+# --device: auto, cpu, mps, cuda or cuda:N (whether it is present is told when it is used).
+DEVICE_FORMS = r"auto|cpu|mps|cuda(:\d+)?"
+
 # The names a user types, each defined once: CLI choices, the settings file and the config
 # dataclasses take them from here (typer shows a Literal's values as the option's choices).
 Runtime = Literal["auto", "torch", "onnx"]  # what encodes

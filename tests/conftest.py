@@ -47,6 +47,10 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
         group = groups.get(item.nodeid)
         if group is not None and item.get_closest_marker("xdist_group") is None:
             item.add_marker(pytest.mark.xdist_group(group))
+    # The groups first: each builds a costly fixture (tens of seconds) and runs on one worker,
+    # so started last they would leave the other worker idle at the end; the many short tests
+    # then fill in around them.
+    items.sort(key=lambda item: item.nodeid not in groups)
     import torch
 
     if os.environ.get("PYTEST_XDIST_WORKER"):

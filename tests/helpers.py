@@ -264,3 +264,19 @@ def interrupt_and_resume(shapes: Path, out: Path, stop_at: int = 3, **options) -
 
     assert train(train_config(shapes, out, **options), progress=stop).interrupted
     train(train_config(shapes, out, resume=True, **options))
+
+
+def count_spec_parses(monkeypatch, *modules) -> list[str]:
+    """The model specs parsed from now on, in order: ``clipkit.models.specs.parse_spec`` is
+    wrapped there and in ``modules``, which import it by name."""
+    from clipkit.models import specs
+
+    real, parsed = specs.parse_spec, []
+
+    def counted(text):
+        parsed.append(text)
+        return real(text)
+
+    for module in (specs, *modules):
+        monkeypatch.setattr(module, "parse_spec", counted)
+    return parsed

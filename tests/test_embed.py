@@ -25,7 +25,15 @@ from clipkit.errors import InputError
 from clipkit.inputs import pipeline
 from clipkit.inputs.decode import content_id
 from clipkit.inputs.sources import Kind
-from tests.helpers import TINY, embed_args, embed_config, make_images, rows, torchrun
+from tests.helpers import (
+    TINY,
+    count_spec_parses,
+    embed_args,
+    embed_config,
+    make_images,
+    rows,
+    torchrun,
+)
 
 runner = CliRunner()
 
@@ -581,22 +589,13 @@ def test_a_checkpoint_spec_is_parsed_once_per_embed(tmp_path, tiny_encoder, monk
     """The spec is parsed by embed and handed down as a ModelSpec: the export lookup, the
     checkpoint's file list and the loader each parsed it again before."""
     from clipkit.embed import run as embed_run
-    from clipkit.models import specs
     from clipkit.models.checkpoints import write_checkpoint
 
     checkpoint = tmp_path / "tuned.safetensors"
     write_checkpoint(checkpoint, tiny_encoder.model.state_dict(), tiny_encoder.checkpoint_meta())
     (tmp_path / "data").mkdir()
     (tmp_path / "data" / "caption.txt").write_text("a photo of a dog")
-    parsed = []
-
-    def counted(text):
-        parsed.append(text)
-        return real(text)
-
-    real = specs.parse_spec
-    monkeypatch.setattr(specs, "parse_spec", counted)
-    monkeypatch.setattr(embed_run, "parse_spec", counted)
+    parsed = count_spec_parses(monkeypatch, embed_run)
     config = embed_config([tmp_path / "data"], tmp_path / "out", runtime="auto")
     result = embed(dataclasses.replace(config, model=str(checkpoint)))
     assert result.embedded == 1 and parsed == [str(checkpoint)]

@@ -4,6 +4,7 @@ automatic index choice with measured recall, and every bad input the issue names
 from __future__ import annotations
 
 import csv
+import dataclasses
 import io
 import json
 import os
@@ -22,6 +23,7 @@ from clipkit.embed import EmbedConfig, embed
 from clipkit.errors import InputError, UsageError
 from clipkit.index import IndexConfig, build_index, load_index
 from clipkit.search import SearchConfig, search
+from clipkit.search.run import combine
 from tests.helpers import TINY, clustered_embeddings, make_images
 
 runner = CliRunner()
@@ -713,3 +715,27 @@ def test_a_text_query_finds_images_unless_told_otherwise(corpus, tmp_path):
     assert search(SearchConfig(texts=("a dog",), embeddings_dir=texts_only)).kind == "text"
     with pytest.raises(UsageError, match="Unknown kind 'images'"):
         search(SearchConfig(texts=("a dog",), embeddings_dir=texts_only, kind="images"))
+
+
+@pytest.mark.parametrize("scale", [1e-10, 1.0, 1e20, 1e308])
+def test_weights_of_any_size_weigh_by_their_ratios(scale):
+    """D2 of issue #37: --weights 1e20 overflowed float32 into a zero query that scored every
+    hit 0.0 in index order; 1e-10 alone was refused as cancelling out."""
+    rng = np.random.default_rng(0)
+    parts = rng.standard_normal((2, 16)).astype(np.float32)
+    parts /= np.linalg.norm(parts, axis=1, keepdims=True)
+    expected = parts[0] - 0.5 * parts[1]  # by definition: the direction of w0·a + w1·b
+    expected /= np.linalg.norm(expected)
+    combined = combine(parts, [scale, -0.5 * scale])
+    assert combined.shape == (1, 16) and np.allclose(combined[0], expected, atol=1e-6)
+    alone = combine(parts[:1], [scale])
+    assert np.allclose(alone[0], parts[0], atol=1e-6)
+
+
+def test_huge_weights_search_as_small_ones(corpus):
+    config = SearchConfig(texts=("a red square",), index_dir=corpus / "index", k=5)
+    plain = search(config).results[0].hits
+    huge = search(dataclasses.replace(config, weights=(1e20,))).results[0].hits
+    assert [h.id for h in huge] == [h.id for h in plain]
+    assert [h.score for h in huge] == pytest.approx([h.score for h in plain], abs=1e-5)
+    assert any(h.score != 0.0 for h in huge)  # not the zero query: 0.0 for every hit

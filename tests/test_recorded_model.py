@@ -62,7 +62,7 @@ def test_a_recorded_model_that_no_longer_loads_asks_for_m(project, tmp_path, mon
     stamp = store.read_stamp(project / "emb")
     shard = store.list_shards(project / "emb")[0]
     table = store.pq.read_table(shard)
-    metadata = {**table.schema.metadata, b"clipkit.model": b"run"}
+    metadata = {**_unsealed(table.schema.metadata), b"clipkit.model": b"run"}
     store.pq.write_table(table.replace_schema_metadata(metadata), shard)
     monkeypatch.chdir(tmp_path)
     result = runner.invoke(
@@ -115,9 +115,16 @@ def test_a_cached_export_answers_where_the_recorded_spec_no_longer_loads(
     """The export is the same model by fingerprint: ``auto`` needs no spec that loads."""
     shard = store.list_shards(project / "emb")[0]
     table = store.pq.read_table(shard)
-    metadata = {**table.schema.metadata, b"clipkit.model": b"run"}
+    metadata = {**_unsealed(table.schema.metadata), b"clipkit.model": b"run"}
     store.pq.write_table(table.replace_schema_metadata(metadata), shard)
     monkeypatch.chdir(tmp_path)
     result = runner.invoke(cli.app, ["search", "a dog", "--embeddings", str(project / "emb")])
     assert result.exit_code == 0, result.output
     assert "on onnx (export in" in " ".join(result.stderr.split())
+
+
+def _unsealed(metadata):
+    """A shard's metadata as a clipkit from before footer seals wrote it."""
+    from clipkit.store.parquet import SEAL_KEY
+
+    return {key: value for key, value in metadata.items() if key != SEAL_KEY}

@@ -15,7 +15,7 @@ import pytest
 
 from clipkit.embed import EmbedConfig, embed
 from clipkit.index import IndexConfig, build_index
-from tests.helpers import TINY, install_export, make_images, rows
+from tests.helpers import TINY, count_spec_parses, install_export, make_images, rows
 
 HEAVY = ("torch", "open_clip", "torchvision")
 # The CLI ends a search with os._exit (no teardown): the probe lists the modules just before.
@@ -346,3 +346,57 @@ def test_a_checkpoint_spec_finds_its_export_until_the_checkpoint_changes(tmp_pat
     assert fingerprint_of_spec(str(checkpoint)) is None
     (tmp_path / "cache" / "specs.json").write_text("{not json")
     assert fingerprint_of_spec(str(checkpoint)) is None
+
+
+def test_the_recorded_model_however_named_runs_on_onnx(
+    cached_tiny_export, tiny_encoder, tmp_path, monkeypatch
+):
+    """#40 item 1: `-m runs/tux` (relative) named the model an index records as
+    /abs/runs/tux and lost the fast path; so did another file of the same weights."""
+    from clipkit.models import runtime
+    from clipkit.models.checkpoints import write_checkpoint
+    from clipkit.models.exported import remember_spec
+
+    state, meta = tiny_encoder.model.state_dict(), tiny_encoder.checkpoint_meta()
+    recorded = write_checkpoint(tmp_path / "run" / "best.safetensors", state, meta)
+    fingerprint = tiny_encoder.fingerprint
+    remember_spec(str(recorded), fingerprint)  # as `clipkit index` leaves it
+    monkeypatch.chdir(tmp_path)
+    for given in ("run/best.safetensors", "./run/../run/best.safetensors"):
+        _, choice = runtime.load_matching_encoder(str(recorded), fingerprint, spec=given)
+        assert choice.runtime == "onnx", (given, choice)
+    copy = write_checkpoint(tmp_path / "copy.safetensors", state, meta)
+    _, choice = runtime.load_matching_encoder(str(recorded), fingerprint, spec=str(copy))
+    assert choice.reason.startswith("auto: -m ")  # unknown to the cache: only torch can tell
+    remember_spec(str(copy), fingerprint)  # exported (or indexed) once under this name
+    _, choice = runtime.load_matching_encoder(str(recorded), fingerprint, spec=str(copy))
+    assert choice.runtime == "onnx"
+
+
+@pytest.mark.parametrize("command", ["search", "zeroshot", "audit"])
+def test_a_command_parses_its_model_spec_once(command, tiny_encoder, tmp_path, monkeypatch):
+    """The config parses -m once and every step gets the ModelSpec (the export lookup, the
+    checkpoint's files and the loader each parsed it again before)."""
+    from clipkit.audit import AuditConfig, audit
+    from clipkit.models.checkpoints import write_checkpoint
+    from clipkit.search import SearchConfig, search
+    from clipkit.zeroshot import ZeroShotConfig, zeroshot
+
+    meta = tiny_encoder.checkpoint_meta()
+    model = str(write_checkpoint(tmp_path / "m.safetensors", tiny_encoder.model.state_dict(), meta))
+    for n, image in enumerate(make_images(tmp_path / "photos", 4)):
+        image.with_suffix(".txt").write_text(f"a shape number {n}")
+    embed(EmbedConfig(sources=(str(tmp_path / "photos"),), out_dir=tmp_path / "emb",
+                      model=model, workers=0, device="cpu"))  # fmt: skip
+    parsed = count_spec_parses(monkeypatch)
+    common = {"model": model, "device": "cpu"}
+    {
+        "search": lambda: search(
+            SearchConfig(texts=("a shape",), embeddings_dir=tmp_path / "emb", **common)
+        ),
+        "zeroshot": lambda: zeroshot(
+            ZeroShotConfig(images=tmp_path / "photos", labels="a,b", workers=0, **common)
+        ),
+        "audit": lambda: audit(AuditConfig(data=tmp_path / "photos", workers=0, **common)),
+    }[command]()
+    assert parsed == [model]

@@ -4,6 +4,7 @@
 
 from __future__ import annotations
 
+import http.client
 import io
 import json
 import os
@@ -33,6 +34,7 @@ from clipkit.serve.state import Served
 from tests.helpers import TINY, free_port
 
 TOKEN = "a-long-enough-secret"
+LOOPBACK = "http://127.0.0.1"  # the Host a client of the default server sends
 JSON = {"content-type": "application/json"}
 COLOURS = [(220, 20, 20), (20, 200, 30), (20, 30, 220), (240, 220, 10), (150, 20, 160)]
 
@@ -70,7 +72,12 @@ def served(index_dir):
 
 @pytest.fixture(scope="module")
 def client(served):
-    return TestClient(create_app(served), raise_server_exceptions=False)
+    return _client(served)
+
+
+def _client(served) -> TestClient:
+    """The API over ``served``, asked as a browser on this machine asks (Host 127.0.0.1)."""
+    return TestClient(create_app(served), base_url=LOOPBACK, raise_server_exceptions=False)
 
 
 def _ids(payload):
@@ -206,7 +213,7 @@ def test_an_oversized_body_and_a_decompression_bomb_are_refused(index_dir):
         indexes=(str(index_dir),), device="cpu", runtime="torch", max_upload=4096,
         max_pixels=1000,
     )  # fmt: skip
-    small = TestClient(create_app(Served(config)), raise_server_exceptions=False)
+    small = _client(Served(config))
     big = small.post(
         "/api/search/images", files={"images": ("big.png", b"\0" * 10_000, "image/png")}
     )
@@ -219,7 +226,7 @@ def test_an_oversized_body_and_a_decompression_bomb_are_refused(index_dir):
 
 def test_the_token_is_needed_everywhere_but_health(index_dir):
     config = ServeConfig(indexes=(str(index_dir),), device="cpu", runtime="torch", token=TOKEN)
-    guarded = TestClient(create_app(Served(config)), raise_server_exceptions=False)
+    guarded = _client(Served(config))
     for path in ("/api/search?q=x", "/api/indexes", "/metrics", "/openapi.json", "/docs"):
         assert guarded.get(path).status_code == 401, path
         wrong = guarded.get(path, headers={"Authorization": "Bearer nope-nope-nope"})
@@ -349,7 +356,7 @@ def test_served_batches_wait_only_while_another_call_is_in_progress(served):
 def test_an_index_changed_on_disk_is_picked_up_and_a_damaged_one_keeps_serving(tmp_path):
     index_dir = _build(tmp_path)
     served = Served(ServeConfig(indexes=(str(index_dir),), device="cpu", runtime="torch"))
-    client = TestClient(create_app(served), raise_server_exceptions=False)
+    client = _client(served)
     assert client.get("/api/indexes").json()[0]["rows"] == 6
     (tmp_path / "photos" / "new.png").write_bytes(_png((5, 250, 250)))
     embed(EmbedConfig(sources=(str(tmp_path / "photos"),), out_dir=tmp_path / "emb", model=TINY,
@@ -468,6 +475,11 @@ def test_the_real_server_answers_and_stops_cleanly_on_sigterm(index_dir):
     try:
         with urllib.request.urlopen(f"{base}/api/search?q=a+red+square&k=2", timeout=10) as answer:
             assert len(json.load(answer)["hits"]) == 2
+        rebound = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+        rebound.request("GET", "/api/search?q=x", headers={"Host": f"evil.example:{port}"})
+        refused = rebound.getresponse()
+        assert refused.status == 400 and "evil.example" in json.load(refused)["error"]
+        rebound.close()
         # SIGTERM during a request: its headers sent, the body after the server stopped listening
         body = json.dumps({"texts": ["a blue circle"], "k": 3}).encode()
         with socket.create_connection(("127.0.0.1", port), timeout=30) as connection:
@@ -525,3 +537,51 @@ def test_worker_processes_share_the_port_and_sum_their_metrics(index_dir):
             server.kill()
     assert server.returncode == 0, errors
     assert "with 2 processes" in errors and "Traceback" not in errors
+
+
+def test_another_host_name_is_refused_everywhere(served):
+    """D3 of issue #37: any Host was answered, what DNS rebinding needs to let a web page read
+    a local server."""
+    client = TestClient(create_app(served), raise_server_exceptions=False)  # Host: testserver
+    for path in ("/", "/api/health", "/api/search?q=a+red+square", "/api/indexes", "/metrics"):
+        refused = client.get(path, headers={"Host": "evil.example:8000"})
+        assert refused.status_code == 400, path
+        assert refused.json()["error"] == "This server does not answer to the host 'evil.example'."
+        assert "--allowed-host" in refused.json()["hint"]
+        assert client.get(path, headers={"Host": "127.0.0.1:8000"}).status_code == 200, path
+    assert client.get("/api/indexes").status_code == 400  # "testserver" is no name of ours
+
+
+def test_weights_are_checked_as_the_cli_checks_them(client):
+    """D2 of issue #37: Infinity and 1e308 answered 500, form inf too, NaN was reported as a
+    count mismatch; the same rules and a 422 now, and any finite size works."""
+    plain = client.get("/api/search", params={"q": "a red square", "k": 3}).json()["hits"]
+    for weight in (b"1e308", b"1e20", b"1e-10"):
+        body = b'{"texts": ["a red square"], "k": 3, "weights": [' + weight + b"]}"
+        found = client.post("/api/search", content=body, headers=JSON)
+        assert found.status_code == 200, (weight, found.text)
+        assert _ids(found.json()) == [hit["id"] for hit in plain]
+    for weight in (b"Infinity", b"-Infinity", b"NaN"):
+        body = b'{"texts": ["a red square"], "weights": [' + weight + b"]}"
+        refused = client.post("/api/search", content=body, headers=JSON)
+        assert refused.status_code == 422 and "must be finite" in refused.json()["error"], weight
+    image = {"images": ("x.png", _png((200, 30, 30)), "image/png")}
+    form = client.post("/api/search/images", files=image, data={"weights": "inf"})
+    assert form.status_code == 422 and "must be finite" in form.json()["error"]
+
+
+def test_thumbnails_are_served_when_everything_ran_in_one_folder(tmp_path, monkeypatch):
+    """D8 of issue #37: `embed`, `index` and `serve` run from the same folder recorded that
+    folder as the base, which the thumbnail route read as "no image folder": every one 404."""
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "photos").mkdir()
+    for i, colour in enumerate(COLOURS):
+        (tmp_path / "photos" / f"{i}.png").write_bytes(_png(colour))
+    embed(EmbedConfig(sources=("photos",), out_dir="emb", model=TINY, workers=0, device="cpu"))
+    build_index(IndexConfig("emb", "index"))
+    client = _client(Served(ServeConfig(indexes=("index",), device="cpu", runtime="torch")))
+    hits = client.get("/api/search", params={"q": "a red square", "k": 3}).json()["hits"]
+    assert hits and all(hit["uri"].startswith("photos/") for hit in hits)
+    for hit in hits:
+        shown = client.get(f"/api/thumbnail/index/{hit['id']}")
+        assert shown.status_code == 200 and shown.headers["content-type"] == "image/jpeg"

@@ -10,7 +10,7 @@ from typer.testing import CliRunner
 from clipkit import cli
 from clipkit.cli import settings
 from clipkit.store import read_stamp
-from tests.helpers import TINY
+from tests.helpers import TINY, make_images
 
 runner = CliRunner()
 SMALL = "clipkit-small:random"
@@ -101,6 +101,9 @@ def test_no_file_means_the_built_in_defaults(texts, tmp_path):
         ("model = 3\n", "Setting 'model'"),
         ('model = "  "\n', "Setting 'model'"),
         ('runtime = "tensorrt"\n', "is not one of auto, torch, onnx"),
+        ('device = "quantum"\n', "Setting device = 'quantum'"),  # D12: was exit 1 at the end
+        ('model = "./runs/gone"\n', "runs/gone does not exist"),  # D12: the file went unnamed
+        ('model = "hf-hub:"\n', "Setting model = 'hf-hub:'"),
         ("model = \n", "is not valid TOML"),
     ],
 )
@@ -132,3 +135,43 @@ def test_clipkit_config_names_the_file(monkeypatch, tmp_path):
     result = runner.invoke(cli.app, ["models", "info", TINY])
     assert result.exit_code == 0, result.output
     assert f"device cpu (from {path})" in " ".join(result.stderr.split())
+
+
+def test_a_byte_order_mark_is_no_error(settings_file, monkeypatch):
+    """D12 of issue #37: a file saved with a UTF-8 BOM (Windows editors) was not valid TOML."""
+    settings_file.write_bytes(b"\xef\xbb\xbf" + b'device = "cpu"\n')
+    result = runner.invoke(cli.app, ["models", "info", TINY])
+    assert result.exit_code == 0, result.output
+    assert "device cpu (from" in " ".join(result.stderr.split())
+
+
+def test_a_relative_model_path_is_read_from_the_file_s_folder(
+    settings_file, texts, tmp_path, tiny_encoder, monkeypatch
+):
+    """The file names one model from wherever a command runs (issue #40 item 4)."""
+    from clipkit.models.checkpoints import write_checkpoint
+
+    beside = settings_file.parent / "models" / "tiny.safetensors"
+    write_checkpoint(beside, tiny_encoder.model.state_dict(), tiny_encoder.checkpoint_meta())
+    settings_file.write_text('model = "models/tiny.safetensors"\n')
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    result = runner.invoke(cli.app, ["embed", str(texts), "-o", "emb", "--device", "cpu"])
+    assert result.exit_code == 0, result.output
+    said = " ".join(result.stderr.split())
+    assert f"Using model {beside} (from {settings_file})" in said
+
+
+def test_a_model_the_file_names_that_does_not_load_names_the_file(settings_file, tmp_path):
+    """D12 of issue #37: `zeroshot` with the file's `model = "runs/tux"`, run where there is
+    no runs/tux, said only that it is no architecture."""
+    settings_file.write_text('model = "runs/tux"\n')
+    (tmp_path / "photos").mkdir()
+    make_images(tmp_path / "photos", 2)
+    result = runner.invoke(cli.app, ["zeroshot", str(tmp_path / "photos"), "--labels", "a,b"])
+    assert result.exit_code == 1
+    said = " ".join(result.stderr.split())
+    assert "'runs/tux' is neither an existing path nor a known architecture" in said
+    squeezed = "".join(result.stderr.split())  # a long path may wrap anywhere
+    assert f"Themodelistheone{settings_file}names." in squeezed

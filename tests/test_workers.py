@@ -104,3 +104,51 @@ def test_an_early_stop_ends_the_workers():
     for worker in workers:  # each exits by itself once told to stop; a worker left running hangs
         worker.join()  # here until pytest-timeout fails the test with this stack
     assert multiprocessing.active_children() == []
+
+
+# A command (this interpreter) whose decode worker holds WRITE_FD open and blocks for good.
+ORPHANED_WORKER = """
+import multiprocessing, os, signal, sys
+from clipkit.inputs.pipeline import decode_worker_init
+
+def work(ready):
+    decode_worker_init(0)
+    ready.send("started")
+    signal.pause()
+
+if __name__ == "__main__":
+    mine, theirs = multiprocessing.Pipe()
+    worker = multiprocessing.get_context("fork").Process(target=work, args=(theirs,))
+    worker.start()
+    assert mine.recv() == "started"
+    os.close(int(sys.argv[1]))  # from here on the worker alone holds the pipe's write end
+    print("ready", flush=True)
+    signal.pause()
+"""
+
+
+@pytest.mark.e2e  # two real processes, one killed
+def test_decode_workers_end_when_their_command_is_killed(tmp_path):
+    """D9 of issue #37: `kill -9` of embed left its decode workers alive for good (parent
+    pid 1, blocked on a pipe). The worker's end closes the last write end of a pipe: reading
+    it returns at once, where a worker that lives on would block the read for good."""
+    import select
+    import subprocess
+    import sys
+
+    read_end, write_end = os.pipe()
+    command = subprocess.Popen(
+        [sys.executable, "-c", ORPHANED_WORKER, str(write_end)],
+        pass_fds=(write_end,),
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    os.close(write_end)
+    try:
+        assert command.stdout.readline().strip() == "ready"
+        command.kill()
+        command.wait()
+        readable, _, _ = select.select([read_end], [], [], 60)  # a bound for a hang, not a wait
+        assert readable and os.read(read_end, 1) == b"", "the worker outlived its command"
+    finally:
+        os.close(read_end)

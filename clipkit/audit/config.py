@@ -15,7 +15,7 @@ from typing import Literal, get_args
 from clipkit.config import DEFAULT_MODEL_SPEC, Runtime
 from clipkit.errors import UsageError
 from clipkit.infra.fields import check_config
-from clipkit.models.specs import parse_spec
+from clipkit.models.specs import ChoosesAModel
 
 LongCaptions = Literal["truncate", "chunk"]  # cut at the context, or score the best window
 LONG_CAPTION_MODES: tuple[LongCaptions, ...] = get_args(LongCaptions)
@@ -30,7 +30,7 @@ COMPARED_FPR = 0.01  # the share of shuffled pairs the raw-cosine comparison let
 
 
 @dataclass(frozen=True)
-class AuditConfig:
+class AuditConfig(ChoosesAModel):
     data: Path  # pairs (folder with .txt sidecars, table, WebDataset) or an embeddings folder
     model: str | None = None  # default: the embeddings' model, else default_model
     default_model: str = DEFAULT_MODEL_SPEC  # for inputs no artifact records (images, tables)
@@ -69,8 +69,7 @@ def preflight(config: AuditConfig) -> None:
     from clipkit.inputs.pairs import check_pair_source
 
     _check_options(config)
-    if config.model is not None:
-        parse_spec(config.model)
+    config.given_spec  # noqa: B018 - parsed once, before any heavy import: a typo fails here
     path = Path(config.data).expanduser()
     if not (path.is_dir() and store.list_shards(path)):
         check_pair_source(path, image_column=config.image_column, text_column=config.text_column)

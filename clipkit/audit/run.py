@@ -270,7 +270,7 @@ def _from_pairs(
     from clipkit.inputs.pipeline import default_workers, encode_image_files
 
     encoder, runtime = load_encoder(
-        config.model or config.default_model,
+        config.chosen_spec,
         device=config.device,
         runtime=config.runtime,
         bulk=True,
@@ -369,7 +369,7 @@ def _from_embeddings(config: AuditConfig, folder: Path) -> tuple[_Encoded, str, 
     # Only the tokenizer is used (to count long captions): nothing is encoded, so the CPU will
     # do, and an ONNX export (no open_clip) loads in a fraction of the time.
     encoder, runtime = load_matching_encoder(
-        stamp.spec, stamp.fingerprint, spec=config.model, device="cpu", runtime=config.runtime
+        stamp.spec, stamp.fingerprint, spec=config.given_spec, device="cpu", runtime=config.runtime
     )
     rows = store.with_aliases(store.read_vectors(folder, meta=True), folder)
     picked, failures = stored_pairs(rows)

@@ -12,9 +12,18 @@ import typer
 from clipkit import __version__
 from clipkit.cli.console import print_error, stderr
 from clipkit.cli.metavars import Group
-from clipkit.cli.settings import Command
+from clipkit.cli.settings import Command, model_from_file
 from clipkit.config import ENV_DEBUG
-from clipkit.errors import ClipkitError, StoppedError, UsageError
+from clipkit.errors import (
+    ClipkitError,
+    ModelSpecError,
+    StoppedError,
+    UsageError,
+    WeightsUnavailableError,
+)
+
+# Errors about the model a spec names: where the spec came from the settings file, say so.
+MODEL_ERRORS = (ModelSpecError, WeightsUnavailableError)
 
 
 class _Typer(typer.Typer):
@@ -68,7 +77,11 @@ def handles_errors(command: F) -> F:
         except ClipkitError as error:
             if _debug():
                 raise
-            print_error(error.message, error.hint)
+            hint = error.hint
+            settings_file = model_from_file()
+            if isinstance(error, MODEL_ERRORS) and settings_file is not None:
+                hint = f"{hint} The model is the one {settings_file} names.".strip()
+            print_error(error.message, hint)
             raise typer.Exit(2 if isinstance(error, UsageError) else 1) from None
         except Exception as error:  # a bug, or a failure we did not foresee: still no traceback
             if _debug():

@@ -34,6 +34,15 @@ def serve(
     max_upload_mb: Annotated[
         int, typer.Option("--max-upload-mb", min=1, help="Largest request body, in MB.")
     ] = 20,
+    allowed_host: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--allowed-host",
+            metavar="NAME",
+            help="Also answer requests sent to this host name (repeatable); the loopback "
+            "names and the listening address are answered anyway.",
+        ),
+    ] = None,
     processes: Annotated[
         int,
         typer.Option(
@@ -65,6 +74,7 @@ def serve(
         runtime=runtime,
         max_upload=max_upload_mb * 2**20,
         processes=processes,
+        allowed_hosts=tuple(allowed_host or ()),
     )
     for warning in preflight(config):
         stderr.print(f"Warning: {warning}", markup=False, soft_wrap=True)

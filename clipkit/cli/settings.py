@@ -16,6 +16,7 @@ recorded model; the file's model replaces only the built-in default, where nothi
 from __future__ import annotations
 
 import os
+import re
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,8 +26,9 @@ import typer
 
 from clipkit.cli import metavars
 from clipkit.cli.console import print_error, stderr
-from clipkit.config import DEFAULT_MODEL_SPEC, ENV_CONFIG, ENV_MODEL, RUNTIMES
-from clipkit.errors import UsageError
+from clipkit.config import DEFAULT_MODEL_SPEC, DEVICE_FORMS, ENV_CONFIG, ENV_MODEL, RUNTIMES
+from clipkit.errors import ModelSpecError, UsageError
+from clipkit.models.specs import SpecKind, parse_spec
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -67,7 +69,7 @@ def read_settings() -> dict[str, Setting]:
     """
     path, named = settings_path()
     try:
-        text = path.read_text(encoding="utf-8")
+        text = path.read_text(encoding="utf-8-sig")  # a BOM (Windows editors) is no TOML
     except FileNotFoundError:
         if named:
             raise UsageError(
@@ -95,11 +97,41 @@ def read_settings() -> dict[str, Setting]:
                 f"Setting runtime = {value!r} in {path} is not one of {', '.join(RUNTIMES)}.",
                 _HINT,
             )
+        if key == "device" and not re.fullmatch(DEVICE_FORMS, value.strip().lower()):
+            raise UsageError(
+                f"Setting device = {value!r} in {path} is no device.",
+                "Use auto, cpu, cuda, cuda:N or mps.",
+            )
+        if key == "model":
+            value = _model_from(value.strip(), path)
         settings[key] = Setting(value.strip(), str(path))
     return settings
 
 
 _HINT = 'Write lines such as model = "ViT-B-32:laion2b_s34b_b79k", runtime = "onnx".'
+
+
+def _model_from(value: str, path: Path) -> str:
+    """The file's model spec, a checkpoint's relative path read from the file's folder (the
+    file means the same model from wherever a command runs).
+
+    Raises:
+        UsageError: a checkpoint path that does not exist, naming the file.
+    """
+    try:
+        spec = parse_spec(value)
+    except ModelSpecError as error:
+        message = f"Setting model = {value!r} in {path}: {error.message}"
+        raise UsageError(message, error.hint) from None
+    if spec.kind is not SpecKind.CHECKPOINT or spec.path is None:
+        return value
+    checkpoint = spec.path if spec.path.is_absolute() else path.parent / spec.path
+    if not checkpoint.exists():
+        raise UsageError(
+            f"Setting model = {value!r} in {path}: {checkpoint} does not exist.",
+            "Fix the path (relative paths are read from the settings file's folder), or pass -m.",
+        )
+    return f"{spec.arch}:{checkpoint}" if spec.arch else str(checkpoint)
 
 
 def default_map(params: list[Any]) -> dict[str, str]:
@@ -122,7 +154,16 @@ def fallback_model(given: str | None) -> Setting:
     if given is not None:
         return Setting(given, _origins.get("model", ""))
     setting = read_settings().get("model")
-    return setting if setting is not None else Setting(DEFAULT_MODEL_SPEC)
+    if setting is None:
+        return Setting(DEFAULT_MODEL_SPEC)
+    _origins["model"] = setting.origin
+    return setting
+
+
+def model_from_file() -> str | None:
+    """The settings file that named the running command's model, if one did."""
+    origin = _origins.get("model", "")
+    return origin if origin and not origin.startswith("$") else None
 
 
 class Command(metavars.Command):

@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING, Any, cast
 
 import numpy as np
 
+from clipkit.infra.orphans import die_with_parent
 from clipkit.inputs.decode import (
     DEFAULT_MAX_PIXELS,
     DecodeError,
@@ -293,13 +294,15 @@ def start_workers(loader: DataLoader) -> Iterator:
 
 
 def decode_worker_init(_: int) -> None:
-    """DataLoader worker start-up: one torch thread, the lowest CPU priority, SIGTERM ignored.
+    """DataLoader worker start-up: one torch thread, the lowest CPU priority, SIGTERM ignored,
+    and an end with the command's process, however that ends (:func:`die_with_parent`).
 
     torch runs its intra-op threads in lock-step, so a decoder that takes a core from one of them
     stalls them all; at nice 19 a decoder runs when the model's threads are idle or waiting for
     data. Where decoding is the bottleneck (a GPU model) the workers still get every free core,
     and the main process, which feeds the accelerator, is never queued behind them.
     """
+    die_with_parent()
     torch = sys.modules.get("torch")  # the ONNX runtime's workers run without it
     if torch is not None:
         torch.set_num_threads(1)

@@ -41,7 +41,7 @@ def load_matching_encoder(
     recorded_spec: str,
     fingerprint: str,
     *,
-    spec: str | None = None,
+    spec: str | ModelSpec | None = None,
     device: str = "auto",
     runtime: str | None = None,
 ) -> tuple[Any, RuntimeChoice]:
@@ -56,15 +56,16 @@ def load_matching_encoder(
             raises.
     """
     request = requested_runtime(runtime)
+    given = None if spec is None else as_spec(spec)
 
     def on_torch() -> Any:
         from clipkit.models.openclip import load_matching_model
 
-        return load_matching_model(recorded_spec, fingerprint, spec=spec, device=device)
+        return load_matching_model(recorded_spec, fingerprint, spec=given, device=device)
 
     return _choose(
         request,
-        lambda: _onnx(recorded_spec, fingerprint, spec, device, request),
+        lambda: _onnx(recorded_spec, fingerprint, given, device, request),
         on_torch,
         recorded_spec,
     )
@@ -93,7 +94,7 @@ def load_encoder(
             return None, f"{parsed.text} has no ONNX export in the cache"
         if request == "auto" and device == "auto" and _gpu_present():
             return None, "a GPU is present, and torch runs the model on it"
-        return _onnx(parsed.text, fingerprint, None, device, request, bulk=bulk)
+        return _onnx(parsed.recorded, fingerprint, None, device, request, bulk=bulk)
 
     def on_torch() -> Any:
         from clipkit.models.openclip import load_model
@@ -139,15 +140,21 @@ def _gpu_present() -> bool:
 def _onnx(
     recorded_spec: str,
     fingerprint: str,
-    spec: str | None,
+    spec: ModelSpec | None,
     device: str,
     request: str,
     *,
     bulk: bool = False,
 ) -> tuple[Any, str]:
-    """The ONNX encoder, or None and why not."""
-    if spec is not None and spec != recorded_spec:
-        return None, f"-m {spec} is not the recorded model, and only torch can tell if it is"
+    """The ONNX encoder, or None and why not. ``spec`` (``-m``) is the artifact's model when it
+    names the same checkpoint however it is written (relative or absolute), or when the cache
+    knows it loads the same fingerprint."""
+    if (
+        spec is not None
+        and spec.recorded != recorded_spec
+        and fingerprint_of_spec(spec) != fingerprint
+    ):
+        return None, f"-m {spec.text} is not the recorded model, and only torch can tell if it is"
     if request == "auto" and device not in ("auto", "cpu"):
         return None, f"--device {device} runs on torch unless --runtime onnx is asked for"
     folder = cached_export(fingerprint)

@@ -7,6 +7,7 @@ does not record its architecture, such as one written by open_clip's trainer).
 
 from __future__ import annotations
 
+import functools
 import os
 from dataclasses import dataclass
 from enum import Enum
@@ -45,6 +46,28 @@ class ModelSpec:
             return self.text
         path = os.path.abspath(self.path)
         return f"{self.arch}:{path}" if self.arch else path
+
+
+class ChoosesAModel:
+    """For a command's config with ``model`` (given, or None) and ``default_model`` (for inputs
+    no artifact records): each spec parsed once, however many steps of the command ask.
+
+    Raises (on first use):
+        ModelSpecError: a spec that cannot parse.
+    """
+
+    model: str | None
+    default_model: str
+
+    @functools.cached_property
+    def given_spec(self) -> ModelSpec | None:
+        """``-m``, parsed; None when it was left out (the artifact's model is used)."""
+        return None if self.model is None else parse_spec(self.model)
+
+    @functools.cached_property
+    def chosen_spec(self) -> ModelSpec:
+        """``-m``, else the default model: for inputs that record none (images, tables)."""
+        return self.given_spec or parse_spec(self.default_model)
 
 
 def as_spec(spec: str | ModelSpec) -> ModelSpec:

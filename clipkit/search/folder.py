@@ -31,7 +31,7 @@ from clipkit.inputs.filenames import UriFrame, os_path
 from clipkit.inputs.sources import Item, Kind, SourceOptions, discover
 from clipkit.inputs.stat_cache import file_stat, recorded_id
 from clipkit.models.exported import cached_export, checkpoint_files
-from clipkit.models.specs import parse_spec
+from clipkit.models.specs import ModelSpec, as_spec
 
 STATE_FILE = "folder.json"
 
@@ -73,7 +73,7 @@ def cache_root() -> Path:
     return Path(base) / "clipkit" / "folders"
 
 
-def folder_cache(folder: str | os.PathLike[str], model: str) -> FolderCache:
+def folder_cache(folder: str | os.PathLike[str], model: str | ModelSpec) -> FolderCache:
     """The cache of ``folder`` (resolved: any path to it shares one cache) and ``model``.
 
     The model's key is its spec as artifacts record it plus, for a checkpoint, its files' sizes
@@ -88,14 +88,14 @@ def folder_cache(folder: str | os.PathLike[str], model: str) -> FolderCache:
         what = "is not a folder" if path.exists() else "does not exist"
         raise InputError(f"{folder} {what}.", "Pass --in a folder of images.")
     resolved = path.resolve()
-    recorded = parse_spec(model).recorded
-    identity = json.dumps([recorded, checkpoint_files(recorded)])
+    parsed = as_spec(model)
+    identity = json.dumps([parsed.recorded, checkpoint_files(parsed)])
     return FolderCache(resolved, cache_root() / _key(str(resolved)) / _key(identity))
 
 
 def refresh_folder(
     folder: str | os.PathLike[str],
-    model: str,
+    model: str | ModelSpec,
     *,
     device: str = "auto",
     runtime: Runtime | None = None,
@@ -107,14 +107,15 @@ def refresh_folder(
     Raises:
         InputError: the folder is missing or holds no image; the model cannot be loaded.
     """
-    cache = folder_cache(folder, model)
+    spec = as_spec(model)
+    cache = folder_cache(folder, spec)
     state = _read_state(cache)
     frame = UriFrame(base=os_path(str(cache.folder)), cwd=os.getcwd())
     items = discover([str(cache.folder)], SourceOptions(Kind.IMAGE, frame=frame)).items
     if not _stale(cache, items, state.get("unreadable", {})):
         return FolderRefresh(cache, updated=False)
     report = progress or no_progress
-    embedded = _embed(cache, model, device, runtime, workers, report)
+    embedded = _embed(cache, spec.text, device, runtime, workers, report)
     index_result = _index(cache)
     paths = {item.uri: item.path or "" for item in items}
     unreadable = {uri: file_stat(paths.get(uri, "")) for uri, _, _ in embedded.failures}
@@ -124,7 +125,7 @@ def refresh_folder(
     if not cached_export(fingerprint).is_dir():
         report(ProgressReport("", 0, 0, note="exporting the model to ONNX for fast searches"))
     _, note = ensure_cached_export(index_result.info.model, fingerprint)
-    _write_state(cache, model, index_result.info, unreadable)
+    _write_state(cache, spec.text, index_result.info, unreadable)
     return FolderRefresh(
         cache,
         updated=True,

@@ -19,7 +19,7 @@ from clipkit.infra.fields import check_config
 from clipkit.infra.progress import ProgressCallback
 from clipkit.inputs.filenames import locate, reading_base
 from clipkit.models.runtime import RuntimeChoice, load_matching_encoder
-from clipkit.models.specs import parse_spec
+from clipkit.models.specs import ChoosesAModel
 from clipkit.score.arrays import as_numpy
 from clipkit.search.folder import FolderRefresh, refresh_folder
 
@@ -27,7 +27,7 @@ KINDS = ("image", "text", "all")
 
 
 @dataclass(frozen=True)
-class SearchConfig:
+class SearchConfig(ChoosesAModel):
     """Queries and where to look. Without ``batch``, texts and images form ONE weighted query."""
 
     texts: tuple[str, ...] = ()
@@ -108,8 +108,7 @@ def search(config: SearchConfig, progress: ProgressCallback | None = None) -> Se
         raise UsageError("--queries cannot be combined with --image.", "Run them separately.")
     if config.kind not in (None, *KINDS):
         raise UsageError(f"Unknown kind {config.kind!r}.", f"Use {', '.join(KINDS)}.")
-    if config.model is not None:
-        parse_spec(config.model)  # its syntax before any heavy import
+    config.given_spec  # noqa: B018 - parsed once, before any heavy import: a typo fails here
     labels, weights = _labels_and_weights(config)
     refresh = None
     if config.folder is not None:
@@ -117,7 +116,7 @@ def search(config: SearchConfig, progress: ProgressCallback | None = None) -> Se
             raise UsageError("--in searches images only.", "Drop --kind.")
         refresh = refresh_folder(
             config.folder,
-            config.model or config.default_model,
+            config.chosen_spec,
             device=config.device,
             runtime=config.runtime,
             progress=progress,
@@ -173,13 +172,37 @@ def index_hits(
     return _results(labels, scores, found, rows, loaded.info.base)
 
 
+def check_weights(weights: Sequence[float], parts: Sequence[str], hint: str) -> list[float]:
+    """``weights`` if they can weigh ``parts``: finite, one per part, at least one positive.
+
+    Raises:
+        UsageError: saying which rule they break; ``hint`` says how parts are counted.
+    """
+    if not all(math.isfinite(w) for w in weights):
+        shown = ", ".join(f"{w:g}" for w in weights)
+        raise UsageError(f"Query weights must be finite numbers, got {shown}.", "e.g. 1,-0.5")
+    if len(weights) != len(parts):
+        raise UsageError(
+            f"{len(weights)} weights for {len(parts)} query parts ({', '.join(parts)}).", hint
+        )
+    if not any(w > 0 for w in weights):
+        raise UsageError("At least one query weight must be positive.", "e.g. 1,-0.5")
+    return list(weights)
+
+
 def combine(parts: np.ndarray, weights: Sequence[float]) -> np.ndarray:
-    """(1, D) the unit-norm weighted sum of (P, D) query embeddings, one weight each.
+    """(1, D) the unit-norm weighted sum of (P, D) unit query embeddings, one finite weight each.
+
+    Only the weights' ratios count: they are divided by the largest first and summed in
+    float64, so 1e20 does not overflow float32 (into a zero query that scored every hit 0)
+    and 1e-10 alone is a query like 1.
 
     Raises:
         InputError: the weighted sum cancels out.
     """
-    total = (np.asarray(weights, dtype=np.float32)[:, None] * parts).sum(0, keepdims=True)
+    scaled = np.asarray(weights, dtype=np.float64)
+    scaled /= np.abs(scaled).max()
+    total = (scaled[:, None] * parts.astype(np.float64)).sum(0, keepdims=True)
     norm = float(np.linalg.norm(total))
     if norm < 1e-6:
         raise InputError("The weighted query cancels out to nothing.", "Change the weights.")
@@ -222,18 +245,11 @@ def _labels_and_weights(config: SearchConfig) -> tuple[list[str], list[float]]:
             raise UsageError("--weights does not apply to --queries.", "Drop --weights.")
         return list(config.texts), [1.0] * len(config.texts)
     parts = [*config.texts, *(f"image:{p}" for p in config.images)]
-    weights = list(config.weights) if config.weights else [1.0] * len(parts)
-    if not all(math.isfinite(w) for w in weights):
-        raise UsageError(
-            f"Query weights must be finite numbers, got {config.weights}.", "e.g. --weights 1,-0.5"
-        )
-    if len(weights) != len(parts):
-        raise UsageError(
-            f"{len(weights)} weights for {len(parts)} query parts ({', '.join(parts)}).",
-            "Give one weight per part, text first, then each --image in order.",
-        )
-    if not any(w > 0 for w in weights):
-        raise UsageError("At least one query weight must be positive.", "e.g. --weights 1,-0.5")
+    weights = check_weights(
+        list(config.weights) if config.weights else [1.0] * len(parts),
+        parts,
+        "Give one weight per part, text first, then each --image in order.",
+    )
     label = " + ".join(f"{w:g}×{p}" if w != 1 else p for p, w in zip(parts, weights, strict=True))
     return [label], weights
 
@@ -242,7 +258,7 @@ def _encoder(config: SearchConfig, stamp: store.ModelStamp) -> tuple[Any, Runtim
     return load_matching_encoder(
         stamp.spec,
         stamp.fingerprint,
-        spec=config.model,
+        spec=config.given_spec,
         device=config.device,
         runtime=config.runtime,
     )

@@ -29,6 +29,7 @@ from clipkit import __version__
 from clipkit.errors import ClipkitError
 from clipkit.search.run import QueryResult
 from clipkit.serve.config import MAX_EMBED_IMAGES, MAX_K, MAX_QUERIES, MAX_QUERY_CHARS
+from clipkit.serve.hosts import HostRule, host_name, host_rule
 from clipkit.serve.page import CSP, LOGIN, PAGE, SCRIPT, STYLE
 from clipkit.serve.state import NotFound, Served
 
@@ -89,8 +90,9 @@ def create_app(served: Served) -> FastAPI:
         buckets=(0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0),
     )  # fmt: skip
 
-    app.add_middleware(GuardAndCount, token=served.config.token, requests=requests,
-                       latency=latency)  # fmt: skip
+    hosts = host_rule(served.config.host, served.config.allowed_hosts)
+    app.add_middleware(GuardAndCount, token=served.config.token, hosts=hosts,
+                       requests=requests, latency=latency)  # fmt: skip
 
     @app.exception_handler(NotFound)
     async def not_found(_: Request, error: NotFound) -> Response:
@@ -210,15 +212,21 @@ def create_app(served: Served) -> FastAPI:
 
 
 class GuardAndCount:
-    """ASGI middleware: the token check, then request counts and latencies by route template
-    (never the path requested). Plain ASGI, as Starlette's ``BaseHTTPMiddleware`` costs a
-    task and a stream per request."""
+    """ASGI middleware: the Host check and the token check, then request counts and
+    latencies by route template (never the path requested). Plain ASGI, as Starlette's
+    ``BaseHTTPMiddleware`` costs a task and a stream per request."""
 
     def __init__(
-        self, app: ASGIApp, token: str | None, requests: Counter, latency: Histogram
+        self,
+        app: ASGIApp,
+        token: str | None,
+        hosts: HostRule,
+        requests: Counter,
+        latency: Histogram,
     ) -> None:
         self.app = app
         self.token = token
+        self.hosts = hosts
         self.requests = requests
         self.latency = latency
 
@@ -235,7 +243,16 @@ class GuardAndCount:
             await send(message)
 
         try:
-            if (
+            host = Request(scope).headers.get("host")
+            refusal: Response
+            if not self.hosts.allows(host):
+                refusal = _error(
+                    400,
+                    f"This server does not answer to the host {host_name(host or '')!r}.",
+                    "Reach it by the address it listens on, or start it with --allowed-host NAME.",
+                )
+                await refusal(scope, receive, sending)
+            elif (
                 self.token is not None
                 and scope["path"] not in OPEN_PATHS
                 and not _authorised(Request(scope), self.token)

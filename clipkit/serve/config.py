@@ -37,6 +37,7 @@ class ServeConfig:
     max_upload: int = DEFAULT_UPLOAD_BYTES  # bytes of a request body
     max_pixels: int = DEFAULT_MAX_PIXELS
     processes: int = 1  # server processes, each with its own indexes and models
+    allowed_hosts: tuple[str, ...] = ()  # Host names answered besides the server's own
 
     def __post_init__(self) -> None:
         check_config(self)

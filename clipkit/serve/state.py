@@ -23,11 +23,11 @@ import numpy as np
 from clipkit.errors import ClipkitError, InputError
 from clipkit.index.load import META_FILE, LoadedIndex, load_index
 from clipkit.inputs.decode import DecodeError, decode_image
-from clipkit.inputs.filenames import locate, os_path, reading_base
+from clipkit.inputs.filenames import locate, os_path
 from clipkit.inputs.files import read_bytes
 from clipkit.models.runtime import RuntimeChoice, load_matching_encoder
 from clipkit.score.arrays import as_numpy
-from clipkit.search.run import QueryResult, combine, index_hits
+from clipkit.search.run import QueryResult, check_weights, combine, index_hits
 from clipkit.serve.batching import Batcher
 from clipkit.serve.config import THUMBNAIL_SIDE, ServeConfig, named_indexes
 
@@ -172,13 +172,13 @@ class Served:
         if not parts:
             raise InputError("No query given.", "Pass q (text), images or rows.")
         vectors = np.concatenate(parts)
-        weights = list(weights) if weights else [1.0] * len(vectors)
-        if len(weights) != len(vectors) or not any(w > 0 for w in weights):
-            raise InputError(
-                f"{len(weights)} weights for {len(vectors)} query parts.",
-                "One weight per part (texts, then images, then rows), at least one positive.",
-            )
-        label = " + ".join([*texts, *(f"image {i + 1}" for i in range(len(images))), *rows])
+        named = [*texts, *(f"image {i + 1}" for i in range(len(images))), *rows]
+        weights = check_weights(
+            list(weights) if weights else [1.0] * len(vectors),
+            named,
+            "One weight per part: texts, then images, then rows.",
+        )
+        label = " + ".join(named)
         loaded = served.loaded
         query = combine(vectors, weights)[0]
         ((scores, found),) = self._search_batcher([(loaded, query, k, self._search_threads)])
@@ -333,12 +333,16 @@ def _stamp(folder: Path) -> tuple[int, int]:
 
 
 def _inside(uri: str, recorded_base: str | None) -> str:
-    """The real path of an index row's image, if it lies inside the index's base folder."""
-    base = reading_base(recorded_base)
-    if base is None:
+    """The real path of an index row's image, if it lies inside the index's base folder.
+
+    The recorded base itself, not ``reading_base``'s view of it: that is None when the base is
+    the working folder (uris then open from here as they are), which is where `embed`,
+    `index` and `serve` most often all run; the server still serves that folder and no other.
+    """
+    if recorded_base is None or not os.path.isdir(os_path(recorded_base)):
         raise NotFound("This index records no image folder.", "")
-    path = os.path.realpath(os_path(locate(uri, base)))
-    root = os.path.realpath(os_path(base))
+    path = os.path.realpath(os_path(locate(uri, recorded_base)))
+    root = os.path.realpath(os_path(recorded_base))
     if os.path.commonpath([path, root]) != root or not os.path.isfile(path):
         raise NotFound("No such image.", "")
     return path

@@ -13,10 +13,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import pyarrow as pa
-import pyarrow.parquet as pq
 
 from clipkit.errors import InputError
 from clipkit.infra.atomic import atomic_path
+from clipkit.store import parquet as parquet_io
 from clipkit.store.shards import (
     ROW_GROUP_ROWS,
     SHARD_PATTERN,
@@ -106,7 +106,7 @@ def read_file_stats(out_dir: Path) -> dict[str, FileStat]:
     cache is an empty one (the files are then read and hashed again)."""
     path = out_dir / FILES_FILE
     try:
-        table = pq.read_table(path) if path.is_file() else None
+        table = parquet_io.read(path) if path.is_file() else None
     except (OSError, pa.ArrowException):
         table = None
     if table is None or set(table.column_names) < {"uri", "size", "mtime_ns", "id"}:
@@ -126,7 +126,7 @@ def write_file_stats(out_dir: Path, stats: dict[str, FileStat]) -> None:
         }
     )
     with atomic_path(out_dir / FILES_FILE) as tmp:
-        pq.write_table(table, tmp)
+        parquet_io.write(table, tmp)
 
 
 def write_failures(out_dir: Path, failures: Sequence[tuple[str, str, str]]) -> None:
@@ -143,7 +143,7 @@ def write_failures(out_dir: Path, failures: Sequence[tuple[str, str, str]]) -> N
         }
     )
     with atomic_path(out_dir / FAILURES_FILE) as tmp:
-        pq.write_table(table, tmp)
+        parquet_io.write(table, tmp)
 
 
 def add_aliases(out_dir: Path, aliases: Sequence[tuple[str, str]]) -> None:
@@ -163,7 +163,7 @@ def read_aliases(out_dir: Path) -> list[tuple[str, str]]:
     if not path.is_file():
         return []
     try:
-        old = pq.read_table(path, columns=["uri", "id"])
+        old = parquet_io.read(path, columns=["uri", "id"])
     except (OSError, pa.ArrowException, KeyError) as error:
         raise InputError(
             f"{path} is unreadable: {str(error).splitlines()[0]}.",
@@ -181,7 +181,7 @@ def _write_aliases(out_dir: Path, id_of: dict[str, str]) -> None:
         }
     )
     with atomic_path(out_dir / ALIASES_FILE) as tmp:
-        pq.write_table(table, tmp)
+        parquet_io.write(table, tmp)
 
 
 @dataclass(frozen=True)
@@ -209,7 +209,7 @@ def prune(out_dir: Path, current: dict[str, str], kinds: Collection[str]) -> Pru
     removed = moved = 0
     for path in list_shards(out_dir):
         names = ("id", "uri", "kind")
-        small = pq.read_table(path, columns=list(names))  # the vectors only if it changes
+        small = parquet_io.read(path, columns=list(names))  # the vectors only if it changes
         ids, old_uris, row_kinds = (small.column(name).to_pylist() for name in names)
         keep, uris = [], []
         for item_id, uri, kind in zip(ids, old_uris, row_kinds, strict=True):
@@ -240,11 +240,11 @@ def _rewrite_shard(path: Path, keep: list[bool], uris: list[str]) -> None:
     if not any(keep):
         path.unlink()
         return
-    table = pq.read_table(path)
+    table = parquet_io.read(path)
     uri_column = table.schema.get_field_index("uri")
     table = table.set_column(uri_column, "uri", pa.array(uris, pa.string()))
     with atomic_path(path) as tmp:
-        pq.write_table(
+        parquet_io.write(
             table.filter(pa.array(keep)), tmp, compression="zstd", row_group_size=ROW_GROUP_ROWS
         )
 
@@ -259,11 +259,11 @@ def fill_meta(out_dir: Path, values: Mapping[str, Mapping[str, str]]) -> int:
     """
     filled = 0
     for path in list_shards(out_dir):
-        ids = pq.read_table(path, columns=["id"]).column("id").to_pylist()
+        ids = parquet_io.read(path, columns=["id"]).column("id").to_pylist()
         hits = [(n, values[item_id]) for n, item_id in enumerate(ids) if item_id in values]
         if not hits:
             continue
-        table = pq.read_table(path)
+        table = parquet_io.read(path)
         gained: set[int] = set()
         for name in sorted({name for _, given in hits for name in given}):
             index = table.schema.get_field_index(name)
@@ -283,7 +283,7 @@ def fill_meta(out_dir: Path, values: Mapping[str, Mapping[str, str]]) -> int:
                 table = table.append_column(name, array)
         if gained:
             with atomic_path(path) as tmp:
-                pq.write_table(table, tmp, compression="zstd", row_group_size=ROW_GROUP_ROWS)
+                parquet_io.write(table, tmp, compression="zstd", row_group_size=ROW_GROUP_ROWS)
             filled += len(gained)
     return filled
 

@@ -27,6 +27,7 @@ import pyarrow.parquet as pq
 from clipkit import __version__
 from clipkit.errors import InputError
 from clipkit.infra.atomic import atomic_path
+from clipkit.store import parquet as parquet_io
 
 SHARD_PATTERN = re.compile(r"^part-(\d{5,})\.parquet$")
 CORE_COLUMNS = ("id", "uri", "kind", "text", "embedding")
@@ -122,7 +123,7 @@ def _open_shard(shard: Shard, stamp: ModelStamp | None) -> tuple[pq.ParquetFile,
     """
     try:
         # Not pre-buffered: fetching the row groups' chunks ahead cost 0.15 GB more at 512-d.
-        parquet = pq.ParquetFile(shard.path, pre_buffer=False)
+        parquet = parquet_io.open_file(shard.path, pre_buffer=False)
         info = shard.path.stat()  # after the open: the file it opened, or a newer one
     except FileNotFoundError:
         info = None
@@ -134,7 +135,10 @@ def _open_shard(shard: Shard, stamp: ModelStamp | None) -> tuple[pq.ParquetFile,
             f"({shard.path.name} was rewritten or removed).",
             "Another clipkit command is writing that folder: run this one again when it is done.",
         )
-    found = _stamp_from_metadata(parquet.schema_arrow.metadata or {}, shard.path)
+    missing = [name for name in CORE_COLUMNS if name not in parquet.schema_arrow.names]
+    if missing:
+        raise _unreadable(shard.path, OSError(f"it has no {', '.join(missing)} column"))
+    found = _stamp_from_metadata(parquet_io.key_values(parquet), shard.path)
     if stamp is not None and found != stamp:
         raise InputError(
             f"Shards in {shard.path.parent} come from different models ({stamp.spec} and "
@@ -174,7 +178,7 @@ def write_shard(
     metadata = _stamp_metadata(stamp) | ({BASE_KEY: base} if base is not None else {})
     table = pa.table(columns).replace_schema_metadata(metadata)
     with atomic_path(path) as tmp:
-        pq.write_table(table, tmp, compression="zstd", row_group_size=ROW_GROUP_ROWS)
+        parquet_io.write(table, tmp, compression="zstd", row_group_size=ROW_GROUP_ROWS)
 
 
 def iter_embeddings(
@@ -194,11 +198,16 @@ def _iter_batches(
         parquet, stamp = _open_shard(shard, stamp)
         names = parquet.schema_arrow.names
         wanted = names if columns is None else [c for c in columns if c in names]
+        read = 0
         try:
             for batch in parquet.iter_batches(batch_size=batch_rows, columns=wanted):
+                read += batch.num_rows
                 yield shard.path, batch
         except (OSError, pa.ArrowException) as error:  # damaged pages behind a sound footer
             raise _unreadable(shard.path, error) from None
+        if read != parquet.metadata.num_rows:  # a damaged page header can end a column early
+            held = parquet.metadata.num_rows
+            raise _unreadable(shard.path, OSError(f"it holds {held} rows, {read} could be read"))
 
 
 @dataclass(frozen=True)
@@ -446,7 +455,7 @@ def read_base(source: Shards) -> str | None:
     shard that records one says (None for a folder from before clipkit recorded it)."""
     for shard in reversed(_snapshot_of(source)):
         try:
-            metadata = pq.read_schema(shard.path).metadata or {}
+            metadata = parquet_io.key_values(parquet_io.open_file(shard.path))
         except FileNotFoundError:  # removed since the snapshot (a concurrent --prune)
             continue
         except (OSError, pa.ArrowException) as error:

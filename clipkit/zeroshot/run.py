@@ -33,7 +33,7 @@ from clipkit.models.runtime import (
     load_encoder,
     load_matching_encoder,
 )
-from clipkit.models.specs import parse_spec
+from clipkit.models.specs import ChoosesAModel
 from clipkit.score.arrays import as_numpy
 from clipkit.score.metrics import ClassificationMetrics, calibrate_threshold, classification_metrics
 from clipkit.score.zeroshot import class_embeddings, classify
@@ -52,7 +52,7 @@ METRICS_K = 5
 
 
 @dataclass(frozen=True)
-class ZeroShotConfig:
+class ZeroShotConfig(ChoosesAModel):
     """What to classify, into which labels, with which prompts and model."""
 
     images: Path  # a folder, a class-per-subfolder tree, or an embeddings folder
@@ -299,8 +299,7 @@ def write_predictions(result: ZeroShotResult, path: Path) -> Path:
 
 
 def _check_options(config: ZeroShotConfig) -> None:
-    if config.model is not None:
-        parse_spec(config.model)  # its syntax before any heavy import
+    config.given_spec  # noqa: B018 - parsed once, before any heavy import: a typo fails here
     if config.k < 1:
         raise UsageError(f"-k must be at least 1, got {config.k}.", "Ask for 1 or more labels.")
     if config.reject_threshold is not None and config.calibrate is not None:
@@ -418,14 +417,15 @@ def _labels(
 def _encoder(config: ZeroShotConfig, embeddings: Path | None) -> tuple[Any, RuntimeChoice]:
     """The model (the one that made ``embeddings``, if given), on the runtime asked for."""
     if embeddings is None:
-        spec = config.model or config.default_model
-        return load_encoder(spec, device=config.device, runtime=config.runtime, bulk=True)
+        return load_encoder(
+            config.chosen_spec, device=config.device, runtime=config.runtime, bulk=True
+        )
     stamp = store.read_stamp(embeddings)
     assert stamp is not None  # the folder has shards
     return load_matching_encoder(
         stamp.spec,
         stamp.fingerprint,
-        spec=config.model,
+        spec=config.given_spec,
         device=config.device,
         runtime=config.runtime,
     )

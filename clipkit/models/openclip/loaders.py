@@ -109,7 +109,7 @@ def load_matching_model(
     recorded_spec: str,
     recorded_fingerprint: str,
     *,
-    spec: str | None = None,
+    spec: str | ModelSpec | None = None,
     device: str = "auto",
 ) -> Encoder:
     """The model that made an artifact (or ``spec``, if it has the same fingerprint).
@@ -119,8 +119,9 @@ def load_matching_model(
             longer names a model here (a checkpoint moved, or a relative path recorded by an
             older clipkit).
     """
+    given = None if spec is None else as_spec(spec)
     try:
-        encoder = load_model(spec or recorded_spec, device=device)
+        encoder = load_model(given or recorded_spec, device=device)
     except (InputError, ModelSpecError) as error:
         if spec is not None:
             raise
@@ -131,16 +132,16 @@ def load_matching_model(
             " for example the checkpoint where it lies now.",
         ) from None
     if encoder.fingerprint != recorded_fingerprint:
-        raise _other_model(recorded_spec, recorded_fingerprint, spec, encoder.fingerprint)
+        raise _other_model(recorded_spec, recorded_fingerprint, given, encoder.fingerprint)
     return encoder
 
 
 def _other_model(
-    recorded_spec: str, recorded_fingerprint: str, spec: str | None, fingerprint: str
+    recorded_spec: str, recorded_fingerprint: str, given: ModelSpec | None, fingerprint: str
 ) -> InputError:
     """What was asked for, what made the data, and the way out: two cases, two messages."""
     made = f"made by {recorded_spec} (fingerprint {recorded_fingerprint})"
-    if spec is None or spec == recorded_spec:
+    if given is None or given.recorded == recorded_spec:
         # The same name now loads other weights: a checkpoint replaced since, say.
         return InputError(
             f"This data was {made}, but {recorded_spec} now loads another model "
@@ -149,8 +150,8 @@ def _other_model(
             f"{recorded_fingerprint}), or embed again with this one.",
         )
     return InputError(
-        f"This data was {made}; -m {spec} is another model (fingerprint {fingerprint}).",
-        f"Leave out -m to use {recorded_spec}, or embed again with {spec}.",
+        f"This data was {made}; -m {given.text} is another model (fingerprint {fingerprint}).",
+        f"Leave out -m to use {recorded_spec}, or embed again with {given.text}.",
     )
 
 
