@@ -5,6 +5,7 @@ each other: 3,000 of 6,000 rows lost, both reporting success). The lock dies wit
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import signal
 import subprocess
@@ -110,7 +111,7 @@ def test_train_into_a_run_folder_being_written_is_refused(shapes, tmp_path):
     with writer_lock(tmp_path / "run", "train -o run"):
         for resume in (False, True):
             with pytest.raises(InputError, match="being written by another clipkit command"):
-                train(TrainConfig(**{**config.__dict__, "resume": resume}))
+                train(dataclasses.replace(config, resume=resume))
     assert sorted(path.name for path in (tmp_path / "run").iterdir()) == [LOCK_FILE]
     assert train(config).steps_done == 1  # and once the other command is gone, it runs
 

@@ -373,13 +373,14 @@ def test_the_recorded_model_however_named_runs_on_onnx(
     assert choice.runtime == "onnx"
 
 
-@pytest.mark.parametrize("command", ["search", "zeroshot", "audit"])
+@pytest.mark.parametrize("command", ["search", "zeroshot", "audit", "train"])
 def test_a_command_parses_its_model_spec_once(command, tiny_encoder, tmp_path, monkeypatch):
     """The config parses -m once and every step gets the ModelSpec (the export lookup, the
     checkpoint's files and the loader each parsed it again before)."""
     from clipkit.audit import AuditConfig, audit
     from clipkit.models.checkpoints import write_checkpoint
     from clipkit.search import SearchConfig, search
+    from clipkit.train import TrainConfig, train
     from clipkit.zeroshot import ZeroShotConfig, zeroshot
 
     meta = tiny_encoder.checkpoint_meta()
@@ -398,5 +399,16 @@ def test_a_command_parses_its_model_spec_once(command, tiny_encoder, tmp_path, m
             ZeroShotConfig(images=tmp_path / "photos", labels="a,b", workers=0, **common)
         ),
         "audit": lambda: audit(AuditConfig(data=tmp_path / "photos", workers=0, **common)),
+        "train": lambda: train(
+            TrainConfig(
+                data=str(tmp_path / "photos"),
+                out=str(tmp_path / "run"),
+                steps=1,
+                batch_size=2,
+                val_split=0.0,
+                workers=0,
+                **common,
+            )  # fmt: skip
+        ),
     }[command]()
     assert parsed == [model]

@@ -20,7 +20,7 @@ from safetensors.torch import load_file
 from clipkit.errors import InputError
 from clipkit.inputs.synthetic import write_captioned_shapes
 from clipkit.models import load_model
-from clipkit.train import TrainConfig, train
+from clipkit.train import train
 from clipkit.train.state import STATE_FILE, load_state
 from tests.helpers import TINY, make_images, train_config
 
@@ -95,7 +95,7 @@ def test_wise_ft_interpolates_initial_and_tuned_weights(finished_run):
 
 def test_rerunning_a_finished_run_says_so(finished_run):
     config, first = finished_run
-    again = train(TrainConfig(**{**config.__dict__, "resume": True}))
+    again = train(dataclasses.replace(config, resume=True))
     assert again.already_finished and again.steps_done == 20
     # the evaluations come back from metrics.jsonl, one per epoch, as they were
     assert len(first.evaluations) == 4
@@ -395,7 +395,7 @@ def save_then_die(payload, path):
         handle.write(b"half a state")  # the kill lands mid-write
     os.kill(os.getpid(), signal.SIGKILL)
 state.torch.save = save_then_die
-train(TrainConfig(**{config.__dict__!r}))
+train(TrainConfig(**{dataclasses.asdict(config)!r}))
 """
     killed = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert killed.returncode == -signal.SIGKILL, killed.stderr

@@ -52,6 +52,9 @@ class ChoosesAModel:
     """For a command's config with ``model`` (given, or None) and ``default_model`` (for inputs
     no artifact records): each spec parsed once, however many steps of the command ask.
 
+    The parsed specs are cached on the instance, not fields: copy a config with
+    ``dataclasses.replace`` (or ``asdict``), not its ``__dict__``.
+
     Raises (on first use):
         ModelSpecError: a spec that cannot parse.
     """

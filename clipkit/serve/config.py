@@ -12,7 +12,7 @@ from clipkit.errors import UsageError
 from clipkit.index.load import META_FILE
 from clipkit.infra.fields import check_config
 from clipkit.inputs.decode import DEFAULT_MAX_PIXELS
-from clipkit.models.specs import parse_spec
+from clipkit.models.specs import ChoosesAModel
 
 MAX_K = 1000
 MAX_QUERY_CHARS = 1000
@@ -24,7 +24,7 @@ MAX_PROCESSES = 64
 
 
 @dataclass(frozen=True)
-class ServeConfig:
+class ServeConfig(ChoosesAModel):
     """Indexes to serve (``DIR`` or ``NAME=DIR``), the model, where to listen, the limits."""
 
     indexes: tuple[str, ...]
@@ -84,8 +84,7 @@ def preflight(config: ServeConfig) -> list[str]:
         )
     if config.token is not None and len(config.token) < 8:
         raise UsageError("The token is shorter than 8 characters.", "Use a long random string.")
-    if config.model is not None:
-        parse_spec(config.model)
+    config.given_spec  # noqa: B018 - parsed once, before any heavy import: a typo fails here
     named_indexes(config)
     if config.token is None and not is_loopback(config.host):
         return [

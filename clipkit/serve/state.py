@@ -123,7 +123,7 @@ class Served:
             cached = load_matching_encoder(
                 info.model,
                 info.fingerprint,
-                spec=self.config.model,
+                spec=self.config.given_spec,
                 device=self.config.device,
                 runtime=self.config.runtime,
             )

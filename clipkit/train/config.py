@@ -17,7 +17,7 @@ from clipkit.config import IMAGE_SSL_METHODS, LOSSES, ComputePrecision, ImageSSL
 from clipkit.errors import InputError, UsageError
 from clipkit.infra.atomic import check_output
 from clipkit.infra.fields import check_config
-from clipkit.models.specs import parse_spec
+from clipkit.models.specs import ChoosesAModel
 
 # Defaults chosen from the data and model when an option is left out (the CLI's help shows them).
 DEFAULT_EPOCHS = 10
@@ -28,7 +28,7 @@ DEFAULT_SSL_WEIGHT = 1.0  # SLIP's weight of its SimCLR term
 
 
 @dataclass(frozen=True)
-class TrainConfig:
+class TrainConfig(ChoosesAModel):
     """Everything ``clipkit train`` was asked to do (None: chosen from the data and model)."""
 
     data: str
@@ -87,7 +87,7 @@ def preflight(config: TrainConfig) -> None:
 
     _check_options(config)
     check_output(config.out, folder=True)
-    parse_spec(config.model)
+    config.given_spec  # noqa: B018 - parsed once, before any heavy import: a typo fails here
     columns = {"image_column": config.image_column, "text_column": config.text_column}
     check_pair_source(config.data, **columns)
     if config.val is not None:

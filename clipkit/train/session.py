@@ -62,7 +62,8 @@ def open_session(
     """
     workers = config.workers if config.workers is not None else default_workers()
     seed_everything(config.seed)
-    encoder = load_model(config.model, device=device, precision=config.precision)
+    assert config.given_spec is not None  # train's model is required: parsed by preflight
+    encoder = load_model(config.given_spec, device=device, precision=config.precision)
     augment = split_transform(encoder.train_transform())
     data = load_pairs(
         config.data,
