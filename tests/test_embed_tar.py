@@ -12,12 +12,15 @@ import os
 import numpy as np
 import pytest
 from PIL import Image
+from typer.testing import CliRunner
 
+from clipkit import cli
 from clipkit.embed import embed
-from clipkit.errors import InputError
 from clipkit.inputs import pipeline
 from clipkit.inputs.decode import content_id
-from tests.helpers import embed_config, png_bytes, rows, tar_sample, write_tar_shard
+from tests.helpers import embed_args, embed_config, png_bytes, rows, tar_sample, write_tar_shard
+
+runner = CliRunner()
 
 
 @pytest.fixture()
@@ -78,10 +81,26 @@ def test_a_damaged_shard_is_listed_and_keeps_its_rows_under_prune(shards, tmp_pa
     assert embed(embed_config([shards], tmp_path / "out", prune=True)).failures == ()
 
 
-def test_a_damaged_shard_named_as_the_source_is_an_error(tmp_path):
-    (tmp_path / "bad.tar").write_bytes(b"junk" * 200)
-    with pytest.raises(InputError, match="bad.tar is not a readable tar shard"):
-        embed(embed_config([tmp_path / "bad.tar"], tmp_path / "out"))
+def test_bad_shards_named_as_sources_are_listed_and_the_good_ones_embedded(shards, tmp_path):
+    """D11 of issue #37: a tar cut inside its first header, an empty tar or a non-tar among the
+    sources stopped embed with nothing written for the good ones."""
+    import tarfile
+
+    good = shards / "00000.tar"
+    bad = {
+        "cut.tar": good.read_bytes()[: tarfile.BLOCKSIZE // 2],  # inside the first header
+        "empty.tar": b"",
+        "junk.tar": b"junk" * 200,  # not a tar at all
+    }
+    for name, data in bad.items():
+        (tmp_path / name).write_bytes(data)
+    named = [good, *(tmp_path / name for name in bad)]
+    result = embed(embed_config(named, tmp_path / "out"))
+    assert (result.embedded, result.skipped) == (3, 3)  # the good shard: 2 images, 1 caption
+    failed = sorted(uri.rsplit("/", 1)[-1] for uri, _, _ in result.failures)
+    assert failed == sorted(bad) and {stage for _, stage, _ in result.failures} == {"read"}
+    strict = runner.invoke(cli.app, embed_args(named[1], tmp_path / "strict", "--strict"))
+    assert strict.exit_code == 1 and "Error: 1 input" in " ".join(strict.stderr.split())
 
 
 def test_an_unchanged_shard_is_not_read_again(shards, tmp_path, monkeypatch):

@@ -103,7 +103,7 @@ def discover(sources: Sequence[str | Path], options: SourceOptions) -> Discovery
         path = Path(source).expanduser()
         if not path.exists() and not path.is_symlink():
             raise InputError(f"Source {source} does not exist.", "Check the path.")
-        before = len(found.items)
+        before = (len(found.items), len(found.failures))
         if path.is_dir():
             _walk(path, options, found)
         elif path.suffix.lower() == TAR_SUFFIX:
@@ -112,7 +112,7 @@ def discover(sources: Sequence[str | Path], options: SourceOptions) -> Discovery
             found.items.extend(_table_items(path, options))
         else:
             _file_items(path, options, found, explicit=True)
-        if len(found.items) == before:
+        if (len(found.items), len(found.failures)) == before:  # listed failures are reported
             raise InputError(
                 f"Source {source} holds nothing to embed"
                 + (f" of kind {options.kind.value}." if options.kind is not Kind.AUTO else "."),
@@ -191,9 +191,7 @@ def _tar_items(path: Path, options: SourceOptions, found: Discovery, *, explicit
     optional), with the sample's ``.json`` member and each one's partner passed through."""
     try:
         listing = list_shard(str(path))
-    except DecodeError as error:
-        if explicit:
-            raise InputError(f"{path} is {error.reason}.", "Check the file.") from None
+    except DecodeError as error:  # named or found, a bad shard is listed: the others go on
         found.failures.append((options.uri(path), "read", error.reason))
         return
     shard_uri, shard = options.names(path)
