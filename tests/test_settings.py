@@ -163,13 +163,19 @@ def test_a_relative_model_path_is_read_from_the_file_s_folder(
     assert f"Using model {beside} (from {settings_file})" in said
 
 
-def test_a_model_the_file_names_that_does_not_load_names_the_file(settings_file, tmp_path):
-    """D12 of issue #37: `zeroshot` with the file's `model = "runs/tux"`, run where there is
-    no runs/tux, said only that it is no architecture."""
+@pytest.mark.parametrize(
+    "command",
+    [["zeroshot", "PHOTOS", "--labels", "a,b"], ["search", "a red square", "--in", "PHOTOS"]],
+    ids=["zeroshot", "search-in"],
+)
+def test_a_model_the_file_names_that_does_not_load_names_the_file(settings_file, tmp_path, command):
+    """D12 of issue #37: `zeroshot` and `search --in` with the file's `model = "runs/tux"`,
+    run where there is no runs/tux, said only that it is no architecture."""
     settings_file.write_text('model = "runs/tux"\n')
     (tmp_path / "photos").mkdir()
     make_images(tmp_path / "photos", 2)
-    result = runner.invoke(cli.app, ["zeroshot", str(tmp_path / "photos"), "--labels", "a,b"])
+    args = [str(tmp_path / "photos") if word == "PHOTOS" else word for word in command]
+    result = runner.invoke(cli.app, args)
     assert result.exit_code == 1
     said = " ".join(result.stderr.split())
     assert "'runs/tux' is neither an existing path nor a known architecture" in said

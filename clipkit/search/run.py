@@ -201,10 +201,10 @@ def combine(parts: np.ndarray, weights: Sequence[float]) -> np.ndarray:
         InputError: the weighted sum cancels out.
     """
     scaled = np.asarray(weights, dtype=np.float64)
-    scaled /= np.abs(scaled).max()
-    total = (scaled[:, None] * parts.astype(np.float64)).sum(0, keepdims=True)
+    largest = float(np.abs(scaled).max())
+    total = (scaled[:, None] / (largest or 1.0) * parts.astype(np.float64)).sum(0, keepdims=True)
     norm = float(np.linalg.norm(total))
-    if norm < 1e-6:
+    if norm < 1e-6:  # all weights 0, or parts that cancel
         raise InputError("The weighted query cancels out to nothing.", "Change the weights.")
     return (total / norm).astype(np.float32)
 

@@ -243,7 +243,8 @@ class GuardAndCount:
             await send(message)
 
         try:
-            host = Request(scope).headers.get("host")
+            request = Request(scope)
+            host = request.headers.get("host")
             refusal: Response
             if not self.hosts.allows(host):
                 refusal = _error(
@@ -255,7 +256,7 @@ class GuardAndCount:
             elif (
                 self.token is not None
                 and scope["path"] not in OPEN_PATHS
-                and not _authorised(Request(scope), self.token)
+                and not _authorised(request, self.token)
             ):
                 refusal = (  # the page asks for the token; the API says it is needed
                     _page(LOGIN, 401)

@@ -45,17 +45,20 @@ def read(path: str | os.PathLike[str], columns: list[str] | None = None) -> pa.T
 def open_file(path: str | os.PathLike[str], **options: Any) -> pq.ParquetFile:
     """A ``ParquetFile`` whose footer is checked now and whose pages are checked as they are
     read (``options``: as ``pyarrow.parquet.ParquetFile``)."""
-    damaged = DamagedParquet(f"{os.fspath(path)}: its schema or metadata fails its checksum")
     try:
         parquet = pq.ParquetFile(path, page_checksum_verification=True, **options)
         schema = parquet.schema_arrow
     except UnicodeDecodeError:  # a column name that is no longer UTF-8
-        raise damaged from None
+        raise _damaged(path) from None
     values = key_values(parquet)  # text, or DamagedParquet
     recorded = (parquet.metadata.metadata or {}).get(SEAL_KEY)
     if recorded is not None and recorded != _seal(schema, values):
-        raise damaged
+        raise _damaged(path)
     return parquet
+
+
+def _damaged(path: str | os.PathLike[str]) -> DamagedParquet:
+    return DamagedParquet(f"{os.fspath(path)}: its schema or metadata fails its checksum")
 
 
 def key_values(parquet: pq.ParquetFile) -> dict[bytes, bytes]:
