@@ -25,7 +25,7 @@ from tests.browser import is_blank, render
 
 STEPS = ["data", "train", "embed + index", "search", "zeroshot", "audit"]
 SMALL = {
-    "train_pairs": 200,
+    "train_pairs": 128,
     "val_pairs": 40,
     "per_class": 6,
     "epochs": 4,
@@ -174,20 +174,8 @@ def test_overview_links_every_report_and_nothing_remote(small_run):
 @pytest.mark.e2e
 def test_cli_prints_each_step_and_the_overview(small_run):
     config, _ = small_run
-    options = [
-        "--epochs",
-        "4",
-        "--train-pairs",
-        "200",
-        "--val-pairs",
-        "40",
-        "--per-class",
-        "6",
-        "--workers",
-        "0",
-        "--device",
-        "cpu",
-    ]
+    options = [part for key, value in SMALL.items()  # the same run, so every step is reused
+               for part in (f"--{key.replace('_', '-')}", str(value))]  # fmt: skip
     table = CliRunner().invoke(cli.app, ["quickstart", str(config.folder), *options])
     assert table.exit_code == 0, table.stderr
     assert "index.html" in table.stdout and "train (reused)" in table.stdout

@@ -204,3 +204,38 @@ def test_bad_folders_are_clear_errors(photos, tmp_path, arguments, code, message
     assert result.exit_code == code, result.output
     assert message in " ".join(result.stderr.split())
     assert "Traceback" not in result.output
+
+
+def test_a_second_search_waits_for_the_first_refresh_then_answers_from_the_cache(
+    photos, embed_calls
+):
+    """#37 D10: while one command brings a folder's cache up to date, another on the same
+    folder says it waits, waits, then finds the cache fresh and embeds nothing (it exited 1,
+    "being written by another clipkit command")."""
+    import threading
+
+    from clipkit.infra.locks import writer_lock
+    from clipkit.infra.progress import no_progress
+    from clipkit.models.specs import as_spec
+    from clipkit.search import folder as folder_module
+
+    cache = folder_cache(photos, TINY)
+    waiting, second = threading.Event(), {}
+
+    def told(report):
+        if "waiting for another clipkit command" in report.note:
+            waiting.set()
+
+    def search_too():
+        refresh = folder_module.refresh_folder
+        second["refresh"] = refresh(photos, TINY, device="cpu", runtime="torch", progress=told)
+
+    with writer_lock(cache.root, "search --in (the first)"):  # the first command, refreshing
+        thread = threading.Thread(target=search_too)
+        thread.start()
+        assert waiting.wait(60), "the second search did not wait"
+        items, _ = folder_module._walk(cache)
+        folder_module._refresh(cache, as_spec(TINY), items, "cpu", "torch", 0, no_progress)
+    thread.join(120)
+    assert len(embed_calls) == 1  # the first's
+    assert second["refresh"].updated is False  # the second answered from the cache

@@ -4,6 +4,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import base64
 import http.client
 import io
 import json
@@ -30,6 +32,7 @@ from clipkit.index import IndexConfig, build_index
 from clipkit.search import SearchConfig, search
 from clipkit.serve.app import create_app
 from clipkit.serve.config import ServeConfig, from_environment, preflight, to_environment
+from clipkit.serve.limits import MAX_EMBED_IMAGES
 from clipkit.serve.state import Served
 from tests.helpers import TINY, free_port
 
@@ -159,6 +162,15 @@ def test_indexes_health_and_openapi(client):
     assert {"/api/search", "/api/embed", "/api/indexes", "/metrics"} <= set(paths)
 
 
+def test_no_page_loads_anything_from_elsewhere(client):
+    """FastAPI's /docs and /redoc load Swagger UI and ReDoc from a CDN: gone (the API is
+    described by /openapi.json); the server's own page needs nothing remote."""
+    for path in ("/docs", "/redoc", "/docs/oauth2-redirect"):
+        assert client.get(path).status_code == 404, path
+    page = client.get("/").text + client.get("/page.js").text
+    assert "https://" not in page and "http://" not in page
+
+
 def test_metrics_count_requests_by_route_and_status(client):
     before = _count(client, "/api/search", "200")
     client.get("/api/search", params={"q": "x"})
@@ -196,7 +208,7 @@ def _count(client, route, status):
         (("post", "/api/embed", {"json": {"texts": []}}), 422),
         (("post", "/api/embed", {"json": {"images": ["not base64!"]}}), 422),
         (("post", "/api/embed", {"json": {"images": ["aGVsbG8="]}}), 422),  # not an image
-        (("post", "/api/embed", {"json": {"images": ["eA=="] * 65}}), 422),
+        (("post", "/api/embed", {"json": {"images": ["eA=="] * (MAX_EMBED_IMAGES + 1)}}), 422),
         (("post", "/api/embed", {"json": {"texts": ["a"], "index": "nope"}}), 404),
         (("delete", "/api/search", {}), 405),
     ],
@@ -222,6 +234,27 @@ def test_an_oversized_body_and_a_decompression_bomb_are_refused(index_dir):
         "/api/search/images", files={"images": ("bomb.png", _png((9, 9, 9), size=100), "image/png")}
     )  # 10,000 pixels where 1,000 are allowed
     assert bomb.status_code == 422 and "pixel limit" in bomb.json()["error"], bomb.text
+
+
+def test_images_that_would_take_too_much_memory_to_decode_are_refused_413(index_dir):
+    """#37 D4: the decoded size counts, not the file's: a one-bit PNG of 2000 x 2000 is a few
+    KB and decodes to 2000 x 2000 x 6 bytes (22.9 MB of 2**20 bytes, as the options count)."""
+    config = ServeConfig(indexes=(str(index_dir),), device="cpu", runtime="torch",
+                         max_decode=30 * 2**20)  # fmt: skip
+    small = _client(Served(config))
+    buffer = io.BytesIO()
+    Image.new("1", (2000, 2000)).save(buffer, format="PNG")
+    bomb = ("bomb.png", buffer.getvalue(), "image/png")
+    assert len(bomb[1]) < 10_000
+    one = small.post("/api/search/images", files=[("images", bomb)])
+    assert one.status_code == 200, one.text
+    two = small.post("/api/search/images", files=[("images", bomb), ("images", bomb)])
+    assert two.status_code == 413, two.text
+    assert "would take 46 MB" in two.json()["error"]  # 2 x 22.9
+    assert "--max-decode-mb" in two.json()["hint"]
+    as_json = {"images": [base64.b64encode(bomb[1]).decode()] * 2}
+    assert small.post("/api/embed", json=as_json).status_code == 413
+    assert MAX_EMBED_IMAGES < 64  # uploads per request: fewer than the 64 once allowed
 
 
 def test_the_token_is_needed_everywhere_but_health(index_dir):
@@ -374,6 +407,124 @@ def test_an_index_changed_on_disk_is_picked_up_and_a_damaged_one_keeps_serving(t
     described = client.get("/api/indexes").json()[0]
     assert described["rows"] == 7 and "corrupt" in described["problem"]
     assert client.get("/api/search", params={"q": "x"}).status_code == 200
+
+
+def test_an_index_replaced_file_by_file_is_served_once_it_is_whole(tmp_path):
+    """#37 D6: the sidecar and vectors of a new build first (the set is not whole: the old
+    index serves), then its row map: the next request serves the new index."""
+    index_dir = _build(tmp_path)
+    client = _client(Served(ServeConfig(indexes=(str(index_dir),), device="cpu",
+                                        runtime="torch")))  # fmt: skip
+    (tmp_path / "photos" / "new.png").write_bytes(_png((5, 250, 250)))
+    embed(EmbedConfig(sources=(str(tmp_path / "photos"),), out_dir=tmp_path / "emb", model=TINY,
+                      workers=0, device="cpu"))  # fmt: skip
+    build_index(IndexConfig(tmp_path / "emb", tmp_path / "rebuilt"))
+    for name in ("index.json", "index.faiss"):
+        os.replace(tmp_path / "rebuilt" / name, index_dir / name)
+    [described] = client.get("/api/indexes").json()
+    assert described["rows"] == 6 and "damaged" in described["problem"]
+    os.replace(tmp_path / "rebuilt" / "rows.parquet", index_dir / "rows.parquet")
+    [described] = client.get("/api/indexes").json()
+    assert described["rows"] == 7 and described["problem"] == ""
+
+
+def test_a_row_map_damaged_in_place_keeps_the_last_good_load_serving(tmp_path):
+    """#37 D7: a footer byte renames the ``uri`` column (same size, index.json untouched): the
+    change is seen, the damage named; the load before it keeps answering; the CLI says
+    "damaged" rather than a KeyError."""
+    index_dir = _build(tmp_path)
+    served = Served(ServeConfig(indexes=(str(index_dir),), device="cpu", runtime="torch"))
+    client = _client(served)
+    rows = index_dir / "rows.parquet"
+    data = bytearray(rows.read_bytes())
+    footer = len(data) - 8 - int.from_bytes(data[-8:-4], "little")  # Parquet: footer, length
+    at = data.index(b"uri", footer)  # the first there: the schema's column name
+    data[at : at + 3] = b"urj"
+    with open(rows, "r+b") as handle:  # in place, as a disk error would
+        handle.write(data)
+    [described] = client.get("/api/indexes").json()
+    assert described["rows"] == 6 and "damaged" in described["problem"]
+    answer = client.get("/api/search", params={"q": "a red square"})
+    assert answer.status_code == 200 and answer.json()["hits"][0]["uri"].endswith(".png")
+    result = CliRunner().invoke(cli.app, ["search", "x", "--index", str(index_dir)])
+    assert result.exit_code == 1 and "damaged" in result.stderr, result.output
+    assert "KeyError" not in result.output
+
+
+def test_a_reload_failing_in_any_way_keeps_the_index_served(tmp_path, monkeypatch):
+    """Whatever a reload raises (not only clipkit's errors), /api/indexes still answers, with
+    the reason, and searches go on from the last good load."""
+    index_dir = _build(tmp_path)
+    client = _client(Served(ServeConfig(indexes=(str(index_dir),), device="cpu",
+                                        runtime="torch")))  # fmt: skip
+
+    def broken(*_, **__):
+        raise KeyError("uri")
+
+    monkeypatch.setattr("clipkit.serve.state.load_index", broken)
+    os.utime(index_dir / "index.json", ns=(1, 1))
+    [described] = client.get("/api/indexes").json()
+    assert described["rows"] == 6 and "KeyError" in described["problem"]
+    assert client.get("/api/search", params={"q": "x"}).status_code == 200
+
+
+def test_a_request_cut_off_by_the_stop_is_answered_503():
+    """When the grace period after a stop runs out, uvicorn cancels the requests still
+    running: each is answered 503 (not uvicorn's bare 500)."""
+    from prometheus_client import CollectorRegistry, Counter, Histogram
+
+    from clipkit.serve.app import GuardAndCount
+    from clipkit.serve.hosts import host_rule
+
+    registry = CollectorRegistry()
+    running = asyncio.Event()
+
+    async def stuck(scope, receive, send):
+        running.set()
+        await asyncio.Event().wait()  # a request that would never finish
+
+    guard = GuardAndCount(stuck, token=None, hosts=host_rule("127.0.0.1", ()),
+                          requests=Counter("r", "r", ["route", "status"], registry=registry),
+                          latency=Histogram("l", "l", ["route"], registry=registry))  # fmt: skip
+    sent = []
+
+    async def send(message):
+        sent.append(message)
+
+    async def receive():
+        return {"type": "http.request", "body": b"", "more_body": False}
+
+    async def stop_while_running():
+        scope = {"type": "http", "method": "GET", "path": "/api/search", "query_string": b"",
+                 "headers": [(b"host", b"127.0.0.1")]}  # fmt: skip
+        task = asyncio.create_task(guard(scope, receive, send))
+        await running.wait()
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+
+    asyncio.run(stop_while_running())
+    assert sent[0]["type"] == "http.response.start" and sent[0]["status"] == 503
+    assert json.loads(sent[1]["body"])["error"] == "The server is stopping."
+
+
+def test_the_app_tells_the_server_when_it_has_stopped(served):
+    stopped = []
+    with TestClient(create_app(served, on_stop=lambda: stopped.append(True)), base_url=LOOPBACK):
+        assert stopped == []
+    assert stopped == [True]
+
+
+def test_a_stopped_server_s_process_ends_even_with_a_thread_stuck(tmp_path):
+    """``end_soon``: what the server calls once stopped; a thread stuck in a request (not a
+    daemon: Python would wait for it at exit forever) does not keep the process alive."""
+    script = (
+        "import threading; from clipkit.serve.server import end_soon\n"
+        "threading.Thread(target=threading.Event().wait).start()\n"
+        "end_soon(0.1)\n"
+    )
+    done = subprocess.run([sys.executable, "-c", script], timeout=120, capture_output=True)
+    assert done.returncode == 1, done.stderr  # STOPPED_EXIT_CODE: ended by the bound
 
 
 def test_a_damaged_index_at_start_is_a_clear_error(tmp_path, index_dir):

@@ -227,7 +227,10 @@ def test_an_index_row_map_can_be_read_from_many_threads_at_once(tmp_path, monkey
     count = 64 * 40
     ids = [f"{n:08x}" for n in range(count)]
     path = tmp_path / "rows.parquet"
-    tables.write_row_map(path, {"id": ids, "uri": [f"{i}.jpg" for i in ids]})
+    uris = [f"{i}.jpg" for i in ids]
+    tables.write_row_map(
+        path, {"id": ids, "uri": uris, "kind": ["image"] * count, "text": [None] * count}
+    )
     failures: list[BaseException] = []
     for trial in range(10):
         rows = tables.read_row_map(path)

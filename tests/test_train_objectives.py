@@ -18,9 +18,9 @@ from tests.helpers import TINY, interrupt_and_resume, logged_steps, train_config
 
 
 @pytest.fixture(scope="module")
-def siglip_run(shapes, tmp_path_factory):
+def siglip_run(few_shapes, tmp_path_factory):
     out = tmp_path_factory.mktemp("siglip") / "run"
-    return train(train_config(shapes, out, loss="siglip", epochs=2, lr=2e-3))
+    return train(train_config(few_shapes, out, loss="siglip", epochs=4, lr=2e-3))
 
 
 def test_siglip_starts_at_t_10_b_minus_10_and_its_loss_falls(siglip_run):
@@ -36,7 +36,9 @@ def test_siglip_starts_at_t_10_b_minus_10_and_its_loss_falls(siglip_run):
     # the S² - S others softplus(-10) ~ 0; so the loss starts near 10 (lower as pairs align).
     assert 3.0 < first["loss"] < 11.0
     assert sum(r["loss"] for r in steps[-3:]) < sum(r["loss"] for r in steps[:3]) - 0.5
-    assert steps[-1]["bias"] != pytest.approx(-10.0, abs=0.01)  # the bias learns
+    # the bias learns: Adam moves a parameter by at most about lr a step, so it has moved
+    # the same way over several steps
+    assert abs(steps[-1]["bias"] - first["bias"]) > 2 * 2e-3
 
 
 def test_a_siglip_checkpoint_loads_with_its_bias_and_fine_tunes_with_siglip(

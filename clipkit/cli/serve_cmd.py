@@ -10,6 +10,7 @@ import typer
 from clipkit.cli.app import app, handles_errors
 from clipkit.cli.console import stderr
 from clipkit.cli.options import DeviceOption, RecordedModelOption, RuntimeOption
+from clipkit.serve.limits import DECODES_AT_ONCE, DEFAULT_DECODE_MB, DEFAULT_UPLOAD_MB
 
 ENV_TOKEN = "CLIPKIT_TOKEN"
 SERIAL_MATH = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")
@@ -33,7 +34,16 @@ def serve(
     runtime: RuntimeOption = "auto",
     max_upload_mb: Annotated[
         int, typer.Option("--max-upload-mb", min=1, help="Largest request body, in MB.")
-    ] = 20,
+    ] = DEFAULT_UPLOAD_MB,
+    max_decode_mb: Annotated[
+        int,
+        typer.Option(
+            "--max-decode-mb",
+            min=1,
+            help="Memory one request's images may take as they are decoded, in MB; the "
+            f"server decodes at most {DECODES_AT_ONCE} times this at once.",
+        ),
+    ] = DEFAULT_DECODE_MB,
     allowed_host: Annotated[
         list[str] | None,
         typer.Option(
@@ -73,6 +83,7 @@ def serve(
         device=device,
         runtime=runtime,
         max_upload=max_upload_mb * 2**20,
+        max_decode=max_decode_mb * 2**20,
         processes=processes,
         allowed_hosts=tuple(allowed_host or ()),
     )

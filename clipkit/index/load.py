@@ -17,7 +17,14 @@ import numpy as np
 from clipkit import __version__, store
 from clipkit.errors import InputError
 from clipkit.index.exact import exact_topk_parallel
-from clipkit.index.parts import INDEX_FILE, META_FILE, ROWS_FILE, read_vectors, repair
+from clipkit.index.parts import (
+    INDEX_FILE,
+    META_FILE,
+    ROWS_FILE,
+    handle_record,
+    read_vectors,
+    repair,
+)
 from clipkit.infra.locks import HalfPublished, reading_published
 
 if TYPE_CHECKING:
@@ -137,8 +144,12 @@ class LoadedIndex:
             )
 
 
-def load_index(folder: Path, *, check_source: bool = True) -> LoadedIndex:
+def load_index(folder: Path, *, check_source: bool = True, check_rows: bool = False) -> LoadedIndex:
     """Open an index folder, checking that its parts agree and (optionally) its source.
+
+    ``check_rows``: read the whole row map once to check its recorded CRC-32 (a server, which
+    loads once and then answers for long); otherwise only the pages a search reads are
+    checked, as it reads them.
 
     Raises:
         InputError: a missing or corrupt part, an empty index, or a changed source folder.
@@ -151,14 +162,14 @@ def load_index(folder: Path, *, check_source: bool = True) -> LoadedIndex:
         )
     try:
         with reading_published(folder, "The index", _REBUILD):  # not mid-way through an update
-            info, index, rows = _read_parts(folder)
+            info, index, rows = _read_parts(folder, check_rows)
     except HalfPublished:
         # Its writer stopped between renames: whole again if the checksums say which set
         # is there (or the staged files complete the new one); else still refused.
         if not repair(folder):
             raise
         with reading_published(folder, "The index", _REBUILD):
-            info, index, rows = _read_parts(folder)
+            info, index, rows = _read_parts(folder, check_rows)
     if index.ntotal != len(rows) or index.ntotal != info.rows:
         raise InputError(
             f"The parts of {folder} disagree: {index.ntotal} vectors, {len(rows)} "
@@ -185,19 +196,33 @@ def read_info(folder: Path) -> IndexInfo | None:
         return None
 
 
-def _read_parts(folder: Path) -> tuple[IndexInfo, faiss.Index, store.RowMap]:
+def _read_parts(folder: Path, check_rows: bool) -> tuple[IndexInfo, faiss.Index, store.RowMap]:
     meta_path = folder / META_FILE
     try:
         info = IndexInfo(**json.loads(meta_path.read_text()))
     except (OSError, ValueError, TypeError) as error:
         raise InputError(f"{meta_path} is corrupt ({error}).", _REBUILD) from None
     index = read_vectors(folder / INDEX_FILE, info.files.get(INDEX_FILE), _REBUILD)
-    rows_record, rows_size = info.files.get(ROWS_FILE), _size(folder / ROWS_FILE)
-    if rows_record is not None and rows_size is not None and rows_size != rows_record["bytes"]:
-        raise InputError(
-            f"{folder / ROWS_FILE} is damaged: its size is not the one recorded.", _REBUILD
-        )
-    return info, index, store.read_row_map(folder / ROWS_FILE)
+    return info, index, _read_rows(folder / ROWS_FILE, info.files.get(ROWS_FILE), check_rows)
+
+
+def _read_rows(path: Path, record: dict[str, int] | None, whole: bool) -> store.RowMap:
+    """The row map, its size checked against its record (and with ``whole``, its CRC-32:
+    checked on the very file the map then reads, which a rename cannot swap meanwhile)."""
+    size = _size(path)
+    if record is not None and size is not None and size != record["bytes"]:
+        raise InputError(f"{path} is damaged: its size is not the one recorded.", _REBUILD)
+    if record is None or not whole:
+        return store.read_row_map(path)
+    try:
+        handle = open(path, "rb")  # noqa: SIM115 - the row map keeps it open
+    except OSError:
+        return store.read_row_map(path)  # gone meanwhile: its own error says so
+    if handle_record(handle) != record:
+        handle.close()
+        raise InputError(f"{path} is damaged: its checksum is not the one recorded.", _REBUILD)
+    handle.seek(0)
+    return store.read_row_map(path, handle)
 
 
 def _size(path: Path) -> int | None:

@@ -19,7 +19,7 @@ import json
 import os
 import zlib
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, BinaryIO
 
 from clipkit.errors import InputError
 from clipkit.infra.locks import repairing
@@ -85,11 +85,16 @@ def read_vectors(path: Path, record: dict[str, int] | None, hint: str) -> faiss.
 
 def checksum_record(path: Path) -> dict[str, int]:
     """Size and CRC-32 of a file, as the sidecar records them."""
-    crc, size = 0, 0
     with open(path, "rb") as handle:
-        while data := handle.read(CHUNK):
-            crc = zlib.crc32(data, crc)
-            size += len(data)
+        return handle_record(handle)
+
+
+def handle_record(handle: BinaryIO) -> dict[str, int]:
+    """Size and CRC-32 of what an open file holds from where it is read to its end."""
+    crc, size = 0, 0
+    while data := handle.read(CHUNK):
+        crc = zlib.crc32(data, crc)
+        size += len(data)
     return {"bytes": size, "crc32": crc}
 
 

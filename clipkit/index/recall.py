@@ -51,7 +51,7 @@ def scan(
     """One pass: the row map of ``kind`` (with pass-through columns), a training/query sample
     of it (up to 200,000 rows)
     and up to SAMPLE_QUERIES rows of the other kind (cross-modal queries, (Q, D))."""
-    rows: dict[str, list[Any]] = {"id": [], "uri": [], "kind": [], "text": []}
+    rows: dict[str, list[Any]] = {name: [] for name in store.ROW_MAP_COLUMNS}
     rng = np.random.default_rng(seed)
     sample = Reservoir(200_000, rng)
     other = Reservoir(SAMPLE_QUERIES, rng)

@@ -59,7 +59,12 @@ if hasattr(os, "register_at_fork"):
 
 @contextlib.contextmanager
 def writer_lock(
-    folder: str | os.PathLike[str], command: str, *, active: bool = True, create: bool = True
+    folder: str | os.PathLike[str],
+    command: str,
+    *,
+    active: bool = True,
+    create: bool = True,
+    wait: Callable[[str], None] | None = None,
 ) -> Iterator[Path]:
     """Make ``folder`` (if missing) and hold its lock for the block.
 
@@ -69,10 +74,12 @@ def writer_lock(
             for all of them.
         create: False where the folder must exist already (an update): a missing one is left
             missing, for the command's own error.
+        wait: where the lock is held, wait for it (rather than refuse) after telling this
+            function who holds it.
 
     Raises:
-        InputError: another process holds the lock (its pid and command are named), or the
-            folder cannot be made.
+        InputError: another process holds the lock and ``wait`` is None (its pid and command
+            are named), or the folder cannot be made.
     """
     folder = make_folder(folder) if active and create else Path(folder)
     if not active or fcntl is None or not folder.is_dir():
@@ -92,11 +99,15 @@ def writer_lock(
         except BlockingIOError:
             handle.seek(0)
             holder = _holder(handle.read().strip())
-            raise InputError(
-                f"{folder} is being written by another clipkit command ({holder}).",
-                "Wait for it to finish, or write to another folder. Two commands writing one "
-                "folder would overwrite each other's files.",
-            ) from None
+            if wait is None:
+                raise InputError(
+                    f"{folder} is being written by another clipkit command ({holder}).",
+                    "Wait for it to finish, or write to another folder. Two commands writing "
+                    "one folder would overwrite each other's files.",
+                ) from None
+            wait(holder)
+            fcntl.flock(handle, fcntl.LOCK_EX)
+            locked = True
         except OSError:
             locked = False  # a file system without locks: go on unguarded, as before
         if locked:

@@ -6,10 +6,12 @@ item, count it and list it, instead of aborting.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import io
 import stat
 import warnings
+from collections.abc import Iterator
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
@@ -81,27 +83,82 @@ def decode_image(data: bytes, *, min_side: int | None = None, max_pixels: int = 
     Raises:
         DecodeError: empty, truncated, unidentified, oversized or otherwise unreadable data.
     """
+    return finish_decode(open_image(data, min_side=min_side, max_pixels=max_pixels))
+
+
+def open_image(data: bytes, *, min_side: int | None = None, max_pixels: int = DEFAULT_MAX_PIXELS):
+    """The image in ``data`` read as far as its header: its size and mode are known (after
+    ``draft``, see :func:`decode_image`), no pixel is decoded yet.
+
+    Raises:
+        DecodeError: as :func:`decode_image`, for what the header shows.
+    """
     if not data:
         raise DecodeError("read", "empty file")
+    with _decode_errors():
+        # Pillow warns (and later raises) on huge images: its limit (179 Mpx) would override a
+        # higher --max-pixels with its own message. The size is checked here instead, from
+        # the header, before any pixel is decoded; this is clipkit's only Image.open.
+        Image.MAX_IMAGE_PIXELS = None
+        image = Image.open(io.BytesIO(data))
+        width, height = image.size
+        if width * height > max_pixels:
+            raise DecodeError("decode", f"{width}x{height} exceeds the {max_pixels:,}-pixel limit")
+        if min_side and image.format == "JPEG":
+            image.draft("RGB", (min_side, min_side))
+        return image
+
+
+def finish_decode(image: Image.Image) -> Image.Image:
+    """An image from :func:`open_image`, decoded: RGB, oriented as the camera intended.
+
+    Raises:
+        DecodeError: truncated or otherwise unreadable data.
+    """
+    with _decode_errors():
+        image.seek(0)  # first frame of animations
+        image.load()
+        return to_rgb(ImageOps.exif_transpose(image))
+
+
+# Bytes a pixel takes in Pillow's memory, by mode: one for 1-bit, grey and palette images, two
+# for 16-bit grey, four for everything else (RGB included: Pillow pads it to four).
+_ONE_BYTE_MODES = frozenset({"1", "L", "P"})
+_TWO_BYTE_MODES = frozenset({"I;16", "I;16B", "I;16L"})
+# What converting to RGB adds on top, a pixel: 16- and 32-bit modes pass through float64, a
+# grey copy and the RGB one (8 + 1 + 4); those with alpha, an RGBA copy, a white one and the
+# blend (3 x 4) before the RGB one; the others, the RGB copy alone.
+_WIDE_MODES = frozenset({*_TWO_BYTE_MODES, "I", "F"})
+_ALPHA_MODES = frozenset({"RGBA", "LA", "PA", "RGBa", "La"})
+
+
+def decode_cost(image: Image.Image) -> int:
+    """The memory that :func:`finish_decode` holds at its peak for ``image`` (opened, not
+    yet decoded), in bytes: its pixels as the file's mode stores them, a rotated copy (where
+    EXIF asks for one; always counted, as a PNG may say so only after its pixels), and what
+    turning them into RGB takes. The file's own size says nothing of this: a 10 KB PNG can
+    hold 88 million pixels."""
+    width, height = image.size
+    mode = image.mode
+    stored = 1 if mode in _ONE_BYTE_MODES else 2 if mode in _TWO_BYTE_MODES else 4
+    if mode == "RGB":
+        converted = 0
+    elif mode in _WIDE_MODES:
+        converted = 8 + 1 + 4
+    elif mode in _ALPHA_MODES or (mode == "P" and "transparency" in image.info):
+        converted = 3 * 4 + 4
+    else:
+        converted = 4
+    return width * height * (2 * stored + converted)
+
+
+@contextlib.contextmanager
+def _decode_errors() -> Iterator[None]:
+    """Pillow's many failures as one DecodeError each (and its bomb warning silenced)."""
     try:
         with warnings.catch_warnings():
-            # Pillow warns (and later raises) on huge images: its limit (179 Mpx) would
-            # override a higher --max-pixels with its own message. The size is checked here
-            # instead, from the header, before any pixel is decoded; this is clipkit's only
-            # Image.open.
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            Image.MAX_IMAGE_PIXELS = None
-            image = Image.open(io.BytesIO(data))
-            width, height = image.size
-            if width * height > max_pixels:
-                raise DecodeError(
-                    "decode", f"{width}x{height} exceeds the {max_pixels:,}-pixel limit"
-                )
-            if min_side and image.format == "JPEG":
-                image.draft("RGB", (min_side, min_side))
-            image.seek(0)  # first frame of animations
-            image.load()
-            return to_rgb(ImageOps.exif_transpose(image))
+            yield
     except DecodeError:
         raise
     except UnidentifiedImageError:

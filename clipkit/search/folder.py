@@ -26,6 +26,7 @@ from clipkit.config import ENV_FOLDER_CACHE, Runtime
 from clipkit.errors import InputError
 from clipkit.index.load import read_info
 from clipkit.infra.atomic import atomic_path, make_folder
+from clipkit.infra.locks import writer_lock
 from clipkit.infra.progress import ProgressCallback, ProgressReport, no_progress
 from clipkit.inputs.filenames import UriFrame, os_path
 from clipkit.inputs.sources import Item, Kind, SourceOptions, discover
@@ -109,12 +110,38 @@ def refresh_folder(
     """
     spec = as_spec(model)
     cache = folder_cache(folder, spec)
-    state = _read_state(cache)
-    frame = UriFrame(base=os_path(str(cache.folder)), cwd=os.getcwd())
-    items = discover([str(cache.folder)], SourceOptions(Kind.IMAGE, frame=frame)).items
-    if not _stale(cache, items, state.get("unreadable", {})):
+    if not _stale(cache, *_walk(cache)):
         return FolderRefresh(cache, updated=False)
     report = progress or no_progress
+
+    def waiting(holder: str) -> None:
+        note = f"waiting for another clipkit command to update this folder's cache ({holder})"
+        report(ProgressReport("", 0, 0, note=note))
+
+    # One refresh of a folder's cache at a time; one that waited finds it fresh, as a rule
+    with writer_lock(cache.root, f"search --in {cache.folder}", wait=waiting):
+        items, unreadable = _walk(cache)
+        if not _stale(cache, items, unreadable):
+            return FolderRefresh(cache, updated=False)
+        return _refresh(cache, spec, items, device, runtime, workers, report)
+
+
+def _walk(cache: FolderCache) -> tuple[list[Item], dict[str, Any]]:
+    """The folder's images now, and the unreadable ones the cache recorded."""
+    frame = UriFrame(base=os_path(str(cache.folder)), cwd=os.getcwd())
+    items = discover([str(cache.folder)], SourceOptions(Kind.IMAGE, frame=frame)).items
+    return items, _read_state(cache).get("unreadable", {})
+
+
+def _refresh(
+    cache: FolderCache,
+    spec: ModelSpec,
+    items: Sequence[Item],
+    device: str,
+    runtime: Runtime | None,
+    workers: int | None,
+    report: ProgressCallback,
+) -> FolderRefresh:
     embedded = _embed(cache, spec.text, device, runtime, workers, report)
     index_result = _index(cache)
     paths = {item.uri: item.path or "" for item in items}

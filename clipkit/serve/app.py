@@ -8,11 +8,14 @@ traceback.
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import binascii
+import contextlib
 import hmac
 import os
 import time
+from collections.abc import AsyncIterator, Callable
 from typing import Annotated, Any
 
 import numpy as np
@@ -28,10 +31,11 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from clipkit import __version__
 from clipkit.errors import ClipkitError
 from clipkit.search.run import QueryResult
-from clipkit.serve.config import MAX_EMBED_IMAGES, MAX_K, MAX_QUERIES, MAX_QUERY_CHARS
 from clipkit.serve.hosts import HostRule, host_name, host_rule
+from clipkit.serve.limits import MAX_EMBED_IMAGES, MAX_K, MAX_QUERIES, MAX_QUERY_CHARS
 from clipkit.serve.page import CSP, LOGIN, PAGE, SCRIPT, STYLE
 from clipkit.serve.state import NotFound, Served
+from clipkit.serve.uploads import TooLarge
 
 TOKEN_COOKIE = "clipkit_token"
 # Set (by ``server``) when several worker processes serve: each writes its metrics there and
@@ -73,9 +77,15 @@ class EmbedRequest(BaseModel):
         return self
 
 
-def create_app(served: Served) -> FastAPI:
-    """The API over ``served``; every request needs its token when the config sets one."""
+def create_app(served: Served, on_stop: Callable[[], None] | None = None) -> FastAPI:
+    """The API over ``served``; every request needs its token when the config sets one.
+    ``on_stop`` is called once the server has stopped (its lifespan's end)."""
     app = FastAPI(
+        # No /docs nor /redoc: their pages load scripts from a CDN (offline they break, and
+        # nothing checks what the CDN sends); the description itself is /openapi.json.
+        docs_url=None,
+        redoc_url=None,
+        lifespan=_stopping(on_stop),
         title="clipkit",
         version=__version__,
         description="Search CLIP embedding indexes by text, image or example.",
@@ -98,6 +108,10 @@ def create_app(served: Served) -> FastAPI:
     async def not_found(_: Request, error: NotFound) -> Response:
         return _error(404, error.message, error.hint)
 
+    @app.exception_handler(TooLarge)
+    async def too_large(_: Request, error: TooLarge) -> Response:
+        return _error(413, error.message, error.hint)
+
     @app.exception_handler(ClipkitError)
     async def bad_input(_: Request, error: ClipkitError) -> Response:
         return _error(422, error.message, error.hint)
@@ -108,11 +122,11 @@ def create_app(served: Served) -> FastAPI:
             f"{'.'.join(str(p) for p in e.get('loc', ()))}: {e.get('msg', '')}"
             for e in error.errors()
         )
-        return _error(422, f"Invalid request: {problems}.", "See /docs for the API.")
+        return _error(422, f"Invalid request: {problems}.", "See /openapi.json for the API.")
 
     @app.exception_handler(StarletteHTTPException)
     async def http_error(_: Request, error: StarletteHTTPException) -> Response:
-        hint = "See /docs for the API." if error.status_code == 404 else ""
+        hint = "See /openapi.json for the API." if error.status_code == 404 else ""
         return _error(error.status_code, str(error.detail), hint)
 
     @app.exception_handler(Exception)
@@ -236,10 +250,11 @@ class GuardAndCount:
             return
         started = time.perf_counter()
         status = [500]  # unless a response starts: an exception reaches the 500 handler
+        answered = [False]
 
         async def sending(message: Message) -> None:
             if message["type"] == "http.response.start":
-                status[0] = message["status"]
+                status[0], answered[0] = message["status"], True
             await send(message)
 
         try:
@@ -266,10 +281,27 @@ class GuardAndCount:
                 await refusal(scope, receive, sending)
             else:
                 await self.app(scope, receive, sending)
+        except asyncio.CancelledError:
+            # The server stopped and its grace period ran out with this request unanswered:
+            # say so, rather than uvicorn's bare 500.
+            if not answered[0]:
+                stopping = _error(503, "The server is stopping.", "Send the request again.")
+                await stopping(scope, receive, sending)
+            raise
         finally:
             name = getattr(scope.get("route"), "path", "unmatched")
             self.requests.labels(name, str(status[0])).inc()
             self.latency.labels(name).observe(time.perf_counter() - started)
+
+
+def _stopping(on_stop: Callable[[], None] | None) -> Callable[[FastAPI], Any]:
+    @contextlib.asynccontextmanager
+    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        yield
+        if on_stop is not None:
+            on_stop()
+
+    return lifespan
 
 
 def _metrics_of(registry: CollectorRegistry) -> CollectorRegistry:

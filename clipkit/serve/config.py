@@ -13,14 +13,7 @@ from clipkit.index.load import META_FILE
 from clipkit.infra.fields import check_config
 from clipkit.inputs.decode import DEFAULT_MAX_PIXELS
 from clipkit.models.specs import ChoosesAModel
-
-MAX_K = 1000
-MAX_QUERY_CHARS = 1000
-MAX_QUERIES = 16  # query parts (texts, images, rows) in one request
-MAX_EMBED_IMAGES = 64  # images in one /api/embed request
-DEFAULT_UPLOAD_BYTES = 20 * 2**20
-THUMBNAIL_SIDE = 256
-MAX_PROCESSES = 64
+from clipkit.serve.limits import DEFAULT_DECODE_MB, DEFAULT_UPLOAD_MB, MAX_PROCESSES
 
 
 @dataclass(frozen=True)
@@ -34,8 +27,9 @@ class ServeConfig(ChoosesAModel):
     token: str | None = None  # every request needs "Authorization: Bearer TOKEN" when set
     device: str = "auto"
     runtime: Runtime | None = None  # None: $CLIPKIT_RUNTIME, else auto
-    max_upload: int = DEFAULT_UPLOAD_BYTES  # bytes of a request body
+    max_upload: int = DEFAULT_UPLOAD_MB * 2**20  # bytes of a request body
     max_pixels: int = DEFAULT_MAX_PIXELS
+    max_decode: int = DEFAULT_DECODE_MB * 2**20  # bytes a request's images take as decoded
     processes: int = 1  # server processes, each with its own indexes and models
     allowed_hosts: tuple[str, ...] = ()  # Host names answered besides the server's own
 
@@ -76,7 +70,9 @@ def preflight(config: ServeConfig) -> list[str]:
     if not 0 < config.port < 65536:
         raise UsageError(f"--port must lie in 1-65535, got {config.port}.", "e.g. --port 8000")
     if config.max_upload < 1:
-        raise UsageError("--max-upload must be positive.", "e.g. --max-upload 20MB")
+        raise UsageError("--max-upload-mb must be positive.", "e.g. --max-upload-mb 20")
+    if config.max_decode < 1:
+        raise UsageError("--max-decode-mb must be positive.", "e.g. --max-decode-mb 512")
     if not 1 <= config.processes <= MAX_PROCESSES:
         raise UsageError(
             f"--processes must lie in 1-{MAX_PROCESSES}, got {config.processes}.",

@@ -9,6 +9,7 @@ the last good one keeps serving and the failure is kept for ``/api/indexes``.
 from __future__ import annotations
 
 import contextlib
+import functools
 import io
 import os
 import threading
@@ -21,15 +22,18 @@ from typing import Any
 import numpy as np
 
 from clipkit.errors import ClipkitError, InputError
-from clipkit.index.load import META_FILE, LoadedIndex, load_index
-from clipkit.inputs.decode import DecodeError, decode_image
+from clipkit.index.load import LoadedIndex, load_index
+from clipkit.index.parts import PARTS
+from clipkit.inputs.decode import DecodeError, decode_cost, finish_decode, open_image
 from clipkit.inputs.filenames import locate, os_path
 from clipkit.inputs.files import read_bytes
 from clipkit.models.runtime import RuntimeChoice, load_matching_encoder
 from clipkit.score.arrays import as_numpy
 from clipkit.search.run import QueryResult, check_weights, combine, index_hits
 from clipkit.serve.batching import Batcher
-from clipkit.serve.config import THUMBNAIL_SIDE, ServeConfig, named_indexes
+from clipkit.serve.config import ServeConfig, named_indexes
+from clipkit.serve.limits import DECODES_AT_ONCE, THUMBNAIL_SIDE
+from clipkit.serve.uploads import Decoder
 
 THUMBNAILS_KEPT = 4096  # about 10 KB each
 # The requests of one encoding batch reach the search together: a short window catches them.
@@ -42,6 +46,7 @@ CORES = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os
 SearchItem = tuple[LoadedIndex, np.ndarray, int, int]
 # Its answer: (k',) scores and (k',) row numbers (-1: none), as LoadedIndex.search gives.
 SearchAnswer = tuple[np.ndarray, np.ndarray]
+Stamp = tuple[tuple[int, int], ...]  # (mtime_ns, size) of each file of an index folder
 
 
 class NotFound(ClipkitError):
@@ -55,7 +60,7 @@ class ServedIndex:
     name: str
     folder: Path
     loaded: LoadedIndex
-    stamp: tuple[int, int]  # (mtime_ns, size) of index.json when loaded
+    stamp: Stamp  # of the folder's files when loaded (or when a reload last failed)
     problem: str = ""  # why the latest reload failed (the previous load still serves)
     _row_of: dict[str, int] | None = field(default=None, repr=False)
 
@@ -89,6 +94,7 @@ class Served:
             _search_batch, SEARCH_WINDOW_S, others_busy=self._others_busy
         )
         self._thumbnails: OrderedDict[tuple[str, str], bytes] = OrderedDict()
+        self._decoder = Decoder(DECODES_AT_ONCE)
         self._indexes = {
             name: self._load(name, folder) for name, folder in named_indexes(config).items()
         }
@@ -201,7 +207,13 @@ class Served:
             batcher = self._text_batchers[served.loaded.info.fingerprint]
             parts.append(np.stack(batcher(list(texts))))
         if images:
-            prepared = [encoder.prepare_image(self._decode(data)) for data in images]
+            prepared = self._decoder.uploads(
+                images,
+                encoder.prepare_image,
+                min_side=min(encoder.image_size),
+                max_pixels=self.config.max_pixels,
+                max_decode=self.config.max_decode,
+            )
             if isinstance(prepared[0], np.ndarray):
                 pixels: Any = np.stack(prepared)
             else:
@@ -232,12 +244,16 @@ class Served:
             raise NotFound(f"Row {item_id!r} is not an image.", "")
         path = _inside(row["uri"][0], served.loaded.info.base)
         try:
-            image = decode_image(read_bytes(path), max_pixels=self.config.max_pixels)
+            opened = open_image(
+                read_bytes(path), min_side=THUMBNAIL_SIDE, max_pixels=self.config.max_pixels
+            )
+            if decode_cost(opened) > self.config.max_decode:
+                raise DecodeError("decode", "too large to preview")
+            image = self._decoder.run(functools.partial(_thumbnail, opened))
         except DecodeError as error:
             raise NotFound(
                 f"The image of row {item_id!r} is unreadable: {error.reason}.", ""
             ) from None
-        image.thumbnail((THUMBNAIL_SIDE, THUMBNAIL_SIDE))
         buffer = io.BytesIO()
         image.convert("RGB").save(buffer, format="JPEG", quality=85)
         data = buffer.getvalue()
@@ -284,29 +300,38 @@ class Served:
         batch): a lone request is not kept waiting for company."""
         return self._in_progress > 1
 
-    def _decode(self, data: bytes) -> Any:
-        try:
-            return decode_image(data, max_pixels=self.config.max_pixels)
-        except DecodeError as error:
-            raise InputError(f"An uploaded image is unreadable: {error.reason}.", "") from None
-
     def _load(self, name: str, folder: Path) -> ServedIndex:
         stamp = _stamp(folder)
-        return ServedIndex(name, folder, load_index(folder, check_source=False), stamp)
+        loaded = load_index(folder, check_source=False, check_rows=True)
+        return ServedIndex(name, folder, loaded, stamp)
 
     def _reload(self, served: ServedIndex) -> ServedIndex:
+        """The index loaded again; if that fails, the last good load, which keeps serving
+        (its files stay open: a replaced file is still read as it was) with the reason."""
+        stamp = _stamp(served.folder)
         try:
             fresh = self._load(served.name, served.folder)
             self.encoder(fresh)  # a new model (a rebuilt index) is loaded before it serves
-        except ClipkitError as error:
-            served.problem = error.message
-            served.stamp = _stamp(served.folder)  # tried once per change, not per request
+        except Exception as error:  # noqa: BLE001 - whatever it is, the last good load serves
+            served.problem = (
+                error.message
+                if isinstance(error, ClipkitError)
+                else f"it could not be loaded ({type(error).__name__}: {error})"
+            )
+            served.stamp = stamp  # tried again when a file changes, not on every request
             return served
         self._indexes[served.name] = fresh
         with_name = [key for key in self._thumbnails if key[0] == served.name]
         for key in with_name:  # the rows may name other files now
             del self._thumbnails[key]
         return fresh
+
+
+def _thumbnail(opened: Any) -> Any:
+    """An opened image decoded and shrunk to a thumbnail (on a decode thread, like uploads)."""
+    image = finish_decode(opened)
+    image.thumbnail((THUMBNAIL_SIDE, THUMBNAIL_SIDE))
+    return image
 
 
 def _search_batch(items: list[SearchItem]) -> list[SearchAnswer]:
@@ -324,12 +349,19 @@ def _search_batch(items: list[SearchItem]) -> list[SearchAnswer]:
     return answers  # type: ignore[return-value]  # every position was filled
 
 
-def _stamp(folder: Path) -> tuple[int, int]:
-    try:
-        info = (folder / META_FILE).stat()
-    except OSError:
-        return (0, 0)
-    return (info.st_mtime_ns, info.st_size)
+def _stamp(folder: Path) -> Stamp:
+    """(mtime_ns, size) of each of the index's files: any of them replaced (or damaged in
+    place) is a change to load. All three, not the sidecar alone: a set replaced file by file
+    is whole only after its last file, and a load that failed on the first ones is tried
+    again then."""
+    stamp = []
+    for name in PARTS:
+        try:
+            info = (folder / name).stat()
+            stamp.append((info.st_mtime_ns, info.st_size))
+        except OSError:
+            stamp.append((0, 0))
+    return tuple(stamp)
 
 
 def _inside(uri: str, recorded_base: str | None) -> str:

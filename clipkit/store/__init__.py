@@ -53,6 +53,7 @@ from clipkit.store.shards import (
     write_shard,
 )
 from clipkit.store.tables import (
+    ROW_MAP_COLUMNS,
     InputTable,
     RowMap,
     read_row_map,
@@ -107,6 +108,7 @@ __all__ = [
     "write_failures",
     "write_file_stats",
     "write_records",
+    "ROW_MAP_COLUMNS",
     "write_row_map",
     "write_shard",
 ]

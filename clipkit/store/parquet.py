@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import os
 import zlib
-from typing import Any
+from typing import Any, BinaryIO
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -42,9 +42,10 @@ def read(path: str | os.PathLike[str], columns: list[str] | None = None) -> pa.T
     return open_file(path).read(columns=columns)
 
 
-def open_file(path: str | os.PathLike[str], **options: Any) -> pq.ParquetFile:
-    """A ``ParquetFile`` whose footer is checked now and whose pages are checked as they are
-    read (``options``: as ``pyarrow.parquet.ParquetFile``)."""
+def open_file(path: str | os.PathLike[str] | BinaryIO, **options: Any) -> pq.ParquetFile:
+    """A ``ParquetFile`` (of a path, or of a file open for reading) whose footer is checked
+    now and whose pages are checked as they are read (``options``: as
+    ``pyarrow.parquet.ParquetFile``)."""
     try:
         parquet = pq.ParquetFile(path, page_checksum_verification=True, **options)
         schema = parquet.schema_arrow
@@ -57,8 +58,9 @@ def open_file(path: str | os.PathLike[str], **options: Any) -> pq.ParquetFile:
     return parquet
 
 
-def _damaged(path: str | os.PathLike[str]) -> DamagedParquet:
-    return DamagedParquet(f"{os.fspath(path)}: its schema or metadata fails its checksum")
+def _damaged(path: str | os.PathLike[str] | BinaryIO) -> DamagedParquet:
+    name = os.fspath(path) if isinstance(path, str | os.PathLike) else path.name
+    return DamagedParquet(f"{name}: its schema or metadata fails its checksum")
 
 
 def key_values(parquet: pq.ParquetFile) -> dict[bytes, bytes]:

@@ -8,7 +8,7 @@ import functools
 import threading
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import pyarrow as pa
 import pyarrow.csv as pa_csv
@@ -144,6 +144,7 @@ def _naming_unreadable(path: Path) -> Iterator[None]:
 
 # Rows in a row group of an index's row map: a search reads the groups of its hits only.
 ROW_MAP_GROUP = 8192
+ROW_MAP_COLUMNS = ("id", "uri", "kind", "text")  # then any pass-through columns
 
 
 def write_row_map(path: Path, rows: dict[str, list[Any]]) -> None:
@@ -228,21 +229,34 @@ class RowMap:
             raise _unreadable(self.path, error) from None
 
 
-def read_row_map(path: Path) -> RowMap:
-    """Open an index's row map (its metadata only; rows are read as asked for).
+def read_row_map(path: Path, opened: BinaryIO | None = None) -> RowMap:
+    """Open an index's row map (its metadata only; rows are read as asked for), from
+    ``opened`` where the caller has the file open already (``path`` then names it).
 
     Raises:
-        InputError: the file is missing or not Parquet.
+        InputError: the file is missing, not Parquet, damaged, or lacks a column.
     """
     try:
         # ParquetFile, not read_table: read_table goes through pyarrow.dataset (~60 ms more)
-        return RowMap(path, parquet_io.open_file(path))
+        rows = RowMap(path, parquet_io.open_file(opened if opened is not None else path))
+    except parquet_io.DamagedParquet as error:
+        raise InputError(f"The index row map {path} is damaged ({error}).", _REBUILD) from None
     except (OSError, pa.ArrowException) as error:
         raise _unreadable(path, error) from None
+    missing = [name for name in ROW_MAP_COLUMNS if name not in rows.names]
+    if missing:  # a renamed column (a damaged footer in a file made before footers were sealed)
+        raise InputError(
+            f"The index row map {path} is damaged: it has no {', '.join(missing)} column.",
+            _REBUILD,
+        )
+    return rows
+
+
+_REBUILD = "Rebuild the index with clipkit index."
 
 
 def _unreadable(path: Path, error: Exception) -> InputError:
     return InputError(
         f"The index row map {path} is missing or unreadable ({str(error).splitlines()[0]}).",
-        "Rebuild the index with clipkit index.",
+        _REBUILD,
     )
