@@ -15,8 +15,10 @@ VENV ?= .venv
 # ONNX export) carry one xdist group, so that each fixture is built once, on one worker.
 # Bytecode is written even where the environment says not to (PYTHONDONTWRITEBYTECODE): each
 # worker otherwise rewrites every test module's asserts and compiles clipkit anew, 6 s a process.
-PYTEST = env -u PYTHONDONTWRITEBYTECODE $(VENV)/bin/python -m pytest -n auto --dist loadgroup \
-	--durations=10
+# Each worker's math runs on one thread: two workers of two threads each on two cores fought
+# for them (the suite took 50 s of CPU more).
+PYTEST = env -u PYTHONDONTWRITEBYTECODE OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 \
+	OPENBLAS_NUM_THREADS=1 $(VENV)/bin/python -m pytest -n auto --dist loadgroup --durations=10
 LINTED = clipkit tests benchmarks examples docs
 # Files whose cog blocks are generated from the commands' --help (docs/reference.py).
 COGGED = README.md docs/commands.md

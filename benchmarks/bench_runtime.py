@@ -45,8 +45,8 @@ def timed(name, function):
             marks[name] = marks.get(name, 0.0) + time.perf_counter() - t
     return wrapper
 if sys.argv[1] == "embed":  # the image phase alone: throughput without the start-up
-    import clipkit.embed.run as embed_run
-    embed_run._embed_images = timed("images", embed_run._embed_images)
+    import clipkit.embed.steps as embed_steps
+    embed_steps.embed_images = timed("images", embed_steps.embed_images)
 if sys.argv[1] == "search":  # where a search's time goes
     import clipkit.search.run as run
     run._encoder = timed("model_load", run._encoder)

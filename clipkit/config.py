@@ -11,6 +11,7 @@ ENV_RUNTIME = "CLIPKIT_RUNTIME"  # auto, torch or onnx: what encodes
 ENV_CONFIG = "CLIPKIT_CONFIG"  # the settings file (default ~/.config/clipkit/config.toml)
 # where `clipkit search --in DIR` keeps each folder's embeddings and index
 ENV_FOLDER_CACHE = "CLIPKIT_FOLDER_CACHE"
+ENV_RAY_ADDRESS = "RAY_ADDRESS"  # Ray's own: the head of the cluster --engine ray runs on
 
 # A good general-purpose pretrained model; needs its weights cached or the network.
 DEFAULT_MODEL_SPEC = "ViT-B-32:laion2b_s34b_b79k"
@@ -36,6 +37,8 @@ DEVICE_FORMS = r"auto|cpu|mps|cuda(:\d+)?"
 # dataclasses take them from here (typer shows a Literal's values as the option's choices).
 Runtime = Literal["auto", "torch", "onnx"]  # what encodes
 RUNTIMES: tuple[Runtime, ...] = get_args(Runtime)
+Engine = Literal["local", "ray"]  # embed, index: this machine's processes, or a Ray cluster
+ENGINES: tuple[Engine, ...] = get_args(Engine)
 
 # One --precision vocabulary; each command takes the part that applies to what it makes.
 ComputePrecision = Literal["auto", "fp32", "fp16", "bf16"]  # train: autocast on CUDA

@@ -146,6 +146,21 @@ def finished_run(shapes):
     return config, train(config)
 
 
+@pytest.fixture(scope="module")
+def ray_instance():
+    """A Ray instance for a module's tests (about 6 s to start), as ``--engine ray`` finds one
+    already running in a notebook: two CPUs, no dashboard, quiet. Stopped after the module:
+    its daemons would take CPU from the rest of the suite."""
+    import logging
+
+    import ray
+
+    ray.init(num_cpus=2, include_dashboard=False, logging_level=logging.ERROR,
+             log_to_driver=False)  # fmt: skip
+    yield ray
+    ray.shutdown()
+
+
 @pytest.fixture(scope="session")
 def tiny_export(tmp_path_factory):
     """clipkit-tiny (seeded random weights) exported to ONNX once per test process (about

@@ -109,7 +109,7 @@ def test_the_readme_example_passes_mypy(tmp_path):
     )
     assert done.returncode == 0, done.stdout
     assert 'Revealed type is "clipkit.search.run.SearchResult"' in done.stdout
-    assert 'Revealed type is "def (config: clipkit.embed.run.EmbedConfig' in done.stdout
+    assert 'Revealed type is "def (config: clipkit.embed.config.EmbedConfig' in done.stdout
 
 
 def test_paths_are_str_or_path_everywhere_and_wrong_types_fail_at_construction(tmp_path):

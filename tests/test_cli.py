@@ -20,7 +20,7 @@ from clipkit.infra.progress import ProgressReport
 from tests.helpers import TINY
 
 runner = CliRunner()
-HEAVY = ("torch", "open_clip", "faiss", "pyarrow", "fastapi", "uvicorn")
+HEAVY = ("torch", "open_clip", "faiss", "pyarrow", "fastapi", "uvicorn", "ray")
 
 
 @pytest.mark.e2e

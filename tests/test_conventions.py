@@ -175,6 +175,7 @@ def test_a_default_description_shows_in_the_help():
 
 # Values that are not paths; every other parameter of every command is typed as a path.
 NOT_PATHS = {
+    "ray_address",  # host:port of a Ray cluster
     "model", "spec", "query", "labels", "templates", "weights", "host", "token", "device",
     "image_column", "text_column", "max_memory", "filter", "allowed_host",
     "index",  # serve --index [NAME=]DIR: a name for the route, then the folder

@@ -25,6 +25,7 @@ LAYERS: tuple[tuple[str, ...], ...] = (
     ("search",),
     ("audit", "embed", "train", "zeroshot"),
     ("index", "plots"),
+    ("engine",),
     ("inputs",),
     ("models",),
     ("store",),
@@ -37,6 +38,7 @@ LAYER_OF = {package: depth for depth, names in enumerate(LAYERS) for package in 
 # A heavy library is imported by one package (or one module) only, so that the light commands
 # stay light and a reader knows where each one is used.
 HEAVY_HOMES = {
+    "ray": "engine/cluster.py",
     "typer": "cli",
     "rich": "cli",
     "open_clip": "models/openclip",

@@ -1,4 +1,8 @@
-"""`clipkit quickstart`: every step on generated data, re-runs that reuse, reports in a browser."""
+"""`clipkit quickstart`: every step on generated data, re-runs that reuse, reports in a browser.
+
+The tests of a quickstart run are end-to-end (``e2e``: ``make test-all`` and CI run them): the
+run trains, exports, embeds, indexes, searches, classifies and audits for real (about 45 s);
+each step has its own tests in the default suite."""
 
 from __future__ import annotations
 
@@ -58,6 +62,7 @@ def small_run_s_cache(request, monkeypatch):
         monkeypatch.setenv("CLIPKIT_ONNX_CACHE", str(cache))
 
 
+@pytest.mark.e2e  # the whole workflow, every step for real
 def test_every_step_runs_and_leaves_its_artifacts(small_run):
     config, result = small_run
     assert [step.name for step in result.steps] == STEPS
@@ -95,6 +100,7 @@ def test_every_step_runs_and_leaves_its_artifacts(small_run):
         assert copy.with_suffix(".txt").read_text() != original.with_suffix(".txt").read_text()
 
 
+@pytest.mark.e2e  # the whole workflow, every step for real
 def test_training_and_zero_shot_beat_chance(small_run):
     _, result = small_run
     steps = {step.name: step for step in result.steps}
@@ -104,6 +110,7 @@ def test_training_and_zero_shot_beat_chance(small_run):
     assert steps["train"].chance == 1 / 40  # the true caption first among 40, by luck
 
 
+@pytest.mark.e2e  # the whole workflow, every step for real
 def test_rerun_reuses_data_model_and_embeddings(small_run):
     config, first = small_run
     folder = Path(config.folder)
@@ -126,6 +133,7 @@ def test_rerun_reuses_data_model_and_embeddings(small_run):
     assert not list(folder.rglob("*.partial"))
 
 
+@pytest.mark.e2e  # the whole workflow, every step for real
 def test_other_settings_in_the_same_folder_are_refused(small_run):
     config, _ = small_run
     with pytest.raises(InputError, match=r"other settings \(epochs, train_pairs\)"):
@@ -160,6 +168,7 @@ def test_a_half_written_data_folder_is_written_again(tmp_path):
     _write_once(out, lambda folder: pytest.fail("a complete folder is never rewritten"))
 
 
+@pytest.mark.e2e  # the whole workflow, every step for real
 def test_overview_links_every_report_and_nothing_remote(small_run):
     config, result = small_run
     overview = Path(result.overview)

@@ -12,9 +12,11 @@ from clipkit.cli.console import stderr
 from clipkit.cli.options import (
     ROWS_FILE,
     DeviceOption,
+    EngineOption,
     IncludeHiddenOption,
     KindChoice,
     ModelOption,
+    RayAddressOption,
     RuntimeOption,
     StrictOption,
     WorkersOption,
@@ -63,6 +65,17 @@ def embed(
         typer.Option(help="Read every file again, even those with unchanged size and mtime."),
     ] = False,
     runtime: RuntimeOption = "auto",
+    engine: EngineOption = "local",
+    ray_address: RayAddressOption = None,
+    gpus_per_worker: Annotated[
+        float | None,
+        typer.Option(
+            min=0,
+            metavar="N",
+            help="GPUs of each Ray actor (--engine ray); 0: CPU actors.",
+            show_default="1 where the cluster has GPUs",
+        ),
+    ] = None,
     report_duplicates: Annotated[
         Path | None,
         typer.Option(
@@ -106,6 +119,9 @@ def embed(
         prune=prune,
         rehash=rehash,
         runtime=runtime,
+        engine=engine,
+        ray_address=ray_address,
+        gpus_per_worker=gpus_per_worker,
     )
     result = run_bulk(run_embed, config, lambda failed: _report(failed, prune))
     if result.is_main:  # another rank of a torchrun job: rank 0 reports for all

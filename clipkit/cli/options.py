@@ -8,7 +8,7 @@ from typing import Annotated
 
 import typer
 
-from clipkit.config import ENV_MODEL, ENV_RUNTIME, REPORT_SUFFIXES, Runtime
+from clipkit.config import ENV_MODEL, ENV_RAY_ADDRESS, ENV_RUNTIME, REPORT_SUFFIXES, Engine, Runtime
 
 
 class DocumentFormat(str, Enum):
@@ -84,6 +84,24 @@ RuntimeOption = Annotated[
         envvar=ENV_RUNTIME,
         help="What encodes: torch, onnx (a cached export, no torch), or auto (onnx when the "
         "cache has this model's export and the device is the CPU).",
+    ),
+]
+EngineOption = Annotated[
+    Engine,
+    typer.Option(
+        "--engine",
+        help="Where the work runs: this machine's processes, or a Ray cluster (started on "
+        'this machine when none is given; pip install "clipkit[ray]").',
+    ),
+]
+RayAddressOption = Annotated[
+    str | None,
+    typer.Option(
+        "--ray-address",
+        envvar=ENV_RAY_ADDRESS,
+        metavar="ADDRESS",
+        help="The Ray cluster to run on (--engine ray), e.g. 10.0.0.5:6379.",
+        show_default="a Ray started on this machine",
     ),
 ]
 # -o/--out is where a command writes what it makes: a folder where it makes one (a run,

@@ -26,7 +26,14 @@ import typer
 
 from clipkit.cli import metavars
 from clipkit.cli.console import print_error, stderr
-from clipkit.config import DEFAULT_MODEL_SPEC, DEVICE_FORMS, ENV_CONFIG, ENV_MODEL, RUNTIMES
+from clipkit.config import (
+    DEFAULT_MODEL_SPEC,
+    DEVICE_FORMS,
+    ENGINES,
+    ENV_CONFIG,
+    ENV_MODEL,
+    RUNTIMES,
+)
 from clipkit.errors import ModelSpecError, UsageError
 from clipkit.models.specs import SpecKind, parse_spec
 
@@ -35,7 +42,7 @@ if sys.version_info >= (3, 11):
 else:  # the same module, as a package
     import tomli as tomllib
 
-KEYS = ("model", "runtime", "device")
+KEYS = ("model", "runtime", "device", "engine")
 
 
 @dataclass(frozen=True)
@@ -95,6 +102,11 @@ def read_settings() -> dict[str, Setting]:
         if key == "runtime" and value not in RUNTIMES:
             raise UsageError(
                 f"Setting runtime = {value!r} in {path} is not one of {', '.join(RUNTIMES)}.",
+                _HINT,
+            )
+        if key == "engine" and value not in ENGINES:
+            raise UsageError(
+                f"Setting engine = {value!r} in {path} is not one of {', '.join(ENGINES)}.",
                 _HINT,
             )
         if key == "device" and not re.fullmatch(DEVICE_FORMS, value.strip().lower()):

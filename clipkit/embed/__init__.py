@@ -1,6 +1,7 @@
-"""The ``embed`` service: images and texts to Parquet embedding shards (``run``), the rows
-buffered and written shard by shard (``shards``), and the split of a run across torchrun ranks
-that equals a single-process run (``plan``)."""
+"""The ``embed`` service: images and texts to Parquet embedding shards (``run``; ``on_ray``
+with ``--engine ray``), what it is asked and what it did (``config``), the steps both engines
+take (``steps``), the rows written shard by shard (``shards``), and the plan that makes a
+torchrun job or a Ray run equal a single-process run (``plan``)."""
 
 from __future__ import annotations
 

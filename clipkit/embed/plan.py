@@ -1,4 +1,5 @@
-"""Splitting an embed run across torchrun ranks so that it equals a single-process run.
+"""Splitting an embed run across torchrun ranks (or a Ray run's units) so that it equals a
+single-process run, and the ledger of what a run found (``Ledger``).
 
 Every rank sees the same sorted inputs. Each rank hashes its slice of the images (except the
 files that the stat cache vouches for; texts are hashed by every rank, cheaply), the ids are
@@ -12,8 +13,10 @@ cache, so nothing is counted twice.
 from __future__ import annotations
 
 from collections.abc import Collection, Mapping, Sequence
-from typing import Any, Protocol
+from dataclasses import dataclass, field
+from typing import Any
 
+from clipkit.embed.shards import StoredMeta
 from clipkit.infra import distributed
 from clipkit.inputs.decode import DecodeError, decode_text, text_id
 from clipkit.inputs.files import read_bytes
@@ -23,14 +26,63 @@ from clipkit.inputs.stat_cache import file_stat, recorded_id
 from clipkit.store import FileStat
 
 
-class Ledger(Protocol):
+@dataclass(kw_only=True)
+class Ledger:
+    """What a run knows of each content id and uri, and what it counted, as it walks the
+    inputs in order (one process, or the driver of a Ray run)."""
+
     known_ids: set[str]
+    known_uris: dict[str, str]  # uri -> content id, as recorded in the folder (and this run)
+    current: dict[str, str] = field(default_factory=dict)  # uri -> content id found this run
+    file_stats: dict[str, FileStat] = field(default_factory=dict)  # files read this run
+    pending_stats: dict[str, tuple[int, int]] = field(default_factory=dict)  # before the read
+    changed: int = 0
+    already_present: int = 0
+    aliases: list[tuple[str, str]] = field(default_factory=list)
+    failures: list[tuple[str, str, str]] = field(default_factory=list)
+    # content id -> pass-through values for a row that exists already (see seen)
+    meta_of: dict[str, Mapping[str, str]] = field(default_factory=dict)
 
-    def note(self, item_id: str, uri: str) -> None: ...
+    def is_new(
+        self,
+        item_id: str,
+        uri: str,
+        pending: Collection[str],
+        meta: Mapping[str, Any] | None = None,
+    ) -> bool:
+        """True when this content must be embedded; else it is counted as present or an alias
+        (and its pass-through values ``meta`` kept for its row).
 
-    def seen(self, item_id: str, uri: str, meta: Mapping[str, Any] | None = None) -> bool: ...
+        ``pending`` holds the ids of the batch being assembled, not yet in ``known_ids``.
+        """
+        self.note(item_id, uri)
+        if item_id in pending:
+            self.aliases.append((item_id, uri))
+            return False
+        return not self.seen(item_id, uri, meta)
 
-    aliases: list[tuple[str, str]]
+    def note(self, item_id: str, uri: str) -> None:
+        """Record that this run found content ``item_id`` at ``uri``; count a changed file."""
+        if uri in self.current:
+            return
+        self.current[uri] = item_id
+        if self.known_uris.get(uri, item_id) != item_id:
+            self.changed += 1
+
+    def seen(self, item_id: str, uri: str, meta: Mapping[str, Any] | None = None) -> bool:
+        """True (and counted) when this content is already embedded; its row is then given
+        ``meta``'s pass-through values where it has none (a table embedded after the folder
+        it captions links each image to its caption), the first item's values winning."""
+        if item_id not in self.known_ids:
+            return False
+        if meta:
+            self.meta_of.setdefault(item_id, StoredMeta(meta))
+        if self.known_uris.get(uri) == item_id:
+            self.already_present += 1
+        else:  # a new path, or a path whose content became that of another file
+            self.aliases.append((item_id, uri))
+            self.known_uris[uri] = item_id
+        return True
 
 
 def image_ids(
