@@ -161,11 +161,12 @@ def test_without_ray_the_engine_is_a_usage_error_naming_the_install(monkeypatch,
     assert 'pip install "clipkit[ray]"' in result.stderr
 
 
-def test_the_pool_leaves_ray_a_cpu_and_asks_gpus_only_of_a_cluster_with_them():
+def test_the_pool_leaves_ray_cpus_and_asks_gpus_only_of_a_cluster_with_them():
     cpus = cluster.Cluster(address="", cpus=8, gpus=0, nodes=2)
-    assert cluster.size_pool(cpus, None, units=100) == cluster.Pool(7, cpus=1.0, gpus=0.0)
+    half = cluster.CPU_ACTOR_SHARE
+    assert cluster.size_pool(cpus, None, units=100) == cluster.Pool(8, cpus=half, gpus=0.0)
+    assert 8 * half < 8  # the pool never reserves every CPU
     assert cluster.size_pool(cpus, None, units=3).workers == 3  # never more than units
-    assert cluster.size_pool(cluster.Cluster("", 2, 0, 1), None, 9).workers == 1
     gpus = cluster.Cluster(address="", cpus=32, gpus=4, nodes=2)
     assert cluster.size_pool(gpus, None, units=100) == cluster.Pool(4, cpus=1.0, gpus=1.0)
     assert cluster.size_pool(gpus, 0.5, units=100).workers == 8

@@ -104,11 +104,16 @@ class Pool:
     gpus: float
 
 
+# What a CPU actor reserves of its node: half a CPU, so that a pool of one actor per CPU holds
+# half of them in Ray's books and Ray's own tasks always find room (a pool that reserves every
+# CPU starves the scheduler).
+CPU_ACTOR_SHARE = 0.5
+
+
 def size_pool(cluster: Cluster, gpus_per_worker: float | None, units: int) -> Pool:
     """GPU actors where the cluster has GPUs (``gpus_per_worker`` each, 1 by default; 0
-    asks for CPU actors); else CPU actors that leave one CPU to Ray itself: a pool that
-    takes every CPU starves the scheduler of the tasks Ray runs for it. Never more actors
-    than units.
+    asks for CPU actors); else one CPU actor per CPU, each reserving ``CPU_ACTOR_SHARE``.
+    Never more actors than units.
 
     Raises:
         UsageError: GPUs asked of a cluster that has none, or a bad share.
@@ -124,8 +129,8 @@ def size_pool(cluster: Cluster, gpus_per_worker: float | None, units: int) -> Po
         share = gpus_per_worker or 1.0
         workers = int(cluster.gpus // share)
         return Pool(max(1, min(workers, units)), cpus=1.0, gpus=share)
-    workers = max(1, int(cluster.cpus) - 1)
-    return Pool(max(1, min(workers, units)), cpus=1.0, gpus=0.0)
+    workers = max(1, int(cluster.cpus))
+    return Pool(max(1, min(workers, units)), cpus=CPU_ACTOR_SHARE, gpus=0.0)
 
 
 class Actors:
@@ -135,7 +140,7 @@ class Actors:
         self._ray = require()
         self._class = self._ray.remote(
             num_cpus=pool.cpus, num_gpus=pool.gpus, max_restarts=TRIES - 1,
-            max_task_retries=TRIES - 1,
+            max_task_retries=TRIES - 1, scheduling_strategy="SPREAD",  # over the nodes
         )(worker)  # fmt: skip
         self._arguments = arguments
         self._actors = [self._new() for _ in range(pool.workers)]
