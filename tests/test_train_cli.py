@@ -156,12 +156,12 @@ def test_a_short_run_says_so_before_training_with_what_to_change(shapes, tmp_pat
     result = runner.invoke(
         cli.app,
         ["train", str(shapes / "data"), "-o", str(tmp_path / "run"), "-m", TINY,
-         "--epochs", "2", "--batch-size", "64", "--workers", "0", "--device", "cpu"],
+         "--epochs", "1", "--batch-size", "64", "--workers", "0", "--device", "cpu"],
     )  # fmt: skip
     assert result.exit_code == 0, result.output
     said = " ".join(result.stderr.split())
-    assert "Note: this run takes only 4 optimiser steps (2 epochs of 2 steps" in said
-    assert said.index("Note:") < said.index("4/4 epoch 2")  # before training; steps and epoch
+    assert "Note: this run takes only 2 optimiser steps (1 epoch of 2 steps" in said
+    assert said.index("Note:") < said.index("2/2 epoch 1")  # before training; steps and epoch
 
 
 def test_the_loss_option_reaches_the_service_and_a_bad_one_is_a_usage_error(

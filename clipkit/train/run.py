@@ -171,12 +171,17 @@ def short_run_note(schedule: Schedule) -> str:
     epochs = math.ceil(SUGGESTED_STEPS / per_epoch)
     smaller = max(1, schedule.batch_size // 2)
     return (
-        f"this run takes only {steps} optimiser steps ({schedule.epochs} epochs of "
-        f"{per_epoch} steps: {schedule.pairs} pairs at batch {schedule.batch_size}), and "
+        f"this run takes only {_count(steps, 'optimiser step')} "
+        f"({_count(schedule.epochs, 'epoch')} of {_count(per_epoch, 'step')}: "
+        f"{schedule.pairs} pairs at batch {schedule.batch_size}), and "
         f"fewer than {SHORT_RUN_STEPS} rarely train a model well. For about "
         f"{SUGGESTED_STEPS}, use --epochs {epochs}, or a smaller batch (--batch-size {smaller}) "
         "with more epochs."
     )
+
+
+def _count(number: int, thing: str) -> str:
+    return f"{number} {thing}" + ("" if number == 1 else "s")
 
 
 def _prepare_folder(session: Session) -> ResumeState | None:
