@@ -173,3 +173,44 @@ def test_the_pool_leaves_ray_cpus_and_asks_gpus_only_of_a_cluster_with_them():
     assert cluster.size_pool(gpus, 0, units=100).gpus == 0.0  # CPU actors asked for
     with pytest.raises(UsageError, match="has no GPU"):
         cluster.size_pool(cpus, 1, units=100)
+
+
+# Two Ray nodes on this machine (ray.cluster_utils.Cluster: a head and one more, one CPU each),
+# in a process of its own: a process joins one Ray instance only. It prints the result.
+TWO_NODES = """
+import json, sys
+from pathlib import Path
+from ray.cluster_utils import Cluster
+from clipkit.embed import EmbedConfig, embed
+from clipkit import store
+
+nodes = Cluster(initialize_head=True, head_node_args={"num_cpus": 1, "include_dashboard": False})
+nodes.add_node(num_cpus=1)
+nodes.wait_for_nodes()
+import ray
+ray.init(address=nodes.address)
+source, out = sys.argv[1], Path(sys.argv[2])
+result = embed(EmbedConfig(sources=(source,), out_dir=out, model=sys.argv[3], workers=0,
+                           device="cpu", runtime="torch", shard_rows=int(sys.argv[4]),
+                           engine="ray"))
+print(json.dumps({"device": result.device, "embedded": result.embedded}))
+ray.shutdown()
+nodes.shutdown()
+"""
+
+
+@pytest.mark.e2e  # a two-node Ray cluster of its own (about 30 s)
+def test_two_nodes_both_run_units_and_the_folder_equals_a_local_run(inputs, local, tmp_path):
+    import json
+    import subprocess
+
+    done = subprocess.run(
+        [sys.executable, "-c", TWO_NODES, str(inputs), str(tmp_path / "emb"), TINY,
+         str(SHARD_ROWS)],
+        capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr[-3000:]
+    result = json.loads(done.stdout.strip().splitlines()[-1])
+    assert "2 Ray actor(s), 2 node(s)" in result["device"]
+    assert result["embedded"] == local.embedded
+    _assert_same_folder(tmp_path / "emb", local.out_dir)

@@ -67,6 +67,7 @@ class UnitDone:
     truncated: int = 0
     replaced: int = 0
     failures: list[tuple[str, str, str]] = field(default_factory=list)
+    node: str = ""  # the Ray node that ran it
 
 
 class UnitEmbedder:
@@ -112,7 +113,8 @@ class UnitEmbedder:
         steps.embed_texts(work, texts, self.config.batch_size, no_progress)
         steps.embed_images(work, images, self.config, self.decode_workers, no_progress)
         writer.flush()
-        return UnitDone(work.embedded, writer.written, work.truncated, work.replaced, work.failures)
+        return UnitDone(work.embedded, writer.written, work.truncated, work.replaced,
+                        work.failures, cluster.node_id())  # fmt: skip
 
 
 def embed_on_ray(config: EmbedConfig, spec: ModelSpec, report: ProgressCallback) -> EmbedResult:
@@ -156,6 +158,7 @@ def embed_on_ray(config: EmbedConfig, spec: ModelSpec, report: ProgressCallback)
         arguments = (config, [column_name(name) for name in meta_names], as_text(frame.base))
         pool = cluster.size_pool(reached, config.gpus_per_worker, len(units))
         totals = UnitDone()
+        nodes: set[str] = set()
         with cluster.actors(UnitEmbedder, arguments, pool) as actors:
             identity: Identity = actors.ask("identity")
             _check_model(config, existing.stamp, identity)
@@ -168,6 +171,7 @@ def embed_on_ray(config: EmbedConfig, spec: ModelSpec, report: ProgressCallback)
                 totals.truncated += done.truncated
                 totals.replaced += done.replaced
                 totals.failures.extend(done.failures)
+                nodes.add(done.node)
                 for uri, _, _ in done.failures:  # as a local run: the stat cache vouches for
                     ledger.file_stats.pop(uri, None)  # what was embedded, not what failed
                 done_items[0] += len(units[position].items)
@@ -200,7 +204,7 @@ def embed_on_ray(config: EmbedConfig, spec: ModelSpec, report: ProgressCallback)
         ignored_files=found.ignored,
         shards_written=totals.shards,
         seconds=time.perf_counter() - started,
-        device=f"{identity.device} on {pool.workers} Ray actor(s)",
+        device=f"{identity.device} on {pool.workers} Ray actor(s), {len(nodes)} node(s)",
         changed=ledger.changed,
         pruned=pruned.rows_removed,
         moved=pruned.rows_moved,

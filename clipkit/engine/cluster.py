@@ -213,6 +213,11 @@ def actors(worker: type, arguments: Sequence[Any], pool: Pool) -> Iterator[Actor
         started.close()
 
 
+def node_id() -> str:
+    """The Ray node this process runs on (in an actor: the node it was placed on)."""
+    return str(require().get_runtime_context().get_node_id())
+
+
 def _first_line(error: BaseException) -> str:
     cause = getattr(error, "cause", None) or error
     return (str(cause).strip().splitlines() or [type(cause).__name__])[-1]
