@@ -149,13 +149,15 @@ def finished_run(shapes):
 @pytest.fixture(scope="module")
 def ray_instance():
     """A Ray instance for a module's tests (about 6 s to start), as ``--engine ray`` finds one
-    already running in a notebook: two CPUs, no dashboard, quiet. Stopped after the module:
-    its daemons would take CPU from the rest of the suite."""
+    already running in a notebook: one CPU (one actor: each loads the model, and the suite's
+    other worker needs the second core), no dashboard, quiet. Stopped after the module: its
+    daemons would take CPU from the rest of the suite. Two actors on two nodes:
+    test_embed_ray's two-node test."""
     import logging
 
     import ray
 
-    ray.init(num_cpus=2, include_dashboard=False, logging_level=logging.ERROR,
+    ray.init(num_cpus=1, include_dashboard=False, logging_level=logging.ERROR,
              log_to_driver=False)  # fmt: skip
     yield ray
     ray.shutdown()

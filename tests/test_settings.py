@@ -102,6 +102,7 @@ def test_no_file_means_the_built_in_defaults(texts, tmp_path):
         ('model = "  "\n', "Setting 'model'"),
         ('runtime = "tensorrt"\n', "is not one of auto, torch, onnx"),
         ('device = "quantum"\n', "Setting device = 'quantum'"),  # D12: was exit 1 at the end
+        ('engine = "spark"\n', "is not one of local, ray"),
         ('model = "./runs/gone"\n', "runs/gone does not exist"),  # D12: the file went unnamed
         ('model = "hf-hub:"\n', "Setting model = 'hf-hub:'"),
         ("model = \n", "is not valid TOML"),
@@ -119,6 +120,23 @@ def test_a_bad_file_is_a_usage_error_naming_it_but_help_still_works(
     assert "Traceback" not in result.output
     assert not (tmp_path / "emb").exists()
     assert runner.invoke(cli.app, ["embed", "--help"]).exit_code == 0
+
+
+def test_the_file_s_engine_is_embed_s_default(settings_file, texts, tmp_path, monkeypatch):
+    """``engine = "ray"`` reaches the service as --engine ray would (the run itself:
+    tests/test_embed_ray.py); the command line outranks it."""
+    seen = []
+
+    def stop_at_once(config, progress=None):
+        seen.append(config)
+        raise KeyboardInterrupt  # the run itself is not this test's
+
+    monkeypatch.setattr("clipkit.embed.run.embed", stop_at_once)
+    settings_file.write_text('engine = "ray"\n')
+    runner.invoke(cli.app, ["embed", str(texts), "-o", str(tmp_path / "emb"), "-m", TINY])
+    runner.invoke(cli.app, ["embed", str(texts), "-o", str(tmp_path / "emb"), "-m", TINY,
+                            "--engine", "local"])  # fmt: skip
+    assert [config.engine for config in seen] == ["ray", "local"]
 
 
 def test_a_named_file_must_exist(monkeypatch, texts, tmp_path):
