@@ -3,10 +3,10 @@ runs units of work, each until it succeeds once.
 
 A unit is whatever a command hands out (an output shard's worth of inputs, an index part);
 a worker is a plain class of the command's, which this module makes a Ray actor: built once
-per actor (a model loaded once), then called once per unit. A unit whose worker raises is
-given again, to any actor, up to ``TRIES`` times in all; a worker process or node that dies
-is restarted by Ray and its unit given again (Ray's actor restarts and task retries). The
-units' results come back to the driver, which alone writes what sums them up.
+per actor (a model loaded once), then called once per unit. A unit whose worker raises, or
+whose actor's process or node dies, is given again, up to ``TRIES`` times in all; a dead
+actor is replaced by a new one. The units' results come back to the driver, which alone
+writes what sums them up.
 """
 
 from __future__ import annotations
@@ -138,9 +138,11 @@ class Actors:
 
     def __init__(self, worker: type, arguments: Sequence[Any], pool: Pool) -> None:
         self._ray = require()
+        # No restarts nor retries of Ray's own: every failure is one of a unit's TRIES, and
+        # an actor that died is replaced here (so none is left behind, restarting).
         self._class = self._ray.remote(
-            num_cpus=pool.cpus, num_gpus=pool.gpus, max_restarts=TRIES - 1,
-            max_task_retries=TRIES - 1, scheduling_strategy="SPREAD",  # over the nodes
+            num_cpus=pool.cpus, num_gpus=pool.gpus, max_restarts=0, max_task_retries=0,
+            scheduling_strategy="SPREAD",  # over the nodes
         )(worker)  # fmt: skip
         self._arguments = arguments
         self._actors = [self._new() for _ in range(pool.workers)]
@@ -181,8 +183,8 @@ class Actors:
                     failed.append((position, _first_line(error)))
                 else:
                     waiting.append(position)
-                if isinstance(error, ray.exceptions.RayActorError):  # gone for good: replace
-                    actor = self._new()
+                if isinstance(error, ray.exceptions.RayActorError):  # its process is gone
+                    actor = self._replace(actor)
                 give(actor)
                 continue
             on_result(position, result)
@@ -201,6 +203,12 @@ class Actors:
 
     def _new(self) -> Any:
         return self._class.remote(*self._arguments)
+
+    def _replace(self, dead: Any) -> Any:
+        self._ray.kill(dead, no_restart=True)
+        fresh = self._new()
+        self._actors = [fresh if actor is dead else actor for actor in self._actors]
+        return fresh
 
 
 @contextlib.contextmanager
