@@ -94,7 +94,7 @@ def test_a_ray_run_writes_the_folder_a_local_run_writes(ray_instance, inputs, lo
     assert [f[0] for f in result.failures] == [f[0] for f in local.failures]
     assert result.failures[0][0].endswith("zz-broken.png")
     assert result.shards_written == local.shards_written == -(-distinct // SHARD_ROWS)
-    assert "Ray actor" in result.device
+    assert result.engine == "ray" and "1 Ray actor(s), 1 node(s)" in result.device
     _assert_same_folder(tmp_path / "emb", local.out_dir)
 
 

@@ -183,6 +183,8 @@ def _report(result: Any, prune: bool) -> None:
     if result.pruned or result.moved:
         moved = f", {result.moved} rows now name another copy" if result.moved else ""
         notes.append(f"pruned {result.pruned} rows of inputs no longer found{moved}")
+    if result.engine == "ray":
+        notes.append(f"with Ray: {result.device}")
     stderr.print(
         f"Embedded {result.embedded}, skipped {result.skipped}, already present "
         f"{result.already_present} in {result.seconds:.1f} s "

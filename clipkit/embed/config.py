@@ -69,6 +69,7 @@ class EmbedResult:
     moved: int = 0  # rows whose uri --prune pointed at another input with the same content
     filled: int = 0  # rows already present that got pass-through values (a table's, say)
     runtime: RuntimeChoice = RuntimeChoice("torch", "")
+    engine: Engine = "local"  # ray: ``device`` names the actors and nodes that ran it
 
     @property
     def skipped(self) -> int:

@@ -210,6 +210,7 @@ def embed_on_ray(config: EmbedConfig, spec: ModelSpec, report: ProgressCallback)
         moved=pruned.rows_moved,
         filled=filled,
         runtime=identity.runtime,
+        engine="ray",
     )
 
 
