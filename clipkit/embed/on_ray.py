@@ -18,21 +18,19 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
-from typing import Any
 
 from clipkit import store
 from clipkit.embed import plan, steps
 from clipkit.embed.config import EmbedConfig, EmbedResult
 from clipkit.embed.shards import ShardWriter, column_name
 from clipkit.engine import cluster
-from clipkit.errors import InputError
 from clipkit.infra.atomic import remove_stale_temporaries
 from clipkit.infra.distributed import World
 from clipkit.infra.locks import writer_lock
 from clipkit.infra.progress import ProgressCallback, ProgressReport, no_progress
 from clipkit.inputs.filenames import as_text
 from clipkit.inputs.pipeline import default_workers
-from clipkit.inputs.sources import Item, SourceOptions, discover
+from clipkit.inputs.sources import Item
 from clipkit.models.runtime import RuntimeChoice, load_encoder
 from clipkit.models.specs import ModelSpec, parse_spec
 
@@ -127,9 +125,7 @@ def embed_on_ray(config: EmbedConfig, spec: ModelSpec, report: ProgressCallback)
     """
     started = time.perf_counter()
     frame = steps.uri_frame(config.out_dir, config.base)
-    options = SourceOptions(config.kind, config.lines, config.include_hidden,
-                            config.image_column, config.text_column, frame)  # fmt: skip
-    found = discover(config.sources, options)
+    found = steps.find_inputs(config, frame)
     world = World()  # the driver plans as one process does
     with (
         cluster.connected(config.ray_address) as reached,
@@ -161,7 +157,7 @@ def embed_on_ray(config: EmbedConfig, spec: ModelSpec, report: ProgressCallback)
         nodes: set[str] = set()
         with cluster.actors(UnitEmbedder, arguments, pool) as actors:
             identity: Identity = actors.ask("identity")
-            _check_model(config, existing.stamp, identity)
+            steps.check_same_model(config, existing.stamp, identity.spec, identity.fingerprint)
             done_items = [0]
             report(ProgressReport("inputs", 0, len(new)))
 
@@ -212,13 +208,3 @@ def embed_on_ray(config: EmbedConfig, spec: ModelSpec, report: ProgressCallback)
         runtime=identity.runtime,
         engine="ray",
     )
-
-
-def _check_model(config: EmbedConfig, stamp: Any, identity: Identity) -> None:
-    if stamp is not None and stamp.fingerprint != identity.fingerprint:
-        raise InputError(
-            f"{config.out_dir} holds embeddings from another model: {stamp.spec} "
-            f"(fingerprint {stamp.fingerprint}), not {identity.spec} "
-            f"(fingerprint {identity.fingerprint}).",
-            f"Use a new output folder, or -m {stamp.spec} to add to this one.",
-        )

@@ -17,7 +17,7 @@ from clipkit.embed import plan as embed_plan
 from clipkit.embed import steps
 from clipkit.embed.config import EmbedConfig, EmbedResult
 from clipkit.embed.shards import ShardWriter, column_name
-from clipkit.errors import InputError, SkippedInputsError, UsageError
+from clipkit.errors import SkippedInputsError, UsageError
 from clipkit.infra import distributed
 from clipkit.infra.atomic import remove_stale_temporaries
 from clipkit.infra.locks import writer_lock
@@ -25,7 +25,7 @@ from clipkit.infra.progress import ProgressCallback, no_progress
 from clipkit.inputs.decode import content_id
 from clipkit.inputs.filenames import as_text
 from clipkit.inputs.pipeline import default_workers
-from clipkit.inputs.sources import Item, SourceOptions, discover
+from clipkit.inputs.sources import Item
 from clipkit.inputs.stat_cache import file_stat, recorded_id
 from clipkit.models.runtime import load_encoder
 from clipkit.models.specs import ModelSpec, parse_spec
@@ -76,15 +76,7 @@ def _embed(
 ) -> EmbedResult:
     started = time.perf_counter()
     frame = steps.uri_frame(config.out_dir, config.base)
-    options = SourceOptions(
-        config.kind,
-        config.lines,
-        config.include_hidden,
-        config.image_column,
-        config.text_column,
-        frame,
-    )
-    found = discover(config.sources, options)
+    found = steps.find_inputs(config, frame)
     encoder, runtime = load_encoder(spec, device=device, runtime=config.runtime, bulk=True)
     with writer_lock(config.out_dir, f"embed -o {config.out_dir}", active=world.is_main):
         run = _start_run(config, encoder, found.items, world, as_text(frame.base))
@@ -191,13 +183,7 @@ def _start_run(
     distributed.barrier(world)
     existing = store.read_existing(config.out_dir)
     distributed.barrier(world)  # no rank writes a shard before every rank has read the folder
-    if existing.stamp is not None and existing.stamp.fingerprint != encoder.fingerprint:
-        raise InputError(
-            f"{config.out_dir} holds embeddings from another model: {existing.stamp.spec} "
-            f"(fingerprint {existing.stamp.fingerprint}), not {encoder.spec} "
-            f"(fingerprint {encoder.fingerprint}).",
-            f"Use a new output folder, or -m {existing.stamp.spec} to add to this one.",
-        )
+    steps.check_same_model(config, existing.stamp, encoder.spec, encoder.fingerprint)
     meta_names = sorted({name for item in items for name in item.meta or ()})
     shards = ShardWriter(
         out_dir=config.out_dir,

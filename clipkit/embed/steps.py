@@ -15,13 +15,14 @@ from clipkit import store
 from clipkit.embed import plan as embed_plan
 from clipkit.embed.config import EmbedConfig
 from clipkit.embed.shards import ShardWriter
+from clipkit.errors import InputError
 from clipkit.infra import distributed
 from clipkit.infra.progress import ProgressCallback, ProgressReport
 from clipkit.inputs.decode import DecodeError, decode_text, text_id
 from clipkit.inputs.filenames import UriFrame, os_path
 from clipkit.inputs.files import read_bytes
 from clipkit.inputs.pipeline import ImageDataset, image_batches
-from clipkit.inputs.sources import Item, Kind
+from clipkit.inputs.sources import Discovery, Item, Kind, SourceOptions, discover
 from clipkit.inputs.tarshards import MEMBER_SEPARATOR, TAR_SUFFIX
 from clipkit.score.arrays import as_numpy
 
@@ -78,6 +79,25 @@ class EmbedRun(embed_plan.Ledger):
         self.aliases = [(item_id, uri) for item_id, uri in self.aliases if item_id not in dropped]
         for uri in [uri for uri, _ in failed] + orphans:
             self.failures.append((uri, "encode", NON_FINITE))
+
+
+def find_inputs(config: EmbedConfig, frame: UriFrame) -> Discovery:
+    """What ``config.sources`` hold, named relative to ``frame``."""
+    options = SourceOptions(config.kind, config.lines, config.include_hidden,
+                            config.image_column, config.text_column, frame)  # fmt: skip
+    return discover(config.sources, options)
+
+
+def check_same_model(config: EmbedConfig, stamp: store.ModelStamp | None, spec: str,
+                     fingerprint: str) -> None:  # fmt: skip
+    """Raise InputError if the output folder holds embeddings of another model than
+    ``spec`` (``fingerprint``): rows of two models cannot share one index."""
+    if stamp is not None and stamp.fingerprint != fingerprint:
+        raise InputError(
+            f"{config.out_dir} holds embeddings from another model: {stamp.spec} "
+            f"(fingerprint {stamp.fingerprint}), not {spec} (fingerprint {fingerprint}).",
+            f"Use a new output folder, or -m {stamp.spec} to add to this one.",
+        )
 
 
 def uri_frame(out_dir: Path, new_base: Path | None = None) -> UriFrame:

@@ -15,8 +15,9 @@ reckoned from its size and mode (:func:`clipkit.inputs.decode.decode_cost`), and
 
 from __future__ import annotations
 
+import contextlib
 import functools
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
 
@@ -80,15 +81,20 @@ def _prepared(image: Any, prepare: Callable[[Any], Any]) -> Any:
 
 
 def _open(data: bytes, min_side: int, max_pixels: int) -> Any:
-    try:
+    with _as_input_error():
         return open_image(data, min_side=min_side, max_pixels=max_pixels)
-    except DecodeError as error:
-        raise InputError(f"An uploaded image is unreadable: {error.reason}.", "") from None
 
 
 def _finish(image: Any) -> Any:
-    try:
+    with _as_input_error():
         return finish_decode(image)
+
+
+@contextlib.contextmanager
+def _as_input_error() -> Iterator[None]:
+    """An upload that cannot be decoded is the client's input error (422), saying why."""
+    try:
+        yield
     except DecodeError as error:
         raise InputError(f"An uploaded image is unreadable: {error.reason}.", "") from None
 
